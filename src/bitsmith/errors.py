@@ -1,0 +1,29 @@
+"""Every error bitsmith raises on purpose is a BitsmithError.
+
+Messages name the file / layer / value at fault and say what to do, so the command line can
+print them as they are, without a traceback.
+"""
+
+
+class BitsmithError(Exception):
+    """Base class: a problem with the user's input, files or settings."""
+
+
+class DataError(BitsmithError):
+    """A dataset file is missing, corrupt or of the wrong format."""
+
+
+class CheckpointError(BitsmithError):
+    """A checkpoint or saved artifact is missing, truncated or inconsistent."""
+
+
+class ConfigError(BitsmithError):
+    """A setting (model name, bit width, option combination) is not allowed."""
+
+
+class GraphError(BitsmithError):
+    """An IntegerGraph is malformed: schema, dtype, shape or value range."""
+
+
+class AccumulatorOverflowError(GraphError):
+    """An integer value left the width its tensor declares (e.g. a 32-bit accumulator)."""

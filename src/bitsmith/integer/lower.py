@@ -1,0 +1,189 @@
+"""Lowering: a calibrated fake-quantized model (bitsmith.quant) → IntegerGraph.
+
+Walks the torch.fx graph once, in order, keeping for every fx value the IntegerGraph tensor
+that holds it. The integers written here (weight codes, biases, multipliers, shifts) are the
+ones the fake-quant model rounds to, so the two agree up to the requantizer's dyadic rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from bitsmith.errors import ConfigError, GraphError
+from bitsmith.integer.arithmetic import int_range, quantize_multiplier
+from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
+from bitsmith.models import Reorg
+from bitsmith.quant.config import QuantConfig
+from bitsmith.quant.fake_quant import FakeQuantize, quantize_weight
+from bitsmith.quant.modules import QuantConv2d, QuantLayer
+from bitsmith.quant.prepare import module_of
+
+
+class _Builder:
+    def __init__(self, config: QuantConfig):
+        self.config = config
+        self.tensors: dict[str, TensorSpec] = {}
+        self.nodes: list[Node] = []
+        self.params: dict[str, torch.Tensor] = {}
+
+    def tensor(self, spec: TensorSpec) -> TensorSpec:
+        if spec.name in self.tensors:
+            raise GraphError(f"tensor name {spec.name!r} used twice")
+        self.tensors[spec.name] = spec
+        return spec
+
+    def node(self, op: str, name: str, inputs: list[TensorSpec], out: TensorSpec, attrs=None, params=None) -> TensorSpec:
+        stored = {}
+        for role, value in (params or {}).items():
+            key = f"{name}.{role}"
+            self.params[key] = value
+            stored[role] = key
+        self.nodes.append(Node(op, name, [i.name for i in inputs], out.name, attrs or {}, stored))
+        return out
+
+    def requant(self, name: str, x: TensorSpec, out: TensorSpec, relu: bool = False) -> TensorSpec:
+        """Requantize `x` onto the grid of `out` (per channel when x's scale is)."""
+        in_scales = x.scale if x.per_channel else [x.scale]
+        pairs = [quantize_multiplier(s / out.scale, self.config.multiplier_bits) for s in in_scales]
+        m = torch.tensor([p[0] for p in pairs], dtype=torch.int64)
+        s = torch.tensor([p[1] for p in pairs], dtype=torch.int64)
+        lo = max(out.qmin, out.zero_point) if relu else out.qmin
+        attrs = {"clamp_min": lo, "clamp_max": out.qmax, "multiplier_bits": self.config.multiplier_bits}
+        return self.node("Requant", name, [x], self.tensor(out), attrs, {"multiplier": m, "shift": s})
+
+
+def _codes_spec(name: str, shape, fq: FakeQuantize) -> TensorSpec:
+    return TensorSpec(name, tuple(shape), "int", fq.bits, fq.signed, float(fq.scale), int(fq.zero_point))
+
+
+def _pair(v) -> list[int]:
+    return [v, v] if isinstance(v, int) else list(v)
+
+
+def lower(qmodel: fx.GraphModule, *, input_shape: tuple[int, ...] | None = None, metadata: dict | None = None) -> IntegerGraph:
+    """Lower a model returned by `bitsmith.quant.quantize` to an IntegerGraph (validated)."""
+    config: QuantConfig | None = getattr(qmodel, "bitsmith_config", None)
+    if config is None:
+        raise ConfigError("lower() takes the model returned by bitsmith.quantize(); this one is not quantized")
+    input_shape = tuple(input_shape or getattr(qmodel, "input_shape", ()) or ())
+    if not input_shape:
+        raise ConfigError("lower() needs the input shape (C, H, W): pass input_shape=")
+    qmodel = qmodel.eval()
+    with torch.no_grad():
+        ShapeProp(qmodel).propagate(torch.zeros((1,) + input_shape))
+    b = _Builder(config)
+    env: dict[fx.Node, TensorSpec] = {}
+    acc_bits = config.acc_bits
+
+    def shape(node: fx.Node) -> tuple[int, ...]:
+        return tuple(node.meta["tensor_meta"].shape[1:])
+
+    for node in qmodel.graph.nodes:
+        m = module_of(qmodel, node)
+        if node.op == "placeholder":
+            if env:
+                raise ConfigError("bitsmith lowers models with exactly one input")
+            env[node] = b.tensor(TensorSpec("input", input_shape, "float32"))
+        elif node.op == "output":
+            result = node.args[0]
+            if not isinstance(result, fx.Node):
+                raise ConfigError("bitsmith lowers models with exactly one output tensor")
+            output = env[result]
+        elif isinstance(m, FakeQuantize):
+            x = env[node.args[0]]
+            out = _codes_spec(node.name, shape(node), m)
+            if x.dtype == "float32":
+                env[node] = b.node("QuantizeInput", node.name, [x], b.tensor(out))
+            elif x.same_quantization(out):
+                env[node] = x  # already on this grid (e.g. a Concat that requantized its inputs)
+            else:
+                env[node] = b.requant(node.name, x, out)
+        elif isinstance(m, QuantLayer):
+            env[node] = _lower_layer(b, node, m, env[node.args[0]], shape(node), acc_bits)
+        elif isinstance(m, nn.MaxPool2d):
+            if _pair(m.padding) != [0, 0] or _pair(m.dilation) != [1, 1] or m.ceil_mode:
+                raise ConfigError(f"max-pool {node.target!r}: only padding 0, dilation 1 and floor mode are supported")
+            x = env[node.args[0]]
+            attrs = {"kernel": _pair(m.kernel_size), "stride": _pair(m.stride or m.kernel_size)}
+            env[node] = b.node("MaxPool2d", node.name, [x], b.tensor(replace(x, name=node.name, shape=shape(node))), attrs)
+        elif isinstance(m, nn.AvgPool2d):
+            if _pair(m.padding) != [0, 0] or m.ceil_mode or m.divisor_override:
+                raise ConfigError(f"avg-pool {node.target!r}: only padding 0, floor mode and no divisor override")
+            x = env[node.args[0]]
+            k = _pair(m.kernel_size)
+            out = TensorSpec(node.name, shape(node), "int", acc_bits, True, x.scale / (k[0] * k[1]), 0)
+            attrs = {"kernel": k, "stride": _pair(m.stride or m.kernel_size)}
+            env[node] = b.node("AvgPool2d", node.name, [x], b.tensor(out), attrs)
+        elif isinstance(m, nn.Flatten):
+            if (m.start_dim, m.end_dim) != (1, -1):
+                raise ConfigError(f"flatten {node.target!r}: only start_dim=1, end_dim=-1 is supported")
+            x = env[node.args[0]]
+            env[node] = b.node("Flatten", node.name, [x], b.tensor(replace(x, name=node.name, shape=shape(node))))
+        elif isinstance(m, Reorg):
+            x = env[node.args[0]]
+            env[node] = b.node("Reorg", node.name, [x], b.tensor(replace(x, name=node.name, shape=shape(node))),
+                               {"stride": m.stride})
+        elif node.op == "call_function" and node.target is torch.cat:
+            env[node] = _lower_concat(b, qmodel, node, env, shape(node))
+        else:
+            raise ConfigError(f"cannot lower {node.op} {node.name!r} ({node.target})")
+
+    meta = {"quant_config": config.to_json(), **(metadata or {})}
+    graph = IntegerGraph(b.tensors, b.nodes, b.params, ["input"], [output.name], meta)
+    graph.validate()
+    return graph
+
+
+def _lower_layer(b: _Builder, node: fx.Node, m: QuantLayer, x: TensorSpec, out_shape, acc_bits: int) -> TensorSpec:
+    if x.dtype != "int" or x.per_channel:
+        raise ConfigError(f"layer {node.target!r}: its input is not quantized per tensor")
+    codes, w_scale = quantize_weight(m.weight, m.weight_bits, m.per_channel)
+    acc_scale = [float(s) * x.scale for s in w_scale.reshape(-1).tolist()]
+    wdtype = torch.int8 if m.weight_bits <= 8 else torch.int16
+    params = {"weight": codes.to(wdtype)}
+    if m.bias is not None:
+        bias = torch.round(m.bias.detach().to(torch.float64) / torch.tensor(acc_scale, dtype=torch.float64))
+        lo, hi = int_range(acc_bits, True)
+        if bias.numel() and (bias.min() < lo or bias.max() > hi):
+            raise ConfigError(f"layer {node.target!r}: the bias needs more than {acc_bits} bits at scale S_w·S_in; "
+                              "use fewer weight/activation bits or a wider accumulator")
+        params["bias"] = bias.to(torch.int32 if acc_bits <= 32 else torch.int64)
+    acc_name = f"{node.name}_acc" if m.act_quant is not None else node.name
+    acc = TensorSpec(acc_name, out_shape, "int", acc_bits, True, acc_scale if m.per_channel else acc_scale[0], 0)
+    if isinstance(m, QuantConv2d):
+        attrs = {"stride": _pair(m.stride), "padding": _pair(m.padding), "dilation": _pair(m.dilation),
+                 "groups": m.groups, "weight_bits": m.weight_bits}
+        b.node("Conv2d", acc_name, [x], b.tensor(acc), attrs, params)
+    else:
+        b.node("Linear", acc_name, [x], b.tensor(acc), {"weight_bits": m.weight_bits}, params)
+    if m.act_quant is None:
+        if m.relu:
+            raise ConfigError(f"layer {node.target!r}: a fused ReLU needs an output quantizer")
+        return acc
+    return b.requant(node.name, acc, _codes_spec(node.name, out_shape, m.act_quant), relu=m.relu)
+
+
+def _lower_concat(b: _Builder, qmodel: fx.GraphModule, node: fx.Node, env, out_shape) -> TensorSpec:
+    tensors, dim = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    if dim != 1:
+        raise ConfigError(f"concat {node.name!r}: only channel concatenation (dim=1) is supported")
+    users = list(node.users)
+    fq = module_of(qmodel, users[0]) if len(users) == 1 else None
+    if not isinstance(fq, FakeQuantize):
+        raise ConfigError(f"concat {node.name!r} must be followed by its requantization point (prepare() adds it)")
+    target = _codes_spec(node.name, out_shape, fq)
+    parts = []
+    for i, t in enumerate(tensors):
+        x = env[t]
+        if x.dtype != "int" or x.bits > 32:
+            raise ConfigError(f"concat {node.name!r}: input {t.name} is not quantized")
+        if not x.same_quantization(target):
+            x = b.requant(f"{node.name}_in{i}", x, replace(target, name=f"{node.name}_in{i}", shape=x.shape))
+        parts.append(x)
+    return b.node("Concat", node.name, parts, b.tensor(target))

@@ -1,0 +1,137 @@
+"""The `bitsmith` command line: a thin layer over the Python API.
+
+Every command that computes figures takes --json and then prints one JSON object as its last
+line. Errors bitsmith raises on purpose are printed as one message (no traceback), exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from bitsmith.errors import BitsmithError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="From float CNN training to bit-exact integer hardware.")
+console = Console(stderr=True)
+
+
+def _emit(result: dict, as_json: bool, title: str) -> None:
+    if as_json:
+        print(json.dumps(result, sort_keys=False))
+        return
+    table = Table(title=title, show_header=False)
+    for key, value in result.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}" if key == "agreement" else f"{value:.2f}"
+        elif isinstance(value, dict):
+            value = json.dumps(value)
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
+@app.command()
+def summary(model: str = typer.Argument(..., help="model name, e.g. lenet5"),
+            num_classes: Optional[int] = typer.Option(None, help="number of classes (default: the model's)"),
+            input_shape: Optional[str] = typer.Option(None, help="C,H,W (default: the model's)"),
+            as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Per-layer table: output shape, parameters, MACs per image."""
+    from bitsmith.models import build_model, format_summary, model_summary
+
+    shape = tuple(int(v) for v in input_shape.split(",")) if input_shape else None
+    net = build_model(model, num_classes, shape)
+    rows = model_summary(net)
+    if as_json:
+        print(json.dumps({"model": model, "params": sum(r.params for r in rows), "macs": sum(r.macs for r in rows),
+                          "layers": [{"name": r.name, "kind": r.kind, "output_shape": list(r.output_shape),
+                                      "params": r.params, "macs": r.macs} for r in rows]}))
+    else:
+        Console().print(format_summary(rows, f"{model} {list(net.input_shape)}"))
+
+
+@app.command("train")
+def train_cmd(model: str = typer.Option(..., help="model name"),
+              dataset: str = typer.Option(..., help="mnist, fashion-mnist, cifar10, cifar100, digits, synthetic"),
+              epochs: int = typer.Option(8, min=1),
+              out: Path = typer.Option(..., help="run folder"),
+              batch_size: int = typer.Option(128, min=1),
+              optimizer: str = typer.Option("sgd", help="sgd or adam"),
+              lr: Optional[float] = typer.Option(None, help="base learning rate (default 0.05 sgd, 1e-3 adam)"),
+              weight_decay: float = typer.Option(5e-4),
+              seed: int = typer.Option(0),
+              data_dir: Optional[str] = typer.Option(None, help="folder with the dataset files"),
+              resume: bool = typer.Option(False, help="continue the run in --out after its last checkpoint"),
+              quiet: bool = typer.Option(False, help="no progress bar"),
+              as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Float training with a checkpoint after every epoch."""
+    from bitsmith.train import TrainConfig, train
+
+    config = TrainConfig(model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                         lr=lr, weight_decay=weight_decay, seed=seed, data_dir=data_dir)
+    metrics = train(config, out, resume=resume, quiet=quiet or as_json)
+    _emit(metrics, as_json, f"trained {model} on {dataset}")
+
+
+@app.command("quantize")
+def quantize_cmd(run: Path = typer.Argument(..., help="float run folder (from bitsmith train)"),
+                 out: Path = typer.Option(..., help="folder for the integer graph"),
+                 wbits: int = typer.Option(8, help="weight bits (2-16)"),
+                 abits: int = typer.Option(8, help="activation bits (2-16)"),
+                 per_channel: bool = typer.Option(False, help="one weight scale per output channel"),
+                 multiplier_bits: int = typer.Option(32, help="requantization multiplier width"),
+                 calib_batches: int = typer.Option(8, min=1, help="training batches of 128 for calibration"),
+                 data_dir: Optional[str] = typer.Option(None),
+                 as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Post-training quantization to an IntegerGraph, with accuracy and agreement on the test set."""
+    from bitsmith.pipeline import quantize_run
+    from bitsmith.quant import QuantConfig
+
+    config = QuantConfig(weight_bits=wbits, act_bits=abits, per_channel=per_channel, multiplier_bits=multiplier_bits)
+    metrics = quantize_run(run, out, config, data_dir=data_dir, calib_batches=calib_batches)
+    _emit(metrics, as_json, f"W{wbits}A{abits} integer graph in {out}")
+
+
+@app.command("eval")
+def eval_cmd(path: Path = typer.Argument(..., help="float run folder or integer graph folder"),
+             data_dir: Optional[str] = typer.Option(None),
+             limit: Optional[int] = typer.Option(None, min=1, help="evaluate on the first N test images"),
+             as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Test-set accuracy of a float run or an integer graph."""
+    from bitsmith.pipeline import evaluate_path
+
+    _emit(evaluate_path(path, data_dir=data_dir, limit=limit), as_json, f"evaluation of {path}")
+
+
+@app.command("demo")
+def demo_cmd(out: Path = typer.Option(Path("runs/demo"), help="output folder"),
+             fresh: bool = typer.Option(False, help="retrain even if a finished float run exists"),
+             data_dir: Optional[str] = typer.Option(None, help="Fashion-MNIST folder (default: the Debian package's)"),
+             quiet: bool = typer.Option(False),
+             as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """The main job: LeNet-5 on Fashion-MNIST → W8A8 integer graph → checked integer accuracy."""
+    from bitsmith.pipeline import demo
+
+    result = demo(out, quiet=quiet or as_json, fresh=fresh, data_dir=data_dir)
+    _emit(result, as_json, "bitsmith demo: LeNet-5 / Fashion-MNIST, W8A8")
+
+
+def main() -> None:
+    try:
+        app()
+    except BitsmithError as e:
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Test-set accuracy for anything that maps a float batch to class scores.
+
+The same two functions measure a float nn.Module, a fake-quant model and an integer graph's
+predict function, so every accuracy bitsmith reports is computed the same way: fixed order,
+no augmentation, argmax along dim 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from bitsmith.data import ArrayDataset, iterate_batches
+from bitsmith.errors import DataError
+
+PredictFn = Callable[[torch.Tensor], Any]
+
+
+def predictions(
+    predict_fn: PredictFn, ds: ArrayDataset, input_shape: Sequence[int], batch_size: int = 1000
+) -> torch.Tensor:
+    """Predicted class (int64, one per image, dataset order) of `predict_fn` over the whole dataset.
+
+    `predict_fn` gets normalised float batches shaped [B, *input_shape] and returns logits (or any
+    scores whose argmax along dim 1 is the class). An nn.Module is run in eval mode and restored after.
+    """
+    if len(ds.labels) == 0:
+        raise DataError(f"dataset {ds.info.name!r} is empty; there is nothing to evaluate.")
+    was_training = isinstance(predict_fn, nn.Module) and predict_fn.training
+    if was_training:
+        predict_fn.eval()  # dropout / batch-norm statistics must not change a measurement
+    try:
+        out = []
+        with torch.no_grad():
+            for x, _ in iterate_batches(ds, batch_size, input_shape, shuffle=False, augment=False):
+                scores = torch.as_tensor(predict_fn(x))
+                if scores.ndim != 2 or scores.shape[0] != x.shape[0]:
+                    raise DataError(
+                        f"predict function returned shape {list(scores.shape)} for a batch of {x.shape[0]}; "
+                        "it must return [batch, classes] scores."
+                    )
+                out.append(scores.argmax(dim=1).to(torch.int64))
+    finally:
+        if was_training:
+            predict_fn.train()
+    return torch.cat(out)
+
+
+def accuracy(predict_fn: PredictFn, ds: ArrayDataset, input_shape: Sequence[int], batch_size: int = 1000) -> float:
+    """Top-1 accuracy of `predict_fn` on `ds`, in percent."""
+    pred = predictions(predict_fn, ds, input_shape, batch_size)
+    labels = torch.as_tensor(ds.labels, dtype=torch.int64)
+    return 100.0 * (pred == labels).sum().item() / len(labels)

@@ -1,0 +1,150 @@
+"""End-to-end jobs over the Python API: quantize a float run, evaluate a run or graph, the demo.
+
+Each job returns a plain dict of figures (what `--json` prints) and writes its artifacts
+atomically, so the command line stays a thin layer over these functions.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bitsmith.data import dataset_info, iterate_batches, load_dataset
+from bitsmith.errors import ConfigError
+from bitsmith.evaluate import predictions
+from bitsmith.integer import IntegerGraph, load, lower
+from bitsmith.integer.graph import GRAPH_FILE
+from bitsmith.quant import QuantConfig, quantize
+from bitsmith.runs import CHECKPOINT_FILE, load_run
+from bitsmith.storage import write_json_atomic
+from bitsmith.train import TrainConfig, train
+
+CALIBRATION_BATCHES = 8
+CALIBRATION_BATCH_SIZE = 128
+CALIBRATION_SEED = 0
+
+
+def calibration_batches(dataset: str, input_shape, data_dir=None, batches: int = CALIBRATION_BATCHES,
+                        batch_size: int = CALIBRATION_BATCH_SIZE) -> list[torch.Tensor]:
+    """A few shuffled training batches (fixed seed, no augmentation) for range calibration."""
+    ds = load_dataset(dataset, "train", data_dir)
+    gen = torch.Generator().manual_seed(CALIBRATION_SEED)
+    out = []
+    for x, _ in iterate_batches(ds, batch_size, input_shape, shuffle=True, generator=gen):
+        out.append(x)
+        if len(out) == batches:
+            break
+    return out
+
+
+def _fraction_equal(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a == b).double().mean())
+
+
+def _percent(a: torch.Tensor, labels: torch.Tensor) -> float:
+    return round(100 * _fraction_equal(a, labels), 4)
+
+
+def quantize_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config: QuantConfig | None = None, *,
+                 data_dir: str | None = None, calib_batches: int = CALIBRATION_BATCHES) -> dict[str, Any]:
+    """PTQ of a float run: calibrate, lower, save the IntegerGraph, measure it on the test set.
+
+    Returns (and writes to `out_dir/metrics.json`): fp32_accuracy, accuracy (fake-quant),
+    integer_accuracy (percent) and agreement (fraction of test images on which the fake-quant
+    model and the integer engine predict the same class).
+    """
+    config = config or QuantConfig()
+    run = load_run(run_dir)
+    dataset = run.meta["dataset"]
+    data_dir = data_dir or run.meta.get("data_dir")
+    shape = tuple(run.model.input_shape)
+    qmodel = quantize(run.model, calibration_batches(dataset, shape, data_dir, calib_batches), config)
+    graph = lower(qmodel, metadata={
+        "model": run.model.spec, "dataset": dataset, "data_dir": data_dir,
+        "source_run": str(Path(run_dir).resolve()), "calibration": {"batches": calib_batches,
+                                                                    "batch_size": CALIBRATION_BATCH_SIZE},
+    })
+    out_dir = Path(out_dir)
+    graph.save(out_dir)
+
+    test = load_dataset(dataset, "test", data_dir)
+    fp_pred = predictions(run.model, test, shape)
+    fq_pred = predictions(qmodel, test, shape)
+    int_pred = predictions(graph.run, test, shape)
+    labels = test.labels
+    metrics = {
+        "model": run.model.spec["name"], "dataset": dataset, "quant_config": config.to_json(),
+        "fp32_accuracy": _percent(fp_pred, labels),
+        "accuracy": _percent(fq_pred, labels),
+        "integer_accuracy": _percent(int_pred, labels),
+        "agreement": _fraction_equal(fq_pred, int_pred),
+        "test_images": len(labels),
+        "graph": str(out_dir),
+    }
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def evaluate_path(path: str | os.PathLike, *, data_dir: str | None = None, limit: int | None = None) -> dict[str, Any]:
+    """Test-set accuracy of a float run folder or an integer graph folder."""
+    path = Path(path)
+    if (path / GRAPH_FILE).is_file() or path.name == GRAPH_FILE:
+        graph = load(path)
+        dataset = graph.metadata.get("dataset")
+        if dataset is None:
+            raise ConfigError(f"{path}: the graph does not record its dataset, so it cannot be evaluated")
+        test = load_dataset(dataset, "test", data_dir or graph.metadata.get("data_dir"), limit=limit)
+        pred = predictions(graph.run, test, graph.input_spec.shape)
+        return {"kind": "integer_graph", "path": str(path), "dataset": dataset, "test_images": len(test),
+                "integer_accuracy": _percent(pred, test.labels)}
+    if (path / CHECKPOINT_FILE).is_file():
+        run = load_run(path)
+        dataset = run.meta["dataset"]
+        test = load_dataset(dataset, "test", data_dir or run.meta.get("data_dir"), limit=limit)
+        pred = predictions(run.model, test, run.model.input_shape)
+        return {"kind": "float_run", "path": str(path), "dataset": dataset, "epoch": run.meta.get("epoch"),
+                "test_images": len(test), "accuracy": _percent(pred, test.labels)}
+    raise ConfigError(f"{path} is neither a float run (no {CHECKPOINT_FILE}) nor an integer graph (no {GRAPH_FILE})")
+
+
+# -- the main job ---------------------------------------------------------------------------
+
+DEMO_TRAIN = TrainConfig(model="lenet5", dataset="fashion-mnist", epochs=8)
+
+
+def demo(out_dir: str | os.PathLike = "runs/demo", *, quiet: bool = False, fresh: bool = False,
+         data_dir: str | None = None) -> dict[str, Any]:
+    """Train LeNet-5 on Fashion-MNIST, quantize it W8A8, check the integer engine.
+
+    Writes `out_dir/fp32/` (float run), `out_dir/int8/` (IntegerGraph) and `out_dir/summary.json`.
+    A finished float run in `out_dir/fp32` is reused unless `fresh`.
+    """
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    fp_dir, int_dir = out_dir / "fp32", out_dir / "int8"
+    config = TrainConfig(**{**DEMO_TRAIN.__dict__, "data_dir": data_dir})
+    if fresh and fp_dir.exists():
+        import shutil
+
+        shutil.rmtree(fp_dir)
+    resume = (fp_dir / CHECKPOINT_FILE).is_file()
+    train_metrics = train(config, fp_dir, resume=resume, quiet=quiet)
+    q = quantize_run(fp_dir, int_dir, QuantConfig(weight_bits=8, act_bits=8), data_dir=data_dir)
+    summary = {
+        "model": "lenet5", "dataset": "fashion-mnist", "epochs": config.epochs,
+        "fp32_accuracy": q["fp32_accuracy"],
+        "fake_quant_accuracy": q["accuracy"],
+        "integer_accuracy": q["integer_accuracy"],
+        "agreement": q["agreement"],
+        "integer_minus_fp32_pp": q["integer_accuracy"] - q["fp32_accuracy"],
+        "train_seconds": train_metrics.get("train_seconds"),
+        "reused_float_run": resume,
+        "seconds": time.perf_counter() - start,
+        "fp32_run": str(fp_dir), "int8_graph": str(int_dir),
+    }
+    write_json_atomic(out_dir / "summary.json", summary)
+    return summary

@@ -1,0 +1,256 @@
+"""The on-disk float run: one folder, one checkpoint file, two JSON views of it.
+
+    run_dir/
+      checkpoint.safetensors   the whole training state, written atomically after every epoch
+      run.json                 human-readable copy of the checkpoint's metadata
+      metrics.json             per-epoch history and the final test accuracy ("accuracy", percent)
+
+The checkpoint is a single safetensors file so that one atomic rename publishes a consistent
+state: killing the process at any moment leaves the previous epoch's complete checkpoint.
+Its tensors are
+
+    model.<name>              the model's state_dict
+    optim.<param_index>.<key> the optimizer's per-parameter state (momentum buffers, Adam moments)
+    rng.torch                 torch's global CPU generator state (uint8)
+    rng.data                  the data generator's state (uint8), which drives order and augmentation
+
+and its metadata has one key, "bitsmith", holding a JSON object:
+{"format": "bitsmith.run", "version": 1, "model": model.spec, "dataset": ..., "data_dir": ...,
+"epoch": completed epochs, "train_config": {...}, "optimizer": {"type", "param_groups"}, "metrics": {...}}.
+
+Nothing here unpickles: tensors come from safetensors, everything else from JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bitsmith.errors import BitsmithError, CheckpointError
+from bitsmith.models import build_model
+from bitsmith.storage import load_tensors, save_tensors_atomic, write_json_atomic
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.json"
+FORMAT = "bitsmith.run"
+VERSION = 1
+_META_KEY = "bitsmith"
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint file read and validated, its tensors split by role."""
+
+    path: Path
+    meta: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    optim_state: dict[int, dict[str, Any]]
+    rng: dict[str, torch.Tensor]
+
+
+@dataclass
+class RunInfo:
+    """A trained float run: the rebuilt model (weights loaded, eval mode) and its metadata."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.meta.get("metrics", {})
+
+
+def checkpoint_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / CHECKPOINT_FILE
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    rng: dict[str, torch.Tensor],
+) -> Path:
+    """Write checkpoint.safetensors atomically, then run.json and metrics.json.
+
+    `meta` holds the run's description (dataset, epoch, train_config, metrics, ...); the format
+    marker, version, model spec and optimizer hyper-parameters are filled in here. `rng` maps a
+    short name ("torch", "data") to a generator state tensor. Returns the checkpoint path.
+    """
+    run_dir = Path(run_dir)
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise CheckpointError(
+            f"cannot save {type(model).__name__} into {run_dir}: it has no .spec to rebuild it from; "
+            "build models with bitsmith.models.build_model."
+        )
+    opt = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
+    scalar_state: dict[str, dict[str, Any]] = {}
+    for index, state in opt["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{key}"] = value
+            else:  # e.g. a plain number some optimizers keep; JSON carries it
+                scalar_state.setdefault(str(index), {})[key] = value
+    for name, state in rng.items():
+        tensors[f"rng.{name}"] = state
+    groups = [
+        {k: v for k, v in g.items() if k != "params"} | {"num_params": len(g["params"])} for g in opt["param_groups"]
+    ]
+    full_meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": spec,
+        **{k: v for k, v in meta.items() if k not in ("format", "version", "model", "optimizer")},
+        "optimizer": {"type": type(optimizer).__name__, "param_groups": groups, "state_values": scalar_state},
+    }
+    path = checkpoint_path(run_dir)
+    save_tensors_atomic(path, tensors, metadata={_META_KEY: json.dumps(full_meta)})
+    write_json_atomic(run_dir / RUN_FILE, full_meta)
+    write_json_atomic(run_dir / METRICS_FILE, full_meta.get("metrics", {}))
+    return path
+
+
+def read_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
+    """Read and validate run_dir/checkpoint.safetensors (run_dir may also be the file itself)."""
+    path = Path(run_dir)
+    if path.suffix != ".safetensors":
+        if not path.is_dir():
+            raise CheckpointError(f"run folder not found: {path}. Train a model first, writing to that folder.")
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"run checkpoint not found: {path}. The run never finished an epoch, or the folder is not a "
+            "training run; train (or resume) it first."
+        )
+    tensors, metadata = load_tensors(path, "run checkpoint")
+    meta = _parse_meta(path, metadata)
+    model_state, optim_state, rng = {}, {}, {}
+    for key, value in tensors.items():
+        role, _, rest = key.partition(".")
+        if role == "model":
+            model_state[rest] = value
+        elif role == "optim":
+            index, _, name = rest.partition(".")
+            if not index.isdigit() or not name:
+                raise CheckpointError(
+                    f"{path}: malformed optimizer tensor name {key!r}; the file was not written by bitsmith."
+                )
+            optim_state.setdefault(int(index), {})[name] = value
+        elif role == "rng":
+            rng[rest] = value
+        else:
+            raise CheckpointError(f"{path}: unexpected tensor {key!r}; the file was not written by bitsmith.")
+    for index, values in meta["optimizer"].get("state_values", {}).items():
+        optim_state.setdefault(int(index), {}).update(values)
+    return Checkpoint(path=path, meta=meta, model_state=model_state, optim_state=optim_state, rng=rng)
+
+
+def load_model_state(model: nn.Module, checkpoint: Checkpoint) -> None:
+    """Copy the checkpoint's weights into `model`; any missing, extra or reshaped tensor is an error."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(checkpoint.model_state))
+    extra = sorted(set(checkpoint.model_state) - set(expected))
+    if missing or extra:
+        raise CheckpointError(
+            f"{checkpoint.path}: weights do not match model {_model_name(checkpoint.meta)!r} "
+            f"(missing: {missing[:5]}, unexpected: {extra[:5]}). "
+            "The checkpoint belongs to a different model or bitsmith version; re-train it."
+        )
+    for name, tensor in expected.items():
+        stored = checkpoint.model_state[name]
+        if stored.shape != tensor.shape:
+            raise CheckpointError(
+                f"{checkpoint.path}: tensor model.{name} has shape {list(stored.shape)}, "
+                f"model {_model_name(checkpoint.meta)!r} expects {list(tensor.shape)}; re-train the run."
+            )
+    model.load_state_dict(checkpoint.model_state, strict=True)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, checkpoint: Checkpoint) -> None:
+    """Restore per-parameter state and hyper-parameters into a freshly built optimizer of the same type."""
+    stored = checkpoint.meta["optimizer"]
+    if stored.get("type") != type(optimizer).__name__:
+        raise CheckpointError(
+            f"{checkpoint.path}: optimizer is {stored.get('type')}, the run now uses {type(optimizer).__name__}; "
+            "resume with the same optimizer or start a new run."
+        )
+    current = optimizer.state_dict()
+    if len(stored["param_groups"]) != len(current["param_groups"]):
+        raise CheckpointError(
+            f"{checkpoint.path}: optimizer has a different number of parameter groups; start a new run."
+        )
+    groups = []
+    for saved, now in zip(stored["param_groups"], current["param_groups"]):
+        if saved.get("num_params") != len(now["params"]):
+            raise CheckpointError(
+                f"{checkpoint.path}: optimizer parameter count differs from the model's; start a new run."
+            )
+        # JSON turned tuples (Adam's betas) into lists; give the optimizer back its own types.
+        restored = {
+            k: (tuple(v) if isinstance(now.get(k), tuple) else v) for k, v in saved.items() if k != "num_params"
+        }
+        groups.append(restored | {"params": now["params"]})
+    n_params = sum(len(g["params"]) for g in groups)
+    bad = [i for i in checkpoint.optim_state if i >= n_params]
+    if bad:
+        raise CheckpointError(
+            f"{checkpoint.path}: optimizer state for parameter {bad[0]} but the model has {n_params}; "
+            "start a new run."
+        )
+    optimizer.load_state_dict({"state": checkpoint.optim_state, "param_groups": groups})
+
+
+def load_run(run_dir: str | os.PathLike) -> RunInfo:
+    """Rebuild the model of a float run from its checkpoint, weights loaded, in eval mode."""
+    checkpoint = read_checkpoint(run_dir)
+    spec = checkpoint.meta["model"]
+    try:
+        model = build_model(
+            spec["name"],
+            num_classes=spec.get("num_classes"),
+            input_shape=tuple(spec["input_shape"]) if spec.get("input_shape") else None,
+            **spec.get("kwargs", {}),
+        )
+    except (BitsmithError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{checkpoint.path}: cannot rebuild model from its spec {spec}: {e}") from None
+    load_model_state(model, checkpoint)
+    model.eval()
+    return RunInfo(model=model, meta=checkpoint.meta, path=checkpoint.path.parent)
+
+
+def _parse_meta(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
+    if _META_KEY not in metadata:
+        raise CheckpointError(f"{path} has no '{_META_KEY}' metadata: it is not a bitsmith run checkpoint.")
+    try:
+        meta = json.loads(metadata[_META_KEY])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: '{_META_KEY}' metadata is not valid JSON ({e}); re-train the run.") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise CheckpointError(f"{path}: metadata format is {found!r}, expected {FORMAT!r}; not a bitsmith run.")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: run format version {meta.get('version')!r}; this bitsmith reads version {VERSION}. "
+            "Re-train the run with this version."
+        )
+    for key in ("model", "epoch", "optimizer"):
+        if key not in meta:
+            raise CheckpointError(f"{path}: metadata lacks {key!r}; the file is incomplete, re-train the run.")
+    model = meta["model"]
+    if not isinstance(model, dict) or "name" not in model:
+        raise CheckpointError(f"{path}: metadata 'model' is not a model spec ({model!r}); re-train the run.")
+    return meta
+
+
+def _model_name(meta: dict[str, Any]) -> str:
+    return str(meta.get("model", {}).get("name", "?"))

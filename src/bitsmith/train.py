@@ -1,0 +1,364 @@
+"""Float training: one loop, a checkpoint after every epoch, and exact resume.
+
+    config = TrainConfig(model="lenet5", dataset="fashion-mnist", epochs=8)
+    metrics = train(config, "runs/lenet5")  # writes checkpoint.safetensors, run.json, metrics.json
+    metrics = train(config, "runs/lenet5", resume=True)  # continues after the last completed epoch
+
+Reproducibility. Everything random comes from two generators seeded from `config.seed`: torch's
+global generator (weight init, dropout) and a dedicated data generator (order and augmentation).
+Both states go into the checkpoint with the weights and the optimizer state, and the
+learning rate is a pure function of the global step (cosine, no scheduler object), so a resumed
+run repeats exactly what the uninterrupted run would have done. In deterministic mode
+(`config.deterministic`, the default) `torch.use_deterministic_algorithms(True)` is on while
+training, and the CPU thread count is pinned: a fresh run records `torch.get_num_threads()` in
+the checkpoint and a resumed run uses that same count, because a float reduction split over a
+different number of threads can round differently. The result is then bit-identical to an
+uninterrupted run on the same machine and torch build, even after a SIGKILL mid-epoch.
+The caller's global RNG state, thread count and determinism flag are restored on return.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from bitsmith.data import ArrayDataset, DatasetInfo, dataset_info, iterate_batches, load_dataset
+from bitsmith.errors import CheckpointError, ConfigError
+from bitsmith.evaluate import accuracy
+from bitsmith.models import build_model
+from bitsmith.runs import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    load_model_state,
+    load_optimizer_state,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+OPTIMIZERS = ("sgd", "adam")
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3}
+SGD_MOMENTUM = 0.9
+# Models whose default head is a detector; on a classification data set they need [N, classes] logits.
+_DETECTOR_MODELS = ("ultranet", "ultranet_bypass", "skynet")
+# Settings a resumed run may change: where the data lives does not change what is trained.
+_RESUMABLE_CHANGES = ("data_dir",)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a float training run (and must match when it is resumed)."""
+
+    model: str
+    dataset: str
+    epochs: int
+    batch_size: int = 128
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9, Nesterov) or "adam"
+    lr: float | None = None  # None: 0.05 for sgd, 1e-3 for adam; decays by a cosine to 0
+    weight_decay: float = 5e-4
+    seed: int = 0
+    data_dir: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    deterministic: bool = True
+    limit_train: int | None = None  # use only the first N training images (smoke runs, tests)
+    limit_test: int | None = None
+
+    def resolved(self) -> TrainConfig:
+        """A checked copy with the learning-rate default filled in."""
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("limit_train", "limit_test"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+        lr = DEFAULT_LR[self.optimizer] if self.lr is None else float(self.lr)
+        if not lr > 0:
+            raise ConfigError(f"learning rate must be positive, got {self.lr!r}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        return replace(
+            self,
+            dataset=dataset_info(self.dataset).name,  # "Fashion_MNIST" and "fashion-mnist" are one run
+            lr=lr,
+            weight_decay=float(self.weight_decay),
+            data_dir=None if self.data_dir is None else str(self.data_dir),
+            model_kwargs=dict(self.model_kwargs),
+        )
+
+
+def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
+    """Learning rate at global step `step` (0-based): base · ½(1 + cos(π·step/total))."""
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+
+
+def model_input_shape(model: str, info: DatasetInfo) -> tuple[int, int, int]:
+    """The input shape a model gets on a data set: LeNet-5 keeps 32 x 32 (the data is padded or
+    upsampled to it), the others take the images' own shape."""
+    channels, height, width = info.image_shape
+    if model == "lenet5":
+        return (channels, 32, 32)
+    return (channels, height, width)
+
+
+def build_for_dataset(config: TrainConfig, info: DatasetInfo) -> nn.Module:
+    """Build `config.model` with the data set's classes and input shape."""
+    kwargs = dict(config.model_kwargs)
+    if config.model in _DETECTOR_MODELS:
+        kwargs.setdefault("classify", True)
+    shape = model_input_shape(config.model, info)
+    return build_model(config.model, num_classes=info.num_classes, input_shape=shape, **kwargs)
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum 0.9, or Adam; weight decay (L2) on every parameter."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=SGD_MOMENTUM, nesterov=True,
+                               weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train `config.model` on `config.dataset`, checkpointing into `out_dir` after every epoch.
+
+    Returns the run's metrics (also in out_dir/metrics.json): "history" (one record per epoch:
+    train_loss, train_acc, test_acc, lr, seconds) and "accuracy", the final test accuracy in percent.
+    resume=True continues from out_dir/checkpoint.safetensors (or starts fresh if there is none yet);
+    its config must match the checkpoint's. `progress`, if given, is called with each epoch's record
+    once that epoch is checkpointed. `quiet` turns off the progress bar and the per-epoch lines.
+    """
+    config = config.resolved()
+    out_dir = Path(out_dir)
+    checkpoint = _existing_checkpoint(config, out_dir, resume)
+    for stale in out_dir.glob(".*.tmp"):  # half-written files of a run that was killed mid-write
+        stale.unlink()
+    if checkpoint is not None and checkpoint.meta["epoch"] >= config.epochs:
+        return checkpoint.meta["metrics"]
+
+    info = dataset_info(config.dataset)
+    train_ds = load_dataset(config.dataset, "train", config.data_dir, limit=config.limit_train)
+    test_ds = load_dataset(config.dataset, "test", config.data_dir, limit=config.limit_test)
+    steps_per_epoch = len(train_ds.labels) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"batch_size {config.batch_size} is larger than the {len(train_ds.labels)} training images "
+            f"of {config.dataset!r}; lower the batch size."
+        )
+    threads = torch.get_num_threads()
+    if checkpoint is not None:
+        threads = checkpoint.meta.get("environment", {}).get("num_threads", threads)
+    with _reproducible(config, threads):
+        return _train_loop(config, out_dir, info, train_ds, test_ds, steps_per_epoch, checkpoint, quiet, progress)
+
+
+def _existing_checkpoint(config: TrainConfig, out_dir: Path, resume: bool) -> Checkpoint | None:
+    """The checkpoint to resume from, after checking it belongs to this config."""
+    path = out_dir / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    if not resume:
+        raise ConfigError(
+            f"{out_dir} already holds a training run ({path.name}); pass resume=True (--resume) to continue it, "
+            "or choose another output folder (--out)."
+        )
+    checkpoint = read_checkpoint(out_dir)
+    stored = checkpoint.meta.get("train_config", {})
+    current = _jsonable(asdict(config))
+    for name, value in current.items():
+        if name not in _RESUMABLE_CHANGES and stored.get(name) != value:
+            raise ConfigError(
+                f"cannot resume {path}: {name} is {value!r} now but the checkpoint was trained with "
+                f"{stored.get(name)!r}. Use the same {name}, or start a new run in another folder (--out)."
+            )
+    return checkpoint
+
+
+@contextmanager
+def _reproducible(config: TrainConfig, threads: int) -> Iterator[None]:
+    """Seeded, deterministic, fixed-thread training; the caller's global state is restored afterwards."""
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            torch.manual_seed(config.seed)
+            if config.deterministic:
+                torch.use_deterministic_algorithms(True)
+                torch.set_num_threads(threads)
+            yield
+        finally:
+            torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+            torch.set_num_threads(old_threads)
+
+
+def _train_loop(
+    config: TrainConfig,
+    out_dir: Path,
+    info: DatasetInfo,
+    train_ds: ArrayDataset,
+    test_ds: ArrayDataset,
+    steps_per_epoch: int,
+    checkpoint: Checkpoint | None,
+    quiet: bool,
+    progress: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    model = build_for_dataset(config, info)  # consumes the freshly seeded global generator
+    optimizer = make_optimizer(config, model)
+    data_gen = torch.Generator().manual_seed(config.seed + 1)  # a stream of its own, apart from weight init
+    history: list[dict[str, Any]] = []
+    if checkpoint is not None:
+        history = _restore(checkpoint, model, optimizer, data_gen, steps_per_epoch)
+
+    metrics: dict[str, Any] = {}
+    bar = _progress_bar(quiet)
+    with bar:
+        task = bar.add_task("", total=steps_per_epoch, loss=float("nan"), acc=float("nan"))
+        for epoch in range(len(history), config.epochs):
+            bar.reset(task, total=steps_per_epoch, description=f"epoch {epoch + 1}/{config.epochs}")
+            start = time.perf_counter()
+            batches = iterate_batches(train_ds, config.batch_size, model.input_shape, shuffle=True,
+                                      augment=info.augment, generator=data_gen, drop_last=True)
+            first_step, total_steps = epoch * steps_per_epoch, steps_per_epoch * config.epochs
+            record = {"epoch": epoch + 1}
+            record |= _train_epoch(model, optimizer, batches, config.lr, first_step, total_steps,
+                                   lambda loss, acc: bar.update(task, advance=1, loss=loss, acc=acc))
+            record["test_acc"] = accuracy(model, test_ds, model.input_shape)
+            record["seconds"] = round(time.perf_counter() - start, 3)
+            history.append(record)
+            metrics = _metrics(config, history)
+            meta = {
+                "dataset": config.dataset,
+                "data_dir": config.data_dir,
+                "epoch": epoch + 1,
+                "train_config": _jsonable(asdict(config)),
+                "metrics": metrics,
+                "steps_per_epoch": steps_per_epoch,
+                "train_images": len(train_ds.labels),
+                "test_images": len(test_ds.labels),
+                "environment": {"torch": torch.__version__, "num_threads": torch.get_num_threads()},
+            }
+            rng = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
+            save_checkpoint(out_dir, model, optimizer, meta, rng)
+            if not quiet:
+                bar.console.print(
+                    f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
+                    f"train {record['train_acc']:.2f}%  test {record['test_acc']:.2f}%  {record['seconds']:.1f} s"
+                )
+            if progress is not None:
+                progress(record)
+    return metrics
+
+
+def _restore(
+    checkpoint: Checkpoint,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data_gen: torch.Generator,
+    steps_per_epoch: int,
+) -> list[dict[str, Any]]:
+    """Put the checkpoint's weights, optimizer state and generator states back; returns the epoch history."""
+    if _jsonable(model.spec) != checkpoint.meta["model"]:
+        raise ConfigError(
+            f"cannot resume {checkpoint.path}: the model is now built as {model.spec}, the checkpoint holds "
+            f"{checkpoint.meta['model']}. Start a new run in another folder (--out)."
+        )
+    if checkpoint.meta.get("steps_per_epoch") != steps_per_epoch:
+        raise ConfigError(
+            f"cannot resume {checkpoint.path}: the training set now gives {steps_per_epoch} batches per epoch, "
+            f"the checkpoint was trained with {checkpoint.meta.get('steps_per_epoch')} (different data?). "
+            "Point data_dir at the original data, or start a new run in another folder (--out)."
+        )
+    history = list(checkpoint.meta["metrics"]["history"])
+    if len(history) != checkpoint.meta["epoch"] or {"torch", "data"} - set(checkpoint.rng):
+        raise CheckpointError(
+            f"{checkpoint.path}: epoch history or generator states are incomplete; start a new run."
+        )
+    load_model_state(model, checkpoint)
+    load_optimizer_state(optimizer, checkpoint)
+    torch.set_rng_state(checkpoint.rng["torch"])
+    data_gen.set_state(checkpoint.rng["data"])
+    return history
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    base_lr: float,
+    first_step: int,
+    total_steps: int,
+    on_batch: Callable[[float, float], None],
+) -> dict[str, float]:
+    """One pass of SGD/Adam over `batches`; returns the epoch's mean loss, accuracy (%) and last lr."""
+    model.train()
+    loss_sum, correct, seen, lr = 0.0, 0, 0, base_lr
+    for i, (x, y) in enumerate(batches):
+        lr = cosine_lr(base_lr, first_step + i, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise ConfigError(
+                f"training diverged: loss is {loss_value} at global step {first_step + i} (lr {lr:.3g}). "
+                "Lower the learning rate (--lr) or raise the batch size; the last good checkpoint is kept."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss_value * len(y)
+        correct += (logits.argmax(dim=1) == y).sum().item()
+        seen += len(y)
+        on_batch(loss_sum / seen, 100.0 * correct / seen)
+    return {"train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen, "lr": lr}
+
+
+def _metrics(config: TrainConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "model": config.model,
+        "dataset": config.dataset,
+        "epochs_completed": len(history),
+        "epochs": config.epochs,
+        "accuracy": history[-1]["test_acc"],
+        "train_seconds": round(sum(r["seconds"] for r in history), 3),
+        "history": history,
+    }
+
+
+def _progress_bar(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2f}%"),
+        TimeElapsedColumn(),
+        transient=True,
+        disable=quiet,
+    )
+
+
+def _jsonable(obj: Any) -> Any:
+    """What `obj` looks like after a JSON round trip (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(obj))

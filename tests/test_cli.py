@@ -1,0 +1,72 @@
+"""The command line end to end on the synthetic data set: train → quantize → eval, --json, errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def bitsmith(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "bitsmith.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"bitsmith {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def last_json(proc):
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def float_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "fp32"
+    result = last_json(bitsmith("train", "--model", "lenet5", "--dataset", "synthetic", "--epochs", "2",
+                                "--out", out, "--json"))
+    assert result["accuracy"] > 50  # the synthetic set is learnable: well above 10% chance
+    return out
+
+
+def test_quantize_and_eval_json(float_run, tmp_path):
+    graph = tmp_path / "int8"
+    q = last_json(bitsmith("quantize", float_run, "--wbits", "8", "--abits", "8", "--out", graph, "--json"))
+    for key in ("fp32_accuracy", "accuracy", "integer_accuracy", "agreement"):
+        assert key in q
+    assert q["agreement"] >= 0.99
+    assert abs(q["integer_accuracy"] - q["fp32_accuracy"]) <= 2.0
+    assert (graph / "graph.json").is_file() and (graph / "tensors.safetensors").is_file()
+    assert json.loads((graph / "metrics.json").read_text())["integer_accuracy"] == q["integer_accuracy"]
+
+    e = last_json(bitsmith("eval", graph, "--json"))
+    assert e["integer_accuracy"] == q["integer_accuracy"]
+    f = last_json(bitsmith("eval", float_run, "--json"))
+    assert f["accuracy"] == q["fp32_accuracy"]
+
+
+def test_human_output_is_a_table(float_run):
+    proc = bitsmith("eval", float_run)
+    assert "accuracy" in proc.stdout and "float_run" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--wbits", "1"], "allowed: 2 to 16"),
+    (["--abits", "33"], "allowed: 2 to 16"),
+])
+def test_bad_settings_give_a_clear_error(float_run, tmp_path, args, message):
+    proc = bitsmith("quantize", float_run, "--out", tmp_path / "x", *args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_names_and_paths(tmp_path):
+    proc = bitsmith("train", "--model", "resnet", "--dataset", "synthetic", "--out", tmp_path / "r", check=False)
+    assert proc.returncode == 2 and "lenet5" in proc.stderr and "Traceback" not in proc.stderr
+    proc = bitsmith("eval", tmp_path, check=False)
+    assert proc.returncode == 2 and "neither a float run" in proc.stderr
+
+
+def test_summary_json():
+    s = last_json(bitsmith("summary", "lenet5", "--json"))
+    assert (s["params"], s["macs"]) == (61470, 416520)

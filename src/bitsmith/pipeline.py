@@ -140,10 +140,10 @@ def demo(out_dir: str | os.PathLike = "runs/demo", *, quiet: bool = False, fresh
         "fake_quant_accuracy": q["accuracy"],
         "integer_accuracy": q["integer_accuracy"],
         "agreement": q["agreement"],
-        "integer_minus_fp32_pp": q["integer_accuracy"] - q["fp32_accuracy"],
+        "integer_minus_fp32_pp": round(q["integer_accuracy"] - q["fp32_accuracy"], 4),
         "train_seconds": train_metrics.get("train_seconds"),
         "reused_float_run": resume,
-        "seconds": time.perf_counter() - start,
+        "seconds": round(time.perf_counter() - start, 2),
         "fp32_run": str(fp_dir), "int8_graph": str(int_dir),
     }
     write_json_atomic(out_dir / "summary.json", summary)

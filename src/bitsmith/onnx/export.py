@@ -1,0 +1,112 @@
+"""`export_onnx` writes an IntegerGraph as an ONNX model; `run_onnx` runs one in onnxruntime.
+
+Two flavours:
+
+* the integer model (default): float images in, the graph's integer output codes (int64) out,
+  bit for bit what `graph.run` returns (see `bitsmith.onnx.integer`);
+* the QDQ model (`qdq=True`): QuantizeLinear/DequantizeLinear around float operators, dequantized
+  floats out, for runtimes that build their own integer kernels (see `bitsmith.onnx.qdq`).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from onnx import TensorProto
+
+from bitsmith.errors import CheckpointError, GraphError
+from bitsmith.integer.graph import IntegerGraph
+from bitsmith.onnx import integer as integer_model
+from bitsmith.onnx import qdq as qdq_model
+from bitsmith.onnx.builder import INPUT_NAME, OnnxBuilder, metadata_props
+from bitsmith.storage import write_bytes_atomic
+
+
+def export_onnx(graph: IntegerGraph, path: str | os.PathLike, *, qdq: bool = False) -> Path:
+    """Write `graph` to `path` as an ONNX model (opset 21, IR 10), atomically; returns the path.
+
+    The model's input is "input", float32 [N, C, H, W] with a dynamic batch N. The integer model
+    (default) returns the graph's output codes as int64; with `qdq=True` it returns their real
+    values as float32. Graph metadata (model, dataset, quant_config, …) becomes metadata_props.
+    Raises ConfigError when a layer cannot be expressed (the integer model needs ≤ 8-bit codes),
+    GraphError for an invalid graph.
+    """
+    graph.validate()
+    flavour = "qdq" if qdq else "integer"
+    b = OnnxBuilder()
+    if graph.inputs[0] != INPUT_NAME:
+        b.op("Identity", [INPUT_NAME], graph.inputs[0])
+    (qdq_model if qdq else integer_model).build(graph, b)
+    out = graph.output_spec
+    extra = {
+        "bitsmith.export": flavour,
+        "bitsmith.output": out.name,
+        "bitsmith.output_scale": out.scale,
+        "bitsmith.output_zero_point": out.zero_point,
+        "bitsmith.output_bits": out.bits,
+    }
+    model = b.model(
+        f"bitsmith_{_model_name(graph)}_{flavour}",
+        tuple(graph.input_spec.shape),
+        out.name,
+        tuple(out.shape),
+        TensorProto.FLOAT if qdq else TensorProto.INT64,
+        metadata_props(graph.metadata, extra),
+    )
+    path = Path(path)
+    write_bytes_atomic(path, model.SerializeToString())
+    return path
+
+
+def _model_name(graph: IntegerGraph) -> str:
+    spec = graph.metadata.get("model")  # the zoo model spec, when the pipeline recorded it
+    return str(spec.get("name", "graph")) if isinstance(spec, dict) else "graph"
+
+
+def run_onnx(path: str | os.PathLike, x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Run an exported model on the onnxruntime CPU provider; returns its (first) output.
+
+    `x` is float images [N, C, H, W] (or one image [C, H, W]), converted to float32 as the
+    integer engine does. The session is cached per file (path, size, modification time).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"ONNX model not found: {path}")
+    stat = path.stat()
+    session = _session(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return session.run(None, {INPUT_NAME: _as_input(session, path, x)})[0]
+
+
+@lru_cache(maxsize=4)
+def _session(path: str, size: int, mtime_ns: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    try:
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's load errors (Fail, InvalidGraph, …) share no narrower base
+        raise CheckpointError(f"onnxruntime cannot load {path}: {e}. Re-export it with bitsmith.") from None
+
+
+def _as_input(session: ort.InferenceSession, path: Path, x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        if not x.is_floating_point():
+            raise GraphError(f"{path}: input must be float images, got a {x.dtype} tensor")
+        x = x.detach().cpu().to(torch.float32).numpy()
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise GraphError(f"{path}: input must be float images, got {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    shape = session.get_inputs()[0].shape[1:]
+    if x.ndim == len(shape):
+        x = x[None]
+    if list(x.shape[1:]) != list(shape):
+        raise GraphError(f"{path}: input of shape {list(x.shape)} does not fit the model input "
+                         f"[N, {', '.join(map(str, shape))}]")
+    if not np.isfinite(x).all():  # the engine rejects these too; a Cast of NaN is undefined
+        raise GraphError(f"{path}: input contains NaN or infinity")
+    return x

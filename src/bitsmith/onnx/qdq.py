@@ -1,0 +1,147 @@
+"""The QDQ interchange model: float operators between QuantizeLinear/DequantizeLinear pairs.
+
+Every IntegerGraph tensor becomes the float value of its real numbers, S · (q − z), under the
+tensor's own name. Activations pass through QuantizeLinear → DequantizeLinear on the graph's
+grids (uint8/int8, or 16-bit types for wider codes), weights are int8/int16 codes behind a
+DequantizeLinear (per tensor or per output channel, zero point 0) and biases int32 codes at
+scale S_w · S_in. Runtimes that understand QDQ (onnxruntime, TensorRT, …) turn this into their own
+integer kernels; their rounding differs from docs/arithmetic.md, so this model is close to the
+integer graph, not bit-exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from onnx import TensorProto
+
+from bitsmith.errors import ConfigError
+from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
+from bitsmith.onnx.builder import OnnxBuilder
+from bitsmith.onnx.integer import emit_reorg
+
+# (signed, storage bits) → ONNX element type, numpy dtype
+_Q_TYPES = {
+    (True, 8): (TensorProto.INT8, np.int8),
+    (False, 8): (TensorProto.UINT8, np.uint8),
+    (True, 16): (TensorProto.INT16, np.int16),
+    (False, 16): (TensorProto.UINT16, np.uint16),
+}
+
+
+def build(graph: IntegerGraph, b: OnnxBuilder) -> None:
+    """Emit every node of `graph`; each writes the float value named after its output tensor."""
+    for node in graph.nodes:
+        _EMIT[node.op](graph, node, b)
+
+
+def _storage(node: Node, bits: int, signed: bool, what: str) -> tuple[int, type]:
+    for width in (8, 16):
+        if bits <= width:
+            return _Q_TYPES[(signed, width)]
+    raise ConfigError(f"layer {node.name!r} ({node.op}): {what} {bits}-bit codes; "
+                      "QuantizeLinear/DequantizeLinear take at most 16 bits")
+
+
+def _quantize(b: OnnxBuilder, node: Node, x: str, out: TensorSpec, lo: int, hi: int) -> None:
+    """Q/DQ the real value `x` onto `out`'s grid with codes clamped to [lo, hi] → value `out.name`."""
+    n = node.name
+    onnx_type, np_type = _storage(node, out.bits, out.signed, "output has")
+    info = np.iinfo(np_type)
+    scale = np.float32(out.scale)
+    if (lo, hi) != (info.min, info.max):
+        # A narrower range (fewer bits, or a fused ReLU's clamp at the zero point) is a clip of
+        # the real value before QuantizeLinear, which itself saturates only to its storage type.
+        if lo == out.zero_point and hi == info.max:
+            x = b.op("Relu", [x], f"{n}/relu")
+        else:
+            x = b.op("Clip", [x, b.const(f"{n}/clip_min", np.array(scale * np.float32(lo - out.zero_point))),
+                              b.const(f"{n}/clip_max", np.array(scale * np.float32(hi - out.zero_point)))], f"{n}/clip")
+    s = b.const(f"{n}/scale", np.array(scale, dtype=np.float32))
+    z = b.const(f"{n}/zero_point", np.array(out.zero_point, dtype=np_type))
+    q = b.op("QuantizeLinear", [x, s, z], f"{n}/codes", name=f"{n}/quantize")
+    b.op("DequantizeLinear", [q, s, z], out.name, name=n)
+
+
+# -- ops ----------------------------------------------------------------------------------
+
+def _quantize_input(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
+    out = graph.tensors[node.output]
+    _quantize(b, node, node.inputs[0], out, out.qmin, out.qmax)
+
+
+def _requant(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
+    out = graph.tensors[node.output]
+    _quantize(b, node, node.inputs[0], out, node.attrs["clamp_min"], node.attrs["clamp_max"])
+
+
+def _weight_and_bias(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> list[str]:
+    """DequantizeLinear of the weight codes (scale S_w = S_acc / S_in) and of the int32 bias (S_acc)."""
+    n = node.name
+    x, acc = graph.tensors[node.inputs[0]], graph.tensors[node.output]
+    per_axis = acc.per_channel
+    s_acc = np.array(acc.scale, dtype=np.float64)
+    # S_acc = S_w · S_in was formed in float64 from two float32 numbers, so this division is exact.
+    s_w = (s_acc / x.scale).astype(np.float32)
+    w_type = _storage(node, node.attrs["weight_bits"], True, "weights are")[1]
+    codes = graph.params[node.params["weight"]].numpy().astype(w_type)
+    axis = {"axis": 0} if per_axis else {}
+    w = b.op("DequantizeLinear", [b.const(f"{n}/weight_codes", codes), b.const(f"{n}/weight_scale", s_w),
+                                  b.const(f"{n}/weight_zero_point", np.zeros(s_w.shape, dtype=w_type))],
+             f"{n}/weight", name=f"{n}/dequantize_weight", **axis)
+    if "bias" not in node.params:
+        return [w]
+    bias = graph.params[node.params["bias"]].numpy().astype(np.int32)
+    bias_f = b.op("DequantizeLinear", [b.const(f"{n}/bias_codes", bias),
+                                       b.const(f"{n}/bias_scale", s_acc.astype(np.float32)),
+                                       b.const(f"{n}/bias_zero_point", np.zeros(s_acc.shape, dtype=np.int32))],
+                  f"{n}/bias", name=f"{n}/dequantize_bias", **axis)
+    return [w, bias_f]
+
+
+def _conv2d(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
+    a = node.attrs
+    ph, pw = _pair(a["padding"])
+    b.op("Conv", [node.inputs[0], *_weight_and_bias(graph, node, b)], node.output, name=node.name,
+         strides=_pair(a["stride"]), pads=[ph, pw, ph, pw], dilations=_pair(a["dilation"]), group=a["groups"])
+
+
+def _linear(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
+    b.op("Gemm", [node.inputs[0], *_weight_and_bias(graph, node, b)], node.output, name=node.name, transB=1)
+
+
+def _maxpool(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
+    b.op("MaxPool", node.inputs, node.output, name=node.name,
+         kernel_shape=_pair(node.attrs["kernel"]), strides=_pair(node.attrs["stride"]))
+
+
+def _avgpool(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
+    # The window sum at scale S_in / (kh·kw) is, as a real number, the window mean.
+    b.op("AveragePool", node.inputs, node.output, name=node.name,
+         kernel_shape=_pair(node.attrs["kernel"]), strides=_pair(node.attrs["stride"]))
+
+
+def _flatten(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
+    b.op("Flatten", node.inputs, node.output, name=node.name, axis=1)
+
+
+def _concat(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
+    b.op("Concat", node.inputs, node.output, name=node.name, axis=1)
+
+
+def _pair(v) -> list[int]:
+    return [v, v] if isinstance(v, int) else list(v)
+
+
+_EMIT: dict[str, Callable[[IntegerGraph, Node, OnnxBuilder], None]] = {
+    "QuantizeInput": _quantize_input,
+    "Conv2d": _conv2d,
+    "Linear": _linear,
+    "Requant": _requant,
+    "MaxPool2d": _maxpool,
+    "AvgPool2d": _avgpool,
+    "Flatten": _flatten,
+    "Reorg": emit_reorg,
+    "Concat": _concat,
+}

@@ -1,0 +1,261 @@
+"""ONNX export: the integer model gives exactly the engine's codes in onnxruntime; the QDQ model is close.
+
+Every comparison is element by element on int64, for the graph output and for every intermediate
+tensor (the integer model names its values after the IntegerGraph tensors).
+"""
+
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from bitsmith.errors import CheckpointError, ConfigError, GraphError
+from bitsmith.integer import IntegerGraph, Node, TensorSpec, lower
+from bitsmith.models import build_model
+from bitsmith.onnx import export_onnx, run_onnx
+from bitsmith.onnx import integer as integer_export
+from bitsmith.quant import QuantConfig, quantize
+
+W4A4 = QuantConfig(weight_bits=4, act_bits=4, per_channel=True)
+
+
+def quantized_graph(name: str, config: QuantConfig = QuantConfig(), **kwargs) -> IntegerGraph:
+    """A zoo model with random weights (and random BN statistics), calibrated on random images."""
+    torch.manual_seed(0)
+    model = build_model(name, **kwargs).eval()
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) * 1.5 + 0.5)
+    calib = [torch.randn(4, *model.input_shape) for _ in range(2)]
+    return lower(quantize(model, calib, config))
+
+
+def probe_inputs(g: IntegerGraph, n: int = 4) -> torch.Tensor:
+    """Calibrated-range images, images far outside it (saturation) and exact rounding ties."""
+    gen = torch.Generator().manual_seed(2)
+    shape = g.input_spec.shape
+    scale = float(g.tensors[g.nodes[0].output].scale)
+    ties = (torch.randint(-300, 300, (1, *shape), generator=gen) + 0.5) * scale
+    return torch.cat([torch.randn(n, *shape, generator=gen) * 1.3,
+                      torch.randn(2, *shape, generator=gen) * 20.0,
+                      ties.to(torch.float32)])
+
+
+def run_every_tensor(path, names: list[str], x: torch.Tensor) -> dict[str, np.ndarray]:
+    """Run the exported model with every IntegerGraph tensor exposed as an extra output."""
+    model = onnx.load(path)
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.INT64, None)
+                              for n in names if n not in known)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs()]
+    return dict(zip(outputs, session.run(None, {"input": x.numpy()})))
+
+
+def assert_bit_exact(g: IntegerGraph, path, x: torch.Tensor) -> None:
+    want = g.run(x, return_all=True)
+    names = [n.output for n in g.nodes]
+    got = run_every_tensor(path, names, x)
+    for name in names:  # in execution order: the first mismatch is where the export is wrong
+        np.testing.assert_array_equal(got[name].astype(np.int64), want[name].numpy(), err_msg=f"tensor {name}")
+    out = run_onnx(path, x)
+    assert out.dtype == np.int64
+    np.testing.assert_array_equal(out, want[g.outputs[0]].numpy())
+
+
+# -- the integer model: bit for bit ---------------------------------------------------------
+
+CASES = {
+    "lenet5": ("lenet5", QuantConfig(), {}),
+    "lenet5_bias": ("lenet5", QuantConfig(), {"bias": True}),
+    "vgg_tiny": ("vgg_tiny", QuantConfig(), {}),
+    "nin": ("nin", QuantConfig(), {}),
+    "lenet5_w4a4_per_channel": ("lenet5", W4A4, {"bias": True}),
+    "lenet5_w4a4_requantize_output": ("lenet5", replace(W4A4, requantize_output=True), {"bias": True}),
+    "ultranet_bypass": ("ultranet_bypass", QuantConfig(), {"input_shape": (3, 32, 64)}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_integer_model_equals_engine(case, tmp_path):
+    name, config, kwargs = CASES[case]
+    g = quantized_graph(name, config, **kwargs)
+    path = export_onnx(g, tmp_path / f"{case}.onnx")
+    onnx.checker.check_model(onnx.load(path), full_check=True)
+    x = probe_inputs(g)
+    assert_bit_exact(g, path, x)
+    codes = g.run(x, return_all=True)
+    q_in, spec = codes[g.nodes[0].output], g.tensors[g.nodes[0].output]
+    assert q_in.min() == spec.qmin and q_in.max() == spec.qmax  # the input quantizer saturated both ways
+    assert len(np.unique(codes[g.outputs[0]].numpy())) > 1  # a constant output would prove nothing
+
+
+# Zoo models calibrate activations symmetrically (zero point 0); these graphs move zero points
+# off 0 so that ConvInteger's zero-point padding, the AvgPool sum of q − z and the requantizer's
+# input/output zero points are exercised. The engine defines what the changed graph computes.
+ZERO_POINTS = {
+    "vgg_tiny": ("vgg_tiny", {}, {"input_quant": (False, 100), "q_conv1": (False, 3)}),
+    "nin": ("nin", {}, {"q_conv6": (False, 4), "q_conv9": (True, -2)}),
+    "ultranet_bypass": ("ultranet_bypass", {"input_shape": (3, 32, 64)}, {"q_body_conv7": (False, 5)}),
+}
+
+
+@pytest.mark.parametrize("case", list(ZERO_POINTS))
+def test_integer_model_with_nonzero_zero_points(case, tmp_path):
+    name, kwargs, changes = ZERO_POINTS[case]
+    g = quantized_graph(name, **kwargs)
+    for tensor, (signed, zp) in changes.items():
+        g.tensors[tensor] = replace(g.tensors[tensor], signed=signed, zero_point=zp)
+        producer = g.node_producing(tensor)
+        if producer.op == "Requant":
+            spec = g.tensors[tensor]
+            producer.attrs.update(clamp_min=max(spec.qmin, zp), clamp_max=spec.qmax)
+    g.validate()
+    assert_bit_exact(g, export_onnx(g, tmp_path / "zp.onnx"), probe_inputs(g))
+
+
+def hand_graph(tensors: list[TensorSpec], nodes: list[Node], params: dict) -> IntegerGraph:
+    g = IntegerGraph({t.name: t for t in tensors}, nodes, params, ["input"], [nodes[-1].output])
+    g.validate()
+    return g
+
+
+def test_requantizer_at_its_extremes(tmp_path):
+    """|v| up to 2^31, m up to 2^31 − 1, every shift from 0 to 62, results beyond ±2^31 before the clamp."""
+    low, high = -(2**31) + 127 * 128, 2**31 - 1 - 127 * 128  # with w·q these reach −2^31 and 2^31 − 1
+    m = [2**31 - 1, 2**31 - 1, 2**30, 1, 12345, 2**31 - 1, 3]
+    s = [62, 61, 31, 0, 17, 1, 1]
+    w = [127, -128, 1, -1, 100, -100, 3]
+    bias = [low, high - 128, low, high, low, high, low]
+    gen = torch.Generator().manual_seed(4)
+    m += torch.randint(0, 2**31, (57,), generator=gen).tolist()
+    s += torch.randint(0, 63, (57,), generator=gen).tolist()
+    w += torch.randint(-128, 128, (57,), generator=gen).tolist()
+    bias += torch.randint(low, high, (57,), generator=gen).tolist()
+    c = len(m)
+    g = hand_graph(
+        [TensorSpec("input", (1,), "float32"),
+         TensorSpec("q", (1,), "int", 8, True, 1.0, 0),
+         TensorSpec("acc", (c,), "int", 32, True, 1.0, 0),
+         TensorSpec("out", (c,), "int", 32, True, 1.0, 7)],
+        [Node("QuantizeInput", "q", ["input"], "q"),
+         Node("Linear", "acc", ["q"], "acc", {"weight_bits": 8}, {"weight": "acc.weight", "bias": "acc.bias"}),
+         Node("Requant", "out", ["acc"], "out", {"clamp_min": -(2**31), "clamp_max": 2**31 - 1, "multiplier_bits": 32},
+              {"multiplier": "out.multiplier", "shift": "out.shift"})],
+        {"acc.weight": torch.tensor(w, dtype=torch.int8).reshape(c, 1),
+         "acc.bias": torch.tensor(bias, dtype=torch.int32),
+         "out.multiplier": torch.tensor(m, dtype=torch.int64), "out.shift": torch.tensor(s, dtype=torch.int64)},
+    )
+    x = torch.arange(-130, 131, dtype=torch.float32).reshape(-1, 1)  # every input code
+    path = export_onnx(g, tmp_path / "requant.onnx")
+    assert_bit_exact(g, path, x)
+    out = g.run(x)
+    assert out.min() == -(2**31) and out.max() == 2**31 - 1  # the clamp was reached both ways
+
+
+@pytest.mark.parametrize("r, h, w", [(2, 4, 6), (3, 6, 3)])
+def test_reorg_is_pixel_unshuffle_order(r, h, w, tmp_path):
+    g = hand_graph(
+        [TensorSpec("input", (2, h, w), "float32"),
+         TensorSpec("q", (2, h, w), "int", 8, True, 1.0, 0),
+         TensorSpec("reorg", (2 * r * r, h // r, w // r), "int", 8, True, 1.0, 0)],
+        [Node("QuantizeInput", "q", ["input"], "q"), Node("Reorg", "reorg", ["q"], "reorg", {"stride": r})],
+        {},
+    )
+    x = torch.arange(2 * 2 * h * w, dtype=torch.float32).reshape(2, 2, h, w) - 40
+    got = run_onnx(export_onnx(g, tmp_path / "reorg.onnx"), x)
+    np.testing.assert_array_equal(got, torch.nn.functional.pixel_unshuffle(x.clamp(-128, 127).long(), r).numpy())
+
+
+def test_a_wrong_export_is_caught(tmp_path, monkeypatch):
+    """Shifting one bit too far must make the comparison fail: the check can fail."""
+    g = quantized_graph("lenet5")
+    original = integer_export.requant_constants
+
+    def off_by_one(graph, node):
+        m, s = original(graph, node)
+        return m, np.minimum(s + 1, 62)
+
+    monkeypatch.setattr(integer_export, "requant_constants", off_by_one)
+    path = export_onnx(g, tmp_path / "wrong.onnx")
+    x = probe_inputs(g)
+    with pytest.raises(AssertionError):
+        np.testing.assert_array_equal(run_onnx(path, x), g.run(x).numpy())
+
+
+def test_codes_wider_than_8_bits_are_refused(tmp_path):
+    g = quantized_graph("lenet5", QuantConfig(weight_bits=12, act_bits=10, multiplier_bits=16, requantize_output=True),
+                        bias=True)
+    with pytest.raises(ConfigError, match=r"'q_conv1_acc'.*--qdq"):
+        export_onnx(g, tmp_path / "wide.onnx")
+    assert not (tmp_path / "wide.onnx").exists()
+    # The QDQ model carries them as int16/uint16 codes.
+    path = export_onnx(g, tmp_path / "wide_qdq.onnx", qdq=True)
+    x = probe_inputs(g)
+    close = np.abs(run_onnx(path, x) - g.dequantize(g.run(x)).numpy())
+    assert close.max() <= 0.05 * float(g.dequantize(g.run(x)).abs().max())
+
+
+def test_model_file_names_metadata_and_batch(tmp_path):
+    g = quantized_graph("lenet5", bias=True)
+    g.metadata.update(model={"name": "lenet5", "input_shape": [1, 32, 32]}, dataset="fashion_mnist")
+    path = export_onnx(g, tmp_path / "sub" / "m.onnx")
+    model = onnx.load(path)
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["dataset"] == "fashion_mnist" and '"lenet5"' in props["model"] and "quant_config" in props
+    assert props["bitsmith.export"] == "integer"
+    graph_nodes = {n.name for n in g.nodes}
+    assert {n.name.split("/")[0] for n in model.graph.node} <= graph_nodes  # every ONNX node traces to one
+    assert [i.name for i in model.graph.input] == ["input"]
+    assert list(tmp_path.joinpath("sub").iterdir()) == [path]  # no temporary file left behind
+    x = probe_inputs(g)
+    np.testing.assert_array_equal(run_onnx(path, x[:1]), g.run(x[:1]).numpy())  # dynamic batch
+    np.testing.assert_array_equal(run_onnx(path, x[0].numpy()), g.run(x[0]).numpy())  # one image, numpy
+
+
+def test_run_onnx_errors(tmp_path):
+    g = quantized_graph("lenet5")
+    path = export_onnx(g, tmp_path / "m.onnx")
+    with pytest.raises(GraphError, match="NaN"):
+        run_onnx(path, torch.full((1, 1, 32, 32), float("nan")))
+    with pytest.raises(GraphError, match="does not fit"):
+        run_onnx(path, torch.zeros(1, 3, 32, 32))
+    with pytest.raises(CheckpointError, match="not found"):
+        run_onnx(tmp_path / "missing.onnx", torch.zeros(1, 1, 32, 32))
+    bad = tmp_path / "truncated.onnx"
+    bad.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="cannot load"):
+        run_onnx(bad, torch.zeros(1, 1, 32, 32))
+
+
+# -- the QDQ model: close, same predictions ------------------------------------------------
+
+def test_qdq_lenet_predicts_like_the_engine(tmp_path):
+    g = quantized_graph("lenet5", bias=True)
+    path = export_onnx(g, tmp_path / "qdq.onnx", qdq=True)
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm"} <= ops and "ConvInteger" not in ops
+    x = torch.randn(500, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    got = run_onnx(path, x)
+    want = g.dequantize(g.run(x)).numpy()
+    assert got.dtype == np.float32
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99
+    assert np.abs(got - want).max() <= 0.02 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("case", ["nin", "ultranet_bypass", "lenet5_w4a4_requantize_output"])
+def test_qdq_model_runs_and_is_close(case, tmp_path):
+    name, config, kwargs = CASES[case]
+    g = quantized_graph(name, config, **kwargs)
+    path = export_onnx(g, tmp_path / "qdq.onnx", qdq=True)
+    onnx.checker.check_model(onnx.load(path), full_check=True)
+    x = probe_inputs(g)
+    want = g.dequantize(g.run(x)).numpy()
+    assert np.abs(run_onnx(path, x) - want).max() <= 0.05 * np.abs(want).max()

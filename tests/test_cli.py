@@ -70,3 +70,14 @@ def test_unknown_names_and_paths(tmp_path):
 def test_summary_json():
     s = last_json(bitsmith("summary", "lenet5", "--json"))
     assert (s["params"], s["macs"]) == (61470, 416520)
+
+
+def test_export_onnx_integer_and_qdq(float_run, tmp_path):
+    graph = tmp_path / "int8"
+    bitsmith("quantize", float_run, "--out", graph)
+    e = last_json(bitsmith("export", graph, "--format", "onnx", "--out", tmp_path / "m.onnx", "--json"))
+    assert e["matches_engine"] is True and e["mismatched_elements"] == 0
+    q = last_json(bitsmith("export", graph, "--out", tmp_path / "q.onnx", "--qdq", "--json"))
+    assert q["argmax_agreement"] >= 0.95
+    bad = bitsmith("export", graph, "--format", "tflite", "--out", tmp_path / "x", check=False)
+    assert bad.returncode == 2 and "allowed: onnx" in bad.stderr

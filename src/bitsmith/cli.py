@@ -109,6 +109,32 @@ def eval_cmd(path: Path = typer.Argument(..., help="float run folder or integer 
     _emit(evaluate_path(path, data_dir=data_dir, limit=limit), as_json, f"evaluation of {path}")
 
 
+EXPORT_FORMATS = ("onnx",)
+
+
+@app.command("export")
+def export_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
+               format: str = typer.Option("onnx", "--format", help="output format: onnx"),
+               out: Path = typer.Option(..., help="output file"),
+               qdq: bool = typer.Option(False, help="QuantizeLinear/DequantizeLinear interchange model (float output)"),
+               check: int = typer.Option(64, min=0, help="compare with the integer engine on N random inputs (0: skip)"),
+               as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Export an integer graph (ONNX: integer model equal to the engine bit for bit, or --qdq)."""
+    from bitsmith.errors import ConfigError
+
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; allowed: {', '.join(EXPORT_FORMATS)}")
+    from bitsmith.onnx import check_against_engine, export_onnx
+    from bitsmith.integer import load
+
+    g = load(graph)
+    path = export_onnx(g, out, qdq=qdq)
+    result = {"format": "onnx-qdq" if qdq else "onnx-integer", "path": str(path)}
+    if check:
+        result.update(check_against_engine(g, path, images=check))
+    _emit(result, as_json, f"exported {graph}")
+
+
 @app.command("demo")
 def demo_cmd(out: Path = typer.Option(Path("runs/demo"), help="output folder"),
              fresh: bool = typer.Option(False, help="retrain even if a finished float run exists"),

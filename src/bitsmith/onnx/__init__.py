@@ -5,6 +5,6 @@
     export_onnx(graph, "model_qdq.onnx", qdq=True)       # QuantizeLinear/DequantizeLinear model
 """
 
-from bitsmith.onnx.export import export_onnx, run_onnx
+from bitsmith.onnx.export import check_against_engine, export_onnx, run_onnx
 
-__all__ = ["export_onnx", "run_onnx"]
+__all__ = ["check_against_engine", "export_onnx", "run_onnx"]

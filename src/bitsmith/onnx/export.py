@@ -110,3 +110,27 @@ def _as_input(session: ort.InferenceSession, path: Path, x) -> np.ndarray:
     if not np.isfinite(x).all():  # the engine rejects these too; a Cast of NaN is undefined
         raise GraphError(f"{path}: input contains NaN or infinity")
     return x
+
+
+def check_against_engine(graph: IntegerGraph, path: str | os.PathLike, *, images: int = 64, seed: int = 0) -> dict:
+    """Run the exported file and the integer engine on the same random inputs and compare.
+
+    For an integer export every output code must be equal (a mismatch raises GraphError naming the
+    first differing element); for a QDQ export the argmax agreement and the largest difference from
+    the engine's dequantized output are reported.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((images,) + tuple(graph.input_spec.shape), generator=gen)
+    expected = graph.run(x).numpy()
+    got = run_onnx(path, x)
+    if got.dtype.kind in "iu":
+        mismatch = np.argwhere(got.astype(np.int64) != expected)
+        if len(mismatch):
+            first = tuple(int(i) for i in mismatch[0])
+            raise GraphError(f"{path}: onnxruntime output differs from the integer engine in {len(mismatch)} "
+                             f"elements; first at {list(first)}: {int(got[first])} != {int(expected[first])}")
+        return {"checked_images": images, "mismatched_elements": 0, "matches_engine": True}
+    reference = graph.dequantize(torch.from_numpy(expected)).numpy()
+    agree = float((got.reshape(images, -1).argmax(1) == reference.reshape(images, -1).argmax(1)).mean())
+    return {"checked_images": images, "argmax_agreement": agree,
+            "max_abs_difference": float(np.abs(got - reference).max())}

@@ -235,3 +235,15 @@ def test_lower_needs_a_quantized_model():
 def test_quantize_needs_calibration_data():
     with pytest.raises(ConfigError, match="calibration"):
         quantize(build_model("lenet5"), [], QuantConfig())
+
+
+def test_predict_ranks_dequantized_outputs_with_per_channel_scales():
+    torch.manual_seed(0)
+    model = build_model("lenet5").eval()
+    with torch.no_grad():  # very different class scales make a raw-code argmax wrong
+        model.fc2.weight.mul_(torch.logspace(-2, 1, 10).reshape(-1, 1))
+    q = quantize(model, [torch.randn(16, 1, 32, 32)], QuantConfig(weight_bits=4, act_bits=8, per_channel=True))
+    g = lower(q)
+    x = torch.randn(64, 1, 32, 32)
+    assert torch.equal(g.predict(x).argmax(1), q(x).argmax(1))
+    assert not torch.equal(g.run(x).argmax(1), q(x).argmax(1))

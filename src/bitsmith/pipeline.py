@@ -74,7 +74,7 @@ def quantize_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config:
     test = load_dataset(dataset, "test", data_dir)
     fp_pred = predictions(run.model, test, shape)
     fq_pred = predictions(qmodel, test, shape)
-    int_pred = predictions(graph.run, test, shape)
+    int_pred = predictions(graph.predict, test, shape)
     labels = test.labels
     metrics = {
         "model": run.model.spec["name"], "dataset": dataset, "quant_config": config.to_json(),
@@ -98,7 +98,7 @@ def evaluate_path(path: str | os.PathLike, *, data_dir: str | None = None, limit
         if dataset is None:
             raise ConfigError(f"{path}: the graph does not record its dataset, so it cannot be evaluated")
         test = load_dataset(dataset, "test", data_dir or graph.metadata.get("data_dir"), limit=limit)
-        pred = predictions(graph.run, test, graph.input_spec.shape)
+        pred = predictions(graph.predict, test, graph.input_spec.shape)
         return {"kind": "integer_graph", "path": str(path), "dataset": dataset, "test_images": len(test),
                 "integer_accuracy": _percent(pred, test.labels)}
     if (path / CHECKPOINT_FILE).is_file():

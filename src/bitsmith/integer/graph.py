@@ -135,6 +135,11 @@ class IntegerGraph:
             scale = scale.reshape((1, -1) + (1,) * (codes.dim() - 2))
         return ((codes.to(torch.float64) - spec.zero_point) * scale).to(torch.float32)
 
+    def predict(self, x) -> torch.Tensor:
+        """Dequantized outputs, for ranking classes: with per-channel output scales the raw codes
+        of different classes are on different grids, so their argmax would be wrong."""
+        return self.dequantize(self.run(x))
+
     @property
     def input_spec(self) -> TensorSpec:
         return self.tensors[self.inputs[0]]

@@ -3,6 +3,8 @@
 Walks the torch.fx graph once, in order, keeping for every fx value the IntegerGraph tensor
 that holds it. The integers written here (weight codes, biases, multipliers, shifts) are the
 ones the fake-quant model rounds to, so the two agree up to the requantizer's dyadic rounding.
+With power-of-two scales (scale_mode "pot" or "qformat") every multiplier that is an exact power
+of two 2^-k is written as m = 1, s = k: a pure rounding shift (docs/arithmetic.md).
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from bitsmith.errors import ConfigError, GraphError
-from bitsmith.integer.arithmetic import int_range, quantize_multiplier
+from bitsmith.integer.arithmetic import MAX_SHIFT, int_range, quantize_multiplier
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
 from bitsmith.models import Reorg
 from bitsmith.quant.config import QuantConfig
-from bitsmith.quant.fake_quant import FakeQuantize, quantize_weight
+from bitsmith.quant.fake_quant import FakeQuantize, is_power_of_two
 from bitsmith.quant.modules import QuantConv2d, QuantLayer
 from bitsmith.quant.prepare import module_of
 
@@ -47,10 +49,18 @@ class _Builder:
         self.nodes.append(Node(op, name, [i.name for i in inputs], out.name, attrs or {}, stored))
         return out
 
+    def multiplier(self, real: float) -> tuple[int, int]:
+        """(m, s) with M ≈ m·2^-s; an exact 2^-k under power-of-two scales becomes (1, k)."""
+        if self.config.scale_mode != "float" and is_power_of_two(real):
+            k = math.frexp(real)[1] - 1  # real = 2^k
+            if -MAX_SHIFT <= k <= 0:
+                return 1, -k
+        return quantize_multiplier(real, self.config.multiplier_bits)
+
     def requant(self, name: str, x: TensorSpec, out: TensorSpec, relu: bool = False) -> TensorSpec:
         """Requantize `x` onto the grid of `out` (per channel when x's scale is)."""
         in_scales = x.scale if x.per_channel else [x.scale]
-        pairs = [quantize_multiplier(s / out.scale, self.config.multiplier_bits) for s in in_scales]
+        pairs = [self.multiplier(s / out.scale) for s in in_scales]
         m = torch.tensor([p[0] for p in pairs], dtype=torch.int64)
         s = torch.tensor([p[1] for p in pairs], dtype=torch.int64)
         lo = max(out.qmin, out.zero_point) if relu else out.qmin
@@ -96,6 +106,9 @@ def lower(qmodel: fx.GraphModule, *, input_shape: tuple[int, ...] | None = None,
                 raise ConfigError("bitsmith lowers models with exactly one output tensor")
             output = env[result]
         elif isinstance(m, FakeQuantize):
+            if not m.enabled or m.observing:
+                raise ConfigError(f"quantizer {node.target!r} is {'disabled' if not m.enabled else 'not frozen'}; "
+                                  "lower() needs every activation quantized (enable it / quantize() the model)")
             x = env[node.args[0]]
             out = _codes_spec(node.name, shape(node), m)
             if x.dtype == "float32":
@@ -143,7 +156,7 @@ def lower(qmodel: fx.GraphModule, *, input_shape: tuple[int, ...] | None = None,
 def _lower_layer(b: _Builder, node: fx.Node, m: QuantLayer, x: TensorSpec, out_shape, acc_bits: int) -> TensorSpec:
     if x.dtype != "int" or x.per_channel:
         raise ConfigError(f"layer {node.target!r}: its input is not quantized per tensor")
-    codes, w_scale = quantize_weight(m.weight, m.weight_bits, m.per_channel)
+    codes, w_scale = m.quantize_weight()
     acc_scale = [float(s) * x.scale for s in w_scale.reshape(-1).tolist()]
     wdtype = torch.int8 if m.weight_bits <= 8 else torch.int16
     params = {"weight": codes.to(wdtype)}

@@ -3,6 +3,12 @@
 Each layer owns the quantizer of its *output* activation (`act_quant`), or none when its
 accumulator is the graph output. `input_scale` (set when the model is frozen) lets the bias be
 rounded exactly as the integer graph stores it: to an int32 at scale S_w·S_in.
+
+Weight scales: after `freeze_weights()` the layer keeps its weight scale in the `weight_scale`
+buffer (chosen by the weight observer, rounded to a power of two, or fixed by a Q-format) and
+both the fake-quant forward pass and `quantize_weight()` (what lowering writes) use it, so the
+two see the same integer codes. Before that (or after `unfreeze_weights()`, for training) the
+scale is recomputed from max|W| on every forward pass.
 """
 
 from __future__ import annotations
@@ -11,39 +17,84 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitsmith.quant.fake_quant import FakeQuantize, fake_quantize_weight, weight_scale
+from bitsmith.errors import ConfigError
+from bitsmith.quant.config import QFormat
+from bitsmith.quant.fake_quant import FakeQuantize, fake_quantize_weight, quantize_weight, weight_qparams
+from bitsmith.quant.fake_quant import weight_scale as minmax_weight_scale
 
 
 class QuantLayer(nn.Module):
     """Shared part of QuantConv2d and QuantLinear."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool, weight_bits: int,
-                 per_channel: bool, act_quant: FakeQuantize | None) -> None:
+                 per_channel: bool, act_quant: FakeQuantize | None, weight_observer: str = "minmax",
+                 scale_mode: str = "float", weight_format: QFormat | None = None, float_name: str = "") -> None:
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
         self.relu = relu
         self.weight_bits = weight_bits
         self.per_channel = per_channel
+        self.weight_observer = weight_observer
+        self.scale_mode = scale_mode
+        self.weight_format = weight_format
+        self.float_name = float_name  # the Conv2d / Linear of the float model this layer came from
         self.act_quant = act_quant
+        self.fake_quant_weights = True  # False: float weights (e.g. to observe float activation ranges)
+        self.register_buffer("weight_scale", torch.empty(0))  # empty = not frozen: recomputed from max|W|
         self.register_buffer("input_scale", torch.tensor(0.0))  # 0 = not frozen yet
 
     def _linear_op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def weights_frozen(self) -> bool:
+        return self.weight_scale.numel() > 0
+
+    @property
+    def full_range_weights(self) -> bool:
+        """Q-format weights use the full signed code range (Q3.5: −128 … 127)."""
+        return self.weight_format is not None
+
+    def freeze_weights(self) -> None:
+        """Choose and keep the weight scale (weight observer, pot rounding or Q-format)."""
+        self.weight_scale = weight_qparams(self.weight, self.weight_bits, self.per_channel, self.weight_observer,
+                                           self.scale_mode, self.weight_format)
+
+    def unfreeze_weights(self) -> None:
+        self.weight_scale = torch.empty(0)
+
+    def current_weight_scale(self) -> torch.Tensor:
+        return self.weight_scale if self.weights_frozen else minmax_weight_scale(self.weight, self.weight_bits,
+                                                                                 self.per_channel)
+
+    def quantize_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(integer weight codes, scale): exactly the codes the forward pass rounds the weights to."""
+        return quantize_weight(self.weight, self.weight_bits, self.per_channel, self.current_weight_scale(),
+                               self.full_range_weights)
+
     def quantized_bias(self) -> torch.Tensor | None:
         if self.bias is None or float(self.input_scale) == 0.0:
             return self.bias
-        step = weight_scale(self.weight, self.weight_bits, self.per_channel).to(torch.float64) * float(self.input_scale)
+        step = self.current_weight_scale().to(torch.float64) * float(self.input_scale)
         q = torch.round(self.bias.detach().to(torch.float64) / step)
         return self.bias + ((q * step).to(self.bias.dtype) - self.bias).detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = fake_quantize_weight(self.weight, self.weight_bits, self.per_channel)
-        y = self._linear_op(x, w, self.quantized_bias())
+        if self.fake_quant_weights:
+            w = fake_quantize_weight(self.weight, self.weight_bits, self.per_channel, self.current_weight_scale(),
+                                     self.full_range_weights)
+            y = self._linear_op(x, w, self.quantized_bias())
+        else:
+            y = self._linear_op(x, self.weight, self.bias)
         if self.relu:
             y = F.relu(y)
         return self.act_quant(y) if self.act_quant is not None else y
+
+    def extra_repr(self) -> str:
+        how = str(self.weight_format) if self.weight_format is not None else self.weight_observer
+        return (f"{self.float_name or '?'}: weight_bits={self.weight_bits}, per_channel={self.per_channel}, {how}, "
+                f"scale_mode={self.scale_mode}, relu={self.relu}")
 
 
 class QuantConv2d(QuantLayer):
@@ -51,8 +102,6 @@ class QuantConv2d(QuantLayer):
         super().__init__(weight, bias, **kw)
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            from bitsmith.errors import ConfigError
-
             raise ConfigError(f"conv padding {conv.padding!r} / mode {conv.padding_mode!r}: only explicit zero padding is supported")
 
     def _linear_op(self, x, w, b):

@@ -8,6 +8,9 @@ Passes over the torch.fx graph, in order:
    the integer grid of their inputs and are requantized);
 4. give every compute layer an output quantizer, except a layer whose accumulator is the graph
    output (reached through Flatten only) when `requantize_output` is off.
+
+Per-layer overrides (QuantConfig.layers) are looked up by the float model's module names, which
+are only known here, so their names are checked here too.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torch import nn
 
 from bitsmith.errors import ConfigError
 from bitsmith.models import Reorg
-from bitsmith.quant.config import QuantConfig
+from bitsmith.quant.config import WEIGHT_KEYS, QuantConfig
 from bitsmith.quant.fake_quant import FakeQuantize
 from bitsmith.quant.modules import QuantConv2d, QuantLayer, QuantLinear
 
@@ -53,6 +56,7 @@ def prepare(model: nn.Module, config: QuantConfig) -> fx.GraphModule:
     model = copy.deepcopy(model).eval()
     gm = trace(model)
     _check_supported(gm)
+    check_layer_overrides(model, config)
     _drop_dropout(gm)
     _fuse_compute_layers(gm, config)
     _insert_activation_quantizers(gm, config)
@@ -78,6 +82,34 @@ def _check_supported(gm: fx.GraphModule) -> None:
         if node.op == "call_method":
             raise ConfigError(f"tensor method .{node.target}() at {node.name!r} is not supported; use nn.Flatten "
                               "instead of view/flatten/reshape")
+
+
+def quantizable_layers(model: nn.Module) -> list[str]:
+    """Names of the Conv2d / Linear modules: the layers QuantConfig.layers may address."""
+    return [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def check_layer_overrides(model: nn.Module, config: QuantConfig) -> None:
+    """Every override names a Conv2d / Linear (any setting), an AvgPool2d or "input" (activation
+    settings only: they own a requantization point but no weights)."""
+    modules = dict(model.named_modules())
+    allowed = quantizable_layers(model)
+    listing = f"allowed layers: {', '.join(allowed + ['input'])}"
+    for name, override in config.layers.items():
+        m = None if name == "input" else modules.get(name)
+        if name != "input" and (m is None or name == ""):
+            raise ConfigError(f"layers: {name!r} is not a layer of {type(model).__name__}; {listing}")
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        kind = "the input quantizer" if m is None else f"a {type(m).__name__}"
+        weight_keys = [k for k in override if k in WEIGHT_KEYS]
+        if weight_keys:
+            raise ConfigError(f"layers[{name!r}]: {', '.join(weight_keys)}: per-channel and the other weight settings "
+                              f"apply to Conv2d/Linear weights, and {name!r} is {kind}, which has none; {listing}")
+        if m is not None and not isinstance(m, nn.AvgPool2d):
+            raise ConfigError(f"layers[{name!r}]: {name!r} is {kind}, which has no quantizer of its own (it keeps "
+                              f"the grid of its input or is folded into the layer before it); set the layer that "
+                              f"produces its input instead; {listing}")
 
 
 def _drop_dropout(gm: fx.GraphModule) -> None:
@@ -117,7 +149,10 @@ def _fuse_compute_layers(gm: fx.GraphModule, config: QuantConfig) -> None:
         relu = nxt is not None and isinstance(module_of(gm, nxt), nn.ReLU)
         if relu:
             tail = nxt
-        kw = dict(relu=relu, weight_bits=config.weight_bits, per_channel=config.per_channel, act_quant=None)
+        settings = config.for_layer(node.target)
+        kw = dict(relu=relu, weight_bits=settings["weight_bits"], per_channel=settings["per_channel"], act_quant=None,
+                  weight_observer=settings["weight_observer"], scale_mode=config.scale_mode,
+                  weight_format=config.weight_format, float_name=node.target)
         qlayer = (QuantConv2d(layer, weight, bias, **kw) if isinstance(layer, nn.Conv2d)
                   else QuantLinear(weight, bias, **kw))
         name = "q_" + node.target.replace(".", "_")
@@ -161,14 +196,22 @@ def _insert_after(gm: fx.GraphModule, node: fx.Node, name: str, module: nn.Modul
     return new
 
 
+def activation_quantizer(config: QuantConfig, layer: str | None) -> FakeQuantize:
+    """A FakeQuantize with the settings of `layer` (a float module name, "input", or None)."""
+    s = config.for_layer(layer)
+    return FakeQuantize(s["act_bits"], s["observer"], symmetric=s["act_symmetric"], pot=config.scale_mode != "float",
+                        qformat=config.act_format)
+
+
 def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig) -> None:
-    fq = lambda: FakeQuantize(config.act_bits, config.observer)  # noqa: E731
     for node in list(gm.graph.nodes):
         m = module_of(gm, node)
         if node.op == "placeholder":
-            _insert_after(gm, node, "input_quant", fq())
+            _insert_after(gm, node, "input_quant", activation_quantizer(config, "input"))
         elif isinstance(m, QuantLayer):
             if config.requantize_output or m.relu or not _reaches_output_through_shape_ops(gm, node):
-                m.act_quant = fq()
-        elif isinstance(m, nn.AvgPool2d) or (node.op == "call_function" and node.target is torch.cat):
-            _insert_after(gm, node, f"{node.name}_requant", fq())
+                m.act_quant = activation_quantizer(config, m.float_name)
+        elif isinstance(m, nn.AvgPool2d):
+            _insert_after(gm, node, f"{node.name}_requant", activation_quantizer(config, node.target))
+        elif node.op == "call_function" and node.target is torch.cat:
+            _insert_after(gm, node, f"{node.name}_requant", activation_quantizer(config, None))

@@ -1,4 +1,8 @@
-"""Post-training quantization: prepare, calibrate on a few batches, freeze."""
+"""Post-training quantization: prepare, fix the weight scales, calibrate on a few batches, freeze.
+
+The weight scales are fixed before calibration, so the activations the observers see are those
+of the final quantized weights.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ def quantize(model: nn.Module, calib_data: Iterable, config: QuantConfig | None 
     """
     config = config or QuantConfig()
     qmodel = prepare(model, config)
+    freeze_weights(qmodel)
     batches = 0
     with torch.no_grad():
         for batch in calib_data:
@@ -35,9 +40,19 @@ def quantize(model: nn.Module, calib_data: Iterable, config: QuantConfig | None 
     return qmodel
 
 
+def freeze_weights(qmodel: fx.GraphModule) -> None:
+    """Fix every layer's weight scale (weight observer, power of two or Q-format)."""
+    for m in qmodel.modules():
+        if isinstance(m, QuantLayer):
+            m.freeze_weights()
+
+
 def freeze(qmodel: fx.GraphModule) -> None:
-    """Fix every activation scale from its observer and tell each layer its input scale."""
+    """Fix every weight scale not yet fixed and every activation scale from its observer, and
+    tell each layer its input scale."""
     for name, m in qmodel.named_modules():
+        if isinstance(m, QuantLayer) and not m.weights_frozen:
+            m.freeze_weights()
         if isinstance(m, FakeQuantize):
             m.freeze(name)
     for node in qmodel.graph.nodes:
@@ -59,3 +74,11 @@ def input_quantizer(qmodel: fx.GraphModule, node: fx.Node) -> FakeQuantize:
             src = src.args[0]
             continue
         raise ConfigError(f"layer {node.target!r}: its input ({src.name}) is not on an integer grid")
+
+
+def set_activation_quantization(qmodel: fx.GraphModule, enabled: bool) -> None:
+    """Switch every activation quantizer on or off (off: activations stay float, weights stay
+    quantized — a weight-only experiment; such a model cannot be lowered)."""
+    for m in qmodel.modules():
+        if isinstance(m, FakeQuantize):
+            m.enabled = enabled

@@ -90,3 +90,21 @@ def test_per_channel_accuracy_ranks_dequantized_outputs(float_run, tmp_path):
                            "--out", tmp_path / "pc", "--json"))
     assert q["agreement"] >= 0.98
     assert abs(q["integer_accuracy"] - q["accuracy"]) <= 1.0
+
+
+def test_ranges_writes_csv_and_json(float_run, tmp_path):
+    r = last_json(bitsmith("ranges", float_run, "--out", tmp_path / "rg", "--json"))
+    names = [row["layer"] for row in r["layers"]] if "layer" in r["layers"][0] else None
+    assert (tmp_path / "rg" / "ranges.csv").is_file() and (tmp_path / "rg" / "ranges.json").is_file()
+    assert len(r["layers"]) == 6  # the input and LeNet-5's five Conv/Linear layers
+    assert names is None or names[0] == "input"
+
+
+def test_quantize_options_reach_the_graph(float_run, tmp_path):
+    q = last_json(bitsmith("quantize", float_run, "--scale-mode", "pot", "--observer", "mse",
+                           "--layers", '{"conv1": {"weight_bits": 6}}', "--out", tmp_path / "pot", "--json"))
+    assert q["quant_config"]["scale_mode"] == "pot" and q["quant_config"]["observer"] == "mse"
+    graph = json.loads((tmp_path / "pot" / "graph.json").read_text())
+    assert graph["nodes"][1]["attrs"]["weight_bits"] == 6
+    bad = bitsmith("quantize", float_run, "--layers", '{"pool1": {"per_channel": true}}', "--out", tmp_path / "b", check=False)
+    assert bad.returncode == 2 and "per-channel" in bad.stderr

@@ -85,17 +85,72 @@ def quantize_cmd(run: Path = typer.Argument(..., help="float run folder (from bi
                  wbits: int = typer.Option(8, help="weight bits (2-16)"),
                  abits: int = typer.Option(8, help="activation bits (2-16)"),
                  per_channel: bool = typer.Option(False, help="one weight scale per output channel"),
+                 observer: str = typer.Option("minmax", help="activation ranges: minmax, sigma, percentile, mse, kl"),
+                 weight_observer: str = typer.Option("minmax", help="weight clipping: minmax, sigma, percentile, mse"),
+                 asymmetric: bool = typer.Option(False, help="unsigned activations with zero points"),
+                 scale_mode: str = typer.Option("float", help="float, pot (power-of-two scales) or qformat"),
+                 weight_qformat: Optional[str] = typer.Option(None, help="e.g. Q3.5 (with --scale-mode qformat)"),
+                 act_qformat: Optional[str] = typer.Option(None, help="e.g. Q3.5 (with --scale-mode qformat)"),
+                 layers: Optional[str] = typer.Option(None, help='per-layer overrides as JSON, e.g. \'{"conv1": {"weight_bits": 8}}\''),
                  multiplier_bits: int = typer.Option(32, help="requantization multiplier width"),
                  calib_batches: int = typer.Option(8, min=1, help="training batches of 128 for calibration"),
                  data_dir: Optional[str] = typer.Option(None),
                  as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Post-training quantization to an IntegerGraph, with accuracy and agreement on the test set."""
+    from bitsmith.errors import ConfigError
     from bitsmith.pipeline import quantize_run
     from bitsmith.quant import QuantConfig
 
-    config = QuantConfig(weight_bits=wbits, act_bits=abits, per_channel=per_channel, multiplier_bits=multiplier_bits)
+    try:
+        overrides = json.loads(layers) if layers else {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--layers is not valid JSON ({e}); example: '{{\"conv1\": {{\"weight_bits\": 8}}}}'") from None
+    config = QuantConfig(weight_bits=wbits, act_bits=abits, per_channel=per_channel, observer=observer,
+                         weight_observer=weight_observer, act_symmetric=not asymmetric, scale_mode=scale_mode,
+                         weight_qformat=weight_qformat, act_qformat=act_qformat, layers=overrides,
+                         multiplier_bits=multiplier_bits)
     metrics = quantize_run(run, out, config, data_dir=data_dir, calib_batches=calib_batches)
     _emit(metrics, as_json, f"W{wbits}A{abits} integer graph in {out}")
+
+
+@app.command("ranges")
+def ranges_cmd(run: Path = typer.Argument(..., help="float run folder"),
+               out: Optional[Path] = typer.Option(None, help="folder for ranges.csv and ranges.json (default: RUN/ranges)"),
+               calib_batches: int = typer.Option(8, min=1, help="training batches of 128 for the activation ranges"),
+               data_dir: Optional[str] = typer.Option(None),
+               as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Per layer: weight and activation ranges by min-max and by mean ± 3σ, and which is wider."""
+    from bitsmith.pipeline import calibration_batches
+    from bitsmith.quant.ranges import layer_ranges, ranges_table, write_ranges
+    from bitsmith.runs import load_run
+
+    info = load_run(run)
+    shape = tuple(info.model.input_shape)
+    calib = calibration_batches(info.meta["dataset"], shape, data_dir or info.meta.get("data_dir"), calib_batches)
+    rows = layer_ranges(info.model, calib)
+    files = write_ranges(rows, out or Path(run) / "ranges")
+    if as_json:
+        print(json.dumps({"layers": rows, "files": files}))
+    else:
+        Console().print(ranges_table(rows))
+        Console().print(f"written: {files['csv']}, {files['json']}")
+
+
+@app.command("homework")
+def homework_cmd(out: Path = typer.Option(Path("runs/homework"), help="output folder"),
+                 epochs: int = typer.Option(8, min=1),
+                 mnist_dir: Optional[str] = typer.Option(None, help="folder with the MNIST IDX files (adds an MNIST column)"),
+                 data_dir: Optional[str] = typer.Option(None, help="Fashion-MNIST folder (default: the Debian package's)"),
+                 quiet: bool = typer.Option(False),
+                 as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """The LeNet-5 classroom flow: FP, int8 weights, int8 weights+activations, bias, power-of-two scales."""
+    from bitsmith.experiments.homework import homework_table, run_homework
+
+    results = run_homework(out, epochs=epochs, mnist_dir=mnist_dir, fashion_dir=data_dir, quiet=quiet or as_json)
+    if as_json:
+        print(json.dumps(results))
+    else:
+        Console().print(homework_table(results))
 
 
 @app.command("eval")

@@ -1,0 +1,1 @@
+"""Documented, reproducible experiments built on the public API."""

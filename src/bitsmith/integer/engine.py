@@ -1,15 +1,35 @@
 """The integer engine: the golden model every back end is compared with.
 
-Values travel between nodes as int64 tensors. Convolutions and matrix products run in float32
-when the layer's worst-case partial sum is below 2^24 (every integer of that size, and every sum
-of them in any order, is exact in float32), in float64 below 2^53, and in int64 otherwise. The
-bound is computed from the declared input width and the actual weight codes (see
-docs/arithmetic.md, "Exact evaluation"). Accumulators are checked against their declared width.
+Two ways to run a graph; both return the same integers, element by element.
+
+* The **literal** path (`return_all=True`) materialises every tensor of the graph as int64,
+  op by op, as docs/arithmetic.md writes it. Convolutions and matrix products run in float32
+  when the layer's worst-case partial sum is below 2^24, in float64 below 2^53, and in int64
+  otherwise (docs/arithmetic.md §7).
+* The **fast** path (the default) computes only the output, with three exact shortcuts:
+  1. values travel between ops in float32 (or float64) wherever every value the op can produce
+     is an integer of at most 2^24 (2^53) in magnitude, so there is no int64 round trip per op;
+     the output is converted to int64 at the end;
+  2. a Requant is evaluated in float64 by `float_requant`, which proves per layer that
+     every intermediate is an exactly representable integer (or falls back to int64);
+  3. a Requant whose only consumer is a MaxPool2d runs after the pool, on 1/(kh·kw) of the
+     elements (max commutes with a monotone map; proof at `_pool_first`).
+  MaxPool2d is a separable maximum of strided slices (exact, and much faster than
+  `F.max_pool2d` on CPU), a Conv2d whose kernel covers its whole input is a matrix product, and
+  the batch is processed in chunks of `FAST_CHUNK` images so intermediates stay in cache.
+
+Static value ranges are tracked for every tensor (from the weight codes and clamp bounds), so the
+accumulator overflow check runs only where an overflow is possible at all. Per-graph constants
+(weights in compute dtype, multipliers, ranges) are compiled once and cached on the graph; the
+cache is rebuilt when the nodes, tensor specs or parameters change. If the user allows
+reduced-precision float32 GEMMs (TF32/BF16 settings), both paths compute those layers in float64.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,6 +41,11 @@ from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
 
 FLOAT32_EXACT = 1 << 24
 FLOAT64_EXACT = 1 << 53
+#: Images per chunk on the fast path: large enough to amortise the per-op overhead, small
+#: enough that a chunk's intermediates stay in the CPU caches.
+FAST_CHUNK = 512
+
+Range = tuple[int, int]  # inclusive bounds of the integers a tensor can hold
 
 
 def partial_sum_bound(weight: torch.Tensor, x_spec: TensorSpec) -> int:
@@ -34,6 +59,7 @@ def partial_sum_bound(weight: torch.Tensor, x_spec: TensorSpec) -> int:
 
 
 def compute_dtype(bound: int) -> torch.dtype:
+    """The cheapest dtype in which every integer of magnitude below `bound` is exact."""
     if bound < FLOAT32_EXACT:
         return torch.float32
     if bound < FLOAT64_EXACT:
@@ -41,17 +67,33 @@ def compute_dtype(bound: int) -> torch.dtype:
     return torch.int64
 
 
+def float32_gemm_is_ieee() -> bool:
+    """False when the user allowed reduced-precision (TF32/BF16) float32 matmuls or convolutions.
+
+    The exactness argument of §7 needs IEEE float32 products and sums; with such a setting the
+    engine computes those layers in float64 instead.
+    """
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    mkldnn = torch.backends.mkldnn
+    settings = [getattr(mkldnn, "fp32_precision", "none")]
+    settings += [getattr(getattr(mkldnn, part, None), "fp32_precision", "none") for part in ("matmul", "conv")]
+    return all(v in ("none", "ieee") for v in settings)
+
+
+def _gemm_dtype(bound: int, ieee_float32: bool) -> torch.dtype:
+    dtype = compute_dtype(bound)
+    return torch.float64 if dtype == torch.float32 and not ieee_float32 else dtype
+
+
 def run_graph(g: IntegerGraph, x, *, return_all: bool = False, check_overflow: bool = True):
+    """Run `g` on float images: the output codes (int64), or every tensor with `return_all`."""
     x = _as_input(g, x)
-    values: dict[str, torch.Tensor] = {g.inputs[0]: x}
-    for node in g.nodes:
-        ins = [values[i] for i in node.inputs]
-        out_spec = g.tensors[node.output]
-        y = _EXECUTE[node.op](g, node, ins)
-        if check_overflow and out_spec.bits < 64 and node.op in ("Conv2d", "Linear", "AvgPool2d"):
-            _check_width(y, out_spec, node)
-        values[node.output] = y
-    return values if return_all else values[g.outputs[0]]
+    plan = _plan(g)
+    with torch.no_grad():
+        if return_all:
+            return _run_literal(g, plan, x, check_overflow)
+        return _run_fast(plan, x, check_overflow)
 
 
 def _as_input(g: IntegerGraph, x) -> torch.Tensor:
@@ -84,9 +126,411 @@ def _check_width(y: torch.Tensor, spec: TensorSpec, node: Node) -> None:
         )
 
 
-# -- ops ----------------------------------------------------------------------------------
+# -- exact float64 requantization ------------------------------------------------------------
 
-def _quantize_input(g: IntegerGraph, node: Node, ins):
+@dataclass(frozen=True)
+class FloatRequant:
+    """A Requant evaluated exactly in float64 over a known input range; built by `float_requant`."""
+
+    v_min: torch.Tensor | None  # clamp of the centred input to its saturation range (None: not needed)
+    v_max: torch.Tensor | None
+    scale: torch.Tensor  # m · 2^-s, exactly
+    offset: torch.Tensor  # z_out + 1/2 (s > 0) or z_out (s = 0)
+    lo: int
+    hi: int
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """Output codes (float64) for the centred input `v` (float64 integers inside the range)."""
+        if self.v_min is not None:
+            v = torch.clamp(v, self.v_min, self.v_max)
+        return torch.addcmul(self.offset, v, self.scale).floor_().clamp_(self.lo, self.hi)
+
+
+def float_requant(multiplier: Sequence[int], shift: Sequence[int], zero_point: int, clamp_min: int,
+                  clamp_max: int, v_range: Range, rank: int = 2) -> FloatRequant | None:
+    """Requantization in float64, or None when it cannot be proved exact for this layer.
+
+    Computes clamp(z + floor((v·m + R) / 2^s), lo, hi), R = 2^(s-1) (0 when s = 0), for integers
+    v in `v_range`, one (m, s) per tensor or per channel (dimension 1 of a rank-`rank` input), as
+    clamp(floor(v'·(m·2^-s) + (z + R/2^s)), lo, hi), where v' = v, or v clamped to [A, B] (below)
+    when the whole of `v_range` is too wide to be exact.
+
+    Exactness. For v' in an interval we require |v'|, |v'·m| and |v'·m + R + z·2^s| ≤ 2^53 (all
+    linear in v', so checking both ends suffices). Then v'·m is an integer of at most 2^53, so it is
+    a float64, and so is v'·m·2^-s (a power-of-two scaling; no underflow above 2^-62): the product
+    v'·(m·2^-s) is exact. The sum with z + R/2^s is (v'·m + R + z·2^s)·2^-s, again an integer of
+    at most 2^53 scaled by a power of two, so it is exact too (whether addcmul fuses the multiply
+    and add or rounds twice). floor is exact, and floor((v'·m + R + z·2^s)/2^s) =
+    z + floor((v'·m + R)/2^s) because z is an integer. (R alone exceeds 2^53 when s > 54: such
+    layers are refused.)
+
+    Saturation clamp. out(v) = z + floor((v·m + R)/2^s) is non-decreasing in v (m ≥ 0). Let
+    a = max{v : out(v) ≤ lo} = floor(((lo − z + 1)·2^s − R − 1) / m) and
+    b = min{v : out(v) ≥ hi} = ceil(((hi − z)·2^s − R) / m). Every v ≤ a gives lo after the final
+    clamp, and so does a; every v ≥ b gives hi, and so does b. So replacing v by clamp(v, A, B)
+    with A, B = a, b limited to v_range (A := B if that leaves A > B, which only happens when
+    lo = hi, a constant output) changes no output. m = 0 gives a constant output; A = B = 0 there.
+    """
+    m_list, s_list = [int(m) for m in multiplier], [int(s) for s in shift]
+    if len(m_list) != len(s_list) or not m_list:
+        raise GraphError(f"multiplier ({len(m_list)} values) and shift ({len(s_list)} values) must match")
+    z, lo, hi = int(zero_point), int(clamp_min), int(clamp_max)
+    vlo, vhi = v_range
+    if lo > hi or vlo > vhi or abs(z) >= 1 << 52 or max(abs(lo), abs(hi)) > FLOAT64_EXACT:
+        return None
+    if any(m < 0 or m >= FLOAT64_EXACT or not 0 <= s <= 62 for m, s in zip(m_list, s_list)):
+        return None
+
+    def exact_on(a: int, b: int, m: int, s: int) -> bool:
+        rounding = 1 << (s - 1) if s else 0
+        return all(max(abs(v), abs(v * m), abs(v * m + rounding + (z << s))) <= FLOAT64_EXACT for v in (a, b))
+
+    # The saturation clamp costs a pass over the data: use it only where exactness needs it.
+    clamped = not all(exact_on(vlo, vhi, m, s) for m, s in zip(m_list, s_list))
+    a_list, b_list = [], []
+    for m, s in zip(m_list, s_list) if clamped else ():
+        rounding = 1 << (s - 1) if s else 0
+        if m == 0:
+            a = b = 0
+        else:
+            a = (((lo - z + 1) << s) - rounding - 1) // m
+            b = -((rounding - ((hi - z) << s)) // m)
+        a, b = min(max(a, vlo), vhi), min(max(b, vlo), vhi)
+        a = min(a, b)
+        if not exact_on(a, b, m, s):
+            return None
+        a_list.append(a)
+        b_list.append(b)
+
+    def channel_tensor(values: list) -> torch.Tensor:
+        t = torch.tensor(values, dtype=torch.float64)
+        return t.reshape((1, -1) + (1,) * (rank - 2)) if len(values) > 1 else t.reshape(())
+
+    scale = channel_tensor([math.ldexp(m, -s) for m, s in zip(m_list, s_list)])
+    offset = channel_tensor([z + (0.5 if s else 0.0) for s in s_list])
+    if not clamped:
+        return FloatRequant(None, None, scale, offset, lo, hi)
+    return FloatRequant(channel_tensor(a_list), channel_tensor(b_list), scale, offset, lo, hi)
+
+
+# -- exact building blocks of the fast path ---------------------------------------------------
+
+def max_pool_strided(x: torch.Tensor, kernel, stride) -> torch.Tensor:
+    """MaxPool2d without padding as a maximum of strided slices: rows first, then columns.
+
+    The window maximum is separable (max over i, j = max over j of max over i), and max is exact
+    in every dtype, so this equals F.max_pool2d element for element.
+    """
+    (kh, kw), (sh, sw) = _pair(kernel), _pair(stride)
+    oh = (x.shape[-2] - kh) // sh + 1
+    ow = (x.shape[-1] - kw) // sw + 1
+    rows = x[..., 0: sh * (oh - 1) + 1: sh, :]
+    for i in range(1, kh):
+        rows = torch.maximum(rows, x[..., i: i + sh * (oh - 1) + 1: sh, :])
+    out = rows[..., 0: sw * (ow - 1) + 1: sw]
+    for j in range(1, kw):
+        out = torch.maximum(out, rows[..., j: j + sw * (ow - 1) + 1: sw])
+    return out
+
+
+def _widest(dtypes) -> torch.dtype:
+    order = [torch.float32, torch.float64, torch.int64]
+    return max(dtypes, key=order.index)
+
+
+def _magnitude(r: Range) -> int:
+    return max(abs(r[0]), abs(r[1]))
+
+
+# -- the compiled plan ----------------------------------------------------------------------
+
+@dataclass
+class _Step:
+    fn: Callable[..., torch.Tensor]
+    inputs: list[str]
+    output: str
+    dtype: torch.dtype  # how the output's integers are carried
+    range: Range  # every value the output can hold
+    check: Callable[[torch.Tensor], None] | None = None  # accumulator overflow check, if one is possible
+    release: tuple[str, ...] = ()  # values no later step reads
+
+
+@dataclass
+class _Plan:
+    key: tuple
+    literal_dtype: dict[str, torch.dtype]  # per Conv/Linear node: the compute dtype of §7
+    steps: list[_Step]
+    input: str
+    output: str
+
+
+def _fingerprint(g: IntegerGraph) -> tuple:
+    # Everything the plan depends on; `_version` changes when a parameter is modified in place.
+    return (repr(g.nodes), repr(g.tensors), tuple(g.inputs), tuple(g.outputs),
+            tuple((k, id(t), t._version) for k, t in g.params.items()), float32_gemm_is_ieee())
+
+
+def _plan(g: IntegerGraph) -> _Plan:
+    key = _fingerprint(g)
+    plan = g.__dict__.get("_engine_plan")
+    if plan is None or plan.key != key:
+        ieee = key[-1]
+        literal_dtype = {
+            n.name: _gemm_dtype(partial_sum_bound(g.params[n.params["weight"]], g.tensors[n.inputs[0]]), ieee)
+            for n in g.nodes if n.op in ("Conv2d", "Linear")
+        }
+        steps = _Compiler(g, ieee).compile()
+        plan = _Plan(key, literal_dtype, steps, g.inputs[0], g.outputs[0])
+        g.__dict__["_engine_plan"] = plan
+    return plan
+
+
+def _run_fast(plan: _Plan, x: torch.Tensor, check_overflow: bool) -> torch.Tensor:
+    outputs = []
+    for chunk in x.split(FAST_CHUNK) if x.shape[0] > FAST_CHUNK else [x]:
+        values = {plan.input: chunk}
+        for step in plan.steps:
+            y = step.fn(*[values[i] for i in step.inputs])
+            if check_overflow and step.check is not None:
+                step.check(y)
+            values[step.output] = y
+            for name in step.release:
+                del values[name]
+        outputs.append(values[plan.output].to(torch.int64))
+    return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+
+class _Compiler:
+    """Turns the graph into fast-path steps, tracking each tensor's dtype and value range."""
+
+    def __init__(self, g: IntegerGraph, ieee_float32: bool = True):
+        self.g = g
+        self.ieee_float32 = ieee_float32
+        self.dtype: dict[str, torch.dtype] = {}
+        self.range: dict[str, Range] = {}
+        self.steps: list[_Step] = []
+        self.consumers: dict[str, list[Node]] = {}
+        for node in g.nodes:
+            for name in node.inputs:
+                self.consumers.setdefault(name, []).append(node)
+
+    def compile(self) -> list[_Step]:
+        g = self.g
+        deferred: dict[str, Node] = {}  # Requant outputs whose Requant runs after the MaxPool reading them
+        for node in g.nodes:
+            if node.op == "Requant" and self._pool_first(node):
+                deferred[node.output] = node
+            elif node.op == "MaxPool2d" and node.inputs[0] in deferred:
+                requant = deferred.pop(node.inputs[0])
+                pooled = f"{node.output}/before_{requant.name}"
+                self._add(self._maxpool(node, requant.inputs[0], pooled))
+                self._add(self._requant(requant, pooled, node.output))
+            else:
+                self._add(self._compile_node(node))
+        self._mark_releases()
+        return self.steps
+
+    def _pool_first(self, node: Node) -> bool:
+        """May this Requant run after the MaxPool2d that is its only consumer?
+
+        Proof that it may: per channel, requant(q) = clamp(z + ((q − z_in)·m + R) >> s, lo, hi) is
+        a composition of non-decreasing maps when m ≥ 0 (subtracting z_in, multiplying by m ≥ 0,
+        adding R, the floor shift, adding z, clamping). For a non-decreasing f,
+        max(f(a), f(b)) = f(max(a, b)), so max over a window of f(q) = f(max over the window of q).
+        MaxPool2d keeps channels apart, so a per-channel (m, s) is applied to its own channel in
+        both orders. The Requant's own output is then never materialised, which is why this is
+        only done on the fast path (return_all needs every literal tensor).
+        """
+        users = self.consumers.get(node.output, [])
+        if len(users) != 1 or users[0].op != "MaxPool2d" or node.output in self.g.outputs:
+            return False
+        return bool((self.g.params[node.params["multiplier"]] >= 0).all())
+
+    def _add(self, step: _Step) -> None:
+        self.steps.append(step)
+        self.dtype[step.output] = step.dtype
+        self.range[step.output] = step.range
+
+    def _mark_releases(self) -> None:
+        last_use: dict[str, int] = {}
+        for i, step in enumerate(self.steps):
+            for name in step.inputs:
+                last_use[name] = i
+        for i, step in enumerate(self.steps):
+            step.release = tuple(n for n in dict.fromkeys(step.inputs)
+                                 if last_use[n] == i and n not in self.g.outputs)
+
+    def _compile_node(self, node: Node) -> _Step:
+        op = node.op
+        if op == "QuantizeInput":
+            return self._quantize_input(node)
+        if op in ("Conv2d", "Linear"):
+            return self._conv_or_linear(node)
+        if op == "Requant":
+            return self._requant(node, node.inputs[0], node.output)
+        if op == "MaxPool2d":
+            return self._maxpool(node, node.inputs[0], node.output)
+        if op == "AvgPool2d":
+            return self._avgpool(node)
+        if op in ("Flatten", "Reorg"):
+            fn = (lambda x: x.flatten(1)) if op == "Flatten" else (lambda x, r=node.attrs["stride"]: F.pixel_unshuffle(x, r))
+            src = node.inputs[0]
+            return _Step(fn, [src], node.output, self.dtype[src], self.range[src])
+        if op == "Concat":
+            dtype = _widest(self.dtype[i] for i in node.inputs)
+            lo = min(self.range[i][0] for i in node.inputs)
+            hi = max(self.range[i][1] for i in node.inputs)
+            return _Step(lambda *xs: torch.cat([t.to(dtype) for t in xs], dim=1), list(node.inputs), node.output, dtype, (lo, hi))
+        raise GraphError(f"node {node.name!r}: the engine has no rule for op {op!r}")
+
+    # -- ops --------------------------------------------------------------------------------
+
+    def _quantize_input(self, node: Node) -> _Step:
+        s = self.g.tensors[node.output]
+        scale, z, qmin, qmax = float(s.scale), s.zero_point, s.qmin, s.qmax
+        if max(abs(qmin), abs(qmax), abs(qmin - z), abs(qmax - z)) >= FLOAT32_EXACT:
+            fn = lambda x: quantize_input(x, scale, z, qmin, qmax)  # noqa: E731
+            return _Step(fn, [node.inputs[0]], node.output, torch.int64, (qmin, qmax))
+        scale_t = torch.tensor(scale, dtype=torch.float32)
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            # The same float32 operations as arithmetic.quantize_input; the integers stay in float32.
+            q = torch.round(x.to(torch.float32) / scale_t).clamp_(qmin - z, qmax - z)
+            return q.add_(z) if z else q
+
+        return _Step(fn, [node.inputs[0]], node.output, torch.float32, (qmin, qmax))
+
+    def _conv_or_linear(self, node: Node) -> _Step:
+        g, src = self.g, node.inputs[0]
+        w = g.params[node.params["weight"]].to(torch.int64)
+        z = g.tensors[src].zero_point
+        vlo, vhi = self.range[src]
+        x_max = max(vhi - z, z - vlo, 0)
+        per_out = w.abs().reshape(w.shape[0], -1).sum(dim=1) * x_max  # worst partial sum per output
+        bias = g.params[node.params["bias"]].to(torch.int64) if "bias" in node.params else torch.zeros_like(per_out)
+        acc_range = (int((bias - per_out).min()), int((bias + per_out).max())) if len(per_out) else (0, 0)
+        # Work in a dtype where the inputs, their centring and every partial sum are exact.
+        bound = max(int(per_out.max()) if len(per_out) else 0, _magnitude((vlo, vhi)), abs(z), x_max)
+        dtype = _gemm_dtype(bound, self.ieee_float32)
+        if "bias" in node.params:
+            # With the bias inside the sum, every partial sum is bounded by max(|B| + Σ|w|·max|x|).
+            fused = _gemm_dtype(int((bias.abs() + per_out).max()), self.ieee_float32)
+            out_dtype = _widest([dtype, fused])
+        else:
+            out_dtype = dtype
+        fuse_bias = "bias" in node.params and out_dtype == dtype and dtype != torch.int64
+        w_c = w.to(dtype)
+        b_c = bias.to(dtype) if fuse_bias else None
+        late_bias = bias.to(out_dtype) if "bias" in node.params and not fuse_bias else None
+
+        if node.op == "Linear":
+            w_t = w_c.t().contiguous()
+            core = (lambda x: torch.addmm(b_c, x, w_t)) if b_c is not None else (lambda x: x @ w_t)
+        elif dtype == torch.int64:
+            a = node.attrs
+            core = lambda x: _conv2d_int64(x, w_c, a)  # noqa: E731
+        elif self._conv_is_matmul(node, w):
+            # The kernel covers the whole input: the output is one dot product per channel.
+            w_t = w_c.reshape(w.shape[0], -1).t().contiguous()
+
+            def core(x: torch.Tensor) -> torch.Tensor:
+                flat = x.reshape(x.shape[0], -1)
+                y = torch.addmm(b_c, flat, w_t) if b_c is not None else flat @ w_t
+                return y.reshape(x.shape[0], -1, 1, 1)
+        else:
+            a = node.attrs
+            core = lambda x: F.conv2d(x, w_c, b_c, a["stride"], a["padding"], a["dilation"], a["groups"])  # noqa: E731
+        bias_shape = (1, -1, 1, 1) if node.op == "Conv2d" else (1, -1)
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            x = x.to(dtype)
+            acc = core(x - z if z else x)
+            if late_bias is not None:
+                acc = acc.to(out_dtype) + late_bias.reshape(bias_shape)
+            return acc
+
+        return _Step(fn, [src], node.output, out_dtype, acc_range, self._overflow_check(node, acc_range))
+
+    def _conv_is_matmul(self, node: Node, w: torch.Tensor) -> bool:
+        a = node.attrs
+        in_shape = self.g.tensors[node.inputs[0]].shape
+        return (a["groups"] == 1 and _pair(a["padding"]) == (0, 0) and _pair(a["dilation"]) == (1, 1)
+                and tuple(w.shape[2:]) == tuple(in_shape[1:]))
+
+    def _overflow_check(self, node: Node, value_range: Range):
+        spec = self.g.tensors[node.output]
+        lo, hi = int_range(spec.bits, spec.signed)
+        if lo <= value_range[0] and value_range[1] <= hi:
+            return None  # statically impossible
+        return lambda y: _check_width(y, spec, node)
+
+    def _requant(self, node: Node, src: str, out: str) -> _Step:
+        g = self.g
+        spec_out = g.tensors[node.output]
+        z_in = g.tensors[node.inputs[0]].zero_point
+        lo, hi = node.attrs["clamp_min"], node.attrs["clamp_max"]
+        m = g.params[node.params["multiplier"]].to(torch.int64)
+        s = g.params[node.params["shift"]].to(torch.int64)
+        vlo, vhi = self.range[src]
+        exact = None
+        centred = (vlo - z_in, vhi - z_in)
+        if max(_magnitude((vlo, vhi)), abs(z_in), _magnitude(centred)) < FLOAT64_EXACT:
+            exact = float_requant(m.tolist(), s.tolist(), spec_out.zero_point, lo, hi, centred,
+                                 rank=len(spec_out.shape) + 1)
+        if exact is None:  # not provably exact in float64: the int64 formula of the spec
+            zp = spec_out.zero_point
+
+            def fn(x: torch.Tensor) -> torch.Tensor:
+                acc = x.to(torch.int64)
+                return requantize(acc - z_in if z_in else acc, m, s, zp, lo, hi)
+
+            return _Step(fn, [src], out, torch.int64, (lo, hi))
+        out_dtype = torch.float32 if _magnitude((lo, hi)) < FLOAT32_EXACT else torch.float64
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            v = x.to(torch.float64)  # exact: |x| < 2^53; `exact` never modifies its argument
+            return exact(v - z_in if z_in else v).to(out_dtype)
+
+        return _Step(fn, [src], out, out_dtype, (lo, hi))
+
+    def _maxpool(self, node: Node, src: str, out: str) -> _Step:
+        kernel, stride = node.attrs["kernel"], node.attrs["stride"]
+        fn = lambda x: max_pool_strided(x, kernel, stride)  # noqa: E731
+        return _Step(fn, [src], out, self.dtype[src], self.range[src])
+
+    def _avgpool(self, node: Node) -> _Step:
+        src = node.inputs[0]
+        z = self.g.tensors[src].zero_point
+        kh, kw = _pair(node.attrs["kernel"])
+        vlo, vhi = self.range[src]
+        out_range = (kh * kw * (vlo - z), kh * kw * (vhi - z))
+        dtype = compute_dtype(max(_magnitude(out_range), _magnitude((vlo, vhi)), abs(z)))
+        stride = node.attrs["stride"]
+        if dtype == torch.int64:
+            fn = lambda x: _window_sum_int64(x.to(torch.int64) - z, (kh, kw), stride)  # noqa: E731
+        else:
+            def fn(x: torch.Tensor) -> torch.Tensor:
+                x = x.to(dtype)
+                # Integer sums below 2^24 (2^53) are exact in any order; the divisor 1 is exact.
+                return F.avg_pool2d(x - z if z else x, (kh, kw), stride, divisor_override=1)
+        return _Step(fn, [src], node.output, dtype, out_range, self._overflow_check(node, out_range))
+
+
+# -- the literal path -------------------------------------------------------------------------
+
+def _run_literal(g: IntegerGraph, plan: _Plan, x: torch.Tensor, check_overflow: bool) -> dict[str, torch.Tensor]:
+    values: dict[str, torch.Tensor] = {g.inputs[0]: x}
+    for node in g.nodes:
+        ins = [values[i] for i in node.inputs]
+        out_spec = g.tensors[node.output]
+        y = _EXECUTE[node.op](g, plan, node, ins)
+        if check_overflow and out_spec.bits < 64 and node.op in ("Conv2d", "Linear", "AvgPool2d"):
+            _check_width(y, out_spec, node)
+        values[node.output] = y
+    return values
+
+
+def _quantize_input(g: IntegerGraph, plan: _Plan, node: Node, ins):
     s = g.tensors[node.output]
     return quantize_input(ins[0], float(s.scale), s.zero_point, s.qmin, s.qmax)
 
@@ -96,11 +540,11 @@ def _centered(g: IntegerGraph, node: Node, x: torch.Tensor) -> torch.Tensor:
     return x - zp if zp else x
 
 
-def _conv2d(g: IntegerGraph, node: Node, ins):
+def _conv2d(g: IntegerGraph, plan: _Plan, node: Node, ins):
     a = node.attrs
     w = g.params[node.params["weight"]]
     x = _centered(g, node, ins[0])
-    dtype = _compute_dtype(g, node)
+    dtype = plan.literal_dtype[node.name]
     if dtype == torch.int64:
         acc = _conv2d_int64(x, w.to(torch.int64), a)
     else:
@@ -111,17 +555,9 @@ def _conv2d(g: IntegerGraph, node: Node, ins):
     return acc
 
 
-def _compute_dtype(g: IntegerGraph, node: Node) -> torch.dtype:
-    # Cached on the graph: the bound depends only on the weights and the declared input width.
-    cache = g.__dict__.setdefault("_compute_dtypes", {})
-    if node.name not in cache:
-        w = g.params[node.params["weight"]]
-        cache[node.name] = compute_dtype(partial_sum_bound(w, g.tensors[node.inputs[0]]))
-    return cache[node.name]
-
-
 def _conv2d_int64(x: torch.Tensor, w: torch.Tensor, a: dict) -> torch.Tensor:
     """Direct int64 convolution for layers too wide for exact float arithmetic (slow, rare)."""
+    x = x.to(torch.int64)
     sh, sw = _pair(a["stride"])
     ph, pw = _pair(a["padding"])
     dh, dw = _pair(a["dilation"])
@@ -143,17 +579,29 @@ def _conv2d_int64(x: torch.Tensor, w: torch.Tensor, a: dict) -> torch.Tensor:
     return out
 
 
-def _linear(g: IntegerGraph, node: Node, ins):
+def _window_sum_int64(x: torch.Tensor, kernel, stride) -> torch.Tensor:
+    """Window sums in int64 for sums too wide for float64 (never in practice)."""
+    (kh, kw), (sh, sw) = _pair(kernel), _pair(stride)
+    oh = (x.shape[-2] - kh) // sh + 1
+    ow = (x.shape[-1] - kw) // sw + 1
+    out = torch.zeros(x.shape[:-2] + (oh, ow), dtype=torch.int64)
+    for i in range(kh):
+        for j in range(kw):
+            out += x[..., i: i + sh * (oh - 1) + 1: sh, j: j + sw * (ow - 1) + 1: sw]
+    return out
+
+
+def _linear(g: IntegerGraph, plan: _Plan, node: Node, ins):
     w = g.params[node.params["weight"]]
     x = _centered(g, node, ins[0])
-    dtype = _compute_dtype(g, node)
+    dtype = plan.literal_dtype[node.name]
     acc = (x.to(dtype) @ w.to(dtype).t()).to(torch.int64)
     if "bias" in node.params:
         acc += g.params[node.params["bias"]].to(torch.int64)
     return acc
 
 
-def _requant(g: IntegerGraph, node: Node, ins):
+def _requant(g: IntegerGraph, plan: _Plan, node: Node, ins):
     out = g.tensors[node.output]
     acc = _centered(g, node, ins[0])
     m = g.params[node.params["multiplier"]].to(torch.int64)
@@ -161,14 +609,14 @@ def _requant(g: IntegerGraph, node: Node, ins):
     return requantize(acc, m, s, out.zero_point, node.attrs["clamp_min"], node.attrs["clamp_max"])
 
 
-def _maxpool(g: IntegerGraph, node: Node, ins):
+def _maxpool(g: IntegerGraph, plan: _Plan, node: Node, ins):
     # Codes below 2^24 are exact in float32, where max-pooling is fast; wider ones stay in float64.
     x = ins[0]
     dtype = torch.float32 if g.tensors[node.inputs[0]].bits <= 24 else torch.float64
     return F.max_pool2d(x.to(dtype), node.attrs["kernel"], node.attrs["stride"]).to(torch.int64)
 
 
-def _avgpool(g: IntegerGraph, node: Node, ins):
+def _avgpool(g: IntegerGraph, plan: _Plan, node: Node, ins):
     """The window *sum* of (code − zero_point); the 1/N lives in the following Requant."""
     x = _centered(g, node, ins[0])
     kh, kw = _pair(node.attrs["kernel"])
@@ -178,15 +626,15 @@ def _avgpool(g: IntegerGraph, node: Node, ins):
     return s.to(torch.int64)
 
 
-def _flatten(g, node, ins):
+def _flatten(g, plan, node, ins):
     return ins[0].flatten(1)
 
 
-def _reorg(g, node, ins):
+def _reorg(g, plan, node, ins):
     return F.pixel_unshuffle(ins[0], node.attrs["stride"])
 
 
-def _concat(g, node, ins):
+def _concat(g, plan, node, ins):
     return torch.cat(ins, dim=1)
 
 

@@ -158,7 +158,8 @@ def _lower_layer(b: _Builder, node: fx.Node, m: QuantLayer, x: TensorSpec, out_s
         raise ConfigError(f"layer {node.target!r}: its input is not quantized per tensor")
     codes, w_scale = m.quantize_weight()
     acc_scale = [float(s) * x.scale for s in w_scale.reshape(-1).tolist()]
-    wdtype = torch.int8 if m.weight_bits <= 8 else torch.int16
+    per_channel = w_scale.numel() > 1
+    wdtype = torch.int8 if m.code_bits <= 8 else torch.int16
     params = {"weight": codes.to(wdtype)}
     if m.bias is not None:
         bias = torch.round(m.bias.detach().to(torch.float64) / torch.tensor(acc_scale, dtype=torch.float64))
@@ -168,13 +169,13 @@ def _lower_layer(b: _Builder, node: fx.Node, m: QuantLayer, x: TensorSpec, out_s
                               "use fewer weight/activation bits or a wider accumulator")
         params["bias"] = bias.to(torch.int32 if acc_bits <= 32 else torch.int64)
     acc_name = f"{node.name}_acc" if m.act_quant is not None else node.name
-    acc = TensorSpec(acc_name, out_shape, "int", acc_bits, True, acc_scale if m.per_channel else acc_scale[0], 0)
+    acc = TensorSpec(acc_name, out_shape, "int", acc_bits, True, acc_scale if per_channel else acc_scale[0], 0)
     if isinstance(m, QuantConv2d):
         attrs = {"stride": _pair(m.stride), "padding": _pair(m.padding), "dilation": _pair(m.dilation),
-                 "groups": m.groups, "weight_bits": m.weight_bits}
+                 "groups": m.groups, "weight_bits": m.code_bits}
         b.node("Conv2d", acc_name, [x], b.tensor(acc), attrs, params)
     else:
-        b.node("Linear", acc_name, [x], b.tensor(acc), {"weight_bits": m.weight_bits}, params)
+        b.node("Linear", acc_name, [x], b.tensor(acc), {"weight_bits": m.code_bits}, params)
     if m.act_quant is None:
         if m.relu:
             raise ConfigError(f"layer {node.target!r}: a fused ReLU needs an output quantizer")

@@ -9,6 +9,12 @@ buffer (chosen by the weight observer, rounded to a power of two, or fixed by a 
 both the fake-quant forward pass and `quantize_weight()` (what lowering writes) use it, so the
 two see the same integer codes. Before that (or after `unfreeze_weights()`, for training) the
 scale is recomputed from max|W| on every forward pass.
+
+Quantization-aware training plugs in a `weight_quantizer` (an nn.Module, see
+bitsmith.quant.qat): when set, it alone decides the weights — `weight_quantizer(w)` is the
+fake-quant forward (with its own straight-through gradients) and
+`weight_quantizer.integer_weights(w) -> (codes, scale)` gives the integers lowering writes, with
+`weight_quantizer.code_bits` their signed width. Both must describe the same numbers.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class QuantLayer(nn.Module):
         self.float_name = float_name  # the Conv2d / Linear of the float model this layer came from
         self.act_quant = act_quant
         self.fake_quant_weights = True  # False: float weights (e.g. to observe float activation ranges)
+        self.weight_quantizer: nn.Module | None = None  # QAT methods: see the module docstring
         self.register_buffer("weight_scale", torch.empty(0))  # empty = not frozen: recomputed from max|W|
         self.register_buffer("input_scale", torch.tensor(0.0))  # 0 = not frozen yet
 
@@ -64,12 +71,21 @@ class QuantLayer(nn.Module):
     def unfreeze_weights(self) -> None:
         self.weight_scale = torch.empty(0)
 
+    @property
+    def code_bits(self) -> int:
+        """Signed width of the integer weight codes lowering writes."""
+        return self.weight_quantizer.code_bits if self.weight_quantizer is not None else self.weight_bits
+
     def current_weight_scale(self) -> torch.Tensor:
+        if self.weight_quantizer is not None:
+            return self.weight_quantizer.integer_weights(self.weight)[1]
         return self.weight_scale if self.weights_frozen else minmax_weight_scale(self.weight, self.weight_bits,
                                                                                  self.per_channel)
 
     def quantize_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(integer weight codes, scale): exactly the codes the forward pass rounds the weights to."""
+        if self.weight_quantizer is not None:
+            return self.weight_quantizer.integer_weights(self.weight)
         return quantize_weight(self.weight, self.weight_bits, self.per_channel, self.current_weight_scale(),
                                self.full_range_weights)
 
@@ -81,7 +97,9 @@ class QuantLayer(nn.Module):
         return self.bias + ((q * step).to(self.bias.dtype) - self.bias).detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fake_quant_weights:
+        if self.fake_quant_weights and self.weight_quantizer is not None:
+            y = self._linear_op(x, self.weight_quantizer(self.weight), self.quantized_bias())
+        elif self.fake_quant_weights:
             w = fake_quantize_weight(self.weight, self.weight_bits, self.per_channel, self.current_weight_scale(),
                                      self.full_range_weights)
             y = self._linear_op(x, w, self.quantized_bias())

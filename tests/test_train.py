@@ -85,32 +85,46 @@ def test_train_restores_callers_global_state(tmp_path):
     assert torch.are_deterministic_algorithms_enabled() == deterministic
 
 
-def _run_in_subprocess(config: TrainConfig, out) -> subprocess.Popen:
-    code = (
-        "from bitsmith.train import TrainConfig, train; "
-        f"train(TrainConfig(**{asdict(config)!r}), {str(out)!r}, quiet=True)"
+def _run_in_subprocess(config: TrainConfig, out, stall_marker=None) -> subprocess.Popen:
+    """Train in a child process. With `stall_marker`, the child stops in the middle of epoch 2
+    (after 20 training batches), writes the marker file and waits to be killed: the kill lands
+    mid-epoch whatever the machine's load, and the batches themselves are untouched."""
+    stall = ""
+    if stall_marker is not None:
+        stall = (
+            "import pathlib, time, bitsmith.train as T\n"
+            "original, calls = T.iterate_batches, [0]\n"
+            "def stalling(*args, **kwargs):\n"
+            "    calls[0] += 1\n"
+            "    for i, batch in enumerate(original(*args, **kwargs)):\n"
+            "        if calls[0] == 2 and i == 20:\n"
+            f"            pathlib.Path({str(stall_marker)!r}).write_text('epoch 2, batch 20')\n"
+            "            time.sleep(600)\n"
+            "        yield batch\n"
+            "T.iterate_batches = stalling\n"
+        )
+    code = stall + (
+        "from bitsmith.train import TrainConfig, train\n"
+        f"train(TrainConfig(**{asdict(config)!r}), {str(out)!r}, quiet=True)\n"
     )
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def test_resume_after_sigkill_mid_epoch_is_bit_identical(tmp_path):
-    # 2000 synthetic images in batches of 16: ~1 s per epoch on 2 cores, room to kill mid-epoch.
     config = TrainConfig(model="lenet5", dataset="synthetic", epochs=3, batch_size=16)
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    reference, killed, marker = tmp_path / "reference", tmp_path / "killed", tmp_path / "stalled"
 
     proc = _run_in_subprocess(config, reference)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()
 
-    proc = _run_in_subprocess(config, killed)
+    proc = _run_in_subprocess(config, killed, stall_marker=marker)
     try:
-        deadline = time.monotonic() + 60
-        while not (killed / CHECKPOINT_FILE).exists():
+        deadline = time.monotonic() + 300
+        while not marker.exists():
             assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "no epoch-1 checkpoint after 60 s"
+            assert time.monotonic() < deadline, "the child never reached epoch 2"
             time.sleep(0.01)
-        epoch_seconds = read_checkpoint(killed).meta["metrics"]["history"][0]["seconds"]
-        time.sleep(0.4 * epoch_seconds)  # well inside epoch 2
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()

@@ -80,7 +80,7 @@ def test_export_onnx_integer_and_qdq(float_run, tmp_path):
     q = last_json(bitsmith("export", graph, "--out", tmp_path / "q.onnx", "--qdq", "--json"))
     assert q["argmax_agreement"] >= 0.95
     bad = bitsmith("export", graph, "--format", "tflite", "--out", tmp_path / "x", check=False)
-    assert bad.returncode == 2 and "allowed: onnx" in bad.stderr
+    assert bad.returncode == 2 and "allowed: onnx, clipq-hex" in bad.stderr
 
 
 def test_per_channel_accuracy_ranks_dequantized_outputs(float_run, tmp_path):
@@ -108,3 +108,26 @@ def test_quantize_options_reach_the_graph(float_run, tmp_path):
     assert graph["nodes"][1]["attrs"]["weight_bits"] == 6
     bad = bitsmith("quantize", float_run, "--layers", '{"pool1": {"per_channel": true}}', "--out", tmp_path / "b", check=False)
     assert bad.returncode == 2 and "per-channel" in bad.stderr
+
+
+def test_export_clipq_hex(tmp_path):
+    import torch
+
+    from bitsmith.accel.clipq_hex import read_clipq_hex
+    from bitsmith.integer import load, lower
+    from bitsmith.models import build_model
+    from bitsmith.quant import QuantConfig, quantize
+    from bitsmith.quant.clipq import apply_clipq
+
+    torch.manual_seed(0)
+    qmodel = quantize(build_model("lenet5").eval(), [torch.randn(8, 1, 32, 32)], QuantConfig())
+    apply_clipq(qmodel, p=0.4, bits=2, skip=("conv1", "fc2"))
+    lower(qmodel).save(tmp_path / "g")
+    e = last_json(bitsmith("export", tmp_path / "g", "--format", "clipq-hex", "--out", tmp_path / "hex", "--json"))
+    assert e["format"] == "clipq-hex"
+    back = read_clipq_hex(tmp_path / "hex")
+    g = load(tmp_path / "g")
+    assert back, "no layer written"
+    for name, layer in back.items():
+        node = next(n for n in g.nodes if n.name == name)
+        assert torch.equal(layer["weight_index"].to(torch.int64), g.params[node.params["weight_index"]].to(torch.int64))

@@ -84,9 +84,9 @@ def reference_run(g, x):
             y = ref_quantize_input(ins[0], out)
         elif node.op == "Conv2d":
             b = P[node.params["bias"]] if "bias" in node.params else None
-            y = ref_conv(centred, P[node.params["weight"]], b, a["stride"], a["padding"], a["dilation"], a["groups"])
+            y = ref_conv(centred, g.weight_codes(node).numpy().astype(np.int64), b, a["stride"], a["padding"], a["dilation"], a["groups"])
         elif node.op == "Linear":
-            y = centred @ P[node.params["weight"]].T
+            y = centred @ g.weight_codes(node).numpy().astype(np.int64).T
             if "bias" in node.params:
                 y = y + P[node.params["bias"]]
         elif node.op == "Requant":

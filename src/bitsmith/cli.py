@@ -164,25 +164,31 @@ def eval_cmd(path: Path = typer.Argument(..., help="float run folder or integer 
     _emit(evaluate_path(path, data_dir=data_dir, limit=limit), as_json, f"evaluation of {path}")
 
 
-EXPORT_FORMATS = ("onnx",)
+EXPORT_FORMATS = ("onnx", "clipq-hex")
 
 
 @app.command("export")
 def export_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
-               format: str = typer.Option("onnx", "--format", help="output format: onnx"),
-               out: Path = typer.Option(..., help="output file"),
+               format: str = typer.Option("onnx", "--format", help="output format: onnx or clipq-hex"),
+               out: Path = typer.Option(..., help="output file (onnx) or folder (clipq-hex)"),
                qdq: bool = typer.Option(False, help="QuantizeLinear/DequantizeLinear interchange model (float output)"),
                check: int = typer.Option(64, min=0, help="compare with the integer engine on N random inputs (0: skip)"),
                as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
-    """Export an integer graph (ONNX: integer model equal to the engine bit for bit, or --qdq)."""
+    """Export an integer graph: ONNX (integer model equal to the engine bit for bit, or --qdq), or the
+    CLIP-Q accelerator's W2.hex / W8.hex images (docs/clipq-hex.md)."""
     from bitsmith.errors import ConfigError
+    from bitsmith.integer import load
 
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {format!r}; allowed: {', '.join(EXPORT_FORMATS)}")
-    from bitsmith.onnx import check_against_engine, export_onnx
-    from bitsmith.integer import load
-
     g = load(graph)
+    if format == "clipq-hex":
+        from bitsmith.accel.clipq_hex import write_clipq_hex
+
+        _emit({"format": format, "path": str(out), "manifest": write_clipq_hex(g, out)}, as_json, f"exported {graph}")
+        return
+    from bitsmith.onnx import check_against_engine, export_onnx
+
     path = export_onnx(g, out, qdq=qdq)
     result = {"format": "onnx-qdq" if qdq else "onnx-integer", "path": str(path)}
     if check:

@@ -259,6 +259,7 @@ class _Step:
 class _Plan:
     key: tuple
     literal_dtype: dict[str, torch.dtype]  # per Conv/Linear node: the compute dtype of §7
+    weights: dict[str, torch.Tensor]  # per Conv/Linear node: its weight codes (codebooks expanded once)
     steps: list[_Step]
     input: str
     output: str
@@ -275,12 +276,13 @@ def _plan(g: IntegerGraph) -> _Plan:
     plan = g.__dict__.get("_engine_plan")
     if plan is None or plan.key != key:
         ieee = key[-1]
+        weights = {n.name: g.weight_codes(n) for n in g.nodes if n.op in ("Conv2d", "Linear")}
         literal_dtype = {
-            n.name: _gemm_dtype(partial_sum_bound(g.params[n.params["weight"]], g.tensors[n.inputs[0]]), ieee)
+            n.name: _gemm_dtype(partial_sum_bound(weights[n.name], g.tensors[n.inputs[0]]), ieee)
             for n in g.nodes if n.op in ("Conv2d", "Linear")
         }
-        steps = _Compiler(g, ieee).compile()
-        plan = _Plan(key, literal_dtype, steps, g.inputs[0], g.outputs[0])
+        steps = _Compiler(g, ieee, weights).compile()
+        plan = _Plan(key, literal_dtype, weights, steps, g.inputs[0], g.outputs[0])
         g.__dict__["_engine_plan"] = plan
     return plan
 
@@ -303,8 +305,10 @@ def _run_fast(plan: _Plan, x: torch.Tensor, check_overflow: bool) -> torch.Tenso
 class _Compiler:
     """Turns the graph into fast-path steps, tracking each tensor's dtype and value range."""
 
-    def __init__(self, g: IntegerGraph, ieee_float32: bool = True):
+    def __init__(self, g: IntegerGraph, ieee_float32: bool = True, weights: dict[str, torch.Tensor] | None = None):
         self.g = g
+        self.weights = weights if weights is not None else {
+            n.name: g.weight_codes(n) for n in g.nodes if n.op in ("Conv2d", "Linear")}
         self.ieee_float32 = ieee_float32
         self.dtype: dict[str, torch.dtype] = {}
         self.range: dict[str, Range] = {}
@@ -402,7 +406,7 @@ class _Compiler:
 
     def _conv_or_linear(self, node: Node) -> _Step:
         g, src = self.g, node.inputs[0]
-        w = g.params[node.params["weight"]].to(torch.int64)
+        w = self.weights[node.name].to(torch.int64)
         z = g.tensors[src].zero_point
         vlo, vhi = self.range[src]
         x_max = max(vhi - z, z - vlo, 0)
@@ -542,7 +546,7 @@ def _centered(g: IntegerGraph, node: Node, x: torch.Tensor) -> torch.Tensor:
 
 def _conv2d(g: IntegerGraph, plan: _Plan, node: Node, ins):
     a = node.attrs
-    w = g.params[node.params["weight"]]
+    w = plan.weights[node.name]
     x = _centered(g, node, ins[0])
     dtype = plan.literal_dtype[node.name]
     if dtype == torch.int64:
@@ -592,7 +596,7 @@ def _window_sum_int64(x: torch.Tensor, kernel, stride) -> torch.Tensor:
 
 
 def _linear(g: IntegerGraph, plan: _Plan, node: Node, ins):
-    w = g.params[node.params["weight"]]
+    w = plan.weights[node.name]
     x = _centered(g, node, ins[0])
     dtype = plan.literal_dtype[node.name]
     acc = (x.to(dtype) @ w.to(dtype).t()).to(torch.int64)

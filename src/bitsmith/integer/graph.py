@@ -40,6 +40,14 @@ OPS: dict[str, dict[str, Any]] = {
     "Reorg": {"attrs": ["stride"], "params": [], "inputs": 1},
     "Concat": {"attrs": [], "params": [], "inputs": None},
 }
+# How Conv2d / Linear store their weights (attr "weight_format", default "dense"): the params each
+# format needs in place of "weight", and the attrs it adds. "codebook": `weight_index` (uint8,
+# the weight's shape) selects from `codebook` (a 1-D int table, values within weight_bits);
+# the weight codes are codebook[weight_index] (CLIP-Q). `weight_codes(node)` expands either.
+WEIGHT_FORMATS: dict[str, dict[str, list[str]]] = {
+    "dense": {"params": ["weight"], "attrs": []},
+    "codebook": {"params": ["weight_index", "codebook"], "attrs": ["index_bits"]},
+}
 
 
 @dataclass
@@ -148,6 +156,13 @@ class IntegerGraph:
     def output_spec(self) -> TensorSpec:
         return self.tensors[self.outputs[0]]
 
+    def weight_codes(self, node: Node) -> torch.Tensor:
+        """The integer weight codes of a Conv2d / Linear node, whatever their storage format:
+        the dense `weight`, or `codebook[weight_index]` (expanded; every back end reads this)."""
+        if weight_format(node) == "codebook":
+            return self.params[node.params["codebook"]][self.params[node.params["weight_index"]].long()]
+        return self.params[node.params["weight"]]
+
     def node_producing(self, tensor: str) -> Node | None:
         return next((n for n in self.nodes if n.output == tensor), None)
 
@@ -216,6 +231,27 @@ def load(path: str | os.PathLike) -> IntegerGraph:
 
 # -- validation ---------------------------------------------------------------------------
 
+def weight_format(node: Node) -> str:
+    """"dense" or "codebook" for a Conv2d / Linear node (see WEIGHT_FORMATS)."""
+    return node.attrs.get("weight_format", "dense")
+
+
+def _required(node: Node, rule: dict[str, Any], kind: str) -> list[str]:
+    if node.op not in ("Conv2d", "Linear"):
+        return rule[kind]
+    fmt = WEIGHT_FORMATS.get(weight_format(node))
+    if fmt is None:
+        raise GraphError(f"node {node.name!r} ({node.op}): weight_format {weight_format(node)!r}; "
+                         f"allowed: {', '.join(WEIGHT_FORMATS)}")
+    base = [r for r in rule[kind] if r != "weight"]
+    return base + fmt[kind]
+
+
+def _weight_shape(g: IntegerGraph, node: Node) -> torch.Size:
+    role = "weight_index" if weight_format(node) == "codebook" else "weight"
+    return g.params[node.params[role]].shape
+
+
 def _validate(g: IntegerGraph) -> None:
     if len(g.inputs) != 1 or len(g.outputs) != 1:
         raise GraphError("a graph has exactly one input and one output")
@@ -236,10 +272,10 @@ def _validate(g: IntegerGraph) -> None:
                 raise GraphError(f"{where}: input {name!r} is not produced by an earlier node")
         if node.output in defined or node.output not in g.tensors:
             raise GraphError(f"{where}: output {node.output!r} is undeclared or produced twice")
-        for a in rule["attrs"]:
+        for a in _required(node, rule, "attrs"):
             if a not in node.attrs:
                 raise GraphError(f"{where}: missing attribute {a!r}")
-        for p in rule["params"]:
+        for p in _required(node, rule, "params"):
             key = node.params.get(p)
             if key is None or key not in g.params:
                 raise GraphError(f"{where}: parameter {p!r} missing from {TENSORS_FILE}")
@@ -289,7 +325,7 @@ def _infer_shape(g: IntegerGraph, node: Node, ins: list[TensorSpec]) -> tuple[in
     if node.op in ("QuantizeInput", "Requant"):
         return x
     if node.op == "Conv2d":
-        w = g.params[node.params["weight"]].shape
+        w = _weight_shape(g, node)
         if len(x) != 3 or len(w) != 4:
             raise GraphError(f"node {node.name!r}: Conv2d needs a CHW input and an OIHW weight")
         (sh, sw), (ph, pw), (dh, dw) = _pair(a["stride"]), _pair(a["padding"]), _pair(a["dilation"])
@@ -297,7 +333,7 @@ def _infer_shape(g: IntegerGraph, node: Node, ins: list[TensorSpec]) -> tuple[in
             raise GraphError(f"node {node.name!r}: input has {x[0]} channels, weight expects {w[1] * a['groups']}")
         return (w[0], _pool_out(x[1], w[2], sh, ph, dh), _pool_out(x[2], w[3], sw, pw, dw))
     if node.op == "Linear":
-        w = g.params[node.params["weight"]].shape
+        w = _weight_shape(g, node)
         if len(x) != 1 or len(w) != 2 or w[1] != x[0]:
             raise GraphError(f"node {node.name!r}: Linear weight {list(w)} does not fit input {list(x)}")
         return (w[0],)
@@ -326,7 +362,7 @@ def _check_range(t: torch.Tensor, lo: int, hi: int, what: str) -> None:
 def _check_params(g: IntegerGraph, node: Node, ins: list[TensorSpec], out: TensorSpec, where: str) -> None:
     int_dtypes = (torch.int8, torch.int16, torch.int32, torch.int64)
     for role, key in node.params.items():
-        if g.params[key].dtype not in int_dtypes:
+        if g.params[key].dtype not in int_dtypes and not (role == "weight_index" and g.params[key].dtype == torch.uint8):
             raise GraphError(f"{where}: parameter {role!r} has dtype {g.params[key].dtype}; must be an integer type")
     x = ins[0]
     if node.op in ("Conv2d", "Linear"):
@@ -336,7 +372,10 @@ def _check_params(g: IntegerGraph, node: Node, ins: list[TensorSpec], out: Tenso
         if not 1 <= wbits <= 16:
             raise GraphError(f"{where}: weight_bits {wbits}; allowed 1 to 16")
         lo, hi = int_range(wbits, True)
-        _check_range(g.params[node.params["weight"]], lo, hi, f"{where}: weight codes")
+        if weight_format(node) == "codebook":
+            _check_codebook(g, node, lo, hi, where)
+        else:
+            _check_range(g.params[node.params["weight"]], lo, hi, f"{where}: weight codes")
         if "bias" in node.params:
             b = g.params[node.params["bias"]]
             if tuple(b.shape) != (out.shape[0],):
@@ -368,3 +407,17 @@ def _check_params(g: IntegerGraph, node: Node, ins: list[TensorSpec], out: Tenso
             raise GraphError(f"{where}: needs a per-tensor input scale")
         if out.zero_point != 0 or not out.signed:
             raise GraphError(f"{where}: the window sum is signed with zero point 0")
+
+
+def _check_codebook(g: IntegerGraph, node: Node, lo: int, hi: int, where: str) -> None:
+    index, codebook = g.params[node.params["weight_index"]], g.params[node.params["codebook"]]
+    if index.dtype != torch.uint8:
+        raise GraphError(f"{where}: weight_index has dtype {index.dtype}; must be uint8")
+    ibits = node.attrs["index_bits"]
+    if not isinstance(ibits, int) or not 1 <= ibits <= 8:
+        raise GraphError(f"{where}: index_bits {ibits!r}; allowed 1 to 8")
+    if codebook.dim() != 1 or not 1 <= codebook.numel() <= 1 << ibits:
+        raise GraphError(f"{where}: codebook shape {list(codebook.shape)}; must be 1-D with 1 to {1 << ibits} "
+                         f"values (index_bits {ibits})")
+    _check_range(index, 0, codebook.numel() - 1, f"{where}: weight_index (codebook of {codebook.numel()})")
+    _check_range(codebook, lo, hi, f"{where}: codebook values")

@@ -156,11 +156,18 @@ def lower(qmodel: fx.GraphModule, *, input_shape: tuple[int, ...] | None = None,
 def _lower_layer(b: _Builder, node: fx.Node, m: QuantLayer, x: TensorSpec, out_shape, acc_bits: int) -> TensorSpec:
     if x.dtype != "int" or x.per_channel:
         raise ConfigError(f"layer {node.target!r}: its input is not quantized per tensor")
-    codes, w_scale = m.quantize_weight()
+    codebook_weights = getattr(m.weight_quantizer, "codebook_weights", None)
+    weight_attrs = {}
+    if codebook_weights is not None:  # CLIP-Q: indices into a per-layer integer codebook, not expanded
+        index, codebook, w_scale = codebook_weights(m.weight)
+        params = {"weight_index": index.to(torch.uint8), "codebook": codebook.to(torch.int16)}
+        weight_attrs = {"weight_format": "codebook", "index_bits": int(m.weight_quantizer.index_bits)}
+    else:
+        codes, w_scale = m.quantize_weight()
+        wdtype = torch.int8 if m.code_bits <= 8 else torch.int16
+        params = {"weight": codes.to(wdtype)}
     acc_scale = [float(s) * x.scale for s in w_scale.reshape(-1).tolist()]
     per_channel = w_scale.numel() > 1
-    wdtype = torch.int8 if m.code_bits <= 8 else torch.int16
-    params = {"weight": codes.to(wdtype)}
     if m.bias is not None:
         bias = torch.round(m.bias.detach().to(torch.float64) / torch.tensor(acc_scale, dtype=torch.float64))
         lo, hi = int_range(acc_bits, True)
@@ -172,10 +179,10 @@ def _lower_layer(b: _Builder, node: fx.Node, m: QuantLayer, x: TensorSpec, out_s
     acc = TensorSpec(acc_name, out_shape, "int", acc_bits, True, acc_scale if per_channel else acc_scale[0], 0)
     if isinstance(m, QuantConv2d):
         attrs = {"stride": _pair(m.stride), "padding": _pair(m.padding), "dilation": _pair(m.dilation),
-                 "groups": m.groups, "weight_bits": m.code_bits}
+                 "groups": m.groups, "weight_bits": m.code_bits, **weight_attrs}
         b.node("Conv2d", acc_name, [x], b.tensor(acc), attrs, params)
     else:
-        b.node("Linear", acc_name, [x], b.tensor(acc), {"weight_bits": m.code_bits}, params)
+        b.node("Linear", acc_name, [x], b.tensor(acc), {"weight_bits": m.code_bits, **weight_attrs}, params)
     if m.act_quant is None:
         if m.relu:
             raise ConfigError(f"layer {node.target!r}: a fused ReLU needs an output quantizer")

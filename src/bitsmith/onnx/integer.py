@@ -56,7 +56,7 @@ def _weight(graph: IntegerGraph, node: Node) -> np.ndarray:
     bits = node.attrs["weight_bits"]
     if bits > MAC_BITS:
         raise _too_wide(node, "its weights are", bits)
-    w = graph.params[node.params["weight"]]
+    w = graph.weight_codes(node)  # a CLIP-Q codebook is expanded to its int8 codes here
     # ConvInteger/MatMulInteger sum in int32; this bound covers every partial sum in any order.
     bound = partial_sum_bound(w, graph.tensors[node.inputs[0]])
     if bound > INT32_MAX:

@@ -85,7 +85,7 @@ def _weight_and_bias(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> list[st
     # S_acc = S_w · S_in was formed in float64 from two float32 numbers, so this division is exact.
     s_w = (s_acc / x.scale).astype(np.float32)
     w_type = _storage(node, node.attrs["weight_bits"], True, "weights are")[1]
-    codes = graph.params[node.params["weight"]].numpy().astype(w_type)
+    codes = graph.weight_codes(node).numpy().astype(w_type)  # codebooks expanded
     axis = {"axis": 0} if per_axis else {}
     w = b.op("DequantizeLinear", [b.const(f"{n}/weight_codes", codes), b.const(f"{n}/weight_scale", s_w),
                                   b.const(f"{n}/weight_zero_point", np.zeros(s_w.shape, dtype=w_type))],

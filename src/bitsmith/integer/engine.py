@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from bitsmith.errors import AccumulatorOverflowError, GraphError
 from bitsmith.integer.arithmetic import int_range, quantize_input, requantize
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
+from bitsmith.integer.graph import as_pair as _pair
 
 FLOAT32_EXACT = 1 << 24
 FLOAT64_EXACT = 1 << 53
@@ -458,7 +459,7 @@ class _Compiler:
     def _conv_is_matmul(self, node: Node, w: torch.Tensor) -> bool:
         a = node.attrs
         in_shape = self.g.tensors[node.inputs[0]].shape
-        return (a["groups"] == 1 and _pair(a["padding"]) == (0, 0) and _pair(a["dilation"]) == (1, 1)
+        return (a["groups"] == 1 and _pair(a["padding"]) == [0, 0] and _pair(a["dilation"]) == [1, 1]
                 and tuple(w.shape[2:]) == tuple(in_shape[1:]))
 
     def _overflow_check(self, node: Node, value_range: Range):
@@ -641,9 +642,6 @@ def _reorg(g, plan, node, ins):
 def _concat(g, plan, node, ins):
     return torch.cat(ins, dim=1)
 
-
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 _EXECUTE = {

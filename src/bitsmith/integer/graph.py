@@ -311,8 +311,10 @@ def _check_spec(spec: TensorSpec) -> None:
         raise GraphError(f"{where}: zero point {spec.zero_point} outside [{spec.qmin}, {spec.qmax}]")
 
 
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
+def as_pair(v) -> list[int]:
+    """A kernel/stride/padding attribute as [height, width] (an int means both)."""
+    return [v, v] if isinstance(v, int) else list(v)
+
 
 
 def _pool_out(size: int, k: int, s: int, p: int = 0, d: int = 1) -> int:
@@ -328,7 +330,7 @@ def _infer_shape(g: IntegerGraph, node: Node, ins: list[TensorSpec]) -> tuple[in
         w = _weight_shape(g, node)
         if len(x) != 3 or len(w) != 4:
             raise GraphError(f"node {node.name!r}: Conv2d needs a CHW input and an OIHW weight")
-        (sh, sw), (ph, pw), (dh, dw) = _pair(a["stride"]), _pair(a["padding"]), _pair(a["dilation"])
+        (sh, sw), (ph, pw), (dh, dw) = as_pair(a["stride"]), as_pair(a["padding"]), as_pair(a["dilation"])
         if x[0] != w[1] * a["groups"]:
             raise GraphError(f"node {node.name!r}: input has {x[0]} channels, weight expects {w[1] * a['groups']}")
         return (w[0], _pool_out(x[1], w[2], sh, ph, dh), _pool_out(x[2], w[3], sw, pw, dw))
@@ -338,7 +340,7 @@ def _infer_shape(g: IntegerGraph, node: Node, ins: list[TensorSpec]) -> tuple[in
             raise GraphError(f"node {node.name!r}: Linear weight {list(w)} does not fit input {list(x)}")
         return (w[0],)
     if node.op in ("MaxPool2d", "AvgPool2d"):
-        (kh, kw), (sh, sw) = _pair(a["kernel"]), _pair(a["stride"])
+        (kh, kw), (sh, sw) = as_pair(a["kernel"]), as_pair(a["stride"])
         return (x[0], _pool_out(x[1], kh, sh), _pool_out(x[2], kw, sw))
     if node.op == "Flatten":
         return (math.prod(x),)

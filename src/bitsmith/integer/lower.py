@@ -20,6 +20,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from bitsmith.errors import ConfigError, GraphError
 from bitsmith.integer.arithmetic import MAX_SHIFT, int_range, quantize_multiplier
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
+from bitsmith.integer.graph import as_pair as _pair
 from bitsmith.models import Reorg
 from bitsmith.quant.config import QuantConfig
 from bitsmith.quant.fake_quant import FakeQuantize, is_power_of_two
@@ -71,9 +72,6 @@ class _Builder:
 def _codes_spec(name: str, shape, fq: FakeQuantize) -> TensorSpec:
     return TensorSpec(name, tuple(shape), "int", fq.bits, fq.signed, float(fq.scale), int(fq.zero_point))
 
-
-def _pair(v) -> list[int]:
-    return [v, v] if isinstance(v, int) else list(v)
 
 
 def lower(qmodel: fx.GraphModule, *, input_shape: tuple[int, ...] | None = None, metadata: dict | None = None) -> IntegerGraph:

@@ -16,6 +16,7 @@ from onnx import TensorProto
 from bitsmith.errors import ConfigError
 from bitsmith.integer.engine import partial_sum_bound
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
+from bitsmith.integer.graph import as_pair as _pair
 from bitsmith.onnx.builder import OnnxBuilder
 
 #: Widest codes ConvInteger / MatMulInteger take (uint8 or int8).
@@ -252,9 +253,6 @@ def channel_shape(values: np.ndarray, rank: int) -> np.ndarray:
         return values.reshape(())
     return values.reshape((1, -1) + (1,) * (rank - 2))
 
-
-def _pair(v) -> list[int]:
-    return [v, v] if isinstance(v, int) else list(v)
 
 
 _EMIT: dict[str, Callable[[IntegerGraph, Node, OnnxBuilder], None]] = {

@@ -18,6 +18,7 @@ from onnx import TensorProto
 
 from bitsmith.errors import ConfigError
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
+from bitsmith.integer.graph import as_pair as _pair
 from bitsmith.onnx.builder import OnnxBuilder
 from bitsmith.onnx.integer import emit_reorg
 
@@ -129,9 +130,6 @@ def _flatten(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
 def _concat(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     b.op("Concat", node.inputs, node.output, name=node.name, axis=1)
 
-
-def _pair(v) -> list[int]:
-    return [v, v] if isinstance(v, int) else list(v)
 
 
 _EMIT: dict[str, Callable[[IntegerGraph, Node, OnnxBuilder], None]] = {

@@ -131,3 +131,14 @@ def test_export_clipq_hex(tmp_path):
     for name, layer in back.items():
         node = next(n for n in g.nodes if n.name == name)
         assert torch.equal(layer["weight_index"].to(torch.int64), g.params[node.params["weight_index"]].to(torch.int64))
+
+
+def test_qat_command(float_run, tmp_path):
+    r = last_json(bitsmith("qat", float_run, "--method", "lsq", "--wbits", "4", "--abits", "4", "--epochs", "1",
+                           "--out", tmp_path / "lsq", "--json"))
+    assert r["agreement"] == 1.0 and r["integer_accuracy"] == r["accuracy"]
+    assert (tmp_path / "lsq" / "graph.json").is_file()
+    bad = bitsmith("qat", float_run, "--method", "magic", "--out", tmp_path / "x", check=False)
+    assert bad.returncode == 2 and "lsq" in bad.stderr
+    bad = bitsmith("qat", float_run, "--method", "lsq", "--bitw", "8229", "--out", tmp_path / "y", check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

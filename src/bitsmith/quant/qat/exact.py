@@ -1,0 +1,95 @@
+"""Integer-exact evaluation of QAT layers: the fake-quant model computes the integer graph's codes.
+
+A fake-quant layer rounds `float32(conv) / S_out` half to even; the integer graph computes the
+accumulator exactly and requantizes with the dyadic multiplier, `(acc·m + 2^(s−1)) >> s`. The
+two round the same real number, so they differ only where it lies within float rounding of a
+rounding boundary — rare, but not never (one LeNet-5 test image in 10,000 at W8A8 HWGQ).
+
+QAT layers therefore evaluate (eval mode, `exact_eval` on) through `exact_layer_forward`:
+
+    v     = round(x / S_in)                      exact: x is (q − z)·S_in in float32
+    acc   = conv(v, codes) + B                   float64, exact (every partial sum < 2^53)
+    q_out = requantize(acc, m, s, z_out, lo, hi) bitsmith.integer.arithmetic, the spec's int64 code
+    y     = (q_out − z_out) · S_out              float32, what FakeQuantize returns
+
+with the weight codes, bias B, (m, s) and clamp bounds derived exactly as `bitsmith.lower` derives
+them. The last layer returns its accumulator dequantized as `IntegerGraph.dequantize` does.
+Training keeps the float path and its straight-through gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bitsmith.errors import ConfigError
+from bitsmith.integer.arithmetic import int_range, quantize_multiplier, requantize
+from bitsmith.quant.modules import QuantConv2d, QuantLayer, QuantLinear
+
+
+def exact_layer_forward(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
+    """The layer's output as the integer graph computes it (see the module docstring)."""
+    in_scale, in_zp = layer.qat_input
+    config = layer.qat_config
+    v = torch.round(x / torch.tensor(in_scale, dtype=torch.float32)).to(torch.float64)
+    codes, w_scale = layer.quantize_weight()
+    acc_scale = [float(s) * in_scale for s in w_scale.reshape(-1).tolist()]
+    scale64 = torch.tensor(acc_scale, dtype=torch.float64)
+    bias = None
+    if layer.bias is not None:
+        bias = torch.round(layer.bias.detach().to(torch.float64) / scale64)  # as lower() rounds it
+    if isinstance(layer, QuantConv2d):
+        acc = F.conv2d(v, codes.to(torch.float64), bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+    else:
+        acc = F.linear(v, codes.to(torch.float64), bias)
+    channel_view = (1, -1) + (1,) * (acc.dim() - 2)
+    fq = layer.act_quant
+    if fq is None:  # the graph output: the accumulator, dequantized as IntegerGraph.dequantize does
+        scale = scale64.reshape(channel_view) if len(acc_scale) > 1 else scale64.reshape(())
+        return (acc * scale).to(torch.float32)
+    out_scale = float(fq.scale)
+    pairs = [quantize_multiplier(s / out_scale, config.multiplier_bits) for s in acc_scale]
+    m = torch.tensor([p[0] for p in pairs], dtype=torch.int64)
+    s = torch.tensor([p[1] for p in pairs], dtype=torch.int64)
+    qmin, qmax = int_range(fq.bits, fq.signed)
+    lo = max(qmin, fq.zero_point) if layer.relu else qmin
+    q = requantize(acc.to(torch.int64), m, s, fq.zero_point, lo, qmax)
+    return (q - fq.zero_point).to(torch.float32) * fq.scale
+
+
+class ExactEval:
+    """Mixin for QuantConv2d / QuantLinear: integer-exact forward in eval mode (`exact_eval`)."""
+
+    exact_eval = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or not self.exact_eval:
+            return super().forward(x)
+        with torch.no_grad():
+            return exact_layer_forward(self, x)
+
+
+class QATConv2d(ExactEval, QuantConv2d):
+    pass
+
+
+class QATLinear(ExactEval, QuantLinear):
+    pass
+
+
+def make_exact(layer: QuantLayer, config, input_scale: float, input_zero_point: int) -> None:
+    """Turn a prepared QuantConv2d / QuantLinear into its exact-eval subclass, in place (the
+    module keeps its parameters, buffers and place in the graph; lowering sees a QuantLayer)."""
+    if config.scale_mode != "float":
+        raise ConfigError("QAT uses float scales (scale_mode='float')")
+    if not isinstance(layer, ExactEval):
+        layer.__class__ = QATConv2d if isinstance(layer, QuantConv2d) else QATLinear
+    layer.qat_config = config
+    layer.qat_input = (input_scale, input_zero_point)
+
+
+def set_exact_eval(qmodel: torch.nn.Module, enabled: bool) -> None:
+    """Switch the integer-exact evaluation of every QAT layer on or off (off: float fake-quant)."""
+    for m in qmodel.modules():
+        if isinstance(m, ExactEval):
+            m.exact_eval = enabled

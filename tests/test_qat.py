@@ -1,0 +1,296 @@
+"""Quantization-aware training: every method lowers bit-exactly, gradients reach the learned
+quantizer parameters, the fused ops match their unfused definitions, and bad settings are refused."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bitsmith.data import iterate_batches, load_dataset
+from bitsmith.errors import ConfigError
+from bitsmith.integer import load, lower
+from bitsmith.models import build_model
+from bitsmith.quant.fake_quant import fake_quantize, round_ste
+from bitsmith.quant.modules import QuantLayer
+from bitsmith.quant.qat import METHODS, QATSpec, QATTrainConfig, layer_bits, qat_prepare, qat_run, qat_train
+from bitsmith.quant.qat.activations import LSQQuantize, PACTQuantize
+from bitsmith.quant.qat.exact import set_exact_eval
+from bitsmith.quant.qat.prepare import regularization
+from bitsmith.quant.qat.pooling import training_view
+from bitsmith.quant.qat.weights import (BinaryWeight, DoReFaWeight, GaussianWeight, LSQWeight, TernaryWeight,
+                                        grad_scale)
+from bitsmith.runs import load_run
+from bitsmith.train import TrainConfig, train
+from test_integer_reference import randomised, reference_run
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one thread is faster, and far faster on a busy machine (no thread barriers)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def float_run(tmp_path_factory):
+    """A LeNet-5 (with bias) trained briefly on the synthetic data set: its predictions vary."""
+    run = tmp_path_factory.mktemp("qat") / "fp"
+    config = TrainConfig(model="lenet5", dataset="synthetic", epochs=2, batch_size=32, limit_train=512,
+                         optimizer="adam", model_kwargs={"bias": True})
+    train(config, run, quiet=True)
+    return run
+
+
+def _lenet(seed=0):
+    torch.manual_seed(seed)
+    return build_model("lenet5", bias=True).eval()
+
+
+def _images(n=64):
+    """Synthetic test images, normalised as the models see them."""
+    test = load_dataset("synthetic", "test", limit=n)
+    return next(iterate_batches(test, n, (1, 32, 32)))[0]
+
+
+def _calib(shape, n=2, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(16, *shape, generator=gen) for _ in range(n)]
+
+
+def _synthetic_train(limit=256):
+    return load_dataset("synthetic", "train", limit=limit)
+
+
+@pytest.fixture(scope="module")
+def fp_model(float_run):
+    return load_run(float_run).model
+
+
+def _trained(method, model, spec_kw=None):
+    """A QAT model after a few real training steps (so the learned parameters have moved)."""
+    spec = QATSpec(method, **(spec_kw or {"wbits": 4, "abits": 4}))
+    qmodel = qat_prepare(model, [_images(64)], spec)
+    qat_train(qmodel, model, _synthetic_train(128), QATTrainConfig(epochs=1, batch_size=32, lr=0.01))
+    return qmodel
+
+
+# -- lowering: engine == int64 reference, fake-quant predictions == integer predictions -----
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_lowers_exactly(method, fp_model):
+    qmodel = _trained(method, fp_model)
+    graph = lower(qmodel)
+    x = torch.cat([_images(64), torch.randn(8, *qmodel.input_shape) * 2])  # and some out-of-range inputs
+    got = graph.run(x, return_all=True)
+    want = reference_run(graph, x)
+    for tensor, value in want.items():
+        if graph.tensors[tensor].dtype == "int":
+            np.testing.assert_array_equal(got[tensor].numpy(), value, err_msg=f"{method}: tensor {tensor}")
+    with torch.no_grad():
+        fq_logits = qmodel(x)  # integer-exact evaluation: the very numbers graph.predict returns
+        set_exact_eval(qmodel, False)
+        float_logits = qmodel(x)  # the float fake-quant path: equal up to float rounding
+        set_exact_eval(qmodel, True)
+    int_logits = graph.predict(x)
+    assert torch.equal(fq_logits, int_logits)
+    assert len(torch.unique(int_logits.argmax(1))) > 1  # the comparison could fail
+    torch.testing.assert_close(float_logits, int_logits, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["lsq", "pact", "hwgq", "ternary"])
+def test_other_architectures_lower(method):
+    """BN folding, concat, reorg (UltraNet-Bypass): every QAT quantizer point lowers."""
+    torch.manual_seed(0)
+    model = randomised(build_model("ultranet_bypass", input_shape=(3, 16, 16), classify=True))
+    qmodel = qat_prepare(model, _calib(model.input_shape), QATSpec(method, wbits=3, abits=4))
+    graph = lower(qmodel)
+    x = torch.randn(8, *model.input_shape)
+    with torch.no_grad():
+        assert torch.equal(qmodel(x), graph.predict(x))
+
+
+def test_qat_weights_are_written_as_codes(fp_model):
+    qmodel = _trained("dorefa", fp_model, {"wbits": 2, "abits": 4, "keep_first_last_8bit": True})
+    graph = lower(qmodel)
+    layers = [m for m in qmodel.modules() if isinstance(m, QuantLayer)]
+    assert [m.code_bits for m in layers] == [9, 3, 3, 3, 9]  # DoReFa k bits → k + 1 signed bits
+    convs = [n for n in graph.nodes if n.op in ("Conv2d", "Linear")]
+    for node, layer in zip(convs, layers):
+        codes = graph.weight_codes(node).to(torch.int64)
+        assert torch.equal(codes, layer.quantize_weight()[0])
+        assert node.attrs["weight_bits"] == layer.code_bits
+        assert bool((codes % 2 != 0).all())  # DoReFa codes are odd
+
+
+# -- weight quantizers: value == codes · scale, code ranges ----------------------------------
+
+
+@pytest.mark.parametrize("quantizer, lo, hi", [
+    (DoReFaWeight(2), -3, 3), (DoReFaWeight(4, per_channel=False), -15, 15), (BinaryWeight(), -1, 1),
+    (TernaryWeight(), -1, 1), (GaussianWeight(2), -2, 1), (GaussianWeight(4, per_channel=True), -8, 7),
+    (LSQWeight(3, torch.full((6,), 0.02)), -4, 3),
+])
+def test_weight_quantizer_value_is_codes_times_scale(quantizer, lo, hi):
+    w = torch.randn(6, 3, 5, 5) * 0.1
+    codes, scale = quantizer.integer_weights(w)
+    assert codes.dtype == torch.int64 and scale.dtype == torch.float32
+    assert codes.min() >= lo and codes.max() <= hi
+    assert codes.min() == lo or codes.max() == hi  # the grid reaches an end on Gaussian data
+    assert -(1 << (quantizer.code_bits - 1)) <= lo and hi < (1 << (quantizer.code_bits - 1))
+    view = scale.reshape(-1, 1, 1, 1) if scale.dim() else scale
+    assert torch.equal(quantizer(w), codes.to(torch.float32) * view)
+    if isinstance(quantizer, BinaryWeight):
+        torch.testing.assert_close(scale, w.abs().flatten(1).mean(1))
+    if isinstance(quantizer, TernaryWeight):
+        assert (codes == 0).any()
+
+
+def test_gaussian_step_follows_the_table():
+    w = torch.randn(16, 8, 3, 3)
+    _, step = GaussianWeight(3).integer_weights(w)
+    assert float(step) == pytest.approx(0.586 * float(w.std()), rel=1e-6)
+
+
+# -- gradients ---------------------------------------------------------------------------------
+
+
+def _pact_point(bits=4):
+    from bitsmith.quant.fake_quant import FakeQuantize
+
+    ptq = FakeQuantize(bits)
+    ptq.observer(torch.rand(100) * 3)
+    ptq.freeze()
+    return PACTQuantize(ptq, bits, weight_decay=1e-3)
+
+
+def test_pact_alpha_gets_gradient_from_clipping_and_regulariser():
+    point = _pact_point()
+    alpha = float(point.alpha.detach())
+    x = torch.tensor([0.1, 0.5, alpha * 0.99, alpha + 1.0, alpha + 2.0], requires_grad=True)
+    point(x).sum().backward()
+    assert float(point.alpha.grad) == 2.0  # two inputs above α
+    assert x.grad.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
+    point.alpha.grad = None
+    regularization(torch.nn.Sequential(point)).backward()
+    assert float(point.alpha.grad) == pytest.approx(2 * 1e-3 * alpha)
+
+
+def test_pact_and_lsq_parameters_move_in_training():
+    for method, name in (("pact", "alpha"), ("lsq", "step")):
+        model = _lenet()
+        qmodel = qat_prepare(model, _calib(model.input_shape), QATSpec(method, wbits=4, abits=4))
+        before = {k: v.detach().clone() for k, v in qmodel.named_parameters() if k.endswith(name)}
+        assert before
+        qat_train(qmodel, model, _synthetic_train(128), QATTrainConfig(epochs=1, batch_size=32))
+        after = dict(qmodel.named_parameters())
+        assert all(not torch.equal(before[k], after[k]) for k in before), method
+
+
+def test_fused_lsq_activation_gradient_matches_definition():
+    from bitsmith.quant.fake_quant import FakeQuantize
+
+    ptq = FakeQuantize(3)
+    ptq.observer(torch.rand(100) * 2)
+    ptq.freeze()
+    point = LSQQuantize(ptq, 3)
+    x = (torch.rand(4, 10) * 3).requires_grad_()
+    g = torch.randn(4, 10)
+    (point(x) * g).sum().backward()
+    # The unfused LSQ definition: round_ste(clamp(x/s))·s with the step gradient scaled by 1/sqrt(N·Qp).
+    s = point.step.detach().clone().requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    s_g = grad_scale(s, 1 / math.sqrt(10 * point.qmax))
+    ref = round_ste(torch.clamp(x2 / s_g, 0, point.qmax)) * s_g
+    (ref * g).sum().backward()
+    assert torch.equal(point(x).detach(), fake_quantize(x.detach(), point.scale, 0, 0, point.qmax))
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(point.step.grad, s.grad)
+
+
+def test_fused_lsq_weight_gradient_matches_definition():
+    quantizer = LSQWeight(3, torch.full((4,), 0.05))
+    w = (torch.randn(4, 2, 3, 3) * 0.1).requires_grad_()
+    g = torch.randn(4, 2, 3, 3)
+    (quantizer(w) * g).sum().backward()
+    s = quantizer.step.detach().clone().requires_grad_()
+    w2 = w.detach().clone().requires_grad_()
+    s_g = grad_scale(s, 1 / math.sqrt(18 * 3)).reshape(-1, 1, 1, 1)
+    ((round_ste(torch.clamp(w2 / s_g, -4, 3)) * s_g) * g).sum().backward()
+    torch.testing.assert_close(w.grad, w2.grad)
+    torch.testing.assert_close(quantizer.step.grad, s.grad)
+
+
+def test_training_view_computes_the_same_values(fp_model):
+    """Quantizing after the max-pool (training speed-up) gives exactly the model's values."""
+    qmodel = _trained("lsq", fp_model)
+    view, deferred = training_view(qmodel)
+    assert deferred  # LeNet's conv1 and conv2 outputs feed max-pools
+    x = torch.randn(32, *qmodel.input_shape)
+    set_exact_eval(qmodel, False)  # compare the float paths: the view computes exactly the model's values
+    with torch.no_grad():
+        want = qmodel.eval()(x)
+        for q in deferred:
+            q.deferred = True
+        got = view.eval()(x)
+        for q in deferred:
+            q.deferred = False
+    assert torch.equal(got, want)
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+
+def test_bit_strings_set_each_layer():
+    model = _lenet()
+    names, w, a = layer_bits(model, QATSpec("lsq", bitw="82348", bita="85436"))
+    assert names == ["conv1", "conv2", "conv3", "fc1", "fc2"]
+    assert (w, a) == ([8, 2, 3, 4, 8], [8, 5, 4, 3, 6])
+    qmodel = qat_prepare(model, _calib(model.input_shape), QATSpec("lsq", bitw="82348", bita="85436"))
+    assert [m.code_bits for m in qmodel.modules() if isinstance(m, QuantLayer)] == [8, 2, 3, 4, 8]
+    acts = [m.act_quant.bits for m in qmodel.modules() if isinstance(m, QuantLayer) and m.act_quant is not None]
+    assert acts == [5, 4, 3, 6] and qmodel.input_quant.bits == 8
+    _, w, a = layer_bits(model, QATSpec("lsq", wbits=2, abits=2, keep_first_last_8bit=True))
+    assert (w, a) == ([8, 2, 2, 2, 8], [8, 2, 2, 2, 8])
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"method": "xnor"}, "allowed: dorefa, pact, lsq, hwgq, binary, ternary"),
+    ({"method": "lsq", "wbits": 9}, "allowed: 2 to 8"),
+    ({"method": "lsq", "abits": 1}, "allowed: 2 to 8"),
+    ({"method": "lsq", "bitw": "82912"}, "each 2 to 8"),
+    ({"method": "lsq", "bita": "8a444"}, "each 2 to 8"),
+    ({"method": "lsq", "bitw": "8222"}, "exactly 5 digits"),
+    ({"method": "lsq", "bita": "8222222"}, "exactly 5 digits"),
+])
+def test_bad_settings_are_refused(kwargs, needle):
+    with pytest.raises(ConfigError, match=needle):
+        spec = QATSpec(**kwargs)
+        layer_bits(_lenet(), spec)
+
+
+def test_bad_train_settings_are_refused():
+    with pytest.raises(ConfigError, match="allowed: sgd, adam"):
+        QATTrainConfig(optimizer="rmsprop")
+    with pytest.raises(ConfigError, match="positive integer"):
+        QATTrainConfig(epochs=0)
+
+
+# -- the job -------------------------------------------------------------------------------------
+
+
+def test_qat_run_writes_graph_weights_and_metrics(float_run, tmp_path):
+    run = float_run
+    out = tmp_path / "qat"
+    metrics = qat_run(run, out, method="lsq", wbits=3, abits=3, epochs=1, bitw="83338", quiet=True)
+    assert metrics["agreement"] == 1.0 and metrics["disagreements"] == 0
+    assert metrics["test_images"] == 500
+    assert metrics["accuracy"] == metrics["integer_accuracy"]
+    assert metrics["weight_bits"] == [8, 3, 3, 3, 8]
+    assert metrics["seconds_per_epoch"] > 0 and metrics["fp_seconds_per_epoch"] > 0
+    assert (out / "metrics.json").is_file() and (out / "qat_weights.safetensors").is_file()
+    graph = load(out)
+    assert graph.metadata["qat"]["spec"]["method"] == "lsq"

@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(dataset-fashion-mnist)
+# iverilog runs the generated RTL (tests and `bitsmith rtl`); verilator is the faster optional simulator;
+# g++ compiles the HLS-export reference check.
+DEBIAN_PACKAGES=(dataset-fashion-mnist iverilog verilator g++)
 PYTHON=${PYTHON:-python3}
 
 missing=()

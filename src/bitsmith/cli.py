@@ -231,6 +231,18 @@ def demo_cmd(out: Path = typer.Option(Path("runs/demo"), help="output folder"),
     _emit(result, as_json, "bitsmith demo: LeNet-5 / Fashion-MNIST, W8A8")
 
 
+hw_app = typer.Typer(no_args_is_help=True, help="The bitsmith accelerator (docs/hardware.md): compile, simulate, cost, HLS.")
+app.add_typer(hw_app, name="hw")
+
+# -- hw compile / hw simulate (bitsmith.accel.compiler, bitsmith.accel.simulate) --
+
+# -- hw report / hw sweep (bitsmith.accel.cost, bitsmith.accel.sweep) --
+
+# -- hw hls (bitsmith.accel.hls) --
+
+# -- rtl (bitsmith.rtl) --
+
+
 def main() -> None:
     try:
         app()

@@ -27,3 +27,8 @@ class GraphError(BitsmithError):
 
 class AccumulatorOverflowError(GraphError):
     """An integer value left the width its tensor declares (e.g. a 32-bit accumulator)."""
+
+
+class AcceleratorError(BitsmithError):
+    """A graph or layer cannot run on the configured accelerator (docs/hardware.md): an
+    unsupported op or kernel, or a buffer too small. The message names the layer and the limit."""

@@ -236,9 +236,207 @@ app.add_typer(hw_app, name="hw")
 
 # -- hw compile / hw simulate (bitsmith.accel.compiler, bitsmith.accel.simulate) --
 
+def _accel_config(pe, simd, bus_bits, act_buffer_bytes, weight_buffer_entries, max_kernel, clock_mhz):
+    from bitsmith.accel.config import AccelConfig
+
+    return AccelConfig(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
+                       weight_buffer_entries=weight_buffer_entries, max_kernel=max_kernel, clock_mhz=clock_mhz)
+
+
+_PE = typer.Option(8, "--pe", help="R: PE rows (output channels in parallel)")
+_SIMD = typer.Option(8, "--simd", help="C: PE columns (input terms per row per cycle)")
+_BUS = typer.Option(64, help="external memory word, bits per cycle")
+_ACT = typer.Option(65536, help="size of each activation buffer in bytes")
+_WBUF = typer.Option(65536, help="weight buffer size in weights")
+_KMAX = typer.Option(7, help="largest kernel side")
+_CLOCK = typer.Option(200.0, help="clock for the FPS figure")
+_DATA = typer.Option(None, help="input images: a data set name (default: the graph's, else fashion-mnist) "
+                                "or 'random' (uniform codes; for input shapes no data set has)")
+
+
+@hw_app.command("compile")
+def hw_compile_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
+                   out: Path = typer.Option(..., help="folder for the $readmemh images and program.json"),
+                   images: int = typer.Option(1, min=0, help="write In8.hex / expected outputs for the first N test images"),
+                   data: Optional[str] = _DATA, data_dir: Optional[str] = typer.Option(None),
+                   pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS, act_buffer_bytes: int = _ACT,
+                   weight_buffer_entries: int = _WBUF, max_kernel: int = _KMAX, clock_mhz: float = _CLOCK,
+                   as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Compile a graph for the accelerator and write its memory images (docs/hardware.md §6)."""
+    import torch
+
+    from bitsmith.accel.compiler import compile_graph
+    from bitsmith.accel.images import sample_inputs, write_images
+    from bitsmith.integer import load
+
+    g = load(graph)
+    program = compile_graph(g, _accel_config(pe, simd, bus_bits, act_buffer_bytes, weight_buffer_entries,
+                                             max_kernel, clock_mhz))
+    source = "none"
+    if images:
+        x, source = sample_inputs(g, images, data, data_dir)
+        outputs = g.run(x, return_all=True)
+        doc = write_images(program, outputs[program.input_name], out, expected=outputs)
+    else:
+        doc = write_images(program, torch.zeros((0, *g.tensors[program.input_name].shape), dtype=torch.int64), out)
+    cycles = doc["cycles"]
+    _emit({"graph": str(graph), "out": str(out), "layers": len(program.layers), "images": doc["images"],
+           "inputs": source, "files": doc["files"], "cycles_per_image": cycles["total"],
+           "utilisation": cycles["utilisation"], "fps": cycles["fps"]}, as_json, f"compiled {graph}")
+
+
+@hw_app.command("simulate")
+def hw_simulate_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
+                    images: int = typer.Option(20, min=1, help="run the first N test images"),
+                    data: Optional[str] = _DATA, data_dir: Optional[str] = typer.Option(None),
+                    pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS, act_buffer_bytes: int = _ACT,
+                    weight_buffer_entries: int = _WBUF, max_kernel: int = _KMAX, clock_mhz: float = _CLOCK,
+                    as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Run the cycle-level model, compare every layer with the integer engine (exit 1 on a mismatch)."""
+    from bitsmith.accel.compiler import compile_graph
+    from bitsmith.accel.images import sample_inputs
+    from bitsmith.accel.simulate import mismatches, simulate
+    from bitsmith.accel.timing import program_cycles
+    from bitsmith.integer import load
+
+    g = load(graph)
+    program = compile_graph(g, _accel_config(pe, simd, bus_bits, act_buffer_bytes, weight_buffer_entries,
+                                             max_kernel, clock_mhz))
+    x, source = sample_inputs(g, images, data, data_dir)
+    outputs = g.run(x, return_all=True)
+    sim = simulate(program, outputs[program.input_name])
+    wrong = mismatches(sim, outputs)
+    formula = program_cycles(program)
+    phases = ("compute", "weights", "input", "drain", "param", "codebook", "next")
+    rows = []
+    for counted, row in zip(sim.cycles["layers"], formula["layers"]):
+        rows.append({"layer": row["name"], "kind": row["kind"], **{p: counted[p] for p in phases},
+                     "cycles": sum(counted[p] for p in phases), "utilisation": row["utilisation"],
+                     "share": row["share"], "mismatches": wrong[row["name"]]})
+    result = {"graph": str(graph), "config": program.config.to_json(), "images": images, "inputs": source,
+              "layers": rows, "total_cycles": sim.total_cycles, "formula_cycles": formula["total"],
+              "utilisation": formula["utilisation"], "fps": clock_mhz * 1e6 / sim.total_cycles,
+              "mismatches": sum(wrong.values()), "overflows": sim.overflows}
+    failed = result["mismatches"] > 0 or sim.total_cycles != formula["total"]
+    if as_json:
+        print(json.dumps(result))
+    else:
+        table = Table(title=f"{graph} on the cycle model, R×C = {pe}×{simd}, {images} images ({source})")
+        for col in ("layer", "kind", *phases, "cycles", "util", "share", "mismatches"):
+            table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+        for r in rows:
+            util = "-" if r["utilisation"] is None else f"{100 * r['utilisation']:.1f}%"
+            table.add_row(r["layer"], r["kind"], *(str(r[p]) for p in phases), str(r["cycles"]), util,
+                          f"{100 * r['share']:.1f}%", str(r["mismatches"]))
+        out = Console() if Console().is_terminal else Console(width=150)
+        out.print(table)
+        out.print(f"total {sim.total_cycles} cycles per image (formula {formula['total']}), utilisation "
+                  f"{100 * formula['utilisation']:.1f}%, {result['fps']:.0f} FPS at {clock_mhz:g} MHz; "
+                  f"mismatches {result['mismatches']}" + (f"; overflows: {sim.overflows}" if sim.overflows else ""))
+    if failed:
+        raise typer.Exit(1)
+
+
 # -- hw report / hw sweep (bitsmith.accel.cost, bitsmith.accel.sweep) --
 
+@hw_app.command("report")
+def hw_report_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
+                  pe: int = typer.Option(8, "--pe", help="R: PE rows (output channels in parallel)"),
+                  simd: int = typer.Option(8, "--simd", help="C: PE columns (input terms per row per cycle)"),
+                  bus_bits: int = typer.Option(64, help="external memory word, bits per cycle"),
+                  act_buffer_bytes: int = typer.Option(65536, help="size of each activation buffer"),
+                  weight_buffer_entries: int = typer.Option(65536, help="weight buffer size in weights"),
+                  clock_mhz: float = typer.Option(200.0, help="clock for the FPS figure"),
+                  as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Per-layer cycles, DSP48E2 and BRAM18 of the accelerator for a graph (docs/hardware.md "Cost model")."""
+    from bitsmith.accel.compiler import compile_graph
+    from bitsmith.accel.config import AccelConfig
+    from bitsmith.accel.sweep import design_tables, evaluate_design
+    from bitsmith.integer import load
+
+    config = AccelConfig(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
+                         weight_buffer_entries=weight_buffer_entries, clock_mhz=clock_mhz)
+    design = evaluate_design(compile_graph(load(graph), config))
+    if as_json:
+        print(json.dumps({"graph": str(graph), **design}))
+        return
+    out = Console() if Console().is_terminal else Console(width=150)  # piped: do not squeeze into 80 columns
+    for table in design_tables(design, f"{graph} on the accelerator, R×C = {pe}×{simd}"):
+        out.print(table)
+
+
+@hw_app.command("sweep")
+def hw_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
+                 out: Path = typer.Option(..., help="folder for sweep.csv, sweep.json, pareto.md, pareto.png"),
+                 codebook_graph: Optional[Path] = typer.Option(None, help="a CLIP-Q (2-bit codebook) graph of the same "
+                                                               "network: adds the codebook2 mode"),
+                 sizes: str = typer.Option("1,2,4,8,16,32", help="values of R and of C to try"),
+                 bus_bits: int = typer.Option(64, help="external memory word, bits per cycle"),
+                 act_buffer_bytes: int = typer.Option(65536, help="size of each activation buffer"),
+                 weight_buffer_entries: int = typer.Option(65536, help="weight buffer size in weights"),
+                 clock_mhz: float = typer.Option(200.0, help="clock for the FPS figures"),
+                 as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Sweep R, C and weight modes (int8, int4, codebook2): cycles per image vs DSPs and the Pareto front."""
+    from bitsmith.accel.config import AccelConfig
+    from bitsmith.accel.sweep import pareto_table, sweep, write_sweep
+    from bitsmith.errors import ConfigError
+    from bitsmith.integer import load
+
+    try:
+        values = [int(v) for v in sizes.split(",")]
+    except ValueError:
+        raise ConfigError(f"--sizes must be comma-separated positive integers, e.g. 1,2,4,8; got {sizes!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"--sizes must be comma-separated positive integers, e.g. 1,2,4,8; got {sizes!r}")
+    base = AccelConfig(bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
+                       weight_buffer_entries=weight_buffer_entries, clock_mhz=clock_mhz)
+    result = sweep(load(graph), sorted(set(values)), load(codebook_graph) if codebook_graph else None, base)
+    files = write_sweep(result, out, title=f"{graph.name}: cycles per image vs DSP48E2 at {clock_mhz:g} MHz")
+    if as_json:
+        print(json.dumps({"graph": str(graph), "files": files, "points": len(result["points"]),
+                          "skipped": result["skipped"], "pareto": result["pareto"]}))
+        return
+    Console(width=None if Console().is_terminal else 120).print(pareto_table(result))
+    for s in result["skipped"]:
+        console.print(f"skipped R×C = {s['pe']}×{s['simd']}: {escape(s['reason'])}")
+    Console().print(f"written: {', '.join(files.values())}")
+
 # -- hw hls (bitsmith.accel.hls) --
+
+@hw_app.command("hls")
+def hw_hls_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
+               out: Path = typer.Option(..., help="folder for config.h, weights.hpp, config_simd_pe.txt"),
+               simd: int = typer.Option(8, min=1, help="largest SIMD per layer (the largest divisor of k*k*ich up to it)"),
+               pe: int = typer.Option(8, min=1, help="largest PE per layer (the largest divisor of och up to it)"),
+               layers: Optional[str] = typer.Option(None, help='forced per-layer values as JSON, e.g. \'{"q_conv1": {"simd": 5, "pe": 3}}\''),
+               check: bool = typer.Option(False, help="compile the C++ reference with g++, run it and compare every layer with the engine"),
+               images: int = typer.Option(8, min=1, help="random images for --check"),
+               as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """HLS headers in the DeepBurning-MixQ format (docs/hls.md), optionally checked bit for bit."""
+    from bitsmith.accel.hls import check_hls, export_hls
+    from bitsmith.errors import ConfigError
+    from bitsmith.integer import load
+
+    try:
+        forced = json.loads(layers) if layers else None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--layers is not valid JSON ({e}); example: '{{\"q_conv1\": {{\"simd\": 5, \"pe\": 3}}}}'") from None
+    g = load(graph)
+    hls = export_hls(g, out, simd=simd, pe=pe, layers=forced, source=str(graph))
+    result = {"path": str(out), "layers": [f"{l.macro} {l.name} simd {l.simd} pe {l.pe}" if l.kind == "conv"
+                                           else f"{l.macro} {l.name}" for l in hls]}
+    if check:
+        report = check_hls(g, out, images=images)
+        result.update({"checked_images": report["images"], "mismatched_elements": report["mismatched_elements"],
+                       "matches_engine": report["matches_engine"]})
+        if not as_json:
+            for row in report["layers"]:
+                console.print(f"{row['layer']:8} {row['name']:24} {row['elements']:8} elements, "
+                              f"C++ mismatches {row['mismatches']}, numpy model mismatches {row['model_mismatches']}",
+                              soft_wrap=True)
+    _emit(result, as_json, f"HLS export of {graph}")
+    if check and not result["matches_engine"]:
+        raise typer.Exit(1)
 
 # -- rtl (bitsmith.rtl) --
 

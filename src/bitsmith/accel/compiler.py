@@ -1,0 +1,295 @@
+"""IntegerGraph → accelerator layer program (docs/hardware.md §2, §4).
+
+`compile_graph` walks the graph's nodes once, fuses each Conv2d / Linear / AvgPool2d with the
+Requant that consumes it, turns every MaxPool2d into a pool layer, treats Flatten as free (the
+buffers hold CHW order already) and leaves QuantizeInput to the host. Everything the hardware
+cannot do, and every buffer that is too small, is an `AcceleratorError` naming the graph node and
+the limit, so a design-space sweep can report *why* a configuration does not fit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from bitsmith.errors import AcceleratorError
+from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec, as_pair, weight_format
+
+from .config import (
+    ACC_BITS,
+    CODEBOOK_INDEX_BITS,
+    CODEBOOK_SIZE,
+    MAX_ACT_BITS,
+    MAX_SHIFT,
+    MAX_WEIGHT_BITS,
+    MULTIPLIER_BITS,
+    AccelConfig,
+)
+from .program import Layer, Program
+
+ACC_MAX = (1 << (ACC_BITS - 1)) - 1
+ACC_MIN = -(1 << (ACC_BITS - 1))
+MULTIPLIER_MAX = (1 << (MULTIPLIER_BITS - 1)) - 1   # a signed 32-bit register holding m ≥ 0
+FIELD_MAX = 255                                    # kernel/stride/padding descriptor fields are 8 bits
+MIN_WEIGHT_BITS = 2
+SUPPORTED_OPS = ("QuantizeInput", "Conv2d", "Linear", "Requant", "MaxPool2d", "AvgPool2d", "Flatten")
+
+
+def compile_graph(graph: IntegerGraph, config: AccelConfig) -> Program:
+    """The layer program for `graph` on `config`; raises AcceleratorError if it cannot run there."""
+    consumers: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        for name in node.inputs:
+            consumers.setdefault(name, []).append(node)
+    nodes = list(graph.nodes)
+    for node in nodes:  # name an unsupported op (Concat, Reorg) before any branching it causes
+        if node.op not in SUPPORTED_OPS:
+            raise AcceleratorError(f"layer {node.name}: op {node.op} is not supported by the accelerator "
+                                   "(it runs Conv2d/Linear + Requant, MaxPool2d, AvgPool2d + Requant, Flatten)")
+    if not nodes or nodes[0].op != "QuantizeInput":
+        raise AcceleratorError("the accelerator needs a graph that starts with QuantizeInput (codes arrive from the host)")
+    input_name = nodes[0].output
+    _check_codes(graph.tensors[input_name], nodes[0].name, "input")
+
+    layers: list[Layer] = []
+    current = input_name      # the tensor held in the activation buffer
+    fused: set[str] = set()   # Requant nodes already merged into the layer before them
+    for node in nodes[1:]:
+        if node.name in fused:
+            continue
+        if node.inputs != [current] or len(consumers.get(current, [])) != 1:
+            raise AcceleratorError(
+                f"layer {node.name}: the accelerator runs a single chain of layers; {node.op} reads "
+                f"{node.inputs} while the activation buffer holds {current!r} "
+                f"(consumed by {len(consumers.get(current, []))} nodes)")
+        if node.op == "Flatten":
+            current = node.output
+            continue
+        if node.op in ("Conv2d", "Linear", "AvgPool2d"):
+            requant = _fused_requant(graph, node, consumers)
+            if requant is not None:
+                fused.add(requant.name)
+            layer = (_conv_layer if node.op != "AvgPool2d" else _avgpool_layer)(graph, node, requant, len(layers))
+        elif node.op == "MaxPool2d":
+            layer = _maxpool_layer(graph, node, len(layers))
+        else:
+            raise AcceleratorError(f"layer {node.name}: op {node.op} is not supported by the accelerator "
+                                   "(it runs Conv2d/Linear + Requant, MaxPool2d, AvgPool2d + Requant, Flatten)")
+        if layers and layers[-1].raw_output:
+            raise AcceleratorError(f"layer {layers[-1].name}: a layer without requant (32-bit output) must be "
+                                   f"the last layer, but {node.name} follows it")
+        _check_limits(layer, node.name, config)
+        layers.append(layer)
+        current = layer.name
+    if not layers:
+        raise AcceleratorError("the graph has no layer the accelerator computes")
+    if not _same_data(graph, current, graph.outputs[0]):
+        raise AcceleratorError(f"graph output {graph.outputs[0]!r} is not the last layer's output {current!r}")
+    # The engine's shape of each layer's tensor (a Linear's is 1-D), so back ends can compare.
+    shapes = {layer.name: list(graph.tensors[layer.name].shape) for layer in layers}
+    return Program(config=config, layers=layers, input_name=input_name,
+                   metadata={"graph_output": graph.outputs[0], "tensor_shapes": shapes})
+
+
+# -- one layer per node (group) -------------------------------------------------------------
+
+def _fused_requant(graph: IntegerGraph, node: Node, consumers: dict[str, list[Node]]) -> Node | None:
+    """The Requant that consumes `node`'s accumulator, or None for a raw (last-layer) output."""
+    users = consumers.get(node.output, [])
+    if len(users) == 1 and users[0].op == "Requant":
+        return users[0]
+    if not users and node.op != "AvgPool2d" and node.output == graph.outputs[0]:
+        return None
+    what = "AvgPool2d must be followed by a Requant" if node.op == "AvgPool2d" else \
+        "a Conv/Linear accumulator must feed exactly one Requant (or be the graph output)"
+    raise AcceleratorError(f"layer {node.name}: {what}; it feeds {[u.name for u in users]}")
+
+
+def _chw(spec: TensorSpec) -> tuple[int, int, int]:
+    """A tensor shape as (channels, height, width); a feature vector is F×1×1 (CHW = Flatten order)."""
+    s = tuple(spec.shape)
+    return (s[0], 1, 1) if len(s) == 1 else (s[0], s[1], s[2])
+
+
+def _io_fields(graph: IntegerGraph, name: str, x: TensorSpec, y: TensorSpec) -> dict:
+    _check_codes(x, name, "input")
+    (ci, hi, wi), (co, ho, wo) = _chw(x), _chw(y)
+    return dict(in_ch=ci, in_h=hi, in_w=wi, out_ch=co, out_h=ho, out_w=wo,
+                in_bits=x.bits, in_signed=x.signed, z_in=x.zero_point)
+
+
+def _requant_fields(graph: IntegerGraph, requant: Node, out_ch: int) -> dict:
+    y = graph.tensors[requant.output]
+    _check_codes(y, requant.name, "output")
+    m = graph.params[requant.params["multiplier"]].to(torch.int64).reshape(-1)
+    s = graph.params[requant.params["shift"]].to(torch.int64).reshape(-1)
+    if m.numel() and (int(m.min()) < 0 or int(m.max()) > MULTIPLIER_MAX):
+        raise AcceleratorError(f"layer {requant.name}: multiplier {int(m.max())} does not fit the "
+                               f"{MULTIPLIER_BITS}-bit signed multiplier (max {MULTIPLIER_MAX})")
+    if s.numel() and (int(s.min()) < 0 or int(s.max()) > MAX_SHIFT):
+        raise AcceleratorError(f"layer {requant.name}: shift {int(s.max())} outside the requant unit's 0..{MAX_SHIFT}")
+    return dict(name=requant.output, out_bits=y.bits, out_signed=y.signed, z_out=y.zero_point,
+                clamp_lo=int(requant.attrs["clamp_min"]), clamp_hi=int(requant.attrs["clamp_max"]),
+                multiplier=m.expand(out_ch).numpy().astype(np.int64).copy(),
+                shift=s.expand(out_ch).numpy().astype(np.int64).copy())
+
+
+def _raw_fields(node: Node, out_ch: int) -> dict:
+    # No requant: the 32-bit accumulator goes out; the param table still holds an identity (m=1, s=0).
+    return dict(name=node.output, raw_output=True, out_bits=ACC_BITS, out_signed=True, z_out=0,
+                clamp_lo=ACC_MIN, clamp_hi=ACC_MAX,
+                multiplier=np.ones(out_ch, dtype=np.int64), shift=np.zeros(out_ch, dtype=np.int64))
+
+
+def _conv_layer(graph: IntegerGraph, node: Node, requant: Node | None, index: int) -> Layer:
+    x, acc = graph.tensors[node.inputs[0]], graph.tensors[node.output]
+    fields = _io_fields(graph, node.name, x, acc)
+    if node.op == "Conv2d":
+        (kh, kw), (sh, sw) = _kernel(graph, node), as_pair(node.attrs["stride"])
+        (ph, pw), (dh, dw) = as_pair(node.attrs["padding"]), as_pair(node.attrs["dilation"])
+        if node.attrs["groups"] != 1:
+            raise AcceleratorError(f"layer {node.name}: grouped convolution (groups={node.attrs['groups']}); "
+                                   "the accelerator runs groups=1 only")
+        if (dh, dw) != (1, 1):
+            raise AcceleratorError(f"layer {node.name}: dilated convolution (dilation={[dh, dw]}); "
+                                   "the accelerator runs dilation=1 only")
+        for what, value in (("stride", max(sh, sw)), ("padding", max(ph, pw))):
+            if value > FIELD_MAX:
+                raise AcceleratorError(f"layer {node.name}: {what} {value} exceeds the descriptor field (max {FIELD_MAX})")
+        geometry = dict(kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw)
+    else:
+        geometry = {}
+    out_ch = fields["out_ch"]
+    wbits = int(node.attrs["weight_bits"])
+    if wbits > MAX_WEIGHT_BITS or wbits < MIN_WEIGHT_BITS:
+        raise AcceleratorError(f"layer {node.name}: {wbits}-bit weights; the accelerator takes signed weights "
+                               f"of {MIN_WEIGHT_BITS} to {MAX_WEIGHT_BITS} bits")
+    if weight_format(node) == "codebook":
+        weights, codebook = _codebook(graph, node)
+        codes = codebook[weights]
+    else:
+        weights = graph.params[node.params["weight"]].to(torch.int64).reshape(out_ch, -1).numpy().copy()
+        codebook, codes = None, weights
+    if "bias" in node.params:
+        bias = graph.params[node.params["bias"]].to(torch.int64).reshape(-1).numpy().copy()
+    else:
+        bias = np.zeros(out_ch, dtype=np.int64)
+    out = _requant_fields(graph, requant, out_ch) if requant is not None else _raw_fields(node, out_ch)
+    layer = Layer(index=index, kind="conv", weight_bits=wbits, codebook=codebook, weights=weights, bias=bias,
+                  **fields, **geometry, **out)
+    # §2: K·max|w|·max|x − z_in| + max|bias| ≤ 2^31 − 1, so the 32-bit accumulator cannot wrap.
+    bound = layer.terms * int(np.abs(codes).max(initial=0)) * _max_centered(x) + int(np.abs(bias).max(initial=0))
+    if bound > ACC_MAX:
+        raise AcceleratorError(f"layer {node.name}: accumulator bound K·max|w|·max|x−z|+max|bias| = "
+                               f"{layer.terms}·{int(np.abs(codes).max(initial=0))}·{_max_centered(x)}"
+                               f"+{int(np.abs(bias).max(initial=0))} = {bound} exceeds the 32-bit accumulator "
+                               f"(max {ACC_MAX})")
+    return layer
+
+
+def _kernel(graph: IntegerGraph, node: Node) -> list[int]:
+    role = "weight_index" if weight_format(node) == "codebook" else "weight"
+    shape = graph.params[node.params[role]].shape
+    return [int(shape[2]), int(shape[3])]
+
+
+def _codebook(graph: IntegerGraph, node: Node) -> tuple[np.ndarray, np.ndarray]:
+    """(indices [out_ch, K] in 0..3, codebook [4]) of a 2-bit codebook layer, padded with zeros."""
+    ibits = node.attrs["index_bits"]
+    table = graph.params[node.params["codebook"]].to(torch.int64).numpy()
+    if ibits != CODEBOOK_INDEX_BITS or table.size > CODEBOOK_SIZE:
+        raise AcceleratorError(f"layer {node.name}: {ibits}-bit codebook with {table.size} entries; the "
+                               f"decoder takes {CODEBOOK_INDEX_BITS}-bit indices into {CODEBOOK_SIZE} values")
+    if table.size and (table.min() < -128 or table.max() > 127):
+        raise AcceleratorError(f"layer {node.name}: codebook values {table.tolist()} do not fit the 8-bit "
+                               "signed codebook registers")
+    codebook = np.zeros(CODEBOOK_SIZE, dtype=np.int64)
+    codebook[: table.size] = table
+    index = graph.params[node.params["weight_index"]].to(torch.int64)
+    return index.reshape(index.shape[0], -1).numpy().copy(), codebook
+
+
+def _avgpool_layer(graph: IntegerGraph, node: Node, requant: Node, index: int) -> Layer:
+    x, acc = graph.tensors[node.inputs[0]], graph.tensors[node.output]
+    fields = _io_fields(graph, node.name, x, acc)
+    (kh, kw), (sh, sw) = as_pair(node.attrs["kernel"]), as_pair(node.attrs["stride"])
+    out = _requant_fields(graph, requant, fields["out_ch"])
+    layer = Layer(index=index, kind="avgpool", kh=kh, kw=kw, sh=sh, sw=sw,
+                  bias=np.zeros(fields["out_ch"], dtype=np.int64), **fields, **out)
+    bound = kh * kw * _max_centered(x)
+    if bound > ACC_MAX:
+        raise AcceleratorError(f"layer {node.name}: window sum bound {kh}·{kw}·{_max_centered(x)} = {bound} "
+                               f"exceeds the 32-bit accumulator (max {ACC_MAX})")
+    return layer
+
+
+def _maxpool_layer(graph: IntegerGraph, node: Node, index: int) -> Layer:
+    x, y = graph.tensors[node.inputs[0]], graph.tensors[node.output]
+    fields = _io_fields(graph, node.name, x, y)
+    (kh, kw), (sh, sw) = as_pair(node.attrs["kernel"]), as_pair(node.attrs["stride"])
+    return Layer(index=index, name=node.output, kind="maxpool", kh=kh, kw=kw, sh=sh, sw=sw,
+                 out_bits=y.bits, out_signed=y.signed, z_out=y.zero_point,
+                 clamp_lo=y.qmin, clamp_hi=y.qmax, **fields)
+
+
+# -- limits ---------------------------------------------------------------------------------
+
+def _check_codes(spec: TensorSpec, name: str, what: str) -> None:
+    if spec.bits > MAX_ACT_BITS:
+        raise AcceleratorError(f"layer {name}: {what} {spec.name!r} has {spec.bits}-bit codes; "
+                               f"activations are at most {MAX_ACT_BITS} bits")
+    if spec.per_channel and what == "input":
+        raise AcceleratorError(f"layer {name}: input {spec.name!r} has per-channel scales")
+
+
+def _max_centered(x: TensorSpec) -> int:
+    """max |x − z_in| over the input's code range."""
+    return max(x.qmax - x.zero_point, x.zero_point - x.qmin)
+
+
+def _check_limits(layer: Layer, name: str, config: AccelConfig) -> None:
+    """§2 kernel size, §4 activation and weight buffers."""
+    if max(layer.kh, layer.kw) > config.max_kernel:
+        raise AcceleratorError(f"layer {name}: kernel {layer.kh}x{layer.kw} exceeds max_kernel={config.max_kernel}")
+    maps = [("input", layer.in_ch, layer.in_h, layer.in_w)]
+    if not layer.raw_output:  # raw accumulators go to the separate output memory
+        maps.append(("output", layer.out_ch, layer.out_h, layer.out_w))
+    for what, c, h, w in maps:
+        if c * h * w > config.act_buffer_bytes:
+            raise AcceleratorError(f"layer {name}: {what} map {c}x{h}x{w} = {c * h * w} bytes does not fit "
+                                   f"act_buffer_bytes={config.act_buffer_bytes}")
+    if layer.kind == "conv":
+        entries = weight_buffer_entries(layer, config)
+        if entries > config.weight_buffer_entries:
+            raise AcceleratorError(
+                f"layer {name}: one channel group needs R·T·C = {config.pe}·{term_blocks(layer, config)}·"
+                f"{config.simd} = {entries} weights, does not fit weight_buffer_entries={config.weight_buffer_entries}")
+
+
+# -- folding (§4), shared by the timing model, the image writer and the cycle model -----------
+
+def term_blocks(layer: Layer, config: AccelConfig) -> int:
+    """T = ⌈K/C⌉ for a conv; a pool steps one window element per cycle (kh·kw)."""
+    return math.ceil(layer.terms / config.simd) if layer.kind == "conv" else layer.terms
+
+
+def channel_groups(layer: Layer, config: AccelConfig) -> int:
+    """G = ⌈out_ch/R⌉ (pools: ⌈channels/R⌉, the same since out_ch = in_ch)."""
+    return math.ceil(layer.out_ch / config.pe)
+
+
+def weight_buffer_entries(layer: Layer, config: AccelConfig) -> int:
+    """R·T·C: the weights of one channel group, padded rows and terms included."""
+    return config.pe * term_blocks(layer, config) * config.simd if layer.kind == "conv" else 0
+
+
+def _same_data(graph: IntegerGraph, a: str, b: str) -> bool:
+    """True when tensor b is a (chain of) Flatten(s) of a, i.e. the same bytes in CHW order."""
+    while b != a:
+        node = graph.node_producing(b)
+        if node is None or node.op != "Flatten":
+            return False
+        b = node.inputs[0]
+    return True

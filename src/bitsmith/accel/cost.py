@@ -1,0 +1,251 @@
+"""Resource model of the accelerator of docs/hardware.md for one `Program`: DSP48E2, BRAM18 and a
+rough LUT/FF figure, per layer and in total (docs/hardware.md "Cost model" states every assumption).
+
+- **DSPs of the PE array.** The R×C multipliers are packed into DSP48E2 slices at the rate of
+  DeepBurning-MixQ's tables (REFERENCE §1, "ops per DSP48E2", transcribed below as data): a layer
+  with w-bit weights and a-bit activations needs ⌈R·C / ops_per_dsp(w, a, kernel)⌉ DSPs. A 2-bit
+  codebook layer needs none (REFERENCE §2: multiply each activation by the four codebook values
+  once per column, then every PE selects one of the four products). The array is shared by all
+  layers, so it is built for the most demanding one: array DSPs = max over layers.
+- **DSPs of the requant units.** One 32×32 signed multiplier per row, tiled from 27×18 signed
+  multipliers: 2×2 = 4 DSPs each.
+- **BRAM18** with FINN's depth/width formula (REFERENCE §2) for the on-chip memories of this design,
+  plus, per layer, the weight memory a FINN dataflow layer with the same folding would need.
+- **LUT/FF**: a rough per-unit estimate; the unit figures in `LOGIC_UNITS` are assumptions, not
+  synthesis results.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+from ..errors import AcceleratorError, ConfigError
+from .config import ACC_BITS, CODEBOOK_INDEX_BITS, DESCRIPTOR_WORDS, MAX_WEIGHT_BITS, MULTIPLIER_BITS, PARAM_WORDS_PER_CHANNEL
+from .program import Layer, Program
+
+# ops per DSP48E2, REFERENCE §1: OPS_PER_DSP[kernel][w_bits] = (a = 2, 3, 4, 5, 6, 7, 8).
+OPS_PER_DSP: dict[int, dict[int, tuple[float, ...]]] = {
+    3: {2: (18, 15, 12, 7.5, 7.5, 6, 6),
+        3: (15, 12, 7.5, 6, 6, 6, 3),
+        4: (12, 7.5, 6, 6, 6, 6, 3),
+        5: (9, 6, 6, 6, 6, 3, 3),
+        6: (7.5, 6, 6, 4.5, 3, 3, 3),
+        7: (6, 6, 4.5, 3, 3, 3, 2.25),
+        8: (6, 3, 3, 3, 3, 3, 2)},
+    1: {2: (12, 8, 8, 6, 6, 4, 4),
+        3: (10, 8, 6, 6, 4, 4, 4),
+        4: (8, 6, 6, 4, 4, 4, 3),
+        5: (6, 6, 4, 4, 4, 4, 2),
+        6: (6, 4, 4, 4, 2, 2, 2),
+        7: (4, 4, 4, 4, 2, 2, 2),
+        8: (4, 4, 3, 2, 2, 2, 2)},
+    5: {2: (20, 15, 10, 7.5, 7.5, 5, 5),
+        3: (12.5, 10, 6.67, 5, 5, 5, 3.33),
+        4: (10, 7.5, 5, 5, 5, 5, 3.33),
+        5: (7.5, 6.67, 5, 5, 5, 3.33, 3.33),
+        6: (6.67, 5, 5, 5, 3.33, 2.5, 2.5),
+        7: (5, 5, 5, 3.33, 2.5, 2.5, 2.5),
+        8: (5, 3.33, 3.33, 3.33, 2.5, 2.5, 2)},
+}
+TABLE_BITS = range(2, 9)
+TABLE_KERNELS = tuple(sorted(OPS_PER_DSP))
+
+# A DSP48E2 multiplies 27×18 signed: 26 and 17 magnitude bits per tile, the top tile signed.
+DSP_PORT_BITS = (27, 18)
+BRAM18_BITS = 18 * 1024
+
+
+def table_kernel(kernel: int) -> int:
+    """The table to use for a kernel side: its own (1, 3, 5), else the nearest smaller one (2 → 1,
+    4 → 3, 6 and 7 → 5). Smaller kernels pack fewer ops per DSP in most cells, so this errs towards
+    more DSPs."""
+    if not isinstance(kernel, int) or kernel < 1:
+        raise ConfigError(f"kernel side must be a positive integer, got {kernel!r}")
+    return max(k for k in TABLE_KERNELS if k <= kernel)
+
+
+def ops_per_dsp(w_bits: int, a_bits: int, kernel: int) -> float:
+    """Multiply-accumulates one DSP48E2 performs per cycle for w-bit weights and a-bit activations
+    (REFERENCE §1 tables, rows w = 2..8, columns a = 2..8), exactly as printed there."""
+    for name, bits in (("weight", w_bits), ("activation", a_bits)):
+        if bits not in TABLE_BITS:
+            raise ConfigError(f"ops_per_dsp: {name} bits must be 2..8 (the table's range), got {bits!r}")
+    return OPS_PER_DSP[table_kernel(kernel)][w_bits][a_bits - 2]
+
+
+def exact_ops(ops: float) -> Fraction:
+    """The table prints thirds to two decimals (6.67, 3.33); read every entry as the fraction with
+    denominator ≤ 4 it stands for (20/3, 10/3, 15/2, 9/4), so 10 MACs at 3.33 ops/DSP need 3 DSPs."""
+    return Fraction(ops).limit_denominator(4)
+
+
+def dsps_for(macs_per_cycle: int, w_bits: int, a_bits: int, kernel: int) -> int:
+    """DSP48E2 slices for `macs_per_cycle` multipliers of the given precision."""
+    return math.ceil(Fraction(macs_per_cycle) / exact_ops(ops_per_dsp(w_bits, a_bits, kernel)))
+
+
+def multiplier_dsps(a_bits: int, b_bits: int) -> int:
+    """DSP48E2 slices of one a×b signed multiplier built from 27×18 signed tiles: an n-bit signed
+    operand splits into ⌈(n−1)/(p−1)⌉ pieces on a p-bit port; the better of the two orientations.
+    32×32 → 2×2 = 4."""
+    def pieces(n: int, port: int) -> int:
+        return max(1, math.ceil((n - 1) / (port - 1)))
+    p, q = DSP_PORT_BITS
+    return min(pieces(a_bits, p) * pieces(b_bits, q), pieces(b_bits, p) * pieces(a_bits, q))
+
+
+REQUANT_DSPS = multiplier_dsps(ACC_BITS, MULTIPLIER_BITS)  # one per row: acc (32) × m (32)
+
+
+def bram18(depth: int, width: int) -> int:
+    """RAMB18 blocks for a memory of `depth` words of `width` bits (FINN's formula, REFERENCE §2)."""
+    if depth < 0 or width < 0:
+        raise ConfigError(f"memory depth and width must be ≥ 0, got depth={depth}, width={width}")
+    if depth == 0 or width == 0:
+        return 0
+    if width == 1:
+        return math.ceil(depth / 16384)
+    if width == 2:
+        return math.ceil(depth / 8192)
+    if width <= 4:
+        return math.ceil(depth / 4096) * math.ceil(width / 4)
+    if width <= 9:
+        return math.ceil(depth / 2048) * math.ceil(width / 9)
+    if width <= 18 or depth > 512:
+        return math.ceil(depth / 1024) * math.ceil(width / 18)
+    return math.ceil(depth / 512) * math.ceil(width / 36)
+
+
+def memory(name: str, depth: int, width: int, note: str) -> dict:
+    return {"name": name, "depth": depth, "width": width, "bits": depth * width,
+            "bram18": bram18(depth, width), "note": note}
+
+
+# --- per layer --------------------------------------------------------------------------------
+
+def layer_precision(layer: Layer) -> tuple[int, int]:
+    """(w_bits, a_bits) for the DSP table. Codes narrower than the table's 2 bits are costed as 2
+    bits (never cheaper than the table allows); a zero point does not widen `a`: Σw·(x − z) =
+    Σw·x − z·Σw, the second term is a per-channel constant a packed design folds into the bias."""
+    if layer.weight_bits > MAX_WEIGHT_BITS or layer.in_bits > max(TABLE_BITS):
+        raise AcceleratorError(f"layer {layer.name}: {layer.weight_bits}-bit weights × {layer.in_bits}-bit "
+                               f"activations exceed the DSP table (at most 8 × 8 bits)")
+    return max(2, layer.weight_bits), max(2, layer.in_bits)
+
+
+def layer_cost(layer: Layer, pe: int, simd: int) -> dict:
+    """DSPs the R×C array needs in this layer's precision, and the FINN-style weight memory of a
+    dataflow layer with PE = R, SIMD = C (depth MW·MH/(PE·SIMD) rounded up per axis, width
+    PE·SIMD·W with W the stored weight width: weight_bits, or 2 for codebook indices)."""
+    row = {"index": layer.index, "name": layer.name, "kind": layer.kind,
+           "in_shape": [layer.in_ch, layer.in_h, layer.in_w], "out_shape": [layer.out_ch, layer.out_h, layer.out_w],
+           "kernel": [layer.kh, layer.kw], "w_bits": layer.weight_bits, "a_bits": layer.in_bits,
+           "codebook": layer.is_codebook, "macs": layer.macs, "table_kernel": None, "ops_per_dsp": None,
+           "dsp": 0, "weight_buffer_entries": 0, "finn_weight_depth": 0, "finn_weight_width": 0, "finn_bram18": 0}
+    if layer.kind != "conv":
+        return row  # pools run on the pool lanes: no multipliers, no weights
+    stored_bits = CODEBOOK_INDEX_BITS if layer.is_codebook else layer.weight_bits
+    blocks = math.ceil(layer.terms / simd)
+    depth = blocks * math.ceil(layer.out_ch / pe)
+    width = pe * simd * stored_bits
+    row.update(weight_buffer_entries=pe * blocks * simd,  # one channel group, R·T·C (docs/hardware.md §4)
+               finn_weight_depth=depth, finn_weight_width=width, finn_bram18=bram18(depth, width))
+    if layer.is_codebook:
+        return row  # the codebook select trick: 0 multiplier DSPs
+    w_bits, a_bits = layer_precision(layer)
+    kernel = min(layer.kh, layer.kw)  # a non-square kernel packs like its smaller side (conservative)
+    row.update(table_kernel=table_kernel(kernel), ops_per_dsp=ops_per_dsp(w_bits, a_bits, kernel),
+               dsp=dsps_for(pe * simd, w_bits, a_bits, kernel))
+    return row
+
+
+# --- on-chip memories -------------------------------------------------------------------------
+
+def param_words(program: Program) -> int:
+    """Words of param.hex (docs/hardware.md §6): count, descriptors, per-channel tables."""
+    tables = sum(PARAM_WORDS_PER_CHANNEL * l.out_ch for l in program.layers if l.kind != "maxpool")
+    return 1 + DESCRIPTOR_WORDS * len(program.layers) + tables
+
+
+def weight_storage_bits(program: Program) -> int:
+    """Bits per weight-buffer entry: 8 when any layer is dense (W8.hex keeps 8 bits for 2–8-bit
+    weights, §6), 2 when every conv layer is a codebook layer (only indices are stored)."""
+    convs = [l for l in program.layers if l.kind == "conv"]
+    return CODEBOOK_INDEX_BITS if convs and all(l.is_codebook for l in convs) else MAX_WEIGHT_BITS
+
+
+def memories(program: Program) -> list[dict]:
+    cfg = program.config
+    rc = cfg.pe * cfg.simd
+    b = weight_storage_bits(program)
+    mems = [
+        memory("weight buffer", math.ceil(cfg.weight_buffer_entries / rc), rc * b,
+               f"weight_buffer_entries={cfg.weight_buffer_entries} weights, R·C = {rc} read per cycle, {b} bits each"),
+        *[memory(f"activation buffer {side}", math.ceil(cfg.act_buffer_bytes / cfg.simd), 8 * cfg.simd,
+                 f"act_buffer_bytes={cfg.act_buffer_bytes}, C = {cfg.simd} codes read per cycle")
+          for side in ("A", "B")],
+        memory("param memory", param_words(program), 32, "param.hex: descriptors and per-channel bias, m, s"),
+    ]
+    last = program.layers[-1] if program.layers else None
+    if last is not None and last.raw_output:
+        mems.append(memory("output memory", last.out_elems, ACC_BITS, f"raw 32-bit outputs of {last.name}"))
+    return mems
+
+
+# --- rough logic ------------------------------------------------------------------------------
+
+# (LUTs, FFs) per instance, and why. Rough figures for a 6-input-LUT fabric with carry chains:
+# an n-bit adder ≈ n LUTs, a 4:1 mux of n bits ≈ n LUTs, a register of n bits = n FFs.
+LOGIC_UNITS: dict[str, tuple[int, int, str]] = {
+    "pe": (32, 40, "32-bit chain adder + its output register, 8-bit weight register"),
+    "column": (40, 30, "per column: x − z_in (9 bits), padding zero mux, term → address step"),
+    "codebook_decoder": (8, 0, "per PE: 4:1 mux of 8-bit codebook values (array has DSPs)"),
+    "codebook_product": (80, 17, "per column, 4 each: d × codebook value, 9×8 bits in LUTs (array without DSPs)"),
+    "codebook_select": (17, 0, "per PE: 4:1 mux of 17-bit products (array without DSPs)"),
+    "requant": (350, 130, "per row: 64-bit round add, 64→32 barrel shift (6 bits), + z_out, clamp, pipeline registers"),
+    "accumulator": (32, 32, "per row: 32-bit accumulator, bias-load mux"),
+    "pool_lane": (45, 40, "per row: 8-bit max compare/register, 32-bit avg sum"),
+    "controller": (600, 400, "FSM, loop counters g/oy/ox/j, descriptor registers, address bases"),
+    "bus_interface": (1, 1, "per bus bit: weight/input word register and unpacking mux"),
+}
+
+
+def logic_estimate(program: Program, array_dsp: int) -> dict:
+    cfg = program.config
+    r, c = cfg.pe, cfg.simd
+    counts = {"pe": r * c, "column": c, "requant": r, "accumulator": r, "controller": 1, "bus_interface": cfg.bus_bits}
+    if any(l.is_codebook for l in program.layers):
+        if array_dsp > 0:   # dense layers too: the decoder feeds codebook values to the DSP array
+            counts["codebook_decoder"] = r * c
+        else:               # codebook only: the select trick replaces the multipliers
+            counts["codebook_product"] = 4 * c
+            counts["codebook_select"] = r * c
+    if any(l.kind != "conv" for l in program.layers):
+        counts["pool_lane"] = r
+    units = [{"unit": name, "count": n, "lut": n * LOGIC_UNITS[name][0], "ff": n * LOGIC_UNITS[name][1],
+              "assumption": LOGIC_UNITS[name][2]} for name, n in counts.items()]
+    return {"rough": True, "units": units, "lut": sum(u["lut"] for u in units), "ff": sum(u["ff"] for u in units)}
+
+
+# --- the report -------------------------------------------------------------------------------
+
+def cost_report(program: Program) -> dict:
+    """Per-layer and total resources of the accelerator instance that runs `program`."""
+    cfg = program.config
+    if not program.layers:
+        raise AcceleratorError("cost report: the program has no layers")
+    layers = [layer_cost(l, cfg.pe, cfg.simd) for l in program.layers]
+    array_dsp = max(row["dsp"] for row in layers)
+    requant_dsp = cfg.pe * REQUANT_DSPS
+    mems = memories(program)
+    return {
+        "config": cfg.to_json(),
+        "layers": layers,
+        "dsp": {"array": array_dsp, "requant": requant_dsp, "total": array_dsp + requant_dsp,
+                "array_layer": next(row["name"] for row in layers if row["dsp"] == array_dsp) if array_dsp else None},
+        "memories": mems,
+        "bram18": {"total": sum(m["bram18"] for m in mems), **{m["name"]: m["bram18"] for m in mems}},
+        "finn_bram18": sum(row["finn_bram18"] for row in layers),
+        "logic": logic_estimate(program, array_dsp),
+    }

@@ -1,0 +1,410 @@
+"""The accelerator's `$readmemh` memory images (docs/hardware.md §6), and readers for them.
+
+`build_images` packs a program (and optionally input codes) into the words of each memory, as
+Python ints, element 0 in the low bits; `write_images` writes them as hex text plus
+`program.json`; the `read_*` functions parse the files back, so tests can check that every file
+round-trips and the cycle model can decode exactly what was written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bitsmith.errors import DataError
+from bitsmith.storage import read_json, write_bytes_atomic, write_json_atomic
+
+from .compiler import channel_groups, compile_graph, term_blocks
+from .config import CODEBOOK_SIZE, DESCRIPTOR_WORDS, PARAM_WORDS_PER_CHANNEL, AccelConfig
+from .program import KINDS, Layer, Program
+from .timing import group_weight_cycles, program_cycles, storage_bits
+
+FORMAT = "bitsmith.accel_images"
+VERSION = 1
+PARAM_BITS = 32
+CODEBOOK_BITS = 8
+PROGRAM_FILE = "program.json"
+
+# Descriptor word 0 flags (§6).
+FLAG_CODEBOOK = 1 << 8
+FLAG_RAW = 1 << 9
+FLAG_IN_SIGNED = 1 << 10
+FLAG_OUT_SIGNED = 1 << 11
+
+
+@dataclass
+class MemoryImages:
+    """The words of each memory (unsigned ints of the file's width) and each layer's base addresses."""
+
+    param: list[int]
+    w8: list[int]
+    w2: list[int]
+    cb8: list[int]
+    inputs: list[int] = field(default_factory=list)
+    weight_base: list[int] = field(default_factory=list)
+    param_base: list[int] = field(default_factory=list)
+    codebook_base: list[int] = field(default_factory=list)
+
+
+# -- packing --------------------------------------------------------------------------------
+
+def pack_elements(values: np.ndarray, elem_bits: int, word_bits: int) -> list[int]:
+    """Pack integers (two's complement, `elem_bits` each) into `word_bits` words, element 0 lowest;
+    the last word is padded with zeros."""
+    per_word = word_bits // elem_bits
+    v = np.asarray(values, dtype=np.int64).reshape(-1) & ((1 << elem_bits) - 1)
+    n_words = math.ceil(v.size / per_word)
+    padded = np.zeros(n_words * per_word, dtype=np.uint8)
+    padded[: v.size] = v
+    per_byte = 8 // elem_bits
+    # Several elements per byte (2-bit indices): element k of a byte sits at bits elem_bits·k.
+    shifts = (np.arange(per_byte, dtype=np.uint8) * elem_bits)
+    packed = (padded.reshape(-1, per_byte) << shifts).sum(axis=1, dtype=np.uint64).astype(np.uint8)
+    data = packed.tobytes()
+    step = word_bits // 8
+    return [int.from_bytes(data[i : i + step], "little") for i in range(0, len(data), step)]
+
+
+def unpack_elements(words: list[int], elem_bits: int, word_bits: int, count: int, signed: bool) -> np.ndarray:
+    """The inverse of pack_elements: the first `count` elements as int64."""
+    step = word_bits // 8
+    data = np.frombuffer(b"".join(w.to_bytes(step, "little") for w in words), dtype=np.uint8)
+    per_byte = 8 // elem_bits
+    mask = (1 << elem_bits) - 1
+    v = ((data[:, None] >> (np.arange(per_byte, dtype=np.uint8) * elem_bits)) & mask).reshape(-1)[:count].astype(np.int64)
+    if count > v.size:
+        raise DataError(f"{len(words)} words of {word_bits} bits hold {v.size} elements, {count} needed")
+    if signed:
+        v = np.where(v >= 1 << (elem_bits - 1), v - (1 << elem_bits), v)
+    return v
+
+
+def group_weights(layer: Layer, config: AccelConfig, g: int) -> np.ndarray:
+    """The R·T·C weight-buffer entries of channel group g in order [r][t] (zeros beyond out_ch / K)."""
+    R, C, T, K = config.pe, config.simd, term_blocks(layer, config), layer.terms
+    block = np.zeros((R, T * C), dtype=np.int64)
+    rows = layer.weights[g * R : (g + 1) * R]
+    block[: rows.shape[0], :K] = rows
+    return block
+
+
+def _twos(value: int, bits: int = PARAM_BITS) -> int:
+    return int(value) & ((1 << bits) - 1)
+
+
+def descriptor(layer: Layer, weight_base: int, param_base: int, codebook_base: int) -> list[int]:
+    """The 16 descriptor words of one layer (§6)."""
+    word0 = KINDS.index(layer.kind)
+    word0 |= FLAG_CODEBOOK if layer.is_codebook else 0
+    word0 |= FLAG_RAW if layer.raw_output else 0
+    word0 |= FLAG_IN_SIGNED if layer.in_signed else 0
+    word0 |= FLAG_OUT_SIGNED if layer.out_signed else 0
+    words = [
+        word0, layer.in_ch, layer.in_h, layer.in_w, layer.out_ch, layer.out_h, layer.out_w,
+        layer.kh | layer.kw << 8 | layer.sh << 16 | layer.sw << 24,
+        layer.ph | layer.pw << 8 | layer.weight_bits << 16,
+        _twos(layer.z_in), _twos(layer.z_out), _twos(layer.clamp_lo), _twos(layer.clamp_hi),
+        weight_base, param_base, codebook_base,
+    ]
+    assert len(words) == DESCRIPTOR_WORDS
+    return words
+
+
+def build_images(program: Program, codes=None) -> MemoryImages:
+    """Every memory's words for `program`; `codes` ([N, C, H, W] input codes) fills In8."""
+    config = program.config
+    w8: list[int] = []
+    w2: list[int] = []
+    cb8: list[int] = []
+    tables: list[int] = []
+    table_start = 1 + DESCRIPTOR_WORDS * len(program.layers)
+    images = MemoryImages(param=[], w8=w8, w2=w2, cb8=cb8)
+    for layer in program.layers:
+        target = w2 if layer.is_codebook else w8
+        images.weight_base.append(len(target) if layer.kind == "conv" else 0)
+        images.codebook_base.append(len(cb8) if layer.is_codebook else 0)
+        if layer.kind == "conv":
+            bits = storage_bits(layer)
+            for g in range(channel_groups(layer, config)):
+                words = pack_elements(group_weights(layer, config, g), bits, config.bus_bits)
+                assert len(words) == group_weight_cycles(layer, config)
+                target.extend(words)
+        if layer.is_codebook:
+            cb8.extend(_twos(v, CODEBOOK_BITS) for v in layer.codebook)
+        if layer.kind != "maxpool":
+            images.param_base.append(table_start + len(tables))
+            for c in range(layer.out_ch):
+                tables += [_twos(layer.bias[c]), _twos(layer.multiplier[c]), _twos(layer.shift[c])]
+        else:
+            images.param_base.append(0)
+    images.param = [len(program.layers)]
+    for i, layer in enumerate(program.layers):
+        images.param += descriptor(layer, images.weight_base[i], images.param_base[i], images.codebook_base[i])
+    images.param += tables
+    if codes is not None:
+        images.inputs = pack_inputs(program, codes)
+    return images
+
+
+def pack_inputs(program: Program, codes) -> list[int]:
+    """In8: each image's codes in CHW order, one byte each, every image starting on a new word."""
+    first = program.layers[0]
+    codes = _as_numpy(codes).reshape(-1, first.in_elems) if np.size(codes) else np.zeros((0, first.in_elems))
+    words: list[int] = []
+    for image in codes:
+        words += pack_elements(image, 8, program.config.bus_bits)
+    return words
+
+
+def _as_numpy(a) -> np.ndarray:
+    return a.detach().cpu().numpy().astype(np.int64) if isinstance(a, torch.Tensor) else np.asarray(a, dtype=np.int64)
+
+
+# -- files ----------------------------------------------------------------------------------
+
+def _hex_text(words: list[int], width_bits: int) -> bytes:
+    digits = width_bits // 4
+    return "".join(f"{w:0{digits}x}\n" for w in words).encode()
+
+
+def expected_file(index: int) -> str:
+    return f"expected/L{index:02d}.hex"
+
+
+def write_images(program: Program, codes, out_dir: str | os.PathLike, expected: dict | None = None) -> dict:
+    """Write the §6 files for `program` and input `codes` [N, C, H, W] into `out_dir`.
+
+    `expected` maps graph tensor names to engine outputs (e.g. `graph.run(x, return_all=True)`);
+    when given, `expected/Lii.hex` and `Out8.hex` / `Out32.hex` are written too. Returns the
+    contents of program.json.
+    """
+    config = program.config
+    out = Path(out_dir)
+    codes = _as_numpy(codes)
+    n_images = int(codes.shape[0])
+    if n_images and codes[0].size != program.layers[0].in_elems:
+        raise DataError(f"input codes of shape {list(codes.shape)} do not match the first layer's input "
+                        f"{program.layers[0].in_ch}x{program.layers[0].in_h}x{program.layers[0].in_w}")
+    images = build_images(program, codes)
+    files = {"param.hex": (images.param, PARAM_BITS), "In8.hex": (images.inputs, config.bus_bits)}
+    if images.w8:
+        files["W8.hex"] = (images.w8, config.bus_bits)
+    if images.w2:
+        files["W2.hex"] = (images.w2, config.bus_bits)
+    if images.cb8:
+        files["CB8.hex"] = (images.cb8, CODEBOOK_BITS)
+    if expected is not None:
+        for layer in program.layers:
+            if layer.name not in expected:
+                raise DataError(f"expected outputs have no tensor {layer.name!r} (layer {layer.index})")
+            values = _as_numpy(expected[layer.name]).reshape(-1)
+            bits = 32 if layer.raw_output else 8
+            files[expected_file(layer.index)] = ([_twos(v, bits) for v in values.tolist()], bits)
+        last = program.layers[-1]
+        files["Out32.hex" if last.raw_output else "Out8.hex"] = files[expected_file(last.index)]
+    for name, (words, width) in files.items():
+        write_bytes_atomic(out / name, _hex_text(words, width))
+    doc = {
+        "format": FORMAT, "version": VERSION,
+        "config": config.to_json(),
+        "input_name": program.input_name,
+        "images": n_images,
+        "files": sorted(files),
+        "layers": [_layer_json(layer, images, i) for i, layer in enumerate(program.layers)],
+        "cycles": program_cycles(program),
+        "metadata": program.metadata,
+    }
+    write_json_atomic(out / PROGRAM_FILE, doc)
+    return doc
+
+
+def _layer_json(layer: Layer, images: MemoryImages, i: int) -> dict:
+    return {
+        "index": layer.index, "name": layer.name, "kind": layer.kind,
+        "in": [layer.in_ch, layer.in_h, layer.in_w], "out": [layer.out_ch, layer.out_h, layer.out_w],
+        "kernel": [layer.kh, layer.kw], "stride": [layer.sh, layer.sw], "padding": [layer.ph, layer.pw],
+        "in_bits": layer.in_bits, "in_signed": layer.in_signed, "out_bits": layer.out_bits,
+        "out_signed": layer.out_signed, "z_in": layer.z_in, "z_out": layer.z_out,
+        "clamp": [layer.clamp_lo, layer.clamp_hi], "raw_output": layer.raw_output,
+        "weight_bits": layer.weight_bits,
+        "codebook": None if layer.codebook is None else [int(v) for v in layer.codebook],
+        "weight_base": images.weight_base[i], "param_base": images.param_base[i],
+        "codebook_base": images.codebook_base[i], "macs": layer.macs,
+    }
+
+
+def export_images(graph, x, out_dir: str | os.PathLike, config: AccelConfig | None = None) -> dict:
+    """Quantize float images `x` with the integer engine, compile `graph`, write every file.
+
+    Returns the contents of program.json.
+    """
+    program = compile_graph(graph, config or AccelConfig())
+    outputs = graph.run(x, return_all=True)
+    return write_images(program, outputs[program.input_name], out_dir, expected=outputs)
+
+
+INPUT_SOURCES = "a data set name (e.g. fashion-mnist, the graph's own by default) or 'random'"
+
+
+def sample_inputs(graph, n: int, data: str | None = None, data_dir: str | None = None, seed: int = 0) -> tuple[torch.Tensor, str]:
+    """`n` float images for `graph` and a description of where they came from.
+
+    `data` None uses the graph's data set (metadata "dataset", else Fashion-MNIST): the first n
+    test images, padded/upsampled and normalised exactly as evaluation feeds them. "random" draws
+    uniform floats over the input's real range (codes of every value), for graphs whose input
+    shape no data set has (e.g. VGG-tiny's 3x32x32 with an untrained model).
+    """
+    from bitsmith.data import load_dataset
+    from bitsmith.data.datasets import dataset_info
+    from bitsmith.data.transforms import to_model_input
+    from bitsmith.errors import ConfigError
+
+    spec = graph.input_spec
+    shape = tuple(spec.shape)
+    if data == "random":
+        quant = graph.tensors[graph.nodes[0].output]
+        lo, hi = quant.scale * (quant.qmin - quant.zero_point), quant.scale * (quant.qmax - quant.zero_point)
+        gen = torch.Generator().manual_seed(seed)
+        x = lo + (hi - lo) * torch.rand((n, *shape), generator=gen)
+        return x, f"random: {n} uniform images in [{lo:.3g}, {hi:.3g}] (seed {seed})"
+    name = data or graph.metadata.get("dataset") or "fashion-mnist"
+    test = load_dataset(name, "test", data_dir or graph.metadata.get("data_dir"), limit=n)
+    try:
+        x = to_model_input(test.images, dataset_info(name), shape)
+    except ConfigError as e:
+        raise ConfigError(f"{e}. Use --data random for codes that do not come from a data set") from None
+    return x, f"{name}: the first {len(test)} test images"
+
+
+# -- readers --------------------------------------------------------------------------------
+
+def read_hex(path: str | os.PathLike, width_bits: int) -> list[int]:
+    """The words of a `$readmemh` file: one `width_bits/4`-digit hex word per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"memory image {path} not found")
+    digits = width_bits // 4
+    words = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if len(line) != digits:
+            raise DataError(f"{path}:{n}: {line!r} is not a {width_bits}-bit word ({digits} hex digits)")
+        try:
+            words.append(int(line, 16))
+        except ValueError:
+            raise DataError(f"{path}:{n}: {line!r} is not hexadecimal") from None
+    return words
+
+
+def read_images(out_dir: str | os.PathLike) -> tuple[dict, MemoryImages]:
+    """program.json and every memory's words (missing optional files read as empty)."""
+    out = Path(out_dir)
+    doc = read_json(out / PROGRAM_FILE, "accelerator program")
+    if doc.get("format") != FORMAT:
+        raise DataError(f"{out / PROGRAM_FILE}: not a bitsmith accelerator image folder")
+    bus = doc["config"]["bus_bits"]
+
+    def optional(name: str, bits: int) -> list[int]:
+        return read_hex(out / name, bits) if (out / name).is_file() else []
+
+    images = MemoryImages(param=read_hex(out / "param.hex", PARAM_BITS), w8=optional("W8.hex", bus),
+                          w2=optional("W2.hex", bus), cb8=optional("CB8.hex", CODEBOOK_BITS),
+                          inputs=optional("In8.hex", bus))
+    return doc, images
+
+
+def _signed(word: int, bits: int = PARAM_BITS) -> int:
+    return word - (1 << bits) if word >> (bits - 1) else word
+
+
+def decode_descriptor(words: list[int]) -> dict:
+    """The fields of one 16-word descriptor (two's-complement fields as signed ints)."""
+    w0 = words[0]
+    return {
+        "kind": KINDS[w0 & 0xFF], "codebook": bool(w0 & FLAG_CODEBOOK), "raw_output": bool(w0 & FLAG_RAW),
+        "in_signed": bool(w0 & FLAG_IN_SIGNED), "out_signed": bool(w0 & FLAG_OUT_SIGNED),
+        "in_ch": words[1], "in_h": words[2], "in_w": words[3],
+        "out_ch": words[4], "out_h": words[5], "out_w": words[6],
+        "kh": words[7] & 0xFF, "kw": words[7] >> 8 & 0xFF, "sh": words[7] >> 16 & 0xFF, "sw": words[7] >> 24 & 0xFF,
+        "ph": words[8] & 0xFF, "pw": words[8] >> 8 & 0xFF, "weight_bits": words[8] >> 16 & 0xFF,
+        "z_in": _signed(words[9]), "z_out": _signed(words[10]),
+        "clamp_lo": _signed(words[11]), "clamp_hi": _signed(words[12]),
+        "weight_base": words[13], "param_base": words[14], "codebook_base": words[15],
+    }
+
+
+def read_program(out_dir: str | os.PathLike) -> Program:
+    """Rebuild the Program from the hex files (names and code widths from program.json)."""
+    doc, images = read_images(out_dir)
+    config = AccelConfig.from_json(doc["config"])
+    n_layers = images.param[0]
+    if n_layers != len(doc["layers"]):
+        raise DataError(f"{out_dir}: param.hex holds {n_layers} layers, program.json {len(doc['layers'])}")
+    layers = []
+    for i, info in enumerate(doc["layers"]):
+        d = decode_descriptor(images.param[1 + DESCRIPTOR_WORDS * i : 1 + DESCRIPTOR_WORDS * (i + 1)])
+        layer = Layer(index=i, name=info["name"], kind=d["kind"], in_ch=d["in_ch"], in_h=d["in_h"], in_w=d["in_w"],
+                      out_ch=d["out_ch"], out_h=d["out_h"], out_w=d["out_w"], kh=d["kh"], kw=d["kw"],
+                      sh=d["sh"], sw=d["sw"], ph=d["ph"], pw=d["pw"], in_bits=info["in_bits"],
+                      in_signed=d["in_signed"], out_bits=info["out_bits"], out_signed=d["out_signed"],
+                      z_in=d["z_in"], z_out=d["z_out"], clamp_lo=d["clamp_lo"], clamp_hi=d["clamp_hi"],
+                      raw_output=d["raw_output"], weight_bits=d["weight_bits"])
+        if d["codebook"]:
+            cb = images.cb8[d["codebook_base"] : d["codebook_base"] + CODEBOOK_SIZE]
+            layer.codebook = np.array([_signed(v, CODEBOOK_BITS) for v in cb], dtype=np.int64)
+        if layer.kind != "maxpool":
+            table = np.array([_signed(w) for w in images.param[d["param_base"] : d["param_base"] +
+                                                                 PARAM_WORDS_PER_CHANNEL * layer.out_ch]],
+                             dtype=np.int64).reshape(layer.out_ch, PARAM_WORDS_PER_CHANNEL)
+            layer.bias, layer.multiplier, layer.shift = (table[:, k].copy() for k in range(3))
+        if layer.kind == "conv":
+            layer.weights = read_layer_weights(layer, config, images.w2 if layer.is_codebook else images.w8,
+                                               d["weight_base"])
+        layers.append(layer)
+    return Program(config=config, layers=layers, input_name=doc["input_name"], metadata=doc.get("metadata", {}))
+
+
+def read_layer_weights(layer: Layer, config: AccelConfig, words: list[int], base: int) -> np.ndarray:
+    """[out_ch, K] weights (or codebook indices) of a conv layer from its W8/W2 words."""
+    R, T, C, K = config.pe, term_blocks(layer, config), config.simd, layer.terms
+    per_group = group_weight_cycles(layer, config)
+    bits = storage_bits(layer)
+    groups = []
+    for g in range(channel_groups(layer, config)):
+        start = base + g * per_group
+        block = unpack_elements(words[start : start + per_group], bits, config.bus_bits, R * T * C,
+                                signed=not layer.is_codebook).reshape(R, T * C)
+        groups.append(block[:, :K])
+    return np.concatenate(groups)[: layer.out_ch]
+
+
+def read_input_codes(out_dir: str | os.PathLike) -> np.ndarray:
+    """In8.hex as int64 codes [N, C, H, W] of the first layer (signedness from its descriptor)."""
+    doc, images = read_images(out_dir)
+    first = doc["layers"][0]
+    c, h, w = first["in"]
+    bus = doc["config"]["bus_bits"]
+    per_image = math.ceil(c * h * w * 8 / bus)
+    n = doc["images"]
+    out = [unpack_elements(images.inputs[i * per_image : (i + 1) * per_image], 8, bus, c * h * w, first["in_signed"])
+           for i in range(n)]
+    return np.stack(out).reshape(n, c, h, w) if out else np.zeros((0, c, h, w), dtype=np.int64)
+
+
+def read_expected(out_dir: str | os.PathLike, index: int) -> np.ndarray:
+    """expected/Lii.hex as int64 [N, out_ch, out_h, out_w] (signedness from program.json)."""
+    out = Path(out_dir)
+    doc = read_json(out / PROGRAM_FILE, "accelerator program")
+    info = doc["layers"][index]
+    bits = 32 if info["raw_output"] else 8
+    values = np.array(read_hex(out / expected_file(index), bits), dtype=np.int64)
+    if info["out_signed"]:
+        values = np.where(values >= 1 << (bits - 1), values - (1 << bits), values)
+    return values.reshape(doc["images"], *info["out"])

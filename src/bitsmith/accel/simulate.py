@@ -1,0 +1,286 @@
+"""Cycle-level model of the accelerator (docs/hardware.md §3–§5): executes the memory images.
+
+`simulate(program, codes)` packs the program and the input codes into the §6 memory words
+(`images.build_images`) and then runs the controller FSM from those words only: it decodes each
+descriptor and per-channel table from `param.hex` words, loads every channel group's weight buffer
+from the packed W8 / W2 bus words (a packing bug shows up as a wrong output), keeps the two
+activation buffers as bytes (two's complement when signed), and advances a cycle counter phase by
+phase as the FSM does.
+
+What is vectorised (and why it keeps the semantics): all images of the batch run at once, and a
+conv layer's arithmetic runs as one product over all pixels and channel groups after the FSM
+loop has loaded (decoded) every group's weight buffer and counted its cycles; no output depends
+on another pixel, group or image, so the order does not change a value. Overflow keeps its
+per-cycle meaning: the register after cycle j of a pixel is bias + the first j term blocks of C
+products. When |bias| + Σ|w|·max|d| fits 32 bits no cycle can leave the range; otherwise the
+running sums are formed cycle by cycle and every wrap is counted where it happens, and the output
+is the register's wrapped value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import ACC_BITS, CODEBOOK_SIZE, DESCRIPTOR_WORDS, PARAM_WORDS_PER_CHANNEL
+from .images import MemoryImages, build_images, decode_descriptor
+from .program import Program
+from .timing import FINISH_CYCLES, PHASES
+
+ACC_MIN, ACC_MAX = -(1 << (ACC_BITS - 1)), (1 << (ACC_BITS - 1)) - 1
+#: Elements per image chunk of the im2col columns [images, T·C, P]: bounds memory (~64 MB float64).
+CHUNK_ELEMENTS = 1 << 23
+
+
+@dataclass
+class SimResult:
+    outputs: dict[str, np.ndarray]   # layer tensor name -> int64 codes, the engine's shape [N, ...]
+    cycles: dict                     # {"layers": [{phase: cycles}], "total", "finish"} per image
+    overflows: list[str] = field(default_factory=list)  # accumulator wraps detected (layer, count)
+    images: int = 0
+
+    @property
+    def total_cycles(self) -> int:
+        return self.cycles["total"]
+
+
+class _Counter:
+    """The FSM's cycle counter, split by phase of the current layer."""
+
+    def __init__(self):
+        self.total = 0
+        self.layers: list[dict] = []
+
+    def start_layer(self, index: int, name: str, kind: str) -> None:
+        self.layers.append({"index": index, "name": name, "kind": kind, **{p: 0 for p in PHASES}})
+
+    def tick(self, phase: str, cycles: int = 1) -> None:
+        if phase != "finish":
+            self.layers[-1][phase] += cycles
+        self.total += cycles
+
+
+def simulate(program: Program, codes, images: MemoryImages | None = None) -> SimResult:
+    """Run `program` on input codes [N, C, H, W] (the graph's QuantizeInput output).
+
+    `images` (e.g. read back from files with `images.read_images`) replaces the words packed from
+    `program`; the program itself only supplies names, output shapes and the configuration.
+    """
+    config = program.config
+    codes = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
+    codes = codes.astype(np.int64)
+    n_images = int(codes.shape[0])
+    if images is None:
+        images = build_images(program, codes)
+    R, C, bus = config.pe, config.simd, config.bus_bits
+    shapes = program.metadata.get("tensor_shapes", {})
+    buffers = [np.zeros((n_images, config.act_buffer_bytes), dtype=np.uint8) for _ in range(2)]  # A, B
+    counter = _Counter()
+    outputs: dict[str, np.ndarray] = {}
+    overflows: list[str] = []
+    n_layers = images.param[0]
+    for i in range(n_layers):
+        name = program.layers[i].name
+        # PARAM: the descriptor, then bias / multiplier / shift per channel, one 32-bit word per cycle.
+        d = decode_descriptor(images.param[1 + DESCRIPTOR_WORDS * i : 1 + DESCRIPTOR_WORDS * (i + 1)])
+        counter.start_layer(i, name, d["kind"])
+        counter.tick("param", DESCRIPTOR_WORDS)
+        bias = multiplier = shift = None
+        if d["kind"] != "maxpool":
+            words = images.param[d["param_base"] : d["param_base"] + PARAM_WORDS_PER_CHANNEL * d["out_ch"]]
+            counter.tick("param", len(words))
+            table = _signed(np.array(words, dtype=np.int64), 32).reshape(d["out_ch"], PARAM_WORDS_PER_CHANNEL)
+            bias, multiplier, shift = table[:, 0], table[:, 1], table[:, 2]
+        codebook = None
+        if d["codebook"]:
+            codebook = _signed(np.array(images.cb8[d["codebook_base"] : d["codebook_base"] + CODEBOOK_SIZE],
+                                        dtype=np.int64), 8)
+            counter.tick("codebook", CODEBOOK_SIZE)
+        src, dst = (buffers[0], buffers[1]) if i % 2 == 0 else (buffers[1], buffers[0])
+        in_bytes = d["in_ch"] * d["in_h"] * d["in_w"]
+        if i == 0:  # INPUT: each image from In8 words into buffer A
+            per_image = math.ceil(in_bytes * 8 / bus)
+            for n in range(n_images):
+                words = images.inputs[n * per_image : (n + 1) * per_image]
+                src[n, :in_bytes] = _unpack(words, 8, bus)[:in_bytes]
+            counter.tick("input", per_image)
+        x = src[:, :in_bytes].astype(np.int64)
+        if d["in_signed"]:
+            x = np.where(x >= 128, x - 256, x)
+        x = x.reshape(n_images, d["in_ch"], d["in_h"], d["in_w"])
+        if d["kind"] == "conv":
+            raw, wraps = _run_conv(d, x, images, codebook, bias, multiplier, shift, config, counter, dst)
+            if wraps:
+                overflows.append(f"layer {name}: 32-bit accumulator wrapped in {wraps} output values")
+        else:
+            raw = _run_pool(d, x, bias, multiplier, shift, R, counter, dst)
+        out_bytes = d["out_ch"] * d["out_h"] * d["out_w"]
+        if raw is not None:
+            y = raw
+        else:
+            y = dst[:, :out_bytes].astype(np.int64)
+            if d["out_signed"]:
+                y = np.where(y >= 128, y - 256, y)
+        shape = shapes.get(name, [d["out_ch"], d["out_h"], d["out_w"]])
+        outputs[name] = y.reshape(n_images, *shape)
+        counter.tick("next")
+    counter.tick("finish", FINISH_CYCLES)
+    cycles = {"layers": counter.layers, "finish": FINISH_CYCLES, "total": counter.total}
+    return SimResult(outputs=outputs, cycles=cycles, overflows=overflows, images=n_images)
+
+
+# -- conv -----------------------------------------------------------------------------------
+
+def _run_conv(d, x, images, codebook, bias, multiplier, shift, config, counter, dst):
+    """All channel groups of a conv layer; returns (raw 32-bit outputs or None, wrap count).
+
+    The FSM loop (weights, compute, drain per group) decodes every group's weight buffer and
+    counts its cycles; the arithmetic of all groups then runs as one exact product per image chunk.
+    """
+    R, C, bus = config.pe, config.simd, config.bus_bits
+    K = d["in_ch"] * d["kh"] * d["kw"]
+    T = math.ceil(K / C)
+    P = d["out_h"] * d["out_w"]
+    out_ch, n_images = d["out_ch"], x.shape[0]
+    bits = 2 if d["codebook"] else 8
+    words_per_group = math.ceil(R * T * C * bits / bus)
+    memory = images.w2 if d["codebook"] else images.w8
+    weight_rows = []
+    for g in range(math.ceil(out_ch / R)):
+        # WEIGHTS: the group's bus words into the weight buffer, decoded [r][t].
+        base = d["weight_base"] + g * words_per_group
+        words = memory[base : base + words_per_group]
+        counter.tick("weights", words_per_group)
+        entries = _unpack(words, bits, bus)[: R * T * C]
+        wbuf = codebook[entries] if d["codebook"] else _signed(entries, 8)  # codebook decoder / int8
+        weight_rows.append(wbuf.reshape(R, T * C)[: min(R, out_ch - g * R)])  # rows with o < out_ch
+        # COMPUTE: P pixels × T cycles (C terms per row per cycle); DRAIN: one write cycle per pixel.
+        counter.tick("compute", P * T)
+        counter.tick("drain", P)
+    weights = np.concatenate(weight_rows)                      # [out_ch, T·C], zeros for t ≥ K
+    acc = np.empty((n_images, out_ch, P), dtype=np.int64)
+    wraps = 0
+    chunk = max(1, CHUNK_ELEMENTS // max(1, T * C * P))
+    for n0 in range(0, n_images, chunk):
+        # d(t) = x − z_in, 0 for padded positions and for t ≥ K: columns [n, T·C, P] in OIHW term order.
+        centered = torch.from_numpy(x[n0 : n0 + chunk] - d["z_in"]).to(torch.float64)
+        patches = F.unfold(centered, (d["kh"], d["kw"]), padding=(d["ph"], d["pw"]), stride=(d["sh"], d["sw"]))
+        patches = F.pad(patches, (0, 0, 0, T * C - K))
+        acc[n0 : n0 + chunk], chunk_wraps = _pe_chain(patches, weights, bias, C)
+        wraps += chunk_wraps
+    if d["raw_output"]:
+        return acc, wraps
+    _write(dst, _requant(acc, multiplier, shift, d), 0, P)
+    return None, wraps
+
+
+def _pe_chain(patches: torch.Tensor, weights: np.ndarray, bias: np.ndarray, C: int) -> tuple[np.ndarray, int]:
+    """Accumulators [n, rows, P] after T cycles of `acc[r] += Σ_c w[r][j·C+c]·d(j·C+c)` from
+    acc[r] = bias, wrapped to 32 bits, and how many of them left the 32-bit range at some cycle.
+
+    Every register value along the way is bounded by |bias| + Σ_t |w|·max|d|; when that bound fits
+    32 bits no cycle can wrap and the final value is one exact float64 product (|Σ| < 2^53).
+    Otherwise the running sum is formed cycle by cycle and checked after every cycle.
+    """
+    n, TC, P = patches.shape
+    w = torch.from_numpy(np.ascontiguousarray(weights)).to(torch.float64)
+    start = torch.from_numpy(bias.astype(np.int64)).reshape(1, -1, 1)
+    max_d = int(patches.abs().max()) if patches.numel() else 0
+    bound = np.abs(bias) + np.abs(weights).sum(axis=1) * max_d
+    if int(bound.max(initial=0)) <= ACC_MAX:
+        return (start + torch.matmul(w, patches).to(torch.int64)).numpy(), 0
+    T = TC // C
+    acc = np.empty((n, weights.shape[0], P), dtype=np.int64)
+    wraps = 0
+    for i in range(n):  # one image at a time: the running sums are [T, rows, P]
+        cycle_sums = torch.matmul(w.reshape(-1, T, C).permute(1, 0, 2), patches[i].reshape(T, C, P))
+        running = start[0] + torch.cumsum(cycle_sums.to(torch.int64), dim=0)  # the register after each cycle
+        # The first cycle that leaves the range is where the register wraps (docs/hardware.md §2).
+        wraps += int(((running < ACC_MIN) | (running > ACC_MAX)).any(dim=0).sum())
+        acc[i] = ((running[-1] - ACC_MIN) % (1 << ACC_BITS) + ACC_MIN).numpy()
+    return acc, wraps
+
+
+# -- pools ----------------------------------------------------------------------------------
+
+def _run_pool(d, x, bias, multiplier, shift, R, counter, dst):
+    """Max / avg pool: R lanes (channels), one window element per lane per cycle, row-major."""
+    kh, kw, sh, sw = d["kh"], d["kw"], d["sh"], d["sw"]
+    oh, ow, channels = d["out_h"], d["out_w"], d["out_ch"]
+    P = oh * ow
+    avg = d["kind"] == "avgpool"
+    for g in range(math.ceil(channels / R)):
+        lanes = x[:, g * R : (g + 1) * R]
+        value = None
+        for ky in range(kh):          # COMPUTE: kh·kw cycles per pixel
+            for kx in range(kw):
+                element = lanes[:, :, ky : ky + sh * (oh - 1) + 1 : sh, kx : kx + sw * (ow - 1) + 1 : sw]
+                if avg:
+                    element = element - d["z_in"]
+                    value = bias[g * R : g * R + lanes.shape[1]].reshape(1, -1, 1, 1) + element if value is None \
+                        else value + element
+                else:
+                    value = element if value is None else np.maximum(value, element)
+        counter.tick("compute", P * kh * kw)
+        counter.tick("drain", P)      # DRAIN: one write cycle per pixel
+        value = value.reshape(value.shape[0], value.shape[1], P)
+        if avg:
+            rows = slice(g * R, g * R + value.shape[1])
+            value = _requant(value, multiplier[rows], shift[rows], d)
+        _write(dst, value, g * R, P)
+    return None
+
+
+# -- shared units -------------------------------------------------------------------------------
+
+def _requant(acc: np.ndarray, m: np.ndarray, s: np.ndarray, d: dict) -> np.ndarray:
+    """The requant unit per row: clamp(z_out + ((acc·m + 2^(s−1)) >>> s), lo, hi) in 64-bit signed."""
+    a = torch.from_numpy(np.ascontiguousarray(acc))
+    m = torch.from_numpy(m.astype(np.int64)).reshape(1, -1, 1)
+    s = torch.from_numpy(s.astype(np.int64)).reshape(1, -1, 1)
+    rounding = torch.where(s > 0, torch.bitwise_left_shift(torch.ones_like(s), (s - 1).clamp(min=0)), 0)
+    scaled = torch.bitwise_right_shift(a * m + rounding, s)  # int64 wraps like a 64-bit adder
+    return (scaled + d["z_out"]).clamp(d["clamp_lo"], d["clamp_hi"]).numpy()
+
+
+def _write(dst: np.ndarray, y: np.ndarray, first_channel: int, P: int) -> None:
+    """Codes [N, rows, P] into the activation buffer at CHW addresses, one byte each."""
+    rows = y.shape[1]
+    dst[:, first_channel * P : (first_channel + rows) * P] = (y.reshape(y.shape[0], rows * P) & 0xFF).astype(np.uint8)
+
+
+def _signed(values: np.ndarray, bits: int) -> np.ndarray:
+    return np.where(values >= 1 << (bits - 1), values - (1 << bits), values)
+
+
+def _unpack(words: list[int], elem_bits: int, word_bits: int) -> np.ndarray:
+    """Elements of `elem_bits` from bus words, element i of a word at bits [i·b + b − 1 : i·b]."""
+    limbs_per_word = word_bits // 64 if word_bits % 64 == 0 else None
+    if limbs_per_word:
+        mask64 = (1 << 64) - 1
+        limbs = np.array([(w >> (64 * k)) & mask64 for w in words for k in range(limbs_per_word)], dtype=np.uint64)
+        per_limb = 64 // elem_bits
+    else:  # 32-bit multiples that are not 64-bit multiples (e.g. a 32- or 96-bit bus)
+        mask32 = (1 << 32) - 1
+        limbs = np.array([(w >> (32 * k)) & mask32 for w in words for k in range(word_bits // 32)], dtype=np.uint64)
+        per_limb = 32 // elem_bits
+    shifts = (np.arange(per_limb, dtype=np.uint64) * np.uint64(elem_bits))
+    elements = (limbs[:, None] >> shifts) & np.uint64((1 << elem_bits) - 1)
+    return elements.reshape(-1).astype(np.int64)
+
+
+def mismatches(result: SimResult, expected: dict) -> dict[str, int]:
+    """Per layer, how many output values differ from `expected` (engine tensors by name)."""
+    counts = {}
+    for name, got in result.outputs.items():
+        want = expected[name]
+        want = want.detach().cpu().numpy() if isinstance(want, torch.Tensor) else np.asarray(want)
+        if want.shape != got.shape:
+            counts[name] = int(got.size)
+        else:
+            counts[name] = int(np.count_nonzero(want.astype(np.int64) != got))
+    return counts

@@ -1,0 +1,283 @@
+"""The accelerator compiler, the §5 cycle formulas and the §6 memory images (docs/hardware.md)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bitsmith.accel import AccelConfig
+from bitsmith.accel.compiler import compile_graph
+from bitsmith.accel.images import (export_images, pack_elements, read_expected, read_hex, read_input_codes,
+                                   read_program, unpack_elements, write_images)
+from bitsmith.accel.program import Layer, Program
+from bitsmith.accel.timing import layer_cycles, program_cycles
+from bitsmith.errors import AcceleratorError
+from bitsmith.integer import lower
+from bitsmith.models import Reorg, build_model
+from bitsmith.quant import QuantConfig, quantize
+from bitsmith.quant.clipq import apply_clipq
+
+
+def _lenet(config=None, bias=False):
+    torch.manual_seed(0)
+    model = build_model("lenet5", bias=bias).eval()
+    calib = [torch.randn(8, *model.input_shape) for _ in range(2)]
+    return lower(quantize(model, calib, config or QuantConfig()))
+
+
+def _clipq(layers=None):
+    torch.manual_seed(0)
+    model = build_model("lenet5").eval()
+    calib = [torch.randn(8, *model.input_shape) for _ in range(2)]
+    qmodel = quantize(model, calib, QuantConfig())
+    apply_clipq(qmodel, 0.4, 2, layers=layers, skip=["fc2"])
+    return lower(qmodel)
+
+
+def _sequential(*modules, shape=(1, 12, 12), config=None):
+    torch.manual_seed(0)
+    model = nn.Sequential(*modules).eval()
+    calib = [torch.randn(8, *shape) for _ in range(2)]
+    return lower(quantize(model, calib, config or QuantConfig()), input_shape=shape)
+
+
+class _Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 2, 3), nn.Conv2d(1, 2, 3)
+        self.flat, self.fc = nn.Flatten(), nn.Linear(4 * 10 * 10, 3)
+
+    def forward(self, x):
+        return self.fc(self.flat(torch.cat([self.a(x), self.b(x)], 1)))
+
+
+# -- the program ----------------------------------------------------------------------------
+
+def test_lenet_program_holds_the_graph_integers():
+    g = _lenet(bias=True)
+    p = compile_graph(g, AccelConfig())
+    assert [(l.kind, l.name) for l in p.layers] == [
+        ("conv", "q_conv1"), ("maxpool", "pool1"), ("conv", "q_conv2"), ("maxpool", "pool2"),
+        ("conv", "q_conv3"), ("conv", "q_fc1"), ("conv", "q_fc2")]
+    assert p.input_name == "input_quant"
+    nodes = {n.output: n for n in g.nodes}
+    for layer in p.layers:
+        assert layer.index == p.layers.index(layer)
+        if layer.kind != "conv":
+            assert layer.weights is None and (layer.kind == "maxpool") == (layer.multiplier is None)
+            continue
+        acc = layer.name if layer.raw_output else nodes[layer.name].inputs[0]
+        node = nodes[acc]
+        want = g.weight_codes(node).to(torch.int64).reshape(layer.out_ch, -1).numpy()
+        np.testing.assert_array_equal(layer.weights, want)  # OIHW term order
+        assert layer.weights.shape == (layer.out_ch, layer.terms)
+        np.testing.assert_array_equal(layer.bias, g.params[node.params["bias"]].numpy())
+        assert layer.multiplier.shape == layer.shift.shape == (layer.out_ch,)
+        if not layer.raw_output:
+            req = nodes[layer.name]
+            assert set(layer.multiplier.tolist()) == set(g.params[req.params["multiplier"]].tolist())
+            assert (layer.clamp_lo, layer.clamp_hi) == (req.attrs["clamp_min"], req.attrs["clamp_max"])
+    fc1 = p.layers[5]
+    assert (fc1.in_ch, fc1.in_h, fc1.in_w, fc1.out_ch, fc1.out_h, fc1.out_w) == (120, 1, 1, 84, 1, 1)
+    last = p.layers[-1]
+    assert last.raw_output and last.out_bits == 32 and last.name == g.outputs[0]
+    assert all(not l.raw_output for l in p.layers[:-1])
+    assert p.layers[0].in_signed and not p.layers[0].out_signed  # normalised input, ReLU output
+
+
+def test_codebook_layers_hold_indices_and_the_padded_codebook():
+    g = _clipq()
+    p = compile_graph(g, AccelConfig())
+    nodes = {n.name: n for n in g.nodes}
+    convs = [l for l in p.layers if l.kind == "conv"]
+    assert [l.is_codebook for l in convs] == [True, True, True, True, False]
+    for layer, name in zip(convs[:4], ["q_conv1_acc", "q_conv2_acc", "q_conv3_acc", "q_fc1_acc"]):
+        assert layer.codebook.shape == (4,) and layer.weights.min() >= 0 and layer.weights.max() <= 3
+        expanded = g.weight_codes(nodes[name]).to(torch.int64).reshape(layer.out_ch, -1).numpy()
+        np.testing.assert_array_equal(layer.codebook[layer.weights], expanded)
+
+
+def test_requantized_output_and_asymmetric_codes():
+    g = _lenet(QuantConfig(act_symmetric=False, requantize_output=True))
+    p = compile_graph(g, AccelConfig())
+    assert not p.layers[-1].raw_output and p.layers[-1].out_bits == 8
+    assert p.layers[0].z_in != 0 and not p.layers[0].in_signed
+
+
+# -- what does not run (hardware.md §2, §4) -------------------------------------------------
+
+@pytest.mark.parametrize("config, message", [
+    (AccelConfig(act_buffer_bytes=4096),
+     r"layer q_conv1_acc: output map 6x28x28 = 4704 bytes does not fit act_buffer_bytes=4096"),
+    (AccelConfig(act_buffer_bytes=1000),
+     r"layer q_conv1_acc: input map 1x32x32 = 1024 bytes does not fit act_buffer_bytes=1000"),
+    (AccelConfig(weight_buffer_entries=256),
+     r"layer q_conv2_acc: one channel group needs R·T·C = 8·19·8 = 1216 weights, does not fit "
+     r"weight_buffer_entries=256"),
+    (AccelConfig(max_kernel=3), r"layer q_conv1_acc: kernel 5x5 exceeds max_kernel=3"),
+])
+def test_buffers_and_kernel_limits(config, message):
+    with pytest.raises(AcceleratorError, match=message):
+        compile_graph(_lenet(), config)
+
+
+def test_pool_kernel_limit_and_exact_fit():
+    g = _sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(5), nn.Flatten(), nn.Linear(2 * 2 * 2, 3))
+    with pytest.raises(AcceleratorError, match=r"layer _2: kernel 5x5 exceeds max_kernel=4"):
+        compile_graph(g, AccelConfig(max_kernel=4))
+    # 2x10x10 = 200 bytes is the largest map: a buffer of exactly 200 bytes is enough.
+    assert len(compile_graph(g, AccelConfig(act_buffer_bytes=200)).layers) == 3  # conv, pool, linear
+    with pytest.raises(AcceleratorError, match=r"output map 2x10x10 = 200 bytes does not fit act_buffer_bytes=199"):
+        compile_graph(g, AccelConfig(act_buffer_bytes=199))
+
+
+def test_unsupported_graphs():
+    grouped = _sequential(nn.Conv2d(2, 4, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10 * 10, 3),
+                          shape=(2, 12, 12))
+    with pytest.raises(AcceleratorError, match=r"layer q_0_acc: grouped convolution \(groups=2\)"):
+        compile_graph(grouped, AccelConfig())
+    dilated = _sequential(nn.Conv2d(1, 2, 3, dilation=2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 8 * 8, 3))
+    with pytest.raises(AcceleratorError, match=r"layer q_0_acc: dilated convolution"):
+        compile_graph(dilated, AccelConfig())
+    reorg = _sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), Reorg(2), nn.Flatten(), nn.Linear(8 * 6 * 6, 3))
+    with pytest.raises(AcceleratorError, match=r"layer \w+: op Reorg is not supported"):
+        compile_graph(reorg, AccelConfig())
+    torch.manual_seed(0)
+    concat = lower(quantize(_Concat().eval(), [torch.randn(8, 1, 12, 12)], QuantConfig()), input_shape=(1, 12, 12))
+    with pytest.raises(AcceleratorError, match=r"layer \w+: op Concat is not supported"):
+        compile_graph(concat, AccelConfig())
+
+
+def test_codebook_of_three_bits_is_rejected():
+    g = _clipq(layers={"conv3": (0.2, 3)})
+    with pytest.raises(AcceleratorError, match=r"layer q_conv3_acc: 3-bit codebook with \d entries; the decoder "
+                                               r"takes 2-bit indices into 4 values"):
+        compile_graph(g, AccelConfig())
+
+
+def test_wide_weights_codes_multiplier_and_accumulator():
+    with pytest.raises(AcceleratorError, match=r"layer q_conv1_acc: 12-bit weights"):
+        compile_graph(_lenet(QuantConfig(weight_bits=12)), AccelConfig())
+    with pytest.raises(AcceleratorError, match=r"10-bit codes; activations are at most 8 bits"):
+        compile_graph(_lenet(QuantConfig(act_bits=10)), AccelConfig())
+    g = _lenet(bias=True)
+    g.params["q_conv2_acc.bias"] = g.params["q_conv2_acc.bias"].clone()
+    g.params["q_conv2_acc.bias"][3] = 2**31 - 100
+    with pytest.raises(AcceleratorError, match=r"layer q_conv2_acc: accumulator bound .* = \d+ exceeds the 32-bit "
+                                               r"accumulator \(max 2147483647\)"):
+        compile_graph(g, AccelConfig())
+    g = _lenet()
+    key = next(n.params["multiplier"] for n in g.nodes if n.name == "q_conv1")
+    g.params[key] = torch.full_like(g.params[key], 2**31)
+    with pytest.raises(AcceleratorError, match=r"layer q_conv1: multiplier 2147483648 does not fit the 32-bit"):
+        compile_graph(g, AccelConfig())
+
+
+# -- cycle formulas (§5) ----------------------------------------------------------------------
+
+def _tiny_layer(**kw):
+    """conv 3x5x5 -> 10x3x3, 3x3 kernel: K = 27 terms, P = 9 pixels."""
+    fields = dict(index=0, name="t", kind="conv", in_ch=3, in_h=5, in_w=5, out_ch=10, out_h=3, out_w=3, kh=3, kw=3,
+                  weight_bits=8, weights=np.zeros((10, 27), dtype=np.int64), bias=np.zeros(10, dtype=np.int64),
+                  multiplier=np.ones(10, dtype=np.int64), shift=np.zeros(10, dtype=np.int64))
+    return Layer(**{**fields, **kw})
+
+
+def test_cycles_of_a_tiny_layer_by_hand():
+    config = AccelConfig(pe=4, simd=8, bus_bits=64)
+    # R=4, C=8: T = ceil(27/8) = 4, G = ceil(10/4) = 3, P = 9.
+    assert layer_cycles(_tiny_layer(), config, first=True) == {
+        "param": 16 + 3 * 10, "codebook": 0, "input": math.ceil(75 * 8 / 64),    # 10 words of 8 bytes
+        "weights": 3 * (4 * 4 * 8 * 8 // 64),                                  # 16 words per group
+        "compute": 3 * 9 * 4, "drain": 3 * 9, "next": 1}
+    codebook = _tiny_layer(codebook=np.array([-3, -1, 0, 2]))
+    c = layer_cycles(codebook, config, first=False)
+    assert (c["input"], c["codebook"], c["weights"]) == (0, 4, 3 * (4 * 4 * 8 * 2 // 64))
+    pool = Layer(index=1, name="p", kind="maxpool", in_ch=10, in_h=3, in_w=3, out_ch=10, out_h=1, out_w=1, kh=3, kw=3)
+    assert layer_cycles(pool, config, first=False) == {
+        "param": 16, "codebook": 0, "input": 0, "weights": 0, "compute": 3 * 1 * 9, "drain": 3, "next": 1}
+    total = program_cycles(Program(config, [_tiny_layer(), pool], "in"))
+    assert total["total"] == (46 + 10 + 48 + 108 + 27 + 1) + (16 + 27 + 3 + 1) + 1 == 288
+    assert total["layers"][0]["utilisation"] == pytest.approx(10 * 9 * 27 / (4 * 8 * 108))
+    assert total["utilisation"] == pytest.approx(10 * 9 * 27 / (4 * 8 * 288))
+    assert total["fps"] == pytest.approx(200e6 / 288)
+    assert sum(r["share"] for r in total["layers"]) == pytest.approx(1 - 1 / 288)
+
+
+def test_lenet_cycles_formula():
+    p = compile_graph(_lenet(), AccelConfig())
+    c = program_cycles(p)
+    conv1 = c["layers"][0]  # 1x32x32 -> 6x28x28, 5x5: K=25, T=4, G=1, P=784
+    assert (conv1["param"], conv1["input"], conv1["weights"], conv1["compute"], conv1["drain"]) == (
+        16 + 18, 1024 * 8 // 64, 8 * 4 * 8 * 8 // 64, 784 * 4, 784)
+    assert c["total"] == sum(r["cycles"] for r in c["layers"]) + 1
+    assert c["macs"] == 6 * 784 * 25 + 16 * 100 * 150 + 120 * 400 + 84 * 120 + 10 * 84
+
+
+# -- memory images (§6) -------------------------------------------------------------------------
+
+def test_packing_puts_element_zero_in_the_low_bits():
+    assert pack_elements(np.array([1, 2, -1]), 8, 64) == [0xFF0201]
+    assert pack_elements(np.array([1, 2, 3, 0, 1]), 2, 32) == [1 | 2 << 2 | 3 << 4 | 1 << 8]
+    words = pack_elements(np.arange(-20, 20), 8, 128)
+    assert len(words) == 3 and words[0] & 0xFF == 256 - 20
+    np.testing.assert_array_equal(unpack_elements(words, 8, 128, 40, signed=True), np.arange(-20, 20))
+
+
+def _assert_same_program(a: Program, b: Program):
+    assert a.config == b.config and a.input_name == b.input_name and len(a.layers) == len(b.layers)
+    for x, y in zip(a.layers, b.layers):
+        for f in Layer.__dataclass_fields__:
+            u, v = getattr(x, f), getattr(y, f)
+            if isinstance(u, np.ndarray) or isinstance(v, np.ndarray):
+                assert u is not None and v is not None, (x.name, f)
+                np.testing.assert_array_equal(u, v, err_msg=f"{x.name}.{f}")
+            else:
+                assert u == v, (x.name, f, u, v)
+
+
+@pytest.mark.parametrize("which", ["dense", "codebook"])
+def test_images_round_trip(tmp_path, which):
+    g = _lenet(QuantConfig(act_symmetric=False)) if which == "dense" else _clipq()
+    config = AccelConfig(pe=4, simd=16, bus_bits=128)
+    x = torch.randn(3, 1, 32, 32)
+    doc = export_images(g, x, tmp_path, config)
+    program = compile_graph(g, config)
+    _assert_same_program(read_program(tmp_path), program)
+    outputs = g.run(x, return_all=True)
+    np.testing.assert_array_equal(read_input_codes(tmp_path), outputs[program.input_name].numpy())
+    for layer in program.layers:
+        np.testing.assert_array_equal(read_expected(tmp_path, layer.index).reshape(3, -1),
+                                      outputs[layer.name].reshape(3, -1).numpy())
+    assert (tmp_path / "Out32.hex").read_text() == (tmp_path / "expected/L06.hex").read_text()
+    assert set(doc["files"]) >= {"param.hex", "In8.hex", "Out32.hex", "program.json"} - {"program.json"}
+    assert (tmp_path / "W2.hex").is_file() == (tmp_path / "CB8.hex").is_file() == (which == "codebook")
+    assert (tmp_path / "W8.hex").is_file()  # the dense fc2 of the codebook graph too
+    # every line is one word of the file's width
+    assert {len(s) for s in (tmp_path / "In8.hex").read_text().split()} == {32}
+    assert {len(s) for s in (tmp_path / "param.hex").read_text().split()} == {8}
+    assert {len(s) for s in (tmp_path / "expected/L00.hex").read_text().split()} == {2}
+    param = read_hex(tmp_path / "param.hex", 32)
+    assert param[0] == 7 and len(param) == 1 + 16 * 7 + 3 * sum(l.out_ch for l in program.layers if l.kind == "conv")
+    assert doc["cycles"]["total"] == program_cycles(program)["total"]
+    if which == "codebook":
+        cb = read_hex(tmp_path / "CB8.hex", 8)
+        assert len(cb) == 16 and [v - 256 if v > 127 else v for v in cb[:4]] == program.layers[0].codebook.tolist()
+
+
+def test_descriptor_words_of_the_first_layer(tmp_path):
+    g = _lenet()
+    program = compile_graph(g, AccelConfig())
+    write_images(program, torch.zeros((1, 1, 32, 32), dtype=torch.int64), tmp_path)
+    param = read_hex(tmp_path / "param.hex", 32)
+    d = param[1:17]
+    assert d[0] == 0 | 1 << 10              # conv, input signed, output unsigned, dense, requant
+    assert d[1:7] == [1, 32, 32, 6, 28, 28]
+    assert d[7] == 5 | 5 << 8 | 1 << 16 | 1 << 24 and d[8] == 8 << 16
+    assert d[13] == 0 and d[14] == 1 + 16 * 7 and d[15] == 0
+    assert param[17] == 1                   # pool1: maxpool, no flags
+    last = param[1 + 16 * 6 : 1 + 16 * 7]
+    assert last[0] & (1 << 9) and last[0] & (1 << 11)   # raw 32-bit output, signed
+    assert not (tmp_path / "expected").exists() and not (tmp_path / "W2.hex").exists()

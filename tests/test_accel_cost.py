@@ -1,0 +1,188 @@
+"""The accelerator cost model: the DSP48E2 packing tables against a literal copy, the BRAM18 formula at
+every width and depth boundary, the 32×32 requant multiplier, and a tiny program worked out by hand."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bitsmith.accel.compiler import compile_graph
+from bitsmith.accel.config import AccelConfig
+from bitsmith.accel.cost import (REQUANT_DSPS, bram18, cost_report, dsps_for, exact_ops, layer_cost,
+                                 multiplier_dsps, ops_per_dsp, param_words, table_kernel)
+from bitsmith.accel.program import Layer, Program
+from bitsmith.errors import AcceleratorError, ConfigError
+from bitsmith.integer import lower
+from bitsmith.models import build_model
+from bitsmith.quant import QuantConfig, quantize
+
+# REFERENCE §1 "ops per DSP48E2", copied again by hand (rows w = 2..8, columns a = 2..8) so that a
+# transcription slip in bitsmith.accel.cost fails here.
+REFERENCE_3X3 = """
+18 15 12 7.5 7.5 6 6
+15 12 7.5 6 6 6 3
+12 7.5 6 6 6 6 3
+9 6 6 6 6 3 3
+7.5 6 6 4.5 3 3 3
+6 6 4.5 3 3 3 2.25
+6 3 3 3 3 3 2
+"""
+REFERENCE_1X1 = """
+12 8 8 6 6 4 4
+10 8 6 6 4 4 4
+8 6 6 4 4 4 3
+6 6 4 4 4 4 2
+6 4 4 4 2 2 2
+4 4 4 4 2 2 2
+4 4 3 2 2 2 2
+"""
+REFERENCE_5X5 = """
+20 15 10 7.5 7.5 5 5
+12.5 10 6.67 5 5 5 3.33
+10 7.5 5 5 5 5 3.33
+7.5 6.67 5 5 5 3.33 3.33
+6.67 5 5 5 3.33 2.5 2.5
+5 5 5 3.33 2.5 2.5 2.5
+5 3.33 3.33 3.33 2.5 2.5 2
+"""
+
+
+@pytest.mark.parametrize("kernel, text", [(3, REFERENCE_3X3), (1, REFERENCE_1X1), (5, REFERENCE_5X5)])
+def test_every_table_entry_matches_the_reference(kernel, text):
+    rows = [[float(v) for v in line.split()] for line in text.strip().splitlines()]
+    assert len(rows) == 7 and all(len(r) == 7 for r in rows)
+    for w in range(2, 9):
+        for a in range(2, 9):
+            assert ops_per_dsp(w, a, kernel) == rows[w - 2][a - 2], f"k={kernel} w={w} a={a}"
+
+
+def test_kernels_without_a_table_use_the_nearest_smaller_one():
+    assert [table_kernel(k) for k in range(1, 8)] == [1, 1, 3, 3, 5, 5, 5]
+    assert ops_per_dsp(2, 2, 4) == 18 and ops_per_dsp(2, 2, 7) == 20 and ops_per_dsp(2, 2, 2) == 12
+    for bad in (dict(w_bits=9, a_bits=8, kernel=3), dict(w_bits=8, a_bits=1, kernel=3), dict(w_bits=8, a_bits=8, kernel=0)):
+        with pytest.raises(ConfigError):
+            ops_per_dsp(**bad)
+
+
+def test_printed_thirds_are_read_as_exact_fractions():
+    assert exact_ops(6.67) * 3 == 20 and exact_ops(3.33) * 3 == 10 and exact_ops(2.25) * 4 == 9
+    assert exact_ops(7.5) * 2 == 15 and exact_ops(12.5) * 2 == 25 and exact_ops(6) == 6
+    assert dsps_for(10, 3, 8, 5) == 3        # 10 / (10/3) = 3 exactly; 10 / 3.33 would round up to 4
+    assert dsps_for(11, 3, 8, 5) == 4
+    assert dsps_for(20, 3, 4, 5) == 3        # 20 / (20/3)
+    assert dsps_for(9, 7, 8, 3) == 4 and dsps_for(10, 7, 8, 3) == 5   # 2.25 = 9/4
+    assert dsps_for(64, 8, 8, 1) == 32 and dsps_for(1, 8, 8, 1) == 1 and dsps_for(1024, 2, 2, 3) == 57
+
+
+def test_requant_multiplier_tiles():
+    assert multiplier_dsps(32, 32) == 4 == REQUANT_DSPS     # 27×18 signed tiles: 2 × 2
+    assert multiplier_dsps(27, 18) == 1 and multiplier_dsps(18, 27) == 1 and multiplier_dsps(8, 8) == 1
+    assert multiplier_dsps(28, 18) == 2 and multiplier_dsps(27, 19) == 2 and multiplier_dsps(44, 35) == 4
+
+
+@pytest.mark.parametrize("depth, width, want", [
+    (16384, 1, 1), (16385, 1, 2),
+    (8192, 2, 1), (8193, 2, 2),
+    (4096, 3, 1), (4096, 4, 1), (4097, 4, 2),
+    (2048, 5, 1), (2048, 9, 1), (2049, 9, 2),
+    (1024, 10, 1), (1025, 10, 2), (1024, 18, 1), (1025, 18, 2), (512, 18, 1), (513, 18, 1),
+    (512, 19, 1), (513, 19, 2), (512, 36, 1), (513, 36, 2), (1024, 36, 2), (512, 37, 2),
+    (512, 72, 2), (513, 72, 4), (2048, 72, 8), (1, 1, 1), (0, 8, 0), (8, 0, 0),
+])
+def test_bram18_formula_at_width_and_depth_boundaries(depth, width, want):
+    assert bram18(depth, width) == want
+
+
+def test_bram18_always_holds_the_bits():
+    for width in (1, 2, 3, 4, 5, 8, 9, 10, 17, 18, 19, 32, 36, 40, 64, 512):
+        for depth in (1, 100, 511, 512, 513, 1024, 1025, 2048, 4097, 16385, 65536):
+            assert bram18(depth, width) * 18 * 1024 >= depth * width, (depth, width)
+    with pytest.raises(ConfigError):
+        bram18(-1, 8)
+
+
+def _conv(index, name, in_shape, out_ch, k, pad=0, w_bits=8, a_bits=8, codebook=False, raw=False):
+    c, h, w = in_shape
+    oh, ow = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    rng = np.random.default_rng(index)
+    weights = rng.integers(0, 4, size=(out_ch, c * k * k)) if codebook else rng.integers(-3, 4, size=(out_ch, c * k * k))
+    return Layer(index=index, name=name, kind="conv", in_ch=c, in_h=h, in_w=w, out_ch=out_ch, out_h=oh, out_w=ow,
+                 kh=k, kw=k, ph=pad, pw=pad, in_bits=a_bits, weight_bits=w_bits, raw_output=raw,
+                 out_bits=32 if raw else 8, weights=weights,
+                 codebook=np.array([-3, -1, 0, 2]) if codebook else None, bias=np.zeros(out_ch, dtype=np.int64))
+
+
+def _tiny_program(codebook_only=False):
+    config = AccelConfig(pe=4, simd=5, bus_bits=64, act_buffer_bytes=4096, weight_buffer_entries=2000)
+    layers = [
+        _conv(0, "conv_a", (3, 12, 12), 8, 5, w_bits=3, a_bits=8, codebook=codebook_only),  # 8x8x8
+        Layer(index=1, name="pool", kind="maxpool", in_ch=8, in_h=8, in_w=8, out_ch=8, out_h=4, out_w=4,
+              kh=2, kw=2, sh=2, sw=2),
+        _conv(2, "conv_cb", (8, 4, 4), 6, 3, pad=1, codebook=True),                          # 6x4x4
+        _conv(3, "fc", (96, 1, 1), 10, 1, w_bits=4, a_bits=4, raw=True, codebook=codebook_only),
+    ]
+    return Program(config=config, layers=layers, input_name="x")
+
+
+def test_tiny_program_by_hand():
+    # R = 4, C = 5: R·C = 20 multipliers.
+    # DSP: conv_a 5x5 w3 a8 → 3.33 = 10/3 ops/DSP → 20 / (10/3) = 6;  pool 0;  conv_cb codebook 0;
+    #      fc 1x1 w4 a4 → 6 ops/DSP → ⌈20/6⌉ = 4.  Array = max = 6 (conv_a); requant 4 rows × 4 = 16.
+    # FINN weight memory (depth ⌈K/C⌉·⌈out/R⌉, width R·C·W):
+    #      conv_a K=75: 15·2 = 30 × 60 bits → ⌈60/36⌉ = 2;  conv_cb K=72: 15·2 = 30 × 40 (2-bit) → 2;
+    #      fc K=96: 20·3 = 60 × 80 bits → ⌈80/36⌉ = 3.  Sum 7.
+    # BRAM18: weight buffer ⌈2000/20⌉ = 100 deep × 160 bits (8-bit entries) → ⌈160/36⌉ = 5;
+    #      each activation buffer ⌈4096/5⌉ = 820 deep × 40 bits → ⌈820/1024⌉·⌈40/18⌉ = 3, two of them 6;
+    #      param memory 1 + 16·4 + 3·(8 + 6 + 10) = 137 words × 32 bits → 1; raw output 10 × 32 → 1.
+    #      Total 5 + 6 + 1 + 1 = 13.
+    report = cost_report(_tiny_program())
+    assert [row["dsp"] for row in report["layers"]] == [6, 0, 0, 4]
+    assert [row["table_kernel"] for row in report["layers"]] == [5, None, None, 1]
+    assert report["dsp"] == {"array": 6, "requant": 16, "total": 22, "array_layer": "conv_a"}
+    assert [(r["finn_weight_depth"], r["finn_weight_width"], r["finn_bram18"]) for r in report["layers"]] == \
+        [(30, 60, 2), (0, 0, 0), (30, 40, 2), (60, 80, 3)]
+    assert report["finn_bram18"] == 7
+    assert [r["weight_buffer_entries"] for r in report["layers"]] == [4 * 15 * 5, 0, 4 * 15 * 5, 4 * 20 * 5]
+    assert param_words(_tiny_program()) == 137
+    mems = {m["name"]: (m["depth"], m["width"], m["bram18"]) for m in report["memories"]}
+    assert mems == {"weight buffer": (100, 160, 5), "activation buffer A": (820, 40, 3),
+                    "activation buffer B": (820, 40, 3), "param memory": (137, 32, 1), "output memory": (10, 32, 1)}
+    assert report["bram18"]["total"] == 13
+    assert report["layers"][0]["macs"] == 8 * 64 * 75
+    logic = report["logic"]
+    assert logic["rough"] and logic["lut"] == sum(u["lut"] for u in logic["units"]) > 0
+    units = {u["unit"]: u["count"] for u in logic["units"]}
+    assert units["pe"] == 20 and units["requant"] == 4 and units["codebook_decoder"] == 20 and units["pool_lane"] == 4
+    assert "codebook_product" not in units
+
+
+def test_codebook_only_program_needs_no_array_dsps():
+    report = cost_report(_tiny_program(codebook_only=True))
+    assert report["dsp"] == {"array": 0, "requant": 16, "total": 16, "array_layer": None}
+    # only 2-bit indices in the weight buffer: 100 deep × 40 bits → 2 BRAM18 instead of 5
+    assert next(m for m in report["memories"] if m["name"] == "weight buffer")["width"] == 40
+    assert report["bram18"]["weight buffer"] == 2
+    units = {u["unit"]: u["count"] for u in report["logic"]["units"]}
+    assert units["codebook_product"] == 4 * 5 and units["codebook_select"] == 20 and "codebook_decoder" not in units
+
+
+def test_narrow_codes_cost_as_two_bits_and_wide_ones_are_refused():
+    one_bit = _conv(0, "binary", (4, 3, 3), 4, 3, w_bits=2, a_bits=1)
+    assert layer_cost(one_bit, 4, 4)["dsp"] == math.ceil(16 / 18)
+    wide = _conv(0, "wide", (4, 3, 3), 4, 3, w_bits=9)
+    with pytest.raises(AcceleratorError, match="layer wide: 9-bit weights"):
+        layer_cost(wide, 4, 4)
+    with pytest.raises(AcceleratorError, match="no layers"):
+        cost_report(Program(config=AccelConfig(), layers=[], input_name="x"))
+
+
+def test_lenet5_compiled_program():
+    torch.manual_seed(0)
+    model = build_model("lenet5").eval()
+    g = lower(quantize(model, [torch.randn(8, *model.input_shape) for _ in range(2)], QuantConfig()))
+    report = cost_report(compile_graph(g, AccelConfig(pe=8, simd=8)))
+    # W8A8 everywhere: 2 ops per DSP in every table → 64 / 2 = 32 array DSPs, plus 8 requant units × 4
+    assert report["dsp"]["array"] == 32 and report["dsp"]["total"] == 64
+    assert [r["dsp"] for r in report["layers"]] == [32, 0, 32, 0, 32, 32, 32]
+    assert sum(r["macs"] for r in report["layers"]) == 416_520   # REFERENCE §1

@@ -1,0 +1,207 @@
+"""The cycle-level model: bit for bit equal to the integer engine, cycle counts equal to §5."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bitsmith.accel import AccelConfig
+from bitsmith.accel.compiler import compile_graph
+from bitsmith.accel.images import build_images, read_images, sample_inputs, write_images
+from bitsmith.accel.program import Layer, Program
+from bitsmith.accel.simulate import mismatches, simulate
+from bitsmith.accel.timing import PHASES, program_cycles
+from bitsmith.integer import lower
+from bitsmith.models import build_model
+from bitsmith.quant import QuantConfig, quantize
+from bitsmith.quant.clipq import apply_clipq
+
+N_IMAGES = 20
+
+
+def _quantized(model, shape, config=None, clipq=False):
+    torch.manual_seed(0)
+    calib = [torch.randn(8, *shape) for _ in range(2)]
+    qmodel = quantize(model.eval(), calib, config or QuantConfig())
+    if clipq:
+        apply_clipq(qmodel, 0.4, 2, skip=["fc2"])
+    return lower(qmodel, input_shape=shape)
+
+
+def _lenet(config=None, clipq=False):
+    torch.manual_seed(0)
+    return _quantized(build_model("lenet5"), (1, 32, 32), config, clipq)
+
+
+def _vgg_tiny():
+    torch.manual_seed(0)
+    model = build_model("vgg_tiny")
+    for m in model.modules():  # non-trivial BatchNorm, folded into the convs by quantize
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return _quantized(model, (3, 32, 32))
+
+
+def _strided_padded():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 5, 3, stride=2, padding=1), nn.ReLU(),             # 16x16 -> 8x8
+                          nn.Conv2d(5, 9, 5, stride=(1, 2), padding=(2, 1)), nn.ReLU(),   # -> 8x3
+                          nn.MaxPool2d((2, 1)), nn.Flatten(), nn.Linear(9 * 4 * 3, 4))
+    return _quantized(model, (1, 16, 16), QuantConfig(act_symmetric=False))
+
+
+def _avgpool():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 6, 3), nn.ReLU(), nn.AvgPool2d(2),              # 14 -> 12 -> 6
+                          nn.Conv2d(6, 12, 1, bias=True), nn.ReLU(), nn.AvgPool2d(3, stride=1),  # -> 4
+                          nn.Conv2d(12, 5, 1), nn.AvgPool2d(4), nn.Flatten())            # global pool, signed
+    return _quantized(model, (2, 14, 14))
+
+
+def _check(graph, x, config=None):
+    """Simulate `graph` on float images x; every layer equals the engine, cycles equal §5."""
+    config = config or AccelConfig()
+    program = compile_graph(graph, config)
+    outputs = graph.run(x, return_all=True)
+    result = simulate(program, outputs[program.input_name])
+    assert result.overflows == []
+    for layer in program.layers:
+        got, want = result.outputs[layer.name], outputs[layer.name].numpy()
+        assert got.shape == want.shape, layer.name
+        np.testing.assert_array_equal(got, want, err_msg=layer.name)
+    assert mismatches(result, outputs) == {l.name: 0 for l in program.layers}
+    formula = program_cycles(program)
+    for counted, row in zip(result.cycles["layers"], formula["layers"]):
+        assert {p: counted[p] for p in PHASES} == {p: row[p] for p in PHASES}, row["name"]
+    assert result.total_cycles == formula["total"]
+    # the outputs are not all alike: the test would see a wrong layer
+    assert len(np.unique(result.outputs[program.layers[-1].name])) > 1
+    return program, result, outputs
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    g = _lenet()
+    x, source = sample_inputs(g, N_IMAGES, "fashion-mnist")
+    assert source.startswith("fashion-mnist") and x.shape == (N_IMAGES, 1, 32, 32)
+    return x
+
+
+def test_lenet_w8a8_on_fashion_mnist(fashion):
+    program, result, _ = _check(_lenet(), fashion)
+    assert result.total_cycles == 18903  # the figure docs/hardware.md quotes for the default configuration
+
+
+def test_lenet_clipq_codebook_mixed_with_dense(fashion):
+    g = _lenet(clipq=True)
+    program, _, _ = _check(g, fashion, AccelConfig(pe=4, simd=16, bus_bits=128))
+    assert [l.is_codebook for l in program.layers if l.kind == "conv"] == [True, True, True, True, False]
+
+
+def test_lenet_w4a4_per_channel(fashion):
+    _check(_lenet(QuantConfig(weight_bits=4, act_bits=4, per_channel=True)), fashion, AccelConfig(pe=3, simd=5, bus_bits=32))
+
+
+def test_lenet_asymmetric_requantized_output(fashion):
+    g = _lenet(QuantConfig(act_symmetric=False, requantize_output=True))
+    program, _, _ = _check(g, fashion)
+    assert program.layers[0].z_in != 0 and not program.layers[-1].raw_output
+
+
+def test_vgg_tiny_random_weights_with_bn():
+    x = torch.randn(N_IMAGES, 3, 32, 32)
+    program, _, _ = _check(_vgg_tiny(), x, AccelConfig(pe=16, simd=8))
+    assert max(l.out_ch * l.pixels for l in program.layers) == 64 * 32 * 32
+
+
+def test_padding_and_stride():
+    g = _strided_padded()
+    program, _, _ = _check(g, torch.randn(N_IMAGES, 1, 16, 16), AccelConfig(pe=4, simd=4))
+    assert (program.layers[0].sh, program.layers[0].ph) == (2, 1)
+    assert (program.layers[1].sw, program.layers[1].pw) == (2, 1)
+
+
+def test_avgpool_layers():
+    g = _avgpool()
+    program, _, _ = _check(g, torch.randn(N_IMAGES, 2, 14, 14), AccelConfig(pe=4, simd=8))
+    assert [l.kind for l in program.layers].count("avgpool") == 3
+    assert program.layers[-1].out_signed  # the pooled raw-conv output is signed
+
+
+def test_runs_from_the_written_files_and_catches_a_packing_error(tmp_path, fashion):
+    g = _lenet(clipq=True)
+    program = compile_graph(g, AccelConfig())
+    outputs = g.run(fashion[:4], return_all=True)
+    write_images(program, outputs[program.input_name], tmp_path, expected=outputs)
+    _, images = read_images(tmp_path)
+    result = simulate(program, outputs[program.input_name], images=images)
+    assert sum(mismatches(result, outputs).values()) == 0
+    # one flipped bit in one W2 word (q_conv2's first group) changes that layer's outputs
+    images.w2[build_images(program).weight_base[2]] ^= 1 << 5  # an index of row 0, term 2
+    wrong = mismatches(simulate(program, outputs[program.input_name], images=images), outputs)
+    assert wrong["q_conv1"] == 0 and wrong["q_conv2"] > 0
+
+
+def _reference_conv(x, w, bias, kh, kw):
+    """Plain int64 valid convolution (independent of the model)."""
+    n, c, h, wd = x.shape
+    oh, ow = h - kh + 1, wd - kw + 1
+    out = np.zeros((n, w.shape[0], oh, ow), dtype=np.int64)
+    for o in range(w.shape[0]):
+        for y in range(oh):
+            for xx in range(ow):
+                out[:, o, y, xx] = bias[o] + (x[:, :, y:y + kh, xx:xx + kw].reshape(n, -1) * w[o]).sum(axis=1)
+    return out
+
+
+def test_tiny_hand_built_layer_counts_and_wraps():
+    """A raw-output conv built by hand (no compiler bound check): cycle counts by hand, 32-bit wraps."""
+    rng = np.random.default_rng(0)
+    config = AccelConfig(pe=4, simd=8, bus_bits=64)
+    weights = rng.integers(-128, 128, size=(10, 27))
+    bias = rng.integers(-1000, 1000, size=10)
+    bias[7] = 2**31 - 5000  # channel 7 wraps for most inputs
+    layer = Layer(index=0, name="t", kind="conv", in_ch=3, in_h=5, in_w=5, out_ch=10, out_h=3, out_w=3, kh=3, kw=3,
+                  in_signed=True, out_bits=32, out_signed=True, raw_output=True, weight_bits=8, weights=weights,
+                  bias=bias, multiplier=np.ones(10, dtype=np.int64), shift=np.zeros(10, dtype=np.int64),
+                  clamp_lo=-2**31, clamp_hi=2**31 - 1)
+    program = Program(config, [layer], "codes", metadata={"tensor_shapes": {"t": [10, 3, 3]}})
+    codes = rng.integers(-128, 128, size=(6, 3, 5, 5))
+    result = simulate(program, codes)
+    # param 46 + input 10 + weights 3·16 + compute 3·9·4 + drain 3·9 + next 1, finish 1 (by hand)
+    assert result.total_cycles == 46 + 10 + 48 + 108 + 27 + 1 + 1 == program_cycles(program)["total"]
+    exact = _reference_conv(codes, weights.reshape(10, 3, 3, 3).reshape(10, -1), bias, 3, 3)
+    wrapped = (exact + 2**31) % 2**32 - 2**31
+    np.testing.assert_array_equal(result.outputs["t"], wrapped)
+    # A wrap is any cycle whose register leaves the range: running sums over blocks of C = 8 terms.
+    patches = np.stack([codes[:, :, y:y + 3, x:x + 3].reshape(6, -1) for y in range(3) for x in range(3)], axis=2)
+    products = weights[None, :, :, None] * patches[:, None]                       # [n, o, t, pixel]
+    products = np.pad(products, ((0, 0), (0, 0), (0, 5), (0, 0))).reshape(6, 10, 4, 8, 9).sum(axis=3)
+    running = bias[None, :, None, None] + np.cumsum(products, axis=2)             # [n, o, cycle, pixel]
+    wraps = int(((running > 2**31 - 1) | (running < -2**31)).any(axis=2).sum())
+    assert wraps > int(((exact > 2**31 - 1) | (exact < -2**31)).sum()) > 0 and result.overflows == [f"layer t: 32-bit accumulator wrapped in {wraps} output values"]
+
+
+def test_cli_hw_simulate_json(tmp_path):
+    g = _lenet(clipq=True)
+    g.save(tmp_path / "g")
+    proc = subprocess.run([sys.executable, "-m", "bitsmith.cli", "hw", "simulate", str(tmp_path / "g"), "--images", "3",
+                           "--pe", "4", "--simd", "16", "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    program = compile_graph(g, AccelConfig(pe=4, simd=16))
+    assert out["mismatches"] == 0 and out["images"] == 3 and out["inputs"].startswith("fashion-mnist")
+    assert out["total_cycles"] == out["formula_cycles"] == program_cycles(program)["total"]
+    assert [r["layer"] for r in out["layers"]] == [l.name for l in program.layers]
+    assert sum(r["cycles"] for r in out["layers"]) + 1 == out["total_cycles"]
+    proc = subprocess.run([sys.executable, "-m", "bitsmith.cli", "hw", "compile", str(tmp_path / "g"), "--out",
+                           str(tmp_path / "img"), "--images", "2", "--max-kernel", "3"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "kernel 5x5 exceeds max_kernel=3" in proc.stderr and "Traceback" not in proc.stderr

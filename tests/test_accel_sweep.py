@@ -1,0 +1,152 @@
+"""The design-space sweep: the Pareto front on hand-made points, the LeNet-5 sweep (files, front,
+weight modes against hand-derived DSP counts), skipped configurations, and `bitsmith hw report/sweep`."""
+
+import csv
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bitsmith.accel.compiler import compile_graph
+from bitsmith.accel.config import AccelConfig
+from bitsmith.accel.cost import cost_report
+from bitsmith.accel.sweep import dense_program, evaluate_design, pareto_front, sweep, write_sweep
+from bitsmith.accel.timing import program_cycles
+from bitsmith.errors import AcceleratorError, ConfigError
+from bitsmith.integer import lower
+from bitsmith.models import build_model
+from bitsmith.quant import QuantConfig, quantize
+from bitsmith.quant.clipq import apply_clipq
+
+
+@pytest.fixture(scope="module")
+def lenet_graphs():
+    """W8A8 LeNet-5, its CLIP-Q variant (2-bit codebooks, dense fc2), and an all-codebook variant."""
+    torch.manual_seed(0)
+    model = build_model("lenet5").eval()
+    calib = [torch.randn(8, *model.input_shape) for _ in range(2)]
+    dense = lower(quantize(model, calib, QuantConfig()))
+    qmodel = quantize(model, calib, QuantConfig())
+    apply_clipq(qmodel, 0.4, 2, skip=["fc2"])
+    clipq = lower(qmodel)
+    qmodel_all = quantize(model, calib, QuantConfig())
+    apply_clipq(qmodel_all, 0.4, 2)
+    return dense, clipq, lower(qmodel_all)
+
+
+def _dominated(p, points):
+    return any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in points)
+
+
+def test_pareto_front_on_hand_made_points():
+    points = [(1, 10), (2, 5), (2, 6), (3, 5), (4, 1), (4, 1), (5, 0.5), (0.5, 20), (6, 0.5), (0.5, 25)]
+    # (2, 6) and (3, 5) lose to (2, 5); (6, 0.5) to (5, 0.5); (0.5, 25) to (0.5, 20); the twin (4, 1) stays twice
+    assert pareto_front(points) == [0, 1, 4, 5, 6, 7]
+    assert pareto_front([(3, 3)]) == [0] and pareto_front([]) == []
+    assert pareto_front([(1, 2), (2, 1), (1, 1)]) == [2]
+
+
+def test_lenet_sweep_writes_files_and_an_undominated_front(lenet_graphs, tmp_path):
+    dense, clipq, _ = lenet_graphs
+    result = sweep(dense, codebook_graph=clipq)
+    assert result["modes"] == ["int8", "int4", "codebook2"] and not result["skipped"]
+    assert len(result["points"]) == 6 * 6 * 3
+    coords = [(p["dsp"], p["cycles"]) for p in result["points"]]
+    front = [(p["dsp"], p["cycles"]) for p in result["pareto"]]
+    assert front and all(not _dominated(f, coords) for f in front)
+    # and every point left out is dominated by a front point
+    assert all(_dominated(c, front) for c, p in zip(coords, result["points"]) if not p["pareto"])
+
+    by = {(p["mode"], p["pe"], p["simd"]): p for p in result["points"]}
+    for pe in (1, 2, 4, 8, 16, 32):
+        for simd in (1, 2, 4, 8, 16, 32):
+            i8, i4, cb = by["int8", pe, simd], by["int4", pe, simd], by["codebook2", pe, simd]
+            # w8a8: 2 ops/DSP in every table; w4a8: 10/3 (5x5) and 3 (1x1) → the 1x1 layers decide
+            assert i8["dsp_array"] == math.ceil(pe * simd / 2)
+            assert i4["dsp_array"] == math.ceil(pe * simd / 3)
+            assert i8["dsp_requant"] == i4["dsp_requant"] == cb["dsp_requant"] == 4 * pe
+            assert cb["dsp_array"] == i8["dsp_array"]  # the dense 8-bit fc2 still needs the int8 array
+            assert i4["cycles"] == i8["cycles"]         # int4 changes the DSP table only
+            assert cb["cycles"] < i8["cycles"]          # 2-bit indices load 4× faster than 8-bit weights
+    config = AccelConfig(pe=4, simd=16)
+    assert by["codebook2", 4, 16]["cycles"] == program_cycles(compile_graph(clipq, config))["total"]
+    assert by["int8", 4, 16]["cycles"] == program_cycles(compile_graph(dense, config))["total"]
+
+    files = write_sweep(result, tmp_path / "sweep")
+    png = (tmp_path / "sweep" / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    rows = list(csv.DictReader(io.StringIO(Path(files["csv"]).read_text())))
+    assert len(rows) == len(result["points"])
+    assert sum(r["pareto"] == "True" for r in rows) == len(result["pareto"])
+    saved = json.loads(Path(files["json"]).read_text())
+    assert saved["pareto"] == result["pareto"]
+    table = Path(files["pareto_table"]).read_text().splitlines()
+    assert len(table) == 2 + len(result["pareto"])
+
+
+def test_all_codebook_program_needs_no_array_dsps(lenet_graphs):
+    _, _, all_cb = lenet_graphs
+    program = compile_graph(all_cb, AccelConfig(pe=8, simd=8))
+    report = cost_report(program)
+    assert report["dsp"] == {"array": 0, "requant": 32, "total": 32, "array_layer": None}
+    assert report["bram18"]["weight buffer"] == 8   # 1024 deep × 128 bits (2-bit indices): ⌈128/18⌉
+    # expanded to dense 8-bit, the same program needs the full int8 array and an 8-bit weight buffer
+    dense = dense_program(program, 8)
+    assert not any(l.is_codebook for l in dense.layers)
+    assert evaluate_design(dense)["dsp"]["array"] == 32 and cost_report(dense)["bram18"]["weight buffer"] == 29
+
+
+def test_configs_that_do_not_fit_are_recorded(lenet_graphs):
+    dense, _, _ = lenet_graphs
+    # conv3 has K = 400 terms: one group needs R·⌈400/C⌉·C ≥ 400·R weights
+    result = sweep(dense, sizes=(1, 4, 8), base=AccelConfig(weight_buffer_entries=2048))
+    skipped = {(s["pe"], s["simd"]) for s in result["skipped"]}
+    assert skipped == {(8, 1), (8, 4), (8, 8)}
+    assert all("q_conv3" in s["reason"] and "weight_buffer_entries=2048" in s["reason"] for s in result["skipped"])
+    assert {(p["pe"], p["simd"]) for p in result["points"]}.isdisjoint(skipped)
+    with pytest.raises(AcceleratorError, match="no configuration"):
+        sweep(dense, sizes=(8,), base=AccelConfig(weight_buffer_entries=2048))
+    with pytest.raises(ConfigError, match="codebook graph has no 2-bit codebook"):
+        sweep(dense, sizes=(2,), codebook_graph=dense)
+
+
+def _invoke(*args):
+    """The command in-process (no second torch import); BitsmithErrors come back as result.exception."""
+    from typer.testing import CliRunner
+
+    from bitsmith.cli import app
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_report_and_sweep(lenet_graphs, tmp_path):
+    dense, clipq, _ = lenet_graphs
+    dense.save(tmp_path / "int8")
+    clipq.save(tmp_path / "clipq")
+    result = _invoke("hw", "report", tmp_path / "int8", "--pe", "8", "--simd", "8", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["cycles"] == program_cycles(compile_graph(dense, AccelConfig()))["total"]
+    assert report["dsp"]["total"] == 64 and [l["dsp"] for l in report["layers"]] == [32, 0, 32, 0, 32, 32, 32]
+    result = _invoke("hw", "report", tmp_path / "clipq", "--pe", "4", "--simd", "16")
+    assert result.exit_code == 0 and "q_conv1" in result.stdout and "cb2/8" in result.stdout
+
+    result = _invoke("hw", "sweep", tmp_path / "int8", "--out", tmp_path / "sw", "--sizes", "1,4,16",
+                     "--codebook-graph", tmp_path / "clipq", "--weight-buffer-entries", "4096", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    # R = 16: conv3 needs 16·⌈400/C⌉·C = 6400 > 4096 weights for C in 1, 4, 16; the other 6 configs × 3 modes run
+    assert [(s["pe"], s["simd"]) for s in out["skipped"]] == [(16, 1), (16, 4), (16, 16)]
+    assert out["points"] == 6 * 3
+    assert (tmp_path / "sw" / "pareto.png").is_file() and (tmp_path / "sw" / "sweep.csv").is_file()
+
+    result = _invoke("hw", "sweep", tmp_path / "int8", "--out", tmp_path / "x", "--sizes", "0,2")
+    assert isinstance(result.exception, ConfigError) and "--sizes" in str(result.exception)
+    # through main(): one message, exit code 2, no traceback
+    proc = subprocess.run([sys.executable, "-m", "bitsmith.cli", "hw", "report", str(tmp_path / "int8"), "--pe", "32",
+                           "--simd", "32", "--weight-buffer-entries", "1000"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "weight_buffer_entries=1000" in proc.stderr and "Traceback" not in proc.stderr

@@ -243,6 +243,16 @@ def _accel_config(pe, simd, bus_bits, act_buffer_bytes, weight_buffer_entries, m
                        weight_buffer_entries=weight_buffer_entries, max_kernel=max_kernel, clock_mhz=clock_mhz)
 
 
+def _compiled(graph: Path, pe, simd, bus_bits, act_buffer_bytes, weight_buffer_entries, max_kernel, clock_mhz):
+    """Load an integer graph and compile it for the accelerator: (graph, program)."""
+    from bitsmith.accel.compiler import compile_graph
+    from bitsmith.integer import load
+
+    g = load(graph)
+    return g, compile_graph(g, _accel_config(pe, simd, bus_bits, act_buffer_bytes, weight_buffer_entries,
+                                             max_kernel, clock_mhz))
+
+
 _PE = typer.Option(8, "--pe", help="R: PE rows (output channels in parallel)")
 _SIMD = typer.Option(8, "--simd", help="C: PE columns (input terms per row per cycle)")
 _BUS = typer.Option(64, help="external memory word, bits per cycle")
@@ -265,13 +275,9 @@ def hw_compile_cmd(graph: Path = typer.Argument(..., help="integer graph folder"
     """Compile a graph for the accelerator and write its memory images (docs/hardware.md §6)."""
     import torch
 
-    from bitsmith.accel.compiler import compile_graph
     from bitsmith.accel.images import sample_inputs, write_images
-    from bitsmith.integer import load
 
-    g = load(graph)
-    program = compile_graph(g, _accel_config(pe, simd, bus_bits, act_buffer_bytes, weight_buffer_entries,
-                                             max_kernel, clock_mhz))
+    g, program = _compiled(graph, pe, simd, bus_bits, act_buffer_bytes, weight_buffer_entries, max_kernel, clock_mhz)
     source = "none"
     if images:
         x, source = sample_inputs(g, images, data, data_dir)
@@ -293,15 +299,11 @@ def hw_simulate_cmd(graph: Path = typer.Argument(..., help="integer graph folder
                     weight_buffer_entries: int = _WBUF, max_kernel: int = _KMAX, clock_mhz: float = _CLOCK,
                     as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Run the cycle-level model, compare every layer with the integer engine (exit 1 on a mismatch)."""
-    from bitsmith.accel.compiler import compile_graph
     from bitsmith.accel.images import sample_inputs
     from bitsmith.accel.simulate import mismatches, simulate
     from bitsmith.accel.timing import program_cycles
-    from bitsmith.integer import load
 
-    g = load(graph)
-    program = compile_graph(g, _accel_config(pe, simd, bus_bits, act_buffer_bytes, weight_buffer_entries,
-                                             max_kernel, clock_mhz))
+    g, program = _compiled(graph, pe, simd, bus_bits, act_buffer_bytes, weight_buffer_entries, max_kernel, clock_mhz)
     x, source = sample_inputs(g, images, data, data_dir)
     outputs = g.run(x, return_all=True)
     sim = simulate(program, outputs[program.input_name])

@@ -224,6 +224,134 @@ def test_fused_lsq_weight_gradient_matches_definition():
     torch.testing.assert_close(quantizer.step.grad, s.grad)
 
 
+def _exact_plus_surrogate(codes, scale, surrogate):
+    """The autograd formulation the fused weight quantizers replace: value codes·scale, gradient of surrogate."""
+    view = scale.reshape(-1, *([1] * (codes.dim() - 1))) if scale.dim() else scale
+    return codes.to(torch.float32) * view + (surrogate - surrogate.detach())
+
+
+def _dorefa_surrogate(w, n, per_channel, scale):
+    """DoReFa's w_q by autograd (tanh, the max, rounding straight through), times the constant max|W|."""
+    t = torch.tanh(w)
+    tmax = t.abs().flatten(1).amax(dim=1) if per_channel else t.abs().max()
+    tmax = torch.where(tmax > 0, tmax, torch.ones_like(tmax))
+    view = (lambda v: v.reshape(-1, *([1] * (w.dim() - 1)))) if per_channel else (lambda v: v)
+    unit = 2 * round_ste((t / (2 * view(tmax)) + 0.5) * n) / n - 1
+    return unit * view(scale * n)
+
+
+def _grads(quantizer, w, g):
+    """(value, dw) of quantizer(w)·g."""
+    w = w.detach().clone().requires_grad_()
+    out = quantizer(w)
+    (out * g).sum().backward()
+    return out.detach(), w.grad
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("shape", [(6, 3, 5, 5), (10, 84)])
+def test_fused_dorefa_weight_gradient_equals_autograd_formulation(per_channel, shape):
+    """Bit for bit, including an all-zero channel (its max replaced by 1) and a tie for a channel's max."""
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(*shape, generator=gen) * 0.1
+    w[1] = 0.0
+    w[2].view(-1)[0], w[2].view(-1)[-1] = 0.5, -0.5  # two maxima of |tanh w| in channel 2 (and the tensor)
+    g = torch.randn(*shape, generator=gen)
+    quantizer = DoReFaWeight(3, per_channel)
+    value, grad = _grads(quantizer, w, g)
+    codes, scale = quantizer.integer_weights(w)
+    w2 = w.clone().requires_grad_()
+    ref = _exact_plus_surrogate(codes, scale, _dorefa_surrogate(w2, 7, per_channel, scale))
+    (ref * g).sum().backward()
+    assert torch.equal(value, ref.detach())
+    torch.testing.assert_close(grad, w2.grad, rtol=0, atol=0)
+    a = torch.tanh(w).abs()
+    assert int((a[2] == a[2].max()).sum()) == 2 and (per_channel or a.max() == a[2].max())  # the tie is there
+
+
+def test_fused_gaussian_weight_gradient_equals_autograd_formulation():
+    """Identity inside the grid, zero outside, half on either end exactly (torch.maximum/minimum ties)."""
+    from bitsmith.quant.qat.weights import _GaussianWeightFn
+
+    gen = torch.Generator().manual_seed(4)
+    quantizer = GaussianWeight(2)
+    w = torch.randn(8, 4, 3, 3, generator=gen)
+    g = torch.randn(8, 4, 3, 3, generator=gen)
+    value, grad = _grads(quantizer, w, g)
+    codes, step = quantizer.integer_weights(w)
+    w2 = w.clone().requires_grad_()
+    ref = _exact_plus_surrogate(codes, step, torch.minimum(torch.maximum(w2, -2 * step), 1 * step))
+    (ref * g).sum().backward()
+    assert torch.equal(value, ref.detach())
+    torch.testing.assert_close(grad, w2.grad, rtol=0, atol=0)
+    assert (grad == 0).any() and (grad == g).any()  # some weights saturate, some pass
+    # Weights exactly on the ends of the grid [−2, 1]·step (a given step: the std would move it).
+    step = torch.tensor(0.25)
+    w = torch.tensor([-0.75, -0.5, -0.2, 0.0, 0.25, 0.4])
+    w1, w2 = w.clone().requires_grad_(), w.clone().requires_grad_()
+    codes = torch.clamp(torch.round(w / step), -2, 1)
+    _GaussianWeightFn.apply(w1, codes, step, -2, 1).sum().backward()
+    torch.minimum(torch.maximum(w2, -2 * step), 1 * step).sum().backward()
+    assert w1.grad.tolist() == w2.grad.tolist() == [0.0, 0.5, 1.0, 1.0, 0.5, 0.0]
+
+
+@pytest.mark.parametrize("quantizer", [BinaryWeight(), TernaryWeight(per_channel=False)])
+def test_identity_ste_weight_gradient_is_the_upstream_gradient(quantizer):
+    w = torch.randn(6, 3, 5, 5) * 0.1
+    g = torch.randn(6, 3, 5, 5)
+    value, grad = _grads(quantizer, w, g)
+    codes, scale = quantizer.integer_weights(w)
+    w2 = w.clone().requires_grad_()
+    ref = _exact_plus_surrogate(codes, scale, w2)
+    (ref * g).sum().backward()
+    assert torch.equal(value, ref.detach())
+    torch.testing.assert_close(grad, w2.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("zero_point, qmin, qmax", [(0, 0, 15), (3, 0, 15), (0, -8, 7)])
+def test_fused_ste_activation_equals_fake_quantize(zero_point, qmin, qmax):
+    """The clipped straight-through mode (fixed and HWGQ points): fake_quantize's value, and the
+    gradient of round_ste(clamp(x/s + zp)) (cut where x/s itself leaves the grid)."""
+    from bitsmith.quant.qat.activations import fake_quant_act
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 6, 7, 7, generator=gen) * 2
+    g = torch.randn(16, 6, 7, 7, generator=gen)
+    scale = torch.tensor(0.17)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = fake_quant_act(x1, None, scale, zero_point, qmin, qmax)
+    ref = round_ste(torch.clamp(x2 / scale, qmin - zero_point, qmax - zero_point)) * scale
+    (out * g).sum().backward()
+    (ref * g).sum().backward()
+    assert torch.equal(out, ref) and torch.equal(out, fake_quantize(x, scale, zero_point, qmin, qmax))
+    torch.testing.assert_close(x1.grad, x2.grad)  # the reference rounds g·s/s; the fused op passes g itself
+    assert torch.equal(x1.grad != 0, x2.grad != 0) and (x1.grad == 0).any() and (x1.grad == g).any()
+    with torch.no_grad():  # nothing needs a gradient (the input quantizer): the same values
+        assert torch.equal(fake_quant_act(x, None, scale, zero_point, qmin, qmax), out)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_fused_pact_activation_gradient_matches_definition(signed):
+    """PACT: y = clamp(x, 0 or −α, α) on the α/qmax grid, dα through the clip only."""
+    from bitsmith.quant.qat.activations import fake_quant_act
+
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(16, 120, generator=gen) * 2
+    x = x if signed else x.abs()
+    g = torch.randn(16, 120, generator=gen)
+    qmin, qmax = (-7, 7) if signed else (0, 15)
+    alpha = torch.tensor(1.9, requires_grad=True)
+    scale = alpha.detach() / qmax
+    x1 = x.clone().requires_grad_()
+    (fake_quant_act(x1, alpha, scale, 0, qmin, qmax, "pact") * g).sum().backward()
+    alpha2, x2 = alpha.detach().clone().requires_grad_(), x.clone().requires_grad_()
+    clipped = torch.minimum(torch.maximum(x2, -alpha2) if signed else x2, alpha2)
+    ((round_ste(clipped / scale) * scale) * g).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+    torch.testing.assert_close(alpha.grad, alpha2.grad)
+    assert float(alpha.grad) != 0.0
+
+
 def test_training_view_computes_the_same_values(fp_model):
     """Quantizing after the max-pool (training speed-up) gives exactly the model's values."""
     qmodel = _trained("lsq", fp_model)

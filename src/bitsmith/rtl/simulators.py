@@ -1,0 +1,121 @@
+"""Run the generated testbench in Icarus Verilog or Verilator and read its log.
+
+Both run the same plain Verilog testbench (`tb_bitsmith.v`); the log lines it prints
+(`MISMATCH ...`, `LAYER ...`, `CYCLES ...`, `SUMMARY ...`) are parsed into one result dict.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from bitsmith.errors import BitsmithError, ConfigError
+
+SIMULATORS = ("icarus", "verilator")
+
+_MISMATCH = re.compile(r"^MISMATCH image=(\d+) layer=(\d+) channel=(\d+) y=(\d+) x=(\d+) got=(-?\d+) want=(-?\d+)")
+_LAYER = re.compile(r"^LAYER image=(\d+) layer=(\d+) cycles=(\d+) mismatches=(\d+)")
+_CYCLES = re.compile(r"^CYCLES image=(\d+) total=(\d+)")
+_SUMMARY = re.compile(r"^SUMMARY mismatches=(\d+) images=(\d+)(?: timeout=1)?")
+_TIMEOUT = re.compile(r"^TIMEOUT image=(\d+) cycles=(\d+) state=(\d+) layer=(\d+)")
+
+
+class SimulationError(BitsmithError):
+    """The simulator could not build or run the generated design (the log says why)."""
+
+
+def _require(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise ConfigError(f"{tool} is not installed (Debian package {package!r}); it is needed for --sim "
+                          f"{'icarus' if tool in ('iverilog', 'vvp') else 'verilator'}")
+    return path
+
+
+def _run(cmd: list[str], cwd: Path, what: str, timeout: float | None) -> str:
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SimulationError(f"{what} did not finish within {timeout:g} s ({' '.join(cmd[:3])} ...)") from None
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        raise SimulationError(f"{what} failed (exit {proc.returncode}) in {cwd}:\n{tail}")
+    return proc.stdout
+
+
+def run_icarus(rtl_dir: str | os.PathLike, sources: list[str], top: str, waves: bool = False,
+               timeout: float | None = None) -> dict:
+    """iverilog -g2005 + vvp; returns the parsed log plus build/run wall times."""
+    rtl_dir = Path(rtl_dir)
+    _require("iverilog", "iverilog")
+    _require("vvp", "iverilog")
+    cmd = ["iverilog", "-g2005", "-o", "tb_bitsmith.vvp", "-s", top]
+    if waves:
+        cmd.append("-DWAVES")
+    t0 = time.perf_counter()
+    _run(cmd + sources, rtl_dir, "iverilog", timeout)
+    t1 = time.perf_counter()
+    log = _run(["vvp", "-n", "tb_bitsmith.vvp"], rtl_dir, "vvp", timeout)
+    t2 = time.perf_counter()
+    (rtl_dir / "icarus.log").write_text(log)
+    return {"simulator": "icarus", **parse_log(log), "build_s": t1 - t0, "run_s": t2 - t1}
+
+
+def run_verilator(rtl_dir: str | os.PathLike, sources: list[str], top: str, waves: bool = False,
+                  timeout: float | None = None) -> dict:
+    """verilator --binary with the same testbench; returns the parsed log plus build/run wall times."""
+    rtl_dir = Path(rtl_dir)
+    _require("verilator", "verilator")
+    cmd = ["verilator", "--binary", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-MULTIDRIVEN",
+           "--top-module", top, "-Mdir", "obj_verilator", "-o", "tb_bitsmith", "-j", "2"]
+    if waves:
+        cmd += ["--trace", "-DWAVES"]
+    t0 = time.perf_counter()
+    _run(cmd + sources, rtl_dir, "verilator", timeout)
+    t1 = time.perf_counter()
+    log = _run([str(rtl_dir / "obj_verilator" / "tb_bitsmith")], rtl_dir, "verilated testbench", timeout)
+    t2 = time.perf_counter()
+    (rtl_dir / "verilator.log").write_text(log)
+    return {"simulator": "verilator", **parse_log(log), "build_s": t1 - t0, "run_s": t2 - t1}
+
+
+def run_simulator(sim: str, rtl_dir: str | os.PathLike, sources: list[str], top: str, waves: bool = False,
+                  timeout: float | None = None) -> dict:
+    if sim not in SIMULATORS:
+        raise ConfigError(f"unknown simulator {sim!r}; choose one of {', '.join(SIMULATORS)}")
+    runner = run_icarus if sim == "icarus" else run_verilator
+    return runner(rtl_dir, sources, top, waves=waves, timeout=timeout)
+
+
+def parse_log(text: str) -> dict:
+    """The testbench's log as numbers: mismatches per layer (all images), cycles per image and per
+    layer, the printed mismatch lines, the summary, and whether the watchdog fired."""
+    mismatches: dict[int, int] = {}
+    layer_cycles: dict[int, list[int]] = {}
+    cycles: list[int] = []
+    printed: list[dict] = []
+    summary = None
+    timeout = None
+    for line in text.splitlines():
+        line = line.strip()
+        if m := _MISMATCH.match(line):
+            printed.append(dict(zip(("image", "layer", "channel", "y", "x", "got", "want"), map(int, m.groups()))))
+        elif m := _LAYER.match(line):
+            image, layer, n, wrong = map(int, m.groups())
+            mismatches[layer] = mismatches.get(layer, 0) + wrong
+            layer_cycles.setdefault(layer, []).append(n)
+        elif m := _CYCLES.match(line):
+            cycles.append(int(m.group(2)))
+        elif m := _TIMEOUT.match(line):
+            timeout = dict(zip(("image", "cycles", "state", "layer"), map(int, m.groups())))
+        elif m := _SUMMARY.match(line):
+            summary = {"mismatches": int(m.group(1)), "images": int(m.group(2))}
+    if summary is None:
+        raise SimulationError("the testbench printed no SUMMARY line; the simulation did not finish:\n"
+                              + text[-2000:])
+    return {"mismatches_per_layer": mismatches, "cycles_per_image": cycles, "layer_cycles": layer_cycles,
+            "printed_mismatches": printed, "summary": summary, "timeout": timeout}

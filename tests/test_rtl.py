@@ -1,0 +1,204 @@
+"""The generated Verilog (bitsmith.rtl) against the integer engine: every output value of every
+layer equal, and the RTL's cycle count equal to docs/hardware.md §5, in Icarus (and Verilator)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from bitsmith.accel.compiler import compile_graph
+from bitsmith.accel.config import AccelConfig
+from bitsmith.accel.images import write_images
+from bitsmith.cli import app
+from bitsmith.errors import ConfigError, DataError
+from bitsmith.integer import lower
+from bitsmith.models import build_model
+from bitsmith.quant import QuantConfig, quantize
+from bitsmith.quant.clipq import apply_clipq
+from bitsmith.rtl.check import run_rtl
+from bitsmith.rtl.generate import generate_rtl
+from bitsmith.rtl.simulators import SimulationError, parse_log
+
+needs_verilator = pytest.mark.skipif(shutil.which("verilator") is None, reason="verilator not installed")
+
+
+def _lenet(bias=False):
+    torch.manual_seed(0)
+    model = build_model("lenet5", bias=bias).eval()
+    calib = [torch.randn(8, *model.input_shape) for _ in range(2)]
+    return model, quantize(model, calib, QuantConfig())
+
+
+def _lenet_w8a8():
+    return lower(_lenet()[1])
+
+
+def _lenet_clipq():
+    """2-bit codebook conv1..fc1 (CLIP-Q p = 0.4), dense int8 fc2, with bias."""
+    _, qmodel = _lenet(bias=True)
+    apply_clipq(qmodel, 0.4, 2, skip=["fc2"])
+    return lower(qmodel)
+
+
+def _small(layers, shape=(3, 16, 16), **quant):
+    torch.manual_seed(1)
+    model = nn.Sequential(*layers).eval()
+    calib = [torch.randn(8, *shape) for _ in range(2)]
+    return lower(quantize(model, calib, QuantConfig(**quant)), input_shape=shape)
+
+
+def _mixed_small():
+    """Stride, padding, max and average pools, partial channel groups (6 and 5 channels on R = 4),
+    a Linear with raw 32-bit output; bias, per-channel weights and asymmetric activations."""
+    return _small([nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                   nn.Conv2d(6, 5, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(20, 7)],
+                  act_symmetric=False, per_channel=True)
+
+
+def _assert_exact(result, images):
+    assert result["complete"] and result["timeout"] is None
+    for row in result["layers"]:
+        assert row["checked_images"] == images, row
+        assert row["mismatches"] == 0, row
+        assert row["rtl_cycles"] == row["formula_cycles"], row
+    assert result["mismatches"] == 0
+    assert result["cycles_per_image"] == [result["formula_cycles"]] * images
+    assert result["passed"]
+
+
+def test_lenet_w8a8_real_images_bit_exact_with_formula_cycles_in_icarus(tmp_path):
+    g = _lenet_w8a8()
+    result = run_rtl(g, images=1, sim="icarus", pe=8, simd=8, work_dir=tmp_path)
+    assert result["inputs"].startswith("fashion-mnist")
+    assert [row["kind"] for row in result["layers"]] == ["conv", "maxpool", "conv", "maxpool", "conv", "conv", "conv"]
+    _assert_exact(result, 1)
+    # Hand-checked §5 counts at R = C = 8, bus 64: conv1 = 16 + 18 (param) + 128 (input) +
+    # 32 (weights: 8·4·8 bytes / 8 per cycle) + 784·4 (compute) + 784 (drain) + 1 = 4115.
+    assert result["layers"][0]["rtl_cycles"] == 4115
+    assert result["cycles_per_image"] == [18903]
+
+
+def test_lenet_clipq_codebook_bit_exact_in_icarus(tmp_path):
+    g = _lenet_clipq()
+    program = compile_graph(g, AccelConfig())
+    assert [layer.is_codebook for layer in program.layers if layer.kind == "conv"] == [True, True, True, True, False]
+    result = run_rtl(g, images=1, sim="icarus", work_dir=tmp_path)
+    _assert_exact(result, 1)
+
+
+@pytest.mark.parametrize("case", ["mixed", "single_layer", "single_group_full", "one_pixel"])
+def test_fsm_corner_cases_bit_exact(tmp_path, case):
+    config = AccelConfig(pe=4, simd=4)
+    if case == "mixed":        # every layer kind, partial last groups, 3 images back to back
+        g, images = _mixed_small(), 3
+    elif case == "single_layer":   # a 1-layer program whose only layer is first and last (raw output)
+        g, images = _small([nn.Conv2d(2, 3, 3)], shape=(2, 6, 6)), 2
+    elif case == "single_group_full":   # exactly R channels: one full group; K = 9 < C·T (tail terms)
+        g, images = _small([nn.Conv2d(1, 4, 3, padding=2), nn.ReLU(), nn.Conv2d(4, 4, 1)], shape=(1, 5, 5)), 1
+    else:                      # 1x1 maps only: one pixel per group, many groups
+        g, images = _small([nn.Flatten(), nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 5)], shape=(12, 1, 1)), 1
+    result = run_rtl(g, images=images, sim="icarus", config=config, data="random", work_dir=tmp_path)
+    _assert_exact(result, images)
+
+
+@pytest.mark.parametrize("fault", ["shift_off_by_one", "drop_bias", "no_zero_point"])
+def test_injected_hardware_fault_fails_the_check(tmp_path, fault):
+    g = _mixed_small()
+    result = run_rtl(g, images=1, sim="icarus", config=AccelConfig(pe=4, simd=4), data="random",
+                     work_dir=tmp_path, fault=fault)
+    assert not result["passed"]
+    assert result["mismatches"] > 0
+    assert sum(row["mismatches"] for row in result["layers"]) == result["mismatches"]
+    first = result["printed_mismatches"][0]
+    assert first["got"] != first["want"] and first["image"] == 0
+    assert len(result["printed_mismatches"]) == min(20, result["mismatches"])  # printing is capped
+    assert result["cycles_equal"]   # a datapath bug does not change the timing
+    # The faulty design really differs from the engine there: the expected file holds `want`.
+    lines = (tmp_path / "images" / f"expected/L{first['layer']:02d}.hex").read_text().split()
+    layer = compile_graph(g, AccelConfig(pe=4, simd=4)).layers[first["layer"]]
+    k = (first["channel"] * layer.out_h + first["y"]) * layer.out_w + first["x"]
+    bits = 32 if layer.raw_output else 8
+    value = int(lines[k], 16)
+    if (layer.raw_output or layer.out_signed) and value >= 1 << (bits - 1):
+        value -= 1 << bits
+    assert value == first["want"]
+
+
+@needs_verilator
+def test_verilator_gives_the_same_results_as_icarus(tmp_path):
+    g = _mixed_small()
+    config = AccelConfig(pe=4, simd=4)
+    icarus = run_rtl(g, images=2, sim="icarus", config=config, data="random", work_dir=tmp_path / "i")
+    verilator = run_rtl(g, images=2, sim="verilator", config=config, data="random", work_dir=tmp_path / "v")
+    _assert_exact(verilator, 2)
+    assert [r["rtl_cycles"] for r in verilator["layers"]] == [r["rtl_cycles"] for r in icarus["layers"]]
+    assert verilator["cycles_per_image"] == icarus["cycles_per_image"]
+
+
+def test_generate_rejects_unknown_fault_and_missing_images(tmp_path):
+    g = _mixed_small()
+    program = compile_graph(g, AccelConfig(pe=4, simd=4))
+    with pytest.raises(ConfigError, match="unknown RTL fault 'flip'"):
+        generate_rtl(program, tmp_path / "rtl", fault="flip", image_dir=tmp_path)
+    with pytest.raises(ConfigError, match="unknown simulator 'modelsim'"):
+        run_rtl(g, sim="modelsim", work_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(DataError, match="no param.hex"):
+        generate_rtl(program, tmp_path / "rtl", image_dir=tmp_path)
+    codes = torch.zeros((1, 3, 16, 16), dtype=torch.int64)
+    write_images(program, codes, tmp_path / "img")
+    with pytest.raises(DataError, match="holds 1 image"):
+        generate_rtl(program, tmp_path / "rtl", images=2, image_dir=tmp_path / "img")
+
+
+def test_parse_log_counts_and_requires_a_summary():
+    log = "\n".join([
+        "MISMATCH image=0 layer=1 channel=2 y=3 x=4 got=-5 want=6",
+        "LAYER image=0 layer=0 cycles=100 mismatches=0",
+        "LAYER image=0 layer=1 cycles=50 mismatches=7",
+        "CYCLES image=0 total=151",
+        "LAYER image=1 layer=0 cycles=100 mismatches=1",
+        "LAYER image=1 layer=1 cycles=50 mismatches=0",
+        "CYCLES image=1 total=151",
+        "SUMMARY mismatches=8 images=2",
+    ])
+    parsed = parse_log(log)
+    assert parsed["mismatches_per_layer"] == {0: 1, 1: 7}
+    assert parsed["cycles_per_image"] == [151, 151]
+    assert parsed["layer_cycles"] == {0: [100, 100], 1: [50, 50]}
+    assert parsed["printed_mismatches"] == [{"image": 0, "layer": 1, "channel": 2, "y": 3, "x": 4, "got": -5, "want": 6}]
+    assert parsed["summary"] == {"mismatches": 8, "images": 2}
+    with pytest.raises(SimulationError, match="no SUMMARY"):
+        parse_log(log.rsplit("\n", 1)[0])
+
+
+def test_cli_rtl_json_and_exit_codes(tmp_path):
+    g = _mixed_small()
+    g.save(tmp_path / "g")
+    runner = CliRunner()
+    args = ["rtl", str(tmp_path / "g"), "--images", "1", "--pe", "4", "--simd", "4", "--data", "random", "--json"]
+    ok = runner.invoke(app, args + ["--out", str(tmp_path / "ok")])
+    assert ok.exit_code == 0, ok.output
+    doc = json.loads(ok.output)
+    assert doc["passed"] and doc["mismatches"] == 0 and doc["cycles_per_image"] == [doc["formula_cycles"]]
+    bad = runner.invoke(app, args + ["--out", str(tmp_path / "bad"), "--fault", "shift_off_by_one"])
+    assert bad.exit_code == 1
+    assert json.loads(bad.output)["mismatches"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["w8a8", "clipq"])
+def test_twenty_real_images_in_icarus(tmp_path, which):
+    g = _lenet_w8a8() if which == "w8a8" else _lenet_clipq()
+    result = run_rtl(g, images=20, sim="icarus", work_dir=tmp_path)
+    _assert_exact(result, 20)
+
+
+@pytest.mark.slow
+@needs_verilator
+def test_twenty_real_images_in_verilator(tmp_path):
+    result = run_rtl(_lenet_w8a8(), images=20, sim="verilator", work_dir=tmp_path)
+    _assert_exact(result, 20)

@@ -179,6 +179,26 @@ def test_pact_alpha_gets_gradient_from_clipping_and_regulariser():
     assert float(point.alpha.grad) == pytest.approx(2 * 1e-3 * alpha)
 
 
+def test_pact_regulariser_as_adam_weight_decay_equals_the_loss_term():
+    """Training applies λ·α² as Adam's (coupled) weight decay, which adds wd·α to α's gradient:
+    wd must be the loss term's gradient over α, 2λ; LSQ steps get no decay."""
+    from bitsmith.quant.qat.train import quantizer_param_groups
+
+    from bitsmith.quant.fake_quant import FakeQuantize
+
+    point = _pact_point()
+    ptq = FakeQuantize(4)
+    ptq.observer(torch.rand(100) * 3)
+    ptq.freeze()
+    lsq = LSQQuantize(ptq, 4)
+    groups = quantizer_param_groups(torch.nn.Sequential(point, lsq))
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    regularization(torch.nn.Sequential(point)).backward()
+    alpha = point.alpha.detach()
+    torch.testing.assert_close(point.alpha.grad, decay[id(point.alpha)] * alpha)
+    assert decay[id(lsq.step)] == 0.0
+
+
 def test_pact_and_lsq_parameters_move_in_training():
     for method, name in (("pact", "alpha"), ("lsq", "step")):
         model = _lenet()

@@ -137,7 +137,8 @@ class PACTQuantize(QATActivation):
 
     α is learned; its gradient is PACT's: 1 where x ≥ α (0 below), the rounding straight through.
     Signed points clamp to [−α, α] (scale α/(2^(b−1) − 1)). `regularization()` is the L2 term
-    λ·α² that PACT adds to the loss so α does not grow without bound; the training loop adds it.
+    λ·α² that PACT adds to the loss so α does not grow without bound; the training loop applies its
+    gradient 2λ·α as the α's weight decay in Adam (`train.quantizer_param_groups`), the same gradient.
     α starts at the calibrated PTQ clip (qmax · scale).
     """
 

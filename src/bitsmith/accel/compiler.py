@@ -1,8 +1,8 @@
 """IntegerGraph → accelerator layer program (docs/hardware.md §2, §4).
 
-`compile_graph` walks the graph's nodes once, fuses each Conv2d / Linear / AvgPool2d with the
-Requant that consumes it, turns every MaxPool2d into a pool layer, treats Flatten as free (the
-buffers hold CHW order already) and leaves QuantizeInput to the host. Everything the hardware
+`compile_graph` takes the graph as a chain of layers (`chain.layer_chain`: each Conv2d / Linear /
+AvgPool2d fused with its Requant, MaxPool2d a pool layer, Flatten free, QuantizeInput on the host)
+and turns each into a descriptor. Everything the hardware
 cannot do, and every buffer that is too small, is an `AcceleratorError` naming the graph node and
 the limit, so a design-space sweep can report *why* a configuration does not fit.
 """
@@ -17,6 +17,7 @@ import torch
 from bitsmith.errors import AcceleratorError
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec, as_pair, weight_format
 
+from .chain import layer_chain
 from .config import (
     ACC_BITS,
     CODEBOOK_INDEX_BITS,
@@ -34,59 +35,23 @@ ACC_MIN = -(1 << (ACC_BITS - 1))
 MULTIPLIER_MAX = (1 << (MULTIPLIER_BITS - 1)) - 1   # a signed 32-bit register holding m ≥ 0
 FIELD_MAX = 255                                    # kernel/stride/padding descriptor fields are 8 bits
 MIN_WEIGHT_BITS = 2
-SUPPORTED_OPS = ("QuantizeInput", "Conv2d", "Linear", "Requant", "MaxPool2d", "AvgPool2d", "Flatten")
 
 
 def compile_graph(graph: IntegerGraph, config: AccelConfig) -> Program:
     """The layer program for `graph` on `config`; raises AcceleratorError if it cannot run there."""
-    consumers: dict[str, list[Node]] = {}
-    for node in graph.nodes:
-        for name in node.inputs:
-            consumers.setdefault(name, []).append(node)
-    nodes = list(graph.nodes)
-    for node in nodes:  # name an unsupported op (Concat, Reorg) before any branching it causes
-        if node.op not in SUPPORTED_OPS:
-            raise AcceleratorError(f"layer {node.name}: op {node.op} is not supported by the accelerator "
-                                   "(it runs Conv2d/Linear + Requant, MaxPool2d, AvgPool2d + Requant, Flatten)")
-    if not nodes or nodes[0].op != "QuantizeInput":
-        raise AcceleratorError("the accelerator needs a graph that starts with QuantizeInput (codes arrive from the host)")
-    input_name = nodes[0].output
-    _check_codes(graph.tensors[input_name], nodes[0].name, "input")
-
+    input_name, steps = layer_chain(graph, ("Conv2d", "Linear", "MaxPool2d", "AvgPool2d"))
+    _check_codes(graph.tensors[input_name], graph.nodes[0].name, "input")
     layers: list[Layer] = []
-    current = input_name      # the tensor held in the activation buffer
-    fused: set[str] = set()   # Requant nodes already merged into the layer before them
-    for node in nodes[1:]:
-        if node.name in fused:
-            continue
-        if node.inputs != [current] or len(consumers.get(current, [])) != 1:
-            raise AcceleratorError(
-                f"layer {node.name}: the accelerator runs a single chain of layers; {node.op} reads "
-                f"{node.inputs} while the activation buffer holds {current!r} "
-                f"(consumed by {len(consumers.get(current, []))} nodes)")
-        if node.op == "Flatten":
-            current = node.output
-            continue
-        if node.op in ("Conv2d", "Linear", "AvgPool2d"):
-            requant = _fused_requant(graph, node, consumers)
-            if requant is not None:
-                fused.add(requant.name)
-            layer = (_conv_layer if node.op != "AvgPool2d" else _avgpool_layer)(graph, node, requant, len(layers))
-        elif node.op == "MaxPool2d":
-            layer = _maxpool_layer(graph, node, len(layers))
+    for step in steps:
+        node, index = step.node, len(layers)
+        if node.op == "MaxPool2d":
+            layer = _maxpool_layer(graph, node, index)
+        elif node.op == "AvgPool2d":
+            layer = _avgpool_layer(graph, node, step.requant, index)
         else:
-            raise AcceleratorError(f"layer {node.name}: op {node.op} is not supported by the accelerator "
-                                   "(it runs Conv2d/Linear + Requant, MaxPool2d, AvgPool2d + Requant, Flatten)")
-        if layers and layers[-1].raw_output:
-            raise AcceleratorError(f"layer {layers[-1].name}: a layer without requant (32-bit output) must be "
-                                   f"the last layer, but {node.name} follows it")
+            layer = _conv_layer(graph, node, step.requant, index)
         _check_limits(layer, node.name, config)
         layers.append(layer)
-        current = layer.name
-    if not layers:
-        raise AcceleratorError("the graph has no layer the accelerator computes")
-    if not _same_data(graph, current, graph.outputs[0]):
-        raise AcceleratorError(f"graph output {graph.outputs[0]!r} is not the last layer's output {current!r}")
     # The engine's shape of each layer's tensor (a Linear's is 1-D), so back ends can compare.
     shapes = {layer.name: list(graph.tensors[layer.name].shape) for layer in layers}
     return Program(config=config, layers=layers, input_name=input_name,
@@ -94,18 +59,6 @@ def compile_graph(graph: IntegerGraph, config: AccelConfig) -> Program:
 
 
 # -- one layer per node (group) -------------------------------------------------------------
-
-def _fused_requant(graph: IntegerGraph, node: Node, consumers: dict[str, list[Node]]) -> Node | None:
-    """The Requant that consumes `node`'s accumulator, or None for a raw (last-layer) output."""
-    users = consumers.get(node.output, [])
-    if len(users) == 1 and users[0].op == "Requant":
-        return users[0]
-    if not users and node.op != "AvgPool2d" and node.output == graph.outputs[0]:
-        return None
-    what = "AvgPool2d must be followed by a Requant" if node.op == "AvgPool2d" else \
-        "a Conv/Linear accumulator must feed exactly one Requant (or be the graph output)"
-    raise AcceleratorError(f"layer {node.name}: {what}; it feeds {[u.name for u in users]}")
-
 
 def _chw(spec: TensorSpec) -> tuple[int, int, int]:
     """A tensor shape as (channels, height, width); a feature vector is F×1×1 (CHW = Flatten order)."""
@@ -283,13 +236,3 @@ def channel_groups(layer: Layer, config: AccelConfig) -> int:
 def weight_buffer_entries(layer: Layer, config: AccelConfig) -> int:
     """R·T·C: the weights of one channel group, padded rows and terms included."""
     return config.pe * term_blocks(layer, config) * config.simd if layer.kind == "conv" else 0
-
-
-def _same_data(graph: IntegerGraph, a: str, b: str) -> bool:
-    """True when tensor b is a (chain of) Flatten(s) of a, i.e. the same bytes in CHW order."""
-    while b != a:
-        node = graph.node_producing(b)
-        if node is None or node.op != "Flatten":
-            return False
-        b = node.inputs[0]
-    return True

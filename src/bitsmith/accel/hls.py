@@ -34,6 +34,8 @@ from bitsmith.errors import AcceleratorError, ConfigError, DataError
 from bitsmith.integer.graph import IntegerGraph, Node, as_pair
 from bitsmith.storage import write_bytes_atomic
 
+from .chain import layer_chain
+
 CONFIG_FILE = "config.h"
 WEIGHTS_FILE = "weights.hpp"
 SIMD_PE_FILE = "config_simd_pe.txt"
@@ -186,48 +188,20 @@ def hls_layers(graph: IntegerGraph, simd: int = 8, pe: int = 8, layers: Optional
         if not isinstance(value, dict) or set(value) - {"simd", "pe"}:
             raise ConfigError(f"HLS export: per-layer setting for {key!r} must be a dict with keys simd and/or pe, "
                               f"got {value!r}")
-    nodes = graph.nodes
-    if not nodes or nodes[0].op != "QuantizeInput":
-        raise AcceleratorError("HLS export: the graph must start with QuantizeInput (the host quantizes the image)")
-    consumers: dict[str, int] = {}
-    for n in nodes:
-        for i in n.inputs:
-            consumers[i] = consumers.get(i, 0) + 1
-    current = nodes[0].output
+    _, steps = layer_chain(graph, ("Conv2d", "Linear", "MaxPool2d"), who="HLS export: ")
     result: list[HlsLayer] = []
     counters = {"conv": 0, "pool": 0}
-    i = 1
-    while i < len(nodes):
-        node = nodes[i]
-        if node.inputs != [current]:
-            raise AcceleratorError(f"HLS export: node {node.name!r} ({node.op}) does not read the previous layer's "
-                                   f"output {current!r}; only a chain of layers can be exported")
-        if node.op == "Flatten":  # activations are CHW everywhere: Flatten is free
-            current, i = node.output, i + 1
-            continue
-        if node.op in ("Conv2d", "Linear"):
-            following = nodes[i + 1] if i + 1 < len(nodes) else None
-            requant = following if following is not None and following.op == "Requant" \
-                and following.inputs == [node.output] else None
-            if consumers.get(node.output, 0) > 1 or (requant is None and node.output != graph.outputs[0]):
-                raise AcceleratorError(f"HLS export: layer {node.name!r} ({node.op}) must feed exactly one Requant, "
-                                       "or be the graph's last layer (raw accumulator output)")
-            layer = _conv_layer(graph, node, requant, counters["conv"])
-            counters["conv"] += 1
-            name_forced = {**forced.pop(node.name, {}), **forced.pop(layer.name, {})}
-            layer.simd, layer.pe = _folding(layer, simd, pe, name_forced)
-            result.append(layer)
-            current, i = layer.name, i + (2 if requant else 1)
-            continue
+    for step in steps:
+        node = step.node
         if node.op == "MaxPool2d":
             result.append(_pool_layer(graph, node, counters["pool"]))
             counters["pool"] += 1
-            current, i = node.output, i + 1
             continue
-        raise AcceleratorError(f"HLS export: node {node.name!r} is a {node.op}; the DeepBurning-MixQ export "
-                               "supports Conv2d / Linear (+ Requant), MaxPool2d and Flatten")
-    if current != graph.outputs[0]:
-        raise AcceleratorError(f"HLS export: the chain ends at {current!r}, not at the graph output {graph.outputs[0]!r}")
+        layer = _conv_layer(graph, node, step.requant, counters["conv"])
+        counters["conv"] += 1
+        name_forced = {**forced.pop(node.name, {}), **forced.pop(layer.name, {})}
+        layer.simd, layer.pe = _folding(layer, simd, pe, name_forced)
+        result.append(layer)
     if forced:
         names = [l.name for l in result if l.kind == "conv"]
         raise ConfigError(f"HLS export: per-layer settings for unknown layer(s) {sorted(forced)}; "

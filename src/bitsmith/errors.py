@@ -32,3 +32,8 @@ class AccumulatorOverflowError(GraphError):
 class AcceleratorError(BitsmithError):
     """A graph or layer cannot run on the configured accelerator (docs/hardware.md): an
     unsupported op or kernel, or a buffer too small. The message names the layer and the limit."""
+
+
+class UnsupportedOpError(BitsmithError):
+    """A back end has no emitter for an op of the graph. The message names the back end, the node,
+    the op and the ops that back end does support."""

@@ -67,8 +67,8 @@ def speed(repeats: int) -> dict:
 def accuracy(run_dir: str, skip: list[str], epochs: int, q35: bool) -> dict:
     from bitsmith.data import load_dataset
     from bitsmith.evaluate import predictions
-    from bitsmith.integer import lower
-    from bitsmith.pipeline import calibration_batches
+    from bitsmith.quant import lower
+    from bitsmith.quant.calibration import calibration_batches
     from bitsmith.quant import QuantConfig, quantize
     from bitsmith.quant.clipq import apply_clipq
     from bitsmith.quant.qat.train import QATTrainConfig, qat_train

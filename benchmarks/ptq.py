@@ -38,7 +38,8 @@ from bitsmith.data import iterate_batches, load_dataset
 from bitsmith.errors import BitsmithError
 from bitsmith.evaluate import accuracy
 from bitsmith.integer import load
-from bitsmith.pipeline import CALIBRATION_BATCHES, calibration_batches, quantize_run
+from bitsmith.pipeline import quantize_run
+from bitsmith.quant.calibration import CALIBRATION_BATCHES, calibration_batches
 from bitsmith.quant import QuantConfig
 from bitsmith.runs import CHECKPOINT_FILE, load_run
 from bitsmith.train import TrainConfig, train

@@ -14,7 +14,7 @@ from bitsmith.accel.images import (export_images, pack_elements, read_expected, 
 from bitsmith.accel.program import Layer, Program
 from bitsmith.accel.timing import layer_cycles, program_cycles
 from bitsmith.errors import AcceleratorError
-from bitsmith.integer import lower
+from bitsmith.quant import lower
 from bitsmith.models import Reorg, build_model
 from bitsmith.quant import QuantConfig, quantize
 from bitsmith.quant.clipq import apply_clipq

@@ -13,7 +13,7 @@ from bitsmith.accel.cost import (REQUANT_DSPS, bram18, cost_report, dsps_for, ex
                                  multiplier_dsps, ops_per_dsp, param_words, table_kernel)
 from bitsmith.accel.program import Layer, Program
 from bitsmith.errors import AcceleratorError, ConfigError
-from bitsmith.integer import lower
+from bitsmith.quant import lower
 from bitsmith.models import build_model
 from bitsmith.quant import QuantConfig, quantize
 

@@ -15,7 +15,7 @@ from bitsmith.accel.images import build_images, read_images, sample_inputs, writ
 from bitsmith.accel.program import Layer, Program
 from bitsmith.accel.simulate import mismatches, simulate
 from bitsmith.accel.timing import PHASES, program_cycles
-from bitsmith.integer import lower
+from bitsmith.quant import lower
 from bitsmith.models import build_model
 from bitsmith.quant import QuantConfig, quantize
 from bitsmith.quant.clipq import apply_clipq

@@ -18,7 +18,7 @@ from bitsmith.accel.cost import cost_report
 from bitsmith.accel.sweep import dense_program, evaluate_design, pareto_front, sweep, write_sweep
 from bitsmith.accel.timing import program_cycles
 from bitsmith.errors import AcceleratorError, ConfigError
-from bitsmith.integer import lower
+from bitsmith.quant import lower
 from bitsmith.models import build_model
 from bitsmith.quant import QuantConfig, quantize
 from bitsmith.quant.clipq import apply_clipq

@@ -8,7 +8,8 @@ import torch
 
 from bitsmith.accel.clipq_hex import pack_w2, read_clipq_hex, unpack_w2, write_clipq_hex
 from bitsmith.errors import ConfigError, DataError, GraphError
-from bitsmith.integer import load, lower
+from bitsmith.integer import load
+from bitsmith.quant import lower
 from bitsmith.models import build_model
 from bitsmith.quant import QuantConfig, quantize
 from bitsmith.quant.clipq import (ClipQWeightQuantizer, apply_clipq, clipq_codebook, clipq_codebook_loop,

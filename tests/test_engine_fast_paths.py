@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from bitsmith.errors import AccumulatorOverflowError
-from bitsmith.integer import engine, lower
+from bitsmith.integer import engine, exactness
+from bitsmith.quant import lower
 from bitsmith.integer.arithmetic import requantize
 from bitsmith.integer.engine import float_requant, max_pool_strided
 from bitsmith.models import MODEL_NAMES, build_model
@@ -248,10 +249,10 @@ def test_reduced_precision_float32_settings_switch_to_float64():
     saved = conv.fp32_precision
     conv.fp32_precision = "bf16"  # a user setting that would allow bf16 products in float32 convolutions
     try:
-        assert not engine.float32_gemm_is_ieee()
+        assert not exactness.float32_gemm_is_ieee()
         conv_steps = [s for s in steps(g) if s.output.endswith("_acc")]
         assert conv_steps and all(s.dtype == torch.float64 for s in conv_steps)
         assert torch.equal(assert_fast_equals_literal(g, x), want)
     finally:
         conv.fp32_precision = saved
-    assert engine.float32_gemm_is_ieee()
+    assert exactness.float32_gemm_is_ieee()

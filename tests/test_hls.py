@@ -17,7 +17,7 @@ from bitsmith.accel.hls import (
     run_hls_layers, run_reference, signed_width)
 from bitsmith.cli import app
 from bitsmith.errors import AcceleratorError, ConfigError, DataError
-from bitsmith.integer import lower
+from bitsmith.quant import lower
 from bitsmith.integer.arithmetic import requantize
 from bitsmith.models import build_model
 from bitsmith.quant import QuantConfig, quantize

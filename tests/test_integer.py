@@ -9,9 +9,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bitsmith.errors import AccumulatorOverflowError, ConfigError, GraphError
-from bitsmith.integer import load, lower
+from bitsmith.integer import load
+from bitsmith.quant import lower
 from bitsmith.integer.arithmetic import MAX_SHIFT, int_range, quantize_input, quantize_multiplier, requantize
-from bitsmith.integer.engine import FLOAT32_EXACT, _conv2d_int64, compute_dtype
+from bitsmith.integer.exactness import FLOAT32_EXACT, compute_dtype
+from bitsmith.integer.reference import conv2d_int64
 from bitsmith.models import build_model
 from bitsmith.quant import QuantConfig, quantize
 
@@ -92,7 +94,7 @@ def test_int64_conv_path_equals_float64_conv():
     w = torch.randint(-50, 50, (6, 2, 3, 3), generator=gen)
     attrs = {"stride": [2, 1], "padding": [1, 2], "dilation": [1, 2], "groups": 2}
     want = torch.nn.functional.conv2d(x.double(), w.double(), None, (2, 1), (1, 2), (1, 2), 2).long()
-    assert torch.equal(_conv2d_int64(x, w, attrs), want)
+    assert torch.equal(conv2d_int64(x, w, attrs), want)
 
 
 def test_compute_dtype_thresholds():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bitsmith.integer import lower
+from bitsmith.quant import lower
 from bitsmith.models import MODEL_NAMES, build_model
 from bitsmith.quant import QuantConfig, quantize
 

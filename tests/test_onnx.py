@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from bitsmith.errors import CheckpointError, ConfigError, GraphError
-from bitsmith.integer import IntegerGraph, Node, TensorSpec, lower
+from bitsmith.integer import IntegerGraph, Node, TensorSpec
+from bitsmith.quant import lower
 from bitsmith.models import build_model
 from bitsmith.onnx import export_onnx, run_onnx
 from bitsmith.onnx import integer as integer_export

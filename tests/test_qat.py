@@ -9,7 +9,8 @@ import torch
 
 from bitsmith.data import iterate_batches, load_dataset
 from bitsmith.errors import ConfigError
-from bitsmith.integer import load, lower
+from bitsmith.integer import load
+from bitsmith.quant import lower
 from bitsmith.models import build_model
 from bitsmith.quant.fake_quant import fake_quantize, round_ste
 from bitsmith.quant.modules import QuantLayer

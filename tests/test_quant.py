@@ -12,7 +12,7 @@ import torch
 from test_integer_reference import quantized_graph, reference_run
 
 from bitsmith.errors import ConfigError
-from bitsmith.integer import lower
+from bitsmith.quant import lower
 from bitsmith.models import build_model
 from bitsmith.quant import QuantConfig, quantize
 from bitsmith.quant.config import OBSERVERS, parse_qformat

@@ -14,7 +14,7 @@ from bitsmith.accel.config import AccelConfig
 from bitsmith.accel.images import write_images
 from bitsmith.cli import app
 from bitsmith.errors import ConfigError, DataError
-from bitsmith.integer import lower
+from bitsmith.quant import lower
 from bitsmith.models import build_model
 from bitsmith.quant import QuantConfig, quantize
 from bitsmith.quant.clipq import apply_clipq

@@ -2,12 +2,29 @@
 
     qmodel = bitsmith.quantize(model, calib_batches, bitsmith.QuantConfig(weight_bits=8, act_bits=8))
     graph = bitsmith.lower(qmodel)          # IntegerGraph
-    codes = graph.run(images)               # exact integer outputs
+    codes = bitsmith.run(graph, images)     # exact integer outputs
+
+The names below load on first use, so `import bitsmith.integer` (what every back end reads) does
+not pull in the quantization front end.
 """
 
-from bitsmith.errors import BitsmithError
-from bitsmith.integer import IntegerGraph, lower
-from bitsmith.quant import QuantConfig, quantize
+from importlib import import_module
 
-__version__ = "0.1.0"
-__all__ = ["BitsmithError", "IntegerGraph", "QuantConfig", "__version__", "lower", "quantize"]
+from bitsmith.errors import BitsmithError
+from bitsmith.version import __version__
+
+_LAZY = {
+    "IntegerGraph": "bitsmith.integer.graph",
+    "load": "bitsmith.integer.graph",
+    "run": "bitsmith.integer.engine",
+    "QuantConfig": "bitsmith.quant.config",
+    "lower": "bitsmith.quant.lower",
+    "quantize": "bitsmith.quant.ptq",
+}
+__all__ = ["BitsmithError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bitsmith' has no attribute {name!r}")

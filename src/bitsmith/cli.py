@@ -142,7 +142,7 @@ def ranges_cmd(run: Path = typer.Argument(..., help="float run folder"),
                data_dir: Optional[str] = typer.Option(None),
                as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Per layer: weight and activation ranges by min-max and by mean ± 3σ, and which is wider."""
-    from bitsmith.pipeline import calibration_batches
+    from bitsmith.quant.calibration import calibration_batches
     from bitsmith.quant.ranges import layer_ranges, ranges_table, write_ranges
     from bitsmith.runs import load_run
 

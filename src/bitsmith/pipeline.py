@@ -16,30 +16,13 @@ import torch
 from bitsmith.data import dataset_info, iterate_batches, load_dataset
 from bitsmith.errors import ConfigError
 from bitsmith.evaluate import predictions
-from bitsmith.integer import IntegerGraph, load, lower
+from bitsmith.integer.graph import IntegerGraph, load
 from bitsmith.integer.graph import GRAPH_FILE
-from bitsmith.quant import QuantConfig, quantize
+from bitsmith.quant import QuantConfig, lower, quantize
+from bitsmith.quant.calibration import CALIBRATION_BATCH_SIZE, CALIBRATION_BATCHES, calibration_batches
 from bitsmith.runs import CHECKPOINT_FILE, load_run
 from bitsmith.storage import write_json_atomic
 from bitsmith.train import TrainConfig, train
-
-CALIBRATION_BATCHES = 8
-CALIBRATION_BATCH_SIZE = 128
-CALIBRATION_SEED = 0
-
-
-def calibration_batches(dataset: str, input_shape, data_dir=None, batches: int = CALIBRATION_BATCHES,
-                        batch_size: int = CALIBRATION_BATCH_SIZE) -> list[torch.Tensor]:
-    """A few shuffled training batches (fixed seed, no augmentation) for range calibration."""
-    ds = load_dataset(dataset, "train", data_dir)
-    gen = torch.Generator().manual_seed(CALIBRATION_SEED)
-    out = []
-    for x, _ in iterate_batches(ds, batch_size, input_shape, shuffle=True, generator=gen):
-        out.append(x)
-        if len(out) == batches:
-            break
-    return out
-
 
 def _fraction_equal(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a == b).double().mean())

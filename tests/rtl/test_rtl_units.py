@@ -248,7 +248,7 @@ def test_requant(tmp_path):
 def _small_graph(layers, shape):
     import torch
 
-    from bitsmith.integer import lower
+    from bitsmith.quant import lower
     from bitsmith.quant import QuantConfig, quantize
 
     torch.manual_seed(0)

@@ -17,7 +17,8 @@ from typing import Any
 
 from bitsmith.data import load_dataset
 from bitsmith.evaluate import accuracy
-from bitsmith.pipeline import calibration_batches, quantize_run
+from bitsmith.pipeline import quantize_run
+from bitsmith.quant.calibration import calibration_batches
 from bitsmith.quant import QuantConfig, quantize
 from bitsmith.quant.fake_quant import FakeQuantize
 from bitsmith.quant.ranges import layer_ranges, write_ranges

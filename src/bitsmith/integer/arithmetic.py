@@ -94,3 +94,13 @@ def quantize_input(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qm
     # adding the (integer) zero point.
     q = q.clamp_(qmin - zero_point, qmax - zero_point)
     return q.to(torch.int64) + zero_point
+
+
+def partial_sum_bound(weight: torch.Tensor, x_spec) -> int:
+    """Largest |partial sum| a Conv/Linear output can reach: max over outputs of Σ|w|·max|x − zp|.
+
+    The bias is added afterwards in int64, so it does not enter the bound.
+    """
+    x_max = max(x_spec.qmax - x_spec.zero_point, x_spec.zero_point - x_spec.qmin)
+    per_output = weight.to(torch.int64).abs().reshape(weight.shape[0], -1).sum(dim=1)
+    return int(per_output.max()) * x_max if per_output.numel() else 0

@@ -1,47 +1,48 @@
-"""The integer engine: the golden model every back end is compared with.
+"""The fast engine: runs an IntegerGraph to its output codes, equal element by element to the
+reference interpreter (`bitsmith.integer.reference`), with exact shortcuts.
 
-Two ways to run a graph; both return the same integers, element by element.
+    codes = run(graph, images)                      # int64 output codes
+    every = run(graph, images, return_all=True)     # every tensor, from the reference interpreter
 
-* The **literal** path (`return_all=True`) materialises every tensor of the graph as int64,
-  op by op, as docs/arithmetic.md writes it. Convolutions and matrix products run in float32
-  when the layer's worst-case partial sum is below 2^24, in float64 below 2^53, and in int64
-  otherwise (docs/arithmetic.md §7).
-* The **fast** path (the default) computes only the output, with three exact shortcuts:
+The fast path computes only the output, with three exact shortcuts:
   1. values travel between ops in float32 (or float64) wherever every value the op can produce
      is an integer of at most 2^24 (2^53) in magnitude, so there is no int64 round trip per op;
      the output is converted to int64 at the end;
   2. a Requant is evaluated in float64 by `float_requant`, which proves per layer that
      every intermediate is an exactly representable integer (or falls back to int64);
   3. a Requant whose only consumer is a MaxPool2d runs after the pool, on 1/(kh·kw) of the
-     elements (max commutes with a monotone map; proof at `_pool_first`).
+     elements (max commutes with a monotone map; proof at `_Compiler._pool_first`).
   MaxPool2d is a separable maximum of strided slices (exact, and much faster than
   `F.max_pool2d` on CPU), a Conv2d whose kernel covers its whole input is a matrix product, and
   the batch is processed in chunks of `FAST_CHUNK` images so intermediates stay in cache.
 
 Static value ranges are tracked for every tensor (from the weight codes and clamp bounds), so the
 accumulator overflow check runs only where an overflow is possible at all. Per-graph constants
-(weights in compute dtype, multipliers, ranges) are compiled once and cached on the graph; the
-cache is rebuilt when the nodes, tensor specs or parameters change. If the user allows
-reduced-precision float32 GEMMs (TF32/BF16 settings), both paths compute those layers in float64.
+(weights in compute dtype, multipliers, ranges) are compiled once into a plan, cached beside the
+graph (not on it) and rebuilt when the nodes, tensor specs or parameters change. If the user
+allows reduced-precision float32 GEMMs (TF32/BF16 settings), those layers run in float64.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitsmith.errors import AccumulatorOverflowError, GraphError
-from bitsmith.integer.arithmetic import int_range, quantize_input, requantize
-from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
-from bitsmith.integer.graph import as_pair as _pair
+from bitsmith.errors import GraphError
+from bitsmith.integer.arithmetic import MAX_SHIFT, int_range, quantize_input, requantize
+from bitsmith.integer.exactness import FLOAT32_EXACT, FLOAT64_EXACT, compute_dtype, float32_gemm_is_ieee, gemm_dtype
+from bitsmith.integer.graph import IntegerGraph, Node
+from bitsmith.integer.ops import Emitters
+from bitsmith.integer.ops import as_pair as _pair
+from bitsmith.integer.reference import as_input, check_width, conv2d_int64, run_reference, window_sum_int64
 
-FLOAT32_EXACT = 1 << 24
-FLOAT64_EXACT = 1 << 53
+FAST = Emitters("fast engine")
+
 #: Images per chunk on the fast path: large enough to amortise the per-op overhead, small
 #: enough that a chunk's intermediates stay in the CPU caches.
 FAST_CHUNK = 512
@@ -49,82 +50,20 @@ FAST_CHUNK = 512
 Range = tuple[int, int]  # inclusive bounds of the integers a tensor can hold
 
 
-def partial_sum_bound(weight: torch.Tensor, x_spec: TensorSpec) -> int:
-    """Largest |partial sum| a Conv/Linear output can reach: max over outputs of Σ|w|·max|x − zp|.
-
-    The bias is added afterwards in int64, so it does not enter the bound.
-    """
-    x_max = max(x_spec.qmax - x_spec.zero_point, x_spec.zero_point - x_spec.qmin)
-    per_output = weight.to(torch.int64).abs().reshape(weight.shape[0], -1).sum(dim=1)
-    return int(per_output.max()) * x_max if per_output.numel() else 0
-
-
-def compute_dtype(bound: int) -> torch.dtype:
-    """The cheapest dtype in which every integer of magnitude below `bound` is exact."""
-    if bound < FLOAT32_EXACT:
-        return torch.float32
-    if bound < FLOAT64_EXACT:
-        return torch.float64
-    return torch.int64
-
-
-def float32_gemm_is_ieee() -> bool:
-    """False when the user allowed reduced-precision (TF32/BF16) float32 matmuls or convolutions.
-
-    The exactness argument of §7 needs IEEE float32 products and sums; with such a setting the
-    engine computes those layers in float64 instead.
-    """
-    if torch.get_float32_matmul_precision() != "highest":
-        return False
-    mkldnn = torch.backends.mkldnn
-    settings = [getattr(mkldnn, "fp32_precision", "none")]
-    settings += [getattr(getattr(mkldnn, part, None), "fp32_precision", "none") for part in ("matmul", "conv")]
-    return all(v in ("none", "ieee") for v in settings)
-
-
-def _gemm_dtype(bound: int, ieee_float32: bool) -> torch.dtype:
-    dtype = compute_dtype(bound)
-    return torch.float64 if dtype == torch.float32 and not ieee_float32 else dtype
-
-
-def run_graph(g: IntegerGraph, x, *, return_all: bool = False, check_overflow: bool = True):
-    """Run `g` on float images: the output codes (int64), or every tensor with `return_all`."""
-    x = _as_input(g, x)
-    plan = _plan(g)
+def run(graph: IntegerGraph, x, *, return_all: bool = False, check_overflow: bool = True):
+    """Run `graph` on float images: the output codes (int64), or with `return_all` every tensor
+    (from the reference interpreter)."""
+    if return_all:
+        return run_reference(graph, x, check_overflow=check_overflow)
+    x = as_input(graph, x)
     with torch.no_grad():
-        if return_all:
-            return _run_literal(g, plan, x, check_overflow)
-        return _run_fast(plan, x, check_overflow)
+        return _run_fast(_plan(graph), x, check_overflow)
 
 
-def _as_input(g: IntegerGraph, x) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor):
-        raise GraphError(f"graph input must be a tensor or numpy array, got {type(x).__name__}")
-    shape = tuple(g.input_spec.shape)
-    if x.dim() == len(shape):
-        x = x.unsqueeze(0)
-    if tuple(x.shape[1:]) != shape:
-        raise GraphError(f"input of shape {list(x.shape)} does not fit the graph input [N, {', '.join(map(str, shape))}]")
-    if not x.is_floating_point():
-        raise GraphError(f"graph input must be float images (what the float model takes), got {x.dtype}")
-    if not torch.isfinite(x).all():
-        raise GraphError("graph input contains NaN or infinity")
-    return x
-
-
-def _check_width(y: torch.Tensor, spec: TensorSpec, node: Node) -> None:
-    lo, hi = int_range(spec.bits, spec.signed)
-    if y.numel() == 0:
-        return
-    ymin, ymax = int(y.min()), int(y.max())
-    if ymin < lo or ymax > hi:
-        bad = ymax if ymax > hi else ymin
-        raise AccumulatorOverflowError(
-            f"layer {node.name!r} ({node.op}): value {bad} does not fit its declared {spec.bits}-bit "
-            f"accumulator [{lo}, {hi}]; use fewer weight/activation bits, a wider accumulator, or smaller inputs"
-        )
+def predict(graph: IntegerGraph, x) -> torch.Tensor:
+    """Dequantized outputs, for ranking classes: with per-channel output scales the raw codes
+    of different classes are on different grids, so their argmax would be wrong."""
+    return graph.dequantize(run(graph, x))
 
 
 # -- exact float64 requantization ------------------------------------------------------------
@@ -179,7 +118,7 @@ def float_requant(multiplier: Sequence[int], shift: Sequence[int], zero_point: i
     vlo, vhi = v_range
     if lo > hi or vlo > vhi or abs(z) >= 1 << 52 or max(abs(lo), abs(hi)) > FLOAT64_EXACT:
         return None
-    if any(m < 0 or m >= FLOAT64_EXACT or not 0 <= s <= 62 for m, s in zip(m_list, s_list)):
+    if any(m < 0 or m >= FLOAT64_EXACT or not 0 <= s <= MAX_SHIFT for m, s in zip(m_list, s_list)):
         return None
 
     def exact_on(a: int, b: int, m: int, s: int) -> bool:
@@ -259,11 +198,13 @@ class _Step:
 @dataclass
 class _Plan:
     key: tuple
-    literal_dtype: dict[str, torch.dtype]  # per Conv/Linear node: the compute dtype of §7
-    weights: dict[str, torch.Tensor]  # per Conv/Linear node: its weight codes (codebooks expanded once)
     steps: list[_Step]
     input: str
     output: str
+
+
+#: Compiled plans, beside their graphs: an entry goes when its graph is garbage-collected.
+_PLANS: "weakref.WeakKeyDictionary[IntegerGraph, _Plan]" = weakref.WeakKeyDictionary()
 
 
 def _fingerprint(g: IntegerGraph) -> tuple:
@@ -274,17 +215,10 @@ def _fingerprint(g: IntegerGraph) -> tuple:
 
 def _plan(g: IntegerGraph) -> _Plan:
     key = _fingerprint(g)
-    plan = g.__dict__.get("_engine_plan")
+    plan = _PLANS.get(g)
     if plan is None or plan.key != key:
-        ieee = key[-1]
-        weights = {n.name: g.weight_codes(n) for n in g.nodes if n.op in ("Conv2d", "Linear")}
-        literal_dtype = {
-            n.name: _gemm_dtype(partial_sum_bound(weights[n.name], g.tensors[n.inputs[0]]), ieee)
-            for n in g.nodes if n.op in ("Conv2d", "Linear")
-        }
-        steps = _Compiler(g, ieee, weights).compile()
-        plan = _Plan(key, literal_dtype, weights, steps, g.inputs[0], g.outputs[0])
-        g.__dict__["_engine_plan"] = plan
+        plan = _Plan(key, _Compiler(g, ieee_float32=key[-1]).compile(), g.inputs[0], g.outputs[0])
+        _PLANS[g] = plan
     return plan
 
 
@@ -306,10 +240,9 @@ def _run_fast(plan: _Plan, x: torch.Tensor, check_overflow: bool) -> torch.Tenso
 class _Compiler:
     """Turns the graph into fast-path steps, tracking each tensor's dtype and value range."""
 
-    def __init__(self, g: IntegerGraph, ieee_float32: bool = True, weights: dict[str, torch.Tensor] | None = None):
+    def __init__(self, g: IntegerGraph, ieee_float32: bool = True):
         self.g = g
-        self.weights = weights if weights is not None else {
-            n.name: g.weight_codes(n) for n in g.nodes if n.op in ("Conv2d", "Linear")}
+        self.weights = {n.name: g.weight_codes(n) for n in g.nodes if n.op in ("Conv2d", "Linear")}
         self.ieee_float32 = ieee_float32
         self.dtype: dict[str, torch.dtype] = {}
         self.range: dict[str, Range] = {}
@@ -356,6 +289,19 @@ class _Compiler:
         self.dtype[step.output] = step.dtype
         self.range[step.output] = step.range
 
+    @FAST.register("Flatten", "Reorg")
+    def _reshape(self, node: Node) -> _Step:
+        src, op = node.inputs[0], node.op
+        fn = (lambda x: x.flatten(1)) if op == "Flatten" else (lambda x, r=node.attrs["stride"]: F.pixel_unshuffle(x, r))
+        return _Step(fn, [src], node.output, self.dtype[src], self.range[src])
+
+    @FAST.register("Concat")
+    def _concat(self, node: Node) -> _Step:
+        dtype = _widest(self.dtype[i] for i in node.inputs)
+        lo = min(self.range[i][0] for i in node.inputs)
+        hi = max(self.range[i][1] for i in node.inputs)
+        return _Step(lambda *xs: torch.cat([t.to(dtype) for t in xs], dim=1), list(node.inputs), node.output, dtype, (lo, hi))
+
     def _mark_releases(self) -> None:
         last_use: dict[str, int] = {}
         for i, step in enumerate(self.steps):
@@ -366,30 +312,11 @@ class _Compiler:
                                  if last_use[n] == i and n not in self.g.outputs)
 
     def _compile_node(self, node: Node) -> _Step:
-        op = node.op
-        if op == "QuantizeInput":
-            return self._quantize_input(node)
-        if op in ("Conv2d", "Linear"):
-            return self._conv_or_linear(node)
-        if op == "Requant":
-            return self._requant(node, node.inputs[0], node.output)
-        if op == "MaxPool2d":
-            return self._maxpool(node, node.inputs[0], node.output)
-        if op == "AvgPool2d":
-            return self._avgpool(node)
-        if op in ("Flatten", "Reorg"):
-            fn = (lambda x: x.flatten(1)) if op == "Flatten" else (lambda x, r=node.attrs["stride"]: F.pixel_unshuffle(x, r))
-            src = node.inputs[0]
-            return _Step(fn, [src], node.output, self.dtype[src], self.range[src])
-        if op == "Concat":
-            dtype = _widest(self.dtype[i] for i in node.inputs)
-            lo = min(self.range[i][0] for i in node.inputs)
-            hi = max(self.range[i][1] for i in node.inputs)
-            return _Step(lambda *xs: torch.cat([t.to(dtype) for t in xs], dim=1), list(node.inputs), node.output, dtype, (lo, hi))
-        raise GraphError(f"node {node.name!r}: the engine has no rule for op {op!r}")
+        return FAST.lookup(node)(self, node)
 
     # -- ops --------------------------------------------------------------------------------
 
+    @FAST.register("QuantizeInput")
     def _quantize_input(self, node: Node) -> _Step:
         s = self.g.tensors[node.output]
         scale, z, qmin, qmax = float(s.scale), s.zero_point, s.qmin, s.qmax
@@ -405,6 +332,7 @@ class _Compiler:
 
         return _Step(fn, [node.inputs[0]], node.output, torch.float32, (qmin, qmax))
 
+    @FAST.register("Conv2d", "Linear")
     def _conv_or_linear(self, node: Node) -> _Step:
         g, src = self.g, node.inputs[0]
         w = self.weights[node.name].to(torch.int64)
@@ -416,10 +344,10 @@ class _Compiler:
         acc_range = (int((bias - per_out).min()), int((bias + per_out).max())) if len(per_out) else (0, 0)
         # Work in a dtype where the inputs, their centring and every partial sum are exact.
         bound = max(int(per_out.max()) if len(per_out) else 0, _magnitude((vlo, vhi)), abs(z), x_max)
-        dtype = _gemm_dtype(bound, self.ieee_float32)
+        dtype = gemm_dtype(bound, self.ieee_float32)
         if "bias" in node.params:
             # With the bias inside the sum, every partial sum is bounded by max(|B| + Σ|w|·max|x|).
-            fused = _gemm_dtype(int((bias.abs() + per_out).max()), self.ieee_float32)
+            fused = gemm_dtype(int((bias.abs() + per_out).max()), self.ieee_float32)
             out_dtype = _widest([dtype, fused])
         else:
             out_dtype = dtype
@@ -433,7 +361,7 @@ class _Compiler:
             core = (lambda x: torch.addmm(b_c, x, w_t)) if b_c is not None else (lambda x: x @ w_t)
         elif dtype == torch.int64:
             a = node.attrs
-            core = lambda x: _conv2d_int64(x, w_c, a)  # noqa: E731
+            core = lambda x: conv2d_int64(x, w_c, a)  # noqa: E731
         elif self._conv_is_matmul(node, w):
             # The kernel covers the whole input: the output is one dot product per channel.
             w_t = w_c.reshape(w.shape[0], -1).t().contiguous()
@@ -467,7 +395,11 @@ class _Compiler:
         lo, hi = int_range(spec.bits, spec.signed)
         if lo <= value_range[0] and value_range[1] <= hi:
             return None  # statically impossible
-        return lambda y: _check_width(y, spec, node)
+        return lambda y: check_width(y, spec, node)
+
+    @FAST.register("Requant")
+    def _requant_node(self, node: Node) -> _Step:
+        return self._requant(node, node.inputs[0], node.output)
 
     def _requant(self, node: Node, src: str, out: str) -> _Step:
         g = self.g
@@ -498,11 +430,16 @@ class _Compiler:
 
         return _Step(fn, [src], out, out_dtype, (lo, hi))
 
+    @FAST.register("MaxPool2d")
+    def _maxpool_node(self, node: Node) -> _Step:
+        return self._maxpool(node, node.inputs[0], node.output)
+
     def _maxpool(self, node: Node, src: str, out: str) -> _Step:
         kernel, stride = node.attrs["kernel"], node.attrs["stride"]
         fn = lambda x: max_pool_strided(x, kernel, stride)  # noqa: E731
         return _Step(fn, [src], out, self.dtype[src], self.range[src])
 
+    @FAST.register("AvgPool2d")
     def _avgpool(self, node: Node) -> _Step:
         src = node.inputs[0]
         z = self.g.tensors[src].zero_point
@@ -512,146 +449,10 @@ class _Compiler:
         dtype = compute_dtype(max(_magnitude(out_range), _magnitude((vlo, vhi)), abs(z)))
         stride = node.attrs["stride"]
         if dtype == torch.int64:
-            fn = lambda x: _window_sum_int64(x.to(torch.int64) - z, (kh, kw), stride)  # noqa: E731
+            fn = lambda x: window_sum_int64(x.to(torch.int64) - z, (kh, kw), stride)  # noqa: E731
         else:
             def fn(x: torch.Tensor) -> torch.Tensor:
                 x = x.to(dtype)
                 # Integer sums below 2^24 (2^53) are exact in any order; the divisor 1 is exact.
                 return F.avg_pool2d(x - z if z else x, (kh, kw), stride, divisor_override=1)
         return _Step(fn, [src], node.output, dtype, out_range, self._overflow_check(node, out_range))
-
-
-# -- the literal path -------------------------------------------------------------------------
-
-def _run_literal(g: IntegerGraph, plan: _Plan, x: torch.Tensor, check_overflow: bool) -> dict[str, torch.Tensor]:
-    values: dict[str, torch.Tensor] = {g.inputs[0]: x}
-    for node in g.nodes:
-        ins = [values[i] for i in node.inputs]
-        out_spec = g.tensors[node.output]
-        y = _EXECUTE[node.op](g, plan, node, ins)
-        if check_overflow and out_spec.bits < 64 and node.op in ("Conv2d", "Linear", "AvgPool2d"):
-            _check_width(y, out_spec, node)
-        values[node.output] = y
-    return values
-
-
-def _quantize_input(g: IntegerGraph, plan: _Plan, node: Node, ins):
-    s = g.tensors[node.output]
-    return quantize_input(ins[0], float(s.scale), s.zero_point, s.qmin, s.qmax)
-
-
-def _centered(g: IntegerGraph, node: Node, x: torch.Tensor) -> torch.Tensor:
-    zp = g.tensors[node.inputs[0]].zero_point
-    return x - zp if zp else x
-
-
-def _conv2d(g: IntegerGraph, plan: _Plan, node: Node, ins):
-    a = node.attrs
-    w = plan.weights[node.name]
-    x = _centered(g, node, ins[0])
-    dtype = plan.literal_dtype[node.name]
-    if dtype == torch.int64:
-        acc = _conv2d_int64(x, w.to(torch.int64), a)
-    else:
-        acc = F.conv2d(x.to(dtype), w.to(dtype), None, a["stride"], a["padding"], a["dilation"], a["groups"])
-        acc = acc.to(torch.int64)
-    if "bias" in node.params:
-        acc += g.params[node.params["bias"]].to(torch.int64).reshape(1, -1, 1, 1)
-    return acc
-
-
-def _conv2d_int64(x: torch.Tensor, w: torch.Tensor, a: dict) -> torch.Tensor:
-    """Direct int64 convolution for layers too wide for exact float arithmetic (slow, rare)."""
-    x = x.to(torch.int64)
-    sh, sw = _pair(a["stride"])
-    ph, pw = _pair(a["padding"])
-    dh, dw = _pair(a["dilation"])
-    groups = a["groups"]
-    x = F.pad(x, (pw, pw, ph, ph))
-    n, c, h, wd = x.shape
-    o, cg, kh, kw = w.shape
-    oh = (h - dh * (kh - 1) - 1) // sh + 1
-    ow = (wd - dw * (kw - 1) - 1) // sw + 1
-    out = torch.zeros((n, o, oh, ow), dtype=torch.int64)
-    og = o // groups
-    for i in range(kh):
-        for j in range(kw):
-            patch = x[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
-            for gi in range(groups):
-                xs = patch[:, gi * cg : (gi + 1) * cg]
-                ws = w[gi * og : (gi + 1) * og, :, i, j]
-                out[:, gi * og : (gi + 1) * og] += torch.einsum("nchw,oc->nohw", xs, ws)
-    return out
-
-
-def _window_sum_int64(x: torch.Tensor, kernel, stride) -> torch.Tensor:
-    """Window sums in int64 for sums too wide for float64 (never in practice)."""
-    (kh, kw), (sh, sw) = _pair(kernel), _pair(stride)
-    oh = (x.shape[-2] - kh) // sh + 1
-    ow = (x.shape[-1] - kw) // sw + 1
-    out = torch.zeros(x.shape[:-2] + (oh, ow), dtype=torch.int64)
-    for i in range(kh):
-        for j in range(kw):
-            out += x[..., i: i + sh * (oh - 1) + 1: sh, j: j + sw * (ow - 1) + 1: sw]
-    return out
-
-
-def _linear(g: IntegerGraph, plan: _Plan, node: Node, ins):
-    w = plan.weights[node.name]
-    x = _centered(g, node, ins[0])
-    dtype = plan.literal_dtype[node.name]
-    acc = (x.to(dtype) @ w.to(dtype).t()).to(torch.int64)
-    if "bias" in node.params:
-        acc += g.params[node.params["bias"]].to(torch.int64)
-    return acc
-
-
-def _requant(g: IntegerGraph, plan: _Plan, node: Node, ins):
-    out = g.tensors[node.output]
-    acc = _centered(g, node, ins[0])
-    m = g.params[node.params["multiplier"]].to(torch.int64)
-    s = g.params[node.params["shift"]].to(torch.int64)
-    return requantize(acc, m, s, out.zero_point, node.attrs["clamp_min"], node.attrs["clamp_max"])
-
-
-def _maxpool(g: IntegerGraph, plan: _Plan, node: Node, ins):
-    # Codes below 2^24 are exact in float32, where max-pooling is fast; wider ones stay in float64.
-    x = ins[0]
-    dtype = torch.float32 if g.tensors[node.inputs[0]].bits <= 24 else torch.float64
-    return F.max_pool2d(x.to(dtype), node.attrs["kernel"], node.attrs["stride"]).to(torch.int64)
-
-
-def _avgpool(g: IntegerGraph, plan: _Plan, node: Node, ins):
-    """The window *sum* of (code − zero_point); the 1/N lives in the following Requant."""
-    x = _centered(g, node, ins[0])
-    kh, kw = _pair(node.attrs["kernel"])
-    bits = g.tensors[node.inputs[0]].bits + math.ceil(math.log2(kh * kw))
-    dtype = torch.float32 if bits < 24 else torch.float64
-    s = F.avg_pool2d(x.to(dtype), (kh, kw), node.attrs["stride"], divisor_override=1)
-    return s.to(torch.int64)
-
-
-def _flatten(g, plan, node, ins):
-    return ins[0].flatten(1)
-
-
-def _reorg(g, plan, node, ins):
-    return F.pixel_unshuffle(ins[0], node.attrs["stride"])
-
-
-def _concat(g, plan, node, ins):
-    return torch.cat(ins, dim=1)
-
-
-
-_EXECUTE = {
-    "QuantizeInput": _quantize_input,
-    "Conv2d": _conv2d,
-    "Linear": _linear,
-    "Requant": _requant,
-    "MaxPool2d": _maxpool,
-    "AvgPool2d": _avgpool,
-    "Flatten": _flatten,
-    "Reorg": _reorg,
-    "Concat": _concat,
-}

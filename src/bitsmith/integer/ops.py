@@ -1,8 +1,8 @@
 """Every op of the IntegerGraph, defined once, and the tables back ends fill with their emitters.
 
-`OPS` names each op with its attributes, parameters and input count; `bitsmith.integer.shapes`
-holds its shape rule and parameter checks, `bitsmith.integer.reference` its reference semantics
-(docs/arithmetic.md). A back end (the fast engine, ONNX, the accelerator compiler, the HLS export,
+`OPS` holds each op's attributes, parameters, input count, shape rule and parameter checks (what
+`IntegerGraph.validate` runs); `bitsmith.integer.reference` holds its reference semantics, one
+function per op written as docs/arithmetic.md states it. A back end (the fast engine, ONNX, the accelerator compiler, the HLS export,
 …) builds one `Emitters` table and registers a function per op it implements:
 
     EMIT = Emitters("ONNX integer export")
@@ -18,39 +18,17 @@ one registration per back end; `Emitters.missing()` lists what a back end lacks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bitsmith.errors import GraphError, UnsupportedOpError
+from bitsmith.integer.arithmetic import MAX_SHIFT, int_range
 
 
-@dataclass(frozen=True)
-class OpDef:
-    name: str
-    attrs: tuple[str, ...]        # attributes every node of this op carries
-    params: tuple[str, ...]       # integer parameters (roles) in tensors.safetensors
-    inputs: int | None            # number of inputs; None: one or more
-    doc: str                      # what it computes, in one line (docs/arithmetic.md has the detail)
-
-
-def _op(name: str, attrs=(), params=(), inputs: int | None = 1, doc: str = "") -> OpDef:
-    return OpDef(name, tuple(attrs), tuple(params), inputs, doc)
-
-
-OPS: dict[str, OpDef] = {d.name: d for d in (
-    _op("QuantizeInput", doc="float image → codes: clamp(round_half_even(x / scale) + z)"),
-    _op("Conv2d", ["stride", "padding", "dilation", "groups", "weight_bits"], ["weight"],
-        doc="Σ (x − z_in)·w + bias, exact, into a signed accumulator"),
-    _op("Linear", ["weight_bits"], ["weight"], doc="Σ (x − z_in)·w + bias, exact, into a signed accumulator"),
-    _op("Requant", ["clamp_min", "clamp_max", "multiplier_bits"], ["multiplier", "shift"],
-        doc="clamp(z_out + ((x − z_in)·m + 2^(s−1)) >> s, lo, hi)"),
-    _op("MaxPool2d", ["kernel", "stride"], doc="window maximum of the codes"),
-    _op("AvgPool2d", ["kernel", "stride"], doc="window sum of (x − z_in); the 1/N lives in the next Requant"),
-    _op("Flatten", doc="CHW → C·H·W, codes unchanged"),
-    _op("Reorg", ["stride"], doc="space-to-depth (pixel_unshuffle) by `stride`"),
-    _op("Concat", inputs=None, doc="channel concatenation of inputs on one grid"),
-)}
+#: Ops whose output is a wide signed accumulator (zero point 0) that a Requant brings back to codes.
+ACCUMULATING_OPS = ("Conv2d", "Linear", "AvgPool2d")
 
 # How Conv2d / Linear store their weights (attr "weight_format", default "dense"): the params each
 # format needs in place of "weight", and the attrs it adds. "codebook": `weight_index` (uint8,
@@ -61,8 +39,235 @@ WEIGHT_FORMATS: dict[str, dict[str, tuple[str, ...]]] = {
     "codebook": {"params": ("weight_index", "codebook"), "attrs": ("index_bits",)},
 }
 
-#: Ops whose output is a wide signed accumulator (zero point 0) that a Requant brings back to codes.
-ACCUMULATING_OPS = ("Conv2d", "Linear", "AvgPool2d")
+#: Widths the spec allows (docs/integer-graph.md): weights, multipliers, tensors.
+WEIGHT_BITS = (1, 16)
+MULTIPLIER_BITS = (2, 32)
+TENSOR_BITS = (1, 32)
+
+ShapeRule = Callable[[Any, Any, list], tuple[int, ...]]
+Check = Callable[[Any, Any, list, Any, str], None]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    attrs: tuple[str, ...]        # attributes every node of this op carries
+    params: tuple[str, ...]       # integer parameters (roles) in tensors.safetensors
+    inputs: int | None            # number of inputs; None: one or more
+    shape: ShapeRule              # (graph, node, input specs) → output shape (without batch)
+    check: Check                  # (graph, node, input specs, output spec, where) → GraphError or None
+    doc: str                      # what it computes, in one line (docs/arithmetic.md has the detail)
+
+
+# -- helpers every back end uses to read a node -----------------------------------------------
+
+def as_pair(v) -> list[int]:
+    """A kernel/stride/padding attribute as [height, width] (an int means both)."""
+    return [v, v] if isinstance(v, int) else list(v)
+
+
+def weight_format(node) -> str:
+    """"dense" or "codebook" for a Conv2d / Linear node (see WEIGHT_FORMATS)."""
+    return node.attrs.get("weight_format", "dense")
+
+
+def required(node, kind: str) -> tuple[str, ...]:
+    """The attrs or params (`kind`) a node must carry: its op's, with the weight format's in place of
+    "weight" for Conv2d / Linear."""
+    d = op_def(node.op)
+    names = getattr(d, kind)
+    if node.op not in ("Conv2d", "Linear"):
+        return names
+    fmt = WEIGHT_FORMATS.get(weight_format(node))
+    if fmt is None:
+        raise GraphError(f"node {node.name!r} ({node.op}): weight_format {weight_format(node)!r}; "
+                         f"allowed: {', '.join(WEIGHT_FORMATS)}")
+    return tuple(n for n in names if n != "weight") + fmt[kind]
+
+
+def _window_out(size: int, k: int, s: int, p: int = 0, d: int = 1) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _weight_shape(g, node) -> tuple[int, ...]:
+    role = "weight_index" if weight_format(node) == "codebook" else "weight"
+    return tuple(g.params[node.params[role]].shape)
+
+
+def _in_range(t, lo: int, hi: int, what: str) -> None:
+    if t.numel() and (int(t.min()) < lo or int(t.max()) > hi):
+        raise GraphError(f"{what}: values [{int(t.min())}, {int(t.max())}] outside the allowed [{lo}, {hi}]")
+
+
+def _int_attr(node, name: str, lo: int, hi: int, where: str) -> int:
+    v = node.attrs[name]
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise GraphError(f"{where}: {name} {v!r}; allowed integers {lo} to {hi}")
+    return v
+
+
+def _pairs(node, names: tuple[str, ...], lo: int, where: str) -> None:
+    for name in names:
+        v = as_pair(node.attrs[name])
+        if len(v) != 2 or any(isinstance(i, bool) or not isinstance(i, int) or i < lo for i in v):
+            raise GraphError(f"{where}: {name} {node.attrs[name]!r}; must be an integer ≥ {lo} or a pair of them")
+
+
+# -- shape rules ------------------------------------------------------------------------------
+
+def _same_shape(g, node, ins):
+    return tuple(ins[0].shape)
+
+
+def _conv_shape(g, node, ins):
+    a, x, w = node.attrs, ins[0].shape, _weight_shape(g, node)
+    if len(x) != 3 or len(w) != 4:
+        raise GraphError(f"node {node.name!r}: Conv2d needs a CHW input and an OIHW weight")
+    (sh, sw), (ph, pw), (dh, dw) = as_pair(a["stride"]), as_pair(a["padding"]), as_pair(a["dilation"])
+    if x[0] != w[1] * a["groups"] or w[0] % a["groups"]:
+        raise GraphError(f"node {node.name!r}: input has {x[0]} channels, weight expects {w[1] * a['groups']} "
+                         f"in {a['groups']} group(s) of {w[0]} outputs")
+    out = (w[0], _window_out(x[1], w[2], sh, ph, dh), _window_out(x[2], w[3], sw, pw, dw))
+    if min(out) < 1:
+        raise GraphError(f"node {node.name!r}: kernel {list(w[2:])} does not fit the input {list(x)}")
+    return out
+
+
+def _linear_shape(g, node, ins):
+    x, w = ins[0].shape, _weight_shape(g, node)
+    if len(x) != 1 or len(w) != 2 or w[1] != x[0]:
+        raise GraphError(f"node {node.name!r}: Linear weight {list(w)} does not fit input {list(x)}")
+    return (w[0],)
+
+
+def _pool_shape(g, node, ins):
+    x = ins[0].shape
+    (kh, kw), (sh, sw) = as_pair(node.attrs["kernel"]), as_pair(node.attrs["stride"])
+    if len(x) != 3 or kh > x[1] or kw > x[2]:
+        raise GraphError(f"node {node.name!r}: {node.op} kernel {[kh, kw]} does not fit the input {list(x)}")
+    return (x[0], _window_out(x[1], kh, sh), _window_out(x[2], kw, sw))
+
+
+def _flatten_shape(g, node, ins):
+    return (math.prod(ins[0].shape),)
+
+
+def _reorg_shape(g, node, ins):
+    x, s = ins[0].shape, node.attrs["stride"]
+    if len(x) != 3 or x[1] % s or x[2] % s:
+        raise GraphError(f"node {node.name!r}: Reorg stride {s} does not divide {list(x[1:])}")
+    return (x[0] * s * s, x[1] // s, x[2] // s)
+
+
+def _concat_shape(g, node, ins):
+    x = ins[0].shape
+    if any(len(s.shape) != len(x) or s.shape[1:] != x[1:] for s in ins):
+        raise GraphError(f"node {node.name!r}: Concat inputs differ in spatial shape")
+    return (sum(s.shape[0] for s in ins),) + tuple(x[1:])
+
+
+# -- parameter and attribute checks ----------------------------------------------------------
+
+def _no_check(g, node, ins, out, where) -> None:
+    return None
+
+
+def _check_mac(g, node, ins, out, where) -> None:
+    """Conv2d / Linear: weight codes within weight_bits, bias within the accumulator."""
+    x = ins[0]
+    if node.op == "Conv2d":
+        _pairs(node, ("stride", "dilation"), 1, where)
+        _pairs(node, ("padding",), 0, where)
+        _int_attr(node, "groups", 1, 1 << 20, where)
+    if x.per_channel:
+        raise GraphError(f"{where}: input {x.name!r} must have a per-tensor scale")
+    wbits = _int_attr(node, "weight_bits", *WEIGHT_BITS, where)
+    lo, hi = int_range(wbits, True)
+    if weight_format(node) == "codebook":
+        _check_codebook(g, node, lo, hi, where)
+    else:
+        _in_range(g.params[node.params["weight"]], lo, hi, f"{where}: weight codes")
+    if "bias" in node.params:
+        b = g.params[node.params["bias"]]
+        if tuple(b.shape) != (out.shape[0],):
+            raise GraphError(f"{where}: bias shape {list(b.shape)}, expected [{out.shape[0]}]")
+        _in_range(b, *int_range(out.bits, True), f"{where}: bias")
+    if out.zero_point != 0 or not out.signed:
+        raise GraphError(f"{where}: an accumulator output is signed with zero point 0")
+
+
+def _check_codebook(g, node, lo: int, hi: int, where: str) -> None:
+    index, codebook = g.params[node.params["weight_index"]], g.params[node.params["codebook"]]
+    if str(index.dtype) != "torch.uint8":
+        raise GraphError(f"{where}: weight_index has dtype {index.dtype}; must be uint8")
+    ibits = _int_attr(node, "index_bits", 1, 8, where)
+    if codebook.dim() != 1 or not 1 <= codebook.numel() <= 1 << ibits:
+        raise GraphError(f"{where}: codebook shape {list(codebook.shape)}; must be 1-D with 1 to {1 << ibits} "
+                         f"values (index_bits {ibits})")
+    _in_range(index, 0, codebook.numel() - 1, f"{where}: weight_index (codebook of {codebook.numel()})")
+    _in_range(codebook, lo, hi, f"{where}: codebook values")
+
+
+def _check_requant(g, node, ins, out, where) -> None:
+    x = ins[0]
+    m, s = g.params[node.params["multiplier"]], g.params[node.params["shift"]]
+    channels = x.shape[0]
+    if m.shape != s.shape or m.numel() not in (1, channels):
+        raise GraphError(f"{where}: multiplier/shift must hold 1 or {channels} values")
+    mbits = _int_attr(node, "multiplier_bits", *MULTIPLIER_BITS, where)
+    _in_range(m, 0, (1 << (mbits - 1)) - 1, f"{where}: multiplier")
+    _in_range(s, 0, MAX_SHIFT, f"{where}: shift")
+    lo, hi = node.attrs["clamp_min"], node.attrs["clamp_max"]
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (lo, hi)):
+        raise GraphError(f"{where}: clamp bounds must be integers, got {lo!r}, {hi!r}")
+    if not out.qmin <= lo <= hi <= out.qmax:
+        raise GraphError(f"{where}: clamp [{lo}, {hi}] outside the output range [{out.qmin}, {out.qmax}]")
+
+
+def _check_same_grid(g, node, ins, out, where) -> None:
+    """MaxPool2d, Flatten, Reorg, Concat move codes without changing them: one grid in and out."""
+    if node.op == "MaxPool2d":
+        _pairs(node, ("kernel", "stride"), 1, where)
+    if node.op == "Reorg":
+        _int_attr(node, "stride", 1, 1 << 10, where)
+    for s in ins:
+        if not s.same_quantization(out):
+            raise GraphError(f"{where}: input {s.name!r} and output must share bits, scale and zero point")
+        if node.op != "MaxPool2d" and s.per_channel:
+            raise GraphError(f"{where}: needs per-tensor scales")
+
+
+def _check_avgpool(g, node, ins, out, where) -> None:
+    _pairs(node, ("kernel", "stride"), 1, where)
+    if ins[0].per_channel:
+        raise GraphError(f"{where}: needs a per-tensor input scale")
+    if out.zero_point != 0 or not out.signed:
+        raise GraphError(f"{where}: the window sum is signed with zero point 0")
+
+
+def _op(name: str, attrs=(), params=(), inputs: int | None = 1, *, shape: ShapeRule, check: Check = _no_check,
+        doc: str = "") -> OpDef:
+    return OpDef(name, tuple(attrs), tuple(params), inputs, shape, check, doc)
+
+
+OPS: dict[str, OpDef] = {d.name: d for d in (
+    _op("QuantizeInput", shape=_same_shape, doc="float image → codes: clamp(round_half_even(x / scale) + z)"),
+    _op("Conv2d", ["stride", "padding", "dilation", "groups", "weight_bits"], ["weight"], shape=_conv_shape,
+        check=_check_mac, doc="Σ (x − z_in)·w + bias, exact, into a signed accumulator"),
+    _op("Linear", ["weight_bits"], ["weight"], shape=_linear_shape, check=_check_mac,
+        doc="Σ (x − z_in)·w + bias, exact, into a signed accumulator"),
+    _op("Requant", ["clamp_min", "clamp_max", "multiplier_bits"], ["multiplier", "shift"], shape=_same_shape,
+        check=_check_requant, doc="clamp(z_out + ((x − z_in)·m + 2^(s−1)) >> s, lo, hi)"),
+    _op("MaxPool2d", ["kernel", "stride"], shape=_pool_shape, check=_check_same_grid,
+        doc="window maximum of the codes"),
+    _op("AvgPool2d", ["kernel", "stride"], shape=_pool_shape, check=_check_avgpool,
+        doc="window sum of (x − z_in); the 1/N lives in the next Requant"),
+    _op("Flatten", shape=_flatten_shape, check=_check_same_grid, doc="CHW → C·H·W, codes unchanged"),
+    _op("Reorg", ["stride"], shape=_reorg_shape, check=_check_same_grid,
+        doc="space-to-depth (pixel_unshuffle) by `stride`"),
+    _op("Concat", inputs=None, shape=_concat_shape, check=_check_same_grid,
+        doc="channel concatenation of inputs on one grid"),
+)}
 
 
 def op_def(op: str) -> OpDef:

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-import bitsmith
 from bitsmith.errors import GraphError
+from bitsmith.version import __version__
 
 #: ai.onnx opset 21 (ONNX 1.16) has int16 Q/DQ and per-axis Q/DQ of int32 biases; IR version 10
 #: is the lowest that carries opset 21, and onnxruntime 1.31 loads it.
@@ -70,7 +70,7 @@ class OnnxBuilder:
             opset_imports=[helper.make_opsetid("", OPSET)],
             ir_version=IR_VERSION,
             producer_name="bitsmith",
-            producer_version=bitsmith.__version__,
+            producer_version=__version__,
         )
         helper.set_model_props(model, metadata)
         onnx.checker.check_model(model, full_check=True)

@@ -14,7 +14,7 @@ import numpy as np
 from onnx import TensorProto
 
 from bitsmith.errors import ConfigError
-from bitsmith.integer.engine import partial_sum_bound
+from bitsmith.integer.arithmetic import partial_sum_bound
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
 from bitsmith.integer.graph import as_pair as _pair
 from bitsmith.onnx.builder import OnnxBuilder

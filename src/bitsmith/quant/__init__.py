@@ -1,9 +1,11 @@
-"""Quantization: configs, observers, fake-quant modules and post-training quantization."""
+"""Quantization, the front end: configs, observers, fake-quant modules, PTQ, QAT, CLIP-Q and the
+lowering of a quantized model into the IntegerGraph."""
 
 from bitsmith.quant.config import QuantConfig
 from bitsmith.quant.fake_quant import FakeQuantize
+from bitsmith.quant.lower import lower
 from bitsmith.quant.modules import QuantConv2d, QuantLinear
 from bitsmith.quant.prepare import prepare
 from bitsmith.quant.ptq import quantize
 
-__all__ = ["QuantConfig", "FakeQuantize", "QuantConv2d", "QuantLinear", "prepare", "quantize"]
+__all__ = ["QuantConfig", "FakeQuantize", "QuantConv2d", "QuantLinear", "lower", "prepare", "quantize"]

@@ -12,8 +12,8 @@ QAT layers therefore evaluate (eval mode, `exact_eval` on) through `exact_layer_
     q_out = requantize(acc, m, s, z_out, lo, hi) bitsmith.integer.arithmetic, the spec's int64 code
     y     = (q_out − z_out) · S_out              float32, what FakeQuantize returns
 
-with the weight codes, bias B, (m, s) and clamp bounds derived exactly as `bitsmith.lower` derives
-them. The last layer returns its accumulator dequantized as `IntegerGraph.dequantize` does.
+with the weight codes, and the bias B, (m, s) and clamp bounds from the functions `bitsmith.lower`
+uses (`bias_codes`, `requant_parameters`), so the two cannot drift. The last layer returns its accumulator dequantized as `IntegerGraph.dequantize` does.
 Training keeps the float path and its straight-through gradients.
 """
 
@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from bitsmith.errors import ConfigError
-from bitsmith.integer.arithmetic import int_range, quantize_multiplier, requantize
+from bitsmith.integer.arithmetic import requantize
+from bitsmith.quant.lower import bias_codes, requant_parameters
 from bitsmith.quant.modules import QuantConv2d, QuantLayer, QuantLinear
 
 
@@ -35,9 +36,7 @@ def exact_layer_forward(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     codes, w_scale = layer.quantize_weight()
     acc_scale = [float(s) * in_scale for s in w_scale.reshape(-1).tolist()]
     scale64 = torch.tensor(acc_scale, dtype=torch.float64)
-    bias = None
-    if layer.bias is not None:
-        bias = torch.round(layer.bias.detach().to(torch.float64) / scale64)  # as lower() rounds it
+    bias = bias_codes(layer.bias, acc_scale) if layer.bias is not None else None
     if isinstance(layer, QuantConv2d):
         acc = F.conv2d(v, codes.to(torch.float64), bias, layer.stride, layer.padding, layer.dilation, layer.groups)
     else:
@@ -47,13 +46,9 @@ def exact_layer_forward(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     if fq is None:  # the graph output: the accumulator, dequantized as IntegerGraph.dequantize does
         scale = scale64.reshape(channel_view) if len(acc_scale) > 1 else scale64.reshape(())
         return (acc * scale).to(torch.float32)
-    out_scale = float(fq.scale)
-    pairs = [quantize_multiplier(s / out_scale, config.multiplier_bits) for s in acc_scale]
-    m = torch.tensor([p[0] for p in pairs], dtype=torch.int64)
-    s = torch.tensor([p[1] for p in pairs], dtype=torch.int64)
-    qmin, qmax = int_range(fq.bits, fq.signed)
-    lo = max(qmin, fq.zero_point) if layer.relu else qmin
-    q = requantize(acc.to(torch.int64), m, s, fq.zero_point, lo, qmax)
+    m, s, lo, hi = requant_parameters(acc_scale, float(fq.scale), fq.bits, fq.signed, int(fq.zero_point), layer.relu,
+                                      config)
+    q = requantize(acc.to(torch.int64), m, s, fq.zero_point, lo, hi)
     return (q - fq.zero_point).to(torch.float32) * fq.scale
 
 

@@ -26,8 +26,8 @@ from torch import nn
 from bitsmith.data import ArrayDataset, iterate_batches, load_dataset
 from bitsmith.errors import ConfigError
 from bitsmith.evaluate import predictions
-from bitsmith.integer import lower
-from bitsmith.pipeline import CALIBRATION_BATCH_SIZE, CALIBRATION_BATCHES, calibration_batches
+from bitsmith.quant.calibration import CALIBRATION_BATCH_SIZE, CALIBRATION_BATCHES, calibration_batches
+from bitsmith.quant.lower import lower
 from bitsmith.quant.modules import QuantLayer
 from bitsmith.quant.prepare import module_of
 from bitsmith.quant.ptq import input_quantizer

@@ -1,5 +1,7 @@
 """Lowering: a calibrated fake-quantized model (bitsmith.quant) → IntegerGraph.
 
+The front end's last step: the IR (bitsmith.integer) knows nothing of how a graph was made.
+
 Walks the torch.fx graph once, in order, keeping for every fx value the IntegerGraph tensor
 that holds it. The integers written here (weight codes, biases, multipliers, shifts) are the
 ones the fake-quant model rounds to, so the two agree up to the requantizer's dyadic rounding.
@@ -50,23 +52,41 @@ class _Builder:
         self.nodes.append(Node(op, name, [i.name for i in inputs], out.name, attrs or {}, stored))
         return out
 
-    def multiplier(self, real: float) -> tuple[int, int]:
-        """(m, s) with M ≈ m·2^-s; an exact 2^-k under power-of-two scales becomes (1, k)."""
-        if self.config.scale_mode != "float" and is_power_of_two(real):
-            k = math.frexp(real)[1] - 1  # real = 2^k
-            if -MAX_SHIFT <= k <= 0:
-                return 1, -k
-        return quantize_multiplier(real, self.config.multiplier_bits)
-
     def requant(self, name: str, x: TensorSpec, out: TensorSpec, relu: bool = False) -> TensorSpec:
         """Requantize `x` onto the grid of `out` (per channel when x's scale is)."""
         in_scales = x.scale if x.per_channel else [x.scale]
-        pairs = [self.multiplier(s / out.scale) for s in in_scales]
-        m = torch.tensor([p[0] for p in pairs], dtype=torch.int64)
-        s = torch.tensor([p[1] for p in pairs], dtype=torch.int64)
-        lo = max(out.qmin, out.zero_point) if relu else out.qmin
-        attrs = {"clamp_min": lo, "clamp_max": out.qmax, "multiplier_bits": self.config.multiplier_bits}
+        m, s, lo, hi = requant_parameters(in_scales, out.scale, out.bits, out.signed, out.zero_point, relu,
+                                          self.config)
+        attrs = {"clamp_min": lo, "clamp_max": hi, "multiplier_bits": self.config.multiplier_bits}
         return self.node("Requant", name, [x], self.tensor(out), attrs, {"multiplier": m, "shift": s})
+
+
+def multiplier(real: float, config: QuantConfig) -> tuple[int, int]:
+    """(m, s) with M ≈ m·2^-s; an exact 2^-k under power-of-two scales becomes (1, k)."""
+    if config.scale_mode != "float" and is_power_of_two(real):
+        k = math.frexp(real)[1] - 1  # real = 2^k
+        if -MAX_SHIFT <= k <= 0:
+            return 1, -k
+    return quantize_multiplier(real, config.multiplier_bits)
+
+
+def requant_parameters(in_scales: list[float], out_scale: float, out_bits: int, out_signed: bool,
+                       out_zero_point: int, relu: bool, config: QuantConfig
+                       ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(m, s, clamp_min, clamp_max) of the Requant from accumulator scales `in_scales` (one, or one per
+    channel) to a `out_bits` grid: M = S_in / S_out as m·2^-s, and the clamp (from the zero point with
+    a fused ReLU). Lowering and the QAT exact-eval path both call this, so they cannot drift."""
+    pairs = [multiplier(s / out_scale, config) for s in in_scales]
+    m = torch.tensor([p[0] for p in pairs], dtype=torch.int64)
+    s = torch.tensor([p[1] for p in pairs], dtype=torch.int64)
+    qmin, qmax = int_range(out_bits, out_signed)
+    lo = max(qmin, out_zero_point) if relu else qmin
+    return m, s, lo, qmax
+
+
+def bias_codes(bias: torch.Tensor, acc_scale: list[float]) -> torch.Tensor:
+    """The float bias on the accumulator grid S_w·S_in, rounded half to even (float64)."""
+    return torch.round(bias.detach().to(torch.float64) / torch.tensor(acc_scale, dtype=torch.float64))
 
 
 def _codes_spec(name: str, shape, fq: FakeQuantize) -> TensorSpec:
@@ -74,11 +94,17 @@ def _codes_spec(name: str, shape, fq: FakeQuantize) -> TensorSpec:
 
 
 
-def lower(qmodel: fx.GraphModule, *, input_shape: tuple[int, ...] | None = None, metadata: dict | None = None) -> IntegerGraph:
-    """Lower a model returned by `bitsmith.quant.quantize` to an IntegerGraph (validated)."""
-    config: QuantConfig | None = getattr(qmodel, "bitsmith_config", None)
-    if config is None:
-        raise ConfigError("lower() takes the model returned by bitsmith.quantize(); this one is not quantized")
+def lower(qmodel: fx.GraphModule, config: QuantConfig | None = None, *, input_shape: tuple[int, ...] | None = None,
+          metadata: dict | None = None) -> IntegerGraph:
+    """Lower a model returned by `bitsmith.quantize` to an IntegerGraph (validated).
+
+    `config` is the QuantConfig the model was quantized with; None takes the one `quantize` stamped
+    on the model (a model from anywhere else is refused).
+    """
+    config = config if config is not None else getattr(qmodel, "bitsmith_config", None)
+    if not isinstance(config, QuantConfig):
+        raise ConfigError("lower() takes the model returned by bitsmith.quantize() and its QuantConfig; "
+                          "this one is not quantized")
     input_shape = tuple(input_shape or getattr(qmodel, "input_shape", ()) or ())
     if not input_shape:
         raise ConfigError("lower() needs the input shape (C, H, W): pass input_shape=")
@@ -167,7 +193,7 @@ def _lower_layer(b: _Builder, node: fx.Node, m: QuantLayer, x: TensorSpec, out_s
     acc_scale = [float(s) * x.scale for s in w_scale.reshape(-1).tolist()]
     per_channel = w_scale.numel() > 1
     if m.bias is not None:
-        bias = torch.round(m.bias.detach().to(torch.float64) / torch.tensor(acc_scale, dtype=torch.float64))
+        bias = bias_codes(m.bias, acc_scale)
         lo, hi = int_range(acc_bits, True)
         if bias.numel() and (bias.min() < lo or bias.max() > hi):
             raise ConfigError(f"layer {node.target!r}: the bias needs more than {acc_bits} bits at scale S_w·S_in; "

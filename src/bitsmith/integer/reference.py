@@ -1,0 +1,184 @@
+"""The reference interpreter: the IntegerGraph's semantics, one function per op, read top to bottom.
+
+Every tensor of the graph is materialised as int64, op by op, as docs/arithmetic.md writes it. A
+Conv2d / Linear runs in float32 when its worst-case partial sum is below 2^24, in float64 below
+2^53, and in int64 otherwise (docs/arithmetic.md §7, `bitsmith.integer.exactness`): every one of
+those is exact, so this is the integer formula, only faster. This is the golden model each back
+end is compared with (`run(graph, x, return_all=True)` calls it); the fast path in
+`bitsmith.integer.engine` must return the same integers and is tested against it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bitsmith.errors import AccumulatorOverflowError, GraphError
+from bitsmith.integer.arithmetic import int_range, partial_sum_bound, quantize_input, requantize
+from bitsmith.integer.exactness import float32_gemm_is_ieee, gemm_dtype
+from bitsmith.integer.ops import ACCUMULATING_OPS, Emitters, as_pair
+
+REFERENCE = Emitters("reference interpreter")
+
+
+def run_reference(g, x, *, check_overflow: bool = True) -> dict[str, torch.Tensor]:
+    """Every tensor of `g` (int64; the float input as given) for float images `x`."""
+    values: dict[str, torch.Tensor] = {g.inputs[0]: as_input(g, x)}
+    ieee = float32_gemm_is_ieee()
+    with torch.no_grad():
+        for node in g.nodes:
+            y = REFERENCE.lookup(node)(g, node, [values[i] for i in node.inputs], ieee)
+            if check_overflow and node.op in ACCUMULATING_OPS:
+                check_width(y, g.tensors[node.output], node)
+            values[node.output] = y
+    return values
+
+
+def as_input(g: IntegerGraph, x) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise GraphError(f"graph input must be a tensor or numpy array, got {type(x).__name__}")
+    shape = tuple(g.input_spec.shape)
+    if x.dim() == len(shape):
+        x = x.unsqueeze(0)
+    if tuple(x.shape[1:]) != shape:
+        raise GraphError(f"input of shape {list(x.shape)} does not fit the graph input [N, {', '.join(map(str, shape))}]")
+    if not x.is_floating_point():
+        raise GraphError(f"graph input must be float images (what the float model takes), got {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise GraphError("graph input contains NaN or infinity")
+    return x
+
+
+def check_width(y: torch.Tensor, spec: TensorSpec, node: Node) -> None:
+    lo, hi = int_range(spec.bits, spec.signed)
+    if y.numel() == 0:
+        return
+    ymin, ymax = int(y.min()), int(y.max())
+    if ymin < lo or ymax > hi:
+        bad = ymax if ymax > hi else ymin
+        raise AccumulatorOverflowError(
+            f"layer {node.name!r} ({node.op}): value {bad} does not fit its declared {spec.bits}-bit "
+            f"accumulator [{lo}, {hi}]; use fewer weight/activation bits, a wider accumulator, or smaller inputs"
+        )
+
+
+@REFERENCE.register("QuantizeInput")
+def _quantize_input(g, node, ins, ieee):
+    s = g.tensors[node.output]
+    return quantize_input(ins[0], float(s.scale), s.zero_point, s.qmin, s.qmax)
+
+
+def _centered(g, node, x: torch.Tensor) -> torch.Tensor:
+    zp = g.tensors[node.inputs[0]].zero_point
+    return x - zp if zp else x
+
+
+@REFERENCE.register("Conv2d")
+def _conv2d(g, node, ins, ieee):
+    a = node.attrs
+    w = g.weight_codes(node)
+    x = _centered(g, node, ins[0])
+    dtype = gemm_dtype(partial_sum_bound(w, g.tensors[node.inputs[0]]), ieee)
+    if dtype == torch.int64:
+        acc = conv2d_int64(x, w.to(torch.int64), a)
+    else:
+        acc = F.conv2d(x.to(dtype), w.to(dtype), None, a["stride"], a["padding"], a["dilation"], a["groups"])
+        acc = acc.to(torch.int64)
+    if "bias" in node.params:
+        acc += g.params[node.params["bias"]].to(torch.int64).reshape(1, -1, 1, 1)
+    return acc
+
+
+def conv2d_int64(x: torch.Tensor, w: torch.Tensor, a: dict) -> torch.Tensor:
+    """Direct int64 convolution for layers too wide for exact float arithmetic (slow, rare)."""
+    x = x.to(torch.int64)
+    sh, sw = as_pair(a["stride"])
+    ph, pw = as_pair(a["padding"])
+    dh, dw = as_pair(a["dilation"])
+    groups = a["groups"]
+    x = F.pad(x, (pw, pw, ph, ph))
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    oh = (h - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd - dw * (kw - 1) - 1) // sw + 1
+    out = torch.zeros((n, o, oh, ow), dtype=torch.int64)
+    og = o // groups
+    for i in range(kh):
+        for j in range(kw):
+            patch = x[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
+            for gi in range(groups):
+                xs = patch[:, gi * cg : (gi + 1) * cg]
+                ws = w[gi * og : (gi + 1) * og, :, i, j]
+                out[:, gi * og : (gi + 1) * og] += torch.einsum("nchw,oc->nohw", xs, ws)
+    return out
+
+
+def window_sum_int64(x: torch.Tensor, kernel, stride) -> torch.Tensor:
+    """Window sums in int64 for sums too wide for float64 (never in practice)."""
+    (kh, kw), (sh, sw) = as_pair(kernel), as_pair(stride)
+    oh = (x.shape[-2] - kh) // sh + 1
+    ow = (x.shape[-1] - kw) // sw + 1
+    out = torch.zeros(x.shape[:-2] + (oh, ow), dtype=torch.int64)
+    for i in range(kh):
+        for j in range(kw):
+            out += x[..., i: i + sh * (oh - 1) + 1: sh, j: j + sw * (ow - 1) + 1: sw]
+    return out
+
+
+@REFERENCE.register("Linear")
+def _linear(g, node, ins, ieee):
+    w = g.weight_codes(node)
+    x = _centered(g, node, ins[0])
+    dtype = gemm_dtype(partial_sum_bound(w, g.tensors[node.inputs[0]]), ieee)
+    acc = (x.to(dtype) @ w.to(dtype).t()).to(torch.int64)
+    if "bias" in node.params:
+        acc += g.params[node.params["bias"]].to(torch.int64)
+    return acc
+
+
+@REFERENCE.register("Requant")
+def _requant(g, node, ins, ieee):
+    out = g.tensors[node.output]
+    acc = _centered(g, node, ins[0])
+    m = g.params[node.params["multiplier"]].to(torch.int64)
+    s = g.params[node.params["shift"]].to(torch.int64)
+    return requantize(acc, m, s, out.zero_point, node.attrs["clamp_min"], node.attrs["clamp_max"])
+
+
+@REFERENCE.register("MaxPool2d")
+def _maxpool(g, node, ins, ieee):
+    # Codes below 2^24 are exact in float32, where max-pooling is fast; wider ones stay in float64.
+    x = ins[0]
+    dtype = torch.float32 if g.tensors[node.inputs[0]].bits <= 24 else torch.float64
+    return F.max_pool2d(x.to(dtype), node.attrs["kernel"], node.attrs["stride"]).to(torch.int64)
+
+
+@REFERENCE.register("AvgPool2d")
+def _avgpool(g, node, ins, ieee):
+    """The window *sum* of (code − zero_point); the 1/N lives in the following Requant."""
+    x = _centered(g, node, ins[0])
+    kh, kw = as_pair(node.attrs["kernel"])
+    bits = g.tensors[node.inputs[0]].bits + math.ceil(math.log2(kh * kw))
+    dtype = torch.float32 if bits < 24 else torch.float64
+    s = F.avg_pool2d(x.to(dtype), (kh, kw), node.attrs["stride"], divisor_override=1)
+    return s.to(torch.int64)
+
+
+@REFERENCE.register("Flatten")
+def _flatten(g, node, ins, ieee):
+    return ins[0].flatten(1)
+
+
+@REFERENCE.register("Reorg")
+def _reorg(g, node, ins, ieee):
+    return F.pixel_unshuffle(ins[0], node.attrs["stride"])
+
+
+@REFERENCE.register("Concat")
+def _concat(g, node, ins, ieee):
+    return torch.cat(ins, dim=1)

@@ -46,7 +46,9 @@ from torch import nn
 
 from bitsmith.data import dataset_info, iterate_batches, load_dataset
 from bitsmith.evaluate import accuracy
-from bitsmith.quant.qat import METHODS, QATTrainConfig, qat_run
+from bitsmith.pipeline import qat_run
+from bitsmith.quant.api import QATConfig
+from bitsmith.quant.qat import METHODS, QATTrainConfig
 from bitsmith.quant.qat.train import _distillation, teacher_logits
 from bitsmith.runs import CHECKPOINT_FILE, load_run
 from bitsmith.train import SGD_MOMENTUM, TrainConfig, cosine_lr, train
@@ -236,8 +238,9 @@ def main() -> None:
                     continue  # nothing to keep at 8 bits; binary/ternary weights have no 8-bit form
                 out = args.out / f"{method}-{label}{'-keep8' if keep else ''}"
                 timing = interleaved(float_epochs, lambda between: qat_run(
-                    run_dir, out, method=method, wbits=wbits, abits=abits, epochs=QAT.epochs,
-                    keep_first_last_8bit=keep, quiet=True, on_epoch=lambda record: between(record["seconds"])))
+                    run_dir, out, QATConfig(method, wbits=wbits, abits=abits, keep_first_last_8bit=keep,
+                                            **QAT.__dict__),
+                    quiet=True, on_epoch=lambda record: between(record["seconds"])))
                 m = timing.pop("result")
                 rec = {"system": "bitsmith", "method": method, "bits": label, "first_last_8bit": keep,
                        "accuracy": m["accuracy"], "integer_accuracy": m["integer_accuracy"],

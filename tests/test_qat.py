@@ -14,7 +14,9 @@ from bitsmith.quant import lower
 from bitsmith.models import build_model
 from bitsmith.quant.fake_quant import fake_quantize, round_ste
 from bitsmith.quant.modules import QuantLayer
-from bitsmith.quant.qat import METHODS, QATSpec, QATTrainConfig, layer_bits, qat_prepare, qat_run, qat_train
+from bitsmith.pipeline import qat_run
+from bitsmith.quant.api import QATConfig
+from bitsmith.quant.qat import METHODS, QATSpec, QATTrainConfig, layer_bits, qat_prepare, qat_train
 from bitsmith.quant.qat.activations import LSQQuantize, PACTQuantize
 from bitsmith.quant.qat.exact import set_exact_eval
 from bitsmith.quant.qat.prepare import regularization
@@ -434,7 +436,7 @@ def test_bad_train_settings_are_refused():
 def test_qat_run_writes_graph_weights_and_metrics(float_run, tmp_path):
     run = float_run
     out = tmp_path / "qat"
-    metrics = qat_run(run, out, method="lsq", wbits=3, abits=3, epochs=1, bitw="83338", quiet=True)
+    metrics = qat_run(run, out, QATConfig("lsq", wbits=3, abits=3, epochs=1, bitw="83338"), quiet=True)
     assert metrics["agreement"] == 1.0 and metrics["disagreements"] == 0
     assert metrics["test_images"] == 500
     assert metrics["accuracy"] == metrics["integer_accuracy"]
@@ -442,4 +444,40 @@ def test_qat_run_writes_graph_weights_and_metrics(float_run, tmp_path):
     assert metrics["seconds_per_epoch"] > 0 and metrics["fp_seconds_per_epoch"] > 0
     assert (out / "metrics.json").is_file() and (out / "qat_weights.safetensors").is_file()
     graph = load(out)
-    assert graph.metadata["qat"]["spec"]["method"] == "lsq"
+    assert graph.metadata["qat"]["kind"] == "qat" and graph.metadata["qat"]["method"] == "lsq"
+    assert graph.metadata["qat"]["bitw"] == "83338" and graph.metadata["qat"]["epochs"] == 1
+
+
+def test_qat_run_clipq_lowers_codebook_layers(float_run, tmp_path):
+    """`bitsmith qat --method clipq`: CLIP-Q codebooks on the inner layers, fine-tuned, lowered exactly."""
+    from bitsmith.pipeline import qat_config
+    from bitsmith.quant.prepare import quantizable_layers
+
+    config = qat_config(float_run, "clipq", epochs=1, p=0.3, clipq_bits=2, keep_first_last_8bit=True)
+    names = quantizable_layers(load_run(float_run).model)
+    assert config.skip == (names[0], names[-1])
+    metrics = qat_run(float_run, tmp_path / "clipq", config, quiet=True)
+    graph = load(tmp_path / "clipq")
+    formats = [n.attrs.get("weight_format", "dense") for n in graph.nodes if n.op in ("Conv2d", "Linear")]
+    assert formats[0] == formats[-1] == "dense" and set(formats[1:-1]) == {"codebook"}
+    assert metrics["method"] == "clipq" and metrics["agreement"] == 1.0
+    assert graph.metadata["qat"]["kind"] == "clipq" and graph.metadata["qat"]["p"] == 0.3
+
+
+def test_quantize_verb_dispatches_on_the_config(tmp_path):
+    """One verb: PTQ batches, a QAT config with a labelled data set, a CLIP-Q config; bad data is refused."""
+    import bitsmith
+    from bitsmith.errors import ConfigError
+
+    model = build_model("lenet5")
+    train = _synthetic_train(128)
+    ptq = bitsmith.quantize(model, _calib(model.input_shape), bitsmith.QuantConfig())
+    qat = bitsmith.quantize(model, train, bitsmith.QATConfig("lsq", wbits=4, abits=4, epochs=1, batch_size=32))
+    clipq = bitsmith.quantize(model, _calib(model.input_shape), bitsmith.ClipQConfig(p=0.2, bits=3))
+    for q in (ptq, qat, clipq):
+        bitsmith.lower(q).validate()
+    assert any(n.attrs.get("weight_format") == "codebook" for n in bitsmith.lower(clipq).nodes)
+    with pytest.raises(ConfigError, match="labelled data set"):
+        bitsmith.quantize(model, _calib(model.input_shape), bitsmith.QATConfig("lsq"))
+    with pytest.raises(ConfigError, match="QuantConfig, QATConfig or ClipQConfig"):
+        bitsmith.quantize(model, _calib(model.input_shape), {"weight_bits": 8})

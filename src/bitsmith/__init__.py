@@ -19,7 +19,9 @@ _LAZY = {
     "run": "bitsmith.integer.engine",
     "QuantConfig": "bitsmith.quant.config",
     "lower": "bitsmith.quant.lower",
-    "quantize": "bitsmith.quant.ptq",
+    "quantize": "bitsmith.quant.api",
+    "QATConfig": "bitsmith.quant.api",
+    "ClipQConfig": "bitsmith.quant.api",
 }
 __all__ = ["BitsmithError", "__version__", *_LAZY]
 

@@ -115,23 +115,29 @@ def quantize_cmd(run: Path = typer.Argument(..., help="float run folder (from bi
 
 @app.command("qat")
 def qat_cmd(run: Path = typer.Argument(..., help="float run folder (from bitsmith train)"),
-            method: str = typer.Option(..., help="dorefa, pact, lsq, hwgq, binary or ternary"),
+            method: str = typer.Option(..., help="dorefa, pact, lsq, hwgq, binary, ternary or clipq"),
             out: Path = typer.Option(..., help="folder for the QAT weights and the integer graph"),
             wbits: int = typer.Option(4, help="weight bits (every layer unless --bitw)"),
             abits: int = typer.Option(4, help="activation bits (every layer unless --bita)"),
             epochs: int = typer.Option(2, min=1),
             bitw: Optional[str] = typer.Option(None, help="per-layer weight bits, one digit per layer, e.g. 822222"),
             bita: Optional[str] = typer.Option(None, help="per-layer input activation bits, e.g. 833363"),
-            keep_first_last_8bit: bool = typer.Option(False, help="keep the first and last layers at 8 bits"),
+            keep_first_last_8bit: bool = typer.Option(False, help="keep the first and last layers at 8 bits "
+                                                                  "(clipq: leave them on 8-bit PTQ weights)"),
+            p: float = typer.Option(0.4, "--p", help="clipq: clip fraction of each sign's weights nearest 0"),
+            clipq_bits: int = typer.Option(2, help="clipq: codebook index bits"),
+            q35: bool = typer.Option(False, help="clipq: Q3.5 fixed-point codebook (the source accelerator's)"),
             lr: Optional[float] = typer.Option(None, help="learning rate (default 0.02, cosine)"),
             data_dir: Optional[str] = typer.Option(None),
             quiet: bool = typer.Option(False),
             as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
-    """Quantization-aware training from a float run, lowered to an IntegerGraph and checked."""
-    from bitsmith.quant.qat import qat_run
+    """Quantization-aware training (or CLIP-Q with fine-tuning) from a float run, lowered to an
+    IntegerGraph and checked."""
+    from bitsmith.pipeline import qat_config, qat_run
 
-    metrics = qat_run(run, out, method=method, wbits=wbits, abits=abits, epochs=epochs, bitw=bitw, bita=bita,
-                      keep_first_last_8bit=keep_first_last_8bit, lr=lr, data_dir=data_dir, quiet=quiet or as_json)
+    config = qat_config(run, method, wbits=wbits, abits=abits, epochs=epochs, bitw=bitw, bita=bita,
+                        keep_first_last_8bit=keep_first_last_8bit, p=p, clipq_bits=clipq_bits, q35=q35, lr=lr)
+    metrics = qat_run(run, out, config, data_dir=data_dir, quiet=quiet or as_json)
     _emit({k: v for k, v in metrics.items() if k != "history"}, as_json, f"QAT {method} in {out}")
 
 

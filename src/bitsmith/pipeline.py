@@ -1,4 +1,5 @@
-"""End-to-end jobs over the Python API: quantize a float run, evaluate a run or graph, the demo.
+"""End-to-end jobs over the Python API: quantize a float run (PTQ, QAT, CLIP-Q), evaluate a run or
+graph, the demo.
 
 Each job returns a plain dict of figures (what `--json` prints) and writes its artifacts
 atomically, so the command line stays a thin layer over these functions.
@@ -9,16 +10,22 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from bitsmith.data import dataset_info, iterate_batches, load_dataset
+from bitsmith.data import load_dataset
 from bitsmith.errors import ConfigError
 from bitsmith.evaluate import predictions
-from bitsmith.integer.graph import IntegerGraph, load
+from bitsmith.integer.graph import load
 from bitsmith.integer.graph import GRAPH_FILE
-from bitsmith.quant import QuantConfig, lower, quantize
+from bitsmith.quant import QuantConfig, lower
+from bitsmith.quant.api import ClipQConfig, QATConfig, quantize
+from bitsmith.quant.modules import QuantLayer
+from bitsmith.quant.prepare import quantizable_layers
+from bitsmith.quant.qat.exact import set_exact_eval
+from bitsmith.quant.qat.train import METRICS_FILE, QAT_WEIGHTS_FILE, QATTrainConfig, save_qat_weights
 from bitsmith.quant.calibration import CALIBRATION_BATCH_SIZE, CALIBRATION_BATCHES, calibration_batches
 from bitsmith.runs import CHECKPOINT_FILE, load_run
 from bitsmith.storage import write_json_atomic
@@ -69,6 +76,97 @@ def quantize_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config:
         "graph": str(out_dir),
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def qat_config(run_dir: str | os.PathLike, method: str, *, wbits: int = 4, abits: int = 4, epochs: int = 2,
+               bitw: str | None = None, bita: str | None = None, keep_first_last_8bit: bool = False,
+               p: float = 0.4, clipq_bits: int = 2, q35: bool = False, lr: float | None = None
+               ) -> QATConfig | ClipQConfig:
+    """The config `bitsmith qat` options describe: a QATConfig, or for method "clipq" a ClipQConfig
+    (8-bit PTQ activations, codebook weights, fine-tuned `epochs` epochs with QAT's training)."""
+    train = {"epochs": epochs, **({"lr": lr} if lr is not None else {})}
+    if method != "clipq":
+        return QATConfig(method, wbits=wbits, abits=abits, bitw=bitw, bita=bita,
+                         keep_first_last_8bit=keep_first_last_8bit, **train)
+    skip: tuple[str, ...] = ()
+    if keep_first_last_8bit:
+        names = quantizable_layers(load_run(run_dir).model)
+        skip = (names[0], names[-1])
+    return ClipQConfig(p=p, bits=clipq_bits, q35=q35, skip=skip, finetune=QATTrainConfig(**train))
+
+
+def qat_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config: QATConfig | ClipQConfig, *,
+            data_dir: str | None = None, quiet: bool = False,
+            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """QAT (or CLIP-Q) of a float run: quantize with `config`, train, lower, measure on the test set.
+
+    `on_epoch(record)` runs after each training epoch, outside its timing (benchmarks/qat.py times
+    a float epoch there, so float and QAT epochs interleave).
+
+    Writes to `out_dir`: the IntegerGraph (graph.json + tensors.safetensors), the trained model's
+    tensors (qat_weights.safetensors) and metrics.json, which it also returns: fp32_accuracy,
+    accuracy (fake-quant), integer_accuracy (percent), agreement (fraction of test images on which
+    fake-quant and integer engine predict the same class), seconds_per_epoch (training pass) and
+    fp_seconds_per_epoch (the float run's recorded epochs, which include its test evaluation).
+    """
+    if not isinstance(config, (QATConfig, ClipQConfig)):
+        raise ConfigError(f"qat_run takes a QATConfig or ClipQConfig, got {type(config).__name__}")
+    train_config = config.train if isinstance(config, QATConfig) else config.finetune
+    method = config.method if isinstance(config, QATConfig) else "clipq"
+    run = load_run(run_dir)
+    dataset = run.meta["dataset"]
+    data_dir = data_dir or run.meta.get("data_dir")
+    shape = tuple(run.model.input_shape)
+    train_ds = load_dataset(dataset, "train", data_dir)
+    test = load_dataset(dataset, "test", data_dir)
+    history: list[dict[str, Any]] = []
+
+    def report(record: dict[str, Any]) -> None:
+        history.append(record)
+        if not quiet:
+            print(f"qat {method} epoch {record['epoch']}/{train_config.epochs}  loss {record['train_loss']:.4f}  "
+                  f"train {record['train_acc']:.2f}%  {record['seconds']:.1f} s", flush=True)
+        if on_epoch is not None:
+            on_epoch(record)
+
+    qmodel = quantize(run.model, train_ds, config, on_epoch=report)
+    graph = lower(qmodel, metadata={
+        "model": run.model.spec, "dataset": dataset, "data_dir": data_dir,
+        "source_run": str(Path(run_dir).resolve()), "qat": config.to_json(),
+        "calibration": {"batches": CALIBRATION_BATCHES, "batch_size": CALIBRATION_BATCH_SIZE},
+    })
+    out_dir = Path(out_dir)
+    graph.save(out_dir)
+    save_qat_weights(qmodel, out_dir / QAT_WEIGHTS_FILE, config.to_json())
+
+    labels = torch.as_tensor(test.labels, dtype=torch.int64)
+    fp_pred = predictions(run.model, test, shape)
+    fq_pred = predictions(qmodel, test, shape)  # QAT layers evaluate integer-exactly (qat.exact)
+    int_pred = predictions(graph.predict, test, shape)
+    set_exact_eval(qmodel, False)
+    float_pred = predictions(qmodel, test, shape)  # the plain float fake-quant path, for comparison
+    set_exact_eval(qmodel, True)
+    fp_history = run.meta.get("metrics", {}).get("history", [])
+    fp_seconds = (sum(r["seconds"] for r in fp_history) / len(fp_history)) if fp_history else None
+    seconds = sum(r["seconds"] for r in history) / len(history) if history else None
+    metrics = {
+        "model": run.model.spec["name"], "dataset": dataset, "method": method, "config": config.to_json(),
+        "weight_bits": [m.code_bits for m in qmodel.modules() if isinstance(m, QuantLayer)],
+        "fp32_accuracy": _percent(fp_pred, labels),
+        "accuracy": _percent(fq_pred, labels),
+        "integer_accuracy": _percent(int_pred, labels),
+        "agreement": _fraction_equal(fq_pred, int_pred),
+        "disagreements": int((fq_pred != int_pred).sum()),
+        "float_fake_quant_accuracy": _percent(float_pred, labels),
+        "float_fake_quant_agreement": _fraction_equal(float_pred, int_pred),
+        "test_images": len(labels),
+        "seconds_per_epoch": None if seconds is None else round(seconds, 3),
+        "fp_seconds_per_epoch": None if fp_seconds is None else round(fp_seconds, 3),
+        "history": history,
+        "graph": str(out_dir),
+    }
+    write_json_atomic(out_dir / METRICS_FILE, metrics)
     return metrics
 
 

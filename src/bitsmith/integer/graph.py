@@ -11,7 +11,6 @@ computes, `bitsmith.integer.ops` defines each op (attributes, shape rule, checks
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -22,7 +21,8 @@ import torch
 
 from bitsmith.errors import CheckpointError, GraphError
 from bitsmith.integer.arithmetic import int_range
-from bitsmith.integer.ops import OPS, TENSOR_BITS, WEIGHT_FORMATS, as_pair, required, weight_format  # noqa: F401 (re-exported)
+from bitsmith.integer.ops import OPS, TENSOR_BITS, required, weight_format
+from bitsmith.integer.ops import as_pair  # noqa: F401  (back ends read it from here too)
 from bitsmith.storage import load_tensors, read_json, save_tensors_atomic, write_json_atomic
 
 FORMAT = "bitsmith.integer_graph"

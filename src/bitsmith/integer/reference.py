@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from bitsmith.errors import AccumulatorOverflowError, GraphError
 from bitsmith.integer.arithmetic import int_range, partial_sum_bound, quantize_input, requantize
 from bitsmith.integer.exactness import float32_gemm_is_ieee, gemm_dtype
+from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
 from bitsmith.integer.ops import ACCUMULATING_OPS, Emitters, as_pair
 
 REFERENCE = Emitters("reference interpreter")

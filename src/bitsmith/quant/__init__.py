@@ -6,6 +6,6 @@ from bitsmith.quant.fake_quant import FakeQuantize
 from bitsmith.quant.lower import lower
 from bitsmith.quant.modules import QuantConv2d, QuantLinear
 from bitsmith.quant.prepare import prepare
-from bitsmith.quant.ptq import quantize
+from bitsmith.quant.api import ClipQConfig, QATConfig, quantize
 
-__all__ = ["QuantConfig", "FakeQuantize", "QuantConv2d", "QuantLinear", "lower", "prepare", "quantize"]
+__all__ = ["ClipQConfig", "QATConfig", "QuantConfig", "FakeQuantize", "QuantConv2d", "QuantLinear", "lower", "prepare", "quantize"]

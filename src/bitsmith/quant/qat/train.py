@@ -1,4 +1,4 @@
-"""QAT training and the `bitsmith qat` job: float run → QAT model → IntegerGraph, measured.
+"""QAT training: the loop that trains a prepared QAT (or CLIP-Q) model in place.
 
 Training reuses bitsmith.train's pieces (data pipeline, cosine learning rate): weights by SGD
 (Nesterov momentum) or Adam, the quantizers' own parameters (LSQ steps, PACT α) by Adam, and a
@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +22,14 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from bitsmith.data import ArrayDataset, iterate_batches, load_dataset
+from bitsmith.data import ArrayDataset, iterate_batches
 from bitsmith.errors import ConfigError
-from bitsmith.evaluate import predictions
-from bitsmith.quant.calibration import CALIBRATION_BATCH_SIZE, CALIBRATION_BATCHES, calibration_batches
-from bitsmith.quant.lower import lower
 from bitsmith.quant.modules import QuantLayer
 from bitsmith.quant.prepare import module_of
 from bitsmith.quant.ptq import input_quantizer
-from bitsmith.quant.qat.exact import set_exact_eval
 from bitsmith.quant.qat.pooling import training_view
-from bitsmith.quant.qat.prepare import QATSpec, qat_prepare, quantizer_parameters, sync_input_scales
-from bitsmith.runs import load_run
-from bitsmith.storage import save_tensors_atomic, write_json_atomic
+from bitsmith.quant.qat.prepare import quantizer_parameters, sync_input_scales
+from bitsmith.storage import save_tensors_atomic
 from bitsmith.train import SGD_MOMENTUM, cosine_lr
 
 QAT_WEIGHTS_FILE = "qat_weights.safetensors"
@@ -202,89 +196,8 @@ def qat_train(qmodel: fx.GraphModule, teacher: nn.Module | None, train_ds: Array
     return history
 
 
-def _percent(pred: torch.Tensor, labels: torch.Tensor) -> float:
-    return round(100 * float((pred == labels).double().mean()), 4)
-
-
-def qat_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method: str, wbits: int = 4, abits: int = 4,
-            epochs: int = 2, bitw: str | None = None, bita: str | None = None, keep_first_last_8bit: bool = False,
-            data_dir: str | None = None, lr: float | None = None, quiet: bool = False,
-            train_config: QATTrainConfig | None = None, per_channel: bool = True,
-            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """QAT of a float run: PTQ-initialise, train `epochs` epochs, lower, measure on the test set.
-
-    `on_epoch(record)` runs after each training epoch, outside its timing (benchmarks/qat.py times
-    a float epoch there, so float and QAT epochs interleave).
-
-    Writes to `out_dir`: the IntegerGraph (graph.json + tensors.safetensors), the trained QAT
-    model's tensors (qat_weights.safetensors) and metrics.json, which it also returns:
-    fp32_accuracy, accuracy (fake-quant), integer_accuracy (percent), agreement (fraction of test
-    images on which fake-quant and integer engine predict the same class), seconds_per_epoch
-    (QAT training pass) and fp_seconds_per_epoch (the float run's recorded epochs, which include
-    its test evaluation).
-    """
-    spec = QATSpec(method, wbits=wbits, abits=abits, bitw=bitw, bita=bita,
-                   keep_first_last_8bit=keep_first_last_8bit, per_channel=per_channel)
-    config = train_config or QATTrainConfig()
-    config = QATTrainConfig(**{**asdict(config), "epochs": epochs, **({"lr": lr} if lr is not None else {})})
-    run = load_run(run_dir)
-    dataset = run.meta["dataset"]
-    data_dir = data_dir or run.meta.get("data_dir")
-    shape = tuple(run.model.input_shape)
-    train_ds = load_dataset(dataset, "train", data_dir)
-    test = load_dataset(dataset, "test", data_dir)
-
-    qmodel = qat_prepare(run.model, calibration_batches(dataset, shape, data_dir), spec)
-
-    def report(record: dict[str, Any]) -> None:
-        if not quiet:
-            print(f"qat {method} epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.4f}  "
-                  f"train {record['train_acc']:.2f}%  {record['seconds']:.1f} s", flush=True)
-        if on_epoch is not None:
-            on_epoch(record)
-
-    history = qat_train(qmodel, run.model, train_ds, config, on_epoch=report)
-    graph = lower(qmodel, metadata={
-        "model": run.model.spec, "dataset": dataset, "data_dir": data_dir,
-        "source_run": str(Path(run_dir).resolve()), "qat": {"spec": spec.to_json(), "train": asdict(config)},
-        "calibration": {"batches": CALIBRATION_BATCHES, "batch_size": CALIBRATION_BATCH_SIZE},
-    })
-    out_dir = Path(out_dir)
-    graph.save(out_dir)
-    save_qat_weights(qmodel, out_dir / QAT_WEIGHTS_FILE, spec)
-
-    labels = torch.as_tensor(test.labels, dtype=torch.int64)
-    fp_pred = predictions(run.model, test, shape)
-    fq_pred = predictions(qmodel, test, shape)  # integer-exact evaluation (qat.exact)
-    int_pred = predictions(graph.predict, test, shape)
-    set_exact_eval(qmodel, False)
-    float_pred = predictions(qmodel, test, shape)  # the plain float fake-quant path, for comparison
-    set_exact_eval(qmodel, True)
-    fp_history = run.meta.get("metrics", {}).get("history", [])
-    fp_seconds = (sum(r["seconds"] for r in fp_history) / len(fp_history)) if fp_history else None
-    seconds = sum(r["seconds"] for r in history) / len(history)
-    metrics = {
-        "model": run.model.spec["name"], "dataset": dataset, "method": method, "spec": spec.to_json(),
-        "train_config": asdict(config),
-        "weight_bits": [m.code_bits for m in qmodel.modules() if isinstance(m, QuantLayer)],
-        "fp32_accuracy": _percent(fp_pred, labels),
-        "accuracy": _percent(fq_pred, labels),
-        "integer_accuracy": _percent(int_pred, labels),
-        "agreement": float((fq_pred == int_pred).double().mean()),
-        "disagreements": int((fq_pred != int_pred).sum()),
-        "float_fake_quant_accuracy": _percent(float_pred, labels),
-        "float_fake_quant_agreement": float((float_pred == int_pred).double().mean()),
-        "test_images": len(labels),
-        "seconds_per_epoch": round(seconds, 3),
-        "fp_seconds_per_epoch": None if fp_seconds is None else round(fp_seconds, 3),
-        "history": history,
-        "graph": str(out_dir),
-    }
-    write_json_atomic(out_dir / METRICS_FILE, metrics)
-    return metrics
-
-
-def save_qat_weights(qmodel: nn.Module, path: Path, spec: QATSpec) -> None:
-    """The trained model's parameters and buffers (safetensors; empty placeholders skipped)."""
+def save_qat_weights(qmodel: nn.Module, path: Path, config: dict) -> None:
+    """The trained model's parameters and buffers (safetensors; empty placeholders skipped), with the
+    config that made them (JSON) in the file's metadata."""
     tensors = {k: v.detach().contiguous().clone() for k, v in qmodel.state_dict().items() if v.numel() > 0}
-    save_tensors_atomic(path, tensors, metadata={"format": "bitsmith.qat", "spec": json.dumps(spec.to_json())})
+    save_tensors_atomic(path, tensors, metadata={"format": "bitsmith.qat", "config": json.dumps(config)})

@@ -1,4 +1,4 @@
-"""The classroom LeNet-5 quantization flow (REFERENCE §1) as one reproducible experiment.
+"""The classroom LeNet-5 quantization flow (docs/homework.md) as one reproducible experiment.
 
     bitsmith homework --out runs/homework [--mnist-dir DIR]
 

@@ -1,4 +1,4 @@
-"""LeNet-5 as in the classroom VLSI homework flow (REFERENCE §1): no bias in the base model."""
+"""LeNet-5 as in the classroom VLSI homework flow (docs/homework.md): no bias in the base model."""
 
 from collections import OrderedDict
 

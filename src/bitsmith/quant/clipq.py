@@ -1,6 +1,6 @@
 """CLIP-Q: joint pruning and codebook quantization of weights (Tung & Mori, CVPR 2018).
 
-Per layer, with clip fraction `p` and bits `b` (REFERENCE §1):
+Per layer, with clip fraction `p` and bits `b` (the paper's procedure; docs/qat.md):
 
 1. zero the fraction `p` of positive weights closest to 0, and the fraction `p` of negative
    weights closest to 0 (⌊p·n⌋ of each sign; every weight not above the ⌊p·n⌋-th smallest

@@ -1,6 +1,6 @@
 """Per-layer value ranges: min–max against mean ± 3σ, for weights and output activations.
 
-This is step 1 and 3 of the classroom LeNet-5 flow (REFERENCE §1): for each Conv2d / Linear,
+This is step 1 and 3 of the classroom LeNet-5 flow (docs/homework.md): for each Conv2d / Linear,
 compare the weight range given by min–max with the one given by mean ± 3σ, and likewise the
 range of the activation the layer's output quantizer sees (after BatchNorm folding and the
 fused ReLU), and say which is wider. The weights reported are the folded ones (what gets

@@ -19,7 +19,7 @@ from torch import nn
 from bitsmith.quant.fake_quant import FakeQuantize
 
 
-#: HWGQ activation steps for a unit-variance pre-activation (DeepBurning-MixQ, REFERENCE §1).
+#: HWGQ activation steps for a unit-variance pre-activation (DeepBurning-MixQ's HWGQ table; docs/qat.md).
 HWGQ_STEP = {2: 0.538, 3: 0.3217, 4: 0.185, 5: 0.104, 6: 0.058, 7: 0.033, 8: 0.019}
 
 

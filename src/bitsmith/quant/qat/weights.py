@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-#: DeepBurning-MixQ Gaussian weight steps: step = g[b] · std(W) (REFERENCE §1).
+#: DeepBurning-MixQ Gaussian weight steps: step = g[b] · std(W) (docs/qat.md).
 GAUSS_STEP = {2: 0.996, 3: 0.586, 4: 0.336, 5: 0.190, 6: 0.106, 7: 0.059, 8: 0.032}
 
 

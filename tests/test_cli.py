@@ -113,7 +113,7 @@ def test_quantize_options_reach_the_graph(float_run, tmp_path):
 def test_export_clipq_hex(tmp_path):
     import torch
 
-    from bitsmith.accel.clipq_hex import read_clipq_hex
+    from bitsmith.targets.clipq_hex import read_clipq_hex
     from bitsmith.integer import load, lower
     from bitsmith.models import build_model
     from bitsmith.quant import QuantConfig, quantize

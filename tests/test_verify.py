@@ -16,8 +16,8 @@ from bitsmith.integer import lower
 from bitsmith.integer.arithmetic import quantize_input
 from bitsmith.models import build_model
 from bitsmith.quant import QuantConfig, quantize
-from bitsmith.verify import (BACKENDS, compare, engine_outputs, random_code_images, summary, verification_inputs,
-                             verify, verify_all)
+from bitsmith.verify import (BACKENDS, compare, random_code_images, summary, verification_inputs, verify,
+                             verify_all)
 
 GXX = shutil.which("g++")
 

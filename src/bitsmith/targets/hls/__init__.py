@@ -25,7 +25,7 @@ from bitsmith.storage import write_bytes_atomic
 from .layers import EMIT, HlsLayer, fold_requant, hls_layers, signed_width
 from .model import hls_requant, run_hls_layers
 from .parse import read_hls, unpack_lanes
-from .reference import REFERENCE_BINARY, compile_reference, reference_sources, run_reference
+from .reference import compile_reference, reference_sources, run_reference
 from .render import CONFIG_FILE, SIMD_PE_FILE, WEIGHTS_FILE, pack_lanes, render_config, render_simd_pe, render_weights
 
 __all__ = ["EMIT", "HlsLayer", "compile_reference", "export_hls", "fold_requant", "hls_layers", "hls_requant",

@@ -1,4 +1,4 @@
-"""The accelerator compiler, the §5 cycle formulas and the §6 memory images (docs/hardware.md)."""
+"""The accelerator compiler, the §5 cycle formulas and the §6 memory files (docs/hardware.md)."""
 
 import math
 
@@ -9,8 +9,8 @@ from torch import nn
 
 from bitsmith.accel import AccelConfig
 from bitsmith.accel.compiler import compile_graph
-from bitsmith.accel.images import (export_images, pack_elements, read_expected, read_hex, read_input_codes,
-                                   read_program, unpack_elements, write_images)
+from bitsmith.accel.memory import (export_memory, pack_elements, read_expected, read_hex, read_input_codes,
+                                   read_program, unpack_elements, write_memory)
 from bitsmith.accel.program import Layer, Program
 from bitsmith.accel.timing import layer_cycles, program_cycles
 from bitsmith.errors import AcceleratorError
@@ -216,7 +216,7 @@ def test_lenet_cycles_formula():
     assert c["macs"] == 6 * 784 * 25 + 16 * 100 * 150 + 120 * 400 + 84 * 120 + 10 * 84
 
 
-# -- memory images (§6) -------------------------------------------------------------------------
+# -- memory files (§6) --------------------------------------------------------------------------
 
 def test_packing_puts_element_zero_in_the_low_bits():
     assert pack_elements(np.array([1, 2, -1]), 8, 64) == [0xFF0201]
@@ -239,11 +239,11 @@ def _assert_same_program(a: Program, b: Program):
 
 
 @pytest.mark.parametrize("which", ["dense", "codebook"])
-def test_images_round_trip(tmp_path, which):
+def test_memory_files_round_trip(tmp_path, which):
     g = _lenet(QuantConfig(act_symmetric=False)) if which == "dense" else _clipq()
     config = AccelConfig(pe=4, simd=16, bus_bits=128)
     x = torch.randn(3, 1, 32, 32)
-    doc = export_images(g, x, tmp_path, config)
+    doc = export_memory(g, x, tmp_path, config)
     program = compile_graph(g, config)
     _assert_same_program(read_program(tmp_path), program)
     outputs = g.run(x, return_all=True)
@@ -270,7 +270,7 @@ def test_images_round_trip(tmp_path, which):
 def test_descriptor_words_of_the_first_layer(tmp_path):
     g = _lenet()
     program = compile_graph(g, AccelConfig())
-    write_images(program, torch.zeros((1, 1, 32, 32), dtype=torch.int64), tmp_path)
+    write_memory(program, torch.zeros((1, 1, 32, 32), dtype=torch.int64), tmp_path)
     param = read_hex(tmp_path / "param.hex", 32)
     d = param[1:17]
     assert d[0] == 0 | 1 << 10              # conv, input signed, output unsigned, dense, requant

@@ -11,14 +11,15 @@ from torch import nn
 
 from bitsmith.accel import AccelConfig
 from bitsmith.accel.compiler import compile_graph
-from bitsmith.accel.images import build_images, read_images, sample_inputs, write_images
+from bitsmith.accel.memory import build_memory, read_memory, write_memory
 from bitsmith.accel.program import Layer, Program
-from bitsmith.accel.simulate import mismatches, simulate
+from bitsmith.accel.simulate import simulate
 from bitsmith.accel.timing import PHASES, program_cycles
 from bitsmith.quant import lower
 from bitsmith.models import build_model
 from bitsmith.quant import QuantConfig, quantize
 from bitsmith.quant.clipq import apply_clipq
+from bitsmith.verify import compare, verification_inputs
 
 N_IMAGES = 20
 
@@ -76,7 +77,8 @@ def _check(graph, x, config=None):
         got, want = result.outputs[layer.name], outputs[layer.name].numpy()
         assert got.shape == want.shape, layer.name
         np.testing.assert_array_equal(got, want, err_msg=layer.name)
-    assert mismatches(result, outputs) == {l.name: 0 for l in program.layers}
+    assert {l.name: compare(result.outputs[l.name], outputs[l.name])[1] for l in program.layers} == \
+        {l.name: 0 for l in program.layers}
     formula = program_cycles(program)
     for counted, row in zip(result.cycles["layers"], formula["layers"]):
         assert {p: counted[p] for p in PHASES} == {p: row[p] for p in PHASES}, row["name"]
@@ -89,9 +91,10 @@ def _check(graph, x, config=None):
 @pytest.fixture(scope="module")
 def fashion():
     g = _lenet()
-    x, source = sample_inputs(g, N_IMAGES, "fashion-mnist")
-    assert source.startswith("fashion-mnist") and x.shape == (N_IMAGES, 1, 32, 32)
-    return x
+    inputs = verification_inputs(g, N_IMAGES, "fashion-mnist")   # 20 test images + 20 random codes
+    assert inputs.description.startswith("fashion-mnist") and inputs.x.shape == (2 * N_IMAGES, 1, 32, 32)
+    assert (inputs.real, inputs.random) == (N_IMAGES, N_IMAGES)
+    return inputs.x
 
 
 def test_lenet_w8a8_on_fashion_mnist(fashion):
@@ -139,13 +142,14 @@ def test_runs_from_the_written_files_and_catches_a_packing_error(tmp_path, fashi
     g = _lenet(clipq=True)
     program = compile_graph(g, AccelConfig())
     outputs = g.run(fashion[:4], return_all=True)
-    write_images(program, outputs[program.input_name], tmp_path, expected=outputs)
-    _, images = read_images(tmp_path)
-    result = simulate(program, outputs[program.input_name], images=images)
-    assert sum(mismatches(result, outputs).values()) == 0
+    write_memory(program, outputs[program.input_name], tmp_path, expected=outputs)
+    _, memory = read_memory(tmp_path)
+    result = simulate(program, outputs[program.input_name], memory=memory)
+    assert sum(compare(result.outputs[l.name], outputs[l.name])[1] for l in program.layers) == 0
     # one flipped bit in one W2 word (q_conv2's first group) changes that layer's outputs
-    images.w2[build_images(program).weight_base[2]] ^= 1 << 5  # an index of row 0, term 2
-    wrong = mismatches(simulate(program, outputs[program.input_name], images=images), outputs)
+    memory.w2[build_memory(program).weight_base[2]] ^= 1 << 5  # an index of row 0, term 2
+    faulty = simulate(program, outputs[program.input_name], memory=memory)
+    wrong = {l.name: compare(faulty.outputs[l.name], outputs[l.name])[1] for l in program.layers}
     assert wrong["q_conv1"] == 0 and wrong["q_conv2"] > 0
 
 

@@ -113,9 +113,9 @@ def test_quantize_options_reach_the_graph(float_run, tmp_path):
 def test_export_clipq_hex(tmp_path):
     import torch
 
-    from bitsmith.accel.clipq_hex import read_clipq_hex
     from bitsmith.integer import load
     from bitsmith.quant import lower
+    from bitsmith.targets.clipq_hex import read_clipq_hex
     from bitsmith.models import build_model
     from bitsmith.quant import QuantConfig, quantize
     from bitsmith.quant.clipq import apply_clipq

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bitsmith.accel.clipq_hex import pack_w2, read_clipq_hex, unpack_w2, write_clipq_hex
+from bitsmith.targets.clipq_hex import pack_w2, read_clipq_hex, unpack_w2, write_clipq_hex
 from bitsmith.errors import ConfigError, DataError, GraphError
 from bitsmith.integer import load
 from bitsmith.quant import lower

@@ -12,9 +12,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bitsmith.accel.hls import (
-    compare_layers, compile_reference, export_hls, fold_requant, hls_layers, hls_requant, read_hls,
-    run_hls_layers, run_reference, signed_width)
 from bitsmith.cli import app
 from bitsmith.errors import AcceleratorError, ConfigError, DataError
 from bitsmith.quant import lower
@@ -22,6 +19,9 @@ from bitsmith.integer.arithmetic import requantize
 from bitsmith.models import build_model
 from bitsmith.quant import QuantConfig, quantize
 from bitsmith.quant.clipq import apply_clipq
+from bitsmith.targets.hls import (compile_reference, export_hls, fold_requant, hls_layers, hls_requant, read_hls,
+                                  run_hls_layers, run_reference, signed_width)
+from bitsmith.verify import compare
 
 GXX = shutil.which("g++")
 
@@ -146,8 +146,10 @@ def test_a_wrong_parameter_is_caught_by_the_comparison(graphs, tmp_path):
     engine = _engine(g)
     bad = copy.deepcopy(parsed)
     bad[2].bias[3] += 1 << bad[2].l_shift  # one code higher on one channel of conv2
-    rows = compare_layers(engine, bad, run_hls_layers(bad, engine[g.nodes[0].output]))
-    assert rows[0]["mismatches"] == 0 and rows[2]["mismatches"] > 0
+    got = run_hls_layers(bad, engine[g.nodes[0].output])
+    rows = [compare(values, engine[layer.name]) for layer, values in zip(bad, got)]   # (elements, mismatches, first)
+    assert rows[0][1] == 0 and rows[2][1] > 0
+    assert rows[2][2]["got"] != rows[2][2]["want"] and set(rows[2][2]) >= {"image", "channel", "y", "x"}
 
 
 # -- the requant mapping -------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The generated Verilog (bitsmith.rtl) against the integer engine: every output value of every
-layer equal, and the RTL's cycle count equal to docs/hardware.md §5, in Icarus (and Verilator)."""
+"""The generated Verilog (bitsmith.rtl, run by bitsmith.verify) against the integer engine: every
+output value of every layer equal, and the RTL's cycle count equal to docs/hardware.md §5, in Icarus
+(and Verilator)."""
 
 import json
 import shutil
@@ -11,16 +12,16 @@ from typer.testing import CliRunner
 
 from bitsmith.accel.compiler import compile_graph
 from bitsmith.accel.config import AccelConfig
-from bitsmith.accel.images import write_images
+from bitsmith.accel.memory import write_memory
 from bitsmith.cli import app
 from bitsmith.errors import ConfigError, DataError
 from bitsmith.quant import lower
 from bitsmith.models import build_model
 from bitsmith.quant import QuantConfig, quantize
 from bitsmith.quant.clipq import apply_clipq
-from bitsmith.rtl.check import run_rtl
 from bitsmith.rtl.generate import generate_rtl
 from bitsmith.rtl.simulators import SimulationError, parse_log
+from bitsmith.verify import verification_inputs, verify
 
 needs_verilator = pytest.mark.skipif(shutil.which("verilator") is None, reason="verilator not installed")
 
@@ -58,27 +59,35 @@ def _mixed_small():
                   act_symmetric=False, per_channel=True)
 
 
-def _assert_exact(result, images):
-    assert result["complete"] and result["timeout"] is None
-    for row in result["layers"]:
-        assert row["checked_images"] == images, row
-        assert row["mismatches"] == 0, row
-        assert row["rtl_cycles"] == row["formula_cycles"], row
-    assert result["mismatches"] == 0
-    assert result["cycles_per_image"] == [result["formula_cycles"]] * images
-    assert result["passed"]
+def run_rtl(graph, images=1, sim="icarus", config=None, data=None, work_dir=None, fault=None):
+    """`images` test images and as many random-code images (only the random ones with data="random")."""
+    inputs = verification_inputs(graph, images, data)
+    return verify(graph, "rtl", inputs, sim=sim, config=config or AccelConfig(), work_dir=work_dir, fault=fault,
+                  raise_errors=True)
+
+
+def _assert_exact(report, images):
+    assert report.images == images
+    assert report.complete and report.details["timeout"] is None
+    for row in report.layers:
+        assert row.elements > 0 and row.elements % images == 0, row
+        assert row.mismatches == 0, row
+        assert row.cycles == row.formula_cycles, row
+    assert report.mismatches == 0
+    assert report.cycles_per_image == [report.formula_cycles] * images
+    assert report.cycles_equal and report.passed
 
 
 def test_lenet_w8a8_real_images_bit_exact_with_formula_cycles_in_icarus(tmp_path):
     g = _lenet_w8a8()
-    result = run_rtl(g, images=1, sim="icarus", pe=8, simd=8, work_dir=tmp_path)
-    assert result["inputs"].startswith("fashion-mnist")
-    assert [row["kind"] for row in result["layers"]] == ["conv", "maxpool", "conv", "maxpool", "conv", "conv", "conv"]
-    _assert_exact(result, 1)
+    result = run_rtl(g, images=1, sim="icarus", config=AccelConfig(pe=8, simd=8), work_dir=tmp_path)
+    assert result.inputs.startswith("fashion-mnist")     # one test image and one random-code image
+    assert [row.kind for row in result.layers] == ["conv", "maxpool", "conv", "maxpool", "conv", "conv", "conv"]
+    _assert_exact(result, 2)
     # Hand-checked §5 counts at R = C = 8, bus 64: conv1 = 16 + 18 (param) + 128 (input) +
     # 32 (weights: 8·4·8 bytes / 8 per cycle) + 784·4 (compute) + 784 (drain) + 1 = 4115.
-    assert result["layers"][0]["rtl_cycles"] == 4115
-    assert result["cycles_per_image"] == [18903]
+    assert result.layers[0].cycles == 4115
+    assert result.cycles_per_image == [18903, 18903]
 
 
 def test_lenet_clipq_codebook_bit_exact_in_icarus(tmp_path):
@@ -86,7 +95,7 @@ def test_lenet_clipq_codebook_bit_exact_in_icarus(tmp_path):
     program = compile_graph(g, AccelConfig())
     assert [layer.is_codebook for layer in program.layers if layer.kind == "conv"] == [True, True, True, True, False]
     result = run_rtl(g, images=1, sim="icarus", work_dir=tmp_path)
-    _assert_exact(result, 1)
+    _assert_exact(result, 2)
 
 
 @pytest.mark.parametrize("case", ["mixed", "single_layer", "single_group_full", "one_pixel"])
@@ -109,15 +118,20 @@ def test_injected_hardware_fault_fails_the_check(tmp_path, fault):
     g = _mixed_small()
     result = run_rtl(g, images=1, sim="icarus", config=AccelConfig(pe=4, simd=4), data="random",
                      work_dir=tmp_path, fault=fault)
-    assert not result["passed"]
-    assert result["mismatches"] > 0
-    assert sum(row["mismatches"] for row in result["layers"]) == result["mismatches"]
-    first = result["printed_mismatches"][0]
+    assert not result.passed
+    assert result.mismatches > 0
+    printed = result.details["printed_mismatches"]
+    first = printed[0]
     assert first["got"] != first["want"] and first["image"] == 0
-    assert len(result["printed_mismatches"]) == min(20, result["mismatches"])  # printing is capped
-    assert result["cycles_equal"]   # a datapath bug does not change the timing
+    assert len(printed) == min(20, result.mismatches)  # printing is capped
+    assert result.cycles_equal   # a datapath bug does not change the timing
+    # the report names the first faulty layer, with the testbench's first mismatch there
+    named = result.first_mismatch
+    assert named["label"] == f"L{first['layer']:02d}" and named["layer"] == result.layers[first["layer"]].name
+    assert {k: named[k] for k in ("image", "channel", "y", "x", "got", "want")} == \
+        {k: first[k] for k in ("image", "channel", "y", "x", "got", "want")}
     # The faulty design really differs from the engine there: the expected file holds `want`.
-    lines = (tmp_path / "images" / f"expected/L{first['layer']:02d}.hex").read_text().split()
+    lines = (tmp_path / "memory" / f"expected/L{first['layer']:02d}.hex").read_text().split()
     layer = compile_graph(g, AccelConfig(pe=4, simd=4)).layers[first["layer"]]
     k = (first["channel"] * layer.out_h + first["y"]) * layer.out_w + first["x"]
     bits = 32 if layer.raw_output else 8
@@ -134,24 +148,24 @@ def test_verilator_gives_the_same_results_as_icarus(tmp_path):
     icarus = run_rtl(g, images=2, sim="icarus", config=config, data="random", work_dir=tmp_path / "i")
     verilator = run_rtl(g, images=2, sim="verilator", config=config, data="random", work_dir=tmp_path / "v")
     _assert_exact(verilator, 2)
-    assert [r["rtl_cycles"] for r in verilator["layers"]] == [r["rtl_cycles"] for r in icarus["layers"]]
-    assert verilator["cycles_per_image"] == icarus["cycles_per_image"]
+    assert [r.cycles for r in verilator.layers] == [r.cycles for r in icarus.layers]
+    assert verilator.cycles_per_image == icarus.cycles_per_image
 
 
 def test_generate_rejects_unknown_fault_and_missing_images(tmp_path):
     g = _mixed_small()
     program = compile_graph(g, AccelConfig(pe=4, simd=4))
     with pytest.raises(ConfigError, match="unknown RTL fault 'flip'"):
-        generate_rtl(program, tmp_path / "rtl", fault="flip", image_dir=tmp_path)
+        generate_rtl(program, tmp_path / "rtl", fault="flip", memory_dir=tmp_path)
     with pytest.raises(ConfigError, match="unknown simulator 'modelsim'"):
-        run_rtl(g, sim="modelsim", work_dir=tmp_path / "never")
+        run_rtl(g, sim="modelsim", data="random", work_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()
     with pytest.raises(DataError, match="no param.hex"):
-        generate_rtl(program, tmp_path / "rtl", image_dir=tmp_path)
+        generate_rtl(program, tmp_path / "rtl", memory_dir=tmp_path)
     codes = torch.zeros((1, 3, 16, 16), dtype=torch.int64)
-    write_images(program, codes, tmp_path / "img")
+    write_memory(program, codes, tmp_path / "img")
     with pytest.raises(DataError, match="holds 1 image"):
-        generate_rtl(program, tmp_path / "rtl", images=2, image_dir=tmp_path / "img")
+        generate_rtl(program, tmp_path / "rtl", images=2, memory_dir=tmp_path / "img")
 
 
 def test_parse_log_counts_and_requires_a_summary():
@@ -194,11 +208,11 @@ def test_cli_rtl_json_and_exit_codes(tmp_path):
 def test_twenty_real_images_in_icarus(tmp_path, which):
     g = _lenet_w8a8() if which == "w8a8" else _lenet_clipq()
     result = run_rtl(g, images=20, sim="icarus", work_dir=tmp_path)
-    _assert_exact(result, 20)
+    _assert_exact(result, 40)
 
 
 @pytest.mark.slow
 @needs_verilator
 def test_twenty_real_images_in_verilator(tmp_path):
     result = run_rtl(_lenet_w8a8(), images=20, sim="verilator", work_dir=tmp_path)
-    _assert_exact(result, 20)
+    _assert_exact(result, 40)

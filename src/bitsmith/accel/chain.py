@@ -6,18 +6,23 @@ Flatten is free (activations are CHW, the order Flatten produces), and each Conv
 AvgPool2d is fused with the Requant that consumes its accumulator. A Conv2d / Linear without a
 Requant is allowed only as the graph's last layer (raw 32-bit accumulators out). What does not fit
 this shape is an AcceleratorError naming the node.
+
+Which layer ops a back end computes is its `Emitters` table (bitsmith.integer.ops): the walk asks
+the table for every node that is not part of the chain's own structure (QuantizeInput, Requant,
+Flatten), so an op the back end lacks is reported with the back end's name, the node and the op.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
-from bitsmith.errors import AcceleratorError
+from bitsmith.errors import AcceleratorError, UnsupportedOpError
 from bitsmith.integer.graph import IntegerGraph, Node
+from bitsmith.integer.ops import ACCUMULATING_OPS, Emitters
 
-#: Ops that carry a Requant after them (their output is an accumulator).
-ACCUMULATING_OPS = ("Conv2d", "Linear", "AvgPool2d")
+#: Ops the chain walk itself handles: on the host, fused into the layer before, or free.
+STRUCTURAL_OPS = ("QuantizeInput", "Requant", "Flatten")
 
 
 @dataclass(frozen=True)
@@ -31,23 +36,21 @@ class ChainStep:
         return self.requant.output if self.requant is not None else self.node.output
 
 
-def layer_chain(graph: IntegerGraph, layer_ops: Iterable[str], who: str = "") -> tuple[str, list[ChainStep]]:
+def layer_chain(graph: IntegerGraph, emitters: Emitters) -> tuple[str, list[ChainStep]]:
     """(the quantized input tensor, the steps) of a single-chain graph.
 
-    `layer_ops` are the ops the back end computes (a subset of Conv2d, Linear, AvgPool2d,
-    MaxPool2d); `who` prefixes error messages (e.g. "HLS export: ").
+    `emitters` is the back end's table of layer ops (a subset of Conv2d, Linear, AvgPool2d,
+    MaxPool2d); its name prefixes error messages (e.g. "HLS export: ").
     """
-    layer_ops = tuple(layer_ops)
-    supported = ("QuantizeInput", "Requant", "Flatten") + layer_ops
+    who = f"{emitters.backend}: "
     consumers: dict[str, list[Node]] = {}
     for node in graph.nodes:
         for name in node.inputs:
             consumers.setdefault(name, []).append(node)
     nodes = list(graph.nodes)
     for node in nodes:  # name an unsupported op (Concat, Reorg) before any branching it causes
-        if node.op not in supported:
-            raise AcceleratorError(f"{who}layer {node.name}: op {node.op} is not supported "
-                                   f"(it runs {', '.join(layer_ops)}, Requant after an accumulator, Flatten)")
+        if node.op not in STRUCTURAL_OPS:
+            check_supported(emitters, node)
     if not nodes or nodes[0].op != "QuantizeInput":
         raise AcceleratorError(f"{who}the graph must start with QuantizeInput (codes arrive from the host)")
 
@@ -80,6 +83,16 @@ def layer_chain(graph: IntegerGraph, layer_ops: Iterable[str], who: str = "") ->
     if not _same_data(graph, current, graph.outputs[0]):
         raise AcceleratorError(f"{who}graph output {graph.outputs[0]!r} is not the last layer's output {current!r}")
     return nodes[0].output, steps
+
+
+def check_supported(emitters: Emitters, node: Node) -> None:
+    """AcceleratorError naming the back end, the layer and the op when `emitters` lacks the op."""
+    try:
+        emitters.lookup(node)
+    except UnsupportedOpError as e:
+        raise AcceleratorError(
+            f"{emitters.backend}: layer {node.name}: op {node.op} is not supported (it runs "
+            f"{', '.join(emitters.supported())}, Requant after an accumulator, Flatten)") from e
 
 
 def _fused_requant(graph: IntegerGraph, node: Node, consumers: dict[str, list[Node]], who: str) -> Optional[Node]:

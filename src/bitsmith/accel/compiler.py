@@ -17,40 +17,38 @@ import torch
 from bitsmith.errors import AcceleratorError
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec, as_pair, weight_format
 
-from .chain import layer_chain
+from bitsmith.integer.ops import Emitters
+
+from .chain import ChainStep, layer_chain
 from .config import (
     ACC_BITS,
+    ACC_MAX,
+    ACC_MIN,
     CODEBOOK_INDEX_BITS,
     CODEBOOK_SIZE,
+    CODEBOOK_VALUE_BITS,
+    DESCRIPTOR_FIELD_MAX,
     MAX_ACT_BITS,
     MAX_SHIFT,
     MAX_WEIGHT_BITS,
     MULTIPLIER_BITS,
+    MULTIPLIER_MAX,
     AccelConfig,
 )
 from .program import Layer, Program
 
-ACC_MAX = (1 << (ACC_BITS - 1)) - 1
-ACC_MIN = -(1 << (ACC_BITS - 1))
-MULTIPLIER_MAX = (1 << (MULTIPLIER_BITS - 1)) - 1   # a signed 32-bit register holding m ≥ 0
-FIELD_MAX = 255                                    # kernel/stride/padding descriptor fields are 8 bits
 MIN_WEIGHT_BITS = 2
+CODEBOOK_MIN, CODEBOOK_MAX = -(1 << (CODEBOOK_VALUE_BITS - 1)), (1 << (CODEBOOK_VALUE_BITS - 1)) - 1
 
 
 def compile_graph(graph: IntegerGraph, config: AccelConfig) -> Program:
     """The layer program for `graph` on `config`; raises AcceleratorError if it cannot run there."""
-    input_name, steps = layer_chain(graph, ("Conv2d", "Linear", "MaxPool2d", "AvgPool2d"))
+    input_name, steps = layer_chain(graph, EMIT)
     _check_codes(graph.tensors[input_name], graph.nodes[0].name, "input")
     layers: list[Layer] = []
     for step in steps:
-        node, index = step.node, len(layers)
-        if node.op == "MaxPool2d":
-            layer = _maxpool_layer(graph, node, index)
-        elif node.op == "AvgPool2d":
-            layer = _avgpool_layer(graph, node, step.requant, index)
-        else:
-            layer = _conv_layer(graph, node, step.requant, index)
-        _check_limits(layer, node.name, config)
+        layer = EMIT.lookup(step.node)(graph, step, len(layers))
+        _check_limits(layer, step.node.name, config)
         layers.append(layer)
     # The engine's shape of each layer's tensor (a Linear's is 1-D), so back ends can compare.
     shapes = {layer.name: list(graph.tensors[layer.name].shape) for layer in layers}
@@ -59,6 +57,26 @@ def compile_graph(graph: IntegerGraph, config: AccelConfig) -> Program:
 
 
 # -- one layer per node (group) -------------------------------------------------------------
+
+#: The layer ops the accelerator computes; QuantizeInput (host), Requant (fused) and Flatten (free)
+#: are the chain walk's (chain.STRUCTURAL_OPS).
+EMIT = Emitters("accelerator compiler")
+
+
+@EMIT.register("Conv2d", "Linear")
+def _emit_conv(graph: IntegerGraph, step: ChainStep, index: int) -> Layer:
+    return _conv_layer(graph, step.node, step.requant, index)
+
+
+@EMIT.register("AvgPool2d")
+def _emit_avgpool(graph: IntegerGraph, step: ChainStep, index: int) -> Layer:
+    return _avgpool_layer(graph, step.node, step.requant, index)
+
+
+@EMIT.register("MaxPool2d")
+def _emit_maxpool(graph: IntegerGraph, step: ChainStep, index: int) -> Layer:
+    return _maxpool_layer(graph, step.node, index)
+
 
 def _chw(spec: TensorSpec) -> tuple[int, int, int]:
     """A tensor shape as (channels, height, width); a feature vector is F×1×1 (CHW = Flatten order)."""
@@ -82,7 +100,8 @@ def _requant_fields(graph: IntegerGraph, requant: Node, out_ch: int) -> dict:
         raise AcceleratorError(f"layer {requant.name}: multiplier {int(m.max())} does not fit the "
                                f"{MULTIPLIER_BITS}-bit signed multiplier (max {MULTIPLIER_MAX})")
     if s.numel() and (int(s.min()) < 0 or int(s.max()) > MAX_SHIFT):
-        raise AcceleratorError(f"layer {requant.name}: shift {int(s.max())} outside the requant unit's 0..{MAX_SHIFT}")
+        raise AcceleratorError(f"layer {requant.name}: shift {int(s.max())} outside 0..{MAX_SHIFT} "
+                               "(the IR's limit, integer.arithmetic.MAX_SHIFT)")
     return dict(name=requant.output, out_bits=y.bits, out_signed=y.signed, z_out=y.zero_point,
                 clamp_lo=int(requant.attrs["clamp_min"]), clamp_hi=int(requant.attrs["clamp_max"]),
                 multiplier=m.expand(out_ch).numpy().astype(np.int64).copy(),
@@ -109,8 +128,8 @@ def _conv_layer(graph: IntegerGraph, node: Node, requant: Node | None, index: in
             raise AcceleratorError(f"layer {node.name}: dilated convolution (dilation={[dh, dw]}); "
                                    "the accelerator runs dilation=1 only")
         for what, value in (("stride", max(sh, sw)), ("padding", max(ph, pw))):
-            if value > FIELD_MAX:
-                raise AcceleratorError(f"layer {node.name}: {what} {value} exceeds the descriptor field (max {FIELD_MAX})")
+            if value > DESCRIPTOR_FIELD_MAX:
+                raise AcceleratorError(f"layer {node.name}: {what} {value} exceeds the descriptor field (max {DESCRIPTOR_FIELD_MAX})")
         geometry = dict(kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw)
     else:
         geometry = {}
@@ -155,9 +174,9 @@ def _codebook(graph: IntegerGraph, node: Node) -> tuple[np.ndarray, np.ndarray]:
     if ibits != CODEBOOK_INDEX_BITS or table.size > CODEBOOK_SIZE:
         raise AcceleratorError(f"layer {node.name}: {ibits}-bit codebook with {table.size} entries; the "
                                f"decoder takes {CODEBOOK_INDEX_BITS}-bit indices into {CODEBOOK_SIZE} values")
-    if table.size and (table.min() < -128 or table.max() > 127):
-        raise AcceleratorError(f"layer {node.name}: codebook values {table.tolist()} do not fit the 8-bit "
-                               "signed codebook registers")
+    if table.size and (table.min() < CODEBOOK_MIN or table.max() > CODEBOOK_MAX):
+        raise AcceleratorError(f"layer {node.name}: codebook values {table.tolist()} do not fit the "
+                               f"{CODEBOOK_VALUE_BITS}-bit signed codebook registers")
     codebook = np.zeros(CODEBOOK_SIZE, dtype=np.int64)
     codebook[: table.size] = table
     index = graph.params[node.params["weight_index"]].to(torch.int64)

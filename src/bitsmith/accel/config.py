@@ -5,18 +5,33 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..errors import ConfigError
+from bitsmith.errors import ConfigError
+from bitsmith.integer.arithmetic import MAX_SHIFT
 
-# Fixed by the design (docs/hardware.md §1).
-MAX_WEIGHT_BITS = 8
-MAX_ACT_BITS = 8
-ACC_BITS = 32
-MULTIPLIER_BITS = 32
-MAX_SHIFT = 63
-CODEBOOK_INDEX_BITS = 2
-CODEBOOK_SIZE = 4
+# Fixed by the design (docs/hardware.md §1). Each hardware width is named once, here; the compiler,
+# the cycle model, the memory writer/readers, the cost model and the Verilog generator import it.
+# Where the IR has its own limit (bitsmith.integer.arithmetic) the hardware must hold it, checked below.
+MAX_WEIGHT_BITS = 8          # widest dense weight; W8.hex stores every dense weight in one byte
+MAX_ACT_BITS = 8             # widest activation code; the activation buffers hold one byte per code
+WEIGHT_BYTE_BITS = 8         # bits per dense weight in W8.hex and the weight buffer
+ACC_BITS = 32                # the PE rows' accumulators and raw (no-requant) outputs
+MULTIPLIER_BITS = 32         # the requant unit's signed multiplier register (m ≥ 0, so m < 2^31)
+SHIFT_FIELD_BITS = 6         # the requant unit's shift field: it can hold 0..63; the IR's limit
+                             # (integer.arithmetic.MAX_SHIFT = 62) is what the compiler accepts
+PARAM_WORD_BITS = 32         # param.hex words (descriptors, bias / multiplier / shift tables)
+CODEBOOK_INDEX_BITS = 2      # a codebook layer's weight index, W2.hex
+CODEBOOK_SIZE = 1 << CODEBOOK_INDEX_BITS   # codebook registers per layer
+CODEBOOK_VALUE_BITS = 8      # each codebook register (signed), CB8.hex
 DESCRIPTOR_WORDS = 16
+DESCRIPTOR_FIELD_MAX = 255   # kernel / stride / padding descriptor fields are 8 bits
 PARAM_WORDS_PER_CHANNEL = 3
+
+ACC_MIN, ACC_MAX = -(1 << (ACC_BITS - 1)), (1 << (ACC_BITS - 1)) - 1
+MULTIPLIER_MAX = (1 << (MULTIPLIER_BITS - 1)) - 1
+
+# The hardware holds everything the IR can express for the ops it runs.
+assert MAX_SHIFT < 1 << SHIFT_FIELD_BITS, "the requant shift field cannot hold the IR's largest shift"
+assert WEIGHT_BYTE_BITS >= MAX_WEIGHT_BITS and CODEBOOK_VALUE_BITS <= MAX_WEIGHT_BITS
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,12 @@ class AccelConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_options(cls, **options) -> "AccelConfig":
+        """The configuration from command-line style options: None means "the default"; an unknown
+        name is a ConfigError. Every command builds its configuration this one way."""
+        return cls.from_json({k: v for k, v in options.items() if v is not None})
 
     @classmethod
     def from_json(cls, data: dict) -> "AccelConfig":

@@ -2,14 +2,14 @@
 rough LUT/FF figure, per layer and in total (docs/hardware.md "Cost model" states every assumption).
 
 - **DSPs of the PE array.** The R×C multipliers are packed into DSP48E2 slices at the rate of
-  DeepBurning-MixQ's tables (REFERENCE §1, "ops per DSP48E2", transcribed below as data): a layer
+  DeepBurning-MixQ's DSP packing tables ("ops per DSP48E2", transcribed below as data): a layer
   with w-bit weights and a-bit activations needs ⌈R·C / ops_per_dsp(w, a, kernel)⌉ DSPs. A 2-bit
-  codebook layer needs none (REFERENCE §2: multiply each activation by the four codebook values
+  codebook layer needs none (the CLIP-Q accelerator's trick: multiply each activation by the four codebook values
   once per column, then every PE selects one of the four products). The array is shared by all
   layers, so it is built for the most demanding one: array DSPs = max over layers.
 - **DSPs of the requant units.** One 32×32 signed multiplier per row, tiled from 27×18 signed
   multipliers: 2×2 = 4 DSPs each.
-- **BRAM18** with FINN's depth/width formula (REFERENCE §2) for the on-chip memories of this design,
+- **BRAM18** with FINN's BRAM18 depth/width formula for the on-chip memories of this design,
   plus, per layer, the weight memory a FINN dataflow layer with the same folding would need.
 - **LUT/FF**: a rough per-unit estimate; the unit figures in `LOGIC_UNITS` are assumptions, not
   synthesis results.
@@ -24,7 +24,7 @@ from ..errors import AcceleratorError, ConfigError
 from .config import ACC_BITS, CODEBOOK_INDEX_BITS, DESCRIPTOR_WORDS, MAX_WEIGHT_BITS, MULTIPLIER_BITS, PARAM_WORDS_PER_CHANNEL
 from .program import Layer, Program
 
-# ops per DSP48E2, REFERENCE §1: OPS_PER_DSP[kernel][w_bits] = (a = 2, 3, 4, 5, 6, 7, 8).
+# ops per DSP48E2, DeepBurning-MixQ's DSP packing tables: OPS_PER_DSP[kernel][w_bits] = (a = 2, 3, 4, 5, 6, 7, 8).
 OPS_PER_DSP: dict[int, dict[int, tuple[float, ...]]] = {
     3: {2: (18, 15, 12, 7.5, 7.5, 6, 6),
         3: (15, 12, 7.5, 6, 6, 6, 3),
@@ -67,7 +67,7 @@ def table_kernel(kernel: int) -> int:
 
 def ops_per_dsp(w_bits: int, a_bits: int, kernel: int) -> float:
     """Multiply-accumulates one DSP48E2 performs per cycle for w-bit weights and a-bit activations
-    (REFERENCE §1 tables, rows w = 2..8, columns a = 2..8), exactly as printed there."""
+    (DeepBurning-MixQ's DSP packing tables, rows w = 2..8, columns a = 2..8), exactly as printed there."""
     for name, bits in (("weight", w_bits), ("activation", a_bits)):
         if bits not in TABLE_BITS:
             raise ConfigError(f"ops_per_dsp: {name} bits must be 2..8 (the table's range), got {bits!r}")
@@ -99,7 +99,7 @@ REQUANT_DSPS = multiplier_dsps(ACC_BITS, MULTIPLIER_BITS)  # one per row: acc (3
 
 
 def bram18(depth: int, width: int) -> int:
-    """RAMB18 blocks for a memory of `depth` words of `width` bits (FINN's formula, REFERENCE §2)."""
+    """RAMB18 blocks for a memory of `depth` words of `width` bits (FINN's BRAM18 formula)."""
     if depth < 0 or width < 0:
         raise ConfigError(f"memory depth and width must be ≥ 0, got depth={depth}, width={width}")
     if depth == 0 or width == 0:

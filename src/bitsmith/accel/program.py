@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from .config import AccelConfig
+from .config import ACC_BITS, MAX_ACT_BITS, AccelConfig
 
 KINDS = ("conv", "maxpool", "avgpool")
 
@@ -74,6 +74,12 @@ class Layer:
     @property
     def is_codebook(self) -> bool:
         return self.codebook is not None
+
+    @property
+    def stored_out_bits(self) -> int:
+        """Bits per output value in the buffers and expected/Lii.hex: one byte per code, or the raw
+        32-bit accumulator."""
+        return ACC_BITS if self.raw_output else MAX_ACT_BITS
 
     @property
     def has_requant(self) -> bool:

@@ -1,7 +1,7 @@
-"""Cycle-level model of the accelerator (docs/hardware.md §3–§5): executes the memory images.
+"""Cycle-level model of the accelerator (docs/hardware.md §3–§5): executes the memory files' words.
 
 `simulate(program, codes)` packs the program and the input codes into the §6 memory words
-(`images.build_images`) and then runs the controller FSM from those words only: it decodes each
+(`memory.build_memory`) and then runs the controller FSM from those words only: it decodes each
 descriptor and per-channel table from `param.hex` words, loads every channel group's weight buffer
 from the packed W8 / W2 bus words (a packing bug shows up as a wrong output), keeps the two
 activation buffers as bytes (two's complement when signed), and advances a cycle counter phase by
@@ -26,12 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ACC_BITS, CODEBOOK_SIZE, DESCRIPTOR_WORDS, PARAM_WORDS_PER_CHANNEL
-from .images import MemoryImages, build_images, decode_descriptor
+from .config import (ACC_BITS, ACC_MAX, ACC_MIN, CODEBOOK_INDEX_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS,
+                     DESCRIPTOR_WORDS, MAX_ACT_BITS, PARAM_WORD_BITS, PARAM_WORDS_PER_CHANNEL, WEIGHT_BYTE_BITS)
+from .memory import MemoryImage, build_memory, decode_descriptor
 from .program import Program
 from .timing import FINISH_CYCLES, PHASES
 
-ACC_MIN, ACC_MAX = -(1 << (ACC_BITS - 1)), (1 << (ACC_BITS - 1)) - 1
 #: Elements per image chunk of the im2col columns [images, T·C, P]: bounds memory (~64 MB float64).
 CHUNK_ELEMENTS = 1 << 23
 
@@ -64,56 +64,56 @@ class _Counter:
         self.total += cycles
 
 
-def simulate(program: Program, codes, images: MemoryImages | None = None) -> SimResult:
+def simulate(program: Program, codes, memory: MemoryImage | None = None) -> SimResult:
     """Run `program` on input codes [N, C, H, W] (the graph's QuantizeInput output).
 
-    `images` (e.g. read back from files with `images.read_images`) replaces the words packed from
+    `memory` (e.g. read back from files with `memory.read_memory`) replaces the words packed from
     `program`; the program itself only supplies names, output shapes and the configuration.
     """
     config = program.config
     codes = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
     codes = codes.astype(np.int64)
     n_images = int(codes.shape[0])
-    if images is None:
-        images = build_images(program, codes)
+    if memory is None:
+        memory = build_memory(program, codes)
     R, C, bus = config.pe, config.simd, config.bus_bits
     shapes = program.metadata.get("tensor_shapes", {})
     buffers = [np.zeros((n_images, config.act_buffer_bytes), dtype=np.uint8) for _ in range(2)]  # A, B
     counter = _Counter()
     outputs: dict[str, np.ndarray] = {}
     overflows: list[str] = []
-    n_layers = images.param[0]
+    n_layers = memory.param[0]
     for i in range(n_layers):
         name = program.layers[i].name
         # PARAM: the descriptor, then bias / multiplier / shift per channel, one 32-bit word per cycle.
-        d = decode_descriptor(images.param[1 + DESCRIPTOR_WORDS * i : 1 + DESCRIPTOR_WORDS * (i + 1)])
+        d = decode_descriptor(memory.param[1 + DESCRIPTOR_WORDS * i : 1 + DESCRIPTOR_WORDS * (i + 1)])
         counter.start_layer(i, name, d["kind"])
         counter.tick("param", DESCRIPTOR_WORDS)
         bias = multiplier = shift = None
         if d["kind"] != "maxpool":
-            words = images.param[d["param_base"] : d["param_base"] + PARAM_WORDS_PER_CHANNEL * d["out_ch"]]
+            words = memory.param[d["param_base"] : d["param_base"] + PARAM_WORDS_PER_CHANNEL * d["out_ch"]]
             counter.tick("param", len(words))
-            table = _signed(np.array(words, dtype=np.int64), 32).reshape(d["out_ch"], PARAM_WORDS_PER_CHANNEL)
+            table = _signed(np.array(words, dtype=np.int64), PARAM_WORD_BITS).reshape(d["out_ch"], PARAM_WORDS_PER_CHANNEL)
             bias, multiplier, shift = table[:, 0], table[:, 1], table[:, 2]
         codebook = None
         if d["codebook"]:
-            codebook = _signed(np.array(images.cb8[d["codebook_base"] : d["codebook_base"] + CODEBOOK_SIZE],
-                                        dtype=np.int64), 8)
+            codebook = _signed(np.array(memory.cb8[d["codebook_base"] : d["codebook_base"] + CODEBOOK_SIZE],
+                                        dtype=np.int64), CODEBOOK_VALUE_BITS)
             counter.tick("codebook", CODEBOOK_SIZE)
         src, dst = (buffers[0], buffers[1]) if i % 2 == 0 else (buffers[1], buffers[0])
         in_bytes = d["in_ch"] * d["in_h"] * d["in_w"]
         if i == 0:  # INPUT: each image from In8 words into buffer A
-            per_image = math.ceil(in_bytes * 8 / bus)
+            per_image = math.ceil(in_bytes * MAX_ACT_BITS / bus)
             for n in range(n_images):
-                words = images.inputs[n * per_image : (n + 1) * per_image]
-                src[n, :in_bytes] = _unpack(words, 8, bus)[:in_bytes]
+                words = memory.inputs[n * per_image : (n + 1) * per_image]
+                src[n, :in_bytes] = _unpack(words, MAX_ACT_BITS, bus)[:in_bytes]
             counter.tick("input", per_image)
         x = src[:, :in_bytes].astype(np.int64)
         if d["in_signed"]:
-            x = np.where(x >= 128, x - 256, x)
+            x = _signed(x, MAX_ACT_BITS)
         x = x.reshape(n_images, d["in_ch"], d["in_h"], d["in_w"])
         if d["kind"] == "conv":
-            raw, wraps = _run_conv(d, x, images, codebook, bias, multiplier, shift, config, counter, dst)
+            raw, wraps = _run_conv(d, x, memory, codebook, bias, multiplier, shift, config, counter, dst)
             if wraps:
                 overflows.append(f"layer {name}: 32-bit accumulator wrapped in {wraps} output values")
         else:
@@ -124,7 +124,7 @@ def simulate(program: Program, codes, images: MemoryImages | None = None) -> Sim
         else:
             y = dst[:, :out_bytes].astype(np.int64)
             if d["out_signed"]:
-                y = np.where(y >= 128, y - 256, y)
+                y = _signed(y, MAX_ACT_BITS)
         shape = shapes.get(name, [d["out_ch"], d["out_h"], d["out_w"]])
         outputs[name] = y.reshape(n_images, *shape)
         counter.tick("next")
@@ -135,7 +135,7 @@ def simulate(program: Program, codes, images: MemoryImages | None = None) -> Sim
 
 # -- conv -----------------------------------------------------------------------------------
 
-def _run_conv(d, x, images, codebook, bias, multiplier, shift, config, counter, dst):
+def _run_conv(d, x, memory, codebook, bias, multiplier, shift, config, counter, dst):
     """All channel groups of a conv layer; returns (raw 32-bit outputs or None, wrap count).
 
     The FSM loop (weights, compute, drain per group) decodes every group's weight buffer and
@@ -146,17 +146,17 @@ def _run_conv(d, x, images, codebook, bias, multiplier, shift, config, counter, 
     T = math.ceil(K / C)
     P = d["out_h"] * d["out_w"]
     out_ch, n_images = d["out_ch"], x.shape[0]
-    bits = 2 if d["codebook"] else 8
+    bits = CODEBOOK_INDEX_BITS if d["codebook"] else WEIGHT_BYTE_BITS
     words_per_group = math.ceil(R * T * C * bits / bus)
-    memory = images.w2 if d["codebook"] else images.w8
+    words_of = memory.w2 if d["codebook"] else memory.w8
     weight_rows = []
     for g in range(math.ceil(out_ch / R)):
         # WEIGHTS: the group's bus words into the weight buffer, decoded [r][t].
         base = d["weight_base"] + g * words_per_group
-        words = memory[base : base + words_per_group]
+        words = words_of[base : base + words_per_group]
         counter.tick("weights", words_per_group)
         entries = _unpack(words, bits, bus)[: R * T * C]
-        wbuf = codebook[entries] if d["codebook"] else _signed(entries, 8)  # codebook decoder / int8
+        wbuf = codebook[entries] if d["codebook"] else _signed(entries, WEIGHT_BYTE_BITS)  # codebook decoder / int8
         weight_rows.append(wbuf.reshape(R, T * C)[: min(R, out_ch - g * R)])  # rows with o < out_ch
         # COMPUTE: P pixels × T cycles (C terms per row per cycle); DRAIN: one write cycle per pixel.
         counter.tick("compute", P * T)

@@ -12,18 +12,19 @@ from __future__ import annotations
 import math
 
 from .compiler import channel_groups, term_blocks
-from .config import DESCRIPTOR_WORDS, PARAM_WORDS_PER_CHANNEL, AccelConfig
+from .config import (CODEBOOK_INDEX_BITS, CODEBOOK_SIZE, DESCRIPTOR_WORDS, MAX_ACT_BITS, PARAM_WORDS_PER_CHANNEL,
+                     WEIGHT_BYTE_BITS, AccelConfig)
 from .program import Layer, Program
 
 PHASES = ("param", "codebook", "input", "weights", "compute", "drain", "next")
 FINISH_CYCLES = 1
-CODEBOOK_CYCLES = 4          # one 8-bit value per cycle
+CODEBOOK_CYCLES = CODEBOOK_SIZE   # one codebook value per cycle
 NEXT_LAYER_CYCLES = 1
 
 
 def storage_bits(layer: Layer) -> int:
     """Bits per weight in external memory: 8 (W8.hex, any dense width) or 2 (W2.hex indices)."""
-    return 2 if layer.is_codebook else 8
+    return CODEBOOK_INDEX_BITS if layer.is_codebook else WEIGHT_BYTE_BITS
 
 
 def param_cycles(layer: Layer) -> int:
@@ -34,7 +35,7 @@ def param_cycles(layer: Layer) -> int:
 
 def input_cycles(layer: Layer, config: AccelConfig) -> int:
     """The image from external memory into buffer A: one code per byte, bus_bits per cycle."""
-    return math.ceil(layer.in_elems * 8 / config.bus_bits)
+    return math.ceil(layer.in_elems * MAX_ACT_BITS / config.bus_bits)
 
 
 def group_weight_cycles(layer: Layer, config: AccelConfig) -> int:

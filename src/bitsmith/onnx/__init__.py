@@ -1,10 +1,10 @@
-"""ONNX export of an IntegerGraph and its onnxruntime check.
+"""ONNX export of an IntegerGraph and its onnxruntime runner (bitsmith.verify compares it with the engine).
 
     path = export_onnx(graph, "model.onnx")             # integer model: same codes as graph.run
     codes = run_onnx(path, images)                       # onnxruntime CPU, int64 codes
     export_onnx(graph, "model_qdq.onnx", qdq=True)       # QuantizeLinear/DequantizeLinear model
 """
 
-from bitsmith.onnx.export import check_against_engine, export_onnx, run_onnx
+from bitsmith.onnx.export import export_onnx, run_onnx
 
-__all__ = ["check_against_engine", "export_onnx", "run_onnx"]
+__all__ = ["export_onnx", "run_onnx"]

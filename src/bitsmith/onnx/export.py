@@ -15,19 +15,21 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
-from bitsmith.errors import CheckpointError, GraphError
+from bitsmith.errors import CheckpointError, ConfigError, GraphError
 from bitsmith.integer.graph import IntegerGraph
 from bitsmith.onnx import integer as integer_model
 from bitsmith.onnx import qdq as qdq_model
-from bitsmith.onnx.builder import INPUT_NAME, OnnxBuilder, metadata_props
+from bitsmith.onnx.builder import BATCH, INPUT_NAME, OnnxBuilder, metadata_props
 from bitsmith.storage import write_bytes_atomic
 
 
-def export_onnx(graph: IntegerGraph, path: str | os.PathLike, *, qdq: bool = False) -> Path:
+def export_onnx(graph: IntegerGraph, path: str | os.PathLike, *, qdq: bool = False,
+                intermediates: bool = False) -> Path:
     """Write `graph` to `path` as an ONNX model (opset 21, IR 10), atomically; returns the path.
 
     The model's input is "input", float32 [N, C, H, W] with a dynamic batch N. The integer model
@@ -35,6 +37,9 @@ def export_onnx(graph: IntegerGraph, path: str | os.PathLike, *, qdq: bool = Fal
     values as float32. Graph metadata (model, dataset, quant_config, …) becomes metadata_props.
     Raises ConfigError when a layer cannot be expressed (the integer model needs ≤ 8-bit codes),
     GraphError for an invalid graph.
+
+    `intermediates=True` (integer model only) also makes every other tensor of the graph a model
+    output, int64 under its graph name, so a verifier can compare each layer (bitsmith.verify).
     """
     graph.validate()
     flavour = "qdq" if qdq else "integer"
@@ -58,9 +63,25 @@ def export_onnx(graph: IntegerGraph, path: str | os.PathLike, *, qdq: bool = Fal
         TensorProto.FLOAT if qdq else TensorProto.INT64,
         metadata_props(graph.metadata, extra),
     )
+    if intermediates:
+        if qdq:
+            raise ConfigError("ONNX export: intermediate outputs exist for the integer model only, not --qdq")
+        _add_intermediate_outputs(graph, model)
     path = Path(path)
     write_bytes_atomic(path, model.SerializeToString())
     return path
+
+
+def _add_intermediate_outputs(graph: IntegerGraph, model: onnx.ModelProto) -> None:
+    """Every node output but the graph output as an extra int64 model output (the integer model
+    carries each IntegerGraph tensor as an int64 value of the same name)."""
+    for node in graph.nodes:
+        if node.output in graph.outputs:
+            continue
+        spec = graph.tensors[node.output]
+        model.graph.output.append(helper.make_tensor_value_info(node.output, TensorProto.INT64,
+                                                                [BATCH, *spec.shape]))
+    onnx.checker.check_model(model, full_check=True)
 
 
 def _model_name(graph: IntegerGraph) -> str:
@@ -68,8 +89,9 @@ def _model_name(graph: IntegerGraph) -> str:
     return str(spec.get("name", "graph")) if isinstance(spec, dict) else "graph"
 
 
-def run_onnx(path: str | os.PathLike, x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Run an exported model on the onnxruntime CPU provider; returns its (first) output.
+def run_onnx(path: str | os.PathLike, x: torch.Tensor | np.ndarray, *, all_outputs: bool = False):
+    """Run an exported model on the onnxruntime CPU provider; returns its (first) output, or with
+    `all_outputs=True` a dict of every model output by name.
 
     `x` is float images [N, C, H, W] (or one image [C, H, W]), converted to float32 as the
     integer engine does. The session is cached per file (path, size, modification time).
@@ -79,7 +101,10 @@ def run_onnx(path: str | os.PathLike, x: torch.Tensor | np.ndarray) -> np.ndarra
         raise CheckpointError(f"ONNX model not found: {path}")
     stat = path.stat()
     session = _session(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    return session.run(None, {INPUT_NAME: _as_input(session, path, x)})[0]
+    values = session.run(None, {INPUT_NAME: _as_input(session, path, x)})
+    if all_outputs:
+        return {o.name: v for o, v in zip(session.get_outputs(), values)}
+    return values[0]
 
 
 @lru_cache(maxsize=4)
@@ -110,27 +135,3 @@ def _as_input(session: ort.InferenceSession, path: Path, x) -> np.ndarray:
     if not np.isfinite(x).all():  # the engine rejects these too; a Cast of NaN is undefined
         raise GraphError(f"{path}: input contains NaN or infinity")
     return x
-
-
-def check_against_engine(graph: IntegerGraph, path: str | os.PathLike, *, images: int = 64, seed: int = 0) -> dict:
-    """Run the exported file and the integer engine on the same random inputs and compare.
-
-    For an integer export every output code must be equal (a mismatch raises GraphError naming the
-    first differing element); for a QDQ export the argmax agreement and the largest difference from
-    the engine's dequantized output are reported.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((images,) + tuple(graph.input_spec.shape), generator=gen)
-    expected = graph.run(x).numpy()
-    got = run_onnx(path, x)
-    if got.dtype.kind in "iu":
-        mismatch = np.argwhere(got.astype(np.int64) != expected)
-        if len(mismatch):
-            first = tuple(int(i) for i in mismatch[0])
-            raise GraphError(f"{path}: onnxruntime output differs from the integer engine in {len(mismatch)} "
-                             f"elements; first at {list(first)}: {int(got[first])} != {int(expected[first])}")
-        return {"checked_images": images, "mismatched_elements": 0, "matches_engine": True}
-    reference = graph.dequantize(torch.from_numpy(expected)).numpy()
-    agree = float((got.reshape(images, -1).argmax(1) == reference.reshape(images, -1).argmax(1)).mean())
-    return {"checked_images": images, "argmax_agreement": agree,
-            "max_abs_difference": float(np.abs(got - reference).max())}

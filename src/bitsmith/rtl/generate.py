@@ -1,7 +1,7 @@
 """Verilog-2005 for the accelerator of docs/hardware.md, generated from a compiled Program.
 
 The hardware lives in `templates/*.v` as plain Verilog; Python only fills in `@@NAME@@` fields
-(sizes from the configuration and the memory images, file paths, a fault switch) and writes the
+(sizes from the configuration and the memory files, file paths, a fault switch) and writes the
 per-program testbench `tb_bitsmith.v`, which knows each layer's shape and checks every output
 value against `expected/Lii.hex` (docs/rtl.md says why templates rather than a Python HDL).
 """
@@ -13,7 +13,10 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from bitsmith.accel.images import expected_file
+from bitsmith.accel.config import (ACC_BITS, CODEBOOK_INDEX_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS,
+                                   DESCRIPTOR_WORDS, MAX_ACT_BITS, MULTIPLIER_BITS, PARAM_WORD_BITS,
+                                   SHIFT_FIELD_BITS, WEIGHT_BYTE_BITS)
+from bitsmith.accel.memory import expected_file
 from bitsmith.accel.program import Program
 from bitsmith.accel.timing import group_weight_cycles, input_cycles, program_cycles, storage_bits
 from bitsmith.errors import ConfigError, DataError
@@ -35,6 +38,19 @@ FAULTS = {
 #: States of bitsmith_top (docs/hardware.md §5), as the testbench and the cocotb tests read them.
 STATES = {"IDLE": 0, "PARAM": 1, "CODEBOOK": 2, "INPUT": 3, "WEIGHTS": 4, "COMPUTE": 5, "DRAIN": 6,
           "NEXT_GROUP": 7, "NEXT_LAYER": 8, "FINISH": 9}
+
+#: Widths the templates spell out in their port and register declarations (the cocotb unit tests
+#: build bitsmith_pe.v, bitsmith_requant.v, bitsmith_codebook.v unfilled, so these stay literal
+#: there). They must be the accelerator's (bitsmith.accel.config); bitsmith_top.v takes the
+#: descriptor length as a field.
+TEMPLATE_WIDTHS = {"ACC_BITS": 32, "MULTIPLIER_BITS": 32, "SHIFT_FIELD_BITS": 6, "PARAM_WORD_BITS": 32,
+                   "MAX_ACT_BITS": 8, "WEIGHT_BYTE_BITS": 8, "CODEBOOK_INDEX_BITS": 2, "CODEBOOK_SIZE": 4,
+                   "CODEBOOK_VALUE_BITS": 8}
+_ACCEL_WIDTHS = {"ACC_BITS": ACC_BITS, "MULTIPLIER_BITS": MULTIPLIER_BITS, "SHIFT_FIELD_BITS": SHIFT_FIELD_BITS,
+                 "PARAM_WORD_BITS": PARAM_WORD_BITS, "MAX_ACT_BITS": MAX_ACT_BITS, "WEIGHT_BYTE_BITS": WEIGHT_BYTE_BITS,
+                 "CODEBOOK_INDEX_BITS": CODEBOOK_INDEX_BITS, "CODEBOOK_SIZE": CODEBOOK_SIZE,
+                 "CODEBOOK_VALUE_BITS": CODEBOOK_VALUE_BITS}
+assert TEMPLATE_WIDTHS == _ACCEL_WIDTHS, "the Verilog templates' fixed widths differ from bitsmith.accel.config"
 
 MAX_PRINTED_MISMATCHES = 20
 _FIELD = re.compile(r"@@([A-Z0-9_]+)@@")
@@ -65,11 +81,11 @@ def _verilog_path(path: Path) -> str:
     return str(Path(path).resolve()).replace("\\", "/")
 
 
-def memory_sizes(program: Program, image_dir: str | os.PathLike) -> dict[str, int]:
+def memory_sizes(program: Program, memory_dir: str | os.PathLike) -> dict[str, int]:
     """Depths of every memory of the top: the image files' lengths, and the largest activation map,
     weight group and channel table of the program (buffers sized to what the program needs)."""
     config = program.config
-    image_dir = Path(image_dir)
+    memory_dir = Path(memory_dir)
     act = max(max(layer.in_elems, 0 if layer.raw_output else layer.out_elems) for layer in program.layers)
     wbuf = 1
     for layer in program.layers:
@@ -81,29 +97,29 @@ def memory_sizes(program: Program, image_dir: str | os.PathLike) -> dict[str, in
         "ACT_DEPTH": act,
         "WBUF_DEPTH": wbuf,
         "MAXCH": max(layer.out_ch for layer in program.layers),
-        "PARAM_DEPTH": max(1, _hex_lines(image_dir / "param.hex")),
-        "W8_DEPTH": max(1, _hex_lines(image_dir / "W8.hex")),
-        "W2_DEPTH": max(1, _hex_lines(image_dir / "W2.hex")),
-        "CB_DEPTH": max(1, _hex_lines(image_dir / "CB8.hex")),
-        "IN8_DEPTH": max(1, _hex_lines(image_dir / "In8.hex")),
+        "PARAM_DEPTH": max(1, _hex_lines(memory_dir / "param.hex")),
+        "W8_DEPTH": max(1, _hex_lines(memory_dir / "W8.hex")),
+        "W2_DEPTH": max(1, _hex_lines(memory_dir / "W2.hex")),
+        "CB_DEPTH": max(1, _hex_lines(memory_dir / "CB8.hex")),
+        "IN8_DEPTH": max(1, _hex_lines(memory_dir / "In8.hex")),
         "OUT32_DEPTH": max(raw) if raw else 1,
     }
 
 
-def _readmemh_lines(image_dir: Path) -> str:
+def _readmemh_lines(memory_dir: Path) -> str:
     lines = []
     for name, mem in (("param.hex", "param_mem"), ("W8.hex", "w8_mem"), ("W2.hex", "w2_mem"),
                       ("CB8.hex", "cb8_mem"), ("In8.hex", "in8_mem")):
-        if (image_dir / name).is_file():
-            lines.append(f'        $readmemh("{_verilog_path(image_dir / name)}", {mem});')
+        if (memory_dir / name).is_file():
+            lines.append(f'        $readmemh("{_verilog_path(memory_dir / name)}", {mem});')
     return "\n".join(lines)
 
 
 def generate_rtl(program: Program, out_dir: str | os.PathLike, images: int = 1, fault: str | None = None,
-                 image_dir: str | os.PathLike | None = None) -> dict:
+                 memory_dir: str | os.PathLike | None = None) -> dict:
     """Write the design files and `tb_bitsmith.v` for `program` into `out_dir`.
 
-    `image_dir` holds the program's memory images (bitsmith.accel.images.write_images; default
+    `memory_dir` holds the program's memory files (bitsmith.accel.memory.write_memory; default
     `out_dir`), `images` is how many images the testbench runs (In8.hex must hold that many),
     `fault` one of FAULTS (a deliberate bug, for testing the checker). Returns a manifest:
     the Verilog files, the top names and the memory sizes used.
@@ -113,19 +129,19 @@ def generate_rtl(program: Program, out_dir: str | os.PathLike, images: int = 1, 
     if images < 1:
         raise ConfigError(f"rtl: images must be at least 1, got {images}")
     out = Path(out_dir)
-    image_dir = Path(image_dir) if image_dir is not None else out
-    if not (image_dir / "param.hex").is_file():
-        raise DataError(f"{image_dir}: no param.hex; write the memory images first "
-                        "(bitsmith.accel.images.write_images)")
+    memory_dir = Path(memory_dir) if memory_dir is not None else out
+    if not (memory_dir / "param.hex").is_file():
+        raise DataError(f"{memory_dir}: no param.hex; write the memory files first "
+                        "(bitsmith.accel.memory.write_memory)")
     config = program.config
     words_per_image = input_cycles(program.layers[0], config)
-    available = _hex_lines(image_dir / "In8.hex") // max(1, words_per_image)
+    available = _hex_lines(memory_dir / "In8.hex") // max(1, words_per_image)
     if available < images:
-        raise DataError(f"{image_dir / 'In8.hex'} holds {available} image(s); the testbench needs {images}")
-    sizes = memory_sizes(program, image_dir)
-    fields = {"R": config.pe, "C": config.simd, "BUS": config.bus_bits, **sizes,
+        raise DataError(f"{memory_dir / 'In8.hex'} holds {available} image(s); the testbench needs {images}")
+    sizes = memory_sizes(program, memory_dir)
+    fields = {"R": config.pe, "C": config.simd, "BUS": config.bus_bits, **sizes, "DESCRIPTOR_WORDS": DESCRIPTOR_WORDS,
               "FAULT_SHIFT": 0, "FAULT_DROP_BIAS": 0, "FAULT_NO_ZIN": 0,
-              "READMEMH": _readmemh_lines(image_dir),
+              "READMEMH": _readmemh_lines(memory_dir),
               "PROGRAM_NAME": f"{len(program.layers)} layers, {config.pe}x{config.simd} PEs, bus {config.bus_bits}"
                               + (f", FAULT {fault}" if fault else "")}
     if fault:
@@ -134,29 +150,29 @@ def generate_rtl(program: Program, out_dir: str | os.PathLike, images: int = 1, 
     for name in DESIGN_FILES:
         write_bytes_atomic(out / name, fill(template(name), fields).encode())
         files.append(name)
-    write_bytes_atomic(out / TESTBENCH_FILE, testbench(program, image_dir, images, words_per_image).encode())
+    write_bytes_atomic(out / TESTBENCH_FILE, testbench(program, memory_dir, images, words_per_image).encode())
     return {"files": files, "testbench": TESTBENCH_FILE, "top": "bitsmith_top", "tb_top": TESTBENCH_TOP,
             "sizes": sizes, "fault": fault, "images": images}
 
 
-def testbench(program: Program, image_dir: Path, images: int, words_per_image: int) -> str:
+def testbench(program: Program, memory_dir: Path, images: int, words_per_image: int) -> str:
     """tb_bitsmith.v: runs `images` images; after each layer compares every output value with
     expected/Lii.hex and prints MISMATCH / LAYER / CYCLES lines and a final SUMMARY."""
     expected_cycles = program_cycles(program)["total"]
     decls, loads, checks = [], [], []
     for layer in program.layers:
         i = layer.index
-        path = image_dir / expected_file(i)
+        path = memory_dir / expected_file(i)
         if not path.is_file():
-            raise DataError(f"{path} not found: write the images with the engine's expected outputs")
-        bits = 32 if layer.raw_output else 8
+            raise DataError(f"{path} not found: write the memory files with the engine's expected outputs")
+        bits = layer.stored_out_bits
         n = layer.out_elems
         mem = f"exp_l{i:02d}"
         decls.append(f"    reg [{bits - 1}:0] {mem} [0:{images * n - 1}];")
         loads.append(f'        $readmemh("{_verilog_path(path)}", {mem});')
         source = "dut.out32" if layer.raw_output else ("dut.act_a" if i % 2 else "dut.act_b")
         signed = layer.raw_output or layer.out_signed
-        if bits == 8:
+        if bits == MAX_ACT_BITS:
             to_int = (lambda v: f"{{{{24{{{v}[7]}}}}, {v}}}") if signed else (lambda v: f"{{24'd0, {v}}}")
         else:
             to_int = lambda v: v  # noqa: E731

@@ -2,6 +2,8 @@
 
 Both run the same plain Verilog testbench (`tb_bitsmith.v`); the log lines it prints
 (`MISMATCH ...`, `LAYER ...`, `CYCLES ...`, `SUMMARY ...`) are parsed into one result dict.
+`run_testbench` is the whole step for a compiled program whose memory files are written:
+generate the Verilog, simulate, parse.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from bitsmith.accel.program import Program
 from bitsmith.errors import BitsmithError, ConfigError
+
+from .generate import TESTBENCH_TOP, generate_rtl
 
 SIMULATORS = ("icarus", "verilator")
 
@@ -119,3 +124,20 @@ def parse_log(text: str) -> dict:
                               + text[-2000:])
     return {"mismatches_per_layer": mismatches, "cycles_per_image": cycles, "layer_cycles": layer_cycles,
             "printed_mismatches": printed, "summary": summary, "timeout": timeout}
+
+
+def run_testbench(program: Program, memory_dir: str | os.PathLike, rtl_dir: str | os.PathLike, images: int,
+                  sim: str = "icarus", fault: str | None = None, waves: bool = False,
+                  timeout: float | None = None) -> dict:
+    """Generate the Verilog and testbench for `program` into `rtl_dir` (memory files and expected
+    outputs in `memory_dir`, bitsmith.accel.memory.write_memory), run `images` images in `sim`,
+    and return the parsed log with the manifest and wall times (build_s, run_s, generate_s)."""
+    if sim not in SIMULATORS:
+        raise ConfigError(f"unknown simulator {sim!r}; choose one of {', '.join(SIMULATORS)}")
+    t0 = time.perf_counter()
+    manifest = generate_rtl(program, rtl_dir, images=images, fault=fault, memory_dir=memory_dir)
+    t1 = time.perf_counter()
+    log = run_simulator(sim, rtl_dir, manifest["files"] + [manifest["testbench"]], TESTBENCH_TOP, waves=waves,
+                        timeout=timeout)
+    return {**log, "manifest": manifest, "generate_s": t1 - t0,
+            "waves": str(Path(rtl_dir) / "tb_bitsmith.vcd") if waves else None}

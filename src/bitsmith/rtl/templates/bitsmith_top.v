@@ -37,6 +37,7 @@ module bitsmith_top #(
     localparam S_IDLE = 4'd0, S_PARAM = 4'd1, S_CODEBOOK = 4'd2, S_INPUT = 4'd3, S_WEIGHTS = 4'd4,
                S_COMPUTE = 4'd5, S_DRAIN = 4'd6, S_NEXT_GROUP = 4'd7, S_NEXT_LAYER = 4'd8, S_FINISH = 4'd9;
     // S_NEXT_GROUP is never occupied: it is the transition on the last drain cycle of a group (§5).
+    localparam DESC_WORDS = @@DESCRIPTOR_WORDS@@;   // words per layer descriptor (bitsmith.accel.config)
     localparam E8 = BUS / 8;   // dense weights / input bytes per bus word
     localparam E2 = BUS / 2;   // codebook indices per bus word
 
@@ -103,8 +104,8 @@ module bitsmith_top #(
     wire [BUS-1:0] in8_word = in8_mem[in_addr];
     wire [BUS-1:0] w8_word = w8_mem[waddr];
     wire [BUS-1:0] w2_word = w2_mem[waddr];
-    wire param_last = (cnt >= 32'd16) ? (pch == out_ch - 1 && pfield == 2'd2)
-                                      : (cnt == 32'd15 && is_maxp);
+    wire param_last = (cnt >= DESC_WORDS) ? (pch == out_ch - 1 && pfield == 2'd2)
+                                      : (cnt == DESC_WORDS - 1 && is_maxp);
 
     // ---------------------------------------------------------------- operand fetch (combinational)
     // Term t = j*C + c is (ci, ky, kx) in OIHW order. Instead of dividing, column c adds the fixed
@@ -267,8 +268,8 @@ module bitsmith_top #(
                 end
             S_PARAM: begin                // one 32-bit word per cycle: descriptor, then the channel table
                 cnt <= cnt + 1;
-                paddr <= (cnt == 32'd15) ? pbase : paddr + 1;
-                if (cnt < 32'd16) begin
+                paddr <= (cnt == DESC_WORDS - 1) ? pbase : paddr + 1;
+                if (cnt < DESC_WORDS) begin
                     case (cnt[3:0])
                     4'd0: begin kind <= pword[1:0]; is_cb <= pword[8]; raw <= pword[9]; in_signed <= pword[10]; end
                     4'd1: in_ch <= pword;

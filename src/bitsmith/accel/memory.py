@@ -1,9 +1,10 @@
-"""The accelerator's `$readmemh` memory images (docs/hardware.md §6), and readers for them.
+"""The accelerator's `$readmemh` memory files (docs/hardware.md §6), and readers for them.
 
-`build_images` packs a program (and optionally input codes) into the words of each memory, as
-Python ints, element 0 in the low bits; `write_images` writes them as hex text plus
+`build_memory` packs a program (and optionally input codes) into the words of each memory, as
+Python ints, element 0 in the low bits; `write_memory` writes them as hex text plus
 `program.json`; the `read_*` functions parse the files back, so tests can check that every file
-round-trips and the cycle model can decode exactly what was written.
+round-trips and the cycle model can decode exactly what was written. ("Images" in this package
+means input pictures only; the contents of a memory are its words.)
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from bitsmith.errors import DataError
 from bitsmith.storage import read_json, write_bytes_atomic, write_json_atomic
 
 from .compiler import channel_groups, compile_graph, term_blocks
-from .config import CODEBOOK_SIZE, DESCRIPTOR_WORDS, PARAM_WORDS_PER_CHANNEL, AccelConfig
+from .config import (ACC_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS, DESCRIPTOR_WORDS, MAX_ACT_BITS,
+                     PARAM_WORD_BITS, PARAM_WORDS_PER_CHANNEL, AccelConfig)
 from .program import KINDS, Layer, Program
 from .timing import group_weight_cycles, program_cycles, storage_bits
 
-FORMAT = "bitsmith.accel_images"
+FORMAT = "bitsmith.accel_images"   # the on-disk format name in program.json (unchanged since version 1)
 VERSION = 1
-PARAM_BITS = 32
-CODEBOOK_BITS = 8
+PARAM_BITS = PARAM_WORD_BITS
+CODEBOOK_BITS = CODEBOOK_VALUE_BITS
 PROGRAM_FILE = "program.json"
 
 # Descriptor word 0 flags (§6).
@@ -38,8 +40,8 @@ FLAG_OUT_SIGNED = 1 << 11
 
 
 @dataclass
-class MemoryImages:
-    """The words of each memory (unsigned ints of the file's width) and each layer's base addresses."""
+class MemoryImage:
+    """The words of every memory (unsigned ints of the file's width) and each layer's base addresses."""
 
     param: list[int]
     w8: list[int]
@@ -115,7 +117,7 @@ def descriptor(layer: Layer, weight_base: int, param_base: int, codebook_base: i
     return words
 
 
-def build_images(program: Program, codes=None) -> MemoryImages:
+def build_memory(program: Program, codes=None) -> MemoryImage:
     """Every memory's words for `program`; `codes` ([N, C, H, W] input codes) fills In8."""
     config = program.config
     w8: list[int] = []
@@ -123,11 +125,11 @@ def build_images(program: Program, codes=None) -> MemoryImages:
     cb8: list[int] = []
     tables: list[int] = []
     table_start = 1 + DESCRIPTOR_WORDS * len(program.layers)
-    images = MemoryImages(param=[], w8=w8, w2=w2, cb8=cb8)
+    memory = MemoryImage(param=[], w8=w8, w2=w2, cb8=cb8)
     for layer in program.layers:
         target = w2 if layer.is_codebook else w8
-        images.weight_base.append(len(target) if layer.kind == "conv" else 0)
-        images.codebook_base.append(len(cb8) if layer.is_codebook else 0)
+        memory.weight_base.append(len(target) if layer.kind == "conv" else 0)
+        memory.codebook_base.append(len(cb8) if layer.is_codebook else 0)
         if layer.kind == "conv":
             bits = storage_bits(layer)
             for g in range(channel_groups(layer, config)):
@@ -137,18 +139,18 @@ def build_images(program: Program, codes=None) -> MemoryImages:
         if layer.is_codebook:
             cb8.extend(_twos(v, CODEBOOK_BITS) for v in layer.codebook)
         if layer.kind != "maxpool":
-            images.param_base.append(table_start + len(tables))
+            memory.param_base.append(table_start + len(tables))
             for c in range(layer.out_ch):
                 tables += [_twos(layer.bias[c]), _twos(layer.multiplier[c]), _twos(layer.shift[c])]
         else:
-            images.param_base.append(0)
-    images.param = [len(program.layers)]
+            memory.param_base.append(0)
+    memory.param = [len(program.layers)]
     for i, layer in enumerate(program.layers):
-        images.param += descriptor(layer, images.weight_base[i], images.param_base[i], images.codebook_base[i])
-    images.param += tables
+        memory.param += descriptor(layer, memory.weight_base[i], memory.param_base[i], memory.codebook_base[i])
+    memory.param += tables
     if codes is not None:
-        images.inputs = pack_inputs(program, codes)
-    return images
+        memory.inputs = pack_inputs(program, codes)
+    return memory
 
 
 def pack_inputs(program: Program, codes) -> list[int]:
@@ -157,7 +159,7 @@ def pack_inputs(program: Program, codes) -> list[int]:
     codes = _as_numpy(codes).reshape(-1, first.in_elems) if np.size(codes) else np.zeros((0, first.in_elems))
     words: list[int] = []
     for image in codes:
-        words += pack_elements(image, 8, program.config.bus_bits)
+        words += pack_elements(image, MAX_ACT_BITS, program.config.bus_bits)
     return words
 
 
@@ -176,7 +178,7 @@ def expected_file(index: int) -> str:
     return f"expected/L{index:02d}.hex"
 
 
-def write_images(program: Program, codes, out_dir: str | os.PathLike, expected: dict | None = None) -> dict:
+def write_memory(program: Program, codes, out_dir: str | os.PathLike, expected: dict | None = None) -> dict:
     """Write the §6 files for `program` and input `codes` [N, C, H, W] into `out_dir`.
 
     `expected` maps graph tensor names to engine outputs (e.g. `graph.run(x, return_all=True)`);
@@ -190,20 +192,20 @@ def write_images(program: Program, codes, out_dir: str | os.PathLike, expected: 
     if n_images and codes[0].size != program.layers[0].in_elems:
         raise DataError(f"input codes of shape {list(codes.shape)} do not match the first layer's input "
                         f"{program.layers[0].in_ch}x{program.layers[0].in_h}x{program.layers[0].in_w}")
-    images = build_images(program, codes)
-    files = {"param.hex": (images.param, PARAM_BITS), "In8.hex": (images.inputs, config.bus_bits)}
-    if images.w8:
-        files["W8.hex"] = (images.w8, config.bus_bits)
-    if images.w2:
-        files["W2.hex"] = (images.w2, config.bus_bits)
-    if images.cb8:
-        files["CB8.hex"] = (images.cb8, CODEBOOK_BITS)
+    memory = build_memory(program, codes)
+    files = {"param.hex": (memory.param, PARAM_BITS), "In8.hex": (memory.inputs, config.bus_bits)}
+    if memory.w8:
+        files["W8.hex"] = (memory.w8, config.bus_bits)
+    if memory.w2:
+        files["W2.hex"] = (memory.w2, config.bus_bits)
+    if memory.cb8:
+        files["CB8.hex"] = (memory.cb8, CODEBOOK_BITS)
     if expected is not None:
         for layer in program.layers:
             if layer.name not in expected:
                 raise DataError(f"expected outputs have no tensor {layer.name!r} (layer {layer.index})")
             values = _as_numpy(expected[layer.name]).reshape(-1)
-            bits = 32 if layer.raw_output else 8
+            bits = layer.stored_out_bits
             files[expected_file(layer.index)] = ([_twos(v, bits) for v in values.tolist()], bits)
         last = program.layers[-1]
         files["Out32.hex" if last.raw_output else "Out8.hex"] = files[expected_file(last.index)]
@@ -215,7 +217,7 @@ def write_images(program: Program, codes, out_dir: str | os.PathLike, expected: 
         "input_name": program.input_name,
         "images": n_images,
         "files": sorted(files),
-        "layers": [_layer_json(layer, images, i) for i, layer in enumerate(program.layers)],
+        "layers": [_layer_json(layer, memory, i) for i, layer in enumerate(program.layers)],
         "cycles": program_cycles(program),
         "metadata": program.metadata,
     }
@@ -223,7 +225,7 @@ def write_images(program: Program, codes, out_dir: str | os.PathLike, expected: 
     return doc
 
 
-def _layer_json(layer: Layer, images: MemoryImages, i: int) -> dict:
+def _layer_json(layer: Layer, memory: MemoryImage, i: int) -> dict:
     return {
         "index": layer.index, "name": layer.name, "kind": layer.kind,
         "in": [layer.in_ch, layer.in_h, layer.in_w], "out": [layer.out_ch, layer.out_h, layer.out_w],
@@ -233,52 +235,20 @@ def _layer_json(layer: Layer, images: MemoryImages, i: int) -> dict:
         "clamp": [layer.clamp_lo, layer.clamp_hi], "raw_output": layer.raw_output,
         "weight_bits": layer.weight_bits,
         "codebook": None if layer.codebook is None else [int(v) for v in layer.codebook],
-        "weight_base": images.weight_base[i], "param_base": images.param_base[i],
-        "codebook_base": images.codebook_base[i], "macs": layer.macs,
+        "weight_base": memory.weight_base[i], "param_base": memory.param_base[i],
+        "codebook_base": memory.codebook_base[i], "macs": layer.macs,
     }
 
 
-def export_images(graph, x, out_dir: str | os.PathLike, config: AccelConfig | None = None) -> dict:
-    """Quantize float images `x` with the integer engine, compile `graph`, write every file.
+def export_memory(graph, x, out_dir: str | os.PathLike, config: AccelConfig | None = None) -> dict:
+    """Quantize float images `x` with the integer engine, compile `graph`, write every memory file
+    with the engine's expected outputs.
 
     Returns the contents of program.json.
     """
     program = compile_graph(graph, config or AccelConfig())
     outputs = graph.run(x, return_all=True)
-    return write_images(program, outputs[program.input_name], out_dir, expected=outputs)
-
-
-INPUT_SOURCES = "a data set name (e.g. fashion-mnist, the graph's own by default) or 'random'"
-
-
-def sample_inputs(graph, n: int, data: str | None = None, data_dir: str | None = None, seed: int = 0) -> tuple[torch.Tensor, str]:
-    """`n` float images for `graph` and a description of where they came from.
-
-    `data` None uses the graph's data set (metadata "dataset", else Fashion-MNIST): the first n
-    test images, padded/upsampled and normalised exactly as evaluation feeds them. "random" draws
-    uniform floats over the input's real range (codes of every value), for graphs whose input
-    shape no data set has (e.g. VGG-tiny's 3x32x32 with an untrained model).
-    """
-    from bitsmith.data import load_dataset
-    from bitsmith.data.datasets import dataset_info
-    from bitsmith.data.transforms import to_model_input
-    from bitsmith.errors import ConfigError
-
-    spec = graph.input_spec
-    shape = tuple(spec.shape)
-    if data == "random":
-        quant = graph.tensors[graph.nodes[0].output]
-        lo, hi = quant.scale * (quant.qmin - quant.zero_point), quant.scale * (quant.qmax - quant.zero_point)
-        gen = torch.Generator().manual_seed(seed)
-        x = lo + (hi - lo) * torch.rand((n, *shape), generator=gen)
-        return x, f"random: {n} uniform images in [{lo:.3g}, {hi:.3g}] (seed {seed})"
-    name = data or graph.metadata.get("dataset") or "fashion-mnist"
-    test = load_dataset(name, "test", data_dir or graph.metadata.get("data_dir"), limit=n)
-    try:
-        x = to_model_input(test.images, dataset_info(name), shape)
-    except ConfigError as e:
-        raise ConfigError(f"{e}. Use --data random for codes that do not come from a data set") from None
-    return x, f"{name}: the first {len(test)} test images"
+    return write_memory(program, outputs[program.input_name], out_dir, expected=outputs)
 
 
 # -- readers --------------------------------------------------------------------------------
@@ -287,7 +257,7 @@ def read_hex(path: str | os.PathLike, width_bits: int) -> list[int]:
     """The words of a `$readmemh` file: one `width_bits/4`-digit hex word per line."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"memory image {path} not found")
+        raise DataError(f"memory file {path} not found")
     digits = width_bits // 4
     words = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -303,21 +273,21 @@ def read_hex(path: str | os.PathLike, width_bits: int) -> list[int]:
     return words
 
 
-def read_images(out_dir: str | os.PathLike) -> tuple[dict, MemoryImages]:
+def read_memory(out_dir: str | os.PathLike) -> tuple[dict, MemoryImage]:
     """program.json and every memory's words (missing optional files read as empty)."""
     out = Path(out_dir)
     doc = read_json(out / PROGRAM_FILE, "accelerator program")
     if doc.get("format") != FORMAT:
-        raise DataError(f"{out / PROGRAM_FILE}: not a bitsmith accelerator image folder")
+        raise DataError(f"{out / PROGRAM_FILE}: not a bitsmith accelerator memory folder")
     bus = doc["config"]["bus_bits"]
 
     def optional(name: str, bits: int) -> list[int]:
         return read_hex(out / name, bits) if (out / name).is_file() else []
 
-    images = MemoryImages(param=read_hex(out / "param.hex", PARAM_BITS), w8=optional("W8.hex", bus),
+    memory = MemoryImage(param=read_hex(out / "param.hex", PARAM_BITS), w8=optional("W8.hex", bus),
                           w2=optional("W2.hex", bus), cb8=optional("CB8.hex", CODEBOOK_BITS),
                           inputs=optional("In8.hex", bus))
-    return doc, images
+    return doc, memory
 
 
 def _signed(word: int, bits: int = PARAM_BITS) -> int:
@@ -342,14 +312,14 @@ def decode_descriptor(words: list[int]) -> dict:
 
 def read_program(out_dir: str | os.PathLike) -> Program:
     """Rebuild the Program from the hex files (names and code widths from program.json)."""
-    doc, images = read_images(out_dir)
+    doc, memory = read_memory(out_dir)
     config = AccelConfig.from_json(doc["config"])
-    n_layers = images.param[0]
+    n_layers = memory.param[0]
     if n_layers != len(doc["layers"]):
         raise DataError(f"{out_dir}: param.hex holds {n_layers} layers, program.json {len(doc['layers'])}")
     layers = []
     for i, info in enumerate(doc["layers"]):
-        d = decode_descriptor(images.param[1 + DESCRIPTOR_WORDS * i : 1 + DESCRIPTOR_WORDS * (i + 1)])
+        d = decode_descriptor(memory.param[1 + DESCRIPTOR_WORDS * i : 1 + DESCRIPTOR_WORDS * (i + 1)])
         layer = Layer(index=i, name=info["name"], kind=d["kind"], in_ch=d["in_ch"], in_h=d["in_h"], in_w=d["in_w"],
                       out_ch=d["out_ch"], out_h=d["out_h"], out_w=d["out_w"], kh=d["kh"], kw=d["kw"],
                       sh=d["sh"], sw=d["sw"], ph=d["ph"], pw=d["pw"], in_bits=info["in_bits"],
@@ -357,15 +327,15 @@ def read_program(out_dir: str | os.PathLike) -> Program:
                       z_in=d["z_in"], z_out=d["z_out"], clamp_lo=d["clamp_lo"], clamp_hi=d["clamp_hi"],
                       raw_output=d["raw_output"], weight_bits=d["weight_bits"])
         if d["codebook"]:
-            cb = images.cb8[d["codebook_base"] : d["codebook_base"] + CODEBOOK_SIZE]
+            cb = memory.cb8[d["codebook_base"] : d["codebook_base"] + CODEBOOK_SIZE]
             layer.codebook = np.array([_signed(v, CODEBOOK_BITS) for v in cb], dtype=np.int64)
         if layer.kind != "maxpool":
-            table = np.array([_signed(w) for w in images.param[d["param_base"] : d["param_base"] +
+            table = np.array([_signed(w) for w in memory.param[d["param_base"] : d["param_base"] +
                                                                  PARAM_WORDS_PER_CHANNEL * layer.out_ch]],
                              dtype=np.int64).reshape(layer.out_ch, PARAM_WORDS_PER_CHANNEL)
             layer.bias, layer.multiplier, layer.shift = (table[:, k].copy() for k in range(3))
         if layer.kind == "conv":
-            layer.weights = read_layer_weights(layer, config, images.w2 if layer.is_codebook else images.w8,
+            layer.weights = read_layer_weights(layer, config, memory.w2 if layer.is_codebook else memory.w8,
                                                d["weight_base"])
         layers.append(layer)
     return Program(config=config, layers=layers, input_name=doc["input_name"], metadata=doc.get("metadata", {}))
@@ -387,13 +357,13 @@ def read_layer_weights(layer: Layer, config: AccelConfig, words: list[int], base
 
 def read_input_codes(out_dir: str | os.PathLike) -> np.ndarray:
     """In8.hex as int64 codes [N, C, H, W] of the first layer (signedness from its descriptor)."""
-    doc, images = read_images(out_dir)
+    doc, memory = read_memory(out_dir)
     first = doc["layers"][0]
     c, h, w = first["in"]
     bus = doc["config"]["bus_bits"]
-    per_image = math.ceil(c * h * w * 8 / bus)
+    per_image = math.ceil(c * h * w * MAX_ACT_BITS / bus)
     n = doc["images"]
-    out = [unpack_elements(images.inputs[i * per_image : (i + 1) * per_image], 8, bus, c * h * w, first["in_signed"])
+    out = [unpack_elements(memory.inputs[i * per_image : (i + 1) * per_image], MAX_ACT_BITS, bus, c * h * w, first["in_signed"])
            for i in range(n)]
     return np.stack(out).reshape(n, c, h, w) if out else np.zeros((0, c, h, w), dtype=np.int64)
 
@@ -403,7 +373,7 @@ def read_expected(out_dir: str | os.PathLike, index: int) -> np.ndarray:
     out = Path(out_dir)
     doc = read_json(out / PROGRAM_FILE, "accelerator program")
     info = doc["layers"][index]
-    bits = 32 if info["raw_output"] else 8
+    bits = ACC_BITS if info["raw_output"] else MAX_ACT_BITS
     values = np.array(read_hex(out / expected_file(index), bits), dtype=np.int64)
     if info["out_signed"]:
         values = np.where(values >= 1 << (bits - 1), values - (1 << bits), values)

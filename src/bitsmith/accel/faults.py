@@ -1,0 +1,35 @@
+"""Deliberate bugs for testing the checkers: the same three the generated Verilog can be built with
+(bitsmith.rtl.generate.FAULTS), applied here to a compiled Program's parameters so the cycle model
+computes what the faulty hardware would.
+
+- `shift_off_by_one`: every requant shifts by s + 1;
+- `drop_bias`: accumulators start at 0 instead of the bias;
+- `no_zero_point`: x − z_in computed as x (conv and average-pool inputs).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from bitsmith.errors import ConfigError
+
+from .program import Program
+
+FAULTS = ("shift_off_by_one", "drop_bias", "no_zero_point")
+
+
+def with_fault(program: Program, fault: str | None) -> Program:
+    """A copy of `program` with `fault` applied (the program itself when `fault` is None)."""
+    if fault is None:
+        return program
+    if fault not in FAULTS:
+        raise ConfigError(f"unknown accelerator fault {fault!r}; choose one of {', '.join(FAULTS)}")
+    faulty = copy.deepcopy(program)
+    for layer in faulty.layers:
+        if fault == "shift_off_by_one" and layer.has_requant:
+            layer.shift = layer.shift + 1
+        elif fault == "drop_bias" and layer.kind == "conv":
+            layer.bias = layer.bias * 0
+        elif fault == "no_zero_point" and layer.kind != "maxpool":
+            layer.z_in = 0
+    return faulty

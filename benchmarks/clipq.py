@@ -30,6 +30,7 @@ import time
 import torch
 
 from bitsmith.quant.clipq import ClipQWeightQuantizer, clipq_codebook, clipq_codebook_loop
+from bitsmith.integer import engine
 
 NUMEL = 1_000_000
 P = 0.4
@@ -94,7 +95,7 @@ def accuracy(run_dir: str, skip: list[str], epochs: int, q35: bool) -> dict:
                         on_epoch=lambda r: print(r, file=sys.stderr))
     seconds = time.perf_counter() - start
     graph = lower(qmodel)
-    fp, fq, integer = (predictions(f, test, shape) for f in (run.model, qmodel, graph.predict))
+    fp, fq, integer = (predictions(f, test, shape) for f in (run.model, qmodel, lambda x: engine.predict(graph, x)))
     return {"run": run_dir, "p": P, "bits": 2, "q35": q35, "clipq_layers": layers, "ptq_8bit_layers": skip,
             "epochs": epochs, "train_config": config.__dict__, "fp32_accuracy": pct(fp),
             "before_qat_accuracy": before, "accuracy": pct(fq), "integer_accuracy": pct(integer),

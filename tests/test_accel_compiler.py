@@ -18,6 +18,7 @@ from bitsmith.quant import lower
 from bitsmith.models import Reorg, build_model
 from bitsmith.quant import QuantConfig, quantize
 from bitsmith.quant.clipq import apply_clipq
+from bitsmith.integer import engine
 
 
 def _lenet(config=None, bias=False):
@@ -246,7 +247,7 @@ def test_memory_files_round_trip(tmp_path, which):
     doc = export_memory(g, x, tmp_path, config)
     program = compile_graph(g, config)
     _assert_same_program(read_program(tmp_path), program)
-    outputs = g.run(x, return_all=True)
+    outputs = engine.run(g, x, return_all=True)
     np.testing.assert_array_equal(read_input_codes(tmp_path), outputs[program.input_name].numpy())
     for layer in program.layers:
         np.testing.assert_array_equal(read_expected(tmp_path, layer.index).reshape(3, -1),

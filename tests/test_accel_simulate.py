@@ -20,6 +20,7 @@ from bitsmith.models import build_model
 from bitsmith.quant import QuantConfig, quantize
 from bitsmith.quant.clipq import apply_clipq
 from bitsmith.verify import compare, verification_inputs
+from bitsmith.integer import engine
 
 N_IMAGES = 20
 
@@ -70,7 +71,7 @@ def _check(graph, x, config=None):
     """Simulate `graph` on float images x; every layer equals the engine, cycles equal §5."""
     config = config or AccelConfig()
     program = compile_graph(graph, config)
-    outputs = graph.run(x, return_all=True)
+    outputs = engine.run(graph, x, return_all=True)
     result = simulate(program, outputs[program.input_name])
     assert result.overflows == []
     for layer in program.layers:
@@ -141,7 +142,7 @@ def test_avgpool_layers():
 def test_runs_from_the_written_files_and_catches_a_packing_error(tmp_path, fashion):
     g = _lenet(clipq=True)
     program = compile_graph(g, AccelConfig())
-    outputs = g.run(fashion[:4], return_all=True)
+    outputs = engine.run(g, fashion[:4], return_all=True)
     write_memory(program, outputs[program.input_name], tmp_path, expected=outputs)
     _, memory = read_memory(tmp_path)
     result = simulate(program, outputs[program.input_name], memory=memory)

@@ -14,6 +14,7 @@ from bitsmith.models import build_model
 from bitsmith.quant import QuantConfig, quantize
 from bitsmith.quant.clipq import (ClipQWeightQuantizer, apply_clipq, clipq_codebook, clipq_codebook_loop,
                                   clipq_size_bits, search_clipq)
+from bitsmith.integer import engine
 from test_integer_reference import reference_run
 
 
@@ -104,14 +105,14 @@ def test_engine_equals_reference_and_fake_quant(q35, bias):
     assert formats == {"q_conv1_acc": ("codebook", 2), "q_conv2_acc": ("codebook", 2),
                        "q_conv3_acc": ("codebook", 3), "q_fc1_acc": ("codebook", 2), "q_fc2": (None, None)}
     x = torch.randn(64, *shape) * 1.3
-    got, want = g.run(x, return_all=True), reference_run(g, x)
+    got, want = engine.run(g, x, return_all=True), reference_run(g, x)
     for name, value in want.items():
         if g.tensors[name].dtype == "int":
             np.testing.assert_array_equal(got[name].numpy(), value, err_msg=name)
-    assert torch.equal(g.run(x), got[g.outputs[0]])  # fast path too
+    assert torch.equal(engine.run(g, x), got[g.outputs[0]])  # fast path too
     with torch.no_grad():
         fq = qmodel(x)
-    assert torch.equal(g.predict(x).argmax(1), fq.argmax(1))
+    assert torch.equal(engine.predict(g, x).argmax(1), fq.argmax(1))
     assert len(np.unique(want[g.outputs[0]])) > 1
 
 
@@ -120,7 +121,7 @@ def test_codebook_graph_saves_loads_and_validates(tmp_path):
     g.save(tmp_path / "g")
     g2 = load(tmp_path / "g")
     x = torch.randn(4, *shape)
-    assert torch.equal(g2.run(x), g.run(x))
+    assert torch.equal(engine.run(g2, x), engine.run(g, x))
     node = next(n for n in g2.nodes if n.attrs.get("weight_format") == "codebook")
     g2.params[node.params["weight_index"]][0] = 4  # beyond a 4-entry codebook
     with pytest.raises(GraphError, match="weight_index"):
@@ -141,9 +142,9 @@ def test_onnx_export_expands_the_codebook(tmp_path, qdq):
     path = export_onnx(g, tmp_path / "m.onnx", qdq=qdq)
     out = np.asarray(run_onnx(path, x))
     if qdq:  # float QDQ model: its argmax, not its bits
-        assert np.array_equal(out.argmax(1), g.predict(x).argmax(1).numpy())
+        assert np.array_equal(out.argmax(1), engine.predict(g, x).argmax(1).numpy())
     else:
-        np.testing.assert_array_equal(out.astype(np.int64), g.run(x).numpy())
+        np.testing.assert_array_equal(out.astype(np.int64), engine.run(g, x).numpy())
 
 
 def test_w2_packing_layout():

@@ -32,8 +32,8 @@ def graph(name="lenet5", config=W8A8, seed=0, **kwargs):
 
 
 def assert_fast_equals_literal(g, x):
-    literal = g.run(x, return_all=True)[g.outputs[0]]
-    fast = g.run(x)
+    literal = engine.run(g, x, return_all=True)[g.outputs[0]]
+    fast = engine.run(g, x)
     assert fast.dtype == torch.int64 and literal.dtype == torch.int64
     torch.testing.assert_close(fast, literal, rtol=0, atol=0)
     return fast
@@ -55,7 +55,7 @@ def test_lenet_fast_equals_literal(config):
 def test_saturating_inputs():
     g, shape = graph("lenet5", W8A8)
     x = torch.randn(32, *shape) * 6  # far beyond the calibrated range
-    literal = g.run(x, return_all=True)
+    literal = engine.run(g, x, return_all=True)
     q_in = literal[g.nodes[0].output]
     spec = g.tensors[g.nodes[0].output]
     assert (q_in == spec.qmin).any() and (q_in == spec.qmax).any()  # the input saturates both ways
@@ -83,7 +83,7 @@ def test_fast_path_takes_its_shortcuts_on_lenet():
     # check is needed: int8 × int8 LeNet sums cannot leave 32 bits.
     assert {s.dtype for s in plan} == {torch.float32}
     assert all(s.check is None for s in plan)
-    assert by_output[g.outputs[0]].dtype == torch.float32 and g.run(torch.randn(2, *shape)).dtype == torch.int64
+    assert by_output[g.outputs[0]].dtype == torch.float32 and engine.run(g, torch.randn(2, *shape)).dtype == torch.int64
 
 
 def test_chunked_batches_and_single_image(monkeypatch):
@@ -92,8 +92,8 @@ def test_chunked_batches_and_single_image(monkeypatch):
     monkeypatch.setattr(engine, "FAST_CHUNK", 4)  # 4 + 4 + 3
     chunked = assert_fast_equals_literal(g, x)
     monkeypatch.setattr(engine, "FAST_CHUNK", 512)
-    assert torch.equal(chunked, g.run(x))
-    assert torch.equal(g.run(x[0]), chunked[:1])  # an unbatched image
+    assert torch.equal(chunked, engine.run(g, x))
+    assert torch.equal(engine.run(g, x[0]), chunked[:1])  # an unbatched image
 
 
 def test_int64_fallbacks_match_the_literal_path():
@@ -118,22 +118,22 @@ def test_overflow_is_still_detected():
     assert steps(g)[[s.output for s in steps(g)].index(acc.output)].check is not None
     x = torch.randn(16, *shape) * 3
     with pytest.raises(AccumulatorOverflowError, match="q_conv3"):
-        g.run(x)
+        engine.run(g, x)
     with pytest.raises(AccumulatorOverflowError, match="q_conv3"):
-        g.run(x, return_all=True)
+        engine.run(g, x, return_all=True)
 
 
 def test_plan_is_rebuilt_when_the_graph_changes():
     g, shape = graph("lenet5", W8A8)
     x = torch.randn(8, *shape)
-    before = g.run(x)
+    before = engine.run(g, x)
     w = g.params[next(n for n in g.nodes if n.op == "Conv2d").params["weight"]]
     w.copy_(torch.roll(w, 1, dims=0))  # in place: same tensor object, new values
     after = assert_fast_equals_literal(g, x)
     assert not torch.equal(before, after)
     relu = next(n for n in g.nodes if n.op == "Requant")
     relu.attrs["clamp_max"] = 7  # an attribute edit
-    assert int(g.run(x, return_all=True)[relu.output].max()) == 7
+    assert int(engine.run(g, x, return_all=True)[relu.output].max()) == 7
     assert_fast_equals_literal(g, x)
 
 
@@ -244,7 +244,7 @@ def test_max_pool_strided_equals_max_pool2d(kernel, stride, dtype):
 def test_reduced_precision_float32_settings_switch_to_float64():
     g, shape = graph("lenet5", W8A8)
     x = torch.randn(6, *shape)
-    want = g.run(x)
+    want = engine.run(g, x)
     conv = torch.backends.mkldnn.conv
     saved = conv.fp32_precision
     conv.fp32_precision = "bf16"  # a user setting that would allow bf16 products in float32 convolutions

@@ -22,6 +22,7 @@ from bitsmith.quant.clipq import apply_clipq
 from bitsmith.targets.hls import (compile_reference, export_hls, fold_requant, hls_layers, hls_requant, read_hls,
                                   run_hls_layers, run_reference, signed_width)
 from bitsmith.verify import compare
+from bitsmith.integer import engine
 
 GXX = shutil.which("g++")
 
@@ -61,7 +62,7 @@ def graphs():
 
 def _engine(g, images=6, seed=1):
     x = torch.randn((images,) + tuple(g.input_spec.shape), generator=torch.Generator().manual_seed(seed)) * 1.5
-    return {k: v.numpy() for k, v in g.run(x, return_all=True).items()}
+    return {k: v.numpy() for k, v in engine.run(g, x, return_all=True).items()}
 
 
 # -- parse back, recompute, compare -------------------------------------------------------------

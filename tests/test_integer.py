@@ -16,6 +16,7 @@ from bitsmith.integer.exactness import FLOAT32_EXACT, compute_dtype
 from bitsmith.integer.reference import conv2d_int64
 from bitsmith.models import build_model
 from bitsmith.quant import QuantConfig, quantize
+from bitsmith.integer import engine
 
 
 # -- arithmetic -----------------------------------------------------------------------------
@@ -127,13 +128,13 @@ def test_save_load_round_trip(lenet_graph_dir):
     assert g.metadata["note"] == "test"
     assert [n.op for n in g.nodes][:3] == ["QuantizeInput", "Conv2d", "Requant"]
     x = torch.randn(5, 1, 32, 32)
-    codes = g.run(x)
+    codes = engine.run(g, x)
     assert codes.dtype == torch.int64 and codes.shape == (5, 10)
-    assert torch.equal(codes, load(lenet_graph_dir / "graph.json").run(x))
+    assert torch.equal(codes, engine.run(load(lenet_graph_dir / "graph.json"), x))
     logits = g.dequantize(codes)
     assert logits.dtype == torch.float32 and logits.shape == (5, 10)
     # Deterministic bit for bit.
-    assert torch.equal(codes, g.run(x.clone()))
+    assert torch.equal(codes, engine.run(g, x.clone()))
 
 
 def edit_json(path, change):
@@ -199,11 +200,11 @@ def test_load_rejects_truncated_tensors_and_missing_graph(lenet_graph_dir, tmp_p
 def test_run_rejects_bad_input(lenet_graph_dir):
     g = load(lenet_graph_dir)
     with pytest.raises(GraphError, match="does not fit"):
-        g.run(torch.randn(2, 1, 28, 28))
+        engine.run(g, torch.randn(2, 1, 28, 28))
     with pytest.raises(GraphError, match="NaN"):
-        g.run(torch.full((1, 1, 32, 32), float("nan")))
+        engine.run(g, torch.full((1, 1, 32, 32), float("nan")))
     with pytest.raises(GraphError, match="float"):
-        g.run(torch.zeros((1, 1, 32, 32), dtype=torch.int64))
+        engine.run(g, torch.zeros((1, 1, 32, 32), dtype=torch.int64))
 
 
 def test_accumulator_overflow_is_detected_and_names_the_layer(lenet_graph_dir, tmp_path):
@@ -218,8 +219,8 @@ def test_accumulator_overflow_is_detected_and_names_the_layer(lenet_graph_dir, t
     save_file(params, p / "tensors.safetensors")
     g = load(p)
     with pytest.raises(AccumulatorOverflowError, match="q_conv3"):
-        g.run(torch.randn(16, 1, 32, 32) * 3)
-    g.run(torch.randn(2, 1, 32, 32), check_overflow=False)  # the check can be switched off
+        engine.run(g, torch.randn(16, 1, 32, 32) * 3)
+    engine.run(g, torch.randn(2, 1, 32, 32), check_overflow=False)  # the check can be switched off
 
 
 def test_quant_config_rejects_bad_settings():
@@ -247,5 +248,5 @@ def test_predict_ranks_dequantized_outputs_with_per_channel_scales():
     q = quantize(model, [torch.randn(16, 1, 32, 32)], QuantConfig(weight_bits=4, act_bits=8, per_channel=True))
     g = lower(q)
     x = torch.randn(64, 1, 32, 32)
-    assert torch.equal(g.predict(x).argmax(1), q(x).argmax(1))
-    assert not torch.equal(g.run(x).argmax(1), q(x).argmax(1))
+    assert torch.equal(engine.predict(g, x).argmax(1), q(x).argmax(1))
+    assert not torch.equal(engine.run(g, x).argmax(1), q(x).argmax(1))

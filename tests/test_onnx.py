@@ -19,6 +19,7 @@ from bitsmith.models import build_model
 from bitsmith.onnx import export_onnx, run_onnx
 from bitsmith.onnx import integer as integer_export
 from bitsmith.quant import QuantConfig, quantize
+from bitsmith.integer import engine
 
 W4A4 = QuantConfig(weight_bits=4, act_bits=4, per_channel=True)
 
@@ -59,7 +60,7 @@ def run_every_tensor(path, names: list[str], x: torch.Tensor) -> dict[str, np.nd
 
 
 def assert_bit_exact(g: IntegerGraph, path, x: torch.Tensor) -> None:
-    want = g.run(x, return_all=True)
+    want = engine.run(g, x, return_all=True)
     names = [n.output for n in g.nodes]
     got = run_every_tensor(path, names, x)
     for name in names:  # in execution order: the first mismatch is where the export is wrong
@@ -90,7 +91,7 @@ def test_integer_model_equals_engine(case, tmp_path):
     onnx.checker.check_model(onnx.load(path), full_check=True)
     x = probe_inputs(g)
     assert_bit_exact(g, path, x)
-    codes = g.run(x, return_all=True)
+    codes = engine.run(g, x, return_all=True)
     q_in, spec = codes[g.nodes[0].output], g.tensors[g.nodes[0].output]
     assert q_in.min() == spec.qmin and q_in.max() == spec.qmax  # the input quantizer saturated both ways
     assert len(np.unique(codes[g.outputs[0]].numpy())) > 1  # a constant output would prove nothing
@@ -155,7 +156,7 @@ def test_requantizer_at_its_extremes(tmp_path):
     x = torch.arange(-130, 131, dtype=torch.float32).reshape(-1, 1)  # every input code
     path = export_onnx(g, tmp_path / "requant.onnx")
     assert_bit_exact(g, path, x)
-    out = g.run(x)
+    out = engine.run(g, x)
     assert out.min() == -(2**31) and out.max() == 2**31 - 1  # the clamp was reached both ways
 
 
@@ -186,7 +187,7 @@ def test_a_wrong_export_is_caught(tmp_path, monkeypatch):
     path = export_onnx(g, tmp_path / "wrong.onnx")
     x = probe_inputs(g)
     with pytest.raises(AssertionError):
-        np.testing.assert_array_equal(run_onnx(path, x), g.run(x).numpy())
+        np.testing.assert_array_equal(run_onnx(path, x), engine.run(g, x).numpy())
 
 
 def test_codes_wider_than_8_bits_are_refused(tmp_path):
@@ -198,8 +199,8 @@ def test_codes_wider_than_8_bits_are_refused(tmp_path):
     # The QDQ model carries them as int16/uint16 codes.
     path = export_onnx(g, tmp_path / "wide_qdq.onnx", qdq=True)
     x = probe_inputs(g)
-    close = np.abs(run_onnx(path, x) - g.dequantize(g.run(x)).numpy())
-    assert close.max() <= 0.05 * float(g.dequantize(g.run(x)).abs().max())
+    close = np.abs(run_onnx(path, x) - g.dequantize(engine.run(g, x)).numpy())
+    assert close.max() <= 0.05 * float(g.dequantize(engine.run(g, x)).abs().max())
 
 
 def test_model_file_names_metadata_and_batch(tmp_path):
@@ -215,8 +216,8 @@ def test_model_file_names_metadata_and_batch(tmp_path):
     assert [i.name for i in model.graph.input] == ["input"]
     assert list(tmp_path.joinpath("sub").iterdir()) == [path]  # no temporary file left behind
     x = probe_inputs(g)
-    np.testing.assert_array_equal(run_onnx(path, x[:1]), g.run(x[:1]).numpy())  # dynamic batch
-    np.testing.assert_array_equal(run_onnx(path, x[0].numpy()), g.run(x[0]).numpy())  # one image, numpy
+    np.testing.assert_array_equal(run_onnx(path, x[:1]), engine.run(g, x[:1]).numpy())  # dynamic batch
+    np.testing.assert_array_equal(run_onnx(path, x[0].numpy()), engine.run(g, x[0]).numpy())  # one image, numpy
 
 
 def test_run_onnx_errors(tmp_path):
@@ -245,7 +246,7 @@ def test_qdq_lenet_predicts_like_the_engine(tmp_path):
     assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm"} <= ops and "ConvInteger" not in ops
     x = torch.randn(500, 1, 32, 32, generator=torch.Generator().manual_seed(3))
     got = run_onnx(path, x)
-    want = g.dequantize(g.run(x)).numpy()
+    want = g.dequantize(engine.run(g, x)).numpy()
     assert got.dtype == np.float32
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99
     assert np.abs(got - want).max() <= 0.02 * np.abs(want).max()
@@ -258,5 +259,5 @@ def test_qdq_model_runs_and_is_close(case, tmp_path):
     path = export_onnx(g, tmp_path / "qdq.onnx", qdq=True)
     onnx.checker.check_model(onnx.load(path), full_check=True)
     x = probe_inputs(g)
-    want = g.dequantize(g.run(x)).numpy()
+    want = g.dequantize(engine.run(g, x)).numpy()
     assert np.abs(run_onnx(path, x) - want).max() <= 0.05 * np.abs(want).max()

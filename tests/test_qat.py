@@ -25,6 +25,7 @@ from bitsmith.quant.qat.weights import (BinaryWeight, DoReFaWeight, GaussianWeig
                                         grad_scale)
 from bitsmith.runs import load_run
 from bitsmith.train import TrainConfig, train
+from bitsmith.integer import engine
 from test_integer_reference import randomised, reference_run
 
 
@@ -88,17 +89,17 @@ def test_every_method_lowers_exactly(method, fp_model):
     qmodel = _trained(method, fp_model)
     graph = lower(qmodel)
     x = torch.cat([_images(64), torch.randn(8, *qmodel.input_shape) * 2])  # and some out-of-range inputs
-    got = graph.run(x, return_all=True)
+    got = engine.run(graph, x, return_all=True)
     want = reference_run(graph, x)
     for tensor, value in want.items():
         if graph.tensors[tensor].dtype == "int":
             np.testing.assert_array_equal(got[tensor].numpy(), value, err_msg=f"{method}: tensor {tensor}")
     with torch.no_grad():
-        fq_logits = qmodel(x)  # integer-exact evaluation: the very numbers graph.predict returns
+        fq_logits = qmodel(x)  # integer-exact evaluation: the very numbers engine.predict(graph, x) returns
         set_exact_eval(qmodel, False)
         float_logits = qmodel(x)  # the float fake-quant path: equal up to float rounding
         set_exact_eval(qmodel, True)
-    int_logits = graph.predict(x)
+    int_logits = engine.predict(graph, x)
     assert torch.equal(fq_logits, int_logits)
     assert len(torch.unique(int_logits.argmax(1))) > 1  # the comparison could fail
     torch.testing.assert_close(float_logits, int_logits, rtol=1e-3, atol=1e-3)
@@ -113,7 +114,7 @@ def test_other_architectures_lower(method):
     graph = lower(qmodel)
     x = torch.randn(8, *model.input_shape)
     with torch.no_grad():
-        assert torch.equal(qmodel(x), graph.predict(x))
+        assert torch.equal(qmodel(x), engine.predict(graph, x))
 
 
 def test_qat_weights_are_written_as_codes(fp_model):

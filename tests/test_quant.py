@@ -21,6 +21,7 @@ from bitsmith.quant.modules import QuantLayer
 from bitsmith.quant.observers import HISTOGRAM_BINS, make_observer, weight_clip
 from bitsmith.quant.ptq import set_activation_quantization
 from bitsmith.quant.ranges import COLUMNS, layer_ranges, ranges_table, write_ranges
+from bitsmith.integer import engine
 
 
 def observe(name, data, batches=8):
@@ -368,7 +369,7 @@ def test_layer_ranges_report(tmp_path):
 
 def assert_engine_equals_reference(g, shape, seed=0):
     x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(seed)) * 1.2
-    got = g.run(x, return_all=True)
+    got = engine.run(g, x, return_all=True)
     want = reference_run(g, x)
     for tensor, value in want.items():
         if g.tensors[tensor].dtype == "int":
@@ -403,7 +404,7 @@ def test_fake_quant_matches_the_integer_graph_under_pot():
     q = quantize(model, calib, QuantConfig(scale_mode="pot", requantize_output=True))
     g = lower(q)
     x = calib[0][:8]
-    out = g.dequantize(g.run(x))
+    out = g.dequantize(engine.run(g, x))
     step = g.tensors[g.outputs[0]].scale
     with torch.no_grad():
         assert float((q(x) - out).abs().max()) <= step + 1e-6

@@ -18,6 +18,7 @@ from bitsmith.models import build_model
 from bitsmith.quant import QuantConfig, quantize
 from bitsmith.verify import (BACKENDS, compare, random_code_images, summary, verification_inputs, verify,
                              verify_all)
+from bitsmith.integer import engine
 
 GXX = shutil.which("g++")
 
@@ -64,7 +65,7 @@ def test_random_codes_reproduce_exactly_under_quantize_input(lenet):
     x = random_code_images(lenet, 16, seed=3)
     spec = lenet.tensors[lenet.nodes[0].output]
     codes = quantize_input(x, float(spec.scale), spec.zero_point, spec.qmin, spec.qmax)
-    assert torch.equal(lenet.run(x, return_all=True)[lenet.nodes[0].output], codes)
+    assert torch.equal(engine.run(lenet, x, return_all=True)[lenet.nodes[0].output], codes)
     # uniform over the whole code range: both ends and many values in between
     assert int(codes.min()) == spec.qmin and int(codes.max()) == spec.qmax
     assert len(torch.unique(codes)) == spec.qmax - spec.qmin + 1
@@ -73,7 +74,7 @@ def test_random_codes_reproduce_exactly_under_quantize_input(lenet):
     aspec = asym.tensors[asym.nodes[0].output]
     assert aspec.zero_point != 0
     ax = random_code_images(asym, 4)
-    acodes = asym.run(ax, return_all=True)[asym.nodes[0].output]
+    acodes = engine.run(asym, ax, return_all=True)[asym.nodes[0].output]
     assert int(acodes.min()) == aspec.qmin and int(acodes.max()) == aspec.qmax
     assert torch.equal(random_code_images(lenet, 16, seed=3), x)   # seeded
 

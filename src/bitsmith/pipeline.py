@@ -7,6 +7,7 @@ atomically, so the command line stays a thin layer over these functions.
 
 from __future__ import annotations
 
+from functools import partial
 import os
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from bitsmith.quant.calibration import CALIBRATION_BATCH_SIZE, CALIBRATION_BATCH
 from bitsmith.runs import CHECKPOINT_FILE, load_run
 from bitsmith.storage import write_json_atomic
 from bitsmith.train import TrainConfig, train
+from bitsmith.integer import engine
 
 def _fraction_equal(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a == b).double().mean())
@@ -64,7 +66,7 @@ def quantize_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config:
     test = load_dataset(dataset, "test", data_dir)
     fp_pred = predictions(run.model, test, shape)
     fq_pred = predictions(qmodel, test, shape)
-    int_pred = predictions(graph.predict, test, shape)
+    int_pred = predictions(partial(engine.predict, graph), test, shape)
     labels = test.labels
     metrics = {
         "model": run.model.spec["name"], "dataset": dataset, "quant_config": config.to_json(),
@@ -143,7 +145,7 @@ def qat_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config: QATC
     labels = torch.as_tensor(test.labels, dtype=torch.int64)
     fp_pred = predictions(run.model, test, shape)
     fq_pred = predictions(qmodel, test, shape)  # QAT layers evaluate integer-exactly (qat.exact)
-    int_pred = predictions(graph.predict, test, shape)
+    int_pred = predictions(partial(engine.predict, graph), test, shape)
     set_exact_eval(qmodel, False)
     float_pred = predictions(qmodel, test, shape)  # the plain float fake-quant path, for comparison
     set_exact_eval(qmodel, True)
@@ -179,7 +181,7 @@ def evaluate_path(path: str | os.PathLike, *, data_dir: str | None = None, limit
         if dataset is None:
             raise ConfigError(f"{path}: the graph does not record its dataset, so it cannot be evaluated")
         test = load_dataset(dataset, "test", data_dir or graph.metadata.get("data_dir"), limit=limit)
-        pred = predictions(graph.predict, test, graph.input_spec.shape)
+        pred = predictions(partial(engine.predict, graph), test, graph.input_spec.shape)
         return {"kind": "integer_graph", "path": str(path), "dataset": dataset, "test_images": len(test),
                 "integer_accuracy": _percent(pred, test.labels)}
     if (path / CHECKPOINT_FILE).is_file():

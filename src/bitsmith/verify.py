@@ -4,7 +4,7 @@
     report = verify(graph, "accel", inputs, pe=8, simd=8)   # VerifyReport
     report.passed, report.mismatches, report.first_mismatch, report.to_json()
 
-The integer engine (`graph.run(x, return_all=True)`) is the golden model: it gives every tensor of
+The integer engine (`engine.run(graph, x, return_all=True)`) is the golden model: it gives every tensor of
 the graph as int64. A back-end runner (the table `BACKENDS`) produces the back end's own per-layer
 integer outputs, and cycles where the back end has a clock, for the same inputs; `compare` is the
 one comparison of the code base. The RTL is the exception in where the values are compared: its
@@ -40,6 +40,7 @@ import torch
 from bitsmith.errors import BitsmithError, ConfigError
 from bitsmith.integer.arithmetic import quantize_input
 from bitsmith.integer.graph import IntegerGraph
+from bitsmith.integer import engine
 
 DEFAULT_DATASET = "fashion-mnist"
 RANDOM = "random"
@@ -405,7 +406,7 @@ BACKENDS: dict[str, Runner] = {
 
 def engine_outputs(graph: IntegerGraph, inputs: Inputs) -> dict[str, torch.Tensor]:
     """Every tensor of the golden model (int64) for the inputs; random codes must come back exactly."""
-    outputs = graph.run(inputs.x, return_all=True)
+    outputs = engine.run(graph, inputs.x, return_all=True)
     if inputs.random:
         codes = outputs[graph.nodes[0].output][inputs.real:]
         spec = _input_quantizer(graph)
@@ -494,7 +495,7 @@ def qdq_agreement(graph: IntegerGraph, path: str | os.PathLike, inputs: Inputs) 
     output and the largest difference from it."""
     from bitsmith.onnx import run_onnx
 
-    want = graph.run(inputs.x)
+    want = engine.run(graph, inputs.x)
     reference = graph.dequantize(want).numpy().reshape(inputs.count, -1)
     got = np.asarray(run_onnx(path, inputs.x)).reshape(inputs.count, -1)
     return {"checked_images": inputs.count, "inputs": inputs.description,

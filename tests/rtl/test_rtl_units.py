@@ -276,12 +276,13 @@ def test_fsm(tmp_path, case):
     from bitsmith.accel.memory import write_memory
     from bitsmith.accel.timing import input_cycles, layer_cycles, program_cycles
     from bitsmith.rtl.generate import DESIGN_FILES, generate_rtl
+    from bitsmith.integer import engine
     from bitsmith.verify import verification_inputs
 
     graph, images = _fsm_case(case)
     config = AccelConfig(pe=4, simd=4, bus_bits=64)
     program = compile_graph(graph, config)
-    outputs = graph.run(verification_inputs(graph, images, "random").x, return_all=True)
+    outputs = engine.run(graph, verification_inputs(graph, images, "random").x, return_all=True)
     write_memory(program, outputs[program.input_name], tmp_path / "memory", expected=outputs)
     generate_rtl(program, tmp_path / "rtl", images=images, memory_dir=tmp_path / "memory")
     expected = {

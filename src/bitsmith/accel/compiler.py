@@ -19,7 +19,7 @@ from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec, as_pair, weig
 
 from bitsmith.integer.ops import Emitters
 
-from .chain import ChainStep, layer_chain
+from bitsmith.integer.chain import ChainStep, layer_chain
 from .config import (
     ACC_BITS,
     ACC_MAX,

@@ -19,6 +19,7 @@ import torch
 
 from bitsmith.errors import DataError
 from bitsmith.storage import read_json, write_bytes_atomic, write_json_atomic
+from bitsmith.integer import engine
 
 from .compiler import channel_groups, compile_graph, term_blocks
 from .config import (ACC_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS, DESCRIPTOR_WORDS, MAX_ACT_BITS,
@@ -181,7 +182,7 @@ def expected_file(index: int) -> str:
 def write_memory(program: Program, codes, out_dir: str | os.PathLike, expected: dict | None = None) -> dict:
     """Write the §6 files for `program` and input `codes` [N, C, H, W] into `out_dir`.
 
-    `expected` maps graph tensor names to engine outputs (e.g. `graph.run(x, return_all=True)`);
+    `expected` maps graph tensor names to engine outputs (e.g. `engine.run(graph, x, return_all=True)`);
     when given, `expected/Lii.hex` and `Out8.hex` / `Out32.hex` are written too. Returns the
     contents of program.json.
     """
@@ -247,7 +248,7 @@ def export_memory(graph, x, out_dir: str | os.PathLike, config: AccelConfig | No
     Returns the contents of program.json.
     """
     program = compile_graph(graph, config or AccelConfig())
-    outputs = graph.run(x, return_all=True)
+    outputs = engine.run(graph, x, return_all=True)
     return write_memory(program, outputs[program.input_name], out_dir, expected=outputs)
 
 

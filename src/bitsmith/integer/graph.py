@@ -91,7 +91,8 @@ class Node:
 
 
 class IntegerGraph:
-    """Nodes, tensor specs and integer parameters; `run` executes it exactly."""
+    """Nodes, tensor specs and integer parameters. `bitsmith.integer.engine.run(graph, x)` executes it
+    exactly; the graph itself knows nothing of the engine."""
 
     def __init__(
         self,
@@ -109,13 +110,6 @@ class IntegerGraph:
         self.outputs = outputs
         self.metadata = metadata or {}
 
-    # -- execution ------------------------------------------------------------------------
-    def run(self, x, *, return_all: bool = False, check_overflow: bool = True):
-        """Deprecated spelling of `bitsmith.integer.engine.run(graph, x)` (kept while callers move)."""
-        from bitsmith.integer.engine import run
-
-        return run(self, x, return_all=return_all, check_overflow=check_overflow)
-
     def dequantize(self, codes: torch.Tensor, output: str | None = None) -> torch.Tensor:
         """Output codes → float values: scale · (code − zero_point), per channel along dim 1."""
         spec = self.tensors[output or self.outputs[0]]
@@ -123,11 +117,6 @@ class IntegerGraph:
         if spec.per_channel:
             scale = scale.reshape((1, -1) + (1,) * (codes.dim() - 2))
         return ((codes.to(torch.float64) - spec.zero_point) * scale).to(torch.float32)
-
-    def predict(self, x) -> torch.Tensor:
-        """Dequantized outputs, for ranking classes: with per-channel output scales the raw codes
-        of different classes are on different grids, so their argmax would be wrong."""
-        return self.dequantize(self.run(x))
 
     @property
     def input_spec(self) -> TensorSpec:

@@ -6,7 +6,7 @@ format can compute, has a reference that runs the files so the harness (bitsmith
 compare every layer with the integer engine. bitsmith's own accelerator lives in `bitsmith.accel`
 (compiler, memory files, cycle model) and `bitsmith.rtl` (its Verilog); back ends such as these
 import only the IR (`bitsmith.integer`), errors, storage and, for the shared chain walk,
-`bitsmith.accel.chain`.
+`bitsmith.integer.chain`.
 
 - `targets.hls`: DeepBurning-MixQ HLS headers (config.h, weights.hpp, config_simd_pe.txt) and the
   g++-compiled C++ reference (docs/hls.md);

@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from bitsmith.accel.chain import ChainStep, layer_chain
+from bitsmith.integer.chain import ChainStep, layer_chain
 from bitsmith.errors import AcceleratorError, ConfigError
 from bitsmith.integer.graph import IntegerGraph, Node, as_pair
 from bitsmith.integer.ops import Emitters
@@ -120,7 +120,7 @@ def fold_requant(bias: list[int], multiplier: list[int], shift: list[int], z_out
 # -- graph → layers ---------------------------------------------------------------------------
 
 #: The layer ops the format holds (CONV_n, POOL_n); QuantizeInput, Requant and Flatten are the
-#: chain walk's (bitsmith.accel.chain.STRUCTURAL_OPS).
+#: chain walk's (bitsmith.integer.chain.STRUCTURAL_OPS).
 EMIT = Emitters("HLS export")
 _KIND = {"Conv2d": "conv", "Linear": "conv", "MaxPool2d": "pool"}
 

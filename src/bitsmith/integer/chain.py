@@ -1,5 +1,5 @@
-"""An IntegerGraph as a chain of hardware layers: the walk the accelerator compiler and the HLS
-export share.
+"""An IntegerGraph as a chain of hardware layers: a pass over the IR that every layer-sequential
+back end (the accelerator compiler, the HLS export) runs, so it lives with the IR, not in one of them.
 
 Both back ends run layer after layer from one activation buffer: QuantizeInput happens on the host,
 Flatten is free (activations are CHW, the order Flatten produces), and each Conv2d / Linear /

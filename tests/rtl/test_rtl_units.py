@@ -22,7 +22,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge, Timer
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "src" / "bitsmith" / "rtl" / "templates"
-MODULE = Path(__file__).stem
+MODULE = __name__   # tests.rtl.test_rtl_units: importable in the simulator (sys.path holds the repo root)
 
 # iverilog is a required dependency (scripts/setup.sh installs it): a missing simulator fails, not skips.
 

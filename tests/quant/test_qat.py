@@ -26,7 +26,8 @@ from bitsmith.quant.qat.weights import (BinaryWeight, DoReFaWeight, GaussianWeig
 from bitsmith.runs import load_run
 from bitsmith.train import TrainConfig, train
 from bitsmith.integer import engine
-from test_integer_reference import randomised, reference_run
+from tests.oracle import reference_run
+from tests.quantized import randomised
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,9 @@
 """The engine's fast path (the default) against its literal path (return_all=True).
 
-The literal path is checked element by element against an independent int64 reference in
-test_integer_reference.py; here the fast path must give the very same output codes, and its exact
-helpers (float64 requantization, strided max-pooling) are checked against plain integer arithmetic.
+The literal path is checked element by element against an independent int64 reference
+(tests/oracle.py, in test_integer_reference.py); here the fast path must give the very same output
+codes, and its exact helpers (float64 requantization, strided max-pooling) are checked against
+plain integer arithmetic.
 """
 
 import itertools

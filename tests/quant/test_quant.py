@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_integer_reference import quantized_graph, reference_run
 
 from bitsmith.errors import ConfigError
 from bitsmith.quant import lower
@@ -22,6 +21,8 @@ from bitsmith.quant.observers import HISTOGRAM_BINS, make_observer, weight_clip
 from bitsmith.quant.ptq import set_activation_quantization
 from bitsmith.quant.ranges import COLUMNS, layer_ranges, ranges_table, write_ranges
 from bitsmith.integer import engine
+from tests.oracle import reference_run
+from tests.quantized import quantized_graph
 
 
 def observe(name, data, batches=8):

@@ -15,7 +15,7 @@ from bitsmith.quant import QuantConfig, quantize
 from bitsmith.quant.clipq import (ClipQWeightQuantizer, apply_clipq, clipq_codebook, clipq_codebook_loop,
                                   clipq_size_bits, search_clipq)
 from bitsmith.integer import engine
-from test_integer_reference import reference_run
+from tests.oracle import reference_run
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

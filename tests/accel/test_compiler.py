@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from bitsmith.accel import AccelConfig
 from bitsmith.accel.compiler import compile_graph
@@ -14,50 +13,14 @@ from bitsmith.accel.memory import (export_memory, pack_elements, read_expected, 
 from bitsmith.accel.program import Layer, Program
 from bitsmith.accel.timing import layer_cycles, program_cycles
 from bitsmith.errors import AcceleratorError
-from bitsmith.quant import lower
-from bitsmith.models import Reorg, build_model
-from bitsmith.quant import QuantConfig, quantize
-from bitsmith.quant.clipq import apply_clipq
 from bitsmith.integer import engine
-
-
-def _lenet(config=None, bias=False):
-    torch.manual_seed(0)
-    model = build_model("lenet5", bias=bias).eval()
-    calib = [torch.randn(8, *model.input_shape) for _ in range(2)]
-    return lower(quantize(model, calib, config or QuantConfig()))
-
-
-def _clipq(layers=None):
-    torch.manual_seed(0)
-    model = build_model("lenet5").eval()
-    calib = [torch.randn(8, *model.input_shape) for _ in range(2)]
-    qmodel = quantize(model, calib, QuantConfig())
-    apply_clipq(qmodel, 0.4, 2, layers=layers, skip=["fc2"])
-    return lower(qmodel)
-
-
-def _sequential(*modules, shape=(1, 12, 12), config=None):
-    torch.manual_seed(0)
-    model = nn.Sequential(*modules).eval()
-    calib = [torch.randn(8, *shape) for _ in range(2)]
-    return lower(quantize(model, calib, config or QuantConfig()), input_shape=shape)
-
-
-class _Concat(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = nn.Conv2d(1, 2, 3), nn.Conv2d(1, 2, 3)
-        self.flat, self.fc = nn.Flatten(), nn.Linear(4 * 10 * 10, 3)
-
-    def forward(self, x):
-        return self.fc(self.flat(torch.cat([self.a(x), self.b(x)], 1)))
+from tests.helpers import golden
 
 
 # -- the program ----------------------------------------------------------------------------
 
 def test_lenet_program_holds_the_graph_integers():
-    g = _lenet(bias=True)
+    g = golden("lenet5_bias_w8a8")
     p = compile_graph(g, AccelConfig())
     assert [(l.kind, l.name) for l in p.layers] == [
         ("conv", "q_conv1"), ("maxpool", "pool1"), ("conv", "q_conv2"), ("maxpool", "pool2"),
@@ -89,7 +52,7 @@ def test_lenet_program_holds_the_graph_integers():
 
 
 def test_codebook_layers_hold_indices_and_the_padded_codebook():
-    g = _clipq()
+    g = golden("lenet5_clipq")   # 2-bit codebooks on conv1..fc1, dense fc2
     p = compile_graph(g, AccelConfig())
     nodes = {n.name: n for n in g.nodes}
     convs = [l for l in p.layers if l.kind == "conv"]
@@ -101,7 +64,7 @@ def test_codebook_layers_hold_indices_and_the_padded_codebook():
 
 
 def test_requantized_output_and_asymmetric_codes():
-    g = _lenet(QuantConfig(act_symmetric=False, requantize_output=True))
+    g = golden("lenet5_asym_requant_output")
     p = compile_graph(g, AccelConfig())
     assert not p.layers[-1].raw_output and p.layers[-1].out_bits == 8
     assert p.layers[0].z_in != 0 and not p.layers[0].in_signed
@@ -121,11 +84,11 @@ def test_requantized_output_and_asymmetric_codes():
 ])
 def test_buffers_and_kernel_limits(config, message):
     with pytest.raises(AcceleratorError, match=message):
-        compile_graph(_lenet(), config)
+        compile_graph(golden("lenet5_w8a8"), config)
 
 
 def test_pool_kernel_limit_and_exact_fit():
-    g = _sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(5), nn.Flatten(), nn.Linear(2 * 2 * 2, 3))
+    g = golden("maxpool5")   # conv 3x3, maxpool 5x5, linear on 1x12x12
     with pytest.raises(AcceleratorError, match=r"layer _2: kernel 5x5 exceeds max_kernel=4"):
         compile_graph(g, AccelConfig(max_kernel=4))
     # 2x10x10 = 200 bytes is the largest map: a buffer of exactly 200 bytes is enough.
@@ -135,24 +98,22 @@ def test_pool_kernel_limit_and_exact_fit():
 
 
 def test_unsupported_graphs():
-    grouped = _sequential(nn.Conv2d(2, 4, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10 * 10, 3),
-                          shape=(2, 12, 12))
+    grouped = golden("grouped_conv")
     with pytest.raises(AcceleratorError, match=r"layer q_0_acc: grouped convolution \(groups=2\)"):
         compile_graph(grouped, AccelConfig())
-    dilated = _sequential(nn.Conv2d(1, 2, 3, dilation=2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 8 * 8, 3))
+    dilated = golden("dilated_conv")
     with pytest.raises(AcceleratorError, match=r"layer q_0_acc: dilated convolution"):
         compile_graph(dilated, AccelConfig())
-    reorg = _sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), Reorg(2), nn.Flatten(), nn.Linear(8 * 6 * 6, 3))
+    reorg = golden("reorg")
     with pytest.raises(AcceleratorError, match=r"layer \w+: op Reorg is not supported"):
         compile_graph(reorg, AccelConfig())
-    torch.manual_seed(0)
-    concat = lower(quantize(_Concat().eval(), [torch.randn(8, 1, 12, 12)], QuantConfig()), input_shape=(1, 12, 12))
+    concat = golden("concat")
     with pytest.raises(AcceleratorError, match=r"layer \w+: op Concat is not supported"):
         compile_graph(concat, AccelConfig())
 
 
 def test_codebook_of_three_bits_is_rejected():
-    g = _clipq(layers={"conv3": (0.2, 3)})
+    g = golden("lenet5_clipq_3bit")   # conv3: a 3-bit codebook
     with pytest.raises(AcceleratorError, match=r"layer q_conv3_acc: 3-bit codebook with \d entries; the decoder "
                                                r"takes 2-bit indices into 4 values"):
         compile_graph(g, AccelConfig())
@@ -160,16 +121,16 @@ def test_codebook_of_three_bits_is_rejected():
 
 def test_wide_weights_codes_multiplier_and_accumulator():
     with pytest.raises(AcceleratorError, match=r"layer q_conv1_acc: 12-bit weights"):
-        compile_graph(_lenet(QuantConfig(weight_bits=12)), AccelConfig())
+        compile_graph(golden("lenet5_w12"), AccelConfig())
     with pytest.raises(AcceleratorError, match=r"10-bit codes; activations are at most 8 bits"):
-        compile_graph(_lenet(QuantConfig(act_bits=10)), AccelConfig())
-    g = _lenet(bias=True)
+        compile_graph(golden("lenet5_w12a10"), AccelConfig())   # the 10-bit input codes are refused first
+    g = golden("lenet5_bias_w8a8")
     g.params["q_conv2_acc.bias"] = g.params["q_conv2_acc.bias"].clone()
     g.params["q_conv2_acc.bias"][3] = 2**31 - 100
     with pytest.raises(AcceleratorError, match=r"layer q_conv2_acc: accumulator bound .* = \d+ exceeds the 32-bit "
                                                r"accumulator \(max 2147483647\)"):
         compile_graph(g, AccelConfig())
-    g = _lenet()
+    g = golden("lenet5_w8a8")
     key = next(n.params["multiplier"] for n in g.nodes if n.name == "q_conv1")
     g.params[key] = torch.full_like(g.params[key], 2**31)
     with pytest.raises(AcceleratorError, match=r"layer q_conv1: multiplier 2147483648 does not fit the 32-bit"):
@@ -208,7 +169,7 @@ def test_cycles_of_a_tiny_layer_by_hand():
 
 
 def test_lenet_cycles_formula():
-    p = compile_graph(_lenet(), AccelConfig())
+    p = compile_graph(golden("lenet5_w8a8"), AccelConfig())
     c = program_cycles(p)
     conv1 = c["layers"][0]  # 1x32x32 -> 6x28x28, 5x5: K=25, T=4, G=1, P=784
     assert (conv1["param"], conv1["input"], conv1["weights"], conv1["compute"], conv1["drain"]) == (
@@ -241,7 +202,7 @@ def _assert_same_program(a: Program, b: Program):
 
 @pytest.mark.parametrize("which", ["dense", "codebook"])
 def test_memory_files_round_trip(tmp_path, which):
-    g = _lenet(QuantConfig(act_symmetric=False)) if which == "dense" else _clipq()
+    g = golden("lenet5_bias_asym" if which == "dense" else "lenet5_clipq")
     config = AccelConfig(pe=4, simd=16, bus_bits=128)
     x = torch.randn(3, 1, 32, 32)
     doc = export_memory(g, x, tmp_path, config)
@@ -269,7 +230,7 @@ def test_memory_files_round_trip(tmp_path, which):
 
 
 def test_descriptor_words_of_the_first_layer(tmp_path):
-    g = _lenet()
+    g = golden("lenet5_w8a8")
     program = compile_graph(g, AccelConfig())
     write_memory(program, torch.zeros((1, 1, 32, 32), dtype=torch.int64), tmp_path)
     param = read_hex(tmp_path / "param.hex", 32)

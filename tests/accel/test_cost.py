@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from bitsmith.accel.compiler import compile_graph
 from bitsmith.accel.config import AccelConfig
@@ -13,9 +12,7 @@ from bitsmith.accel.cost import (REQUANT_DSPS, bram18, cost_report, dsps_for, ex
                                  multiplier_dsps, ops_per_dsp, param_words, table_kernel)
 from bitsmith.accel.program import Layer, Program
 from bitsmith.errors import AcceleratorError, ConfigError
-from bitsmith.quant import lower
-from bitsmith.models import build_model
-from bitsmith.quant import QuantConfig, quantize
+from tests.helpers import golden
 
 # REFERENCE §1 "ops per DSP48E2", copied again by hand (rows w = 2..8, columns a = 2..8) so that a
 # transcription slip in bitsmith.accel.cost fails here.
@@ -178,9 +175,7 @@ def test_narrow_codes_cost_as_two_bits_and_wide_ones_are_refused():
 
 
 def test_lenet5_compiled_program():
-    torch.manual_seed(0)
-    model = build_model("lenet5").eval()
-    g = lower(quantize(model, [torch.randn(8, *model.input_shape) for _ in range(2)], QuantConfig()))
+    g = golden("lenet5_w8a8")
     report = cost_report(compile_graph(g, AccelConfig(pe=8, simd=8)))
     # W8A8 everywhere: 2 ops per DSP in every table → 64 / 2 = 32 array DSPs, plus 8 requant units × 4
     assert report["dsp"]["array"] == 32 and report["dsp"]["total"] == 64

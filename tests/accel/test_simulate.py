@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from bitsmith.accel import AccelConfig
 from bitsmith.accel.compiler import compile_graph
@@ -15,56 +14,11 @@ from bitsmith.accel.memory import build_memory, read_memory, write_memory
 from bitsmith.accel.program import Layer, Program
 from bitsmith.accel.simulate import simulate
 from bitsmith.accel.timing import PHASES, program_cycles
-from bitsmith.quant import lower
-from bitsmith.models import build_model
-from bitsmith.quant import QuantConfig, quantize
-from bitsmith.quant.clipq import apply_clipq
-from bitsmith.verify import compare, verification_inputs
 from bitsmith.integer import engine
+from bitsmith.verify import compare, verification_inputs
+from tests.helpers import golden
 
 N_IMAGES = 20
-
-
-def _quantized(model, shape, config=None, clipq=False):
-    torch.manual_seed(0)
-    calib = [torch.randn(8, *shape) for _ in range(2)]
-    qmodel = quantize(model.eval(), calib, config or QuantConfig())
-    if clipq:
-        apply_clipq(qmodel, 0.4, 2, skip=["fc2"])
-    return lower(qmodel, input_shape=shape)
-
-
-def _lenet(config=None, clipq=False):
-    torch.manual_seed(0)
-    return _quantized(build_model("lenet5"), (1, 32, 32), config, clipq)
-
-
-def _vgg_tiny():
-    torch.manual_seed(0)
-    model = build_model("vgg_tiny")
-    for m in model.modules():  # non-trivial BatchNorm, folded into the convs by quantize
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return _quantized(model, (3, 32, 32))
-
-
-def _strided_padded():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 5, 3, stride=2, padding=1), nn.ReLU(),             # 16x16 -> 8x8
-                          nn.Conv2d(5, 9, 5, stride=(1, 2), padding=(2, 1)), nn.ReLU(),   # -> 8x3
-                          nn.MaxPool2d((2, 1)), nn.Flatten(), nn.Linear(9 * 4 * 3, 4))
-    return _quantized(model, (1, 16, 16), QuantConfig(act_symmetric=False))
-
-
-def _avgpool():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 6, 3), nn.ReLU(), nn.AvgPool2d(2),              # 14 -> 12 -> 6
-                          nn.Conv2d(6, 12, 1, bias=True), nn.ReLU(), nn.AvgPool2d(3, stride=1),  # -> 4
-                          nn.Conv2d(12, 5, 1), nn.AvgPool2d(4), nn.Flatten())            # global pool, signed
-    return _quantized(model, (2, 14, 14))
 
 
 def _check(graph, x, config=None):
@@ -91,7 +45,7 @@ def _check(graph, x, config=None):
 
 @pytest.fixture(scope="module")
 def fashion():
-    g = _lenet()
+    g = golden("lenet5_w8a8")
     inputs = verification_inputs(g, N_IMAGES, "fashion-mnist")   # 20 test images + 20 random codes
     assert inputs.description.startswith("fashion-mnist") and inputs.x.shape == (2 * N_IMAGES, 1, 32, 32)
     assert (inputs.real, inputs.random) == (N_IMAGES, N_IMAGES)
@@ -99,48 +53,48 @@ def fashion():
 
 
 def test_lenet_w8a8_on_fashion_mnist(fashion):
-    program, result, _ = _check(_lenet(), fashion)
+    program, result, _ = _check(golden("lenet5_w8a8"), fashion)
     assert result.total_cycles == 18903  # the figure docs/hardware.md quotes for the default configuration
 
 
 def test_lenet_clipq_codebook_mixed_with_dense(fashion):
-    g = _lenet(clipq=True)
+    g = golden("lenet5_clipq")
     program, _, _ = _check(g, fashion, AccelConfig(pe=4, simd=16, bus_bits=128))
     assert [l.is_codebook for l in program.layers if l.kind == "conv"] == [True, True, True, True, False]
 
 
 def test_lenet_w4a4_per_channel(fashion):
-    _check(_lenet(QuantConfig(weight_bits=4, act_bits=4, per_channel=True)), fashion, AccelConfig(pe=3, simd=5, bus_bits=32))
+    _check(golden("lenet5_w4a4_pc"), fashion, AccelConfig(pe=3, simd=5, bus_bits=32))
 
 
 def test_lenet_asymmetric_requantized_output(fashion):
-    g = _lenet(QuantConfig(act_symmetric=False, requantize_output=True))
+    g = golden("lenet5_asym_requant_output")
     program, _, _ = _check(g, fashion)
     assert program.layers[0].z_in != 0 and not program.layers[-1].raw_output
 
 
 def test_vgg_tiny_random_weights_with_bn():
     x = torch.randn(N_IMAGES, 3, 32, 32)
-    program, _, _ = _check(_vgg_tiny(), x, AccelConfig(pe=16, simd=8))
+    program, _, _ = _check(golden("vgg_tiny_bn"), x, AccelConfig(pe=16, simd=8))
     assert max(l.out_ch * l.pixels for l in program.layers) == 64 * 32 * 32
 
 
 def test_padding_and_stride():
-    g = _strided_padded()
+    g = golden("strided_padded")
     program, _, _ = _check(g, torch.randn(N_IMAGES, 1, 16, 16), AccelConfig(pe=4, simd=4))
     assert (program.layers[0].sh, program.layers[0].ph) == (2, 1)
     assert (program.layers[1].sw, program.layers[1].pw) == (2, 1)
 
 
 def test_avgpool_layers():
-    g = _avgpool()
+    g = golden("avgpool")
     program, _, _ = _check(g, torch.randn(N_IMAGES, 2, 14, 14), AccelConfig(pe=4, simd=8))
     assert [l.kind for l in program.layers].count("avgpool") == 3
     assert program.layers[-1].out_signed  # the pooled raw-conv output is signed
 
 
 def test_runs_from_the_written_files_and_catches_a_packing_error(tmp_path, fashion):
-    g = _lenet(clipq=True)
+    g = golden("lenet5_clipq")
     program = compile_graph(g, AccelConfig())
     outputs = engine.run(g, fashion[:4], return_all=True)
     write_memory(program, outputs[program.input_name], tmp_path, expected=outputs)
@@ -195,7 +149,7 @@ def test_tiny_hand_built_layer_counts_and_wraps():
 
 
 def test_cli_hw_simulate_json(tmp_path):
-    g = _lenet(clipq=True)
+    g = golden("lenet5_clipq")
     g.save(tmp_path / "g")
     proc = subprocess.run([sys.executable, "-m", "bitsmith.cli", "hw", "simulate", str(tmp_path / "g"), "--images", "3",
                            "--pe", "4", "--simd", "16", "--json"], capture_output=True, text=True, timeout=300)

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from bitsmith.accel.compiler import compile_graph
 from bitsmith.accel.config import AccelConfig
@@ -18,25 +17,13 @@ from bitsmith.accel.cost import cost_report
 from bitsmith.accel.sweep import dense_program, evaluate_design, pareto_front, sweep, write_sweep
 from bitsmith.accel.timing import program_cycles
 from bitsmith.errors import AcceleratorError, ConfigError
-from bitsmith.quant import lower
-from bitsmith.models import build_model
-from bitsmith.quant import QuantConfig, quantize
-from bitsmith.quant.clipq import apply_clipq
+from tests.helpers import golden, invoke
 
 
 @pytest.fixture(scope="module")
 def lenet_graphs():
     """W8A8 LeNet-5, its CLIP-Q variant (2-bit codebooks, dense fc2), and an all-codebook variant."""
-    torch.manual_seed(0)
-    model = build_model("lenet5").eval()
-    calib = [torch.randn(8, *model.input_shape) for _ in range(2)]
-    dense = lower(quantize(model, calib, QuantConfig()))
-    qmodel = quantize(model, calib, QuantConfig())
-    apply_clipq(qmodel, 0.4, 2, skip=["fc2"])
-    clipq = lower(qmodel)
-    qmodel_all = quantize(model, calib, QuantConfig())
-    apply_clipq(qmodel_all, 0.4, 2)
-    return dense, clipq, lower(qmodel_all)
+    return golden("lenet5_w8a8"), golden("lenet5_clipq"), golden("lenet5_clipq_all")
 
 
 def _dominated(p, points):
@@ -115,27 +102,19 @@ def test_configs_that_do_not_fit_are_recorded(lenet_graphs):
         sweep(dense, sizes=(2,), codebook_graph=dense)
 
 
-def _invoke(*args):
-    """The command in-process (no second torch import); BitsmithErrors come back as result.exception."""
-    from typer.testing import CliRunner
-
-    from bitsmith.cli import app
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def test_cli_report_and_sweep(lenet_graphs, tmp_path):
     dense, clipq, _ = lenet_graphs
     dense.save(tmp_path / "int8")
     clipq.save(tmp_path / "clipq")
-    result = _invoke("hw", "report", tmp_path / "int8", "--pe", "8", "--simd", "8", "--json")
+    result = invoke("hw", "report", tmp_path / "int8", "--pe", "8", "--simd", "8", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["cycles"] == program_cycles(compile_graph(dense, AccelConfig()))["total"]
     assert report["dsp"]["total"] == 64 and [l["dsp"] for l in report["layers"]] == [32, 0, 32, 0, 32, 32, 32]
-    result = _invoke("hw", "report", tmp_path / "clipq", "--pe", "4", "--simd", "16")
+    result = invoke("hw", "report", tmp_path / "clipq", "--pe", "4", "--simd", "16")
     assert result.exit_code == 0 and "q_conv1" in result.stdout and "cb2/8" in result.stdout
 
-    result = _invoke("hw", "sweep", tmp_path / "int8", "--out", tmp_path / "sw", "--sizes", "1,4,16",
+    result = invoke("hw", "sweep", tmp_path / "int8", "--out", tmp_path / "sw", "--sizes", "1,4,16",
                      "--codebook-graph", tmp_path / "clipq", "--weight-buffer-entries", "4096", "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -144,7 +123,7 @@ def test_cli_report_and_sweep(lenet_graphs, tmp_path):
     assert out["points"] == 6 * 3
     assert (tmp_path / "sw" / "pareto.png").is_file() and (tmp_path / "sw" / "sweep.csv").is_file()
 
-    result = _invoke("hw", "sweep", tmp_path / "int8", "--out", tmp_path / "x", "--sizes", "0,2")
+    result = invoke("hw", "sweep", tmp_path / "int8", "--out", tmp_path / "x", "--sizes", "0,2")
     assert isinstance(result.exception, ConfigError) and "--sizes" in str(result.exception)
     # through main(): one message, exit code 2, no traceback
     proc = subprocess.run([sys.executable, "-m", "bitsmith.cli", "hw", "report", str(tmp_path / "int8"), "--pe", "32",

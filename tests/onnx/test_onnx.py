@@ -13,28 +13,10 @@ import pytest
 import torch
 
 from bitsmith.errors import CheckpointError, ConfigError, GraphError
-from bitsmith.integer import IntegerGraph, Node, TensorSpec
-from bitsmith.quant import lower
-from bitsmith.models import build_model
+from bitsmith.integer import IntegerGraph, Node, TensorSpec, engine
 from bitsmith.onnx import export_onnx, run_onnx
 from bitsmith.onnx import integer as integer_export
-from bitsmith.quant import QuantConfig, quantize
-from bitsmith.integer import engine
-
-W4A4 = QuantConfig(weight_bits=4, act_bits=4, per_channel=True)
-
-
-def quantized_graph(name: str, config: QuantConfig = QuantConfig(), **kwargs) -> IntegerGraph:
-    """A zoo model with random weights (and random BN statistics), calibrated on random images."""
-    torch.manual_seed(0)
-    model = build_model(name, **kwargs).eval()
-    gen = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) * 1.5 + 0.5)
-    calib = [torch.randn(4, *model.input_shape) for _ in range(2)]
-    return lower(quantize(model, calib, config))
+from tests.helpers import golden
 
 
 def probe_inputs(g: IntegerGraph, n: int = 4) -> torch.Tensor:
@@ -72,21 +54,22 @@ def assert_bit_exact(g: IntegerGraph, path, x: torch.Tensor) -> None:
 
 # -- the integer model: bit for bit ---------------------------------------------------------
 
+# Golden graphs (tests/golden/README.md): zoo models with random weights (and random BN
+# statistics), calibrated on random images.
 CASES = {
-    "lenet5": ("lenet5", QuantConfig(), {}),
-    "lenet5_bias": ("lenet5", QuantConfig(), {"bias": True}),
-    "vgg_tiny": ("vgg_tiny", QuantConfig(), {}),
-    "nin": ("nin", QuantConfig(), {}),
-    "lenet5_w4a4_per_channel": ("lenet5", W4A4, {"bias": True}),
-    "lenet5_w4a4_requantize_output": ("lenet5", replace(W4A4, requantize_output=True), {"bias": True}),
-    "ultranet_bypass": ("ultranet_bypass", QuantConfig(), {"input_shape": (3, 32, 64)}),
+    "lenet5": "lenet5_w8a8",
+    "lenet5_bias": "lenet5_bias_w8a8",
+    "vgg_tiny": "vgg_tiny_bn",
+    "nin": "nin_bn",
+    "lenet5_w4a4_per_channel": "lenet5_w4a4_pc",
+    "lenet5_w4a4_requantize_output": "lenet5_w4a4_pc_requant_output",
+    "ultranet_bypass": "ultranet_bypass_32x64",
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_integer_model_equals_engine(case, tmp_path):
-    name, config, kwargs = CASES[case]
-    g = quantized_graph(name, config, **kwargs)
+    g = golden(CASES[case])
     path = export_onnx(g, tmp_path / f"{case}.onnx")
     onnx.checker.check_model(onnx.load(path), full_check=True)
     x = probe_inputs(g)
@@ -97,30 +80,20 @@ def test_integer_model_equals_engine(case, tmp_path):
     assert len(np.unique(codes[g.outputs[0]].numpy())) > 1  # a constant output would prove nothing
 
 
-# Zoo models calibrate activations symmetrically (zero point 0); these graphs move zero points
-# off 0 so that ConvInteger's zero-point padding, the AvgPool sum of q − z and the requantizer's
+# Zoo models calibrate activations symmetrically (zero point 0; vgg_tiny_bn's input aside, it is
+# asymmetric); these graphs move zero points off 0 (or elsewhere) so that ConvInteger's zero-point padding, the AvgPool sum of q − z and the requantizer's
 # input/output zero points are exercised. The engine defines what the changed graph computes.
 ZERO_POINTS = {
-    "vgg_tiny": ("vgg_tiny", {}, {"input_quant": (False, 100), "q_conv1": (False, 3)}),
-    "nin": ("nin", {}, {"q_conv6": (False, 4), "q_conv9": (True, -2)}),
-    "ultranet_bypass": ("ultranet_bypass", {"input_shape": (3, 32, 64)}, {"q_body_conv7": (False, 5)}),
+    "vgg_tiny": ("vgg_tiny_bn", {"input_quant": (False, 100), "q_conv1": (False, 3)}),
+    "nin": ("nin_bn", {"q_conv6": (False, 4), "q_conv9": (True, -2)}),
+    "ultranet_bypass": ("ultranet_bypass_32x64", {"q_body_conv7": (False, 5)}),
 }
 
 
 @pytest.mark.parametrize("case", list(ZERO_POINTS))
 def test_integer_model_with_nonzero_zero_points(case, tmp_path):
-    name, kwargs, changes = ZERO_POINTS[case]
-    g = quantized_graph(name, **kwargs)
-    for tensor, (signed, zp) in changes.items():
-        g.tensors[tensor] = replace(g.tensors[tensor], signed=signed, zero_point=zp)
-        producer = g.node_producing(tensor)
-        if producer.op == "Requant":
-            spec = g.tensors[tensor]
-            producer.attrs.update(clamp_min=max(spec.qmin, zp), clamp_max=spec.qmax)
-    g.validate()
-    assert_bit_exact(g, export_onnx(g, tmp_path / "zp.onnx"), probe_inputs(g))
-
-
+    name, changes = ZERO_POINTS[case]
+    g = golden(name)
 def hand_graph(tensors: list[TensorSpec], nodes: list[Node], params: dict) -> IntegerGraph:
     g = IntegerGraph({t.name: t for t in tensors}, nodes, params, ["input"], [nodes[-1].output])
     g.validate()
@@ -176,7 +149,7 @@ def test_reorg_is_pixel_unshuffle_order(r, h, w, tmp_path):
 
 def test_a_wrong_export_is_caught(tmp_path, monkeypatch):
     """Shifting one bit too far must make the comparison fail: the check can fail."""
-    g = quantized_graph("lenet5")
+    g = golden("lenet5_w8a8")
     original = integer_export.requant_constants
 
     def off_by_one(graph, node):
@@ -191,8 +164,7 @@ def test_a_wrong_export_is_caught(tmp_path, monkeypatch):
 
 
 def test_codes_wider_than_8_bits_are_refused(tmp_path):
-    g = quantized_graph("lenet5", QuantConfig(weight_bits=12, act_bits=10, multiplier_bits=16, requantize_output=True),
-                        bias=True)
+    g = golden("lenet5_w12a10")   # 12-bit weights, 10-bit activations, 16-bit multipliers
     with pytest.raises(ConfigError, match=r"'q_conv1_acc'.*--qdq"):
         export_onnx(g, tmp_path / "wide.onnx")
     assert not (tmp_path / "wide.onnx").exists()
@@ -204,7 +176,7 @@ def test_codes_wider_than_8_bits_are_refused(tmp_path):
 
 
 def test_model_file_names_metadata_and_batch(tmp_path):
-    g = quantized_graph("lenet5", bias=True)
+    g = golden("lenet5_bias_w8a8")
     g.metadata.update(model={"name": "lenet5", "input_shape": [1, 32, 32]}, dataset="fashion_mnist")
     path = export_onnx(g, tmp_path / "sub" / "m.onnx")
     model = onnx.load(path)
@@ -221,7 +193,7 @@ def test_model_file_names_metadata_and_batch(tmp_path):
 
 
 def test_run_onnx_errors(tmp_path):
-    g = quantized_graph("lenet5")
+    g = golden("lenet5_w8a8")
     path = export_onnx(g, tmp_path / "m.onnx")
     with pytest.raises(GraphError, match="NaN"):
         run_onnx(path, torch.full((1, 1, 32, 32), float("nan")))
@@ -238,7 +210,7 @@ def test_run_onnx_errors(tmp_path):
 # -- the QDQ model: close, same predictions ------------------------------------------------
 
 def test_qdq_lenet_predicts_like_the_engine(tmp_path):
-    g = quantized_graph("lenet5", bias=True)
+    g = golden("lenet5_bias_w8a8")
     path = export_onnx(g, tmp_path / "qdq.onnx", qdq=True)
     model = onnx.load(path)
     onnx.checker.check_model(model, full_check=True)
@@ -254,8 +226,7 @@ def test_qdq_lenet_predicts_like_the_engine(tmp_path):
 
 @pytest.mark.parametrize("case", ["nin", "ultranet_bypass", "lenet5_w4a4_requantize_output"])
 def test_qdq_model_runs_and_is_close(case, tmp_path):
-    name, config, kwargs = CASES[case]
-    g = quantized_graph(name, config, **kwargs)
+    g = golden(CASES[case])
     path = export_onnx(g, tmp_path / "qdq.onnx", qdq=True)
     onnx.checker.check_model(onnx.load(path), full_check=True)
     x = probe_inputs(g)

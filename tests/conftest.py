@@ -1,0 +1,16 @@
+"""Fixtures shared by the whole suite. Helpers that are plain functions live in tests/helpers.py
+(golden graphs, skip markers), the int64 oracle in tests/oracle.py, and graphs quantized fresh (for
+front-end tests only) in tests/quantized.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import helpers
+
+
+@pytest.fixture(scope="session")
+def golden():
+    """`golden(name)`: a private copy of the golden graph tests/golden/<name> (loaded once per session)."""
+    return helpers.golden
+

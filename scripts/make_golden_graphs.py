@@ -86,11 +86,12 @@ def _vgg_tiny_bn() -> IntegerGraph:
     return bitsmith.lower(bitsmith.quantize(model, _calib(model.input_shape), ASYM))
 
 
-def _seq(layers: list[nn.Module], shape: tuple[int, int, int], config: bitsmith.QuantConfig = W8A8,
+def _seq(layers: Callable[[], list[nn.Module]], shape: tuple[int, int, int], config: bitsmith.QuantConfig = W8A8,
          seed: int = 0) -> IntegerGraph:
-    """A small nn.Sequential with random weights, calibrated on two random batches of 8."""
+    """A small nn.Sequential of `layers()` (made after seeding: their random weights depend on the seed
+    only), calibrated on two random batches of 8."""
     torch.manual_seed(seed)
-    model = nn.Sequential(*layers).eval()
+    model = nn.Sequential(*layers()).eval()
     return bitsmith.lower(bitsmith.quantize(model, _calib(shape), config), input_shape=shape)
 
 
@@ -163,59 +164,59 @@ GRAPHS: dict[str, Golden] = {
     # small models (accelerator)
     "strided_padded": Golden(
         "1x16x16: conv stride 2 pad 1, conv 5x5 stride (1,2) pad (2,1), maxpool (2,1), linear; asymmetric",
-        lambda: _seq([nn.Conv2d(1, 5, 3, stride=2, padding=1), nn.ReLU(),
+        lambda: _seq(lambda: [nn.Conv2d(1, 5, 3, stride=2, padding=1), nn.ReLU(),
                       nn.Conv2d(5, 9, 5, stride=(1, 2), padding=(2, 1)), nn.ReLU(),
                       nn.MaxPool2d((2, 1)), nn.Flatten(), nn.Linear(9 * 4 * 3, 4)], (1, 16, 16), ASYM)),
     "avgpool": Golden(
         "2x14x14: three average pools (2x2, 3x3 stride 1, global 4x4 of a signed raw conv output)",
-        lambda: _seq([nn.Conv2d(2, 6, 3), nn.ReLU(), nn.AvgPool2d(2),
+        lambda: _seq(lambda: [nn.Conv2d(2, 6, 3), nn.ReLU(), nn.AvgPool2d(2),
                       nn.Conv2d(6, 12, 1, bias=True), nn.ReLU(), nn.AvgPool2d(3, stride=1),
                       nn.Conv2d(12, 5, 1), nn.AvgPool2d(4), nn.Flatten()], (2, 14, 14))),
     "maxpool5": Golden("1x12x12: conv 3x3, maxpool 5x5, linear (kernel limit and exact buffer fit)",
-                       lambda: _seq([nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(5), nn.Flatten(),
+                       lambda: _seq(lambda: [nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(5), nn.Flatten(),
                                      nn.Linear(2 * 2 * 2, 3)], (1, 12, 12))),
     "grouped_conv": Golden("2x12x12: grouped conv (groups=2), which the accelerator refuses",
-                           lambda: _seq([nn.Conv2d(2, 4, 3, groups=2), nn.ReLU(), nn.Flatten(),
+                           lambda: _seq(lambda: [nn.Conv2d(2, 4, 3, groups=2), nn.ReLU(), nn.Flatten(),
                                          nn.Linear(4 * 10 * 10, 3)], (2, 12, 12))),
     "dilated_conv": Golden("1x12x12: dilated conv (dilation=2), which the accelerator refuses",
-                           lambda: _seq([nn.Conv2d(1, 2, 3, dilation=2), nn.ReLU(), nn.Flatten(),
+                           lambda: _seq(lambda: [nn.Conv2d(1, 2, 3, dilation=2), nn.ReLU(), nn.Flatten(),
                                          nn.Linear(2 * 8 * 8, 3)], (1, 12, 12))),
     "reorg": Golden("1x12x12: conv, Reorg(2), linear (Reorg: an op the accelerator refuses)",
-                    lambda: _seq([nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), Reorg(2), nn.Flatten(),
+                    lambda: _seq(lambda: [nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), Reorg(2), nn.Flatten(),
                                   nn.Linear(8 * 6 * 6, 3)], (1, 12, 12))),
     "concat": Golden("1x12x12: two convs concatenated, linear (Concat: an op the accelerator refuses)", _concat),
     # small models (RTL, through bitsmith.verify)
     "mixed_small": Golden(
         "3x16x16: stride, padding, max and average pools, 6 and 5 channels (partial groups on R=4), raw "
         "Linear output; bias, per-channel weights, asymmetric activations",
-        lambda: _seq([nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        lambda: _seq(lambda: [nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                       nn.Conv2d(6, 5, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(20, 7)],
                      (3, 16, 16), bitsmith.QuantConfig(act_symmetric=False, per_channel=True), seed=1)),
     "single_layer": Golden("2x6x6: one conv, raw output (first and last layer at once)",
-                           lambda: _seq([nn.Conv2d(2, 3, 3)], (2, 6, 6), seed=1)),
+                           lambda: _seq(lambda: [nn.Conv2d(2, 3, 3)], (2, 6, 6), seed=1)),
     "single_group_full": Golden("1x5x5: conv 1->4 pad 2, conv 1x1 4->4 (one full channel group on R=4)",
-                                lambda: _seq([nn.Conv2d(1, 4, 3, padding=2), nn.ReLU(), nn.Conv2d(4, 4, 1)],
+                                lambda: _seq(lambda: [nn.Conv2d(1, 4, 3, padding=2), nn.ReLU(), nn.Conv2d(4, 4, 1)],
                                              (1, 5, 5), seed=1)),
     "one_pixel": Golden("12x1x1: flatten, linear 12->9, relu, linear 9->5 (1x1 maps only)",
-                        lambda: _seq([nn.Flatten(), nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 5)], (12, 1, 1),
+                        lambda: _seq(lambda: [nn.Flatten(), nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 5)], (12, 1, 1),
                                      seed=1)),
     # small models (the FSM unit test of the RTL)
     "fsm_one_layer": Golden("2x5x5: one conv 2->3, raw output; asymmetric",
-                            lambda: _seq([nn.Conv2d(2, 3, 3)], (2, 5, 5), ASYM)),
+                            lambda: _seq(lambda: [nn.Conv2d(2, 3, 3)], (2, 5, 5), ASYM)),
     "fsm_single_group": Golden("1x10x10: conv 1->4, maxpool, linear 64->4 (every layer one group on R=4); asymmetric",
-                               lambda: _seq([nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                               lambda: _seq(lambda: [nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                                              nn.Linear(64, 4)], (1, 10, 10), ASYM)),
     "fsm_partial_rows": Golden(
         "3x8x8: conv 3->6 pad 1, avgpool, conv 6->5, maxpool (partial last groups on R=4); asymmetric",
-        lambda: _seq([nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 5, 2), nn.ReLU(),
+        lambda: _seq(lambda: [nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 5, 2), nn.ReLU(),
                       nn.MaxPool2d(2)], (3, 8, 8), ASYM)),
     # small models (bitsmith.verify)
     "all_backends_small": Golden(
         "2x8x8: conv pad 1, maxpool, conv, raw linear; bias, asymmetric (every back end runs it)",
-        lambda: _seq([nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3), nn.ReLU(),
+        lambda: _seq(lambda: [nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3), nn.ReLU(),
                       nn.Flatten(), nn.Linear(24, 5)], (2, 8, 8), ASYM, seed=1)),
     "avgpool_small": Golden("2x8x8: conv, avgpool, linear (the HLS format has no average pool)",
-                            lambda: _seq([nn.Conv2d(2, 4, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                            lambda: _seq(lambda: [nn.Conv2d(2, 4, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
                                           nn.Linear(36, 3)], (2, 8, 8), seed=1)),
 }
 

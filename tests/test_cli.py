@@ -114,16 +114,11 @@ def test_export_clipq_hex(tmp_path):
     import torch
 
     from bitsmith.integer import load
-    from bitsmith.quant import lower
     from bitsmith.targets.clipq_hex import read_clipq_hex
-    from bitsmith.models import build_model
-    from bitsmith.quant import QuantConfig, quantize
-    from bitsmith.quant.clipq import apply_clipq
+    from tests.helpers import golden
 
-    torch.manual_seed(0)
-    qmodel = quantize(build_model("lenet5").eval(), [torch.randn(8, 1, 32, 32)], QuantConfig())
-    apply_clipq(qmodel, p=0.4, bits=2, skip=("conv1", "fc2"))
-    lower(qmodel).save(tmp_path / "g")
+    # a CLIP-Q graph whose codebook layers are not all written: 2-bit conv1, conv2, fc1; 3-bit conv3; dense fc2
+    golden("lenet5_clipq_3bit").save(tmp_path / "g")
     e = last_json(bitsmith("export", tmp_path / "g", "--format", "clipq-hex", "--out", tmp_path / "hex", "--json"))
     assert e["format"] == "clipq-hex"
     back = read_clipq_hex(tmp_path / "hex")

@@ -1,52 +1,29 @@
 """bitsmith.verify: one input policy, one comparison, every back end against the integer engine."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
-from typer.testing import CliRunner
 
 from bitsmith.accel.config import AccelConfig
-from bitsmith.cli import app
 from bitsmith.errors import ConfigError
-from bitsmith.quant import lower
+from bitsmith.integer import engine
 from bitsmith.integer.arithmetic import quantize_input
-from bitsmith.models import build_model
-from bitsmith.quant import QuantConfig, quantize
 from bitsmith.verify import (BACKENDS, compare, random_code_images, summary, verification_inputs, verify,
                              verify_all)
-from bitsmith.integer import engine
+from tests.helpers import GXX, golden, invoke
 
-GXX = shutil.which("g++")
-
-
-def _lenet(bias=True, **quant):
-    """LeNet-5 W8A8 (with bias, so that a dropped bias shows), calibrated on random images."""
-    torch.manual_seed(0)
-    model = build_model("lenet5", bias=bias).eval()
-    calib = [torch.randn(8, *model.input_shape) for _ in range(2)]
-    return lower(quantize(model, calib, QuantConfig(**quant)))
-
-
-def _small(layers, shape, **quant):
-    torch.manual_seed(1)
-    model = nn.Sequential(*layers).eval()
-    calib = [torch.randn(8, *shape) for _ in range(2)]
-    return lower(quantize(model, calib, QuantConfig(**quant)), input_shape=shape)
-
-
-def _small_all_backends():
-    """Every back end runs it (no AvgPool for HLS), with bias, padding and a raw Linear output."""
-    return _small([nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3), nn.ReLU(),
-                   nn.Flatten(), nn.Linear(24, 5)], (2, 8, 8), act_symmetric=False)
+# Golden graphs (tests/golden/README.md):
+LENET = "lenet5_bias_w8a8"            # LeNet-5 W8A8 with bias, so that a dropped bias shows
+LENET_ASYM = "lenet5_bias_asym"       # … and asymmetric activations: an input zero point
+SMALL_ALL_BACKENDS = "all_backends_small"   # every back end runs it (no AvgPool for HLS): bias, padding, raw Linear
+SMALL_AVGPOOL = "avgpool_small"       # conv, AvgPool2d, Linear on 2x8x8: the HLS format has no average pool
 
 
 @pytest.fixture(scope="module")
 def lenet():
-    return _lenet()
+    return golden(LENET)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +47,7 @@ def test_random_codes_reproduce_exactly_under_quantize_input(lenet):
     assert int(codes.min()) == spec.qmin and int(codes.max()) == spec.qmax
     assert len(torch.unique(codes)) == spec.qmax - spec.qmin + 1
     # and with a zero point (asymmetric, unsigned input codes)
-    asym = _lenet(act_symmetric=False)
+    asym = golden(LENET_ASYM)
     aspec = asym.tensors[asym.nodes[0].output]
     assert aspec.zero_point != 0
     ax = random_code_images(asym, 4)
@@ -98,7 +75,7 @@ def test_real_and_random_inputs_are_both_present(lenet):
 
 
 def test_random_only_when_no_data_set_fits_the_input_shape():
-    g = _small_all_backends()   # 2x8x8: no data set has it
+    g = golden(SMALL_ALL_BACKENDS)   # 2x8x8: no data set has it
     inputs = verification_inputs(g, 2)
     assert (inputs.real, inputs.random) == (0, 2)
     assert "no data set fits the input shape 2x8x8" in inputs.description
@@ -153,7 +130,7 @@ def test_four_backends_agree_bit_for_bit_with_the_engine(lenet, lenet_reports):
 
 @pytest.mark.parametrize("fault", ["drop_bias", "shift_off_by_one", "no_zero_point"])
 def test_a_fault_fails_the_accelerator_naming_the_layer(fault):
-    g = _lenet(act_symmetric=False)   # bias and an input zero point: every fault changes a value
+    g = golden(LENET_ASYM)   # bias and an input zero point: every fault changes a value
     inputs = verification_inputs(g, 2, data="random")
     good = verify(g, "accel", inputs)
     bad = verify(g, "accel", inputs, fault=fault)
@@ -166,7 +143,7 @@ def test_a_fault_fails_the_accelerator_naming_the_layer(fault):
 
 
 def test_rtl_fault_fails_naming_the_layer():
-    g = _small_all_backends()
+    g = golden(SMALL_ALL_BACKENDS)
     inputs = verification_inputs(g, 1, data="random")
     report = verify(g, "rtl", inputs, config=AccelConfig(pe=4, simd=4), fault="drop_bias")
     assert not report.passed and report.mismatches > 0
@@ -174,7 +151,7 @@ def test_rtl_fault_fails_naming_the_layer():
 
 
 def test_a_backend_that_cannot_run_the_graph_is_an_error_report():
-    g = _small([nn.Conv2d(2, 4, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(36, 3)], (2, 8, 8))
+    g = golden(SMALL_AVGPOOL)
     inputs = verification_inputs(g, 1, data="random")
     report = verify(g, "hls", inputs)
     assert not report.passed and report.layers == []
@@ -187,13 +164,13 @@ def test_a_backend_that_cannot_run_the_graph_is_an_error_report():
 # -- the command line ------------------------------------------------------------------------------
 
 def _invoke(args):
-    return CliRunner().invoke(app, ["verify", *map(str, args)])
+    return invoke("verify", *args)
 
 
 def test_cli_verify_all_json_and_exit_codes(tmp_path):
     if GXX is None:
         pytest.skip("g++ not installed")
-    _small_all_backends().save(tmp_path / "g")
+    golden(SMALL_ALL_BACKENDS).save(tmp_path / "g")
     base = [tmp_path / "g", "--backend", "all", "--images", "1", "--pe", "4", "--simd", "4", "--json"]
     ok = _invoke(base)
     assert ok.exit_code == 0, ok.output
@@ -221,7 +198,7 @@ def test_cli_verify_all_json_and_exit_codes(tmp_path):
 
 
 def test_cli_verify_reports_an_unsupported_op_as_an_error_row(tmp_path):
-    _small([nn.Conv2d(2, 4, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(36, 3)], (2, 8, 8)).save(tmp_path / "g")
+    golden(SMALL_AVGPOOL).save(tmp_path / "g")
     result = _invoke([tmp_path / "g", "--backend", "hls,accel", "--images", "1", "--json"])
     assert result.exit_code == 1
     doc = json.loads(result.output.strip().splitlines()[-1])

@@ -9,14 +9,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bitsmith.errors import AccumulatorOverflowError, ConfigError, GraphError
-from bitsmith.integer import load
-from bitsmith.quant import lower
+from bitsmith.integer import engine, load
 from bitsmith.integer.arithmetic import MAX_SHIFT, int_range, quantize_input, quantize_multiplier, requantize
 from bitsmith.integer.exactness import FLOAT32_EXACT, compute_dtype
 from bitsmith.integer.reference import conv2d_int64
-from bitsmith.models import build_model
-from bitsmith.quant import QuantConfig, quantize
-from bitsmith.integer import engine
+from tests.helpers import golden
 
 
 # -- arithmetic -----------------------------------------------------------------------------
@@ -108,10 +105,9 @@ def test_compute_dtype_thresholds():
 
 @pytest.fixture(scope="module")
 def lenet_graph_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("lenet5", bias=True).eval()
-    q = quantize(model, [torch.randn(8, 1, 32, 32)], QuantConfig())
-    g = lower(q, metadata={"note": "test"})
+    """The golden LeNet-5 W8A8 with bias, saved again with a metadata note."""
+    g = golden("lenet5_bias_w8a8")
+    g.metadata["note"] = "test"
     path = tmp_path_factory.mktemp("graph") / "g"
     g.save(path)
     return path
@@ -223,30 +219,18 @@ def test_accumulator_overflow_is_detected_and_names_the_layer(lenet_graph_dir, t
     engine.run(g, torch.randn(2, 1, 32, 32), check_overflow=False)  # the check can be switched off
 
 
-def test_quant_config_rejects_bad_settings():
-    for bad in (dict(weight_bits=0), dict(weight_bits=1), dict(act_bits=33), dict(observer="magic"),
-                dict(multiplier_bits=40), dict(weight_bits=8.0)):
-        with pytest.raises(ConfigError, match="allowed"):
-            QuantConfig(**bad)
-
-
-def test_lower_needs_a_quantized_model():
-    with pytest.raises(ConfigError, match="quantize"):
-        lower(build_model("lenet5"))
-
-
-def test_quantize_needs_calibration_data():
-    with pytest.raises(ConfigError, match="calibration"):
-        quantize(build_model("lenet5"), [], QuantConfig())
-
-
-def test_predict_ranks_dequantized_outputs_with_per_channel_scales():
-    torch.manual_seed(0)
-    model = build_model("lenet5").eval()
-    with torch.no_grad():  # very different class scales make a raw-code argmax wrong
-        model.fc2.weight.mul_(torch.logspace(-2, 1, 10).reshape(-1, 1))
-    q = quantize(model, [torch.randn(16, 1, 32, 32)], QuantConfig(weight_bits=4, act_bits=8, per_channel=True))
-    g = lower(q)
-    x = torch.randn(64, 1, 32, 32)
-    assert torch.equal(engine.predict(g, x).argmax(1), q(x).argmax(1))
-    assert not torch.equal(engine.run(g, x).argmax(1), q(x).argmax(1))
+def test_codebook_graph_saves_loads_and_validates(tmp_path):
+    g = golden("lenet5_clipq_3bit")   # 2- and 3-bit codebook layers, a dense fc2
+    shape = g.input_spec.shape
+    g.save(tmp_path / "g")
+    g2 = load(tmp_path / "g")
+    x = torch.randn(4, *shape)
+    assert torch.equal(engine.run(g2, x), engine.run(g, x))
+    node = next(n for n in g2.nodes if n.attrs.get("weight_format") == "codebook")
+    g2.params[node.params["weight_index"]][0] = 4  # beyond a 4-entry codebook
+    with pytest.raises(GraphError, match="weight_index"):
+        g2.validate()
+    g2.params[node.params["weight_index"]][0] = 0
+    g2.params[node.params["codebook"]][0] = 300  # beyond 8-bit weights
+    with pytest.raises(GraphError, match="codebook values"):
+        g2.validate()

@@ -207,6 +207,21 @@ def test_run_onnx_errors(tmp_path):
         run_onnx(bad, torch.zeros(1, 1, 32, 32))
 
 
+# -- codebook layers (CLIP-Q) -------------------------------------------------------------
+
+@pytest.mark.parametrize("qdq", [False, True])
+def test_onnx_export_expands_the_codebook(tmp_path, qdq):
+    g = golden("lenet5_clipq_3bit")   # 2- and 3-bit codebook layers, a dense fc2
+    shape = g.input_spec.shape
+    x = torch.randn(16, *shape)
+    path = export_onnx(g, tmp_path / "m.onnx", qdq=qdq)
+    out = np.asarray(run_onnx(path, x))
+    if qdq:  # float QDQ model: its argmax, not its bits
+        assert np.array_equal(out.argmax(1), engine.predict(g, x).argmax(1).numpy())
+    else:
+        np.testing.assert_array_equal(out.astype(np.int64), engine.run(g, x).numpy())
+
+
 # -- the QDQ model: close, same predictions ------------------------------------------------
 
 def test_qdq_lenet_predicts_like_the_engine(tmp_path):

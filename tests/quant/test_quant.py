@@ -410,3 +410,34 @@ def test_fake_quant_matches_the_integer_graph_under_pot():
     with torch.no_grad():
         assert float((q(x) - out).abs().max()) <= step + 1e-6
     assert math.log2(step) == int(math.log2(step))
+
+
+# -- the front end's entry points (moved from tests/integer/test_integer.py) ----------------
+
+def test_quant_config_rejects_bad_settings():
+    for bad in (dict(weight_bits=0), dict(weight_bits=1), dict(act_bits=33), dict(observer="magic"),
+                dict(multiplier_bits=40), dict(weight_bits=8.0)):
+        with pytest.raises(ConfigError, match="allowed"):
+            QuantConfig(**bad)
+
+
+def test_lower_needs_a_quantized_model():
+    with pytest.raises(ConfigError, match="quantize"):
+        lower(build_model("lenet5"))
+
+
+def test_quantize_needs_calibration_data():
+    with pytest.raises(ConfigError, match="calibration"):
+        quantize(build_model("lenet5"), [], QuantConfig())
+
+
+def test_predict_ranks_dequantized_outputs_with_per_channel_scales():
+    torch.manual_seed(0)
+    model = build_model("lenet5").eval()
+    with torch.no_grad():  # very different class scales make a raw-code argmax wrong
+        model.fc2.weight.mul_(torch.logspace(-2, 1, 10).reshape(-1, 1))
+    q = quantize(model, [torch.randn(16, 1, 32, 32)], QuantConfig(weight_bits=4, act_bits=8, per_channel=True))
+    g = lower(q)
+    x = torch.randn(64, 1, 32, 32)
+    assert torch.equal(engine.predict(g, x).argmax(1), q(x).argmax(1))
+    assert not torch.equal(engine.run(g, x).argmax(1), q(x).argmax(1))

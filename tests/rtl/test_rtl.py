@@ -3,11 +3,9 @@ output value of every layer equal, and the RTL's cycle count equal to docs/hardw
 (and Verilator)."""
 
 import json
-import shutil
 
 import pytest
 import torch
-from torch import nn
 from typer.testing import CliRunner
 
 from bitsmith.accel.compiler import compile_graph
@@ -15,48 +13,10 @@ from bitsmith.accel.config import AccelConfig
 from bitsmith.accel.memory import write_memory
 from bitsmith.cli import app
 from bitsmith.errors import ConfigError, DataError
-from bitsmith.quant import lower
-from bitsmith.models import build_model
-from bitsmith.quant import QuantConfig, quantize
-from bitsmith.quant.clipq import apply_clipq
 from bitsmith.rtl.generate import generate_rtl
 from bitsmith.rtl.simulators import SimulationError, parse_log
 from bitsmith.verify import verification_inputs, verify
-
-needs_verilator = pytest.mark.skipif(shutil.which("verilator") is None, reason="verilator not installed")
-
-
-def _lenet(bias=False):
-    torch.manual_seed(0)
-    model = build_model("lenet5", bias=bias).eval()
-    calib = [torch.randn(8, *model.input_shape) for _ in range(2)]
-    return model, quantize(model, calib, QuantConfig())
-
-
-def _lenet_w8a8():
-    return lower(_lenet()[1])
-
-
-def _lenet_clipq():
-    """2-bit codebook conv1..fc1 (CLIP-Q p = 0.4), dense int8 fc2, with bias."""
-    _, qmodel = _lenet(bias=True)
-    apply_clipq(qmodel, 0.4, 2, skip=["fc2"])
-    return lower(qmodel)
-
-
-def _small(layers, shape=(3, 16, 16), **quant):
-    torch.manual_seed(1)
-    model = nn.Sequential(*layers).eval()
-    calib = [torch.randn(8, *shape) for _ in range(2)]
-    return lower(quantize(model, calib, QuantConfig(**quant)), input_shape=shape)
-
-
-def _mixed_small():
-    """Stride, padding, max and average pools, partial channel groups (6 and 5 channels on R = 4),
-    a Linear with raw 32-bit output; bias, per-channel weights and asymmetric activations."""
-    return _small([nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                   nn.Conv2d(6, 5, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(20, 7)],
-                  act_symmetric=False, per_channel=True)
+from tests.helpers import golden, needs_verilator
 
 
 def run_rtl(graph, images=1, sim="icarus", config=None, data=None, work_dir=None, fault=None):
@@ -79,7 +39,7 @@ def _assert_exact(report, images):
 
 
 def test_lenet_w8a8_real_images_bit_exact_with_formula_cycles_in_icarus(tmp_path):
-    g = _lenet_w8a8()
+    g = golden("lenet5_w8a8")
     result = run_rtl(g, images=1, sim="icarus", config=AccelConfig(pe=8, simd=8), work_dir=tmp_path)
     assert result.inputs.startswith("fashion-mnist")     # one test image and one random-code image
     assert [row.kind for row in result.layers] == ["conv", "maxpool", "conv", "maxpool", "conv", "conv", "conv"]
@@ -91,7 +51,7 @@ def test_lenet_w8a8_real_images_bit_exact_with_formula_cycles_in_icarus(tmp_path
 
 
 def test_lenet_clipq_codebook_bit_exact_in_icarus(tmp_path):
-    g = _lenet_clipq()
+    g = golden("lenet5_clipq")   # 2-bit codebook conv1..fc1 (CLIP-Q p = 0.4), dense int8 fc2, with bias
     program = compile_graph(g, AccelConfig())
     assert [layer.is_codebook for layer in program.layers if layer.kind == "conv"] == [True, True, True, True, False]
     result = run_rtl(g, images=1, sim="icarus", work_dir=tmp_path)
@@ -102,20 +62,20 @@ def test_lenet_clipq_codebook_bit_exact_in_icarus(tmp_path):
 def test_fsm_corner_cases_bit_exact(tmp_path, case):
     config = AccelConfig(pe=4, simd=4)
     if case == "mixed":        # every layer kind, partial last groups, 3 images back to back
-        g, images = _mixed_small(), 3
+        g, images = golden("mixed_small"), 3
     elif case == "single_layer":   # a 1-layer program whose only layer is first and last (raw output)
-        g, images = _small([nn.Conv2d(2, 3, 3)], shape=(2, 6, 6)), 2
+        g, images = golden("single_layer"), 2
     elif case == "single_group_full":   # exactly R channels: one full group; K = 9 < C·T (tail terms)
-        g, images = _small([nn.Conv2d(1, 4, 3, padding=2), nn.ReLU(), nn.Conv2d(4, 4, 1)], shape=(1, 5, 5)), 1
+        g, images = golden("single_group_full"), 1
     else:                      # 1x1 maps only: one pixel per group, many groups
-        g, images = _small([nn.Flatten(), nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 5)], shape=(12, 1, 1)), 1
+        g, images = golden("one_pixel"), 1
     result = run_rtl(g, images=images, sim="icarus", config=config, data="random", work_dir=tmp_path)
     _assert_exact(result, images)
 
 
 @pytest.mark.parametrize("fault", ["shift_off_by_one", "drop_bias", "no_zero_point"])
 def test_injected_hardware_fault_fails_the_check(tmp_path, fault):
-    g = _mixed_small()
+    g = golden("mixed_small")
     result = run_rtl(g, images=1, sim="icarus", config=AccelConfig(pe=4, simd=4), data="random",
                      work_dir=tmp_path, fault=fault)
     assert not result.passed
@@ -143,7 +103,7 @@ def test_injected_hardware_fault_fails_the_check(tmp_path, fault):
 
 @needs_verilator
 def test_verilator_gives_the_same_results_as_icarus(tmp_path):
-    g = _mixed_small()
+    g = golden("mixed_small")
     config = AccelConfig(pe=4, simd=4)
     icarus = run_rtl(g, images=2, sim="icarus", config=config, data="random", work_dir=tmp_path / "i")
     verilator = run_rtl(g, images=2, sim="verilator", config=config, data="random", work_dir=tmp_path / "v")
@@ -153,7 +113,7 @@ def test_verilator_gives_the_same_results_as_icarus(tmp_path):
 
 
 def test_generate_rejects_unknown_fault_and_missing_images(tmp_path):
-    g = _mixed_small()
+    g = golden("mixed_small")
     program = compile_graph(g, AccelConfig(pe=4, simd=4))
     with pytest.raises(ConfigError, match="unknown RTL fault 'flip'"):
         generate_rtl(program, tmp_path / "rtl", fault="flip", memory_dir=tmp_path)
@@ -190,7 +150,7 @@ def test_parse_log_counts_and_requires_a_summary():
 
 
 def test_cli_rtl_json_and_exit_codes(tmp_path):
-    g = _mixed_small()
+    g = golden("mixed_small")
     g.save(tmp_path / "g")
     runner = CliRunner()
     args = ["rtl", str(tmp_path / "g"), "--images", "1", "--pe", "4", "--simd", "4", "--data", "random", "--json"]
@@ -206,7 +166,7 @@ def test_cli_rtl_json_and_exit_codes(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["w8a8", "clipq"])
 def test_twenty_real_images_in_icarus(tmp_path, which):
-    g = _lenet_w8a8() if which == "w8a8" else _lenet_clipq()
+    g = golden("lenet5_w8a8" if which == "w8a8" else "lenet5_clipq")
     result = run_rtl(g, images=20, sim="icarus", work_dir=tmp_path)
     _assert_exact(result, 40)
 
@@ -214,5 +174,5 @@ def test_twenty_real_images_in_icarus(tmp_path, which):
 @pytest.mark.slow
 @needs_verilator
 def test_twenty_real_images_in_verilator(tmp_path):
-    result = run_rtl(_lenet_w8a8(), images=20, sim="verilator", work_dir=tmp_path)
+    result = run_rtl(golden("lenet5_w8a8"), images=20, sim="verilator", work_dir=tmp_path)
     _assert_exact(result, 40)

@@ -245,31 +245,16 @@ def test_requant(tmp_path):
     _run(tmp_path, "bitsmith_requant", [TEMPLATES / "bitsmith_requant.v"], "requant_matches_the_engine")
 
 
-def _small_graph(layers, shape):
-    import torch
-
-    from bitsmith.quant import lower
-    from bitsmith.quant import QuantConfig, quantize
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(*layers).eval()
-    return lower(quantize(model, [torch.randn(8, *shape) for _ in range(2)], QuantConfig(act_symmetric=False)),
-                 input_shape=shape)
+# The FSM cases are golden graphs (tests/golden/README.md), asymmetric activations:
+FSM_CASES = {
+    "one_layer": ("fsm_one_layer", 2),        # a 1-layer program: first and last layer, raw output, one group
+    "single_group": ("fsm_single_group", 1),  # every layer fits one channel group (out_ch <= R)
+    "partial_rows": ("fsm_partial_rows", 1),  # the last group only partially filled (6 = 4 + 2 and 5 = 4 + 1
+                                              # channels on R = 4), pools, padding
+}
 
 
-def _fsm_case(name: str):
-    from torch import nn
-
-    if name == "one_layer":          # a 1-layer program: first and last layer, raw output, one group
-        return _small_graph([nn.Conv2d(2, 3, 3)], (2, 5, 5)), 2
-    if name == "single_group":       # every layer fits one channel group (out_ch <= R)
-        return _small_graph([nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 4)], (1, 10, 10)), 1
-    # the last group only partially filled (6 = 4 + 2 and 5 = 4 + 1 channels on R = 4), pools, padding
-    return _small_graph([nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(6, 5, 2), nn.ReLU(),
-                         nn.MaxPool2d(2)], (3, 8, 8)), 1
-
-
-@pytest.mark.parametrize("case", ["one_layer", "single_group", "partial_rows"])
+@pytest.mark.parametrize("case", list(FSM_CASES))
 def test_fsm(tmp_path, case):
     from bitsmith.accel.compiler import compile_graph
     from bitsmith.accel.config import AccelConfig
@@ -278,8 +263,10 @@ def test_fsm(tmp_path, case):
     from bitsmith.rtl.generate import DESIGN_FILES, generate_rtl
     from bitsmith.integer import engine
     from bitsmith.verify import verification_inputs
+    from tests.helpers import golden
 
-    graph, images = _fsm_case(case)
+    name, images = FSM_CASES[case]
+    graph = golden(name)
     config = AccelConfig(pe=4, simd=4, bus_bits=64)
     program = compile_graph(graph, config)
     outputs = engine.run(graph, verification_inputs(graph, images, "random").x, return_all=True)

@@ -5,7 +5,6 @@ mapping is exact, and the format's rules are enforced."""
 import copy
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -14,50 +13,28 @@ from typer.testing import CliRunner
 
 from bitsmith.cli import app
 from bitsmith.errors import AcceleratorError, ConfigError, DataError
-from bitsmith.quant import lower
+from bitsmith.integer import engine
 from bitsmith.integer.arithmetic import requantize
-from bitsmith.models import build_model
-from bitsmith.quant import QuantConfig, quantize
-from bitsmith.quant.clipq import apply_clipq
 from bitsmith.targets.hls import (compile_reference, export_hls, fold_requant, hls_layers, hls_requant, read_hls,
                                   run_hls_layers, run_reference, signed_width)
 from bitsmith.verify import compare
-from bitsmith.integer import engine
+from tests.helpers import GXX, golden
 
-GXX = shutil.which("g++")
-
-
-def _graph(name="lenet5", config=QuantConfig(), input_shape=None, **kwargs):
-    torch.manual_seed(0)
-    model = build_model(name, input_shape=input_shape, **kwargs).eval()
-    calib = [torch.randn(8, *model.input_shape) for _ in range(2)]
-    return lower(quantize(model, calib, config))
-
-
-def _clipq_lenet():
-    torch.manual_seed(0)
-    model = build_model("lenet5").eval()
-    calib = [torch.randn(8, *model.input_shape) for _ in range(2)]
-    qmodel = quantize(model, calib, QuantConfig())
-    apply_clipq(qmodel, 0.4, 2, skip=["fc2"])
-    return lower(qmodel)
-
-
+# Golden graphs (tests/golden/README.md).
 GRAPHS = {
-    "lenet_w8a8": lambda: _graph(),
+    "lenet_w8a8": "lenet5_w8a8",
     # per-channel 4-bit weights, 4-bit activations, bias, unsigned input with a zero point
-    "lenet_w4a4_pc_bias_asym": lambda: _graph(config=QuantConfig(weight_bits=4, act_bits=4, per_channel=True,
-                                                                 act_symmetric=False), bias=True),
-    "lenet_clipq": _clipq_lenet,
+    "lenet_w4a4_pc_bias_asym": "lenet5_w4a4_pc_asym",
+    "lenet_clipq": "lenet5_clipq",
     # padded 3x3 convs whose input has a zero point (PAD_VAL), BN-folded biases, a Linear after a
-    # Flatten of a 256x1x1 map
-    "vgg_tiny_asym": lambda: _graph("vgg_tiny", QuantConfig(act_symmetric=False), input_shape=(3, 8, 8)),
+    # Flatten of a 256x4x4 map (CHW order)
+    "vgg_tiny_asym": "vgg_tiny_bn",
 }
 
 
 @pytest.fixture(scope="module")
 def graphs():
-    return {name: build() for name, build in GRAPHS.items()}
+    return {name: golden(graph) for name, graph in GRAPHS.items()}
 
 
 def _engine(g, images=6, seed=1):
@@ -269,7 +246,7 @@ def cli_checked(tmp_path_factory):
     if GXX is None:
         pytest.skip("g++ not installed: the C++ HLS reference cannot be compiled")
     root = tmp_path_factory.mktemp("hls_cli")
-    g = _graph(bias=True)
+    g = golden("lenet5_bias_w8a8")
     g.save(root / "graph")
     result = CliRunner().invoke(app, ["hw", "hls", str(root / "graph"), "--out", str(root / "hls"), "--check",
                                       "--images", "3", "--json"])

@@ -49,3 +49,30 @@ def test_contracts_hold_and_a_deliberate_violation_breaks_them(tmp_path):
     done = _lint(tmp_path)
     assert done.returncode != 0
     assert "bitsmith.integer.graph -> bitsmith.quant.config" in done.stdout
+
+
+# The back-end tests read golden graphs (tests/golden/README.md), never the front end: a change in
+# quantization cannot break them. tests/quant/test_golden_graphs.py is where the two meet.
+BACK_END_TESTS = ["onnx", "accel", "rtl", "targets", "test_verify.py", "helpers.py", "conftest.py", "oracle.py"]
+FRONT_END = ("bitsmith.quant", "bitsmith.models", "bitsmith.train", "bitsmith.runs", "tests.quantized")
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_back_end_tests_never_import_the_front_end():
+    tests = ROOT / "tests"
+    files = [p for entry in BACK_END_TESTS for p in ([tests / entry] if entry.endswith(".py")
+                                                      else sorted((tests / entry).rglob("*.py")))]
+    assert len(files) > 10
+    offending = {str(p.relative_to(tests)): sorted(m for m in _imports(p) if m.startswith(FRONT_END)) for p in files}
+    assert {k: v for k, v in offending.items() if v} == {}

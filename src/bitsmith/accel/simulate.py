@@ -76,7 +76,7 @@ def simulate(program: Program, codes, memory: MemoryImage | None = None) -> SimR
     n_images = int(codes.shape[0])
     if memory is None:
         memory = build_memory(program, codes)
-    R, C, bus = config.pe, config.simd, config.bus_bits
+    R, bus = config.pe, config.bus_bits
     shapes = program.metadata.get("tensor_shapes", {})
     buffers = [np.zeros((n_images, config.act_buffer_bytes), dtype=np.uint8) for _ in range(2)]  # A, B
     counter = _Counter()

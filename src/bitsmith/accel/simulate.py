@@ -238,7 +238,11 @@ def _run_pool(d, x, bias, multiplier, shift, R, counter, dst):
 # -- shared units -------------------------------------------------------------------------------
 
 def _requant(acc: np.ndarray, m: np.ndarray, s: np.ndarray, d: dict) -> np.ndarray:
-    """The requant unit per row: clamp(z_out + ((acc·m + 2^(s−1)) >>> s), lo, hi) in 64-bit signed."""
+    """The requant unit per row: clamp(z_out + ((acc·m + 2^(s−1)) >>> s), lo, hi) in 64-bit signed.
+
+    Deliberately not `bitsmith.integer.arithmetic.requantize`: the cycle model computes what the
+    hardware unit does from the decoded param.hex words, independently of the IR's code, so a bug in
+    either shows up as a mismatch instead of being shared by the model and the golden reference."""
     a = torch.from_numpy(np.ascontiguousarray(acc))
     m = torch.from_numpy(m.astype(np.int64)).reshape(1, -1, 1)
     s = torch.from_numpy(s.astype(np.int64)).reshape(1, -1, 1)

@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ from torch import nn
 from bitsmith.data import iterate_batches, load_dataset
 from bitsmith.errors import BitsmithError
 from bitsmith.evaluate import accuracy
-from bitsmith.integer import load
+from bitsmith.integer import engine, load
 from bitsmith.pipeline import quantize_run
 from bitsmith.quant.calibration import CALIBRATION_BATCHES, calibration_batches
 from bitsmith.quant import QuantConfig
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     graph = load(next(r["graph"] for r in rows if r["config"] == "W8A8" and r["observer"] == "minmax"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        speed = throughput({"fp32": run.model.eval(), "torch_ao_int8": ao_model, "engine": graph.run},
+        speed = throughput({"fp32": run.model.eval(), "torch_ao_int8": ao_model, "engine": partial(engine.run, graph)},
                            batches, args.repeats)
     best = speed["img_per_s"]
     speed.update(

@@ -203,3 +203,17 @@ def test_cli_verify_reports_an_unsupported_op_as_an_error_row(tmp_path):
     assert result.exit_code == 1
     doc = json.loads(result.output.strip().splitlines()[-1])
     assert doc["backends"]["accel"]["passed"] and "AvgPool2d" in doc["backends"]["hls"]["error"]
+
+
+def test_a_fault_that_would_change_nothing_is_refused():
+    """drop_bias on a graph without bias would 'pass' and prove nothing about the checker."""
+    from bitsmith.accel.compiler import compile_graph
+    from bitsmith.accel.faults import with_fault
+
+    torch.manual_seed(0)
+    model = build_model("lenet5").eval()  # no bias anywhere
+    g = lower(quantize(model, [torch.randn(8, 1, 32, 32)], QuantConfig()))
+    program = compile_graph(g, AccelConfig())
+    with pytest.raises(ConfigError, match="would change nothing"):
+        with_fault(program, "drop_bias")
+    assert with_fault(program, "shift_off_by_one") is not program

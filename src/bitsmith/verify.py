@@ -352,6 +352,7 @@ def run_rtl_backend(graph: IntegerGraph, inputs: Inputs, expected: dict, *, sim:
                     work_dir=None, waves: bool = False, timeout: Optional[float] = None, **options) -> BackendRun:
     """The generated Verilog in Icarus or Verilator; its testbench compares every value with the
     engine's (expected/Lii.hex) and counts cycles, which must equal the §5 formula."""
+    from bitsmith.accel.faults import with_fault
     from bitsmith.accel.timing import program_cycles
     from bitsmith.rtl import FAULTS, SIMULATORS, run_testbench
 
@@ -363,6 +364,8 @@ def run_rtl_backend(graph: IntegerGraph, inputs: Inputs, expected: dict, *, sim:
     keep = work_dir is not None
     work = Path(work_dir) if keep else Path(tempfile.mkdtemp(prefix="bitsmith_rtl_"))
     program, _ = accel_memory(graph, config, expected, work / "memory")
+    if fault is not None:
+        with_fault(program, fault)  # refuses a fault that would change nothing in this graph
     log = run_testbench(program, work / "memory", work / "rtl", inputs.count, sim=sim, fault=fault, waves=waves,
                         timeout=timeout)
     formula = program_cycles(program)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from bitsmith.errors import ConfigError
 from bitsmith.integer.arithmetic import MAX_SHIFT
+from bitsmith.integer.arithmetic import MULTIPLIER_BITS as IR_MULTIPLIER_BITS
 
 # Fixed by the design (docs/hardware.md §1). Each hardware width is named once, here; the compiler,
 # the cycle model, the memory writer/readers, the cost model and the Verilog generator import it.
@@ -31,6 +32,7 @@ MULTIPLIER_MAX = (1 << (MULTIPLIER_BITS - 1)) - 1
 
 # The hardware holds everything the IR can express for the ops it runs.
 assert MAX_SHIFT < 1 << SHIFT_FIELD_BITS, "the requant shift field cannot hold the IR's largest shift"
+assert MULTIPLIER_BITS == IR_MULTIPLIER_BITS[1], "the requant multiplier register holds the IR's widest multiplier"
 assert WEIGHT_BYTE_BITS >= MAX_WEIGHT_BITS and CODEBOOK_VALUE_BITS <= MAX_WEIGHT_BITS
 
 

@@ -25,11 +25,21 @@ def with_fault(program: Program, fault: str | None) -> Program:
     if fault not in FAULTS:
         raise ConfigError(f"unknown accelerator fault {fault!r}; choose one of {', '.join(FAULTS)}")
     faulty = copy.deepcopy(program)
+    changed = 0
     for layer in faulty.layers:
         if fault == "shift_off_by_one" and layer.has_requant:
             layer.shift = layer.shift + 1
-        elif fault == "drop_bias" and layer.kind == "conv":
+            changed += 1
+        elif fault == "drop_bias" and layer.kind == "conv" and layer.bias is not None and layer.bias.any():
             layer.bias = layer.bias * 0
-        elif fault == "no_zero_point" and layer.kind != "maxpool":
+            changed += 1
+        elif fault == "no_zero_point" and layer.kind != "maxpool" and layer.z_in != 0:
             layer.z_in = 0
+            changed += 1
+    if not changed:
+        # A fault that changes nothing would "pass" and prove nothing about the checker: refuse it.
+        what = {"shift_off_by_one": "no layer has a requant", "drop_bias": "no layer has a non-zero bias",
+                "no_zero_point": "every layer input has zero point 0"}[fault]
+        raise ConfigError(f"fault {fault!r} would change nothing in this graph ({what}); "
+                          f"choose another of {', '.join(FAULTS)}")
     return faulty

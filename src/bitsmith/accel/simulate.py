@@ -76,7 +76,7 @@ def simulate(program: Program, codes, memory: MemoryImage | None = None) -> SimR
     n_images = int(codes.shape[0])
     if memory is None:
         memory = build_memory(program, codes)
-    R, C, bus = config.pe, config.simd, config.bus_bits
+    R, bus = config.pe, config.bus_bits
     shapes = program.metadata.get("tensor_shapes", {})
     buffers = [np.zeros((n_images, config.act_buffer_bytes), dtype=np.uint8) for _ in range(2)]  # A, B
     counter = _Counter()
@@ -238,7 +238,11 @@ def _run_pool(d, x, bias, multiplier, shift, R, counter, dst):
 # -- shared units -------------------------------------------------------------------------------
 
 def _requant(acc: np.ndarray, m: np.ndarray, s: np.ndarray, d: dict) -> np.ndarray:
-    """The requant unit per row: clamp(z_out + ((acc·m + 2^(s−1)) >>> s), lo, hi) in 64-bit signed."""
+    """The requant unit per row: clamp(z_out + ((acc·m + 2^(s−1)) >>> s), lo, hi) in 64-bit signed.
+
+    Deliberately not `bitsmith.integer.arithmetic.requantize`: the cycle model computes what the
+    hardware unit does from the decoded param.hex words, independently of the IR's code, so a bug in
+    either shows up as a mismatch instead of being shared by the model and the golden reference."""
     a = torch.from_numpy(np.ascontiguousarray(acc))
     m = torch.from_numpy(m.astype(np.int64)).reshape(1, -1, 1)
     s = torch.from_numpy(s.astype(np.int64)).reshape(1, -1, 1)

@@ -16,12 +16,17 @@ from bitsmith.errors import ConfigError
 #: Largest right shift a requantizer may use. |acc| < 2^31 and |m| < 2^31 keep acc·m below 2^62,
 #: so acc·m plus the rounding term 2^(s-1) ≤ 2^61 never leaves int64.
 MAX_SHIFT = 62
+#: Widths (inclusive) a requantization multiplier may be declared with: m is unsigned in bits − 1 bits.
+MULTIPLIER_BITS = (2, 32)
+#: Widths (inclusive) of integer weight codes and of integer tensors.
+WEIGHT_BITS = (1, 16)
+TENSOR_BITS = (1, 32)
 
 
 def int_range(bits: int, signed: bool) -> tuple[int, int]:
     """The inclusive code range of a `bits`-wide integer: [-2^(b-1), 2^(b-1)-1] or [0, 2^b-1]."""
-    if not 1 <= bits <= 32:
-        raise ConfigError(f"integer width {bits} is not supported; allowed: 1 to 32 bits")
+    if not TENSOR_BITS[0] <= bits <= TENSOR_BITS[1]:
+        raise ConfigError(f"integer width {bits} is not supported; allowed: {TENSOR_BITS[0]} to {TENSOR_BITS[1]} bits")
     if signed:
         return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return 0, (1 << bits) - 1
@@ -34,8 +39,9 @@ def quantize_multiplier(real: float, bits: int = 32) -> tuple[int, int]:
     [0, MAX_SHIFT]. A multiplier so small that s would exceed MAX_SHIFT is represented with
     s = MAX_SHIFT and a smaller (possibly zero) m. M ≥ 2^(bits-1) cannot be represented.
     """
-    if not 2 <= bits <= 32:
-        raise ConfigError(f"multiplier width {bits} is not supported; allowed: 2 to 32 bits")
+    if not MULTIPLIER_BITS[0] <= bits <= MULTIPLIER_BITS[1]:
+        raise ConfigError(f"multiplier width {bits} is not supported; allowed: {MULTIPLIER_BITS[0]} to "
+                          f"{MULTIPLIER_BITS[1]} bits")
     if not math.isfinite(real) or real < 0:
         raise ConfigError(f"requantization multiplier must be finite and >= 0, got {real}")
     if real == 0.0:

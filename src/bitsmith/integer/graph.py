@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from bitsmith.errors import CheckpointError, GraphError
-from bitsmith.integer.arithmetic import int_range
-from bitsmith.integer.ops import OPS, TENSOR_BITS, required, weight_format
+from bitsmith.integer.arithmetic import TENSOR_BITS, int_range
+from bitsmith.integer.ops import OPS, required, weight_format
 from bitsmith.integer.ops import as_pair  # noqa: F401  (back ends read it from here too)
 from bitsmith.storage import load_tensors, read_json, save_tensors_atomic, write_json_atomic
 

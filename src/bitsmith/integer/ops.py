@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bitsmith.errors import GraphError, UnsupportedOpError
-from bitsmith.integer.arithmetic import MAX_SHIFT, int_range
+from bitsmith.integer.arithmetic import MAX_SHIFT, MULTIPLIER_BITS, WEIGHT_BITS, int_range
 
 
 #: Ops whose output is a wide signed accumulator (zero point 0) that a Requant brings back to codes.
@@ -39,10 +39,6 @@ WEIGHT_FORMATS: dict[str, dict[str, tuple[str, ...]]] = {
     "codebook": {"params": ("weight_index", "codebook"), "attrs": ("index_bits",)},
 }
 
-#: Widths the spec allows (docs/integer-graph.md): weights, multipliers, tensors.
-WEIGHT_BITS = (1, 16)
-MULTIPLIER_BITS = (2, 32)
-TENSOR_BITS = (1, 32)
 
 ShapeRule = Callable[[Any, Any, list], tuple[int, ...]]
 Check = Callable[[Any, Any, list, Any, str], None]

@@ -1,6 +1,6 @@
 """ONNX export of an IntegerGraph and its onnxruntime runner (bitsmith.verify compares it with the engine).
 
-    path = export_onnx(graph, "model.onnx")             # integer model: same codes as graph.run
+    path = export_onnx(graph, "model.onnx")             # integer model: same codes as engine.run(graph, x)
     codes = run_onnx(path, images)                       # onnxruntime CPU, int64 codes
     export_onnx(graph, "model_qdq.onnx", qdq=True)       # QuantizeLinear/DequantizeLinear model
 """

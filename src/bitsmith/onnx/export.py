@@ -3,7 +3,7 @@
 Two flavours:
 
 * the integer model (default): float images in, the graph's integer output codes (int64) out,
-  bit for bit what `graph.run` returns (see `bitsmith.onnx.integer`);
+  bit for bit what `engine.run(graph, x)` returns (see `bitsmith.onnx.integer`);
 * the QDQ model (`qdq=True`): QuantizeLinear/DequantizeLinear around float operators, dequantized
   floats out, for runtimes that build their own integer kernels (see `bitsmith.onnx.qdq`).
 """

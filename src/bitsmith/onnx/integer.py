@@ -8,16 +8,18 @@ computed in floating point except the input quantization the spec itself prescri
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import numpy as np
 from onnx import TensorProto
 
 from bitsmith.errors import ConfigError
+from bitsmith.integer.ops import Emitters
 from bitsmith.integer.arithmetic import partial_sum_bound
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
 from bitsmith.integer.graph import as_pair as _pair
 from bitsmith.onnx.builder import OnnxBuilder
+
+EMIT = Emitters("ONNX integer export")
 
 #: Widest codes ConvInteger / MatMulInteger take (uint8 or int8).
 MAC_BITS = 8
@@ -31,7 +33,7 @@ _CODE_TYPE = {(True, 8): (TensorProto.INT8, np.int8), (False, 8): (TensorProto.U
 def build(graph: IntegerGraph, b: OnnxBuilder) -> None:
     """Emit every node of `graph`; each writes the int64 value named after its output tensor."""
     for node in graph.nodes:
-        _EMIT[node.op](graph, node, b)
+        EMIT.lookup(node)(graph, node, b)
 
 
 def _too_wide(node: Node, what: str, bits: int) -> ConfigError:
@@ -87,6 +89,7 @@ def _centered(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> str:
 
 # -- ops ----------------------------------------------------------------------------------
 
+@EMIT.register("QuantizeInput")
 def _quantize_input(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     """§2: q = clamp(round_half_even(x / S) + z, qmin, qmax) with one float32 division.
 
@@ -107,6 +110,7 @@ def _quantize_input(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     b.op("Add", [codes, b.const(f"{n}/zero_point", np.array(out.zero_point, dtype=np.int64))], node.output, name=n)
 
 
+@EMIT.register("Conv2d")
 def _conv2d(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     """§3 with ConvInteger: it subtracts the zero point before padding, so a pad contributes 0."""
     a = node.attrs
@@ -126,6 +130,7 @@ def _conv2d(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     _accumulate(graph, node, b, sum32, (1, -1, 1, 1))
 
 
+@EMIT.register("Linear")
 def _linear(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     w = _weight(graph, node)
     x8, zp = _mac_input(graph, node, b)
@@ -135,6 +140,7 @@ def _linear(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     _accumulate(graph, node, b, sum32, (-1,))
 
 
+@EMIT.register("Requant")
 def _requant(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     """§4: out = clamp(z_out + ((v·m + R) >> s), lo, hi), R = 2^(s−1) (0 when s = 0), in int64.
 
@@ -199,6 +205,7 @@ def _check_product_bound(node: Node, x: TensorSpec, m: np.ndarray) -> None:
                           f"{int(m.max())}); the int64 requantizer of the ONNX export cannot represent it")
 
 
+@EMIT.register("MaxPool2d")
 def _maxpool(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     """Max of each window on codes cast to a type that holds them exactly (a max does no arithmetic)."""
     spec = graph.tensors[node.inputs[0]]
@@ -212,6 +219,7 @@ def _maxpool(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     b.op("Cast", [y], node.output, name=f"{node.name}/cast_out", to=TensorProto.INT64)
 
 
+@EMIT.register("AvgPool2d")
 def _avgpool(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     """§5: the window sum of q − z_in, as a depthwise ConvInteger with an all-ones kernel (exact int32)."""
     spec = graph.tensors[node.inputs[0]]
@@ -223,10 +231,12 @@ def _avgpool(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     b.op("Cast", [sum32], node.output, name=f"{node.name}/to_int64", to=TensorProto.INT64)
 
 
+@EMIT.register("Flatten")
 def _flatten(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     b.op("Flatten", node.inputs, node.output, name=node.name, axis=1)  # row-major C·H·W, as PyTorch
 
 
+@EMIT.register("Reorg")
 def emit_reorg(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     """§5: out[c·r² + i·r + j, y, x] = in[c, y·r + i, x·r + j] (pixel_unshuffle order).
 
@@ -243,6 +253,7 @@ def emit_reorg(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     b.op("Reshape", [t, merged], node.output, name=f"{node.name}/merge")
 
 
+@EMIT.register("Concat")
 def _concat(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     b.op("Concat", node.inputs, node.output, name=node.name, axis=1)
 
@@ -252,17 +263,3 @@ def channel_shape(values: np.ndarray, rank: int) -> np.ndarray:
     if values.size == 1:
         return values.reshape(())
     return values.reshape((1, -1) + (1,) * (rank - 2))
-
-
-
-_EMIT: dict[str, Callable[[IntegerGraph, Node, OnnxBuilder], None]] = {
-    "QuantizeInput": _quantize_input,
-    "Conv2d": _conv2d,
-    "Linear": _linear,
-    "Requant": _requant,
-    "MaxPool2d": _maxpool,
-    "AvgPool2d": _avgpool,
-    "Flatten": _flatten,
-    "Reorg": emit_reorg,
-    "Concat": _concat,
-}

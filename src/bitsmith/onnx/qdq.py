@@ -11,16 +11,18 @@ integer graph, not bit-exact.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import numpy as np
 from onnx import TensorProto
 
 from bitsmith.errors import ConfigError
+from bitsmith.integer.ops import Emitters
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
 from bitsmith.integer.graph import as_pair as _pair
 from bitsmith.onnx.builder import OnnxBuilder
 from bitsmith.onnx.integer import emit_reorg
+
+EMIT = Emitters("ONNX QDQ export")
 
 # (signed, storage bits) → ONNX element type, numpy dtype
 _Q_TYPES = {
@@ -34,7 +36,7 @@ _Q_TYPES = {
 def build(graph: IntegerGraph, b: OnnxBuilder) -> None:
     """Emit every node of `graph`; each writes the float value named after its output tensor."""
     for node in graph.nodes:
-        _EMIT[node.op](graph, node, b)
+        EMIT.lookup(node)(graph, node, b)
 
 
 def _storage(node: Node, bits: int, signed: bool, what: str) -> tuple[int, type]:
@@ -67,11 +69,13 @@ def _quantize(b: OnnxBuilder, node: Node, x: str, out: TensorSpec, lo: int, hi: 
 
 # -- ops ----------------------------------------------------------------------------------
 
+@EMIT.register("QuantizeInput")
 def _quantize_input(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     out = graph.tensors[node.output]
     _quantize(b, node, node.inputs[0], out, out.qmin, out.qmax)
 
 
+@EMIT.register("Requant")
 def _requant(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     out = graph.tensors[node.output]
     _quantize(b, node, node.inputs[0], out, node.attrs["clamp_min"], node.attrs["clamp_max"])
@@ -101,6 +105,7 @@ def _weight_and_bias(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> list[st
     return [w, bias_f]
 
 
+@EMIT.register("Conv2d")
 def _conv2d(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     a = node.attrs
     ph, pw = _pair(a["padding"])
@@ -108,38 +113,32 @@ def _conv2d(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
          strides=_pair(a["stride"]), pads=[ph, pw, ph, pw], dilations=_pair(a["dilation"]), group=a["groups"])
 
 
+@EMIT.register("Linear")
 def _linear(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     b.op("Gemm", [node.inputs[0], *_weight_and_bias(graph, node, b)], node.output, name=node.name, transB=1)
 
 
+@EMIT.register("MaxPool2d")
 def _maxpool(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     b.op("MaxPool", node.inputs, node.output, name=node.name,
          kernel_shape=_pair(node.attrs["kernel"]), strides=_pair(node.attrs["stride"]))
 
 
+@EMIT.register("AvgPool2d")
 def _avgpool(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     # The window sum at scale S_in / (kh·kw) is, as a real number, the window mean.
     b.op("AveragePool", node.inputs, node.output, name=node.name,
          kernel_shape=_pair(node.attrs["kernel"]), strides=_pair(node.attrs["stride"]))
 
 
+@EMIT.register("Flatten")
 def _flatten(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     b.op("Flatten", node.inputs, node.output, name=node.name, axis=1)
 
 
+@EMIT.register("Concat")
 def _concat(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     b.op("Concat", node.inputs, node.output, name=node.name, axis=1)
 
 
-
-_EMIT: dict[str, Callable[[IntegerGraph, Node, OnnxBuilder], None]] = {
-    "QuantizeInput": _quantize_input,
-    "Conv2d": _conv2d,
-    "Linear": _linear,
-    "Requant": _requant,
-    "MaxPool2d": _maxpool,
-    "AvgPool2d": _avgpool,
-    "Flatten": _flatten,
-    "Reorg": emit_reorg,
-    "Concat": _concat,
-}
+EMIT.register("Reorg")(emit_reorg)  # the same ONNX ops as the integer export

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from bitsmith.errors import ConfigError
+from bitsmith.integer.arithmetic import MULTIPLIER_BITS as IR_MULTIPLIER_BITS
 
 #: Activation observers (how a calibration range is chosen); see bitsmith.quant.observers.
 OBSERVERS = ("minmax", "sigma", "percentile", "mse", "kl")
@@ -17,7 +18,7 @@ WEIGHT_OBSERVERS = ("minmax", "sigma", "percentile", "mse")
 SCALE_MODES = ("float", "pot", "qformat")
 WEIGHT_BITS = range(2, 17)
 ACT_BITS = range(2, 17)
-MULTIPLIER_BITS = range(2, 33)
+MULTIPLIER_BITS = range(IR_MULTIPLIER_BITS[0], IR_MULTIPLIER_BITS[1] + 1)  # what the IR can declare
 #: Settings a per-layer override may change (QuantConfig.layers).
 LAYER_KEYS = ("weight_bits", "act_bits", "per_channel", "observer", "weight_observer", "act_symmetric")
 #: Settings that concern a layer's weights (only Conv2d / Linear have any).

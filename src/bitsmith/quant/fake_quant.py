@@ -1,8 +1,11 @@
 """Fake quantization: float tensors rounded onto an integer grid and mapped back.
 
 Rounding uses straight-through gradients so the same modules serve quantization-aware
-training. The arithmetic (division by the scale in float32, round half to even, clamp) is the
-same as the integer graph's QuantizeInput, so a quantized input is bit-exact between the two.
+training. Each point rounds as the integer graph op it becomes (docs/arithmetic.md): the input
+quantizer as QuantizeInput (division by the scale in float32, round half to even, clamp), every
+other activation point as a Requant (round half up), so where the two see the same real value —
+always under power-of-two and Q-format scales, whose ties are common — they give the same code.
+Weights and biases round half to even, in the fake-quant model and in the graph alike.
 
 Scales come in three modes (QuantConfig.scale_mode): "float" (as observed), "pot" (rounded up
 to a power of two, so the grid never clips more than the observer chose) and "qformat" (fixed
@@ -22,13 +25,26 @@ from bitsmith.quant.config import QFormat
 from bitsmith.quant.observers import make_observer, weight_clip
 
 
-def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """Round half to even forward; identity gradient backward."""
-    return x + (torch.round(x) - x).detach()
+#: How a quantization point rounds: as QuantizeInput ("half_even") or as a Requant ("half_up").
+ROUNDINGS = ("half_even", "half_up")
 
 
-def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:
-    q = torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
+def round_half_up(x: torch.Tensor) -> torch.Tensor:
+    """floor(x + 1/2), exactly: x − floor(x) is exact in floating point, x + 0.5 is not always
+    (0.49999997 + 0.5 rounds to 1.0 in float32)."""
+    f = torch.floor(x)
+    return f + (x - f >= 0.5).to(x.dtype)
+
+
+def round_ste(x: torch.Tensor, rounding: str = "half_even") -> torch.Tensor:
+    """Round (half to even, or half up) forward; identity gradient backward."""
+    r = torch.round(x) if rounding == "half_even" else round_half_up(x)
+    return x + (r - x).detach()
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: int, qmin: int, qmax: int,
+                  rounding: str = "half_even") -> torch.Tensor:
+    q = torch.clamp(round_ste(x / scale, rounding) + zero_point, qmin, qmax)
     return (q - zero_point) * scale
 
 
@@ -145,8 +161,11 @@ class FakeQuantize(nn.Module):
     """
 
     def __init__(self, bits: int, observer: str = "minmax", symmetric: bool = True, pot: bool = False,
-                 qformat: QFormat | None = None) -> None:
+                 qformat: QFormat | None = None, rounding: str = "half_up") -> None:
         super().__init__()
+        if rounding not in ROUNDINGS:
+            raise ConfigError(f"rounding {rounding!r}; allowed: {', '.join(ROUNDINGS)}")
+        self.rounding = rounding  # half_up: lowers to a Requant; half_even: the graph input (QuantizeInput)
         self.bits = bits
         self.observer_name = observer
         self.observer = make_observer(observer)
@@ -187,7 +206,7 @@ class FakeQuantize(nn.Module):
             return x
         if not self.enabled:
             return x
-        return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax)
+        return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax, self.rounding)
 
     def extra_repr(self) -> str:
         how = str(self.qformat) if self.qformat is not None else self.observer_name

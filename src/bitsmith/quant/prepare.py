@@ -196,18 +196,19 @@ def _insert_after(gm: fx.GraphModule, node: fx.Node, name: str, module: nn.Modul
     return new
 
 
-def activation_quantizer(config: QuantConfig, layer: str | None) -> FakeQuantize:
-    """A FakeQuantize with the settings of `layer` (a float module name, "input", or None)."""
+def activation_quantizer(config: QuantConfig, layer: str | None, rounding: str = "half_up") -> FakeQuantize:
+    """A FakeQuantize with the settings of `layer` (a float module name, "input", or None); the input
+    rounds as QuantizeInput (half to even), every other point as a Requant (half up)."""
     s = config.for_layer(layer)
     return FakeQuantize(s["act_bits"], s["observer"], symmetric=s["act_symmetric"], pot=config.scale_mode != "float",
-                        qformat=config.act_format)
+                        qformat=config.act_format, rounding=rounding)
 
 
 def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig) -> None:
     for node in list(gm.graph.nodes):
         m = module_of(gm, node)
         if node.op == "placeholder":
-            _insert_after(gm, node, "input_quant", activation_quantizer(config, "input"))
+            _insert_after(gm, node, "input_quant", activation_quantizer(config, "input", rounding="half_even"))
         elif isinstance(m, QuantLayer):
             if config.requantize_output or m.relu or not _reaches_output_through_shape_ops(gm, node):
                 m.act_quant = activation_quantizer(config, m.float_name)

@@ -1,5 +1,7 @@
 """The parsed HLS layers computed in numpy (int64) from the files alone: what the C++ reference
-computes, written a second time in Python."""
+computes, written a second time in Python. Its requant (`hls_requant`, the source's folded
+inc/bias/T form) is deliberately separate from `bitsmith.integer.arithmetic.requantize`: it checks
+that the exported constants reproduce the IR's arithmetic, so it must not share that code."""
 
 from __future__ import annotations
 

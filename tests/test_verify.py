@@ -210,9 +210,7 @@ def test_a_fault_that_would_change_nothing_is_refused():
     from bitsmith.accel.compiler import compile_graph
     from bitsmith.accel.faults import with_fault
 
-    torch.manual_seed(0)
-    model = build_model("lenet5").eval()  # no bias anywhere
-    g = lower(quantize(model, [torch.randn(8, 1, 32, 32)], QuantConfig()))
+    g = golden("lenet5_w8a8")  # no bias anywhere
     program = compile_graph(g, AccelConfig())
     with pytest.raises(ConfigError, match="would change nothing"):
         with_fault(program, "drop_bias")

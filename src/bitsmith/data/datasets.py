@@ -42,7 +42,7 @@ _INFOS = {
     "fashion-mnist": DatasetInfo("fashion-mnist", 10, (1, 28, 28), (0.2860,), (0.3530,), False),
     "cifar10": DatasetInfo("cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True),
     "cifar100": DatasetInfo("cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True),
-    # digits and synthetic: measured on the whole set (see tests/test_data.py).
+    # digits and synthetic: measured on the whole set (see tests/data/test_data.py).
     "digits": DatasetInfo("digits", 10, (1, 8, 8), (0.3053,), (0.3759,), False),
     "synthetic": DatasetInfo("synthetic", 10, (1, 28, 28), (0.5267,), (0.2932,), False),
 }

@@ -181,7 +181,7 @@ def _clamp(b: OnnxBuilder, n: str, x: str, lo: int, hi: int, output: str) -> Non
 
     Not Clip/Min/Max: onnxruntime's int64 kernels of those return wrong results for some values
     beyond the int32 range (an Eigen bug; microsoft/onnxruntime PR #25280), which a requantizer's
-    unclamped value can reach. tests/test_onnx.py checks values around ±2^31.
+    unclamped value can reach. tests/onnx/test_onnx.py checks values around ±2^31.
     """
     lo_c = b.const(f"{n}/clamp_min", np.array(lo, dtype=np.int64))
     hi_c = b.const(f"{n}/clamp_max", np.array(hi, dtype=np.int64))

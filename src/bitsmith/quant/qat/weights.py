@@ -12,7 +12,7 @@ The value/gradient split is always written `exact + (surrogate − surrogate.det
 exact zero, so the forward value is the exact product whatever the surrogate computes. For
 speed, the built-in quantizers compute it in one autograd Function each (`_CodesTimesScaleFn`,
 `_DoReFaWeightFn`, `_GaussianWeightFn`, `_LSQWeightFn`): the forward value is the same float32
-codes · scale, the backward is the surrogate's gradient written out by hand (tests/test_qat.py
+codes · scale, the backward is the surrogate's gradient written out by hand (tests/quant/test_qat.py
 compares every one with the autograd formulation).
 """
 

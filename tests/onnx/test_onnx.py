@@ -247,3 +247,19 @@ def test_qdq_model_runs_and_is_close(case, tmp_path):
     x = probe_inputs(g)
     want = g.dequantize(engine.run(g, x)).numpy()
     assert np.abs(run_onnx(path, x) - want).max() <= 0.05 * np.abs(want).max()
+
+
+def test_a_model_onnxruntime_refuses_is_never_written(tmp_path):
+    """onnx.checker accepts the QDQ model of a Q-format graph, but onnxruntime's default QDQ
+    optimisations reject it (a MaxPool between Q/DQ pairs): export refuses, writes nothing, and
+    leaves an existing file alone; the integer export of the same graph is exact."""
+    g = golden("lenet5_qformat")
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"an earlier export")
+    with pytest.raises(ConfigError, match="onnxruntime .* refuses the model .* no file was written"):
+        export_onnx(g, target, qdq=True)
+    assert target.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    x = torch.randn(16, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    path = export_onnx(g, tmp_path / "integer.onnx")
+    np.testing.assert_array_equal(run_onnx(path, x), engine.run(g, x).numpy())

@@ -67,9 +67,25 @@ def export_onnx(graph: IntegerGraph, path: str | os.PathLike, *, qdq: bool = Fal
         if qdq:
             raise ConfigError("ONNX export: intermediate outputs exist for the integer model only, not --qdq")
         _add_intermediate_outputs(graph, model)
+    data = model.SerializeToString()
+    _check_onnxruntime_loads(data, flavour)
     path = Path(path)
-    write_bytes_atomic(path, model.SerializeToString())
+    write_bytes_atomic(path, data)
     return path
+
+
+def _check_onnxruntime_loads(data: bytes, flavour: str) -> None:
+    """Refuse, before anything is written, a model onnxruntime will not load at its default settings.
+
+    onnx.checker is not enough: ORT's graph optimisations (on by default) can reject a valid model —
+    e.g. its QDQ propagation around a MaxPool of a Q-format graph builds a QuantizeLinear whose
+    output type contradicts its zero point. A user must never be handed a file their runtime refuses."""
+    try:
+        ort.InferenceSession(data, ort.SessionOptions(), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's load errors (Fail, InvalidGraph, …) share no narrower base
+        hint = (" The integer export (without --qdq) represents this graph exactly." if flavour == "qdq" else "")
+        raise ConfigError(f"ONNX export ({flavour}): onnxruntime {ort.__version__} refuses the model at its "
+                          f"default settings, so no file was written: {e}.{hint}") from None
 
 
 def _add_intermediate_outputs(graph: IntegerGraph, model: onnx.ModelProto) -> None:

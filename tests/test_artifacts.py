@@ -464,3 +464,39 @@ def test_bitsmith_errors_exit_2_from_the_command_line(tmp_path):
                            "--out", str(tmp_path / "file"), "--images", "0"], capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "is a file" in proc.stderr and "Traceback" not in proc.stderr
     assert isinstance(OutputError("x"), BitsmithError) and isinstance(OutputError("x"), ConfigError)
+
+
+def test_demo_reuses_its_float_run_and_a_failing_demo_leaves_the_folder(tmp_path, monkeypatch):
+    import bitsmith.pipeline
+    from bitsmith.train import TrainConfig
+
+    monkeypatch.setattr(bitsmith.pipeline, "DEMO_TRAIN", TrainConfig(**TINY))
+    out = tmp_path / "demo"
+    first = bitsmith.pipeline.demo(out, quiet=True)
+    assert not first["reused_float_run"] and folder_kind(out) is DEMO
+    assert first["int8_graph"] == str(out / "int8")
+    source = json.loads((out / "int8" / "graph.json").read_text())["metadata"]["source_run"]
+    assert source == str((out / "fp32").absolute())  # the final place, not the temporary folder
+    second = bitsmith.pipeline.demo(out, quiet=True)
+    assert second["reused_float_run"]
+    before = tree(out)
+
+    def fails(*a, **k):
+        raise GraphError("injected failure while quantizing")
+
+    monkeypatch.setattr(bitsmith.pipeline, "quantize_run", fails)
+    with pytest.raises(GraphError, match="injected"):
+        bitsmith.pipeline.demo(out, quiet=True, fresh=True)
+    assert tree(out) == before and temporaries(tmp_path) == []
+
+
+def test_relative_and_dot_outputs(int8_graph, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("sub").mkdir()
+    r = invoke("hw", "compile", golden_path("single_layer"), "--out", "sub/../mem", "--images", "0")
+    assert r.exit_code == 0, r.output
+    assert folder_kind(tmp_path / "mem") is MEMORY_FILES and temporaries(tmp_path) == []
+    monkeypatch.chdir(tmp_path / "mem")
+    r = invoke("hw", "compile", golden_path("single_layer"), "--out", ".", "--images", "0")
+    assert r.exit_code == 0, r.output
+    assert temporaries(tmp_path) == [] and temporaries(tmp_path / "mem") == []

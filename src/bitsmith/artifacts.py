@@ -181,7 +181,7 @@ def check_target(out: str | os.PathLike, kind: Kind, *, force: bool = False, com
 
 def _check_parent(out: Path) -> None:
     """The nearest existing ancestor of `out` must be a writable folder."""
-    parent = out.absolute().parent
+    parent = Path(os.path.abspath(out)).parent
     while not parent.exists():
         if parent.is_symlink():  # a dangling link
             raise OutputError(f"cannot create {out}: {parent} is a broken symbolic link.")
@@ -226,7 +226,7 @@ def _owner_alive(name: str, prefix: str) -> bool:
 def clean_stale(out: str | os.PathLike) -> None:
     """Delete temporary siblings of `out` left by processes that died; if `out` is missing and a
     dead process left its previous version aside (.NAME.old-…), rename that back first."""
-    out = Path(out)
+    out = Path(os.path.abspath(out))
     parent = out.parent
     if not parent.is_dir():
         return
@@ -307,10 +307,11 @@ def publishing(out: str | os.PathLike, kind: Kind, *, force: bool = False, comma
     as it was and no temporary folder behind."""
     out = Path(out)
     check_target(out, kind, force=force, command=command, allow_same=allow_same)
-    clean_stale(out)
+    target = Path(os.path.abspath(out))  # "runs/x/.." or "." name their folder only once made absolute
+    clean_stale(target)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _sibling(out, _TMP)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _sibling(target, _TMP)
         tmp.mkdir(mode=0o700)
         os.chmod(tmp, folder_mode())
     except OSError as e:
@@ -323,7 +324,7 @@ def publishing(out: str | os.PathLike, kind: Kind, *, force: bool = False, comma
         if not stage.discarded:
             check_target(out, kind, force=force, command=command, allow_same=allow_same)  # still ours to replace?
             _sync_tree(tmp)
-            _swap_in(tmp, out)
+            _swap_in(tmp, target)
     finally:
         with _active_lock:
             _active.pop(tmp.resolve(), None)
@@ -338,12 +339,13 @@ def publishing_file(out: str | os.PathLike, kind: Kind, *, force: bool = False,
     ends without an exception (and without `stage.discard()`) it is renamed over `out`."""
     out = Path(out)
     check_target(out, kind, force=force, command=command)
-    clean_stale(out)
+    target = Path(os.path.abspath(out))
+    clean_stale(target)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise output_error(out, e) from None
-    stage = Stage(_sibling(out, _TMP), out)
+    stage = Stage(_sibling(target, _TMP), out)
     try:
         yield stage
         if not stage.discarded:
@@ -351,10 +353,10 @@ def publishing_file(out: str | os.PathLike, kind: Kind, *, force: bool = False,
                 raise OutputError(f"{out}: nothing was written")
             check_target(out, kind, force=force, command=command)
             try:
-                os.replace(stage.path, out)
+                os.replace(stage.path, target)
             except OSError as e:
                 raise output_error(out, e) from None
-            _fsync_dir(out.parent)
+            _fsync_dir(target.parent)
     finally:
         _remove(stage.path)
 

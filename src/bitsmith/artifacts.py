@@ -232,7 +232,11 @@ def clean_stale(out: str | os.PathLike) -> None:
         return
     for tag in (_OLD, _TMP):
         prefix = f".{out.name}.{tag}-"
-        for entry in sorted(parent.glob(f".{_glob_escape(out.name)}.{tag}-*")):
+        try:
+            entries = sorted(parent.glob(f".{_glob_escape(out.name)}.{tag}-*"))
+        except OSError:
+            return  # an unreadable folder: check_target names the problem
+        for entry in entries:
             if _owner_alive(entry.name, prefix):
                 continue
             if tag == _OLD and not out.exists() and not out.is_symlink():
@@ -306,9 +310,9 @@ def publishing(out: str | os.PathLike, kind: Kind, *, force: bool = False, comma
     docstring). Checks the target first (`check_target`); a failure inside the block leaves `out`
     as it was and no temporary folder behind."""
     out = Path(out)
-    check_target(out, kind, force=force, command=command, allow_same=allow_same)
     target = Path(os.path.abspath(out))  # "runs/x/.." or "." name their folder only once made absolute
-    clean_stale(target)
+    clean_stale(target)  # first: it may bring back the previous version of `out`
+    check_target(out, kind, force=force, command=command, allow_same=allow_same)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = _sibling(target, _TMP)
@@ -338,9 +342,9 @@ def publishing_file(out: str | os.PathLike, kind: Kind, *, force: bool = False,
     """One output file: write to `stage.path` (a temporary sibling, not yet created); when the block
     ends without an exception (and without `stage.discard()`) it is renamed over `out`."""
     out = Path(out)
-    check_target(out, kind, force=force, command=command)
     target = Path(os.path.abspath(out))
     clean_stale(target)
+    check_target(out, kind, force=force, command=command)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -159,11 +159,11 @@ def train(
     config = config.resolved()
     out_dir = Path(out_dir)
     command = "bitsmith train"
+    clean_stale(out_dir)  # temporaries of a killed `train --force`; a cut-short swap's previous version
     found = check_target(out_dir, FLOAT_RUN, force=True, command=command)  # path errors; kinds below
     if found not in (None, FLOAT_RUN) and not force:
         check_target(out_dir, FLOAT_RUN, command=command)  # raises: another kind, or not a bitsmith folder
     if found is None or (found is FLOAT_RUN and (resume or not force)):
-        clean_stale(out_dir)
         return _train_into(config, out_dir, _existing_checkpoint(config, out_dir, resume), quiet, progress)
     with publishing(out_dir, FLOAT_RUN, force=True, command=command) as stage:
         metrics = _train_into(config, stage.path, None, quiet, progress)

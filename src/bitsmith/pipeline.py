@@ -1,8 +1,9 @@
 """End-to-end jobs over the Python API: quantize a float run (PTQ, QAT, CLIP-Q), evaluate a run or
 graph, the demo.
 
-Each job returns a plain dict of figures (what `--json` prints) and writes its artifacts
-atomically, so the command line stays a thin layer over these functions.
+Each job returns a plain dict of figures (what `--json` prints) and publishes its output folder
+whole or not at all (bitsmith.artifacts), so the command line stays a thin layer over these
+functions.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from bitsmith.artifacts import DEMO, INTEGER_GRAPH, QAT_GRAPH, copy_folder, public_path, publishing
 from bitsmith.data import load_dataset
 from bitsmith.errors import ConfigError
 from bitsmith.evaluate import predictions
@@ -29,7 +31,7 @@ from bitsmith.quant.qat.exact import set_exact_eval
 from bitsmith.quant.qat.train import METRICS_FILE, QAT_WEIGHTS_FILE, QATTrainConfig, save_qat_weights
 from bitsmith.quant.calibration import CALIBRATION_BATCH_SIZE, CALIBRATION_BATCHES, calibration_batches
 from bitsmith.runs import CHECKPOINT_FILE, load_run
-from bitsmith.storage import write_json_atomic
+from bitsmith.storage import load_tensors, write_json_atomic
 from bitsmith.train import TrainConfig, train
 from bitsmith.integer import engine
 
@@ -42,14 +44,25 @@ def _percent(a: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def quantize_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config: QuantConfig | None = None, *,
-                 data_dir: str | None = None, calib_batches: int = CALIBRATION_BATCHES) -> dict[str, Any]:
+                 data_dir: str | None = None, calib_batches: int = CALIBRATION_BATCHES,
+                 force: bool = False) -> dict[str, Any]:
     """PTQ of a float run: calibrate, lower, save the IntegerGraph, measure it on the test set.
 
     Returns (and writes to `out_dir/metrics.json`): fp32_accuracy, accuracy (fake-quant),
     integer_accuracy (percent) and agreement (fraction of test images on which the fake-quant
     model and the integer engine predict the same class).
+
+    `out_dir` is written whole or not at all (bitsmith.artifacts.publishing): a failure leaves it
+    as it was. It may be absent, empty or an earlier integer graph; any other folder is refused
+    (OutputError) unless `force`.
     """
     config = config or QuantConfig()
+    with publishing(out_dir, INTEGER_GRAPH, force=force, command="bitsmith quantize") as stage:
+        return _quantize_into(run_dir, stage.path, config, data_dir, calib_batches)
+
+
+def _quantize_into(run_dir: str | os.PathLike, out_dir: Path, config: QuantConfig, data_dir: str | None,
+                   calib_batches: int) -> dict[str, Any]:
     run = load_run(run_dir)
     dataset = run.meta["dataset"]
     data_dir = data_dir or run.meta.get("data_dir")
@@ -57,11 +70,10 @@ def quantize_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config:
     qmodel = quantize(run.model, calibration_batches(dataset, shape, data_dir, calib_batches), config)
     graph = lower(qmodel, metadata={
         "model": run.model.spec, "dataset": dataset, "data_dir": data_dir,
-        "source_run": str(Path(run_dir).resolve()), "calibration": {"batches": calib_batches,
-                                                                    "batch_size": CALIBRATION_BATCH_SIZE},
+        "source_run": str(public_path(Path(run_dir).resolve()).absolute()),
+        "calibration": {"batches": calib_batches, "batch_size": CALIBRATION_BATCH_SIZE},
     })
-    out_dir = Path(out_dir)
-    graph.save(out_dir)
+    graph = load(graph.save(out_dir))  # what is measured is what was written, read back and checked
 
     test = load_dataset(dataset, "test", data_dir)
     fp_pred = predictions(run.model, test, shape)
@@ -75,7 +87,7 @@ def quantize_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config:
         "integer_accuracy": _percent(int_pred, labels),
         "agreement": _fraction_equal(fq_pred, int_pred),
         "test_images": len(labels),
-        "graph": str(out_dir),
+        "graph": str(public_path(out_dir)),
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics
@@ -100,7 +112,7 @@ def qat_config(run_dir: str | os.PathLike, method: str, *, wbits: int = 4, abits
 
 def qat_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config: QATConfig | ClipQConfig, *,
             data_dir: str | None = None, quiet: bool = False,
-            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+            on_epoch: Callable[[dict[str, Any]], None] | None = None, force: bool = False) -> dict[str, Any]:
     """QAT (or CLIP-Q) of a float run: quantize with `config`, train, lower, measure on the test set.
 
     `on_epoch(record)` runs after each training epoch, outside its timing (benchmarks/qat.py times
@@ -111,9 +123,18 @@ def qat_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config: QATC
     accuracy (fake-quant), integer_accuracy (percent), agreement (fraction of test images on which
     fake-quant and integer engine predict the same class), seconds_per_epoch (training pass) and
     fp_seconds_per_epoch (the float run's recorded epochs, which include its test evaluation).
+
+    `out_dir` is written whole or not at all (bitsmith.artifacts.publishing); it may be absent,
+    empty or an earlier QAT graph; any other folder is refused (OutputError) unless `force`.
     """
     if not isinstance(config, (QATConfig, ClipQConfig)):
         raise ConfigError(f"qat_run takes a QATConfig or ClipQConfig, got {type(config).__name__}")
+    with publishing(out_dir, QAT_GRAPH, force=force, command="bitsmith qat") as stage:
+        return _qat_into(run_dir, stage.path, config, data_dir, quiet, on_epoch)
+
+
+def _qat_into(run_dir: str | os.PathLike, out_dir: Path, config: QATConfig | ClipQConfig, data_dir: str | None,
+              quiet: bool, on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     train_config = config.train if isinstance(config, QATConfig) else config.finetune
     method = config.method if isinstance(config, QATConfig) else "clipq"
     run = load_run(run_dir)
@@ -135,12 +156,12 @@ def qat_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config: QATC
     qmodel = quantize(run.model, train_ds, config, on_epoch=report)
     graph = lower(qmodel, metadata={
         "model": run.model.spec, "dataset": dataset, "data_dir": data_dir,
-        "source_run": str(Path(run_dir).resolve()), "qat": config.to_json(),
+        "source_run": str(public_path(Path(run_dir).resolve()).absolute()), "qat": config.to_json(),
         "calibration": {"batches": CALIBRATION_BATCHES, "batch_size": CALIBRATION_BATCH_SIZE},
     })
-    out_dir = Path(out_dir)
-    graph.save(out_dir)
+    graph = load(graph.save(out_dir))  # what is measured is what was written, read back and checked
     save_qat_weights(qmodel, out_dir / QAT_WEIGHTS_FILE, config.to_json())
+    load_tensors(out_dir / QAT_WEIGHTS_FILE, "QAT weights")
 
     labels = torch.as_tensor(test.labels, dtype=torch.int64)
     fp_pred = predictions(run.model, test, shape)
@@ -166,7 +187,7 @@ def qat_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config: QATC
         "seconds_per_epoch": None if seconds is None else round(seconds, 3),
         "fp_seconds_per_epoch": None if fp_seconds is None else round(fp_seconds, 3),
         "history": history,
-        "graph": str(out_dir),
+        "graph": str(public_path(out_dir)),
     }
     write_json_atomic(out_dir / METRICS_FILE, metrics)
     return metrics
@@ -200,34 +221,36 @@ DEMO_TRAIN = TrainConfig(model="lenet5", dataset="fashion-mnist", epochs=8)
 
 
 def demo(out_dir: str | os.PathLike = "runs/demo", *, quiet: bool = False, fresh: bool = False,
-         data_dir: str | None = None) -> dict[str, Any]:
+         data_dir: str | None = None, force: bool = False) -> dict[str, Any]:
     """Train LeNet-5 on Fashion-MNIST, quantize it W8A8, check the integer engine.
 
-    Writes `out_dir/fp32/` (float run), `out_dir/int8/` (IntegerGraph) and `out_dir/summary.json`.
-    A finished float run in `out_dir/fp32` is reused unless `fresh`.
+    Writes `out_dir/fp32/` (float run), `out_dir/int8/` (IntegerGraph) and `out_dir/summary.json`,
+    all of it into a temporary sibling folder that replaces `out_dir` at the end (a failure leaves
+    `out_dir` as it was). A float run in `out_dir/fp32` is copied in and reused (resumed if it
+    was interrupted) unless `fresh`. `out_dir` may be absent, empty or an earlier demo; any other
+    folder is refused (OutputError) unless `force`.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    fp_dir, int_dir = out_dir / "fp32", out_dir / "int8"
     config = TrainConfig(**{**DEMO_TRAIN.__dict__, "data_dir": data_dir})
-    if fresh and fp_dir.exists():
-        import shutil
-
-        shutil.rmtree(fp_dir)
-    resume = (fp_dir / CHECKPOINT_FILE).is_file()
-    train_metrics = train(config, fp_dir, resume=resume, quiet=quiet)
-    q = quantize_run(fp_dir, int_dir, QuantConfig(weight_bits=8, act_bits=8), data_dir=data_dir)
-    summary = {
-        "model": "lenet5", "dataset": "fashion-mnist", "epochs": config.epochs,
-        "fp32_accuracy": q["fp32_accuracy"],
-        "fake_quant_accuracy": q["accuracy"],
-        "integer_accuracy": q["integer_accuracy"],
-        "agreement": q["agreement"],
-        "integer_minus_fp32_pp": round(q["integer_accuracy"] - q["fp32_accuracy"], 4),
-        "train_seconds": train_metrics.get("train_seconds"),
-        "reused_float_run": resume,
-        "seconds": round(time.perf_counter() - start, 2),
-        "fp32_run": str(fp_dir), "int8_graph": str(int_dir),
-    }
-    write_json_atomic(out_dir / "summary.json", summary)
+    with publishing(out_dir, DEMO, force=force, command="bitsmith demo") as stage:
+        fp_dir, int_dir = stage.path / "fp32", stage.path / "int8"
+        if not fresh and (out_dir / "fp32" / CHECKPOINT_FILE).is_file():
+            copy_folder(out_dir / "fp32", fp_dir)
+        resume = (fp_dir / CHECKPOINT_FILE).is_file()
+        train_metrics = train(config, fp_dir, resume=resume, quiet=quiet)
+        q = quantize_run(fp_dir, int_dir, QuantConfig(weight_bits=8, act_bits=8), data_dir=data_dir)
+        summary = {
+            "model": "lenet5", "dataset": "fashion-mnist", "epochs": config.epochs,
+            "fp32_accuracy": q["fp32_accuracy"],
+            "fake_quant_accuracy": q["accuracy"],
+            "integer_accuracy": q["integer_accuracy"],
+            "agreement": q["agreement"],
+            "integer_minus_fp32_pp": round(q["integer_accuracy"] - q["fp32_accuracy"], 4),
+            "train_seconds": train_metrics.get("train_seconds"),
+            "reused_float_run": resume,
+            "seconds": round(time.perf_counter() - start, 2),
+            "fp32_run": str(out_dir / "fp32"), "int8_graph": str(out_dir / "int8"),
+        }
+        write_json_atomic(stage.path / "summary.json", summary)
     return summary

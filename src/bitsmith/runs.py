@@ -2,7 +2,8 @@
 
     run_dir/
       checkpoint.safetensors   the whole training state, written atomically after every epoch
-      run.json                 human-readable copy of the checkpoint's metadata
+      run.json                 human-readable copy of the checkpoint's metadata, with the
+                               checkpoint's sha256 ("checkpoint_sha256")
       metrics.json             per-epoch history and the final test accuracy ("accuracy", percent)
 
 The checkpoint is a single safetensors file so that one atomic rename publishes a consistent
@@ -34,11 +35,12 @@ from torch import nn
 
 from bitsmith.errors import BitsmithError, CheckpointError
 from bitsmith.models import build_model
-from bitsmith.storage import load_tensors, save_tensors_atomic, write_json_atomic
+from bitsmith.storage import read_tensors, save_tensors_atomic, write_json_atomic
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
+CHECKPOINT_DIGEST = "checkpoint_sha256"  # run.json: the sha256 of checkpoint.safetensors it describes
 FORMAT = "bitsmith.run"
 VERSION = 1
 _META_KEY = "bitsmith"
@@ -114,8 +116,12 @@ def save_checkpoint(
         "optimizer": {"type": type(optimizer).__name__, "param_groups": groups, "state_values": scalar_state},
     }
     path = checkpoint_path(run_dir)
-    save_tensors_atomic(path, tensors, metadata={_META_KEY: json.dumps(full_meta)})
-    write_json_atomic(run_dir / RUN_FILE, full_meta)
+    # The write order is the resume rule (see check_run_json): the checkpoint, the one source of
+    # truth, goes first and atomically; run.json (with the checkpoint's sha256) and metrics.json
+    # are views of it written after. A kill between the writes leaves them one epoch behind, which
+    # a reader accepts; it never leaves a view ahead of its checkpoint.
+    digest = save_tensors_atomic(path, tensors, metadata={_META_KEY: json.dumps(full_meta)})
+    write_json_atomic(run_dir / RUN_FILE, {**full_meta, CHECKPOINT_DIGEST: digest})
     write_json_atomic(run_dir / METRICS_FILE, full_meta.get("metrics", {}))
     return path
 
@@ -132,8 +138,10 @@ def read_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
             f"run checkpoint not found: {path}. The run never finished an epoch, or the folder is not a "
             "training run; train (or resume) it first."
         )
-    tensors, metadata = load_tensors(path, "run checkpoint")
+    stored = read_tensors(path, "run checkpoint")
+    tensors, metadata = stored.tensors, stored.metadata
     meta = _parse_meta(path, metadata)
+    check_run_json(path, meta, stored.sha256)
     model_state, optim_state, rng = {}, {}, {}
     for key, value in tensors.items():
         role, _, rest = key.partition(".")
@@ -153,6 +161,48 @@ def read_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
     for index, values in meta["optimizer"].get("state_values", {}).items():
         optim_state.setdefault(int(index), {}).update(values)
     return Checkpoint(path=path, meta=meta, model_state=model_state, optim_state=optim_state, rng=rng)
+
+
+def check_run_json(path: Path, meta: dict[str, Any], sha256: str) -> None:
+    """run.json, when present beside the checkpoint `path`, must describe it.
+
+    The checkpoint is the source of truth (it verifies itself); run.json is a view written after
+    it in every epoch (save_checkpoint). So run.json is accepted when it records this checkpoint's
+    sha256, or when it is exactly one write behind: the previous epoch of the same run (same model
+    and training settings), what a kill between the checkpoint and run.json leaves; the next epoch
+    rewrites it. A resumable run is never refused for that. Anything else (another run's run.json, a view ahead of its checkpoint, the same
+    epoch with another checkpoint) means the folder mixes two runs: CheckpointError naming
+    run.json. A run.json without the digest (written by an older bitsmith) is not checked.
+    """
+    view_path = path.parent / RUN_FILE
+    if not view_path.is_file():
+        return
+    try:
+        view = json.loads(view_path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        view = None
+    if not isinstance(view, dict):
+        raise CheckpointError(
+            f"{view_path} is not a JSON object (truncated or damaged); {path.name} beside it is the source of truth: "
+            f"delete {RUN_FILE} (bitsmith train --resume or the next epoch rewrites it)."
+        )
+    recorded = view.get(CHECKPOINT_DIGEST)
+    if recorded is None or recorded == sha256:
+        return
+    same_run = view.get("model") == meta.get("model") and _settings(view) == _settings(meta)
+    if same_run and view.get("epoch") == meta.get("epoch", 0) - 1:
+        return  # one write behind: interrupted between the checkpoint and run.json
+    raise CheckpointError(
+        f"{view_path} does not describe {path} (run.json: epoch {view.get('epoch')!r}, checkpoint sha256 "
+        f"{str(recorded)[:12]}…; the checkpoint: epoch {meta.get('epoch')!r}, sha256 {sha256[:12]}…): the folder "
+        f"mixes files of two runs. The checkpoint is the source of truth: if it is the run you want, delete "
+        f"{RUN_FILE} and {METRICS_FILE} (bitsmith train --resume rewrites them); otherwise re-train the run."
+    )
+
+
+def _settings(meta: dict[str, Any]) -> Any:
+    config = meta.get("train_config")
+    return {k: v for k, v in config.items() if k != "data_dir"} if isinstance(config, dict) else config
 
 
 def load_model_state(model: nn.Module, checkpoint: Checkpoint) -> None:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from bitsmith.artifacts import FLOAT_RUN, check_target, clean_stale, publishing
 from bitsmith.data import ArrayDataset, DatasetInfo, dataset_info, iterate_batches, load_dataset
 from bitsmith.errors import CheckpointError, ConfigError
 from bitsmith.evaluate import accuracy
@@ -139,6 +140,7 @@ def train(
     resume: bool = False,
     quiet: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train `config.model` on `config.dataset`, checkpointing into `out_dir` after every epoch.
 
@@ -147,12 +149,33 @@ def train(
     resume=True continues from out_dir/checkpoint.safetensors (or starts fresh if there is none yet);
     its config must match the checkpoint's. `progress`, if given, is called with each epoch's record
     once that epoch is checkpointed. `quiet` turns off the progress bar and the per-epoch lines.
+
+    Where the run is written (docs/guarantees.md): into an absent or empty `out_dir`, and on
+    resume, in place, one atomic checkpoint per epoch, so a killed run resumes. An existing float
+    run is refused without `resume` (ConfigError) and any other non-empty folder is refused
+    (OutputError) unless `force`; with `force` the new run trains in a temporary sibling folder
+    and replaces the old folder only once it has finished (a failure leaves the old one as it was).
     """
     config = config.resolved()
     out_dir = Path(out_dir)
-    checkpoint = _existing_checkpoint(config, out_dir, resume)
+    command = "bitsmith train"
+    clean_stale(out_dir)  # temporaries of a killed `train --force`; a cut-short swap's previous version
+    found = check_target(out_dir, FLOAT_RUN, force=True, command=command)  # path errors; kinds below
+    if found not in (None, FLOAT_RUN) and not force:
+        check_target(out_dir, FLOAT_RUN, command=command)  # raises: another kind, or not a bitsmith folder
+    if found is None or (found is FLOAT_RUN and (resume or not force)):
+        return _train_into(config, out_dir, _existing_checkpoint(config, out_dir, resume), quiet, progress)
+    with publishing(out_dir, FLOAT_RUN, force=True, command=command) as stage:
+        metrics = _train_into(config, stage.path, None, quiet, progress)
+        read_checkpoint(stage.path)  # the finished run reads back before it replaces the old folder
+    return metrics
+
+
+def _train_into(config: TrainConfig, out_dir: Path, checkpoint: Checkpoint | None, quiet: bool,
+                progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     for stale in out_dir.glob(".*.tmp"):  # half-written files of a run that was killed mid-write
-        stale.unlink()
+        if stale.is_file():
+            stale.unlink()
     if checkpoint is not None and checkpoint.meta["epoch"] >= config.epochs:
         return checkpoint.meta["metrics"]
 
@@ -180,7 +203,7 @@ def _existing_checkpoint(config: TrainConfig, out_dir: Path, resume: bool) -> Ch
     if not resume:
         raise ConfigError(
             f"{out_dir} already holds a training run ({path.name}); pass resume=True (--resume) to continue it, "
-            "or choose another output folder (--out)."
+            "choose another output folder (--out), or pass force=True (--force) to replace it."
         )
     checkpoint = read_checkpoint(out_dir)
     stored = checkpoint.meta.get("train_config", {})

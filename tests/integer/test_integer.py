@@ -6,14 +6,14 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from bitsmith.errors import AccumulatorOverflowError, ConfigError, GraphError
 from bitsmith.integer import engine, load
 from bitsmith.integer.arithmetic import MAX_SHIFT, int_range, quantize_input, quantize_multiplier, requantize
 from bitsmith.integer.exactness import FLOAT32_EXACT, compute_dtype
 from bitsmith.integer.reference import conv2d_int64
-from tests.helpers import golden
+from tests.helpers import golden, save_tensors_tied
 
 
 # -- arithmetic -----------------------------------------------------------------------------
@@ -174,11 +174,11 @@ def test_load_rejects_missing_parameter_and_float_weights(lenet_graph_dir, tmp_p
     p = copy_graph(lenet_graph_dir, tmp_path)
     params = load_file(p / "tensors.safetensors")
     key = next(k for k in params if k.endswith(".weight"))
-    save_file({k: v for k, v in params.items() if k != key}, p / "tensors.safetensors")
+    save_tensors_tied(p, {k: v for k, v in params.items() if k != key})
     with pytest.raises(GraphError, match="missing"):
         load(p)
     params[key] = params[key].float()
-    save_file(params, p / "tensors.safetensors")
+    save_tensors_tied(p, params)
     with pytest.raises(GraphError, match="integer type"):
         load(p)
 
@@ -212,7 +212,7 @@ def test_accumulator_overflow_is_detected_and_names_the_layer(lenet_graph_dir, t
     # Keep the stored bias inside the narrower width so that loading succeeds.
     bias_key = next(n["params"]["bias"] for n in doc["nodes"] if n["name"].startswith("q_conv3"))
     params[bias_key] = params[bias_key].clamp(-1000, 1000)
-    save_file(params, p / "tensors.safetensors")
+    save_tensors_tied(p, params)
     g = load(p)
     with pytest.raises(AccumulatorOverflowError, match="q_conv3"):
         engine.run(g, torch.randn(16, 1, 32, 32) * 3)

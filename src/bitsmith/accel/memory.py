@@ -2,8 +2,10 @@
 
 `build_memory` packs a program (and optionally input codes) into the words of each memory, as
 Python ints, element 0 in the low bits; `write_memory` writes them as hex text plus
-`program.json`; the `read_*` functions parse the files back, so tests can check that every file
-round-trips and the cycle model can decode exactly what was written. ("Images" in this package
+`program.json`, which records the sha256 of every file it lists; the `read_*` functions check each
+file they read against it (a file of another compilation, or a flipped byte, is a DataError
+naming the file) and parse the files back, so tests can check that every file round-trips and the
+cycle model can decode exactly what was written. ("Images" in this package
 means input pictures only; the contents of a memory are its words.)
 """
 
@@ -11,14 +13,15 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bitsmith.errors import DataError
-from bitsmith.storage import read_json, write_bytes_atomic, write_json_atomic
+from bitsmith.errors import BitsmithWarning, DataError
+from bitsmith.storage import read_json, sha256_file, write_bytes_atomic, write_json_atomic
 from bitsmith.integer import engine
 
 from .compiler import channel_groups, compile_graph, term_blocks
@@ -32,6 +35,7 @@ VERSION = 1
 PARAM_BITS = PARAM_WORD_BITS
 CODEBOOK_BITS = CODEBOOK_VALUE_BITS
 PROGRAM_FILE = "program.json"
+SHA256_FIELD = "sha256"  # program.json: {file name: sha256 of its bytes} for every file it lists
 
 # Descriptor word 0 flags (§6).
 FLAG_CODEBOOK = 1 << 8
@@ -210,14 +214,14 @@ def write_memory(program: Program, codes, out_dir: str | os.PathLike, expected: 
             files[expected_file(layer.index)] = ([_twos(v, bits) for v in values.tolist()], bits)
         last = program.layers[-1]
         files["Out32.hex" if last.raw_output else "Out8.hex"] = files[expected_file(last.index)]
-    for name, (words, width) in files.items():
-        write_bytes_atomic(out / name, _hex_text(words, width))
+    digests = {name: write_bytes_atomic(out / name, _hex_text(words, width)) for name, (words, width) in files.items()}
     doc = {
         "format": FORMAT, "version": VERSION,
         "config": config.to_json(),
         "input_name": program.input_name,
         "images": n_images,
         "files": sorted(files),
+        SHA256_FIELD: dict(sorted(digests.items())),
         "layers": [_layer_json(layer, memory, i) for i, layer in enumerate(program.layers)],
         "cycles": program_cycles(program),
         "metadata": program.metadata,
@@ -274,17 +278,65 @@ def read_hex(path: str | os.PathLike, width_bits: int) -> list[int]:
     return words
 
 
-def read_memory(out_dir: str | os.PathLike) -> tuple[dict, MemoryImage]:
-    """program.json and every memory's words (missing optional files read as empty)."""
-    out = Path(out_dir)
+def _read_program_json(out: Path) -> dict:
     doc = read_json(out / PROGRAM_FILE, "accelerator program")
-    if doc.get("format") != FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise DataError(f"{out / PROGRAM_FILE}: not a bitsmith accelerator memory folder")
+    return doc
+
+
+def check_file(out_dir: str | os.PathLike, doc: dict, name: str) -> None:
+    """The file `name` of a memory folder must have the sha256 its program.json records. A
+    program.json without digests (written by an older bitsmith) is read unchecked, with a warning."""
+    out = Path(out_dir)
+    digests = doc.get(SHA256_FIELD)
+    if digests is None:
+        warnings.warn(f"{out / PROGRAM_FILE} records no sha256 of its files (written by an older bitsmith); "
+                      "they are read unchecked. Re-create the folder with bitsmith hw compile.",
+                      BitsmithWarning, stacklevel=3)
+        return
+    if not isinstance(digests, dict):
+        raise DataError(f"{out / PROGRAM_FILE}: {SHA256_FIELD!r} must map file names to sha256 digests")
+    path = out / name
+    if not path.is_file():
+        return  # the reader says what is missing
+    recorded = digests.get(name)
+    if recorded is None:
+        raise DataError(f"{path}: {PROGRAM_FILE} lists no sha256 for it, so it does not belong to this "
+                        "compilation. Re-create the folder with bitsmith hw compile.")
+    actual = sha256_file(path)
+    if actual != recorded:
+        raise DataError(f"{path} does not match {out / PROGRAM_FILE} (recorded sha256 {str(recorded)[:12]}…, the file "
+                        f"has {actual[:12]}…): the folder mixes files of two compilations, or the file changed. "
+                        "Re-create the folder with bitsmith hw compile.")
+
+
+def verify_memory_folder(out_dir: str | os.PathLike) -> dict:
+    """Check every file program.json lists against its sha256; returns program.json."""
+    out = Path(out_dir)
+    doc = _read_program_json(out)
+    for name in doc.get("files", []):
+        if not (out / name).is_file():
+            raise DataError(f"{out / name} is missing; {PROGRAM_FILE} lists it. Re-create the folder with "
+                            "bitsmith hw compile.")
+        check_file(out, doc, name)
+    return doc
+
+
+def read_memory(out_dir: str | os.PathLike) -> tuple[dict, MemoryImage]:
+    """program.json and every memory's words (missing optional files read as empty), each file
+    checked against the sha256 program.json records."""
+    out = Path(out_dir)
+    doc = _read_program_json(out)
     bus = doc["config"]["bus_bits"]
 
     def optional(name: str, bits: int) -> list[int]:
-        return read_hex(out / name, bits) if (out / name).is_file() else []
+        if not (out / name).is_file():
+            return []
+        check_file(out, doc, name)
+        return read_hex(out / name, bits)
 
+    check_file(out, doc, "param.hex")
     memory = MemoryImage(param=read_hex(out / "param.hex", PARAM_BITS), w8=optional("W8.hex", bus),
                           w2=optional("W2.hex", bus), cb8=optional("CB8.hex", CODEBOOK_BITS),
                           inputs=optional("In8.hex", bus))
@@ -372,7 +424,8 @@ def read_input_codes(out_dir: str | os.PathLike) -> np.ndarray:
 def read_expected(out_dir: str | os.PathLike, index: int) -> np.ndarray:
     """expected/Lii.hex as int64 [N, out_ch, out_h, out_w] (signedness from program.json)."""
     out = Path(out_dir)
-    doc = read_json(out / PROGRAM_FILE, "accelerator program")
+    doc = _read_program_json(out)
+    check_file(out, doc, expected_file(index))
     info = doc["layers"][index]
     bits = ACC_BITS if info["raw_output"] else MAX_ACT_BITS
     values = np.array(read_hex(out / expected_file(index), bits), dtype=np.int64)

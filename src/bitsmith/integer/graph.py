@@ -149,13 +149,21 @@ class IntegerGraph:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write `path/graph.json` and `path/tensors.safetensors` (each atomically)."""
+        """Write `path/graph.json` and `path/tensors.safetensors` (each atomically).
+
+        tensors.safetensors verifies itself (bitsmith.storage), and graph.json records its sha256
+        (`tensors_sha256`), which `load` checks: a folder holding one graph's JSON and another's
+        tensors (a crash between the two renames, a copy) is refused. Publishing a whole folder
+        atomically is the caller's (bitsmith.artifacts.publishing, as the commands do).
+        """
         self.validate()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         # Parameters first: a graph.json never points at tensors that are not yet on disk.
-        save_tensors_atomic(path / TENSORS_FILE, self.params, metadata={"format": FORMAT})
-        write_json_atomic(path / GRAPH_FILE, self.to_json())
+        digest = save_tensors_atomic(path / TENSORS_FILE, self.params, metadata={"format": FORMAT})
+        doc = self.to_json()
+        doc = {"format": doc.pop("format"), "version": doc.pop("version"), TENSORS_DIGEST: digest, **doc}
+        write_json_atomic(path / GRAPH_FILE, doc)
         return path
 
     def validate(self) -> None:
@@ -178,6 +186,7 @@ def load(path: str | os.PathLike) -> IntegerGraph:
         params, _ = load_tensors(path / TENSORS_FILE, "graph parameters")
     except CheckpointError as e:
         raise GraphError(str(e)) from None
+    verify_tensors_digest(doc, path)
     where = path / GRAPH_FILE
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise GraphError(f"{where}: not a bitsmith integer graph (format field is {doc.get('format')!r})")
@@ -268,3 +277,44 @@ def _check_spec(spec: TensorSpec) -> None:
         raise GraphError(f"{where}: scales must be finite and positive")
     if not spec.qmin <= spec.zero_point <= spec.qmax:
         raise GraphError(f"{where}: zero point {spec.zero_point} outside [{spec.qmin}, {spec.qmax}]")
+
+
+# -- integrity ------------------------------------------------------------------------------------
+# (Imports here, not at the top, keep this section a separate block of the file.)
+
+import warnings  # noqa: E402
+
+from bitsmith.errors import BitsmithWarning  # noqa: E402
+from bitsmith.storage import is_sha256, sha256_file  # noqa: E402
+
+TENSORS_DIGEST = "tensors_sha256"  # graph.json: the sha256 of tensors.safetensors (64 lowercase hex digits)
+
+
+def verify_tensors_digest(doc: Any, path: Path) -> None:
+    """graph.json's `tensors_sha256` must be the sha256 of the folder's tensors.safetensors.
+
+    Called by `load` right after both files are read. A graph.json without the field (saved by
+    bitsmith before it recorded one) loads with a BitsmithWarning: the pair cannot be checked.
+    A document that is not a bitsmith graph is left to the format check that follows.
+    """
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        return
+    where = path / GRAPH_FILE
+    recorded = doc.get(TENSORS_DIGEST)
+    if recorded is None:
+        warnings.warn(
+            f"{where} records no sha256 of {TENSORS_FILE} (saved by an older bitsmith), so bitsmith cannot "
+            "check that the two files belong together. Re-create the graph with bitsmith quantize to record one "
+            "(or, if you know the two files belong together, load it and save it with this bitsmith).",
+            BitsmithWarning, stacklevel=3)
+        return
+    if not is_sha256(recorded):
+        raise GraphError(f"{where}: {TENSORS_DIGEST} must be 64 lowercase hex digits, got {recorded!r}")
+    actual = sha256_file(path / TENSORS_FILE)
+    if actual != recorded:
+        raise GraphError(
+            f"{path / TENSORS_FILE} does not belong to {where}: graph.json records sha256 {recorded[:12]}… for it, "
+            f"the file has {actual[:12]}…. The folder mixes two graphs (an interrupted or partial copy or save) "
+            "or the file was changed. Re-create the graph with bitsmith quantize (or restore both files "
+            "from the same save)."
+        )

@@ -16,7 +16,7 @@ from pathlib import Path
 from bitsmith.accel.config import (ACC_BITS, CODEBOOK_INDEX_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS,
                                    DESCRIPTOR_WORDS, MAX_ACT_BITS, MULTIPLIER_BITS, PARAM_WORD_BITS,
                                    SHIFT_FIELD_BITS, WEIGHT_BYTE_BITS)
-from bitsmith.accel.memory import expected_file
+from bitsmith.accel.memory import PROGRAM_FILE, expected_file, verify_memory_folder
 from bitsmith.accel.program import Program
 from bitsmith.accel.timing import group_weight_cycles, input_cycles, program_cycles, storage_bits
 from bitsmith.errors import ConfigError, DataError
@@ -77,8 +77,12 @@ def _hex_lines(path: Path) -> int:
         return sum(1 for line in f if line.strip())
 
 
-def _verilog_path(path: Path) -> str:
-    return str(Path(path).resolve()).replace("\\", "/")
+def _verilog_path(path: Path, relative_to: Path | None = None) -> str:
+    """A path as $readmemh reads it: absolute, or relative to the simulator's working folder
+    `relative_to` (a folder whose memory files sit beside it then stays valid when moved)."""
+    path = Path(path).resolve()
+    text = os.path.relpath(path, Path(relative_to).resolve()) if relative_to is not None else str(path)
+    return text.replace("\\", "/")
 
 
 def memory_sizes(program: Program, memory_dir: str | os.PathLike) -> dict[str, int]:
@@ -106,23 +110,26 @@ def memory_sizes(program: Program, memory_dir: str | os.PathLike) -> dict[str, i
     }
 
 
-def _readmemh_lines(memory_dir: Path) -> str:
+def _readmemh_lines(memory_dir: Path, relative_to: Path | None = None) -> str:
     lines = []
     for name, mem in (("param.hex", "param_mem"), ("W8.hex", "w8_mem"), ("W2.hex", "w2_mem"),
                       ("CB8.hex", "cb8_mem"), ("In8.hex", "in8_mem")):
         if (memory_dir / name).is_file():
-            lines.append(f'        $readmemh("{_verilog_path(memory_dir / name)}", {mem});')
+            lines.append(f'        $readmemh("{_verilog_path(memory_dir / name, relative_to)}", {mem});')
     return "\n".join(lines)
 
 
 def generate_rtl(program: Program, out_dir: str | os.PathLike, images: int = 1, fault: str | None = None,
-                 memory_dir: str | os.PathLike | None = None) -> dict:
+                 memory_dir: str | os.PathLike | None = None, relative_paths: bool = False) -> dict:
     """Write the design files and `tb_bitsmith.v` for `program` into `out_dir`.
 
     `memory_dir` holds the program's memory files (bitsmith.accel.memory.write_memory; default
-    `out_dir`), `images` is how many images the testbench runs (In8.hex must hold that many),
-    `fault` one of FAULTS (a deliberate bug, for testing the checker). Returns a manifest:
-    the Verilog files, the top names and the memory sizes used.
+    `out_dir`; checked against the sha256 digests of its program.json when it has one), `images`
+    is how many images the testbench runs (In8.hex must hold that many), `fault` one of FAULTS (a
+    deliberate bug, for testing the checker). With `relative_paths` the $readmemh paths are
+    relative to `out_dir`, where the simulators run (bitsmith.rtl.simulators), so the work folder
+    can move (bitsmith publishes it from a temporary folder). Returns a manifest: the Verilog
+    files, the top names and the memory sizes used.
     """
     if fault is not None and fault not in FAULTS:
         raise ConfigError(f"unknown RTL fault {fault!r}; choose one of {', '.join(sorted(FAULTS))}")
@@ -133,6 +140,9 @@ def generate_rtl(program: Program, out_dir: str | os.PathLike, images: int = 1, 
     if not (memory_dir / "param.hex").is_file():
         raise DataError(f"{memory_dir}: no param.hex; write the memory files first "
                         "(bitsmith.accel.memory.write_memory)")
+    if (memory_dir / PROGRAM_FILE).is_file():
+        verify_memory_folder(memory_dir)
+    relative_to = out if relative_paths else None
     config = program.config
     words_per_image = input_cycles(program.layers[0], config)
     available = _hex_lines(memory_dir / "In8.hex") // max(1, words_per_image)
@@ -141,7 +151,7 @@ def generate_rtl(program: Program, out_dir: str | os.PathLike, images: int = 1, 
     sizes = memory_sizes(program, memory_dir)
     fields = {"R": config.pe, "C": config.simd, "BUS": config.bus_bits, **sizes, "DESCRIPTOR_WORDS": DESCRIPTOR_WORDS,
               "FAULT_SHIFT": 0, "FAULT_DROP_BIAS": 0, "FAULT_NO_ZIN": 0,
-              "READMEMH": _readmemh_lines(memory_dir),
+              "READMEMH": _readmemh_lines(memory_dir, relative_to),
               "PROGRAM_NAME": f"{len(program.layers)} layers, {config.pe}x{config.simd} PEs, bus {config.bus_bits}"
                               + (f", FAULT {fault}" if fault else "")}
     if fault:
@@ -150,12 +160,14 @@ def generate_rtl(program: Program, out_dir: str | os.PathLike, images: int = 1, 
     for name in DESIGN_FILES:
         write_bytes_atomic(out / name, fill(template(name), fields).encode())
         files.append(name)
-    write_bytes_atomic(out / TESTBENCH_FILE, testbench(program, memory_dir, images, words_per_image).encode())
+    write_bytes_atomic(out / TESTBENCH_FILE,
+                       testbench(program, memory_dir, images, words_per_image, relative_to).encode())
     return {"files": files, "testbench": TESTBENCH_FILE, "top": "bitsmith_top", "tb_top": TESTBENCH_TOP,
             "sizes": sizes, "fault": fault, "images": images}
 
 
-def testbench(program: Program, memory_dir: Path, images: int, words_per_image: int) -> str:
+def testbench(program: Program, memory_dir: Path, images: int, words_per_image: int,
+              relative_to: Path | None = None) -> str:
     """tb_bitsmith.v: runs `images` images; after each layer compares every output value with
     expected/Lii.hex and prints MISMATCH / LAYER / CYCLES lines and a final SUMMARY."""
     expected_cycles = program_cycles(program)["total"]
@@ -169,7 +181,7 @@ def testbench(program: Program, memory_dir: Path, images: int, words_per_image: 
         n = layer.out_elems
         mem = f"exp_l{i:02d}"
         decls.append(f"    reg [{bits - 1}:0] {mem} [0:{images * n - 1}];")
-        loads.append(f'        $readmemh("{_verilog_path(path)}", {mem});')
+        loads.append(f'        $readmemh("{_verilog_path(path, relative_to)}", {mem});')
         source = "dut.out32" if layer.raw_output else ("dut.act_a" if i % 2 else "dut.act_b")
         signed = layer.raw_output or layer.out_signed
         if bits == MAX_ACT_BITS:

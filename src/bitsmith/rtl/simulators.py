@@ -135,7 +135,7 @@ def run_testbench(program: Program, memory_dir: str | os.PathLike, rtl_dir: str 
     if sim not in SIMULATORS:
         raise ConfigError(f"unknown simulator {sim!r}; choose one of {', '.join(SIMULATORS)}")
     t0 = time.perf_counter()
-    manifest = generate_rtl(program, rtl_dir, images=images, fault=fault, memory_dir=memory_dir)
+    manifest = generate_rtl(program, rtl_dir, images=images, fault=fault, memory_dir=memory_dir, relative_paths=True)
     t1 = time.perf_counter()
     log = run_simulator(sim, rtl_dir, manifest["files"] + [manifest["testbench"]], TESTBENCH_TOP, waves=waves,
                         timeout=timeout)

@@ -68,7 +68,8 @@ def synth_module(sources: list[Path], top: str, parameters: dict | None = None, 
             text = Path(source).read_text()
             for path in sorted(set(re.findall(r'\$readmemh\("([^"]+)"', text))):
                 local = f"mem_{len(names)}_{Path(path).name}"
-                shutil.copyfile(path, Path(tmp) / local)
+                # a relative path is relative to the folder the simulators run in, the source's own
+                shutil.copyfile(Path(source).parent / path, Path(tmp) / local)
                 text = text.replace(f'"{path}"', f'"{local}"')
                 names.append(local)
             (Path(tmp) / Path(source).name).write_text(text)

@@ -18,8 +18,9 @@ from bitsmith.errors import ConfigError
 MAX_SHIFT = 62
 #: Widths (inclusive) a requantization multiplier may be declared with: m is unsigned in bits − 1 bits.
 MULTIPLIER_BITS = (2, 32)
-#: Widths (inclusive) of integer weight codes and of integer tensors.
-WEIGHT_BITS = (1, 16)
+#: Widths (inclusive) of integer weight codes (signed, so at least 2 bits: docs/arithmetic.md §3)
+#: and of integer tensors.
+WEIGHT_BITS = (2, 16)
 TENSOR_BITS = (1, 32)
 
 

@@ -197,17 +197,18 @@ class _NodeBase(_Strict):
 
 
 def _node_model(op: str) -> type[_NodeBase]:
+    """The model of a node of `op`: its attributes typed from ops.OPS. Every attribute is optional in
+    the model; `_signature` requires the ones the op (and its weight format) needs, saying their range."""
     d = OPS[op]
-    fields: dict[str, Any] = {name: (_attr_type(a), ...) for name, a in d.attrs.items()}
+    declared = dict(d.attrs)
     if op in WEIGHTED_OPS:  # every weight format's attributes may appear; _signature keeps the right ones
-        _, optional, _, _ = signature(op, {})
-        fields |= {name: (_attr_type(a), None) for name, a in optional.items()}
+        declared |= signature(op, {})[1]
         for fmt in WEIGHT_FORMATS.values():
-            fields |= {name: (_attr_type(a), None) for name, a in fmt["attrs"].items() if name not in d.attrs}
-    attrs_model = create_model(f"{op}Attrs", __base__=_Strict, **fields)
+            declared |= fmt["attrs"]
+    attrs_model = create_model(f"{op}Attrs", __base__=_Strict, **{n: (_attr_type(a), None) for n, a in declared.items()})
     inputs = Annotated[list[Name], Field(min_length=1, max_length=d.inputs)]
     return create_model(f"{op}Node", __base__=_NodeBase, op=(Literal[op], ...), inputs=(inputs, ...),
-                        attrs=(attrs_model, attrs_model()) if not d.attrs else (attrs_model, ...))
+                        attrs=(attrs_model, attrs_model()))
 
 
 NODE_MODELS: dict[str, type[_NodeBase]] = {op: _node_model(op) for op in OPS}
@@ -337,7 +338,8 @@ def _error_text(err: dict) -> str:
     if kind == "too_long":
         return f"{err['ctx'].get('actual_length')} items; allowed: at most {err['ctx']['max_length']}"
     if kind == "union_tag_invalid":
-        return f"unknown op {err['ctx']['tag']}; known ops: {', '.join(OPS)}"
+        op = value.get("op") if isinstance(value, dict) else err["ctx"]["tag"]
+        return f"unknown op {op!r}; known ops: {', '.join(OPS)}"
     if kind == "union_tag_not_found":
         return f"missing key 'op'; allowed: one of {', '.join(OPS)}"
     return f"{value!r}: {err['msg']}"

@@ -225,6 +225,10 @@ def _avgpool(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     spec = graph.tensors[node.inputs[0]]
     kh, kw = _pair(node.attrs["kernel"])
     x8, zp = _mac_input(graph, node, b)
+    bound = kh * kw * max(spec.qmax - spec.zero_point, spec.zero_point - spec.qmin)
+    if bound > INT32_MAX:  # ConvInteger sums in int32
+        raise ConfigError(f"layer {node.name!r} (AvgPool2d): window sums can reach {bound}, beyond int32; "
+                          "export with --qdq or use a smaller window")
     ones = b.const(f"{node.name}/ones", np.ones((spec.shape[0], 1, kh, kw), dtype=np.int8))
     sum32 = b.op("ConvInteger", [x8, ones, zp, b.const(f"{node.name}/w_zero_point", np.array(0, np.int8))],
                  f"{node.name}/sum", name=node.name, strides=_pair(node.attrs["stride"]), group=spec.shape[0])

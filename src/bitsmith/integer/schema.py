@@ -75,6 +75,24 @@ def strict_int(lo: int | None = None, hi: int | None = None) -> Any:
     return _leaf(check, schema)
 
 
+def finite_number(lo: float | None = None, hi: float | None = None) -> Any:
+    """A finite number in [lo, hi] (an integer is a number; a boolean is not)."""
+    allowed = "a finite number" + (f" ≥ {lo}" if lo is not None else "") + (f" and ≤ {hi}" if hi is not None else "")
+
+    def check(v: Any) -> Any:
+        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                or (lo is not None and v < lo) or (hi is not None and v > hi)):
+            raise ValueError(f"{v!r}; allowed: {allowed}")
+        return v
+
+    schema: dict[str, Any] = {"type": "number"}
+    if lo is not None:
+        schema["minimum"] = lo
+    if hi is not None:
+        schema["maximum"] = hi
+    return _leaf(check, schema)
+
+
 def _positive(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 

@@ -315,3 +315,24 @@ def test_the_graph_input_check_does_not_change_a_document():
     before = copy.deepcopy(doc)
     check_document(doc)
     assert doc == before
+
+
+def test_input_codes_wider_than_24_bits_clamp_exactly_on_every_path(tmp_path):
+    """2^25 − 1 is not a float32: clamping a 25-bit input code in float32 gave 2^25, one past the code
+    range (found by tests/integer/test_arithmetic_properties.py). The engine and ONNX clamp such codes in
+    float64."""
+    from bitsmith.onnx.export import export_onnx, run_onnx
+
+    g = _graph(
+        [TensorSpec("input", (1,), "float32"), TensorSpec("q", (1,), "int", 25, False, 1.0, 0),
+         TensorSpec("out", (1,), "int", 32, True, 1.0, 0)],
+        [Node("QuantizeInput", "q", ["input"], "q"),
+         Node("Requant", "out", ["q"], "out", {"clamp_min": -(1 << 31), "clamp_max": (1 << 31) - 1,
+                                               "multiplier_bits": 32},
+              {"multiplier": "out.multiplier", "shift": "out.shift"})],
+        {"out.multiplier": torch.tensor([1]), "out.shift": torch.tensor([0])})
+    x = torch.tensor([[33554432.0], [1e30], [33554430.0], [-5.0]])
+    want = [[(1 << 25) - 1], [(1 << 25) - 1], [33554430], [0]]
+    assert engine.run(g, x).tolist() == want
+    assert engine.run(g, x, return_all=True)["q"].tolist() == want
+    assert run_onnx(export_onnx(g, tmp_path / "m.onnx"), x.numpy()).tolist() == want

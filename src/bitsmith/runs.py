@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from torch import nn
 
 from bitsmith.errors import BitsmithError, CheckpointError
@@ -269,13 +269,27 @@ _Count = strict_int(0)
 _Rate = finite_number(0)
 
 
+#: Bounds on a model spec, so that rebuilding a model from a damaged spec cannot allocate more than
+#: a real checkpoint could hold (its weights must then match the file's tensors exactly).
+MAX_CLASSES = 1 << 16
+MAX_INPUT_CHANNELS = 1 << 10
+MAX_INPUT_SIDE = 1 << 16
+
+
 class _ModelSpec(_Strict):
     """What `build_model` needs to rebuild the architecture (`bitsmith.models`)."""
 
     name: _NonEmpty
-    num_classes: Optional[strict_int(1)] = None
-    input_shape: Optional[Annotated[list[strict_int(1)], Field(min_length=3, max_length=3)]] = None
+    num_classes: Optional[strict_int(1, MAX_CLASSES)] = None
+    input_shape: Optional[Annotated[list[strict_int(1, MAX_INPUT_SIDE)], Field(min_length=3, max_length=3)]] = None
     kwargs: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _channels(self) -> "_ModelSpec":
+        if self.input_shape is not None and self.input_shape[0] > MAX_INPUT_CHANNELS:
+            raise ValueError(f"input_shape {self.input_shape}: {self.input_shape[0]} input channels; allowed: "
+                             f"1 to {MAX_INPUT_CHANNELS}")
+        return self
 
 
 class _ParamGroup(_Open):

@@ -262,8 +262,9 @@ def _check_requant(g, node, ins, out, where) -> None:
     x = ins[0]
     m, s = g.params[node.params["multiplier"]], g.params[node.params["shift"]]
     channels = x.shape[0]
-    if m.shape != s.shape or m.numel() not in (1, channels):
-        raise GraphError(f"{where}: multiplier/shift must hold 1 or {channels} values")
+    if m.dim() != 1 or s.dim() != 1 or m.shape != s.shape or m.numel() not in (1, channels):
+        raise GraphError(f"{where}: multiplier and shift have shapes {list(m.shape)} and {list(s.shape)}; "
+                         f"each must be 1-D with 1 or {channels} values")
     mbits = node.attrs["multiplier_bits"]
     _in_range(m, 0, (1 << (mbits - 1)) - 1, f"{where}: multiplier ({mbits}-bit)")
     _in_range(s, 0, MAX_SHIFT, f"{where}: shift")

@@ -4,15 +4,17 @@ folders.
 
 Nothing here imports bitsmith's front end. `rewrite_graph_folder` writes graph.json and
 tensors.safetensors without `IntegerGraph` (plain json + safetensors), so a mutated folder is
-exactly what the fuzzer meant, however invalid. When graph folders record an integrity digest of
-their tensors file, this writer is the one place that must write it too: the fuzzer then makes
-consistent-but-wrong folders (the digest matches, the contents do not) and keeps exercising the
-validator instead of the digest check; `raw_bytes` mutations bypass it on purpose.
+exactly what the fuzzer meant, however invalid. It is the one writer of mutated folders, and it
+records graph.json's integrity digest of the tensors file (`tensors_sha256`) to match what it
+wrote: the fuzzer makes consistent-but-wrong folders, so it keeps exercising the validator behind
+the loader's digest check; raw byte mutations (`flip_bytes`) bypass it on purpose. If the digest
+rule changes (another hash, a self-digest inside the safetensors file), only this function changes.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -24,15 +26,20 @@ from hypothesis import strategies as st
 from safetensors.torch import save as st_save
 
 GRAPH_FORMAT = "bitsmith.integer_graph"  # the safetensors metadata IntegerGraph.save writes
+TENSORS_DIGEST = "tensors_sha256"  # graph.json's sha256 of tensors.safetensors (bitsmith.integer.schema)
 
 
 def rewrite_graph_folder(path: str | os.PathLike, doc: Any, tensors: dict[str, torch.Tensor]) -> None:
     """Write `doc` as path/graph.json and `tensors` as path/tensors.safetensors (any document, any
-    tensors: nothing is validated). The integrity digest, once graph folders carry one, goes here."""
+    tensors: nothing is validated), with graph.json's integrity digest of the tensors file set to
+    match (`tensors_sha256`, when the document is an object): a consistent-but-wrong folder, so the
+    loader's digest check passes and the validator behind it is what the mutation meets."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     data = st_save({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": GRAPH_FORMAT})
     (path / "tensors.safetensors").write_bytes(data)
+    if isinstance(doc, dict):
+        doc = {**doc, TENSORS_DIGEST: hashlib.sha256(data).hexdigest()}
     (path / "graph.json").write_text(json.dumps(doc))
 
 

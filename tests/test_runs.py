@@ -71,3 +71,13 @@ def test_metadata_violations_name_the_field(tiny_run, tmp_path, change, fragment
     assert str(out / CHECKPOINT_FILE) in text
     for fragment in fragments:
         assert fragment in text, text
+
+
+@pytest.mark.parametrize("change", [lambda m: m["model"].update(num_classes=1 << 31),
+                                    lambda m: m["model"].update(input_shape=[100_000, 32, 32]),
+                                    lambda m: m["model"].update(input_shape=[1, 1 << 20, 32])])
+def test_a_model_spec_cannot_ask_for_terabytes(tiny_run, tmp_path, change):
+    """Found by the fuzzer: num_classes 2^31 made load_run allocate the classifier before comparing it
+    with the checkpoint's tensors."""
+    with pytest.raises(CheckpointError, match="allowed"):
+        load_run(_with_meta(tiny_run, tmp_path, change))

@@ -336,3 +336,28 @@ def test_input_codes_wider_than_24_bits_clamp_exactly_on_every_path(tmp_path):
     assert engine.run(g, x).tolist() == want
     assert engine.run(g, x, return_all=True)["q"].tolist() == want
     assert run_onnx(export_onnx(g, tmp_path / "m.onnx"), x.numpy()).tolist() == want
+
+
+@pytest.mark.parametrize("digest, ok", [("0" * 64, True), ("A" * 64, False), ("0" * 63, False), (None, False),
+                                        (5, False)])
+def test_the_tensors_digest_field_has_its_form_checked(folder, digest, ok):
+    # Its value against the file is the loader's integrity check; the schema checks its form.
+    edit(folder, lambda d: d.update(tensors_sha256=digest))
+    if ok:
+        check_document(json.loads((folder / "graph.json").read_text()))
+    else:
+        refused(folder, "tensors_sha256", "64 lowercase hexadecimal digits")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (), (1, 1, 1)])
+def test_a_multiplier_and_shift_must_be_1d(shape, tmp_path):
+    """Found by the fuzzer: both stored 2-D (or 0-D) passed every check and crashed the fast path."""
+    path = tmp_path / "g"
+    shutil.copytree(golden_path("lenet5_bias_w8a8"), path)
+    doc = json.loads((path / "graph.json").read_text())
+    params = load_file(path / "tensors.safetensors")
+    node = next(n for n in doc["nodes"] if n["op"] == "Requant")
+    for role in ("multiplier", "shift"):
+        params[node["params"][role]] = params[node["params"][role]].reshape(shape)
+    save_file(params, path / "tensors.safetensors")
+    refused(path, "(Requant)", "each must be 1-D with 1 or")

@@ -261,9 +261,22 @@ class GraphMetadata(BaseModel):
     model: _ModelNote | None = None
 
 
+def _check_sha256(v: Any) -> str:
+    if not isinstance(v, str) or not SHA256.fullmatch(v):
+        raise ValueError(f"{v!r}; allowed: 64 lowercase hexadecimal digits")
+    return v
+
+
+#: graph.json may record the sha256 of tensors.safetensors ("tensors_sha256"); its form is checked
+#: here, its value against the file by the loader's integrity check.
+SHA256 = re.compile(r"[0-9a-f]{64}")
+Sha256 = _leaf(_check_sha256, {"type": "string", "pattern": f"^{SHA256.pattern}$"})
+
+
 class GraphDocument(_Strict):
     format: Literal[FORMAT]
     version: Literal[VERSION]
+    tensors_sha256: Sha256 = None
     inputs: Annotated[list[Name], Field(min_length=1, max_length=1)]
     outputs: Annotated[list[Name], Field(min_length=1, max_length=1)]
     tensors: Annotated[list[TensorModel], Field(min_length=1)]

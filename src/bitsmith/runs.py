@@ -28,12 +28,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Optional
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from torch import nn
 
 from bitsmith.errors import BitsmithError, CheckpointError
+from bitsmith.integer.schema import describe_errors, finite_number, strict_int
 from bitsmith.models import build_model
 from bitsmith.storage import read_tensors, save_tensors_atomic, write_json_atomic
 
@@ -288,18 +290,106 @@ def _parse_meta(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else meta
         raise CheckpointError(f"{path}: metadata format is {found!r}, expected {FORMAT!r}; not a bitsmith run.")
-    if meta.get("version") != VERSION:
+    if meta.get("version") != VERSION or isinstance(meta.get("version"), bool):
         raise CheckpointError(
             f"{path}: run format version {meta.get('version')!r}; this bitsmith reads version {VERSION}. "
             "Re-train the run with this version."
         )
-    for key in ("model", "epoch", "optimizer"):
-        if key not in meta:
-            raise CheckpointError(f"{path}: metadata lacks {key!r}; the file is incomplete, re-train the run.")
-    model = meta["model"]
-    if not isinstance(model, dict) or "name" not in model:
-        raise CheckpointError(f"{path}: metadata 'model' is not a model spec ({model!r}); re-train the run.")
+    try:
+        _RUN_META.validate_python(meta)
+    except ValidationError as e:
+        problem = describe_errors(e, lambda loc: ("", loc))
+        raise CheckpointError(f"{path}: metadata {problem}. The file is damaged or was not written by this "
+                              "bitsmith; re-train the run.") from None
     return meta
+
+
+# -- the schema of a checkpoint's metadata (run.json is a copy of it) -------------------------------
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+_NonEmpty = Annotated[str, Field(min_length=1)]
+_Count = strict_int(0)
+_Rate = finite_number(0)
+
+
+#: Bounds on a model spec, so that rebuilding a model from a damaged spec cannot allocate more than
+#: a real checkpoint could hold (its weights must then match the file's tensors exactly).
+MAX_CLASSES = 1 << 16
+MAX_INPUT_CHANNELS = 1 << 10
+MAX_INPUT_SIDE = 1 << 16
+
+
+class _ModelSpec(_Strict):
+    """What `build_model` needs to rebuild the architecture (`bitsmith.models`)."""
+
+    name: _NonEmpty
+    num_classes: Optional[strict_int(1, MAX_CLASSES)] = None
+    input_shape: Optional[Annotated[list[strict_int(1, MAX_INPUT_SIDE)], Field(min_length=3, max_length=3)]] = None
+    kwargs: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _channels(self) -> "_ModelSpec":
+        if self.input_shape is not None and self.input_shape[0] > MAX_INPUT_CHANNELS:
+            raise ValueError(f"input_shape {self.input_shape}: {self.input_shape[0]} input channels; allowed: "
+                             f"1 to {MAX_INPUT_CHANNELS}")
+        return self
+
+
+class _ParamGroup(_Open):
+    """One optimizer parameter group without its tensors (other hyper-parameters pass as JSON)."""
+
+    num_params: _Count
+    lr: _Rate = None
+    momentum: _Rate = None
+    dampening: _Rate = None
+    weight_decay: _Rate = None
+    eps: _Rate = None
+    betas: Optional[Annotated[list[finite_number(0, 1)], Field(min_length=2, max_length=2)]] = None
+    nesterov: bool = False
+    maximize: bool = False
+    amsgrad: bool = False
+
+
+class _Optimizer(_Strict):
+    type: _NonEmpty
+    param_groups: Annotated[list[_ParamGroup], Field(min_length=1)]
+    state_values: dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], dict[str, Any]] = {}
+
+
+class _Environment(_Open):
+    torch: Optional[str] = None
+    num_threads: Optional[strict_int(1)] = None
+
+
+class _Metrics(_Open):
+    history: list[dict[str, Any]] = []
+    accuracy: Optional[finite_number()] = None
+
+
+class _RunMeta(_Strict):
+    format: Literal["bitsmith.run"]
+    version: Literal[1]
+    model: _ModelSpec
+    dataset: _NonEmpty
+    data_dir: Optional[str] = None
+    epoch: _Count
+    train_config: dict[str, Any] = {}
+    metrics: _Metrics = _Metrics()
+    steps_per_epoch: Optional[strict_int(1)] = None
+    train_images: Optional[_Count] = None
+    test_images: Optional[_Count] = None
+    environment: _Environment = _Environment()
+    optimizer: _Optimizer
+
+
+_RUN_META = TypeAdapter(_RunMeta)
 
 
 def _model_name(meta: dict[str, Any]) -> str:

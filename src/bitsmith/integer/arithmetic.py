@@ -18,9 +18,12 @@ from bitsmith.errors import ConfigError
 MAX_SHIFT = 62
 #: Widths (inclusive) a requantization multiplier may be declared with: m is unsigned in bits − 1 bits.
 MULTIPLIER_BITS = (2, 32)
-#: Widths (inclusive) of integer weight codes and of integer tensors.
-WEIGHT_BITS = (1, 16)
+#: Widths (inclusive) of integer weight codes (signed, so at least 2 bits: docs/arithmetic.md §3)
+#: and of integer tensors.
+WEIGHT_BITS = (2, 16)
 TENSOR_BITS = (1, 32)
+#: Integers of magnitude below this are float32 values (clamp bounds of QuantizeInput; see exactness.py).
+FLOAT32_CLAMP_EXACT = 1 << 24
 
 
 def int_range(bits: int, signed: bool) -> tuple[int, int]:
@@ -96,6 +99,10 @@ def quantize_input(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qm
     """q = clamp(round_half_even(x / scale) + zero_point, qmin, qmax), the division in float32."""
     x = x.to(torch.float32)
     q = torch.round(x / torch.tensor(scale, dtype=torch.float32))
+    if max(abs(qmin - zero_point), abs(qmax - zero_point)) >= FLOAT32_CLAMP_EXACT:
+        # Bounds beyond 2^24 (codes of more than 24 bits) are not all float32 values (2^25 − 1 would
+        # round to 2^25): clamp in float64, where they and every float32 integer are exact.
+        q = q.to(torch.float64)
     # Clamping before the cast keeps huge inputs from overflowing int64; it equals clamping after
     # adding the (integer) zero point.
     q = q.clamp_(qmin - zero_point, qmax - zero_point)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from bitsmith.errors import GraphError
 from bitsmith.integer.arithmetic import MAX_SHIFT, int_range, quantize_input, requantize
+from bitsmith.integer.bounds import check_int64
 from bitsmith.integer.exactness import FLOAT32_EXACT, FLOAT64_EXACT, compute_dtype, float32_gemm_is_ieee, gemm_dtype
 from bitsmith.integer.graph import IntegerGraph, Node
 from bitsmith.integer.ops import Emitters
@@ -52,12 +53,20 @@ Range = tuple[int, int]  # inclusive bounds of the integers a tensor can hold
 
 def run(graph: IntegerGraph, x, *, return_all: bool = False, check_overflow: bool = True):
     """Run `graph` on float images: the output codes (int64), or with `return_all` every tensor
-    (from the reference interpreter)."""
+    (from the reference interpreter).
+
+    Both paths first prove that no intermediate can leave int64 (`bitsmith.integer.bounds`) and
+    refuse the graph by layer (GraphError) otherwise. An empty batch [0, …] gives [0, …] codes."""
     if return_all:
         return run_reference(graph, x, check_overflow=check_overflow)
     x = as_input(graph, x)
+    plan = _plan(graph)
+    if plan.int64_refusal[check_overflow] is not None:
+        raise GraphError(plan.int64_refusal[check_overflow])
+    if x.shape[0] == 0:
+        return torch.empty((0, *graph.output_spec.shape), dtype=torch.int64)
     with torch.no_grad():
-        return _run_fast(_plan(graph), x, check_overflow)
+        return _run_fast(plan, x, check_overflow)
 
 
 def predict(graph: IntegerGraph, x) -> torch.Tensor:
@@ -201,6 +210,7 @@ class _Plan:
     steps: list[_Step]
     input: str
     output: str
+    int64_refusal: dict[bool, str | None]  # check_int64's message (None: proved) with/without the overflow check
 
 
 #: Compiled plans, beside their graphs: an entry goes when its graph is garbage-collected.
@@ -217,9 +227,19 @@ def _plan(g: IntegerGraph) -> _Plan:
     key = _fingerprint(g)
     plan = _PLANS.get(g)
     if plan is None or plan.key != key:
-        plan = _Plan(key, _Compiler(g, ieee_float32=key[-1]).compile(), g.inputs[0], g.outputs[0])
+        refusal = {checked: _int64_refusal(g, checked) for checked in (True, False)}
+        steps = _Compiler(g, ieee_float32=key[-1]).compile() if refusal[False] is None or refusal[True] is None else []
+        plan = _Plan(key, steps, g.inputs[0], g.outputs[0], refusal)
         _PLANS[g] = plan
     return plan
+
+
+def _int64_refusal(g: IntegerGraph, check_overflow: bool) -> str | None:
+    try:
+        check_int64(g, check_overflow)
+    except GraphError as e:
+        return str(e)
+    return None
 
 
 def _run_fast(plan: _Plan, x: torch.Tensor, check_overflow: bool) -> torch.Tensor:
@@ -339,15 +359,18 @@ class _Compiler:
         z = g.tensors[src].zero_point
         vlo, vhi = self.range[src]
         x_max = max(vhi - z, z - vlo, 0)
-        per_out = w.abs().reshape(w.shape[0], -1).sum(dim=1) * x_max  # worst partial sum per output
-        bias = g.params[node.params["bias"]].to(torch.int64) if "bias" in node.params else torch.zeros_like(per_out)
-        acc_range = (int((bias - per_out).min()), int((bias + per_out).max())) if len(per_out) else (0, 0)
+        # Ranges in Python integers: exact at any magnitude (an unchecked chain of layers can exceed int64).
+        per_out = [a * x_max for a in w.abs().reshape(w.shape[0], -1).sum(dim=1).tolist()]  # worst partial sums
+        bias = g.params[node.params["bias"]].to(torch.int64) if "bias" in node.params else None
+        b_list = bias.tolist() if bias is not None else [0] * len(per_out)
+        acc_range = ((min(b - p for b, p in zip(b_list, per_out)), max(b + p for b, p in zip(b_list, per_out)))
+                     if per_out else (0, 0))
         # Work in a dtype where the inputs, their centring and every partial sum are exact.
-        bound = max(int(per_out.max()) if len(per_out) else 0, _magnitude((vlo, vhi)), abs(z), x_max)
+        bound = max(max(per_out, default=0), _magnitude((vlo, vhi)), abs(z), x_max)
         dtype = gemm_dtype(bound, self.ieee_float32)
-        if "bias" in node.params:
+        if bias is not None:
             # With the bias inside the sum, every partial sum is bounded by max(|B| + Σ|w|·max|x|).
-            fused = gemm_dtype(int((bias.abs() + per_out).max()), self.ieee_float32)
+            fused = gemm_dtype(max(abs(b) + p for b, p in zip(b_list, per_out)), self.ieee_float32)
             out_dtype = _widest([dtype, fused])
         else:
             out_dtype = dtype

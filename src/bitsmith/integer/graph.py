@@ -11,7 +11,7 @@ computes, `bitsmith.integer.ops` defines each op (attributes, shape rule, checks
 
 from __future__ import annotations
 
-import math
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,13 +20,12 @@ from typing import Any
 import torch
 
 from bitsmith.errors import CheckpointError, GraphError
-from bitsmith.integer.arithmetic import TENSOR_BITS, int_range
+from bitsmith.integer.arithmetic import int_range
 from bitsmith.integer.ops import OPS, required, weight_format
 from bitsmith.integer.ops import as_pair  # noqa: F401  (back ends read it from here too)
+from bitsmith.integer.schema import FORMAT, VERSION, check_document
 from bitsmith.storage import load_tensors, read_json, save_tensors_atomic, write_json_atomic
 
-FORMAT = "bitsmith.integer_graph"
-VERSION = 1
 GRAPH_FILE = "graph.json"
 TENSORS_FILE = "tensors.safetensors"
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
@@ -167,6 +166,9 @@ class IntegerGraph:
         return path
 
     def validate(self) -> None:
+        """GraphError unless the graph is valid: its graph.json fits the schema (bitsmith.integer.schema)
+        and its nodes, shapes and parameters agree (`_validate`)."""
+        check_document(_as_document(self.to_json()))
         _validate(self)
 
     def __repr__(self) -> str:
@@ -188,21 +190,12 @@ def load(path: str | os.PathLike) -> IntegerGraph:
         raise GraphError(str(e)) from None
     verify_tensors_digest(doc, path)
     where = path / GRAPH_FILE
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise GraphError(f"{where}: not a bitsmith integer graph (format field is {doc.get('format')!r})")
-    if doc.get("version") != VERSION:
-        raise GraphError(
-            f"{where}: graph format version {doc.get('version')!r}; this bitsmith reads version {VERSION}. "
-            "Re-create the graph with this bitsmith (bitsmith quantize) or upgrade bitsmith."
-        )
+    check_document(doc, str(where))  # every field typed and in range (bitsmith.integer.schema)
+    tensors = {t["name"]: TensorSpec.from_json(t) for t in doc["tensors"]}
+    nodes = [Node(**n) for n in doc["nodes"]]
+    graph = IntegerGraph(tensors, nodes, params, list(doc["inputs"]), list(doc["outputs"]), doc.get("metadata"))
     try:
-        tensors = {t["name"]: TensorSpec.from_json(t) for t in doc["tensors"]}
-        nodes = [Node(**n) for n in doc["nodes"]]
-        graph = IntegerGraph(tensors, nodes, params, list(doc["inputs"]), list(doc["outputs"]), doc.get("metadata"))
-    except (KeyError, TypeError) as e:
-        raise GraphError(f"{where}: malformed graph description ({type(e).__name__}: {e})") from None
-    try:
-        graph.validate()
+        _validate(graph)
     except GraphError as e:
         raise GraphError(f"{where}: {e}") from None
     return graph
@@ -210,73 +203,60 @@ def load(path: str | os.PathLike) -> IntegerGraph:
 
 # -- validation ---------------------------------------------------------------------------
 
+def _as_document(doc: dict) -> Any:
+    """An in-memory graph's description as graph.json would hold it (tuples become lists)."""
+    try:
+        return json.loads(json.dumps(doc))
+    except (TypeError, ValueError) as e:
+        raise GraphError(f"graph: its description cannot be written as JSON ({e})") from None
+
+
 def _validate(g: IntegerGraph) -> None:
-    if len(g.inputs) != 1 or len(g.outputs) != 1:
-        raise GraphError("a graph has exactly one input and one output")
-    for spec in g.tensors.values():
-        _check_spec(spec)
+    """What the schema cannot see in one object: graph order, shapes, the parameters file and the
+    parameters' values against the declared widths. Assumes `check_document` passed."""
+    for key, spec in g.tensors.items():
+        if key != spec.name:
+            raise GraphError(f"tensor {spec.name!r} is filed under the name {key!r}")
+    if g.inputs[0] not in g.tensors:
+        raise GraphError(f"graph input {g.inputs[0]!r} is not a declared tensor")
     if g.input_spec.dtype != "float32":
         raise GraphError(f"graph input {g.inputs[0]!r} must be float32")
     defined = set(g.inputs)
+    produced: set[str] = set()
     for node in g.nodes:
         where = f"node {node.name!r} ({node.op})"
-        d = OPS.get(node.op)
-        if d is None:
-            raise GraphError(f"{where}: unknown op; known ops: {', '.join(OPS)}")
-        if d.inputs is not None and len(node.inputs) != d.inputs:
-            raise GraphError(f"{where}: takes {d.inputs} input(s), has {len(node.inputs)}")
+        d = OPS[node.op]
         for name in node.inputs:
             if name not in defined:
                 raise GraphError(f"{where}: input {name!r} is not produced by an earlier node")
         if node.output in defined or node.output not in g.tensors:
             raise GraphError(f"{where}: output {node.output!r} is undeclared or produced twice")
-        for a in required(node, "attrs"):
-            if a not in node.attrs:
-                raise GraphError(f"{where}: missing attribute {a!r}")
         for p in required(node, "params"):
-            key = node.params.get(p)
-            if key is None or key not in g.params:
-                raise GraphError(f"{where}: parameter {p!r} missing from {TENSORS_FILE}")
+            if node.params[p] not in g.params:
+                raise GraphError(f"{where}: parameter {p!r} ({node.params[p]!r}) missing from {TENSORS_FILE}")
         for role, key in node.params.items():
             if key not in g.params:
                 raise GraphError(f"{where}: parameter {role!r} ({key!r}) missing from {TENSORS_FILE}")
             dtype = g.params[key].dtype
             if dtype not in _INT_DTYPES and not (role == "weight_index" and dtype == torch.uint8):
-                raise GraphError(f"{where}: parameter {role!r} has dtype {dtype}; must be an integer type")
+                raise GraphError(f"{where}: parameter {role!r} has dtype {dtype}; must be an integer type "
+                                 "(int8, int16, int32 or int64)")
         ins = [g.tensors[i] for i in node.inputs]
         out = g.tensors[node.output]
+        if out.dtype != "int":
+            raise GraphError(f"{where}: output {node.output!r} is {out.dtype}; only the graph input is float32")
         if node.op != "QuantizeInput" and any(s.dtype != "int" for s in ins):
             raise GraphError(f"{where}: takes integer inputs; only QuantizeInput reads the float input")
-        if node.op == "QuantizeInput" and (ins[0].dtype != "float32" or out.dtype != "int"):
+        if node.op == "QuantizeInput" and ins[0].dtype != "float32":
             raise GraphError(f"{where}: reads the float input and produces integer codes")
-        d.check(g, node, ins, out, where)  # attributes and parameters first: the shape rule divides by strides
+        d.check(g, node, ins, out, where)  # parameters first: the shape rule reads their shapes
         expected = d.shape(g, node, ins)
         if tuple(expected) != tuple(out.shape):
             raise GraphError(f"{where}: output {node.output!r} declared shape {list(out.shape)}, computes {list(expected)}")
         defined.add(node.output)
-    if g.outputs[0] not in defined:
-        raise GraphError(f"graph output {g.outputs[0]!r} is never produced")
-
-
-def _check_spec(spec: TensorSpec) -> None:
-    where = f"tensor {spec.name!r}"
-    if spec.dtype not in ("int", "float32"):
-        raise GraphError(f"{where}: dtype {spec.dtype!r}; allowed: int, float32")
-    if any((not isinstance(d, int)) or d <= 0 for d in spec.shape):
-        raise GraphError(f"{where}: bad shape {list(spec.shape)}")
-    if spec.dtype == "float32":
-        return
-    if isinstance(spec.bits, bool) or not isinstance(spec.bits, int) or not TENSOR_BITS[0] <= spec.bits <= TENSOR_BITS[1]:
-        raise GraphError(f"{where}: {spec.bits!r} bits; allowed integers {TENSOR_BITS[0]} to {TENSOR_BITS[1]}")
-    if not isinstance(spec.signed, bool) or isinstance(spec.zero_point, bool) or not isinstance(spec.zero_point, int):
-        raise GraphError(f"{where}: signed must be true/false and the zero point an integer")
-    scales = spec.scale if spec.per_channel else [spec.scale]
-    if spec.per_channel and len(scales) != spec.shape[0]:
-        raise GraphError(f"{where}: {len(scales)} per-channel scales for {spec.shape[0]} channels")
-    if not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in scales):
-        raise GraphError(f"{where}: scales must be finite and positive")
-    if not spec.qmin <= spec.zero_point <= spec.qmax:
-        raise GraphError(f"{where}: zero point {spec.zero_point} outside [{spec.qmin}, {spec.qmax}]")
+        produced.add(node.output)
+    if g.outputs[0] not in produced:
+        raise GraphError(f"graph output {g.outputs[0]!r} is never produced by a node")
 
 
 # -- integrity ------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """Every op of the IntegerGraph, defined once, and the tables back ends fill with their emitters.
 
-`OPS` holds each op's attributes, parameters, input count, shape rule and parameter checks (what
-`IntegerGraph.validate` runs); `bitsmith.integer.reference` holds its reference semantics, one
-function per op written as docs/arithmetic.md states it. A back end (the fast engine, ONNX, the accelerator compiler, the HLS export,
-…) builds one `Emitters` table and registers a function per op it implements:
+`OPS` holds each op's attributes (with their JSON types and ranges), parameters, input count, shape
+rule and parameter checks. `bitsmith.integer.schema` derives graph.json's per-op schema from it (so
+an attribute's type and range are written here and nowhere else), and `IntegerGraph.validate` runs
+the shape rules and checks; `bitsmith.integer.reference` holds each op's reference semantics, one
+function per op written as docs/arithmetic.md states it. A back end (the fast engine, ONNX, the
+accelerator compiler, the HLS export, …) builds one `Emitters` table and registers a function per
+op it implements:
 
     EMIT = Emitters("ONNX integer export")
 
@@ -19,25 +22,68 @@ one registration per back end; `Emitters.missing()` lists what a back end lacks.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from bitsmith.errors import GraphError, UnsupportedOpError
-from bitsmith.integer.arithmetic import MAX_SHIFT, MULTIPLIER_BITS, WEIGHT_BITS, int_range
+from bitsmith.integer.arithmetic import MAX_SHIFT, MULTIPLIER_BITS, TENSOR_BITS, WEIGHT_BITS, int_range
 
 
 #: Ops whose output is a wide signed accumulator (zero point 0) that a Requant brings back to codes.
 ACCUMULATING_OPS = ("Conv2d", "Linear", "AvgPool2d")
 
+@dataclass(frozen=True)
+class Attr:
+    """The JSON type and range of one node attribute; `bitsmith.integer.schema` turns it into the
+    graph.json schema (booleans are never integers there).
+
+    kind "int": an integer in [lo, hi]; "pair": an integer or a list of two, each in [lo, hi]
+    ([height, width]); "choice": one of `choices` (strings).
+    """
+
+    kind: str
+    lo: int = 0
+    hi: int = 0
+    choices: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind == "int":
+            return f"an integer from {self.lo} to {self.hi}"
+        if self.kind == "pair":
+            return f"an integer from {self.lo} to {self.hi}, or a list of two such integers"
+        return "one of " + ", ".join(repr(c) for c in self.choices)
+
+
+def int_attr(lo: int, hi: int) -> Attr:
+    return Attr("int", lo, hi)
+
+
+def pair_attr(lo: int, hi: int) -> Attr:
+    return Attr("pair", lo, hi)
+
+
+def choice_attr(*choices: str) -> Attr:
+    return Attr("choice", choices=tuple(choices))
+
+
+#: Largest kernel, stride, padding or dilation an attribute may declare (a spatial size).
+MAX_WINDOW = 1 << 16
+#: A clamp bound lies in the union of every code range an integer tensor may declare.
+CLAMP_RANGE = (int_range(TENSOR_BITS[1], True)[0], int_range(TENSOR_BITS[1], False)[1])
+
 # How Conv2d / Linear store their weights (attr "weight_format", default "dense"): the params each
 # format needs in place of "weight", and the attrs it adds. "codebook": `weight_index` (uint8,
 # the weight's shape) selects from `codebook` (a 1-D int table, values within weight_bits);
 # the weight codes are codebook[weight_index] (CLIP-Q).
-WEIGHT_FORMATS: dict[str, dict[str, tuple[str, ...]]] = {
-    "dense": {"params": ("weight",), "attrs": ()},
-    "codebook": {"params": ("weight_index", "codebook"), "attrs": ("index_bits",)},
+WEIGHT_FORMATS: dict[str, dict[str, Any]] = {
+    "dense": {"params": ("weight",), "attrs": {}},
+    "codebook": {"params": ("weight_index", "codebook"), "attrs": {"index_bits": int_attr(1, 8)}},
 }
+#: Ops whose weights come in one of WEIGHT_FORMATS (chosen by the optional attribute "weight_format").
+WEIGHTED_OPS = ("Conv2d", "Linear")
 
 
 ShapeRule = Callable[[Any, Any, list], tuple[int, ...]]
@@ -47,12 +93,13 @@ Check = Callable[[Any, Any, list, Any, str], None]
 @dataclass(frozen=True)
 class OpDef:
     name: str
-    attrs: tuple[str, ...]        # attributes every node of this op carries
+    attrs: Mapping[str, Attr]     # attributes every node of this op carries, with their types and ranges
     params: tuple[str, ...]       # integer parameters (roles) in tensors.safetensors
     inputs: int | None            # number of inputs; None: one or more
     shape: ShapeRule              # (graph, node, input specs) → output shape (without batch)
     check: Check                  # (graph, node, input specs, output spec, where) → GraphError or None
     doc: str                      # what it computes, in one line (docs/arithmetic.md has the detail)
+    optional_params: tuple[str, ...] = ()  # roles a node may add (a Conv2d / Linear bias)
 
 
 # -- helpers every back end uses to read a node -----------------------------------------------
@@ -67,18 +114,32 @@ def weight_format(node) -> str:
     return node.attrs.get("weight_format", "dense")
 
 
+def signature(op: str, attrs: Mapping[str, Any]) -> tuple[dict[str, Attr], dict[str, Attr], tuple[str, ...],
+                                                          tuple[str, ...]]:
+    """What a node of `op` with these `attrs` carries: (required attrs, optional attrs, required params,
+    optional params). For Conv2d / Linear the weight format (attrs["weight_format"], default
+    "dense") puts its own params in place of "weight" and adds its attrs."""
+    d = op_def(op)
+    attrs_required, params_required = dict(d.attrs), d.params
+    optional: dict[str, Attr] = {}
+    if op in WEIGHTED_OPS:
+        optional["weight_format"] = choice_attr(*WEIGHT_FORMATS)
+        fmt = WEIGHT_FORMATS.get(attrs.get("weight_format", "dense"))
+        if fmt is None:
+            raise GraphError(f"weight_format {attrs.get('weight_format')!r}; allowed: {', '.join(WEIGHT_FORMATS)}")
+        attrs_required |= fmt["attrs"]
+        params_required = tuple(n for n in params_required if n != "weight") + fmt["params"]
+    return attrs_required, optional, params_required, d.optional_params
+
+
 def required(node, kind: str) -> tuple[str, ...]:
     """The attrs or params (`kind`) a node must carry: its op's, with the weight format's in place of
     "weight" for Conv2d / Linear."""
-    d = op_def(node.op)
-    names = getattr(d, kind)
-    if node.op not in ("Conv2d", "Linear"):
-        return names
-    fmt = WEIGHT_FORMATS.get(weight_format(node))
-    if fmt is None:
-        raise GraphError(f"node {node.name!r} ({node.op}): weight_format {weight_format(node)!r}; "
-                         f"allowed: {', '.join(WEIGHT_FORMATS)}")
-    return tuple(n for n in names if n != "weight") + fmt[kind]
+    try:
+        attrs, _, params, _ = signature(node.op, node.attrs)
+    except GraphError as e:
+        raise GraphError(f"node {node.name!r} ({node.op}): {e}") from None
+    return tuple(attrs) if kind == "attrs" else params
 
 
 def _window_out(size: int, k: int, s: int, p: int = 0, d: int = 1) -> int:
@@ -93,20 +154,6 @@ def _weight_shape(g, node) -> tuple[int, ...]:
 def _in_range(t, lo: int, hi: int, what: str) -> None:
     if t.numel() and (int(t.min()) < lo or int(t.max()) > hi):
         raise GraphError(f"{what}: values [{int(t.min())}, {int(t.max())}] outside the allowed [{lo}, {hi}]")
-
-
-def _int_attr(node, name: str, lo: int, hi: int, where: str) -> int:
-    v = node.attrs[name]
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise GraphError(f"{where}: {name} {v!r}; allowed integers {lo} to {hi}")
-    return v
-
-
-def _pairs(node, names: tuple[str, ...], lo: int, where: str) -> None:
-    for name in names:
-        v = as_pair(node.attrs[name])
-        if len(v) != 2 or any(isinstance(i, bool) or not isinstance(i, int) or i < lo for i in v):
-            raise GraphError(f"{where}: {name} {node.attrs[name]!r}; must be an integer ≥ {lo} or a pair of them")
 
 
 # -- shape rules ------------------------------------------------------------------------------
@@ -162,23 +209,30 @@ def _concat_shape(g, node, ins):
     return (sum(s.shape[0] for s in ins),) + tuple(x[1:])
 
 
-# -- parameter and attribute checks ----------------------------------------------------------
+# -- parameter checks (attribute types and ranges are graph.json's schema, from `Attr` above) --------
 
 def _no_check(g, node, ins, out, where) -> None:
     return None
 
 
+def _check_quantize_input(g, node, ins, out, where) -> None:
+    """The one float operation: a float32 division by the output's (single) scale."""
+    if out.per_channel:
+        raise GraphError(f"{where}: the input quantizer's output {out.name!r} needs one scale, not one per channel")
+    scale32 = float(torch.tensor(out.scale, dtype=torch.float32))  # as the engine and ONNX round it
+    if not 0 < scale32 < math.inf:
+        raise GraphError(f"{where}: scale {out.scale!r} of {out.name!r} is 0 or infinite as a float32 "
+                         "(QuantizeInput divides in float32); allowed: about 1.4e-45 to 3.4e38")
+
+
 def _check_mac(g, node, ins, out, where) -> None:
     """Conv2d / Linear: weight codes within weight_bits, bias within the accumulator."""
     x = ins[0]
-    if node.op == "Conv2d":
-        _pairs(node, ("stride", "dilation"), 1, where)
-        _pairs(node, ("padding",), 0, where)
-        _int_attr(node, "groups", 1, 1 << 20, where)
     if x.per_channel:
         raise GraphError(f"{where}: input {x.name!r} must have a per-tensor scale")
-    wbits = _int_attr(node, "weight_bits", *WEIGHT_BITS, where)
-    lo, hi = int_range(wbits, True)
+    if any(d < 1 for d in _weight_shape(g, node)):
+        raise GraphError(f"{where}: weight shape {list(_weight_shape(g, node))} has an empty dimension")
+    lo, hi = int_range(node.attrs["weight_bits"], True)
     if weight_format(node) == "codebook":
         _check_codebook(g, node, lo, hi, where)
     else:
@@ -196,7 +250,7 @@ def _check_codebook(g, node, lo: int, hi: int, where: str) -> None:
     index, codebook = g.params[node.params["weight_index"]], g.params[node.params["codebook"]]
     if str(index.dtype) != "torch.uint8":
         raise GraphError(f"{where}: weight_index has dtype {index.dtype}; must be uint8")
-    ibits = _int_attr(node, "index_bits", 1, 8, where)
+    ibits = node.attrs["index_bits"]
     if codebook.dim() != 1 or not 1 <= codebook.numel() <= 1 << ibits:
         raise GraphError(f"{where}: codebook shape {list(codebook.shape)}; must be 1-D with 1 to {1 << ibits} "
                          f"values (index_bits {ibits})")
@@ -208,58 +262,60 @@ def _check_requant(g, node, ins, out, where) -> None:
     x = ins[0]
     m, s = g.params[node.params["multiplier"]], g.params[node.params["shift"]]
     channels = x.shape[0]
-    if m.shape != s.shape or m.numel() not in (1, channels):
-        raise GraphError(f"{where}: multiplier/shift must hold 1 or {channels} values")
-    mbits = _int_attr(node, "multiplier_bits", *MULTIPLIER_BITS, where)
-    _in_range(m, 0, (1 << (mbits - 1)) - 1, f"{where}: multiplier")
+    if m.dim() != 1 or s.dim() != 1 or m.shape != s.shape or m.numel() not in (1, channels):
+        raise GraphError(f"{where}: multiplier and shift have shapes {list(m.shape)} and {list(s.shape)}; "
+                         f"each must be 1-D with 1 or {channels} values")
+    mbits = node.attrs["multiplier_bits"]
+    _in_range(m, 0, (1 << (mbits - 1)) - 1, f"{where}: multiplier ({mbits}-bit)")
     _in_range(s, 0, MAX_SHIFT, f"{where}: shift")
     lo, hi = node.attrs["clamp_min"], node.attrs["clamp_max"]
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in (lo, hi)):
-        raise GraphError(f"{where}: clamp bounds must be integers, got {lo!r}, {hi!r}")
     if not out.qmin <= lo <= hi <= out.qmax:
-        raise GraphError(f"{where}: clamp [{lo}, {hi}] outside the output range [{out.qmin}, {out.qmax}]")
+        raise GraphError(f"{where}: clamp [{lo}, {hi}] outside the output range [{out.qmin}, {out.qmax}] "
+                         "(or clamp_min > clamp_max)")
 
 
 def _check_same_grid(g, node, ins, out, where) -> None:
     """MaxPool2d, Flatten, Reorg, Concat move codes without changing them: one grid in and out."""
-    if node.op == "MaxPool2d":
-        _pairs(node, ("kernel", "stride"), 1, where)
-    if node.op == "Reorg":
-        _int_attr(node, "stride", 1, 1 << 10, where)
     for s in ins:
         if not s.same_quantization(out):
-            raise GraphError(f"{where}: input {s.name!r} and output must share bits, scale and zero point")
+            raise GraphError(f"{where}: input {s.name!r} and output must share bits, signedness, scale and zero point")
         if node.op != "MaxPool2d" and s.per_channel:
             raise GraphError(f"{where}: needs per-tensor scales")
 
 
 def _check_avgpool(g, node, ins, out, where) -> None:
-    _pairs(node, ("kernel", "stride"), 1, where)
     if ins[0].per_channel:
         raise GraphError(f"{where}: needs a per-tensor input scale")
     if out.zero_point != 0 or not out.signed:
         raise GraphError(f"{where}: the window sum is signed with zero point 0")
 
 
-def _op(name: str, attrs=(), params=(), inputs: int | None = 1, *, shape: ShapeRule, check: Check = _no_check,
-        doc: str = "") -> OpDef:
-    return OpDef(name, tuple(attrs), tuple(params), inputs, shape, check, doc)
+def _op(name: str, attrs: Mapping[str, Attr] | None = None, params=(), inputs: int | None = 1, *, shape: ShapeRule,
+        check: Check = _no_check, doc: str = "", optional_params=()) -> OpDef:
+    return OpDef(name, dict(attrs or {}), tuple(params), inputs, shape, check, doc, tuple(optional_params))
 
+
+_WINDOW = {"kernel": pair_attr(1, MAX_WINDOW), "stride": pair_attr(1, MAX_WINDOW)}
 
 OPS: dict[str, OpDef] = {d.name: d for d in (
-    _op("QuantizeInput", shape=_same_shape, doc="float image → codes: clamp(round_half_even(x / scale) + z)"),
-    _op("Conv2d", ["stride", "padding", "dilation", "groups", "weight_bits"], ["weight"], shape=_conv_shape,
-        check=_check_mac, doc="Σ (x − z_in)·w + bias, exact, into a signed accumulator"),
-    _op("Linear", ["weight_bits"], ["weight"], shape=_linear_shape, check=_check_mac,
+    _op("QuantizeInput", shape=_same_shape, check=_check_quantize_input,
+        doc="float image → codes: clamp(round_half_even(x / scale) + z)"),
+    _op("Conv2d", {"stride": pair_attr(1, MAX_WINDOW), "padding": pair_attr(0, MAX_WINDOW),
+                   "dilation": pair_attr(1, MAX_WINDOW), "groups": int_attr(1, 1 << 20),
+                   "weight_bits": int_attr(*WEIGHT_BITS)},
+        ["weight"], shape=_conv_shape, check=_check_mac, optional_params=["bias"],
         doc="Σ (x − z_in)·w + bias, exact, into a signed accumulator"),
-    _op("Requant", ["clamp_min", "clamp_max", "multiplier_bits"], ["multiplier", "shift"], shape=_same_shape,
-        check=_check_requant, doc="clamp(z_out + ((x − z_in)·m + 2^(s−1)) >> s, lo, hi)"),
-    _op("MaxPool2d", ["kernel", "stride"], shape=_pool_shape, check=_check_same_grid,
-        doc="window maximum of the codes"),
-    _op("AvgPool2d", ["kernel", "stride"], shape=_pool_shape, check=_check_avgpool,
+    _op("Linear", {"weight_bits": int_attr(*WEIGHT_BITS)}, ["weight"], shape=_linear_shape, check=_check_mac,
+        optional_params=["bias"], doc="Σ (x − z_in)·w + bias, exact, into a signed accumulator"),
+    _op("Requant", {"clamp_min": int_attr(*CLAMP_RANGE), "clamp_max": int_attr(*CLAMP_RANGE),
+                    "multiplier_bits": int_attr(*MULTIPLIER_BITS)},
+        ["multiplier", "shift"], shape=_same_shape, check=_check_requant,
+        doc="clamp(z_out + ((x − z_in)·m + 2^(s−1)) >> s, lo, hi)"),
+    _op("MaxPool2d", _WINDOW, shape=_pool_shape, check=_check_same_grid, doc="window maximum of the codes"),
+    _op("AvgPool2d", _WINDOW, shape=_pool_shape, check=_check_avgpool,
         doc="window sum of (x − z_in); the 1/N lives in the next Requant"),
     _op("Flatten", shape=_flatten_shape, check=_check_same_grid, doc="CHW → C·H·W, codes unchanged"),
-    _op("Reorg", ["stride"], shape=_reorg_shape, check=_check_same_grid,
+    _op("Reorg", {"stride": int_attr(1, 1 << 10)}, shape=_reorg_shape, check=_check_same_grid,
         doc="space-to-depth (pixel_unshuffle) by `stride`"),
     _op("Concat", inputs=None, shape=_concat_shape, check=_check_same_grid,
         doc="channel concatenation of inputs on one grid"),

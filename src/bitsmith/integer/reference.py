@@ -10,15 +10,14 @@ end is compared with (`run(graph, x, return_all=True)` calls it); the fast path 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bitsmith.errors import AccumulatorOverflowError, GraphError
 from bitsmith.integer.arithmetic import int_range, partial_sum_bound, quantize_input, requantize
-from bitsmith.integer.exactness import float32_gemm_is_ieee, gemm_dtype
+from bitsmith.integer.bounds import check_int64
+from bitsmith.integer.exactness import compute_dtype, float32_gemm_is_ieee, gemm_dtype
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
 from bitsmith.integer.ops import ACCUMULATING_OPS, Emitters, as_pair
 
@@ -26,8 +25,15 @@ REFERENCE = Emitters("reference interpreter")
 
 
 def run_reference(g, x, *, check_overflow: bool = True) -> dict[str, torch.Tensor]:
-    """Every tensor of `g` (int64; the float input as given) for float images `x`."""
+    """Every tensor of `g` (int64; the float input as given) for float images `x`.
+
+    Refuses (GraphError naming the layer) a graph some intermediate of which could leave int64
+    (`bitsmith.integer.bounds`), before computing anything. An empty batch gives every tensor
+    with 0 images."""
+    check_int64(g, check_overflow)
     values: dict[str, torch.Tensor] = {g.inputs[0]: as_input(g, x)}
+    if values[g.inputs[0]].shape[0] == 0:
+        return values | {n.output: torch.empty((0, *g.tensors[n.output].shape), dtype=torch.int64) for n in g.nodes}
     ieee = float32_gemm_is_ieee()
     with torch.no_grad():
         for node in g.nodes:
@@ -121,13 +127,20 @@ def conv2d_int64(x: torch.Tensor, w: torch.Tensor, a: dict) -> torch.Tensor:
 
 def window_sum_int64(x: torch.Tensor, kernel, stride) -> torch.Tensor:
     """Window sums in int64 for sums too wide for float64 (never in practice)."""
+    return window_reduce_int64(x, kernel, stride, torch.add)
+
+
+def window_reduce_int64(x: torch.Tensor, kernel, stride, combine) -> torch.Tensor:
+    """`combine` (add, maximum) over every window (no padding), in int64: exact at any magnitude."""
     (kh, kw), (sh, sw) = as_pair(kernel), as_pair(stride)
+    x = x.to(torch.int64)
     oh = (x.shape[-2] - kh) // sh + 1
     ow = (x.shape[-1] - kw) // sw + 1
-    out = torch.zeros(x.shape[:-2] + (oh, ow), dtype=torch.int64)
+    out = None
     for i in range(kh):
         for j in range(kw):
-            out += x[..., i: i + sh * (oh - 1) + 1: sh, j: j + sw * (ow - 1) + 1: sw]
+            window = x[..., i: i + sh * (oh - 1) + 1: sh, j: j + sw * (ow - 1) + 1: sw]
+            out = window.clone() if out is None else combine(out, window)
     return out
 
 
@@ -151,11 +164,18 @@ def _requant(g, node, ins, ieee):
     return requantize(acc, m, s, out.zero_point, node.attrs["clamp_min"], node.attrs["clamp_max"])
 
 
+def _magnitude(x: torch.Tensor) -> int:
+    return int(x.abs().max()) if x.numel() else 0
+
+
 @REFERENCE.register("MaxPool2d")
 def _maxpool(g, node, ins, ieee):
-    # Codes below 2^24 are exact in float32, where max-pooling is fast; wider ones stay in float64.
+    # Integers below 2^24 (2^53) are exact in float32 (float64), where max-pooling is fast; wider
+    # values (an unchecked accumulator) take the window maximum in int64.
     x = ins[0]
-    dtype = torch.float32 if g.tensors[node.inputs[0]].bits <= 24 else torch.float64
+    dtype = compute_dtype(_magnitude(x) + 1)
+    if dtype == torch.int64:
+        return window_reduce_int64(x, node.attrs["kernel"], node.attrs["stride"], torch.maximum)
     return F.max_pool2d(x.to(dtype), node.attrs["kernel"], node.attrs["stride"]).to(torch.int64)
 
 
@@ -164,8 +184,9 @@ def _avgpool(g, node, ins, ieee):
     """The window *sum* of (code − zero_point); the 1/N lives in the following Requant."""
     x = _centered(g, node, ins[0])
     kh, kw = as_pair(node.attrs["kernel"])
-    bits = g.tensors[node.inputs[0]].bits + math.ceil(math.log2(kh * kw))
-    dtype = torch.float32 if bits < 24 else torch.float64
+    dtype = compute_dtype(kh * kw * _magnitude(x) + 1)  # every partial sum is exact in it
+    if dtype == torch.int64:
+        return window_sum_int64(x, (kh, kw), node.attrs["stride"])
     s = F.avg_pool2d(x.to(dtype), (kh, kw), node.attrs["stride"], divisor_override=1)
     return s.to(torch.int64)
 

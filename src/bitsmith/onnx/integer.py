@@ -14,7 +14,7 @@ from onnx import TensorProto
 
 from bitsmith.errors import ConfigError
 from bitsmith.integer.ops import Emitters
-from bitsmith.integer.arithmetic import partial_sum_bound
+from bitsmith.integer.arithmetic import FLOAT32_CLAMP_EXACT, partial_sum_bound
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
 from bitsmith.integer.graph import as_pair as _pair
 from bitsmith.onnx.builder import OnnxBuilder
@@ -94,14 +94,20 @@ def _quantize_input(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     """§2: q = clamp(round_half_even(x / S) + z, qmin, qmax) with one float32 division.
 
     ONNX Round is half-to-even. Clamping to [qmin − z, qmax − z] before the cast (like the engine)
-    keeps huge inputs from overflowing the cast and equals clamping after adding z.
+    keeps huge inputs from overflowing the cast and equals clamping after adding z; bounds beyond
+    2^24 are not all float32 values, so such codes (more than 24 bits) are clamped in float64.
     """
     out = graph.tensors[node.output]
     n = node.name
     div = b.op("Div", [node.inputs[0], b.const(f"{n}/scale", np.array(out.scale, dtype=np.float32))], f"{n}/div")
     rounded = b.op("Round", [div], f"{n}/round")
-    lo = b.const(f"{n}/min", np.array(out.qmin - out.zero_point, dtype=np.float32))
-    hi = b.const(f"{n}/max", np.array(out.qmax - out.zero_point, dtype=np.float32))
+    lo, hi = out.qmin - out.zero_point, out.qmax - out.zero_point
+    bound_type = np.float32
+    if max(abs(lo), abs(hi)) >= FLOAT32_CLAMP_EXACT:  # codes of more than 24 bits: clamp in float64 (exact)
+        rounded = b.op("Cast", [rounded], f"{n}/to_double", to=TensorProto.DOUBLE)
+        bound_type = np.float64
+    lo = b.const(f"{n}/min", np.array(lo, dtype=bound_type))
+    hi = b.const(f"{n}/max", np.array(hi, dtype=bound_type))
     clipped = b.op("Clip", [rounded, lo, hi], f"{n}/clip")
     if out.zero_point == 0:
         b.op("Cast", [clipped], node.output, name=n, to=TensorProto.INT64)
@@ -225,6 +231,10 @@ def _avgpool(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     spec = graph.tensors[node.inputs[0]]
     kh, kw = _pair(node.attrs["kernel"])
     x8, zp = _mac_input(graph, node, b)
+    bound = kh * kw * max(spec.qmax - spec.zero_point, spec.zero_point - spec.qmin)
+    if bound > INT32_MAX:  # ConvInteger sums in int32
+        raise ConfigError(f"layer {node.name!r} (AvgPool2d): window sums can reach {bound}, beyond int32; "
+                          "export with --qdq or use a smaller window")
     ones = b.const(f"{node.name}/ones", np.ones((spec.shape[0], 1, kh, kw), dtype=np.int8))
     sum32 = b.op("ConvInteger", [x8, ones, zp, b.const(f"{node.name}/w_zero_point", np.array(0, np.int8))],
                  f"{node.name}/sum", name=node.name, strides=_pair(node.attrs["stride"]), group=spec.shape[0])

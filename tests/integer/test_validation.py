@@ -10,13 +10,13 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from bitsmith.errors import BitsmithError, GraphError
 from bitsmith.integer import IntegerGraph, Node, TensorSpec, engine, load
 from bitsmith.integer.bounds import INT64_LIMIT, check_int64, layer_bounds
 from bitsmith.integer.schema import check_document, json_schema
-from tests.helpers import golden, golden_path
+from tests.helpers import golden, golden_path, save_tensors_tied
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_the_issues_multiplier_bits_64_example_cannot_load(tmp_path):
             params[node["params"]["multiplier"]] = params[node["params"]["multiplier"]].to(torch.int64) << 31
             params[node["params"]["shift"]] = (params[node["params"]["shift"]].to(torch.int64) + 31).clamp(max=62)
     (path / "graph.json").write_text(json.dumps(doc))
-    save_file(params, path / "tensors.safetensors")
+    save_tensors_tied(path, params)
     refused(path, "multiplier_bits: 64; allowed: an integer from 2 to 32")
 
 
@@ -359,5 +359,5 @@ def test_a_multiplier_and_shift_must_be_1d(shape, tmp_path):
     node = next(n for n in doc["nodes"] if n["op"] == "Requant")
     for role in ("multiplier", "shift"):
         params[node["params"][role]] = params[node["params"][role]].reshape(shape)
-    save_file(params, path / "tensors.safetensors")
+    save_tensors_tied(path, params)
     refused(path, "(Requant)", "each must be 1-D with 1 or")

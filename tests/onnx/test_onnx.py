@@ -94,6 +94,16 @@ ZERO_POINTS = {
 def test_integer_model_with_nonzero_zero_points(case, tmp_path):
     name, changes = ZERO_POINTS[case]
     g = golden(name)
+    for tensor, (signed, zp) in changes.items():
+        g.tensors[tensor] = replace(g.tensors[tensor], signed=signed, zero_point=zp)
+        producer = g.node_producing(tensor)
+        if producer.op == "Requant":
+            spec = g.tensors[tensor]
+            producer.attrs.update(clamp_min=max(spec.qmin, zp), clamp_max=spec.qmax)
+    g.validate()
+    assert_bit_exact(g, export_onnx(g, tmp_path / "zp.onnx"), probe_inputs(g))
+
+
 def hand_graph(tensors: list[TensorSpec], nodes: list[Node], params: dict) -> IntegerGraph:
     g = IntegerGraph({t.name: t for t in tensors}, nodes, params, ["input"], [nodes[-1].output])
     g.validate()

@@ -9,7 +9,6 @@ it produces: if that was meant, re-run the script and review the diff of tests/g
 
 import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch

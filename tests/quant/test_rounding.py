@@ -43,3 +43,25 @@ def test_fake_quant_outputs_equal_the_engine_under_every_scale_mode(config):
         assert torch.equal(fake.argmax(1), integer.argmax(1))
     else:
         assert torch.equal(fake, integer)  # every logit of every image, bit for bit
+
+
+def test_fake_quant_equals_the_engine_on_every_fashion_mnist_test_image():
+    """Issue 11's acceptance, on real pictures: all 10,000 Fashion-MNIST test images, min-max, pot and
+    Q-format graphs of a LeNet-5 (seeded weights, calibrated on real training batches)."""
+    from bitsmith.data import load_dataset
+    from bitsmith.evaluate import predictions
+    from bitsmith.quant.calibration import calibration_batches
+
+    test = load_dataset("fashion-mnist", "test")
+    torch.manual_seed(0)
+    model = build_model("lenet5", bias=True).eval()
+    shape = tuple(model.input_shape)
+    calib = calibration_batches("fashion-mnist", shape, batches=2)
+    for config in (QuantConfig(), QuantConfig(scale_mode="pot"),
+                   QuantConfig(scale_mode="qformat", weight_qformat="Q1.7", act_qformat="Q4.4")):
+        qmodel = quantize(model, calib, config)
+        graph = lower(qmodel)
+        fake = predictions(qmodel, test, shape)
+        integer = predictions(lambda x: engine.predict(graph, x), test, shape)
+        assert len(fake) == 10_000
+        assert torch.equal(fake, integer), (config.scale_mode, int((fake != integer).sum()))

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from bitsmith.errors import AcceleratorError
-from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec, as_pair, weight_format
+from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
+from bitsmith.integer.ops import as_pair, weight_format
 
 from bitsmith.integer.ops import Emitters
 

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bitsmith.errors import CheckpointError, GraphError
+from bitsmith.errors import BitsmithWarning, CheckpointError, GraphError
 from bitsmith.integer.arithmetic import int_range
 from bitsmith.integer.ops import OPS, required, weight_format
-from bitsmith.integer.ops import as_pair  # noqa: F401  (back ends read it from here too)
 from bitsmith.integer.schema import FORMAT, VERSION, check_document
-from bitsmith.storage import load_tensors, read_json, save_tensors_atomic, write_json_atomic
+from bitsmith.storage import is_sha256, read_json, read_tensors, save_tensors_atomic, write_json_atomic
 
 GRAPH_FILE = "graph.json"
 TENSORS_FILE = "tensors.safetensors"
@@ -185,10 +185,11 @@ def load(path: str | os.PathLike) -> IntegerGraph:
         raise GraphError(f"{path} is not an integer graph: {GRAPH_FILE} not found there")
     try:
         doc = read_json(path / GRAPH_FILE, "graph description")
-        params, _ = load_tensors(path / TENSORS_FILE, "graph parameters")
+        stored = read_tensors(path / TENSORS_FILE, "graph parameters")
     except CheckpointError as e:
         raise GraphError(str(e)) from None
-    verify_tensors_digest(doc, path)
+    params = stored.tensors
+    verify_tensors_digest(doc, path, stored.sha256)
     where = path / GRAPH_FILE
     check_document(doc, str(where))  # every field typed and in range (bitsmith.integer.schema)
     tensors = {t["name"]: TensorSpec.from_json(t) for t in doc["tensors"]}
@@ -260,20 +261,15 @@ def _validate(g: IntegerGraph) -> None:
 
 
 # -- integrity ------------------------------------------------------------------------------------
-# (Imports here, not at the top, keep this section a separate block of the file.)
-
-import warnings  # noqa: E402
-
-from bitsmith.errors import BitsmithWarning  # noqa: E402
-from bitsmith.storage import is_sha256, sha256_file  # noqa: E402
 
 TENSORS_DIGEST = "tensors_sha256"  # graph.json: the sha256 of tensors.safetensors (64 lowercase hex digits)
 
 
-def verify_tensors_digest(doc: Any, path: Path) -> None:
+def verify_tensors_digest(doc: Any, path: Path, actual: str) -> None:
     """graph.json's `tensors_sha256` must be the sha256 of the folder's tensors.safetensors.
 
-    Called by `load` right after both files are read. A graph.json without the field (saved by
+    Called by `load` right after both files are read (`actual`: the digest `read_tensors` computed from
+    the bytes it read, so the file is not read twice). A graph.json without the field (saved by
     bitsmith before it recorded one) loads with a BitsmithWarning: the pair cannot be checked.
     A document that is not a bitsmith graph is left to the format check that follows.
     """
@@ -290,7 +286,6 @@ def verify_tensors_digest(doc: Any, path: Path) -> None:
         return
     if not is_sha256(recorded):
         return  # a malformed value: the schema check that follows names the field and its form
-    actual = sha256_file(path / TENSORS_FILE)
     if actual != recorded:
         raise GraphError(
             f"{path / TENSORS_FILE} does not belong to {where}: graph.json records sha256 {recorded[:12]}… for it, "

@@ -48,6 +48,16 @@ def _leaf(check: Callable[[Any], Any], json_schema: dict) -> Any:
     return Annotated[Any, PlainValidator(check), WithJsonSchema(json_schema)]
 
 
+def _bounded(json_type: str, lo: Any, hi: Any) -> dict[str, Any]:
+    """The JSON Schema of a `json_type` in [lo, hi] (either bound may be open)."""
+    schema: dict[str, Any] = {"type": json_type}
+    if lo is not None:
+        schema["minimum"] = lo
+    if hi is not None:
+        schema["maximum"] = hi
+    return schema
+
+
 def is_int(v: Any) -> bool:
     """An integer that is not a boolean (JSON true/false are never numbers here)."""
     return isinstance(v, int) and not isinstance(v, bool)
@@ -67,12 +77,7 @@ def strict_int(lo: int | None = None, hi: int | None = None) -> Any:
             raise ValueError(f"{v!r}; allowed: {allowed}")
         return v
 
-    schema: dict[str, Any] = {"type": "integer"}
-    if lo is not None:
-        schema["minimum"] = lo
-    if hi is not None:
-        schema["maximum"] = hi
-    return _leaf(check, schema)
+    return _leaf(check, _bounded("integer", lo, hi))
 
 
 def finite_number(lo: float | None = None, hi: float | None = None) -> Any:
@@ -85,12 +90,7 @@ def finite_number(lo: float | None = None, hi: float | None = None) -> Any:
             raise ValueError(f"{v!r}; allowed: {allowed}")
         return v
 
-    schema: dict[str, Any] = {"type": "number"}
-    if lo is not None:
-        schema["minimum"] = lo
-    if hi is not None:
-        schema["maximum"] = hi
-    return _leaf(check, schema)
+    return _leaf(check, _bounded("number", lo, hi))
 
 
 def _positive(v: Any) -> bool:

@@ -16,7 +16,7 @@ from bitsmith.errors import ConfigError
 from bitsmith.integer.ops import Emitters
 from bitsmith.integer.arithmetic import FLOAT32_CLAMP_EXACT, partial_sum_bound
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
-from bitsmith.integer.graph import as_pair as _pair
+from bitsmith.integer.ops import as_pair as _pair
 from bitsmith.onnx.builder import OnnxBuilder
 
 EMIT = Emitters("ONNX integer export")

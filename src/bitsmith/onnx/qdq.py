@@ -18,7 +18,7 @@ from onnx import TensorProto
 from bitsmith.errors import ConfigError
 from bitsmith.integer.ops import Emitters
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
-from bitsmith.integer.graph import as_pair as _pair
+from bitsmith.integer.ops import as_pair as _pair
 from bitsmith.onnx.builder import OnnxBuilder
 from bitsmith.onnx.integer import emit_reorg
 

@@ -22,7 +22,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from bitsmith.errors import ConfigError, GraphError
 from bitsmith.integer.arithmetic import MAX_SHIFT, int_range, quantize_multiplier
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
-from bitsmith.integer.graph import as_pair as _pair
+from bitsmith.integer.ops import as_pair as _pair
 from bitsmith.models import Reorg
 from bitsmith.quant.config import QuantConfig
 from bitsmith.quant.fake_quant import FakeQuantize, is_power_of_two

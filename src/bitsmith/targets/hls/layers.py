@@ -24,7 +24,8 @@ import numpy as np
 
 from bitsmith.integer.chain import ChainStep, layer_chain
 from bitsmith.errors import AcceleratorError, ConfigError
-from bitsmith.integer.graph import IntegerGraph, Node, as_pair
+from bitsmith.integer.graph import IntegerGraph, Node
+from bitsmith.integer.ops import as_pair
 from bitsmith.integer.ops import Emitters
 
 # The C++ reference computes acc·inc + bias + 2^(T−1) in int64_t; the export proves it fits.

@@ -43,6 +43,18 @@ def _percent(a: torch.Tensor, labels: torch.Tensor) -> float:
     return round(100 * _fraction_equal(a, labels), 4)
 
 
+def _measure(float_model, qmodel, graph, test, shape) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Test-set figures of a quantized run: the float model, the fake-quant model and the integer
+    graph, and how often the last two agree; also (fake-quant, integer) predictions."""
+    labels = torch.as_tensor(test.labels, dtype=torch.int64)
+    fp_pred = predictions(float_model, test, shape)
+    fq_pred = predictions(qmodel, test, shape)
+    int_pred = predictions(partial(engine.predict, graph), test, shape)
+    figures = {"fp32_accuracy": _percent(fp_pred, labels), "accuracy": _percent(fq_pred, labels),
+               "integer_accuracy": _percent(int_pred, labels), "agreement": _fraction_equal(fq_pred, int_pred)}
+    return figures, fq_pred, int_pred
+
+
 def quantize_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config: QuantConfig | None = None, *,
                  data_dir: str | None = None, calib_batches: int = CALIBRATION_BATCHES,
                  force: bool = False) -> dict[str, Any]:
@@ -76,17 +88,10 @@ def _quantize_into(run_dir: str | os.PathLike, out_dir: Path, config: QuantConfi
     graph = load(graph.save(out_dir))  # what is measured is what was written, read back and checked
 
     test = load_dataset(dataset, "test", data_dir)
-    fp_pred = predictions(run.model, test, shape)
-    fq_pred = predictions(qmodel, test, shape)
-    int_pred = predictions(partial(engine.predict, graph), test, shape)
-    labels = test.labels
+    figures, _, _ = _measure(run.model, qmodel, graph, test, shape)
     metrics = {
-        "model": run.model.spec["name"], "dataset": dataset, "quant_config": config.to_json(),
-        "fp32_accuracy": _percent(fp_pred, labels),
-        "accuracy": _percent(fq_pred, labels),
-        "integer_accuracy": _percent(int_pred, labels),
-        "agreement": _fraction_equal(fq_pred, int_pred),
-        "test_images": len(labels),
+        "model": run.model.spec["name"], "dataset": dataset, "quant_config": config.to_json(), **figures,
+        "test_images": len(test.labels),
         "graph": str(public_path(out_dir)),
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
@@ -164,9 +169,7 @@ def _qat_into(run_dir: str | os.PathLike, out_dir: Path, config: QATConfig | Cli
     load_tensors(out_dir / QAT_WEIGHTS_FILE, "QAT weights")
 
     labels = torch.as_tensor(test.labels, dtype=torch.int64)
-    fp_pred = predictions(run.model, test, shape)
-    fq_pred = predictions(qmodel, test, shape)  # QAT layers evaluate integer-exactly (qat.exact)
-    int_pred = predictions(partial(engine.predict, graph), test, shape)
+    figures, fq_pred, int_pred = _measure(run.model, qmodel, graph, test, shape)  # QAT layers evaluate exactly
     set_exact_eval(qmodel, False)
     float_pred = predictions(qmodel, test, shape)  # the plain float fake-quant path, for comparison
     set_exact_eval(qmodel, True)
@@ -175,11 +178,7 @@ def _qat_into(run_dir: str | os.PathLike, out_dir: Path, config: QATConfig | Cli
     seconds = sum(r["seconds"] for r in history) / len(history) if history else None
     metrics = {
         "model": run.model.spec["name"], "dataset": dataset, "method": method, "config": config.to_json(),
-        "weight_bits": [m.code_bits for m in qmodel.modules() if isinstance(m, QuantLayer)],
-        "fp32_accuracy": _percent(fp_pred, labels),
-        "accuracy": _percent(fq_pred, labels),
-        "integer_accuracy": _percent(int_pred, labels),
-        "agreement": _fraction_equal(fq_pred, int_pred),
+        "weight_bits": [m.code_bits for m in qmodel.modules() if isinstance(m, QuantLayer)], **figures,
         "disagreements": int((fq_pred != int_pred).sum()),
         "float_fake_quant_accuracy": _percent(float_pred, labels),
         "float_fake_quant_agreement": _fraction_equal(float_pred, int_pred),

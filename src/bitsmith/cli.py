@@ -300,7 +300,8 @@ def _accel_config(**options):
 _PE = typer.Option(8, "--pe", help="R: PE rows (output channels in parallel)")
 _SIMD = typer.Option(8, "--simd", help="C: PE columns (input terms per row per cycle)")
 _BUS = typer.Option(64, help="external memory word, bits per cycle")
-_ACT = typer.Option(65536, help="size of each activation buffer in bytes")
+_ACT = typer.Option(None, help="size of the activation memory in bytes, which holds every live map "
+                               "(default 131072; docs/hardware.md §6)")
 _WBUF = typer.Option(65536, help="weight buffer size in weights")
 _KMAX = typer.Option(7, help="largest kernel side")
 _CLOCK = typer.Option(200.0, help="clock for the FPS figure")
@@ -319,7 +320,7 @@ def hw_compile_cmd(graph: Path = typer.Argument(..., help="integer graph folder"
                    images: int = typer.Option(1, min=0, help="write In8.hex / expected outputs for N test images "
                                                              "and N random-code images (0: none)"),
                    data: Optional[str] = _DATA, data_dir: Optional[str] = typer.Option(None),
-                   pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS, act_buffer_bytes: int = _ACT,
+                   pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS, act_buffer_bytes: Optional[int] = _ACT,
                    weight_buffer_entries: int = _WBUF, max_kernel: int = _KMAX, clock_mhz: float = _CLOCK,
                    force: bool = _force(),
                    as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
@@ -347,7 +348,7 @@ def hw_compile_cmd(graph: Path = typer.Argument(..., help="integer graph folder"
 def hw_simulate_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                     images: int = typer.Option(20, min=1, help="run N test images and N random-code images"),
                     data: Optional[str] = _DATA, data_dir: Optional[str] = typer.Option(None),
-                    pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS, act_buffer_bytes: int = _ACT,
+                    pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS, act_buffer_bytes: Optional[int] = _ACT,
                     weight_buffer_entries: int = _WBUF, max_kernel: int = _KMAX, clock_mhz: float = _CLOCK,
                     fault: Optional[str] = typer.Option(None, help="inject a deliberate bug: shift_off_by_one, "
                                                                    "drop_bias, no_zero_point"),
@@ -402,7 +403,7 @@ def hw_report_cmd(graph: Path = typer.Argument(..., help="integer graph folder")
                   pe: int = typer.Option(8, "--pe", help="R: PE rows (output channels in parallel)"),
                   simd: int = typer.Option(8, "--simd", help="C: PE columns (input terms per row per cycle)"),
                   bus_bits: int = typer.Option(64, help="external memory word, bits per cycle"),
-                  act_buffer_bytes: int = typer.Option(65536, help="size of each activation buffer"),
+                  act_buffer_bytes: Optional[int] = typer.Option(None, help="size of the activation memory in bytes (default 131072)"),
                   weight_buffer_entries: int = typer.Option(65536, help="weight buffer size in weights"),
                   clock_mhz: float = typer.Option(200.0, help="clock for the FPS figure"),
                   as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
@@ -429,7 +430,7 @@ def hw_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                                                                "network: adds the codebook2 mode"),
                  sizes: str = typer.Option("1,2,4,8,16,32", help="values of R and of C to try"),
                  bus_bits: int = typer.Option(64, help="external memory word, bits per cycle"),
-                 act_buffer_bytes: int = typer.Option(65536, help="size of each activation buffer"),
+                 act_buffer_bytes: Optional[int] = typer.Option(None, help="size of the activation memory in bytes (default 131072)"),
                  weight_buffer_entries: int = typer.Option(65536, help="weight buffer size in weights"),
                  clock_mhz: float = typer.Option(200.0, help="clock for the FPS figures"),
                  force: bool = _force(),

@@ -263,3 +263,23 @@ def test_no_zero_point_fault_reaches_the_add_lanes():
     program = compile_graph(gm.graph(out), SMALL)
     faulty = with_fault(program, "no_zero_point")
     assert faulty.layers[-1].z_in == faulty.layers[-1].z_in2 == 0
+
+
+# -- the zoo models the accelerator used to refuse (golden graphs at 3x32x64) ---------------------
+
+@pytest.mark.parametrize("name, config", [
+    ("skynet_32x64", AccelConfig()),                                # depthwise 3x3 convs, groups = channels
+    ("skynet_32x64", AccelConfig(pe=16, simd=16, bus_bits=512)),
+    ("ultranet_bypass_32x64", AccelConfig()),                       # Reorg, lone Requant, a free Concat
+    ("ultranet_bypass_32x64", AccelConfig(pe=4, simd=32, bus_bits=128)),
+])
+def test_skynet_and_ultranet_bypass_cycle_model_equals_engine(golden, name, config):
+    graph = golden(name)
+    program, _ = check(graph, config, images=4)
+    kinds = [l.kind for l in program.layers]
+    if name.startswith("skynet"):
+        assert sum(1 for l in program.layers if l.kind == "conv" and l.groups == l.in_ch > 1) == 6
+        assert program.metadata["activation_memory"]["bytes"] == 122880   # dw2's input and output, 48x16x32 ... live together
+    else:
+        assert "reorg" in kinds and "requant" in kinds and "concat" not in kinds
+        assert any(r["parts"] for r in program.metadata["activation_memory"]["regions"])

@@ -182,19 +182,40 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
     # position past the map reads d = 0, §4).
     bottom = max(0, (oh - 1) * d["sh"] + d["kh"] - H - d["ph"])
     right = max(0, (ow - 1) * d["sw"] + d["kw"] - W - d["pw"])
+    full_h = (H + d["ph"] + bottom - d["kh"]) // d["sh"] + 1
+    full_w = (W + d["pw"] + right - d["kw"]) // d["sw"] + 1
+
+    def columns(x: np.ndarray, channels: int) -> torch.Tensor:
+        """d(t) = x − z_in, 0 for padded positions and for t ≥ K: [n, groups·T·C, P], OIHW term order
+        within each run of `kin` channels."""
+        centered = torch.from_numpy(x - d["z_in"]).to(torch.float64)
+        centered = F.pad(centered, (d["pw"], right, d["ph"], bottom))
+        patches = F.unfold(centered, (d["kh"], d["kw"]), stride=(d["sh"], d["sw"]))
+        patches = patches.reshape(patches.shape[0], channels // kin, K, full_h, full_w)[..., :oh, :ow]
+        patches = F.pad(patches.reshape(patches.shape[0], channels // kin, K, P), (0, 0, 0, T * C - K))
+        return patches
+
+    bases = np.unique(row_base)
+    step = kin * H * W
+    contiguous = len(bases) > 1 and np.array_equal(bases, bases[0] + step * np.arange(len(bases)))
+    if contiguous and _grouped_bound(weights, bias, row_base, d) <= ACC_MAX:
+        # A grouped conv whose groups lie back to back (what the compiler writes): one im2col over all
+        # of them, row o contracted with the columns of its own group. No cycle can wrap (bound above).
+        x = _read_map(act, int(bases[0]), kin * len(bases), H, W, d["in_signed"])
+        group = ((row_base - bases[0]) // step).astype(np.int64)
+        w = torch.from_numpy(np.ascontiguousarray(weights)).to(torch.float64)
+        chunk = max(1, CHUNK_ELEMENTS // max(1, out_ch * T * C * P))
+        for n0 in range(0, n_images, chunk):
+            patches = columns(x[n0 : n0 + chunk], kin * len(bases))[:, torch.from_numpy(group)]  # [n, out_ch, TC, P]
+            values = torch.einsum("ot,notp->nop", w, patches).to(torch.int64).numpy()
+            acc[n0 : n0 + chunk] = bias.reshape(1, -1, 1) + values
+        bases = []
     chunk = max(1, CHUNK_ELEMENTS // max(1, T * C * P))
-    for base in np.unique(row_base):
+    for base in bases:
         rows = np.flatnonzero(row_base == base)
         x = _read_map(act, int(base), kin, H, W, d["in_signed"])
         for n0 in range(0, n_images, chunk):
-            # d(t) = x − z_in, 0 for padded positions and for t ≥ K: columns [n, T·C, P] in OIHW term order.
-            centered = torch.from_numpy(x[n0 : n0 + chunk] - d["z_in"]).to(torch.float64)
-            centered = F.pad(centered, (d["pw"], right, d["ph"], bottom))
-            patches = F.unfold(centered, (d["kh"], d["kw"]), stride=(d["sh"], d["sw"]))
-            full_h = (H + d["ph"] + bottom - d["kh"]) // d["sh"] + 1
-            full_w = (W + d["pw"] + right - d["kw"]) // d["sw"] + 1
-            patches = patches.reshape(patches.shape[0], K, full_h, full_w)[:, :, :oh, :ow].reshape(-1, K, P)
-            patches = F.pad(patches, (0, 0, 0, T * C - K))
+            patches = columns(x[n0 : n0 + chunk], kin)[:, 0]
             values, chunk_wraps = _pe_chain(patches, weights[rows], bias[rows], C)
             acc[n0 : n0 + chunk, rows] = values
             wraps += chunk_wraps
@@ -202,6 +223,13 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
         return acc, wraps
     _write(act, d["out_base"], _requant(acc, multiplier, shift, d), 0, P)
     return None, wraps
+
+
+def _grouped_bound(weights: np.ndarray, bias: np.ndarray, row_base: np.ndarray, d: dict) -> int:
+    """|bias| + Σ|w|·max|x − z_in| over the rows, with max|x − z_in| over the input's code range."""
+    lo, hi = (-128, 127) if d["in_signed"] else (0, 255)
+    max_d = max(hi - d["z_in"], d["z_in"] - lo)
+    return int((np.abs(bias) + np.abs(weights).sum(axis=1) * max_d).max(initial=0))
 
 
 def _pe_chain(patches: torch.Tensor, weights: np.ndarray, bias: np.ndarray, C: int) -> tuple[np.ndarray, int]:

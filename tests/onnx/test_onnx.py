@@ -4,6 +4,7 @@ Every comparison is element by element on int64, for the graph output and for ev
 tensor (the integer model names its values after the IntegerGraph tensors).
 """
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -17,7 +18,7 @@ from bitsmith.integer import IntegerGraph, Node, TensorSpec, engine
 from bitsmith.onnx import export_onnx, run_onnx
 from bitsmith.onnx import integer as integer_export
 from tests.helpers import golden
-from tests.random_graphs import GraphMaker
+from tests.random_graphs import GraphMaker, random_graph
 
 
 def probe_inputs(g: IntegerGraph, n: int = 4) -> torch.Tensor:
@@ -304,6 +305,27 @@ def test_qdq_residual_add_is_close(tmp_path):
     step = g.tensors["sum"].scale
     assert np.abs(got - want).max() <= 2.01 * step  # a code or two where roundings differ
     assert (np.abs(got - want) <= 1e-6).mean() >= 0.95  # and the same code almost everywhere
+
+
+def test_qdq_export_of_random_graphs_runs_or_names_the_refused_layer(tmp_path):
+    """tests/random_graphs.py's graphs (Add, grouped / depthwise / four-sided-padded Conv2d, Concat,
+    pools, Reorg) as QDQ models: each loads and runs in onnxruntime, or the export refuses it with a
+    ConfigError naming the layer (onnxruntime 1.31 rejects some MaxPool2d / Reorg of signed codes).
+    Their scales are random, not those of a quantizer, so closeness is tested on the graphs above."""
+    ran, ops = 0, set()
+    for seed in range(20):
+        g = random_graph(seed)
+        x = torch.randn(2, *g.input_spec.shape, generator=torch.Generator().manual_seed(seed))
+        try:
+            path = export_onnx(g, tmp_path / f"{seed}.onnx", qdq=True)
+        except ConfigError as e:
+            assert re.search(r"\(layer '[^']+', (MaxPool2d|Reorg)\), so no file was written", str(e)), str(e)
+            continue
+        out = run_onnx(path, x)
+        assert out.shape == (2, *g.output_spec.shape) and np.isfinite(out).all()
+        ran += 1
+        ops |= {n.op for n in g.nodes}
+    assert ran >= 15 and "Add" in ops
 
 
 def test_a_refusal_by_onnxruntime_names_the_layer(tmp_path, monkeypatch):

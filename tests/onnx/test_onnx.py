@@ -216,6 +216,19 @@ def test_residual_add_is_exact(clamp, tmp_path):
         assert v["sum"].min() == 9 and (v["sum_acc"] < 0).any()  # the fused ReLU clamps negative sums
 
 
+@pytest.mark.parametrize("multipliers", [(0, 3000), (1, 0), (0, 0), (1, 1)])
+def test_add_with_multipliers_of_zero_and_one(multipliers, tmp_path):
+    """A multiplier of 0 drops its input, 1 needs no Mul: exact in the integer model; the QDQ model
+    drops the input too (a DequantizeLinear at scale 0 is not written) and stays close."""
+    g = residual_graph("none")
+    g.params["sum_acc.multiplier"] = torch.tensor(multipliers, dtype=torch.int64)
+    x = probe_inputs(g)
+    assert_bit_exact(g, export_onnx(g, tmp_path / "m.onnx"), x)
+    qdq = export_onnx(g, tmp_path / "qdq.onnx", qdq=True)
+    want = g.dequantize(engine.run(g, x)).numpy()
+    assert np.abs(run_onnx(qdq, x) - want).max() <= 2.01 * g.tensors["sum"].scale
+
+
 def test_add_at_the_edge_of_int64_is_exact_and_beyond_it_refused(tmp_path):
     """32-bit codes (unsigned; signed with zero point −2^31 + 1) and multipliers 2^30 − 1: sums within
     2^40 of 2^63, exact in int64; with multipliers 2^31 − 1 they could reach 2^64: the export refuses

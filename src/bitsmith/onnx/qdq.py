@@ -5,9 +5,9 @@ tensor's own name. Activations pass through QuantizeLinear → DequantizeLinear 
 grids (uint8/int8, or 16-bit types for wider codes), weights are int8/int16 codes behind a
 DequantizeLinear (per tensor or per output channel, zero point 0) and biases int32 codes at
 scale S_w · S_in. A residual Add dequantizes each input's codes at S_acc · m (its integer
-multiplier) and adds the floats. Runtimes that understand QDQ (onnxruntime, TensorRT, …) turn this into their own
-integer kernels; their rounding differs from docs/arithmetic.md, so this model is close to the
-integer graph, not bit-exact.
+multiplier) and adds the floats. Runtimes that understand QDQ (onnxruntime, TensorRT, …) turn this
+into their own integer kernels; their rounding differs from docs/arithmetic.md, so this model is
+close to the integer graph, not bit-exact.
 """
 
 from __future__ import annotations
@@ -111,7 +111,8 @@ def _weight_and_bias(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> list[st
 def _conv2d(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     a = node.attrs  # ONNX pads: [top, left, bottom, right], the IR's four-sided order
     b.op("Conv", [node.inputs[0], *_weight_and_bias(graph, node, b)], node.output, name=node.name,
-         strides=_pair(a["stride"]), pads=list(as_pads(a["padding"])), dilations=_pair(a["dilation"]), group=a["groups"])
+         strides=_pair(a["stride"]), pads=list(as_pads(a["padding"])), dilations=_pair(a["dilation"]),
+         group=a["groups"])
 
 
 @EMIT.register("Linear")
@@ -149,11 +150,11 @@ def _add(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
         if m == 0:
             continue
         x = graph.tensors[name]
-        onnx_type, np_type = _storage(node, x.bits, x.signed, f"its input {name!r} has")
+        np_type = _storage(node, x.bits, x.signed, f"its input {name!r} has")[1]
         scale = np.float32(float(acc.scale) * m)
         if not 0 < scale < np.inf:
-            raise ConfigError(f"layer {n!r} (Add): the scale S_acc·m of input {name!r} ({float(acc.scale)}·{m}) is 0 or "
-                              "infinite as a float32; DequantizeLinear cannot carry it")
+            raise ConfigError(f"layer {n!r} (Add): the scale S_acc·m of input {name!r} ({float(acc.scale)}·{m}) is "
+                              "0 or infinite as a float32; DequantizeLinear cannot carry it")
         z = b.const(f"{n}/zero_point_{k}", np.array(x.zero_point, dtype=np_type))
         q = b.op("QuantizeLinear", [name, b.const(f"{n}/input_scale_{k}", np.array(np.float32(x.scale))), z],
                  f"{n}/codes_{k}", name=f"{n}/quantize_{k}")
@@ -164,7 +165,8 @@ def _add(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     if len(terms) == 1:
         b.op("DequantizeLinear", list(terms[0]), node.output, name=n)
         return
-    values = [b.op("DequantizeLinear", list(t), f"{n}/term_{k}", name=f"{n}/dequantize_{k}") for k, t in enumerate(terms)]
+    values = [b.op("DequantizeLinear", list(t), f"{n}/term_{k}", name=f"{n}/dequantize_{k}")
+              for k, t in enumerate(terms)]
     b.op("Add", values, node.output, name=n)
 
 

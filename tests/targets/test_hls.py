@@ -17,6 +17,7 @@ from bitsmith.targets.hls import export_hls, fold_requant, hls_layers, hls_requa
 from bitsmith.verify import compare
 from tests.helpers import golden
 from tests.random_graphs import GraphMaker, random_graph
+from tests.targets.hls_graphs import mixed_graph
 
 # Random graphs (tests/random_graphs.py) whose parsed files the numpy model runs: cheap, so many.
 RANDOM_SEEDS = range(40)
@@ -203,6 +204,62 @@ def test_weight_words_follow_the_source_layout(graphs, tmp_path):
     assert (tmp_path / "config_simd_pe.txt").read_text().splitlines()[:3] == ["simd pe", "5 6", "10 4"]
 
 
+def _defines(text: str, macro: str) -> dict[str, str]:
+    return dict(re.findall(rf"^#define {macro}_(\w+) (.+)$", text, re.M))
+
+
+def test_config_h_describes_every_layer_kind_with_its_inputs(tmp_path):
+    """docs/hls.md § Files on a graph holding one of each: the defines, their values, the X-macro."""
+    g = mixed_graph()
+    export_hls(g, tmp_path)
+    config = (tmp_path / "config.h").read_text()
+    depthwise = _defines(config, "CONV_1")
+    assert depthwise["OP"] == '"Conv2d"' and depthwise["INPUT"] == '"conv1"'
+    assert (depthwise["GROUPS"], depthwise["IFM_CH"], depthwise["OFM_CH"], depthwise["S"]) == ("6", "6", "6", "2")
+    assert int(depthwise["W_TILES"]) == 6 // int(depthwise["PE"]) * 9 // int(depthwise["SIMD"])
+    asym = _defines(config, "CONV_2")       # a 2x2 kernel padded as padding='same' does it
+    assert (asym["K"], asym["P"], asym["P_LEFT"], asym["P_BOTTOM"], asym["P_RIGHT"]) == ("2", "0", "0", "1", "1")
+    add = _defines(config, "ADD_0")
+    m_a, m_b = g.params[next(n for n in g.nodes if n.op == "Add").params["multiplier"]].tolist()
+    assert add["INPUTS"] == '"conv5", "conv7"' and (int(add["M_A"]), int(add["M_B"])) == (m_a, m_b)
+    regrid = _defines(config, "CONV_4")
+    assert regrid["OP"] == '"Requant"' and regrid["INPUT"] == '"conv3"' and (regrid["K"], regrid["GROUPS"]) == ("1", "6")
+    concat = _defines(config, "CONCAT_0")
+    assert concat["INPUTS"] == '"add9", "regrid11"' and concat["IN_CH"] == "4, 6" and concat["OFM_CH"] == "10"
+    reorg = _defines(config, "REORG_0")
+    assert reorg["INPUT"] == '"cat12"' and (reorg["S"], reorg["OFM_CH"], reorg["OFM_ROW"]) == ("2", "40", "2")
+    avg = _defines(config, "CONV_5")
+    assert avg["OP"] == '"AvgPool2d"' and (avg["K"], avg["S"], avg["GROUPS"], avg["W_BIT"]) == ("2", "2", "40", "2")
+    head = _defines(config, "CONV_6")
+    assert head["OP"] == '"Linear"' and head["INPUT"] == '"avgpool14"' and head["RAW"] == "1" and head["IFM_CH"] == "40"
+    assert '#define HLS_INPUT "codes"' in config and '#define HLS_OUTPUT "fc17"' in config
+    order = re.search(r"#define HLS_LAYERS\(CONV, POOL, REORG, CONCAT, ADD\) \\\n((?:.*\\\n)+)", config)[1]
+    assert order.split() == ["CONV(0)", "\\", "CONV(1)", "\\", "CONV(2)", "\\", "CONV(3)", "\\", "ADD(0)", "\\",
+                             "CONV(4)", "\\", "CONCAT(0)", "\\", "REORG(0)", "\\", "CONV(5)", "\\", "CONV(6)", "\\"]
+    weights = (tmp_path / "weights.hpp").read_text()
+    assert re.search(r"const ap_int<\d+> add_0_inc\[1\]\[4\]", weights) and "const ap_uint<" in weights
+    assert (tmp_path / "config_simd_pe.txt").read_text().count("\n") == 1 + 7      # a row per CONV_n
+
+
+def test_depthwise_weight_words_follow_the_layout(tmp_path):
+    """The depthwise layer's hex words, field by field: channel o's k·k terms (ich/groups = 1) in lane
+    o % PE, term t = kc·k + kr."""
+    g = mixed_graph()
+    export_hls(g, tmp_path, layers={"conv3": {"simd": 3, "pe": 2}})
+    text = (tmp_path / "weights.hpp").read_text()
+    head = re.search(r"const ap_uint<(\d+)> conv_1_w\[(\d+)\]\[(\d+)\] = \{(.*?)\};", text, re.S)
+    assert (int(head[1]), int(head[2]), int(head[3])) == (8 * 3, 2, 3 * 3)
+    lanes = [re.findall(r'"0x([0-9a-f]+)"', row) for row in re.findall(r"\{([^{}]*)\}", head[4])]
+    w = g.weight_codes(next(n for n in g.nodes if n.name == "conv3_acc")).long().numpy()
+    assert w.shape == (6, 1, 3, 3)
+    for o in range(6):
+        for t in range(9):
+            j, e = divmod(t, 3)
+            field = (int(lanes[o % 2][(o // 2) * 3 + j], 16) >> (8 * e)) & 0xFF
+            kc, kr = divmod(t, 3)
+            assert field - 256 * (field >> 7) == w[o, 0, kr, kc]
+
+
 def test_a_wrong_parameter_is_caught_by_the_comparison(graphs, tmp_path):
     g = graphs["lenet_w8a8"]
     export_hls(g, tmp_path)
@@ -333,6 +390,16 @@ def test_a_product_beyond_int64_is_an_accelerator_error(graphs):
     shift[0] = 62  # one channel with a tiny multiplier forces T = 62 on all the others
     g.params[req.params["shift"]] = shift
     with pytest.raises(AcceleratorError, match=r"q_conv2.*CONV_1.*64-bit"):
+        hls_layers(g)
+
+
+def test_an_add_beyond_int64_is_an_accelerator_error_naming_it():
+    g = mixed_graph()
+    add = next(n for n in g.nodes if n.op == "Add")
+    requant = next(n for n in g.nodes if n.inputs == [add.output])
+    g.params[add.params["multiplier"]] = torch.tensor([(1 << 31) - 1] * 2)
+    g.params[requant.params["multiplier"]] = torch.tensor([(1 << 31) - 1])
+    with pytest.raises(AcceleratorError, match=r"layer 'add9' \(ADD_0\) channel 0: .*64-bit"):
         hls_layers(g)
 
 

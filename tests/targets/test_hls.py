@@ -4,6 +4,7 @@ exact, and the format's rules are enforced. The g++-compiled C++ reference is
 tests/targets/test_hls_graphs.py."""
 
 import copy
+import json
 import re
 
 import numpy as np
@@ -258,6 +259,22 @@ def test_depthwise_weight_words_follow_the_layout(tmp_path):
             field = (int(lanes[o % 2][(o // 2) * 3 + j], 16) >> (8 * e)) & 0xFF
             kc, kr = divmod(t, 3)
             assert field - 256 * (field >> 7) == w[o, 0, kr, kc]
+
+
+def test_cli_writes_the_files_without_check(tmp_path):
+    """`bitsmith hw hls GRAPH --out DIR` (no --check, no g++ needed) writes the three files and lists the layers."""
+    from tests.helpers import invoke
+
+    mixed_graph().save(tmp_path / "g")
+    result = invoke("hw", "hls", tmp_path / "g", "--out", tmp_path / "hls")
+    assert result.exit_code == 0, result.output
+    assert "HLS export of" in result.output
+    result = invoke("hw", "hls", tmp_path / "g", "--out", tmp_path / "hls", "--force", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert "REORG_0 reorg13" in report["layers"] and "ADD_0 add9" in report["layers"] and report["written"]
+    assert {p.name for p in (tmp_path / "hls").iterdir()} >= {"config.h", "weights.hpp", "config_simd_pe.txt"}
+    assert [l.macro for l in read_hls(tmp_path / "hls")][-3:] == ["REORG_0", "CONV_5", "CONV_6"]
 
 
 def test_a_wrong_parameter_is_caught_by_the_comparison(graphs, tmp_path):

@@ -14,7 +14,8 @@ import torch
 from bitsmith.errors import AcceleratorError, ConfigError, DataError
 from bitsmith.integer import engine
 from bitsmith.integer.arithmetic import requantize
-from bitsmith.targets.hls import export_hls, fold_requant, hls_layers, hls_requant, read_hls, run_hls_layers, signed_width
+from bitsmith.targets.hls import (export_hls, fold_requant, hls_layers, hls_requant, read_hls, run_hls_layers,
+                                  signed_width)
 from bitsmith.verify import compare
 from tests.helpers import golden
 from tests.random_graphs import GraphMaker, random_graph
@@ -224,7 +225,8 @@ def test_config_h_describes_every_layer_kind_with_its_inputs(tmp_path):
     m_a, m_b = g.params[next(n for n in g.nodes if n.op == "Add").params["multiplier"]].tolist()
     assert add["INPUTS"] == '"conv5", "conv7"' and (int(add["M_A"]), int(add["M_B"])) == (m_a, m_b)
     regrid = _defines(config, "CONV_4")
-    assert regrid["OP"] == '"Requant"' and regrid["INPUT"] == '"conv3"' and (regrid["K"], regrid["GROUPS"]) == ("1", "6")
+    assert regrid["OP"] == '"Requant"' and regrid["INPUT"] == '"conv3"'
+    assert (regrid["K"], regrid["GROUPS"]) == ("1", "6")
     concat = _defines(config, "CONCAT_0")
     assert concat["INPUTS"] == '"add9", "regrid11"' and concat["IN_CH"] == "4, 6" and concat["OFM_CH"] == "10"
     reorg = _defines(config, "REORG_0")
@@ -432,7 +434,8 @@ def test_damaged_files_are_data_errors(graphs, tmp_path):
         read_hls(tmp_path)
     export_hls(graphs["lenet_w8a8"], tmp_path)
     config = (tmp_path / "config.h").read_text()
-    (tmp_path / "config.h").write_text(config.replace('#define POOL_0_INPUT "q_conv1"', '#define POOL_0_INPUT "q_conv9"'))
+    wrong = config.replace('#define POOL_0_INPUT "q_conv1"', '#define POOL_0_INPUT "q_conv9"')
+    (tmp_path / "config.h").write_text(wrong)
     with pytest.raises(DataError, match=r"POOL_0 reads \['q_conv9'\], which is neither HLS_INPUT nor an earlier"):
         read_hls(tmp_path)
     (tmp_path / "config.h").write_text(config.replace("#define CONV_1_GROUPS 1\n", ""))

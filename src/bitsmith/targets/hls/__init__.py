@@ -28,8 +28,9 @@ from .parse import read_hls, unpack_lanes
 from .reference import compile_reference, reference_sources, run_reference
 from .render import CONFIG_FILE, SIMD_PE_FILE, WEIGHTS_FILE, pack_lanes, render_config, render_simd_pe, render_weights
 
-__all__ = ["EMIT", "HlsLayer", "compile_reference", "export_hls", "fold_requant", "hls_layers", "hls_requant",
-           "pack_lanes", "read_hls", "run_hls", "run_hls_layers", "run_reference", "signed_width", "unpack_lanes"]
+__all__ = ["EMIT", "HlsLayer", "compile_reference", "export_hls", "fold_requant", "graph_io", "hls_layers",
+           "hls_requant", "pack_lanes", "read_hls", "run_hls", "run_hls_layers", "run_reference", "signed_width",
+           "unpack_lanes"]
 
 
 def export_hls(graph: IntegerGraph, out_dir: str | os.PathLike, simd: int = 8, pe: int = 8,

@@ -96,7 +96,7 @@ class HlsLayer:
 
     @property
     def p(self) -> int:
-        """The source's single padding P: the top (and, for the export, also left) pad."""
+        """The source's single padding P, the pad above the map (P_LEFT, P_BOTTOM, P_RIGHT: the others)."""
         return self.pads[0]
 
     @property

@@ -107,7 +107,8 @@ def _parse_layer(out: Path, d: dict, arrays: dict, kind: str, n: int) -> HlsLaye
         if want is list:
             return items
         if isinstance(value, list) or not isinstance(value, want):
-            raise DataError(f"{out / CONFIG_FILE}: #define {m}_{key} must be {'a string' if want is str else 'an integer'}")
+            what = "a string" if want is str else "an integer"
+            raise DataError(f"{out / CONFIG_FILE}: #define {m}_{key} must be {what}")
         return value
 
     for key in FIELDS[kind]:  # every define of the kind is present

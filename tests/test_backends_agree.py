@@ -1,4 +1,5 @@
-"""Every back end computes the engine's codes, element by element, on random graphs.
+"""Every back end computes the engine's codes, element by element, on random graphs (ONNX Runtime, the
+HLS files; the accelerator's cycle model joins when it runs every op).
 
 `tests.random_graphs.random_graph(seed)` draws a valid IntegerGraph mixing dense, grouped and
 depthwise Conv2d (symmetric and four-sided padding), residual Add, Concat, MaxPool, AvgPool, Reorg,
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 
 from bitsmith.integer import IntegerGraph, engine
 from bitsmith.onnx import export_onnx, run_onnx
+from bitsmith.targets.hls import export_hls, read_hls, run_hls_layers
 from tests.random_graphs import random_graph
 
 Codes = np.ndarray | dict[str, np.ndarray]
@@ -41,8 +43,21 @@ def onnx_integer(graph: IntegerGraph, images: torch.Tensor) -> dict[str, np.ndar
         return run_onnx(path, images, all_outputs=True)
 
 
+def hls_files(graph: IntegerGraph, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """The HLS export's three files, read back and computed by their numpy model (the g++ reference
+    costs a compile per graph: tests/targets/test_hls_graphs.py runs it on its own seeds)."""
+    codes = engine.run(graph, images, return_all=True)[graph.nodes[0].output].numpy()  # the host's part
+    with tempfile.TemporaryDirectory(prefix="bitsmith_agree_") as work:
+        export_hls(graph, work)
+        layers = read_hls(work)
+    outputs = run_hls_layers(layers, codes)
+    return {layer.name: y.reshape((len(images), *graph.tensors[layer.name].shape))
+            for layer, y in zip(layers, outputs)}
+
+
 BACKENDS: dict[str, Backend] = {
     "onnx": onnx_integer,
+    "hls": hls_files,
 }
 
 #: Seeds of the fixed sweep (each a test of its own, so a failure names its seed).

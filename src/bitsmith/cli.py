@@ -506,7 +506,7 @@ def hw_hls_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
             if not report.passed:
                 stage.discard()
         result["written"] = not stage.discarded
-        if not as_json:
+        if report is not None and not as_json:
             for row in report.layers:
                 console.print(f"{row.label:8} {row.name:24} {row.elements:8} elements, C++ mismatches {row.mismatches}"
                               + (f" (first {row.first})" if row.mismatches else ""), soft_wrap=True)

@@ -1,5 +1,5 @@
 """Every back end computes the engine's codes, element by element, on random graphs (ONNX Runtime, the
-HLS files; the accelerator's cycle model joins when it runs every op).
+HLS files, the accelerator's cycle model).
 
 `tests.random_graphs.random_graph(seed)` draws a valid IntegerGraph mixing dense, grouped and
 depthwise Conv2d (symmetric and four-sided padding), residual Add, Concat, MaxPool, AvgPool, Reorg,
@@ -27,6 +27,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bitsmith.accel import AccelConfig
+from bitsmith.accel.compiler import compile_graph
+from bitsmith.accel.simulate import simulate
 from bitsmith.integer import IntegerGraph, engine
 from bitsmith.onnx import export_onnx, run_onnx
 from bitsmith.targets.hls import export_hls, read_hls, run_hls_layers
@@ -55,9 +58,18 @@ def hls_files(graph: IntegerGraph, images: torch.Tensor) -> dict[str, np.ndarray
             for layer, y in zip(layers, outputs)}
 
 
+def accel_cycle_model(graph: IntegerGraph, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """The compiled accelerator program on its cycle-level model (executing the memory words); every
+    layer's output. `max_kernel` covers random_graph's global average pools (up to 12x12)."""
+    program = compile_graph(graph, AccelConfig(pe=3, simd=4, max_kernel=16))
+    codes = engine.run(graph, images, return_all=True)[program.input_name]  # the host's part
+    return simulate(program, codes).outputs
+
+
 BACKENDS: dict[str, Backend] = {
     "onnx": onnx_integer,
     "hls": hls_files,
+    "accel": accel_cycle_model,
 }
 
 #: Seeds of the fixed sweep (each a test of its own, so a failure names its seed).

@@ -70,9 +70,9 @@ def _fresh_name(gm: fx.GraphModule, base: str) -> str:
     return name
 
 
-def _replace_with_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, args: tuple, prefix: str = ""
+def _replace_with_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, args: tuple, name: str = ""
                          ) -> fx.Node:
-    name = _fresh_name(gm, prefix + node.name)
+    name = _fresh_name(gm, name or node.name)
     gm.add_submodule(name, module)
     with gm.graph.inserting_before(node):
         new = gm.graph.call_module(name, args)
@@ -88,15 +88,29 @@ def is_add(node: fx.Node) -> bool:
 
 def modules_for_functions(gm: fx.GraphModule, config: QuantConfig) -> None:
     """Replace the functional forms above by modules, and every add of two tensors by a QuantAdd."""
+    add_names: set[str] = set()
     for node in list(gm.graph.nodes):
         if is_add(node):
             _check_add(node)
-            # "q_add" as "q_conv1": the quantized form of the float model's operation "add"
-            _replace_with_module(gm, node, QuantAdd(config, node.name), tuple(node.args[:2]), prefix="q_")
+            name = _add_name(node, add_names)
+            # "q_layer1_0_add" as "q_conv1": the quantized form of the float model's "layer1.0.add"
+            _replace_with_module(gm, node, QuantAdd(config, name), tuple(node.args[:2]), "q_" + name.replace(".", "_"))
         elif node.op == "call_function" and node.target in FUNCTION_MODULES:
             _replace_with_module(gm, node, FUNCTION_MODULES[node.target](node), (node.args[0],))
         elif node.op == "call_method" and node.target in METHOD_MODULES:
             _replace_with_module(gm, node, METHOD_MODULES[node.target](node), (node.args[0],))
+
+
+def _add_name(node: fx.Node, taken: set[str]) -> str:
+    """The add's name in messages and in the graph: the module whose forward adds, then "add"
+    ("layer1.0.add", "layer1.0.add_1" for a second one there), or "add", "add_1", … at the top."""
+    stack = node.meta.get("nn_module_stack") or {}
+    base = f"{next(reversed(stack))}.add" if stack else "add"
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
 
 
 def _check_add(node: fx.Node) -> None:

@@ -20,7 +20,10 @@ def ref_quantize_input(x, spec):
 def ref_conv(v, w, b, stride, padding, dilation, groups):
     n, c, h, wd = v.shape
     o, cg, kh, kw = w.shape
-    v = np.pad(v, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))  # zero = real 0 after centring
+    if isinstance(padding, int):
+        padding = [padding] * 4
+    top, left, bottom, right = padding if len(padding) == 4 else (padding[0], padding[1], padding[0], padding[1])
+    v = np.pad(v, ((0, 0), (0, 0), (top, bottom), (left, right)))  # zero = real 0 after centring
     oh = (v.shape[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (v.shape[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     out = np.zeros((n, o, oh, ow), dtype=np.int64)
@@ -98,6 +101,9 @@ def reference_run(g, x):
             y = ref_reorg(ins[0], a["stride"])
         elif node.op == "Concat":
             y = np.concatenate(ins, axis=1)
+        elif node.op == "Add":
+            m = P[node.params["multiplier"]]
+            y = (ins[0] - in_specs[0].zero_point) * m[0] + (ins[1] - in_specs[1].zero_point) * m[1]
         else:
             raise AssertionError(f"reference has no rule for {node.op}")
         vals[node.output] = y

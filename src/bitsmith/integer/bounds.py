@@ -8,6 +8,7 @@ bounds, per layer, the largest magnitude any intermediate can take (docs/arithme
   QuantizeInput   max(|qmin − z|, |qmax − z|, |qmin|, |qmax|) of its output
   Conv2d, Linear  max over outputs c of Σ_k |w[c, k]| · max|x − z_in| + |B[c]|
   AvgPool2d       kh · kw · max|x − z_in|
+  Add             max|a − z_a|·m[0] + max|b − z_b|·m[1]
   Requant         max over channels of max(V·m + R, ⌊(V·m + R) / 2^s⌋ + 1 + |z_out|), V = max|x − z_in|
   data movement   the magnitude of the input range
 
@@ -92,6 +93,14 @@ def layer_bounds(g, check_overflow: bool = True) -> list[LayerBound]:
                 bound = max(bound, product, (product >> max(sc, 0)) + 1 + abs(out.zero_point))
             ranges[node.output] = (node.attrs["clamp_min"], node.attrs["clamp_max"])
             what = "max|x − z_in|·m + 2^(s−1), and the shifted value plus z_out"
+        elif node.op == "Add":
+            m = g.params[node.params["multiplier"]].to(torch.int64).tolist()
+            spans = [(ranges.get(i, (0, 0)), s.zero_point, mi) for i, s, mi in zip(node.inputs, ins, m)]
+            lo = sum((r[0] - z) * mi for r, z, mi in spans)
+            hi = sum((r[1] - z) * mi for r, z, mi in spans)
+            bound = max(sum(_centred(r, z) * mi for r, z, mi in spans), *(_centred(r, z) for r, z, _ in spans))
+            ranges[node.output] = _intersect((lo, hi), out, check_overflow)
+            what = "Σ max|x − z|·m over both inputs"
         else:  # MaxPool2d, Flatten, Reorg, Concat move codes
             lo = min(ranges.get(i, (0, 0))[0] for i in node.inputs)
             hi = max(ranges.get(i, (0, 0))[1] for i in node.inputs)

@@ -38,9 +38,10 @@ from bitsmith.integer.arithmetic import MAX_SHIFT, int_range, quantize_input, re
 from bitsmith.integer.bounds import check_int64
 from bitsmith.integer.exactness import FLOAT32_EXACT, FLOAT64_EXACT, compute_dtype, float32_gemm_is_ieee, gemm_dtype
 from bitsmith.integer.graph import IntegerGraph, Node
-from bitsmith.integer.ops import Emitters
+from bitsmith.integer.ops import Emitters, as_pads
 from bitsmith.integer.ops import as_pair as _pair
-from bitsmith.integer.reference import as_input, check_width, conv2d_int64, run_reference, window_sum_int64
+from bitsmith.integer.reference import (as_input, check_width, conv2d_int64, explicit_padding, run_reference,
+                                        window_sum_int64)
 
 FAST = Emitters("fast engine")
 
@@ -322,6 +323,22 @@ class _Compiler:
         hi = max(self.range[i][1] for i in node.inputs)
         return _Step(lambda *xs: torch.cat([t.to(dtype) for t in xs], dim=1), list(node.inputs), node.output, dtype, (lo, hi))
 
+    @FAST.register("Add")
+    def _add_node(self, node: Node) -> _Step:
+        """Σ (x_i − z_i)·m_i, in the narrowest dtype that holds every partial result exactly."""
+        m = self.g.params[node.params["multiplier"]].to(torch.int64).tolist()
+        zs = [self.g.tensors[i].zero_point for i in node.inputs]
+        spans = [((self.range[i][0] - z) * mi, (self.range[i][1] - z) * mi) for i, z, mi in zip(node.inputs, zs, m)]
+        out_range = (spans[0][0] + spans[1][0], spans[0][1] + spans[1][1])
+        magnitude = max(_magnitude(out_range), *(_magnitude(r) for r in spans),
+                        *(_magnitude(self.range[i]) + abs(z) for i, z in zip(node.inputs, zs)))
+        dtype = compute_dtype(magnitude)
+
+        def fn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return (a.to(dtype) - zs[0]) * m[0] + (b.to(dtype) - zs[1]) * m[1]
+
+        return _Step(fn, list(node.inputs), node.output, dtype, out_range, self._overflow_check(node, out_range))
+
     def _mark_releases(self) -> None:
         last_use: dict[str, int] = {}
         for i, step in enumerate(self.steps):
@@ -384,7 +401,10 @@ class _Compiler:
             core = (lambda x: torch.addmm(b_c, x, w_t)) if b_c is not None else (lambda x: x @ w_t)
         elif dtype == torch.int64:
             a = node.attrs
-            core = lambda x: conv2d_int64(x, w_c, a)  # noqa: E731
+
+            def core(x: torch.Tensor) -> torch.Tensor:
+                x, padding = explicit_padding(x, a["padding"])
+                return conv2d_int64(x, w_c, {**a, "padding": padding})
         elif self._conv_is_matmul(node, w):
             # The kernel covers the whole input: the output is one dot product per channel.
             w_t = w_c.reshape(w.shape[0], -1).t().contiguous()
@@ -395,7 +415,10 @@ class _Compiler:
                 return y.reshape(x.shape[0], -1, 1, 1)
         else:
             a = node.attrs
-            core = lambda x: F.conv2d(x, w_c, b_c, a["stride"], a["padding"], a["dilation"], a["groups"])  # noqa: E731
+
+            def core(x: torch.Tensor) -> torch.Tensor:
+                x, padding = explicit_padding(x, a["padding"])  # after centring: pads are real zeros
+                return F.conv2d(x, w_c, b_c, a["stride"], padding, a["dilation"], a["groups"])
         bias_shape = (1, -1, 1, 1) if node.op == "Conv2d" else (1, -1)
 
         def fn(x: torch.Tensor) -> torch.Tensor:
@@ -410,7 +433,7 @@ class _Compiler:
     def _conv_is_matmul(self, node: Node, w: torch.Tensor) -> bool:
         a = node.attrs
         in_shape = self.g.tensors[node.inputs[0]].shape
-        return (a["groups"] == 1 and _pair(a["padding"]) == [0, 0] and _pair(a["dilation"]) == [1, 1]
+        return (a["groups"] == 1 and as_pads(a["padding"]) == (0, 0, 0, 0) and _pair(a["dilation"]) == [1, 1]
                 and tuple(w.shape[2:]) == tuple(in_shape[1:]))
 
     def _overflow_check(self, node: Node, value_range: Range):

@@ -33,7 +33,7 @@ from bitsmith.integer.arithmetic import MAX_SHIFT, MULTIPLIER_BITS, TENSOR_BITS,
 
 
 #: Ops whose output is a wide signed accumulator (zero point 0) that a Requant brings back to codes.
-ACCUMULATING_OPS = ("Conv2d", "Linear", "AvgPool2d")
+ACCUMULATING_OPS = ("Conv2d", "Linear", "AvgPool2d", "Add")
 
 @dataclass(frozen=True)
 class Attr:
@@ -41,7 +41,8 @@ class Attr:
     graph.json schema (booleans are never integers there).
 
     kind "int": an integer in [lo, hi]; "pair": an integer or a list of two, each in [lo, hi]
-    ([height, width]); "choice": one of `choices` (strings).
+    ([height, width]); "pads": a "pair", or a list of four ([top, left, bottom, right]);
+    "choice": one of `choices` (strings).
     """
 
     kind: str
@@ -54,6 +55,9 @@ class Attr:
             return f"an integer from {self.lo} to {self.hi}"
         if self.kind == "pair":
             return f"an integer from {self.lo} to {self.hi}, or a list of two such integers"
+        if self.kind == "pads":
+            return (f"an integer from {self.lo} to {self.hi}, or a list of two ([height, width]) or four "
+                    "([top, left, bottom, right]) such integers")
         return "one of " + ", ".join(repr(c) for c in self.choices)
 
 
@@ -65,6 +69,10 @@ def pair_attr(lo: int, hi: int) -> Attr:
     return Attr("pair", lo, hi)
 
 
+def pads_attr(lo: int, hi: int) -> Attr:
+    return Attr("pads", lo, hi)
+
+
 def choice_attr(*choices: str) -> Attr:
     return Attr("choice", choices=tuple(choices))
 
@@ -72,6 +80,8 @@ def choice_attr(*choices: str) -> Attr:
 #: Largest kernel, stride, padding or dilation an attribute may declare (a spatial size).
 MAX_WINDOW = 1 << 16
 #: A clamp bound lies in the union of every code range an integer tensor may declare.
+#: Largest multiplier of an Add input (a 32-bit signed register).
+ADD_MULTIPLIER_MAX = (1 << 31) - 1
 CLAMP_RANGE = (int_range(TENSOR_BITS[1], True)[0], int_range(TENSOR_BITS[1], False)[1])
 
 # How Conv2d / Linear store their weights (attr "weight_format", default "dense"): the params each
@@ -107,6 +117,22 @@ class OpDef:
 def as_pair(v) -> list[int]:
     """A kernel/stride/padding attribute as [height, width] (an int means both)."""
     return [v, v] if isinstance(v, int) else list(v)
+
+
+def as_pads(v) -> tuple[int, int, int, int]:
+    """A Conv2d padding attribute as (top, left, bottom, right): an int means all four, [ph, pw]
+    means ph above and below, pw left and right."""
+    if isinstance(v, int):
+        return v, v, v, v
+    if len(v) == 2:
+        return v[0], v[1], v[0], v[1]
+    return tuple(v)
+
+
+def symmetric_padding(v) -> list[int] | None:
+    """[ph, pw] when a padding attribute pads both sides alike, None when it is asymmetric."""
+    top, left, bottom, right = as_pads(v)
+    return [top, left] if (top, left) == (bottom, right) else None
 
 
 def weight_format(node) -> str:
@@ -166,11 +192,12 @@ def _conv_shape(g, node, ins):
     a, x, w = node.attrs, ins[0].shape, _weight_shape(g, node)
     if len(x) != 3 or len(w) != 4:
         raise GraphError(f"node {node.name!r}: Conv2d needs a CHW input and an OIHW weight")
-    (sh, sw), (ph, pw), (dh, dw) = as_pair(a["stride"]), as_pair(a["padding"]), as_pair(a["dilation"])
+    (sh, sw), (dh, dw) = as_pair(a["stride"]), as_pair(a["dilation"])
+    top, left, bottom, right = as_pads(a["padding"])
     if x[0] != w[1] * a["groups"] or w[0] % a["groups"]:
         raise GraphError(f"node {node.name!r}: input has {x[0]} channels, weight expects {w[1] * a['groups']} "
                          f"in {a['groups']} group(s) of {w[0]} outputs")
-    out = (w[0], _window_out(x[1], w[2], sh, ph, dh), _window_out(x[2], w[3], sw, pw, dw))
+    out = (w[0], _window_out(x[1] + top + bottom, w[2], sh, 0, dh), _window_out(x[2] + left + right, w[3], sw, 0, dw))
     if min(out) < 1:
         raise GraphError(f"node {node.name!r}: kernel {list(w[2:])} does not fit the input {list(x)}")
     return out
@@ -200,6 +227,12 @@ def _reorg_shape(g, node, ins):
     if len(x) != 3 or x[1] % s or x[2] % s:
         raise GraphError(f"node {node.name!r}: Reorg stride {s} does not divide {list(x[1:])}")
     return (x[0] * s * s, x[1] // s, x[2] // s)
+
+
+def _add_shape(g, node, ins):
+    if ins[0].shape != ins[1].shape:
+        raise GraphError(f"node {node.name!r}: Add inputs have shapes {list(ins[0].shape)} and {list(ins[1].shape)}")
+    return tuple(ins[0].shape)
 
 
 def _concat_shape(g, node, ins):
@@ -290,6 +323,19 @@ def _check_avgpool(g, node, ins, out, where) -> None:
         raise GraphError(f"{where}: the window sum is signed with zero point 0")
 
 
+def _check_add(g, node, ins, out, where) -> None:
+    """Two per-tensor code inputs, one non-negative multiplier each, into an accumulator."""
+    for s in ins:
+        if s.per_channel:
+            raise GraphError(f"{where}: input {s.name!r} must have a per-tensor scale")
+    m = g.params[node.params["multiplier"]]
+    if m.dim() != 1 or m.numel() != 2:
+        raise GraphError(f"{where}: multiplier has shape {list(m.shape)}; must be 1-D with one value per input (2)")
+    _in_range(m, 0, ADD_MULTIPLIER_MAX, f"{where}: multiplier")
+    if out.zero_point != 0 or not out.signed:
+        raise GraphError(f"{where}: an accumulator output is signed with zero point 0")
+
+
 def _op(name: str, attrs: Mapping[str, Attr] | None = None, params=(), inputs: int | None = 1, *, shape: ShapeRule,
         check: Check = _no_check, doc: str = "", optional_params=()) -> OpDef:
     return OpDef(name, dict(attrs or {}), tuple(params), inputs, shape, check, doc, tuple(optional_params))
@@ -300,7 +346,7 @@ _WINDOW = {"kernel": pair_attr(1, MAX_WINDOW), "stride": pair_attr(1, MAX_WINDOW
 OPS: dict[str, OpDef] = {d.name: d for d in (
     _op("QuantizeInput", shape=_same_shape, check=_check_quantize_input,
         doc="float image → codes: clamp(round_half_even(x / scale) + z)"),
-    _op("Conv2d", {"stride": pair_attr(1, MAX_WINDOW), "padding": pair_attr(0, MAX_WINDOW),
+    _op("Conv2d", {"stride": pair_attr(1, MAX_WINDOW), "padding": pads_attr(0, MAX_WINDOW),
                    "dilation": pair_attr(1, MAX_WINDOW), "groups": int_attr(1, 1 << 20),
                    "weight_bits": int_attr(*WEIGHT_BITS)},
         ["weight"], shape=_conv_shape, check=_check_mac, optional_params=["bias"],
@@ -319,6 +365,8 @@ OPS: dict[str, OpDef] = {d.name: d for d in (
         doc="space-to-depth (pixel_unshuffle) by `stride`"),
     _op("Concat", inputs=None, shape=_concat_shape, check=_check_same_grid,
         doc="channel concatenation of inputs on one grid"),
+    _op("Add", params=["multiplier"], inputs=2, shape=_add_shape, check=_check_add,
+        doc="(a − z_a)·m[0] + (b − z_b)·m[1], exact, into a signed accumulator (a Requant follows)"),
 )}
 
 

@@ -19,7 +19,7 @@ from bitsmith.integer.arithmetic import int_range, partial_sum_bound, quantize_i
 from bitsmith.integer.bounds import check_int64
 from bitsmith.integer.exactness import compute_dtype, float32_gemm_is_ieee, gemm_dtype
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
-from bitsmith.integer.ops import ACCUMULATING_OPS, Emitters, as_pair
+from bitsmith.integer.ops import ACCUMULATING_OPS, Emitters, as_pads, as_pair, symmetric_padding
 
 REFERENCE = Emitters("reference interpreter")
 
@@ -91,14 +91,25 @@ def _conv2d(g, node, ins, ieee):
     w = g.weight_codes(node)
     x = _centered(g, node, ins[0])
     dtype = gemm_dtype(partial_sum_bound(w, g.tensors[node.inputs[0]]), ieee)
+    x, padding = explicit_padding(x, a["padding"])
     if dtype == torch.int64:
-        acc = conv2d_int64(x, w.to(torch.int64), a)
+        acc = conv2d_int64(x, w.to(torch.int64), {**a, "padding": padding})
     else:
-        acc = F.conv2d(x.to(dtype), w.to(dtype), None, a["stride"], a["padding"], a["dilation"], a["groups"])
+        acc = F.conv2d(x.to(dtype), w.to(dtype), None, a["stride"], padding, a["dilation"], a["groups"])
         acc = acc.to(torch.int64)
     if "bias" in node.params:
         acc += g.params[node.params["bias"]].to(torch.int64).reshape(1, -1, 1, 1)
     return acc
+
+
+def explicit_padding(x: torch.Tensor, padding) -> tuple[torch.Tensor, list[int]]:
+    """(x, the padding to pass to conv2d): asymmetric padding is applied here, as zeros of the
+    centred input x − z_in (the real value 0), and conv2d then pads nothing."""
+    symmetric = symmetric_padding(padding)
+    if symmetric is not None:
+        return x, symmetric
+    top, left, bottom, right = as_pads(padding)
+    return F.pad(x, (left, right, top, bottom)), [0, 0]
 
 
 def conv2d_int64(x: torch.Tensor, w: torch.Tensor, a: dict) -> torch.Tensor:
@@ -204,3 +215,11 @@ def _reorg(g, node, ins, ieee):
 @REFERENCE.register("Concat")
 def _concat(g, node, ins, ieee):
     return torch.cat(ins, dim=1)
+
+
+@REFERENCE.register("Add")
+def _add(g, node, ins, ieee):
+    """(a − z_a)·m[0] + (b − z_b)·m[1] in int64 (the int64 proof bounds it); a Requant follows."""
+    m = g.params[node.params["multiplier"]].to(torch.int64).tolist()
+    terms = [(x - g.tensors[name].zero_point) * mi for x, name, mi in zip(ins, node.inputs, m)]
+    return terms[0] + terms[1]

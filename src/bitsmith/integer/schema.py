@@ -131,14 +131,17 @@ def _attr_type(a: Attr) -> Any:
 
         return _leaf(check_choice, {"enum": list(a.choices)})
 
+    lengths = (2, 4) if a.kind == "pads" else (2,)
+
     def check_pair(v: Any, lo=a.lo, hi=a.hi) -> Any:
-        items = v if isinstance(v, list) and len(v) == 2 else [v] if not isinstance(v, list) else None
+        items = v if isinstance(v, list) and len(v) in lengths else [v] if not isinstance(v, list) else None
         if items is None or not all(is_int(i) and lo <= i <= hi for i in items):
-            raise ValueError(f"{v!r}; allowed: an integer from {lo} to {hi}, or a list of two such integers")
+            raise ValueError(f"{v!r}; allowed: {a.describe()}")
         return v
 
     item = {"type": "integer", "minimum": a.lo, "maximum": a.hi}
-    return _leaf(check_pair, {"anyOf": [item, {"type": "array", "items": item, "minItems": 2, "maxItems": 2}]})
+    lists = [{"type": "array", "items": item, "minItems": n, "maxItems": n} for n in lengths]
+    return _leaf(check_pair, {"anyOf": [item, *lists]})
 
 
 class _Strict(BaseModel):

@@ -34,8 +34,8 @@ DROPOUT_MODULES = (_DropoutNd,)
 SUPPORTED_MODULES = ((nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d) + CLAMP_MODULES
                      + (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)
                      + DROPOUT_MODULES + PAD_MODULES + LEAF_TYPES)
-#: Functions left in the graph after the rewrites: channel concatenation (and getitem, which fx records
-#: for indexing a module's tuple output).
+#: Functions left in the graph after the rewrites: channel concatenation (and getitem with an integer,
+#: which fx records for indexing a module's tuple output; a slice is refused).
 SUPPORTED_FUNCTIONS = (torch.cat, operator.getitem)
 
 _CURVE = ("a smooth curve, not a clamp: the integer graph has no lookup-table op, so it cannot be computed "
@@ -80,6 +80,9 @@ def check_supported(gm: fx.GraphModule) -> None:
     for node in gm.graph.nodes:
         if node.op == "call_module":
             _check_module(gm, node)
+        elif node.op == "call_function" and node.target is operator.getitem and not isinstance(node.args[1], int):
+            raise ConfigError(f"operation {node.name!r} slices a tensor ({node.args[0].name}[{node.args[1]}]); "
+                              "slicing is not supported (the integer graph has no slice op)")
         elif node.op == "call_function" and node.target not in SUPPORTED_FUNCTIONS:
             name = getattr(node.target, "__name__", str(node.target))
             raise ConfigError(f"operation {node.name!r} ({name}) is not supported; bitsmith quantizes the modules "

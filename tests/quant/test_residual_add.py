@@ -241,3 +241,20 @@ def test_qat_trains_through_adds_and_lowers_exactly(method):
     integer = engine.predict(graph, x)
     assert torch.equal(exact, integer)
     torch.testing.assert_close(float_path, integer, rtol=0.05, atol=0.05)
+
+
+def test_a_weight_only_model_adds_in_float_and_cannot_be_lowered():
+    from bitsmith.quant.ptq import set_activation_quantization
+
+    model = _residual_net()
+    qmodel = quantize(model, _batches(model.input_shape), QuantConfig())
+    x = torch.randn(4, *model.input_shape)
+    with torch.no_grad():
+        quantized = qmodel(x)
+        set_activation_quantization(qmodel, False)
+        assert not torch.equal(qmodel(x), quantized)
+        add = qmodel.q_add
+        a, b = torch.randn(2, 3, 16, 4, 4)
+        assert torch.equal(add(a, b), F.relu6(a + b))  # the float add with its fused clamp
+    with pytest.raises(ConfigError, match="disabled"):
+        lower(qmodel)

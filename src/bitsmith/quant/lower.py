@@ -105,9 +105,7 @@ def lower(qmodel: fx.GraphModule, config: QuantConfig | None = None, *, input_sh
                 raise ConfigError("bitsmith lowers models with exactly one output tensor")
             output = env[result]
         elif isinstance(m, FakeQuantize):
-            if not m.enabled or m.observing:
-                raise ConfigError(f"quantizer {node.target!r} is {'disabled' if not m.enabled else 'not frozen'}; "
-                                  "lower() needs every activation quantized (enable it / quantize() the model)")
+            _check_frozen(m, node.target)
             x = env[node.args[0]]
             out = _codes_spec(node.name, shape(node), m)
             if x.dtype == "float32":
@@ -148,6 +146,12 @@ def lower(qmodel: fx.GraphModule, config: QuantConfig | None = None, *, input_sh
     return graph
 
 
+def _check_frozen(fq: FakeQuantize, name: str) -> None:
+    if not fq.enabled or fq.observing:
+        raise ConfigError(f"quantizer {name!r} is {'disabled' if not fq.enabled else 'not frozen'}; "
+                          "lower() needs every activation quantized (enable it / quantize() the model)")
+
+
 def _input_shape(qmodel: fx.GraphModule, given: tuple[int, ...] | None) -> tuple[int, ...]:
     """The input shape to lower for: `given`, or the one the model was quantized for; both must agree."""
     known = tuple(getattr(qmodel, "input_shape", ()) or ())
@@ -170,6 +174,7 @@ def _lower_add(b: _Builder, node: fx.Node, m: QuantAdd, inputs: list[TensorSpec]
     if inputs[0].shape != inputs[1].shape:
         raise ConfigError(f"add {m.name!r} adds tensors of shapes {list(inputs[0].shape)} and {list(inputs[1].shape)}; "
                           "the integer graph adds tensors of one shape (no broadcasting)")
+    _check_frozen(m.act_quant, f"{node.target}.act_quant")
     out = _codes_spec(node.name, out_shape, m.act_quant)
     m_a, m_b, k = m.integer_parameters()
     acc = TensorSpec(f"{node.name}_acc", tuple(out_shape), "int", acc_bits, True, math.ldexp(out.scale, -k), 0)
@@ -207,6 +212,8 @@ def _lower_layer(b: _Builder, node: fx.Node, m: QuantLayer, x: TensorSpec, out_s
         b.node("Conv2d", acc_name, [x], b.tensor(acc), attrs, params)
     else:
         b.node("Linear", acc_name, [x], b.tensor(acc), {"weight_bits": m.code_bits, **weight_attrs}, params)
+    if m.act_quant is not None:
+        _check_frozen(m.act_quant, f"{node.target}.act_quant")
     if m.act_quant is None:
         if m.clamp is not None:
             raise ConfigError(f"layer {node.target!r}: a fused {m.clamp} needs an output quantizer")

@@ -34,7 +34,7 @@ from bitsmith.quant.modules import QuantConv2d, QuantLayer, QuantLinear
 from bitsmith.quant.requant import Clamp
 from bitsmith.quant.rewrite import (adaptive_pools_to_avgpool, folded_padding, modules_for_functions,
                                     propagate_shapes)
-from bitsmith.quant.support import (DROPOUT_MODULES, LEAF_TYPES, SHAPE_ONLY, check_fused,
+from bitsmith.quant.support import (DROPOUT_MODULES, LEAF_TYPES, SHAPE_ONLY, check_add_shapes, check_fused,
                                     check_module_calls, check_supported)
 
 __all__ = ["module_of", "prepare", "quantizable_layers", "trace"]
@@ -86,6 +86,7 @@ def prepare(model: nn.Module, config: QuantConfig, input_shape: tuple[int, ...] 
     input_shape = input_shape or getattr(model, "input_shape", None)
     if input_shape is not None:
         propagate_shapes(gm, input_shape, type(model).__name__)
+        check_add_shapes(gm)
         adaptive_pools_to_avgpool(gm)
     elif any(isinstance(module_of(gm, n), nn.AdaptiveAvgPool2d) for n in gm.graph.nodes):
         raise ConfigError(f"{type(model).__name__} has an AdaptiveAvgPool2d, whose window depends on the input "

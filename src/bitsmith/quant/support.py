@@ -126,6 +126,18 @@ def _pair(v) -> tuple:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def check_add_shapes(gm: fx.GraphModule) -> None:
+    """Both inputs of every add have one shape (after shape propagation): the graph's Add does not
+    broadcast."""
+    for node in gm.graph.nodes:
+        m = module_of(gm, node)
+        if isinstance(m, QuantAdd):
+            a, b = (tuple(arg.meta["tensor_meta"].shape[1:]) for arg in node.args)
+            if a != b:
+                raise ConfigError(f"add {m.name!r} adds tensors of shapes {list(a)} and {list(b)}; the integer graph "
+                                  "adds tensors of one shape (no broadcasting)")
+
+
 def check_fused(gm: fx.GraphModule) -> None:
     """After fusion: what is left of BatchNorm, clamps and pads could not be folded; say why."""
     for node in gm.graph.nodes:

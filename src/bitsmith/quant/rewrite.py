@@ -91,8 +91,8 @@ def modules_for_functions(gm: fx.GraphModule, config: QuantConfig) -> None:
     add_names: set[str] = set()
     for node in list(gm.graph.nodes):
         if is_add(node):
-            _check_add(node)
             name = _add_name(node, add_names)
+            _check_add(node, name)
             # "q_layer1_0_add" as "q_conv1": the quantized form of the float model's "layer1.0.add"
             _replace_with_module(gm, node, QuantAdd(config, name), tuple(node.args[:2]), "q_" + name.replace(".", "_"))
         elif node.op == "call_function" and node.target in FUNCTION_MODULES:
@@ -113,14 +113,14 @@ def _add_name(node: fx.Node, taken: set[str]) -> str:
     return name
 
 
-def _check_add(node: fx.Node) -> None:
+def _check_add(node: fx.Node, name: str) -> None:
     operands = node.args[:2]
     if len(node.args) != 2 or not all(isinstance(a, fx.Node) and a.op != "get_attr" for a in operands):
-        raise ConfigError(f"add {node.name!r} adds a constant ({', '.join(map(repr, node.args))}); bitsmith "
+        raise ConfigError(f"add {name!r} adds a constant ({', '.join(map(repr, node.args))}); bitsmith "
                           "quantizes the sum of two tensors only (fold a constant into a bias instead)")
     extra = {k: v for k, v in node.kwargs.items() if not (k == "alpha" and v == 1)}
     if extra:
-        raise ConfigError(f"add {node.name!r}: torch.add with {extra} is not supported; bitsmith adds two "
+        raise ConfigError(f"add {name!r}: torch.add with {extra} is not supported; bitsmith adds two "
                           "tensors with no scaling (alpha=1) and no out=")
 
 

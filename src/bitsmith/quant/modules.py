@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitsmith.errors import ConfigError
 from bitsmith.quant.config import QFormat
 from bitsmith.quant.fake_quant import FakeQuantize, fake_quantize_weight, quantize_weight, weight_qparams
 from bitsmith.quant.fake_quant import weight_scale as minmax_weight_scale
@@ -123,9 +122,7 @@ class QuantConv2d(QuantLayer):
     def __init__(self, conv: nn.Conv2d, weight, bias, pads: tuple[int, int, int, int], **kw) -> None:
         super().__init__(weight, bias, **kw)
         self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups
-        if conv.padding_mode != "zeros":
-            raise ConfigError(f"conv padding mode {conv.padding_mode!r}: only zero padding is supported")
-        self.pads = tuple(pads)
+        self.pads = tuple(pads)  # zero padding only: other padding modes are refused (quant/support.py)
 
     @property
     def padding(self) -> list[int]:

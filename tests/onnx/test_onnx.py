@@ -4,6 +4,7 @@ Every comparison is element by element on int64, for the graph output and for ev
 tensor (the integer model names its values after the IntegerGraph tensors).
 """
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -17,6 +18,7 @@ from bitsmith.integer import IntegerGraph, Node, TensorSpec, engine
 from bitsmith.onnx import export_onnx, run_onnx
 from bitsmith.onnx import integer as integer_export
 from tests.helpers import golden
+from tests.random_graphs import GraphMaker, random_graph
 
 
 def probe_inputs(g: IntegerGraph, n: int = 4) -> torch.Tensor:
@@ -157,6 +159,204 @@ def test_reorg_is_pixel_unshuffle_order(r, h, w, tmp_path):
     np.testing.assert_array_equal(got, torch.nn.functional.pixel_unshuffle(x.clamp(-128, 127).long(), r).numpy())
 
 
+# -- residual Add, four-sided padding, depthwise convolution (docs/arithmetic.md §3, §5a) ----------
+
+def mac(gm: GraphMaker, x: TensorSpec, out: TensorSpec, kernel: int, *, pads, groups: int = 1, stride: int = 1,
+        clamp: str = "relu") -> TensorSpec:
+    """A Conv2d onto the grid `out` whose scales are consistent (S_acc = M · S_out for the Requant's
+    multiplier M), so that the QDQ model, which reads scales, computes what the integer graph does."""
+    acc = gm.conv(x, out.shape[0], kernel, stride=stride, pads=pads, groups=groups, requant=False)
+    assert acc.shape == out.shape, (acc.shape, out.shape)
+    gain = gm._gain((x.shape[0] // groups) * kernel * kernel, 127, x, out)
+    acc.scale = gain * out.scale
+    return gm.requant(acc, out, gain, clamp)
+
+
+def unsigned_input(gm: GraphMaker, shape, zero_point: int) -> TensorSpec:
+    """The input quantized to unsigned 8-bit codes with the given zero point (real 0 is that code)."""
+    x = gm.input(shape)
+    x.bits, x.signed, x.scale, x.zero_point = 8, False, 6.0 / 255, zero_point
+    return x
+
+
+def residual_graph(clamp: str = "relu") -> IntegerGraph:
+    """relu(a + b) on two different grids: a unsigned 8-bit (zero point 23, ReLU), b signed 6-bit
+    (zero point −5, no clamp), the sum unsigned 8-bit (zero point 9); multipliers as lowering picks
+    them (S_acc = S_out · 2^−12, m_i = round(S_i / S_acc))."""
+    gm = GraphMaker(21)
+    x = gm.input((3, 7, 6))
+    a = mac(gm, x, TensorSpec("a", (4, 7, 6), "int", 8, False, 0.04, 23), 3, pads=[1, 1])
+    b = mac(gm, x, TensorSpec("b", (4, 7, 6), "int", 6, True, 0.11, -5), 1, pads=[0, 0], clamp="none")
+    out = TensorSpec("sum", (4, 7, 6), "int", 8, False, 0.07, 9)
+    k = 12
+    m = [round(s.scale * 2**k / out.scale) for s in (a, b)]
+    acc = gm._node("Add", [a, b], TensorSpec("sum_acc", out.shape, "int", 32, True, out.scale * 2.0**-k, 0), {},
+                   {"multiplier": torch.tensor(m, dtype=torch.int64)})
+    return gm.graph(gm.requant(acc, out, 2.0**-k, clamp))
+
+
+def onnx_nodes_of(path, layer: str) -> list:
+    return [n for n in onnx.load(path).graph.node if n.name == layer or n.name.startswith(layer + "/")]
+
+
+@pytest.mark.parametrize("clamp", ["relu", "none"])
+def test_residual_add_is_exact(clamp, tmp_path):
+    g = residual_graph(clamp)
+    path = export_onnx(g, tmp_path / "residual.onnx")
+    x = probe_inputs(g)
+    assert_bit_exact(g, path, x)
+    # (a − 23)·m_a + (b + 5)·m_b in int64: Sub, Mul and Add, nothing in floating point
+    add = onnx_nodes_of(path, "sum_acc")
+    assert sorted(n.op_type for n in add) == ["Add", "Mul", "Mul", "Sub", "Sub"]
+    consts = {t.name: t for t in onnx.load(path).graph.initializer if t.name.startswith("sum_acc/")}
+    assert consts and all(t.data_type == onnx.TensorProto.INT64 for t in consts.values())
+    v = engine.run(g, x, return_all=True)
+    assert v["a"].min() == 23 and v["b"].min() < -5 < v["b"].max()  # ReLU at a's zero point; b both signs
+    if clamp == "relu":
+        assert v["sum"].min() == 9 and (v["sum_acc"] < 0).any()  # the fused ReLU clamps negative sums
+
+
+@pytest.mark.parametrize("multipliers", [(0, 3000), (1, 0), (0, 0), (1, 1)])
+def test_add_with_multipliers_of_zero_and_one(multipliers, tmp_path):
+    """A multiplier of 0 drops its input, 1 needs no Mul: exact in the integer model; the QDQ model
+    drops the input too (a DequantizeLinear at scale 0 is not written) and stays close."""
+    g = residual_graph("none")
+    g.params["sum_acc.multiplier"] = torch.tensor(multipliers, dtype=torch.int64)
+    x = probe_inputs(g)
+    assert_bit_exact(g, export_onnx(g, tmp_path / "m.onnx"), x)
+    qdq = export_onnx(g, tmp_path / "qdq.onnx", qdq=True)
+    want = g.dequantize(engine.run(g, x)).numpy()
+    assert np.abs(run_onnx(qdq, x) - want).max() <= 2.01 * g.tensors["sum"].scale
+
+
+def test_add_at_the_edge_of_int64_is_exact_and_beyond_it_refused(tmp_path):
+    """32-bit codes (unsigned; signed with zero point −2^31 + 1) and multipliers 2^30 − 1: sums within
+    2^40 of 2^63, exact in int64; with multipliers 2^31 − 1 they could reach 2^64: the export refuses
+    the layer by name (and the engine's int64 proof refuses the graph)."""
+    def graph(m):
+        return hand_graph(
+            [TensorSpec("input", (4,), "float32"),
+             TensorSpec("qa", (4,), "int", 32, False, 1.0, 0),
+             TensorSpec("qb", (4,), "int", 32, True, 1.0, -(2**31) + 1),
+             TensorSpec("sum", (4,), "int", 32, True, 1.0, 0)],
+            [Node("QuantizeInput", "qa", ["input"], "qa"), Node("QuantizeInput", "qb", ["input"], "qb"),
+             Node("Add", "sum", ["qa", "qb"], "sum", {}, {"multiplier": "sum.multiplier"})],
+            {"sum.multiplier": torch.tensor(m, dtype=torch.int64)})
+
+    g = graph([2**30 - 1, 2**30 - 1])
+    path = export_onnx(g, tmp_path / "edge.onnx")
+    x = torch.tensor([[0.0, 1.0, -3e9, 3e9], [4294967040.0, -2147483648.0, 12345.0, -1.0]])
+    want = engine.run(g, x, check_overflow=False)  # far beyond the declared 32 bits: unchecked
+    np.testing.assert_array_equal(run_onnx(path, x), want.numpy())
+    # 4294967040, the largest float32 below 2^32, is q − z = 2^32 − 256 on both grids: within 2^40 of 2^63
+    assert int(want.max()) == 2 * (2**32 - 256) * (2**30 - 1) > 2**63 - 2**40
+    assert int(want.min()) == -(2**30 - 1)
+
+    beyond = graph([2**31 - 1, 2**31 - 1])
+    with pytest.raises(ConfigError, match=r"layer 'sum' \(Add\).*beyond int64"):
+        export_onnx(beyond, tmp_path / "beyond.onnx")
+    assert not (tmp_path / "beyond.onnx").exists()
+    with pytest.raises(GraphError, match=r"layer 'sum' \(Add\)"):
+        engine.run(beyond, x, check_overflow=False)
+
+
+PADS = {"int": 1, "pair": [1, 0], "same_even_kernel": [0, 0, 1, 1], "four_sides": [2, 0, 1, 3],
+        "left_only": [0, 3, 0, 0]}
+
+
+@pytest.mark.parametrize("case", list(PADS))
+@pytest.mark.parametrize("groups", ["dense", "depthwise"])
+def test_conv_padding_of_every_form_is_exact(case, groups, tmp_path):
+    """ONNX pads are [top, left, bottom, right], the IR's order; a non-square map, stride 2 and a
+    non-zero input zero point (a pad is the real value 0, not the code 0) make every side count."""
+    pads = PADS[case]
+    gm = GraphMaker(8)
+    x = unsigned_input(gm, (3, 9, 7), 121)
+    top, left, bottom, right = (pads,) * 4 if isinstance(pads, int) else \
+        (pads * 2 if len(pads) == 2 else pads)
+    shape = ((9 + top + bottom - 3) // 2 + 1, (7 + left + right - 3) // 2 + 1)
+    channels, g_count = (3, 3) if groups == "depthwise" else (5, 1)
+    out = TensorSpec("y", (channels, *shape), "int", 8, True, 0.05, -3)
+    y = mac(gm, x, out, 3, pads=[pads, pads] if isinstance(pads, int) else pads, groups=g_count, stride=2)
+    g = gm.graph(y)
+    conv = next(n for n in g.nodes if n.op == "Conv2d")
+    conv.attrs["padding"] = pads  # the int form as such
+    g.validate()
+    path = export_onnx(g, tmp_path / "pads.onnx")
+    (onnx_conv,) = [n for n in onnx_nodes_of(path, conv.name) if n.op_type == "ConvInteger"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in onnx_conv.attribute}
+    assert attrs["pads"] == [top, left, bottom, right] and attrs["group"] == g_count
+    assert_bit_exact(g, path, probe_inputs(g))
+
+    qdq = export_onnx(g, tmp_path / "pads_qdq.onnx", qdq=True)
+    (qdq_conv,) = [n for n in onnx.load(qdq).graph.node if n.op_type == "Conv"]
+    assert [a.ints for a in qdq_conv.attribute if a.name == "pads"] == [[top, left, bottom, right]]
+    x = probe_inputs(g)
+    want = g.dequantize(engine.run(g, x)).numpy()
+    assert np.abs(run_onnx(qdq, x) - want).max() <= 0.05 * np.abs(want).max()
+
+
+def test_qdq_residual_add_is_close(tmp_path):
+    """The QDQ contract: float operators between Q/DQ, close to the integer graph and with its
+    predictions, not bit-exact. Add becomes each input's codes dequantized at S_acc·m_i, a float Add."""
+    g = residual_graph()
+    path = export_onnx(g, tmp_path / "residual_qdq.onnx", qdq=True)
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    add = onnx_nodes_of(path, "sum_acc")
+    assert sorted(n.op_type for n in add) == ["Add", "DequantizeLinear", "DequantizeLinear",
+                                              "QuantizeLinear", "QuantizeLinear"]
+    scales = {t.name: float(onnx.numpy_helper.to_array(t)) for t in model.graph.initializer
+              if t.name.startswith("sum_acc/scale_")}
+    m = g.params["sum_acc.multiplier"].tolist()
+    assert scales == {f"sum_acc/scale_{k}": pytest.approx(g.tensors["sum_acc"].scale * m[k], rel=1e-7)
+                      for k in (0, 1)}
+    x = torch.randn(200, *g.input_spec.shape, generator=torch.Generator().manual_seed(5))
+    codes = engine.run(g, x)
+    want = g.dequantize(codes).numpy()
+    got = run_onnx(path, x)
+    step = g.tensors["sum"].scale
+    assert np.abs(got - want).max() <= 2.01 * step  # a code or two where roundings differ
+    assert (np.abs(got - want) <= 1e-6).mean() >= 0.95  # and the same code almost everywhere
+
+
+def test_qdq_export_of_random_graphs_runs_or_names_the_refused_layer(tmp_path):
+    """tests/random_graphs.py's graphs (Add, grouped / depthwise / four-sided-padded Conv2d, Concat,
+    pools, Reorg) as QDQ models: each loads and runs in onnxruntime, or the export refuses it with a
+    ConfigError naming the layer (onnxruntime 1.31 rejects some MaxPool2d / Reorg of signed codes).
+    Their scales are random, not those of a quantizer, so closeness is tested on the graphs above."""
+    ran, ops = 0, set()
+    for seed in range(20):
+        g = random_graph(seed)
+        x = torch.randn(2, *g.input_spec.shape, generator=torch.Generator().manual_seed(seed))
+        try:
+            path = export_onnx(g, tmp_path / f"{seed}.onnx", qdq=True)
+        except ConfigError as e:
+            assert re.search(r"\(layer '[^']+', (MaxPool2d|Reorg)\), so no file was written", str(e)), str(e)
+            continue
+        out = run_onnx(path, x)
+        assert out.shape == (2, *g.output_spec.shape) and np.isfinite(out).all()
+        ran += 1
+        ops |= {n.op for n in g.nodes}
+    assert ran >= 15 and "Add" in ops
+
+
+def test_a_refusal_by_onnxruntime_names_the_layer(tmp_path, monkeypatch):
+    """An ONNX operator onnxruntime has no kernel for (Max on int16) is refused at export, naming the
+    graph layer the ONNX node implements; nothing is written."""
+    def int16_max(graph, node, b):
+        a16 = b.op("Cast", [node.inputs[0]], f"{node.name}/a16", to=onnx.TensorProto.INT16)
+        b16 = b.op("Cast", [node.inputs[1]], f"{node.name}/b16", to=onnx.TensorProto.INT16)
+        y = b.op("Max", [a16, b16], f"{node.name}/max")
+        b.op("Cast", [y], node.output, name=node.name, to=onnx.TensorProto.INT64)
+
+    monkeypatch.setitem(integer_export.EMIT._table, "Add", int16_max)
+    with pytest.raises(ConfigError, match=r"refuses the model at its default settings \(layer 'sum_acc', Add\), "
+                                          r"so no file was written: .*NOT_IMPLEMENTED.*sum_acc/max"):
+        export_onnx(residual_graph(), tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_wrong_export_is_caught(tmp_path, monkeypatch):
     """Shifting one bit too far must make the comparison fail: the check can fail."""
     g = golden("lenet5_w8a8")
@@ -266,7 +466,8 @@ def test_a_model_onnxruntime_refuses_is_never_written(tmp_path):
     g = golden("lenet5_qformat")
     target = tmp_path / "model.onnx"
     target.write_bytes(b"an earlier export")
-    with pytest.raises(ConfigError, match="onnxruntime .* refuses the model .* no file was written"):
+    with pytest.raises(ConfigError, match=r"onnxruntime .* refuses the model .*\(layer 'pool1', MaxPool2d\), "
+                                          "so no file was written"):
         export_onnx(g, target, qdq=True)
     assert target.read_bytes() == b"an earlier export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]

@@ -11,6 +11,7 @@ Two flavours:
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -68,24 +69,49 @@ def export_onnx(graph: IntegerGraph, path: str | os.PathLike, *, qdq: bool = Fal
             raise ConfigError("ONNX export: intermediate outputs exist for the integer model only, not --qdq")
         _add_intermediate_outputs(graph, model)
     data = model.SerializeToString()
-    _check_onnxruntime_loads(data, flavour)
+    _check_onnxruntime_loads(data, flavour, graph)
     path = Path(path)
     write_bytes_atomic(path, data)
     return path
 
 
-def _check_onnxruntime_loads(data: bytes, flavour: str) -> None:
+def _check_onnxruntime_loads(data: bytes, flavour: str, graph: IntegerGraph) -> None:
     """Refuse, before anything is written, a model onnxruntime will not load at its default settings.
 
     onnx.checker is not enough: ORT's graph optimisations (on by default) can reject a valid model —
-    e.g. its QDQ propagation around a MaxPool of a Q-format graph builds a QuantizeLinear whose
-    output type contradicts its zero point. A user must never be handed a file their runtime refuses."""
+    e.g. its QDQ propagation around a MaxPool of signed codes builds a QuantizeLinear whose output
+    type contradicts its zero point — and a kernel the ONNX standard allows may be missing from its
+    CPU provider (a dtype it does not implement for an op). A user must never be handed a file their
+    runtime refuses; the error names the graph layer the refused ONNX node comes from."""
     try:
         ort.InferenceSession(data, ort.SessionOptions(), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime's load errors (Fail, InvalidGraph, …) share no narrower base
         hint = (" The integer export (without --qdq) represents this graph exactly." if flavour == "qdq" else "")
+        layer = _refused_layer(graph, str(e))
         raise ConfigError(f"ONNX export ({flavour}): onnxruntime {ort.__version__} refuses the model at its "
-                          f"default settings, so no file was written: {e}.{hint}") from None
+                          f"default settings{layer}, so no file was written: {e}.{hint}") from None
+
+
+#: How onnxruntime names the node it refuses: "Node (name) Op (…)", "node with name 'name'", "node (name)".
+_ORT_NODE = re.compile(r"[Nn]ode \(([^)]+)\)|node with name '([^']+)'|node name \(([^)]+)\)")
+
+
+def _refused_layer(graph: IntegerGraph, message: str) -> str:
+    """" (layer 'x', Op)" for the graph node an onnxruntime error's ONNX node comes from, or "".
+
+    Every ONNX node the export writes is called `<layer>` or `<layer>/<step>`, and onnxruntime names
+    the nodes its optimisations insert after the node they follow (`<layer>_q`, `<layer>/<step>_q`):
+    the layer is the longest graph node name the ONNX name starts with, followed by "/", "_" or nothing."""
+    match = _ORT_NODE.search(message)
+    if match is None:
+        return ""
+    onnx_name = next(g for g in match.groups() if g)
+    found = [n for n in graph.nodes
+             if onnx_name == n.name or onnx_name.startswith(n.name + "/") or onnx_name.startswith(n.name + "_")]
+    if not found:
+        return ""
+    node = max(found, key=lambda n: len(n.name))
+    return f" (layer {node.name!r}, {node.op})"
 
 
 def _add_intermediate_outputs(graph: IntegerGraph, model: onnx.ModelProto) -> None:

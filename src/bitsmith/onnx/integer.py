@@ -1,9 +1,11 @@
 """The integer ONNX model: docs/arithmetic.md in ONNX integer operators, bit for bit.
 
 Codes travel between nodes as int64 values carrying the IntegerGraph tensor names. The MACs run
-in ConvInteger / MatMulInteger (8-bit codes with zero points, int8 weights, exact int32 sums),
-requantization is the spec's `(v·m + R) >> s` in int64 with an exact floor shift, and nothing is
-computed in floating point except the input quantization the spec itself prescribes.
+in ConvInteger / MatMulInteger (8-bit codes with zero points, int8 weights, exact int32 sums; any
+padding, four-sided included, through ConvInteger's `pads`), the residual Add is its two scaled
+code differences in int64, requantization is the spec's `(v·m + R) >> s` in int64 with an exact
+floor shift, and nothing is computed in floating point except the input quantization the spec
+itself prescribes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from bitsmith.errors import ConfigError
 from bitsmith.integer.ops import Emitters
 from bitsmith.integer.arithmetic import FLOAT32_CLAMP_EXACT, partial_sum_bound
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
+from bitsmith.integer.ops import as_pads
 from bitsmith.integer.ops import as_pair as _pair
 from bitsmith.onnx.builder import OnnxBuilder
 
@@ -26,6 +29,7 @@ MAC_BITS = 8
 #: The offset that makes the requantizer's product non-negative before the unsigned shift.
 OFFSET_LOG2 = 62
 INT32_MAX = (1 << 31) - 1
+INT64_MAX = (1 << 63) - 1
 
 _CODE_TYPE = {(True, 8): (TensorProto.INT8, np.int8), (False, 8): (TensorProto.UINT8, np.uint8)}
 
@@ -118,18 +122,21 @@ def _quantize_input(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
 
 @EMIT.register("Conv2d")
 def _conv2d(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
-    """§3 with ConvInteger: it subtracts the zero point before padding, so a pad contributes 0."""
+    """§3 with ConvInteger: it subtracts the zero point before padding, so a pad contributes 0.
+
+    ONNX `pads` is [x1_begin, x2_begin, x1_end, x2_end] = [top, left, bottom, right], the IR's
+    four-sided order (`as_pads`), so symmetric, asymmetric, grouped and depthwise convolutions all
+    take the same path (a depthwise conv is `group` = channels)."""
     a = node.attrs
     w = _weight(graph, node)
     x8, zp = _mac_input(graph, node, b)
-    ph, pw = _pair(a["padding"])
     sum32 = b.op(
         "ConvInteger",
         [x8, b.const(f"{node.name}/weight", w), zp, b.const(f"{node.name}/w_zero_point", np.array(0, np.int8))],
         f"{node.name}/sum",
         name=node.name,
         strides=_pair(a["stride"]),
-        pads=[ph, pw, ph, pw],
+        pads=list(as_pads(a["padding"])),
         dilations=_pair(a["dilation"]),
         group=a["groups"],
     )
@@ -266,6 +273,38 @@ def emit_reorg(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
 @EMIT.register("Concat")
 def _concat(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     b.op("Concat", node.inputs, node.output, name=node.name, axis=1)
+
+
+@EMIT.register("Add")
+def _add(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
+    """§5a: acc = (a − z_a)·m_a + (b − z_b)·m_b, in int64: Sub, Mul, Add on the int64 codes.
+
+    Exact: with V_i = max|q_i − z_i| over input i's declared code range (at most 2^32), the
+    exporter checks V_a·m_a + V_b·m_b ≤ 2^63 − 1, which bounds every intermediate: each difference
+    (≤ V_i), each product (≤ V_i·m_i) and the sum. So no int64 Sub, Mul or Add wraps, and each
+    computes the integer result exactly. (The declared accumulator width is the engine's overflow
+    check, as for Conv2d; ONNX computes the same value and does not check it.) A zero point of 0
+    skips the Sub, a multiplier of 1 the Mul.
+    """
+    m = graph.params[node.params["multiplier"]].numpy().astype(np.int64).reshape(-1).tolist()
+    specs = [graph.tensors[i] for i in node.inputs]
+    spans = [max(s.qmax - s.zero_point, s.zero_point - s.qmin) for s in specs]
+    bound = sum(v * mi for v, mi in zip(spans, m))
+    if bound > INT64_MAX:
+        raise ConfigError(f"layer {node.name!r} (Add): (a − z_a)·m_a + (b − z_b)·m_b can reach {bound}, beyond "
+                          f"int64 (inputs of {specs[0].bits} and {specs[1].bits} bits, multipliers {m}); no ONNX "
+                          "integer operator can compute it exactly")
+    terms = []
+    for k, (name, spec, mi) in enumerate(zip(node.inputs, specs, m)):
+        v = name
+        if spec.zero_point != 0:
+            v = b.op("Sub", [v, b.const(f"{node.name}/zero_point_{k}", np.array(spec.zero_point, dtype=np.int64))],
+                     f"{node.name}/centred_{k}")
+        if mi != 1:
+            v = b.op("Mul", [v, b.const(f"{node.name}/multiplier_{k}", np.array(mi, dtype=np.int64))],
+                     f"{node.name}/scaled_{k}")
+        terms.append(v)
+    b.op("Add", terms, node.output, name=node.name)
 
 
 def channel_shape(values: np.ndarray, rank: int) -> np.ndarray:

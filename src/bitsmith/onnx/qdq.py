@@ -4,9 +4,10 @@ Every IntegerGraph tensor becomes the float value of its real numbers, S · (q �
 tensor's own name. Activations pass through QuantizeLinear → DequantizeLinear on the graph's
 grids (uint8/int8, or 16-bit types for wider codes), weights are int8/int16 codes behind a
 DequantizeLinear (per tensor or per output channel, zero point 0) and biases int32 codes at
-scale S_w · S_in. Runtimes that understand QDQ (onnxruntime, TensorRT, …) turn this into their own
-integer kernels; their rounding differs from docs/arithmetic.md, so this model is close to the
-integer graph, not bit-exact.
+scale S_w · S_in. A residual Add dequantizes each input's codes at S_acc · m (its integer
+multiplier) and adds the floats. Runtimes that understand QDQ (onnxruntime, TensorRT, …) turn this
+into their own integer kernels; their rounding differs from docs/arithmetic.md, so this model is
+close to the integer graph, not bit-exact.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from onnx import TensorProto
 from bitsmith.errors import ConfigError
 from bitsmith.integer.ops import Emitters
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
+from bitsmith.integer.ops import as_pads
 from bitsmith.integer.ops import as_pair as _pair
 from bitsmith.onnx.builder import OnnxBuilder
 from bitsmith.onnx.integer import emit_reorg
@@ -107,10 +109,10 @@ def _weight_and_bias(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> list[st
 
 @EMIT.register("Conv2d")
 def _conv2d(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
-    a = node.attrs
-    ph, pw = _pair(a["padding"])
+    a = node.attrs  # ONNX pads: [top, left, bottom, right], the IR's four-sided order
     b.op("Conv", [node.inputs[0], *_weight_and_bias(graph, node, b)], node.output, name=node.name,
-         strides=_pair(a["stride"]), pads=[ph, pw, ph, pw], dilations=_pair(a["dilation"]), group=a["groups"])
+         strides=_pair(a["stride"]), pads=list(as_pads(a["padding"])), dilations=_pair(a["dilation"]),
+         group=a["groups"])
 
 
 @EMIT.register("Linear")
@@ -129,6 +131,43 @@ def _avgpool(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     # The window sum at scale S_in / (kh·kw) is, as a real number, the window mean.
     b.op("AveragePool", node.inputs, node.output, name=node.name,
          kernel_shape=_pair(node.attrs["kernel"]), strides=_pair(node.attrs["stride"]))
+
+
+@EMIT.register("Add")
+def _add(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
+    """§5a as QDQ: the accumulator's real value S_acc·acc = Σ (q_i − z_i)·(S_acc·m_i).
+
+    Each input's real value is quantized on its own grid (QuantizeLinear gives back exactly the
+    codes it stands for) and dequantized at scale S_acc·m_i, the integer multiplier the graph
+    carries (≈ S_i: lowering picks m_i = round(S_i / S_acc)); a float Add sums the two. That is
+    the DequantizeLinear → Add → QuantizeLinear pattern (the Requant after it quantizes) that QDQ
+    runtimes run as an integer add. An input whose multiplier is 0 contributes nothing."""
+    n = node.name
+    acc = graph.tensors[node.output]
+    multipliers = graph.params[node.params["multiplier"]].numpy().astype(np.int64).reshape(-1).tolist()
+    terms = []
+    for k, (name, m) in enumerate(zip(node.inputs, multipliers)):
+        if m == 0:
+            continue
+        x = graph.tensors[name]
+        np_type = _storage(node, x.bits, x.signed, f"its input {name!r} has")[1]
+        scale = np.float32(float(acc.scale) * m)
+        if not 0 < scale < np.inf:
+            raise ConfigError(f"layer {n!r} (Add): the scale S_acc·m of input {name!r} ({float(acc.scale)}·{m}) is "
+                              "0 or infinite as a float32; DequantizeLinear cannot carry it")
+        z = b.const(f"{n}/zero_point_{k}", np.array(x.zero_point, dtype=np_type))
+        q = b.op("QuantizeLinear", [name, b.const(f"{n}/input_scale_{k}", np.array(np.float32(x.scale))), z],
+                 f"{n}/codes_{k}", name=f"{n}/quantize_{k}")
+        terms.append((q, b.const(f"{n}/scale_{k}", np.array(scale)), z))
+    if not terms:  # both multipliers 0: the accumulator is 0
+        b.op("Mul", [node.inputs[0], b.const(f"{n}/zero", np.array(0, dtype=np.float32))], node.output, name=n)
+        return
+    if len(terms) == 1:
+        b.op("DequantizeLinear", list(terms[0]), node.output, name=n)
+        return
+    values = [b.op("DequantizeLinear", list(t), f"{n}/term_{k}", name=f"{n}/dequantize_{k}")
+              for k, t in enumerate(terms)]
+    b.op("Add", values, node.output, name=n)
 
 
 @EMIT.register("Flatten")

@@ -33,8 +33,8 @@ ADD_MULTIPLIER_LIMIT = (1 << 15) - 1
 class Clamp:
     """A clamping activation fused into the Requant that produces its input's codes.
 
-    `lo` / `hi` are the real bounds: ReLU is (0, inf), ReLU6 (0, 6), Hardtanh(a, b) is (a, b).
-    `name` says which module it came from, for messages.
+    `lo` / `hi` are the real bounds: ReLU is (0, inf) (the one unbounded clamp), ReLU6 (0, 6),
+    Hardtanh(a, b) is (a, b). `name` says which module it came from, for messages.
     """
 
     name: str
@@ -42,8 +42,8 @@ class Clamp:
     hi: float
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.lo) and self.lo < self.hi):
-            raise ConfigError(f"{self.name}: a fused clamp needs a finite lower bound below the upper one, "
+        if not (math.isfinite(self.lo) and self.lo < self.hi) or (math.isinf(self.hi) and self.lo != 0):
+            raise ConfigError(f"{self.name}: a fused clamp is [0, inf) (ReLU) or a finite [lo, hi] with lo < hi, "
                               f"got [{self.lo}, {self.hi}]")
 
     @classmethod

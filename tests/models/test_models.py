@@ -1,6 +1,7 @@
 """Model zoo: shapes, fx tracing, the lowering rules, spec round trips, summary figures, errors."""
 
 import json
+import operator
 
 import pytest
 import torch
@@ -19,6 +20,8 @@ EXPECTED_DEFAULT_OUTPUT = {
     "ultranet": (36, 10, 20),
     "ultranet_bypass": (36, 10, 20),
     "skynet": (36, 20, 40),
+    "resnet20": (10,),
+    "mobilenetv2_tiny": (10,),
 }
 ALLOWED_MODULES = (
     nn.Conv2d,
@@ -31,7 +34,11 @@ ALLOWED_MODULES = (
     nn.Linear,
     nn.Dropout,
     Reorg,
+    nn.ReLU6,
+    nn.AdaptiveAvgPool2d,
 )
+#: Functions the zoo may call: the two the quantizer lowers (channel concatenation, residual add).
+ALLOWED_FUNCTIONS = (torch.cat, operator.add)
 
 
 class ReorgLeafTracer(fx.Tracer):
@@ -57,7 +64,8 @@ def built(request: pytest.FixtureRequest) -> tuple[str, nn.Module]:
 
 def test_model_names_are_the_public_list() -> None:
     assert MODEL_NAMES == (
-        "lenet5", "nin", "vgg7", "vgg_tiny", "ultranet", "ultranet_bypass", "skynet"
+        "lenet5", "nin", "vgg7", "vgg_tiny", "ultranet", "ultranet_bypass", "skynet", "resnet20",
+        "mobilenetv2_tiny"
     )
 
 
@@ -81,20 +89,23 @@ def test_models_obey_the_lowering_rules(built: tuple[str, nn.Module]) -> None:
     for qualname, module in model.named_modules():
         if next(module.children(), None) is None:
             assert isinstance(module, ALLOWED_MODULES), f"{name}.{qualname}: {type(module)}"
-        if isinstance(module, nn.ReLU):
+        if isinstance(module, (nn.ReLU, nn.ReLU6)):
             assert not module.inplace, f"{name}.{qualname} is inplace"
     traced = trace(model)
     modules = dict(traced.named_modules())
     for node in traced.graph.nodes:
         if node.op == "call_function":
-            assert node.target is torch.cat, f"{name}: functional call {node.target}"
+            assert node.target in ALLOWED_FUNCTIONS, f"{name}: functional call {node.target}"
         if node.op in ("call_method", "get_attr"):
             pytest.fail(f"{name}: unexpected {node.op} {node.target}")
         if node.op != "call_module":
             continue
         module = modules[node.target]
         producer = node.args[0]
-        if isinstance(module, nn.ReLU):
+        if isinstance(module, (nn.ReLU, nn.ReLU6)):  # fused into the layer or add before it
+            if producer.op == "call_function":
+                assert producer.target is operator.add, f"{name}: ReLU {node.target} after {producer}"
+                continue
             assert producer.op == "call_module", f"{name}: ReLU {node.target} after {producer}"
             assert isinstance(
                 modules[producer.target], (nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.Linear)
@@ -284,3 +295,44 @@ def test_lenet5_accepts_other_channel_counts() -> None:
     model = build_model("lenet5", 4, (3, 32, 32), bias=True)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
     assert model.spec["kwargs"] == {"bias": True}
+
+
+# -- residual models -------------------------------------------------------------------------------
+
+
+def _adds(model: nn.Module) -> list[fx.Node]:
+    return [n for n in trace(model).graph.nodes if n.op == "call_function" and n.target is operator.add]
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 28, 28)])
+def test_resnet20_is_the_cifar_resnet(shape) -> None:
+    model = build_model("resnet20", input_shape=shape).eval()
+    params, macs = totals(model)
+    assert params == 272_474 - (3 - shape[0]) * 16 * 9  # 0.27 M; the stem conv follows the channels
+    assert macs == {3: 40_813_184, 1: 31_021_952}[shape[0]]
+    assert len(_adds(model)) == 9  # one per BasicBlock
+    shortcuts = [m for name, m in model.named_modules() if name.endswith("shortcut.conv")]
+    assert [(m.in_channels, m.out_channels, m.kernel_size, m.stride) for m in shortcuts] == [
+        (16, 32, (1, 1), (2, 2)), (32, 64, (1, 1), (2, 2))]  # option B: projections where the shape changes
+    rows = {r.name: r for r in model_summary(model)}
+    assert rows["layer3.2.conv2"].output_shape == (64, shape[1] // 4, shape[2] // 4)
+    assert model(torch.randn(2, *shape)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 28, 28)])
+def test_mobilenetv2_tiny_blocks(shape) -> None:
+    model = build_model("mobilenetv2_tiny", input_shape=shape).eval()
+    assert len(_adds(model)) == 3  # the blocks that keep stride and channels
+    depthwise = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert [m.groups for m in depthwise] == [16, 64, 96, 96, 128, 128]
+    # stem, one per depthwise and expand conv (1 + 2·5), head; none after the projections
+    assert sum(isinstance(m, nn.ReLU6) for m in model.modules()) == 1 + 1 + 2 * 5 + 1
+    params, _ = totals(model)
+    assert params < 50_000
+    assert model(torch.randn(2, *shape)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2_tiny"])
+def test_residual_models_take_multiples_of_4(name: str) -> None:
+    with pytest.raises(ConfigError, match="multiples of 4"):
+        build_model(name, input_shape=(1, 30, 30))

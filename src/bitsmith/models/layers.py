@@ -1,8 +1,8 @@
 """Building blocks shared by the model zoo: the `Reorg` layer and the conv + BN + ReLU triple.
 
 Every zoo model is assembled from a small set of modules the quantizer knows how to lower:
-Conv2d, BatchNorm1d/2d, ReLU, MaxPool2d, AvgPool2d, Flatten, Linear, Dropout, `Reorg` and
-`torch.cat`. `Reorg` is the only one defined here.
+Conv2d, BatchNorm1d/2d, ReLU / ReLU6, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Linear,
+Dropout, `Reorg`, `torch.cat` and the residual `+`. `Reorg` is the only one defined here.
 """
 
 from torch import Tensor, nn

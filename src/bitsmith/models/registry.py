@@ -12,7 +12,9 @@ from torch import nn
 
 from bitsmith.errors import ConfigError
 from bitsmith.models.lenet import LeNet5
+from bitsmith.models.mobilenet import MobileNetV2Tiny
 from bitsmith.models.nin import NIN
+from bitsmith.models.resnet import ResNet20
 from bitsmith.models.skynet import SkyNet
 from bitsmith.models.ultranet import UltraNet, UltraNetBypass
 from bitsmith.models.vgg import VGG7, VGGTiny
@@ -52,6 +54,9 @@ _REGISTRY: dict[str, ModelEntry] = {
     "skynet": ModelEntry(
         SkyNet, _DETECTOR_HEAD, _DETECTOR_SHAPE, {"classify": False}, hw_multiple=8
     ),
+    # Residual models: two stride-2 stages, then a global average pool over H/4 x W/4.
+    "resnet20": ModelEntry(ResNet20, 10, (3, 32, 32), {}, hw_multiple=4),
+    "mobilenetv2_tiny": ModelEntry(MobileNetV2Tiny, 10, (3, 32, 32), {}, hw_multiple=4),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)

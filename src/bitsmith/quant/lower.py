@@ -17,17 +17,23 @@ from dataclasses import replace
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from bitsmith.errors import ConfigError, GraphError
-from bitsmith.integer.arithmetic import MAX_SHIFT, int_range, quantize_multiplier
+from bitsmith.integer.arithmetic import int_range
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
 from bitsmith.integer.ops import as_pair as _pair
 from bitsmith.models import Reorg
+from bitsmith.quant.add import QuantAdd
 from bitsmith.quant.config import QuantConfig
-from bitsmith.quant.fake_quant import FakeQuantize, is_power_of_two
+from bitsmith.quant.fake_quant import FakeQuantize
+from bitsmith.quant.fx_nodes import module_of
 from bitsmith.quant.modules import QuantConv2d, QuantLayer
-from bitsmith.quant.prepare import module_of
+from bitsmith.quant.requant import Clamp, add_parameters, bias_codes, multiplier, requant_parameters
+from bitsmith.quant.rewrite import propagate_shapes
+
+# add_parameters, bias_codes, multiplier and requant_parameters live in quant/requant.py, shared with the
+# fake-quant modules that evaluate exactly as the graph; they are named here too, where the graph is made.
+__all__ = ["add_parameters", "bias_codes", "lower", "multiplier", "requant_parameters"]
 
 
 class _Builder:
@@ -52,41 +58,13 @@ class _Builder:
         self.nodes.append(Node(op, name, [i.name for i in inputs], out.name, attrs or {}, stored))
         return out
 
-    def requant(self, name: str, x: TensorSpec, out: TensorSpec, relu: bool = False) -> TensorSpec:
-        """Requantize `x` onto the grid of `out` (per channel when x's scale is)."""
+    def requant(self, name: str, x: TensorSpec, out: TensorSpec, clamp: Clamp | None = None) -> TensorSpec:
+        """Requantize `x` onto the grid of `out` (per channel when x's scale is), narrowed by a fused clamp."""
         in_scales = x.scale if x.per_channel else [x.scale]
-        m, s, lo, hi = requant_parameters(in_scales, out.scale, out.bits, out.signed, out.zero_point, relu,
-                                          self.config)
+        m, s, lo, hi = requant_parameters(in_scales, out.scale, out.bits, out.signed, out.zero_point, clamp,
+                                          self.config, where=f"layer {name!r}")
         attrs = {"clamp_min": lo, "clamp_max": hi, "multiplier_bits": self.config.multiplier_bits}
         return self.node("Requant", name, [x], self.tensor(out), attrs, {"multiplier": m, "shift": s})
-
-
-def multiplier(real: float, config: QuantConfig) -> tuple[int, int]:
-    """(m, s) with M ≈ m·2^-s; an exact 2^-k under power-of-two scales becomes (1, k)."""
-    if config.scale_mode != "float" and is_power_of_two(real):
-        k = math.frexp(real)[1] - 1  # real = 2^k
-        if -MAX_SHIFT <= k <= 0:
-            return 1, -k
-    return quantize_multiplier(real, config.multiplier_bits)
-
-
-def requant_parameters(in_scales: list[float], out_scale: float, out_bits: int, out_signed: bool,
-                       out_zero_point: int, relu: bool, config: QuantConfig
-                       ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """(m, s, clamp_min, clamp_max) of the Requant from accumulator scales `in_scales` (one, or one per
-    channel) to a `out_bits` grid: M = S_in / S_out as m·2^-s, and the clamp (from the zero point with
-    a fused ReLU). Lowering and the QAT exact-eval path both call this, so they cannot drift."""
-    pairs = [multiplier(s / out_scale, config) for s in in_scales]
-    m = torch.tensor([p[0] for p in pairs], dtype=torch.int64)
-    s = torch.tensor([p[1] for p in pairs], dtype=torch.int64)
-    qmin, qmax = int_range(out_bits, out_signed)
-    lo = max(qmin, out_zero_point) if relu else qmin
-    return m, s, lo, qmax
-
-
-def bias_codes(bias: torch.Tensor, acc_scale: list[float]) -> torch.Tensor:
-    """The float bias on the accumulator grid S_w·S_in, rounded half to even (float64)."""
-    return torch.round(bias.detach().to(torch.float64) / torch.tensor(acc_scale, dtype=torch.float64))
 
 
 def _codes_spec(name: str, shape, fq: FakeQuantize) -> TensorSpec:
@@ -105,12 +83,9 @@ def lower(qmodel: fx.GraphModule, config: QuantConfig | None = None, *, input_sh
     if not isinstance(config, QuantConfig):
         raise ConfigError("lower() takes the model returned by bitsmith.quantize() and its QuantConfig; "
                           "this one is not quantized")
-    input_shape = tuple(input_shape or getattr(qmodel, "input_shape", ()) or ())
-    if not input_shape:
-        raise ConfigError("lower() needs the input shape (C, H, W): pass input_shape=")
+    input_shape = _input_shape(qmodel, input_shape)
     qmodel = qmodel.eval()
-    with torch.no_grad():
-        ShapeProp(qmodel).propagate(torch.zeros((1,) + input_shape))
+    propagate_shapes(qmodel, input_shape, "the quantized model")
     b = _Builder(config)
     env: dict[fx.Node, TensorSpec] = {}
     acc_bits = config.acc_bits
@@ -130,9 +105,7 @@ def lower(qmodel: fx.GraphModule, config: QuantConfig | None = None, *, input_sh
                 raise ConfigError("bitsmith lowers models with exactly one output tensor")
             output = env[result]
         elif isinstance(m, FakeQuantize):
-            if not m.enabled or m.observing:
-                raise ConfigError(f"quantizer {node.target!r} is {'disabled' if not m.enabled else 'not frozen'}; "
-                                  "lower() needs every activation quantized (enable it / quantize() the model)")
+            _check_frozen(m, node.target)
             x = env[node.args[0]]
             out = _codes_spec(node.name, shape(node), m)
             if x.dtype == "float32":
@@ -143,23 +116,19 @@ def lower(qmodel: fx.GraphModule, config: QuantConfig | None = None, *, input_sh
                 env[node] = b.requant(node.name, x, out)
         elif isinstance(m, QuantLayer):
             env[node] = _lower_layer(b, node, m, env[node.args[0]], shape(node), acc_bits)
-        elif isinstance(m, nn.MaxPool2d):
-            if _pair(m.padding) != [0, 0] or _pair(m.dilation) != [1, 1] or m.ceil_mode:
-                raise ConfigError(f"max-pool {node.target!r}: only padding 0, dilation 1 and floor mode are supported")
+        elif isinstance(m, QuantAdd):
+            env[node] = _lower_add(b, node, m, [env[a] for a in node.args], shape(node), acc_bits)
+        elif isinstance(m, nn.MaxPool2d):  # padding, dilation and ceil mode were checked by prepare (support.py)
             x = env[node.args[0]]
             attrs = {"kernel": _pair(m.kernel_size), "stride": _pair(m.stride or m.kernel_size)}
             env[node] = b.node("MaxPool2d", node.name, [x], b.tensor(replace(x, name=node.name, shape=shape(node))), attrs)
         elif isinstance(m, nn.AvgPool2d):
-            if _pair(m.padding) != [0, 0] or m.ceil_mode or m.divisor_override:
-                raise ConfigError(f"avg-pool {node.target!r}: only padding 0, floor mode and no divisor override")
             x = env[node.args[0]]
             k = _pair(m.kernel_size)
             out = TensorSpec(node.name, shape(node), "int", acc_bits, True, x.scale / (k[0] * k[1]), 0)
             attrs = {"kernel": k, "stride": _pair(m.stride or m.kernel_size)}
             env[node] = b.node("AvgPool2d", node.name, [x], b.tensor(out), attrs)
         elif isinstance(m, nn.Flatten):
-            if (m.start_dim, m.end_dim) != (1, -1):
-                raise ConfigError(f"flatten {node.target!r}: only start_dim=1, end_dim=-1 is supported")
             x = env[node.args[0]]
             env[node] = b.node("Flatten", node.name, [x], b.tensor(replace(x, name=node.name, shape=shape(node))))
         elif isinstance(m, Reorg):
@@ -175,6 +144,42 @@ def lower(qmodel: fx.GraphModule, config: QuantConfig | None = None, *, input_sh
     graph = IntegerGraph(b.tensors, b.nodes, b.params, ["input"], [output.name], meta)
     graph.validate()
     return graph
+
+
+def _check_frozen(fq: FakeQuantize, name: str) -> None:
+    if not fq.enabled or fq.observing:
+        raise ConfigError(f"quantizer {name!r} is {'disabled' if not fq.enabled else 'not frozen'}; "
+                          "lower() needs every activation quantized (enable it / quantize() the model)")
+
+
+def _input_shape(qmodel: fx.GraphModule, given: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The input shape to lower for: `given`, or the one the model was quantized for; both must agree."""
+    known = tuple(getattr(qmodel, "input_shape", ()) or ())
+    given = tuple(given or ())
+    if given and known and given != known:
+        raise ConfigError(f"lower(input_shape={given}): the model was quantized for input shape {known} (C, H, W); "
+                          "lower it for that shape, or quantize it again on batches of the shape you want")
+    if not (given or known):
+        raise ConfigError("lower() needs the input shape (C, H, W): pass input_shape=")
+    return given or known
+
+
+def _lower_add(b: _Builder, node: fx.Node, m: QuantAdd, inputs: list[TensorSpec], out_shape, acc_bits: int
+               ) -> TensorSpec:
+    """Add (acc = (a − z_a)·m_a + (b − z_b)·m_b at scale S_out·2^-k) and the Requant after it (a rounding
+    shift by k, with the fused clamp): the integers QuantAdd computes (add_parameters)."""
+    for x in inputs:
+        if x.dtype != "int" or x.per_channel:
+            raise ConfigError(f"add {m.name!r}: input {x.name!r} is not quantized per tensor")
+    if inputs[0].shape != inputs[1].shape:
+        raise ConfigError(f"add {m.name!r} adds tensors of shapes {list(inputs[0].shape)} and {list(inputs[1].shape)}; "
+                          "the integer graph adds tensors of one shape (no broadcasting)")
+    _check_frozen(m.act_quant, f"{node.target}.act_quant")
+    out = _codes_spec(node.name, out_shape, m.act_quant)
+    m_a, m_b, k = m.integer_parameters()
+    acc = TensorSpec(f"{node.name}_acc", tuple(out_shape), "int", acc_bits, True, math.ldexp(out.scale, -k), 0)
+    b.node("Add", acc.name, inputs, b.tensor(acc), {}, {"multiplier": torch.tensor([m_a, m_b], dtype=torch.int64)})
+    return b.requant(node.name, acc, out, m.clamp)
 
 
 def _lower_layer(b: _Builder, node: fx.Node, m: QuantLayer, x: TensorSpec, out_shape, acc_bits: int) -> TensorSpec:
@@ -202,16 +207,18 @@ def _lower_layer(b: _Builder, node: fx.Node, m: QuantLayer, x: TensorSpec, out_s
     acc_name = f"{node.name}_acc" if m.act_quant is not None else node.name
     acc = TensorSpec(acc_name, out_shape, "int", acc_bits, True, acc_scale if per_channel else acc_scale[0], 0)
     if isinstance(m, QuantConv2d):
-        attrs = {"stride": _pair(m.stride), "padding": _pair(m.padding), "dilation": _pair(m.dilation),
+        attrs = {"stride": _pair(m.stride), "padding": m.padding, "dilation": _pair(m.dilation),
                  "groups": m.groups, "weight_bits": m.code_bits, **weight_attrs}
         b.node("Conv2d", acc_name, [x], b.tensor(acc), attrs, params)
     else:
         b.node("Linear", acc_name, [x], b.tensor(acc), {"weight_bits": m.code_bits, **weight_attrs}, params)
+    if m.act_quant is not None:
+        _check_frozen(m.act_quant, f"{node.target}.act_quant")
     if m.act_quant is None:
-        if m.relu:
-            raise ConfigError(f"layer {node.target!r}: a fused ReLU needs an output quantizer")
+        if m.clamp is not None:
+            raise ConfigError(f"layer {node.target!r}: a fused {m.clamp} needs an output quantizer")
         return acc
-    return b.requant(node.name, acc, _codes_spec(node.name, out_shape, m.act_quant), relu=m.relu)
+    return b.requant(node.name, acc, _codes_spec(node.name, out_shape, m.act_quant), clamp=m.clamp)
 
 
 def _lower_concat(b: _Builder, qmodel: fx.GraphModule, node: fx.Node, env, out_shape) -> TensorSpec:

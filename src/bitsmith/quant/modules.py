@@ -1,4 +1,4 @@
-"""Quantized compute layers: Conv2d / Linear (BN folded, ReLU fused) with fake-quant weights.
+"""Quantized compute layers: Conv2d / Linear (BN folded, a clamping activation fused) with fake-quant weights.
 
 Each layer owns the quantizer of its *output* activation (`act_quant`), or none when its
 accumulator is the graph output. `input_scale` (set when the model is frozen) lets the bias be
@@ -23,22 +23,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitsmith.errors import ConfigError
 from bitsmith.quant.config import QFormat
 from bitsmith.quant.fake_quant import FakeQuantize, fake_quantize_weight, quantize_weight, weight_qparams
 from bitsmith.quant.fake_quant import weight_scale as minmax_weight_scale
+from bitsmith.quant.requant import Clamp
 
 
 class QuantLayer(nn.Module):
     """Shared part of QuantConv2d and QuantLinear."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool, weight_bits: int,
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, clamp: Clamp | None, weight_bits: int,
                  per_channel: bool, act_quant: FakeQuantize | None, weight_observer: str = "minmax",
                  scale_mode: str = "float", weight_format: QFormat | None = None, float_name: str = "") -> None:
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
-        self.relu = relu
+        self.clamp = clamp  # the fused ReLU / ReLU6 / Hardtanh, or None
         self.weight_bits = weight_bits
         self.per_channel = per_channel
         self.weight_observer = weight_observer
@@ -105,25 +105,41 @@ class QuantLayer(nn.Module):
             y = self._linear_op(x, w, self.quantized_bias())
         else:
             y = self._linear_op(x, self.weight, self.bias)
-        if self.relu:
-            y = F.relu(y)
+        if self.clamp is not None:
+            y = self.clamp.apply(y)
         return self.act_quant(y) if self.act_quant is not None else y
 
     def extra_repr(self) -> str:
         how = str(self.weight_format) if self.weight_format is not None else self.weight_observer
         return (f"{self.float_name or '?'}: weight_bits={self.weight_bits}, per_channel={self.per_channel}, {how}, "
-                f"scale_mode={self.scale_mode}, relu={self.relu}")
+                f"scale_mode={self.scale_mode}, clamp={self.clamp}")
 
 
 class QuantConv2d(QuantLayer):
-    def __init__(self, conv: nn.Conv2d, weight, bias, **kw) -> None:
+    """`pads` is the zero padding (top, left, bottom, right): the conv's own, with 'same' made explicit
+    and a ZeroPad2d before it folded in (bitsmith.quant.rewrite)."""
+
+    def __init__(self, conv: nn.Conv2d, weight, bias, pads: tuple[int, int, int, int], **kw) -> None:
         super().__init__(weight, bias, **kw)
-        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ConfigError(f"conv padding {conv.padding!r} / mode {conv.padding_mode!r}: only explicit zero padding is supported")
+        self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups
+        self.pads = tuple(pads)  # zero padding only: other padding modes are refused (quant/support.py)
+
+    @property
+    def padding(self) -> list[int]:
+        """The IR's padding attribute: [ph, pw] when both sides of each axis pad alike, else
+        [top, left, bottom, right]."""
+        top, left, bottom, right = self.pads
+        return [top, left] if (top, left) == (bottom, right) else [top, left, bottom, right]
+
+    def conv2d(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """The convolution with this layer's geometry; zero padding pads the real value 0 (code z)."""
+        top, left, bottom, right = self.pads
+        if (top, left) == (bottom, right):
+            return F.conv2d(x, w, b, self.stride, (top, left), self.dilation, self.groups)
+        return F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, self.stride, 0, self.dilation, self.groups)
 
     def _linear_op(self, x, w, b):
-        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        return self.conv2d(x, w, b)
 
 
 class QuantLinear(QuantLayer):

@@ -1,13 +1,16 @@
 """Turn a float model into a fake-quantized one (the model that `bitsmith.lower` reads).
 
 Passes over the torch.fx graph, in order:
-1. drop Dropout (inference semantics);
-2. fold each BatchNorm into the Conv2d / Linear before it and fuse a following ReLU, replacing the
-   three with one QuantConv2d / QuantLinear;
-3. put a FakeQuantize on the input, and after every AvgPool2d and torch.cat (their results leave
+1. check what the model calls (bitsmith.quant.support) and rewrite functional forms into modules and
+   every add of two tensors into a QuantAdd (bitsmith.quant.rewrite);
+2. drop Dropout (inference semantics); with the input shape known, turn AdaptiveAvgPool2d into AvgPool2d;
+3. fold each BatchNorm into the Conv2d / Linear before it and fuse a following ReLU, ReLU6 or Hardtanh,
+   replacing them with one QuantConv2d / QuantLinear (a ZeroPad2d before a conv joins its padding);
+   fuse a clamp after an add into its QuantAdd;
+4. put a FakeQuantize on the input, and after every AvgPool2d and torch.cat (their results leave
    the integer grid of their inputs and are requantized);
-4. give every compute layer an output quantizer, except a layer whose accumulator is the graph
-   output (reached through Flatten only) when `requantize_output` is off.
+5. give every compute layer an output quantizer, except a layer whose accumulator is the graph
+   output (reached through Flatten only) when `requantize_output` is off; every add has one.
 
 Per-layer overrides (QuantConfig.layers) are looked up by the float model's module names, which
 are only known here, so their names are checked here too.
@@ -16,22 +19,25 @@ are only known here, so their names are checked here too.
 from __future__ import annotations
 
 import copy
-import operator
+import warnings
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from bitsmith.errors import ConfigError
-from bitsmith.models import Reorg
+from bitsmith.errors import BitsmithWarning, ConfigError
+from bitsmith.quant.add import QuantAdd
 from bitsmith.quant.config import WEIGHT_KEYS, QuantConfig
 from bitsmith.quant.fake_quant import FakeQuantize
+from bitsmith.quant.fx_nodes import module_of, only_user
 from bitsmith.quant.modules import QuantConv2d, QuantLayer, QuantLinear
+from bitsmith.quant.requant import Clamp
+from bitsmith.quant.rewrite import (adaptive_pools_to_avgpool, folded_padding, modules_for_functions,
+                                    propagate_shapes)
+from bitsmith.quant.support import (DROPOUT_MODULES, LEAF_TYPES, SHAPE_ONLY, check_add_shapes, check_fused,
+                                    check_module_calls, check_supported)
 
-LEAF_TYPES = (Reorg, FakeQuantize, QuantLayer)
-SHAPE_ONLY = (nn.Flatten, nn.Identity)
-SUPPORTED_MODULES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d,
-                     nn.Flatten, nn.Dropout, nn.Identity) + LEAF_TYPES
+__all__ = ["module_of", "prepare", "quantizable_layers", "trace"]
 
 
 class QuantTracer(fx.Tracer):
@@ -52,13 +58,41 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return gm
 
 
-def prepare(model: nn.Module, config: QuantConfig) -> fx.GraphModule:
+def float32_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` in eval mode whose parameters and buffers are float32 (the float model is never
+    modified); a float64 (or half) model is converted, with a BitsmithWarning saying so."""
     model = copy.deepcopy(model).eval()
+    other = sorted({str(t.dtype).replace("torch.", "") for t in [*model.parameters(), *model.buffers()]
+                    if t.is_floating_point() and t.dtype != torch.float32})
+    if other:
+        warnings.warn(f"{type(model).__name__} has {', '.join(other)} parameters or buffers; bitsmith quantizes a "
+                      "float32 copy of it (calibration batches are converted to float32 too)", BitsmithWarning,
+                      stacklevel=3)
+        model = model.float()
+    return model
+
+
+def prepare(model: nn.Module, config: QuantConfig, input_shape: tuple[int, ...] | None = None) -> fx.GraphModule:
+    """The fake-quantized copy of `model`, not yet calibrated. `input_shape` (C, H, W; default:
+    `model.input_shape`) lets the passes that need shapes run (AdaptiveAvgPool2d) and checks that the
+    model runs on it."""
+    model = float32_copy(model)
     gm = trace(model)
-    _check_supported(gm)
+    check_module_calls(gm)
+    modules_for_functions(gm, config)
+    check_supported(gm)
     check_layer_overrides(model, config)
     _drop_dropout(gm)
+    input_shape = input_shape or getattr(model, "input_shape", None)
+    if input_shape is not None:
+        propagate_shapes(gm, input_shape, type(model).__name__)
+        check_add_shapes(gm)
+        adaptive_pools_to_avgpool(gm)
+    elif any(isinstance(module_of(gm, n), nn.AdaptiveAvgPool2d) for n in gm.graph.nodes):
+        raise ConfigError(f"{type(model).__name__} has an AdaptiveAvgPool2d, whose window depends on the input "
+                          "size: give the model an input_shape attribute (C, H, W) or pass input_shape=")
     _fuse_compute_layers(gm, config)
+    check_fused(gm)
     _insert_activation_quantizers(gm, config)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
@@ -67,31 +101,14 @@ def prepare(model: nn.Module, config: QuantConfig) -> fx.GraphModule:
     return gm
 
 
-def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
-    return gm.get_submodule(node.target) if node.op == "call_module" else None
-
-
-def _check_supported(gm: fx.GraphModule) -> None:
-    for node in gm.graph.nodes:
-        if node.op == "call_module" and not isinstance(module_of(gm, node), SUPPORTED_MODULES):
-            raise ConfigError(f"layer {node.target!r} is a {type(module_of(gm, node)).__name__}, which bitsmith cannot "
-                              f"quantize; supported: {', '.join(t.__name__ for t in SUPPORTED_MODULES)}")
-        if node.op == "call_function" and node.target not in (torch.cat, operator.getitem):
-            raise ConfigError(f"operation {node.name!r} ({getattr(node.target, '__name__', node.target)}) is not "
-                              "supported; use module layers (nn.ReLU, nn.Flatten, ...) and torch.cat only")
-        if node.op == "call_method":
-            raise ConfigError(f"tensor method .{node.target}() at {node.name!r} is not supported; use nn.Flatten "
-                              "instead of view/flatten/reshape")
-
-
 def quantizable_layers(model: nn.Module) -> list[str]:
     """Names of the Conv2d / Linear modules: the layers QuantConfig.layers may address."""
     return [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
 def check_layer_overrides(model: nn.Module, config: QuantConfig) -> None:
-    """Every override names a Conv2d / Linear (any setting), an AvgPool2d or "input" (activation
-    settings only: they own a requantization point but no weights)."""
+    """Every override names a Conv2d / Linear (any setting), an AvgPool2d / AdaptiveAvgPool2d or "input"
+    (activation settings only: they own a requantization point but no weights)."""
     modules = dict(model.named_modules())
     allowed = quantizable_layers(model)
     listing = f"allowed layers: {', '.join(allowed + ['input'])}"
@@ -106,7 +123,7 @@ def check_layer_overrides(model: nn.Module, config: QuantConfig) -> None:
         if weight_keys:
             raise ConfigError(f"layers[{name!r}]: {', '.join(weight_keys)}: per-channel and the other weight settings "
                               f"apply to Conv2d/Linear weights, and {name!r} is {kind}, which has none; {listing}")
-        if m is not None and not isinstance(m, nn.AvgPool2d):
+        if m is not None and not isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
             raise ConfigError(f"layers[{name!r}]: {name!r} is {kind}, which has no quantizer of its own (it keeps "
                               f"the grid of its input or is folded into the layer before it); set the layer that "
                               f"produces its input instead; {listing}")
@@ -114,13 +131,9 @@ def check_layer_overrides(model: nn.Module, config: QuantConfig) -> None:
 
 def _drop_dropout(gm: fx.GraphModule) -> None:
     for node in list(gm.graph.nodes):
-        if isinstance(module_of(gm, node), (nn.Dropout, nn.Identity)):
+        if isinstance(module_of(gm, node), DROPOUT_MODULES + (nn.Identity,)):
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
-
-
-def _only_user(node: fx.Node) -> fx.Node | None:
-    return next(iter(node.users)) if len(node.users) == 1 else None
 
 
 def _fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,46 +146,67 @@ def _fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module) -> 
     return w.detach(), (b * factor + beta).detach()
 
 
+def fused_clamp(m: nn.Module | None) -> Clamp | None:
+    """The Clamp a ReLU / ReLU6 / Hardtanh module computes, None for any other module."""
+    if isinstance(m, nn.ReLU):
+        return Clamp.relu()
+    if isinstance(m, nn.ReLU6):
+        return Clamp("ReLU6", 0.0, 6.0)
+    if isinstance(m, nn.Hardtanh):
+        return Clamp(f"Hardtanh({m.min_val:g}, {m.max_val:g})", float(m.min_val), float(m.max_val))
+    return None
+
+
 def _fuse_compute_layers(gm: fx.GraphModule, config: QuantConfig) -> None:
     for node in list(gm.graph.nodes):
         layer = module_of(gm, node)
+        if isinstance(layer, QuantAdd):
+            _fuse_add_clamp(gm, node, layer)
+            continue
         if not isinstance(layer, (nn.Conv2d, nn.Linear)):
             continue
         weight, bias = layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
         tail = node
-        nxt = _only_user(tail)
+        nxt = only_user(tail)
         bn_type = nn.BatchNorm2d if isinstance(layer, nn.Conv2d) else nn.BatchNorm1d
         if nxt is not None and isinstance(module_of(gm, nxt), bn_type):
             weight, bias = _fold_bn(weight, bias, module_of(gm, nxt))
             tail = nxt
-            nxt = _only_user(tail)
-        relu = nxt is not None and isinstance(module_of(gm, nxt), nn.ReLU)
-        if relu:
+            nxt = only_user(tail)
+        clamp = fused_clamp(module_of(gm, nxt)) if nxt is not None else None
+        if clamp is not None:
             tail = nxt
         settings = config.for_layer(node.target)
-        kw = dict(relu=relu, weight_bits=settings["weight_bits"], per_channel=settings["per_channel"], act_quant=None,
-                  weight_observer=settings["weight_observer"], scale_mode=config.scale_mode,
+        kw = dict(clamp=clamp, weight_bits=settings["weight_bits"], per_channel=settings["per_channel"],
+                  act_quant=None, weight_observer=settings["weight_observer"], scale_mode=config.scale_mode,
                   weight_format=config.weight_format, float_name=node.target)
-        qlayer = (QuantConv2d(layer, weight, bias, **kw) if isinstance(layer, nn.Conv2d)
-                  else QuantLinear(weight, bias, **kw))
+        source, pad_node = node.args[0], None
+        if isinstance(layer, nn.Conv2d):
+            pads, pad_node = folded_padding(gm, node)
+            source = pad_node.args[0] if pad_node is not None else source
+            qlayer = QuantConv2d(layer, weight, bias, pads, **kw)
+        else:
+            qlayer = QuantLinear(weight, bias, **kw)
         name = "q_" + node.target.replace(".", "_")
         gm.add_submodule(name, qlayer)
         with gm.graph.inserting_after(tail):
-            new = gm.graph.call_module(name, (node.args[0],))
+            new = gm.graph.call_module(name, (source,))
         tail.replace_all_uses_with(new)
         chain = [tail]
         while chain[-1] is not node:
             chain.append(chain[-1].args[0])
-        for old in chain:  # erase from the end of the chain backwards
+        for old in chain + ([pad_node] if pad_node is not None else []):  # erase from the end backwards
             gm.graph.erase_node(old)
-    for node in gm.graph.nodes:
-        m = module_of(gm, node)
-        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            raise ConfigError(f"BatchNorm {node.target!r} does not directly follow a Conv2d/Linear with a single "
-                              "user, so it cannot be folded")
-        if isinstance(m, nn.ReLU):
-            raise ConfigError(f"ReLU {node.target!r} does not directly follow a Conv2d, Linear or BatchNorm; "
-                              "bitsmith fuses ReLU into the layer before it, so place it right after one")
+
+
+def _fuse_add_clamp(gm: fx.GraphModule, node: fx.Node, add: QuantAdd) -> None:
+    """A ReLU / ReLU6 / Hardtanh that is the add's only user becomes the add's clamp."""
+    nxt = only_user(node)
+    clamp = fused_clamp(module_of(gm, nxt)) if nxt is not None else None
+    if clamp is not None:
+        add.clamp = clamp
+        nxt.replace_all_uses_with(node)
+        gm.graph.erase_node(nxt)
 
 
 def _reaches_output_through_shape_ops(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -210,8 +244,10 @@ def _insert_activation_quantizers(gm: fx.GraphModule, config: QuantConfig) -> No
         if node.op == "placeholder":
             _insert_after(gm, node, "input_quant", activation_quantizer(config, "input", rounding="half_even"))
         elif isinstance(m, QuantLayer):
-            if config.requantize_output or m.relu or not _reaches_output_through_shape_ops(gm, node):
+            if config.requantize_output or m.clamp is not None or not _reaches_output_through_shape_ops(gm, node):
                 m.act_quant = activation_quantizer(config, m.float_name)
+        elif isinstance(m, QuantAdd):
+            m.act_quant = activation_quantizer(config, None)
         elif isinstance(m, nn.AvgPool2d):
             _insert_after(gm, node, f"{node.name}_requant", activation_quantizer(config, node.target))
         elif node.op == "call_function" and node.target is torch.cat:

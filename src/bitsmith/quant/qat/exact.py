@@ -24,8 +24,9 @@ import torch.nn.functional as F
 
 from bitsmith.errors import ConfigError
 from bitsmith.integer.arithmetic import requantize
-from bitsmith.quant.lower import bias_codes, requant_parameters
+from bitsmith.quant.add import QuantAdd
 from bitsmith.quant.modules import QuantConv2d, QuantLayer, QuantLinear
+from bitsmith.quant.requant import bias_codes, requant_parameters
 
 
 def exact_layer_forward(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
@@ -38,7 +39,7 @@ def exact_layer_forward(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     scale64 = torch.tensor(acc_scale, dtype=torch.float64)
     bias = bias_codes(layer.bias, acc_scale) if layer.bias is not None else None
     if isinstance(layer, QuantConv2d):
-        acc = F.conv2d(v, codes.to(torch.float64), bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+        acc = layer.conv2d(v, codes.to(torch.float64), bias)
     else:
         acc = F.linear(v, codes.to(torch.float64), bias)
     channel_view = (1, -1) + (1,) * (acc.dim() - 2)
@@ -46,7 +47,7 @@ def exact_layer_forward(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     if fq is None:  # the graph output: the accumulator, dequantized as IntegerGraph.dequantize does
         scale = scale64.reshape(channel_view) if len(acc_scale) > 1 else scale64.reshape(())
         return (acc * scale).to(torch.float32)
-    m, s, lo, hi = requant_parameters(acc_scale, float(fq.scale), fq.bits, fq.signed, int(fq.zero_point), layer.relu,
+    m, s, lo, hi = requant_parameters(acc_scale, float(fq.scale), fq.bits, fq.signed, int(fq.zero_point), layer.clamp,
                                       config)
     q = requantize(acc.to(torch.int64), m, s, fq.zero_point, lo, hi)
     return (q - fq.zero_point).to(torch.float32) * fq.scale
@@ -84,7 +85,8 @@ def make_exact(layer: QuantLayer, config, input_scale: float, input_zero_point: 
 
 
 def set_exact_eval(qmodel: torch.nn.Module, enabled: bool) -> None:
-    """Switch the integer-exact evaluation of every QAT layer on or off (off: float fake-quant)."""
+    """Switch the integer-exact evaluation of every QAT layer and residual add on or off (off: float
+    fake-quant)."""
     for m in qmodel.modules():
-        if isinstance(m, ExactEval):
+        if isinstance(m, (ExactEval, QuantAdd)):
             m.exact_eval = enabled

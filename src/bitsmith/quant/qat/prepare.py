@@ -10,7 +10,8 @@
    calibrated scales to start from.
 3. Every layer gets the method's weight quantizer and every activation point except the input
    its activation quantizer (the input stays the calibrated 8-bit — or `bita[0]`-bit — grid: it
-   sees normalised signed images).
+   sees normalised signed images). A residual add's output point is one of them: it trains as a
+   float add followed by the method's quantizer and evaluates exactly (bitsmith.quant.add).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import torch.fx as fx
 from torch import nn
 
 from bitsmith.errors import ConfigError
+from bitsmith.quant.add import QuantAdd
 from bitsmith.quant.config import QuantConfig
 from bitsmith.quant.fake_quant import FakeQuantize
 from bitsmith.quant.modules import QuantLayer
 from bitsmith.quant.prepare import module_of, prepare, quantizable_layers
-from bitsmith.quant.ptq import input_quantizer, quantize
+from bitsmith.quant.ptq import add_input_grids, input_quantizer, quantize
 from bitsmith.quant.qat.activations import FixedQuantize, HWGQQuantize, LSQQuantize, PACTQuantize
 from bitsmith.quant.qat.exact import make_exact
 from bitsmith.quant.qat.weights import BinaryWeight, DoReFaWeight, GaussianWeight, LSQWeight, TernaryWeight
@@ -109,14 +111,15 @@ def _quantizer_owner(qmodel: fx.GraphModule, fq: FakeQuantize) -> str | None:
     return None
 
 
-def ptq_config(model: nn.Module, spec: QATSpec) -> QuantConfig:
-    """The PTQ configuration that starts QAT: per-layer weight bits and activation bits."""
+def ptq_config(model: nn.Module, spec: QATSpec, input_shape: tuple[int, ...] | None = None) -> QuantConfig:
+    """The PTQ configuration that starts QAT: per-layer weight bits and activation bits (`input_shape`:
+    that of the calibration batches, for models whose passes need it)."""
     names, wbits, abits = layer_bits(model, spec)
     base = dict(weight_bits=spec.wbits, act_bits=spec.abits, per_channel=spec.per_channel,
                 observer="mse", weight_observer="mse")
     layers: dict[str, dict] = {name: {"weight_bits": w} for name, w in zip(names, wbits)}
     layers.setdefault("input", {})["act_bits"] = spec.input_bits
-    probe = prepare(model, QuantConfig(**base))  # only to see which quantizer feeds which layer
+    probe = prepare(model, QuantConfig(**base), input_shape)  # only to see which quantizer feeds which layer
     wanted: dict[int, tuple[str | None, int, str]] = {}
     for node in probe.graph.nodes:
         layer = module_of(probe, node)
@@ -130,8 +133,8 @@ def ptq_config(model: nn.Module, spec: QATSpec) -> QuantConfig:
                               f"but ask for {seen[1]} and {bits} bits; give them the same digit")
         owner = _quantizer_owner(probe, fq)
         if owner is None and bits != spec.abits:
-            raise ConfigError(f"--bita: the input of {layer.float_name!r} is a concatenation, whose bits follow "
-                              f"--abits ({spec.abits}); allowed digit there: {spec.abits}")
+            raise ConfigError(f"--bita: the input of {layer.float_name!r} is a concatenation or a residual add, whose "
+                              f"bits follow --abits ({spec.abits}); allowed digit there: {spec.abits}")
         wanted[id(fq)] = (owner, bits, layer.float_name)
         if owner is not None:
             layers.setdefault(owner, {})["act_bits"] = bits
@@ -186,7 +189,7 @@ def activation_rms(qmodel: fx.GraphModule, batches: list[torch.Tensor]) -> dict[
 def qat_prepare(model: nn.Module, calib_data: Iterable, spec: QATSpec) -> fx.GraphModule:
     """A fake-quantized copy of `model` with `spec.method`'s trainable quantizers, ready to train."""
     batches = [b[0] if isinstance(b, (tuple, list)) else b for b in calib_data]
-    config = ptq_config(model, spec)
+    config = ptq_config(model, spec, tuple(batches[0].shape[1:]) if batches else None)
     qmodel = quantize(model, batches, config)
     names, wbits, _ = layer_bits(model, spec)
     rms = activation_rms(qmodel, batches) if spec.method == "hwgq" else {}
@@ -206,6 +209,8 @@ def qat_prepare(model: nn.Module, calib_data: Iterable, spec: QATSpec) -> fx.Gra
             m.weight_quantizer = _weight_quantizer(spec.method, m, bits, spec.per_channel)
             if m.act_quant is not None:
                 m.act_quant = swap(m.act_quant)
+        elif isinstance(m, QuantAdd):
+            m.act_quant = swap(m.act_quant)
         elif isinstance(m, FakeQuantize) and node.target == "input_quant":
             # The same grid, computed by the fused fake-quant op (fewer passes per batch).
             setattr(qmodel, node.target, FixedQuantize(m, m.bits))
@@ -218,10 +223,13 @@ def qat_prepare(model: nn.Module, calib_data: Iterable, spec: QATSpec) -> fx.Gra
 
 def sync_input_scales(qmodel: fx.GraphModule) -> None:
     """Tell every layer the (possibly learned) grid of its input: its bias is rounded at that
-    scale, and its integer-exact evaluation (qat.exact) reads the codes off it."""
+    scale, and its integer-exact evaluation (qat.exact) reads the codes off it; and every add the
+    grids of its inputs (its exact evaluation and lowering read them)."""
     for node in qmodel.graph.nodes:
         layer = module_of(qmodel, node)
-        if isinstance(layer, QuantLayer):
+        if isinstance(layer, QuantAdd):
+            layer.input_grids = add_input_grids(qmodel, node)
+        elif isinstance(layer, QuantLayer):
             fq = input_quantizer(qmodel, node)
             layer.input_scale = fq.scale.detach().clone()
             make_exact(layer, qmodel.bitsmith_config, float(fq.scale), int(fq.zero_point))

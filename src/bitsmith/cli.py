@@ -303,7 +303,7 @@ _BUS = typer.Option(64, help="external memory word, bits per cycle")
 _ACT = typer.Option(None, help="size of the activation memory in bytes, which holds every live map "
                                "(default 131072; docs/hardware.md §6)")
 _WBUF = typer.Option(65536, help="weight buffer size in weights")
-_KMAX = typer.Option(7, help="largest kernel side")
+_KMAX = typer.Option(7, help="largest kernel or pool window side (a global average pool over H x W needs max(H, W))")
 _CLOCK = typer.Option(200.0, help="clock for the FPS figure")
 _DATA = typer.Option(None, help="input images: a data set name (default: the graph's, else fashion-mnist), "
                                 "each run with as many random input codes; or 'random' (random codes only)")
@@ -525,6 +525,7 @@ def rtl_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
             images: int = typer.Option(1, min=1, help="run N test images and N random-code images"),
             sim: str = typer.Option("icarus", help="icarus or verilator"),
             pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS,
+            act_buffer_bytes: Optional[int] = _ACT, max_kernel: int = _KMAX,
             data: Optional[str] = _DATA,
             data_dir: Optional[str] = typer.Option(None),
             out: Optional[Path] = typer.Option(None, help="folder for the memory files, Verilog and logs (default: a temporary folder)"),
@@ -541,7 +542,8 @@ def rtl_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
 
     check_options(["rtl"], sim=sim, fault=fault)
     g = load(graph)
-    config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits)
+    config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
+                           max_kernel=max_kernel)
     inputs = verification_inputs(g, images, data, data_dir)
     with contextlib.ExitStack() as stack:
         # --out: written under a temporary name, put in place when the run ends (also when it finds
@@ -621,6 +623,7 @@ def verify_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                                                              "fashion-mnist) or 'random' (random input codes only)"),
                data_dir: Optional[str] = typer.Option(None, help="folder with the data set files"),
                pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS,
+               act_buffer_bytes: Optional[int] = _ACT, max_kernel: int = _KMAX,
                sim: str = typer.Option("icarus", help="RTL simulator: icarus or verilator"),
                fault: Optional[str] = _FAULT,
                out: Optional[Path] = typer.Option(None, help="keep each back end's files in OUT/<back end>"),
@@ -635,7 +638,8 @@ def verify_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
     backends = list(VERIFY_BACKENDS) if backend == "all" else [b.strip() for b in backend.split(",")]
     check_options(backends, sim=sim, fault=fault)
     g = load(graph)
-    config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits)
+    config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
+                           max_kernel=max_kernel)
     inputs = verification_inputs(g, images, data, data_dir)
     with contextlib.ExitStack() as stack:
         stage = None if out is None else stack.enter_context(

@@ -164,6 +164,8 @@ GRAPHS: dict[str, Golden] = {
                      lambda: _zoo("nin")),
     "ultranet_bypass_32x64": Golden("UltraNet with bypass at 3x32x64 (Reorg + Concat), random BatchNorm, W8A8",
                                     lambda: _zoo("ultranet_bypass", input_shape=(3, 32, 64))),
+    "skynet_32x64": Golden("SkyNet at 3x32x64 (depthwise-separable blocks: depthwise 3x3 convs with groups = channels), "
+                           "random BatchNorm statistics, W8A8", lambda: _zoo("skynet", input_shape=(3, 32, 64))),
     # small models (accelerator)
     "strided_padded": Golden(
         "1x16x16: conv stride 2 pad 1, conv 5x5 stride (1,2) pad (2,1), maxpool (2,1), linear; asymmetric",

@@ -1,4 +1,5 @@
-"""Every back end computes the engine's codes, element by element, on random graphs.
+"""Every back end computes the engine's codes, element by element, on random graphs (ONNX Runtime, the
+HLS files, the accelerator's cycle model).
 
 `tests.random_graphs.random_graph(seed)` draws a valid IntegerGraph mixing dense, grouped and
 depthwise Conv2d (symmetric and four-sided padding), residual Add, Concat, MaxPool, AvgPool, Reorg,
@@ -26,8 +27,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bitsmith.accel import AccelConfig
+from bitsmith.accel.compiler import compile_graph
+from bitsmith.accel.simulate import simulate
 from bitsmith.integer import IntegerGraph, engine
 from bitsmith.onnx import export_onnx, run_onnx
+from bitsmith.targets.hls import export_hls, read_hls, run_hls_layers
 from tests.random_graphs import random_graph
 
 Codes = np.ndarray | dict[str, np.ndarray]
@@ -41,8 +46,30 @@ def onnx_integer(graph: IntegerGraph, images: torch.Tensor) -> dict[str, np.ndar
         return run_onnx(path, images, all_outputs=True)
 
 
+def hls_files(graph: IntegerGraph, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """The HLS export's three files, read back and computed by their numpy model (the g++ reference
+    costs a compile per graph: tests/targets/test_hls_graphs.py runs it on its own seeds)."""
+    codes = engine.run(graph, images, return_all=True)[graph.nodes[0].output].numpy()  # the host's part
+    with tempfile.TemporaryDirectory(prefix="bitsmith_agree_") as work:
+        export_hls(graph, work)
+        layers = read_hls(work)
+    outputs = run_hls_layers(layers, codes)
+    return {layer.name: y.reshape((len(images), *graph.tensors[layer.name].shape))
+            for layer, y in zip(layers, outputs)}
+
+
+def accel_cycle_model(graph: IntegerGraph, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """The compiled accelerator program on its cycle-level model (executing the memory words); every
+    layer's output. `max_kernel` covers random_graph's global average pools (up to 12x12)."""
+    program = compile_graph(graph, AccelConfig(pe=3, simd=4, max_kernel=16))
+    codes = engine.run(graph, images, return_all=True)[program.input_name]  # the host's part
+    return simulate(program, codes).outputs
+
+
 BACKENDS: dict[str, Backend] = {
     "onnx": onnx_integer,
+    "hls": hls_files,
+    "accel": accel_cycle_model,
 }
 
 #: Seeds of the fixed sweep (each a test of its own, so a failure names its seed).

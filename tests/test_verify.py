@@ -18,7 +18,7 @@ from tests.helpers import GXX, golden, invoke
 LENET = "lenet5_bias_w8a8"            # LeNet-5 W8A8 with bias, so that a dropped bias shows
 LENET_ASYM = "lenet5_bias_asym"       # … and asymmetric activations: an input zero point
 SMALL_ALL_BACKENDS = "all_backends_small"   # every back end runs it (no AvgPool for HLS): bias, padding, raw Linear
-SMALL_AVGPOOL = "avgpool_small"       # conv, AvgPool2d, Linear on 2x8x8: the HLS format has no average pool
+NON_SQUARE_STRIDE = "strided_padded"  # a conv of stride (1, 2): the HLS format has one stride for both axes
 
 
 @pytest.fixture(scope="module")
@@ -151,11 +151,11 @@ def test_rtl_fault_fails_naming_the_layer():
 
 
 def test_a_backend_that_cannot_run_the_graph_is_an_error_report():
-    g = golden(SMALL_AVGPOOL)
+    g = golden(NON_SQUARE_STRIDE)
     inputs = verification_inputs(g, 1, data="random")
     report = verify(g, "hls", inputs)
     assert not report.passed and report.layers == []
-    assert "AvgPool2d" in report.error and "HLS export" in report.error
+    assert "stride [1, 2]" in report.error and "HLS export" in report.error
     assert verify(g, "accel", inputs).passed
     with pytest.raises(ConfigError, match="unknown back end 'gpu'"):
         verify(g, "gpu", inputs)
@@ -198,11 +198,11 @@ def test_cli_verify_all_json_and_exit_codes(tmp_path):
 
 
 def test_cli_verify_reports_an_unsupported_op_as_an_error_row(tmp_path):
-    golden(SMALL_AVGPOOL).save(tmp_path / "g")
+    golden(NON_SQUARE_STRIDE).save(tmp_path / "g")
     result = _invoke([tmp_path / "g", "--backend", "hls,accel", "--images", "1", "--json"])
     assert result.exit_code == 1
     doc = json.loads(result.output.strip().splitlines()[-1])
-    assert doc["backends"]["accel"]["passed"] and "AvgPool2d" in doc["backends"]["hls"]["error"]
+    assert doc["backends"]["accel"]["passed"] and "stride [1, 2]" in doc["backends"]["hls"]["error"]
 
 
 def test_a_fault_that_would_change_nothing_is_refused():

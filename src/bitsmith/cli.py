@@ -300,9 +300,10 @@ def _accel_config(**options):
 _PE = typer.Option(8, "--pe", help="R: PE rows (output channels in parallel)")
 _SIMD = typer.Option(8, "--simd", help="C: PE columns (input terms per row per cycle)")
 _BUS = typer.Option(64, help="external memory word, bits per cycle")
-_ACT = typer.Option(65536, help="size of each activation buffer in bytes")
+_ACT = typer.Option(None, help="size of the activation memory in bytes, which holds every live map "
+                               "(default 131072; docs/hardware.md §6)")
 _WBUF = typer.Option(65536, help="weight buffer size in weights")
-_KMAX = typer.Option(7, help="largest kernel side")
+_KMAX = typer.Option(7, help="largest kernel or pool window side (a global average pool over H x W needs max(H, W))")
 _CLOCK = typer.Option(200.0, help="clock for the FPS figure")
 _DATA = typer.Option(None, help="input images: a data set name (default: the graph's, else fashion-mnist), "
                                 "each run with as many random input codes; or 'random' (random codes only)")
@@ -319,7 +320,7 @@ def hw_compile_cmd(graph: Path = typer.Argument(..., help="integer graph folder"
                    images: int = typer.Option(1, min=0, help="write In8.hex / expected outputs for N test images "
                                                              "and N random-code images (0: none)"),
                    data: Optional[str] = _DATA, data_dir: Optional[str] = typer.Option(None),
-                   pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS, act_buffer_bytes: int = _ACT,
+                   pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS, act_buffer_bytes: Optional[int] = _ACT,
                    weight_buffer_entries: int = _WBUF, max_kernel: int = _KMAX, clock_mhz: float = _CLOCK,
                    force: bool = _force(),
                    as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
@@ -347,7 +348,7 @@ def hw_compile_cmd(graph: Path = typer.Argument(..., help="integer graph folder"
 def hw_simulate_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                     images: int = typer.Option(20, min=1, help="run N test images and N random-code images"),
                     data: Optional[str] = _DATA, data_dir: Optional[str] = typer.Option(None),
-                    pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS, act_buffer_bytes: int = _ACT,
+                    pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS, act_buffer_bytes: Optional[int] = _ACT,
                     weight_buffer_entries: int = _WBUF, max_kernel: int = _KMAX, clock_mhz: float = _CLOCK,
                     fault: Optional[str] = typer.Option(None, help="inject a deliberate bug: shift_off_by_one, "
                                                                    "drop_bias, no_zero_point"),
@@ -402,7 +403,7 @@ def hw_report_cmd(graph: Path = typer.Argument(..., help="integer graph folder")
                   pe: int = typer.Option(8, "--pe", help="R: PE rows (output channels in parallel)"),
                   simd: int = typer.Option(8, "--simd", help="C: PE columns (input terms per row per cycle)"),
                   bus_bits: int = typer.Option(64, help="external memory word, bits per cycle"),
-                  act_buffer_bytes: int = typer.Option(65536, help="size of each activation buffer"),
+                  act_buffer_bytes: Optional[int] = typer.Option(None, help="size of the activation memory in bytes (default 131072)"),
                   weight_buffer_entries: int = typer.Option(65536, help="weight buffer size in weights"),
                   clock_mhz: float = typer.Option(200.0, help="clock for the FPS figure"),
                   as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
@@ -429,7 +430,7 @@ def hw_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                                                                "network: adds the codebook2 mode"),
                  sizes: str = typer.Option("1,2,4,8,16,32", help="values of R and of C to try"),
                  bus_bits: int = typer.Option(64, help="external memory word, bits per cycle"),
-                 act_buffer_bytes: int = typer.Option(65536, help="size of each activation buffer"),
+                 act_buffer_bytes: Optional[int] = typer.Option(None, help="size of the activation memory in bytes (default 131072)"),
                  weight_buffer_entries: int = typer.Option(65536, help="weight buffer size in weights"),
                  clock_mhz: float = typer.Option(200.0, help="clock for the FPS figures"),
                  force: bool = _force(),
@@ -505,7 +506,7 @@ def hw_hls_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
             if not report.passed:
                 stage.discard()
         result["written"] = not stage.discarded
-        if not as_json:
+        if report is not None and not as_json:
             for row in report.layers:
                 console.print(f"{row.label:8} {row.name:24} {row.elements:8} elements, C++ mismatches {row.mismatches}"
                               + (f" (first {row.first})" if row.mismatches else ""), soft_wrap=True)
@@ -524,6 +525,7 @@ def rtl_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
             images: int = typer.Option(1, min=1, help="run N test images and N random-code images"),
             sim: str = typer.Option("icarus", help="icarus or verilator"),
             pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS,
+            act_buffer_bytes: Optional[int] = _ACT, max_kernel: int = _KMAX,
             data: Optional[str] = _DATA,
             data_dir: Optional[str] = typer.Option(None),
             out: Optional[Path] = typer.Option(None, help="folder for the memory files, Verilog and logs (default: a temporary folder)"),
@@ -540,7 +542,8 @@ def rtl_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
 
     check_options(["rtl"], sim=sim, fault=fault)
     g = load(graph)
-    config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits)
+    config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
+                           max_kernel=max_kernel)
     inputs = verification_inputs(g, images, data, data_dir)
     with contextlib.ExitStack() as stack:
         # --out: written under a temporary name, put in place when the run ends (also when it finds
@@ -620,6 +623,7 @@ def verify_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                                                              "fashion-mnist) or 'random' (random input codes only)"),
                data_dir: Optional[str] = typer.Option(None, help="folder with the data set files"),
                pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS,
+               act_buffer_bytes: Optional[int] = _ACT, max_kernel: int = _KMAX,
                sim: str = typer.Option("icarus", help="RTL simulator: icarus or verilator"),
                fault: Optional[str] = _FAULT,
                out: Optional[Path] = typer.Option(None, help="keep each back end's files in OUT/<back end>"),
@@ -634,7 +638,8 @@ def verify_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
     backends = list(VERIFY_BACKENDS) if backend == "all" else [b.strip() for b in backend.split(",")]
     check_options(backends, sim=sim, fault=fault)
     g = load(graph)
-    config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits)
+    config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
+                           max_kernel=max_kernel)
     inputs = verification_inputs(g, images, data, data_dir)
     with contextlib.ExitStack() as stack:
         stage = None if out is None else stack.enter_context(

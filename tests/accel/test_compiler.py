@@ -91,25 +91,41 @@ def test_pool_kernel_limit_and_exact_fit():
     g = golden("maxpool5")   # conv 3x3, maxpool 5x5, linear on 1x12x12
     with pytest.raises(AcceleratorError, match=r"layer _2: kernel 5x5 exceeds max_kernel=4"):
         compile_graph(g, AccelConfig(max_kernel=4))
-    # 2x10x10 = 200 bytes is the largest map: a buffer of exactly 200 bytes is enough.
-    assert len(compile_graph(g, AccelConfig(act_buffer_bytes=200)).layers) == 3  # conv, pool, linear
+    # The conv's input (1x12x12 = 144 bytes) and output (2x10x10 = 200 bytes) are live together:
+    # an activation memory of exactly 344 bytes is enough.
+    p = compile_graph(g, AccelConfig(act_buffer_bytes=344))
+    assert len(p.layers) == 3 and p.metadata["activation_memory"]["bytes"] == 344  # conv, pool, linear
+    conv, pool, fc = p.layers
+    assert (conv.in_base, conv.out_base, pool.in_base, pool.out_base, fc.in_base) == (200, 0, 0, 200, 200)
+    with pytest.raises(AcceleratorError, match=r"layer q_0_acc: the activation memory does not fit: the input codes "
+                                               r"\(1x12x12 = 144 bytes\) would occupy bytes 200..343 while 344 bytes of "
+                                               r"maps are live at this layer; the allocation needs 344 bytes, "
+                                               r"act_buffer_bytes=343"):
+        compile_graph(g, AccelConfig(act_buffer_bytes=343))
     with pytest.raises(AcceleratorError, match=r"output map 2x10x10 = 200 bytes does not fit act_buffer_bytes=199"):
         compile_graph(g, AccelConfig(act_buffer_bytes=199))
 
 
 def test_unsupported_graphs():
-    grouped = golden("grouped_conv")
-    with pytest.raises(AcceleratorError, match=r"layer q_0_acc: grouped convolution \(groups=2\)"):
-        compile_graph(grouped, AccelConfig())
     dilated = golden("dilated_conv")
     with pytest.raises(AcceleratorError, match=r"layer q_0_acc: dilated convolution"):
         compile_graph(dilated, AccelConfig())
-    reorg = golden("reorg")
-    with pytest.raises(AcceleratorError, match=r"layer \w+: op Reorg is not supported"):
-        compile_graph(reorg, AccelConfig())
-    concat = golden("concat")
-    with pytest.raises(AcceleratorError, match=r"layer \w+: op Concat is not supported"):
-        compile_graph(concat, AccelConfig())
+
+
+def test_grouped_reorg_and_concat_golden_graphs_compile():
+    grouped = compile_graph(golden("grouped_conv"), AccelConfig())
+    conv = grouped.layers[0]
+    assert conv.groups == 2 and conv.terms == (conv.in_ch // 2) * conv.kh * conv.kw
+    half = conv.in_ch // 2 * conv.in_h * conv.in_w
+    assert conv.channel_map.tolist() == [conv.in_base] * (conv.out_ch // 2) + [conv.in_base + half] * (conv.out_ch // 2)
+    reorg = compile_graph(golden("reorg"), AccelConfig())
+    assert [l.kind for l in reorg.layers] == ["conv", "reorg", "conv"]
+    concat = compile_graph(golden("concat"), AccelConfig())
+    # the Concat is free: q_a's regrid (cat_in0) and q_b are written side by side into its region
+    assert [l.kind for l in concat.layers] == ["conv", "conv", "requant", "conv"]
+    by = {l.name: l for l in concat.layers}
+    fc = concat.layers[-1]
+    assert by["cat_in0"].out_base == fc.in_base and by["q_b"].out_base == fc.in_base + by["cat_in0"].out_elems
 
 
 def test_codebook_of_three_bits_is_rejected():
@@ -151,7 +167,7 @@ def test_cycles_of_a_tiny_layer_by_hand():
     config = AccelConfig(pe=4, simd=8, bus_bits=64)
     # R=4, C=8: T = ceil(27/8) = 4, G = ceil(10/4) = 3, P = 9.
     assert layer_cycles(_tiny_layer(), config, first=True) == {
-        "param": 16 + 3 * 10, "codebook": 0, "input": math.ceil(75 * 8 / 64),    # 10 words of 8 bytes
+        "param": 22 + 3 * 10, "codebook": 0, "input": math.ceil(75 * 8 / 64),    # 10 words of 8 bytes
         "weights": 3 * (4 * 4 * 8 * 8 // 64),                                  # 16 words per group
         "compute": 3 * 9 * 4, "drain": 3 * 9, "next": 1}
     codebook = _tiny_layer(codebook=np.array([-3, -1, 0, 2]))
@@ -159,13 +175,13 @@ def test_cycles_of_a_tiny_layer_by_hand():
     assert (c["input"], c["codebook"], c["weights"]) == (0, 4, 3 * (4 * 4 * 8 * 2 // 64))
     pool = Layer(index=1, name="p", kind="maxpool", in_ch=10, in_h=3, in_w=3, out_ch=10, out_h=1, out_w=1, kh=3, kw=3)
     assert layer_cycles(pool, config, first=False) == {
-        "param": 16, "codebook": 0, "input": 0, "weights": 0, "compute": 3 * 1 * 9, "drain": 3, "next": 1}
+        "param": 22, "codebook": 0, "input": 0, "weights": 0, "compute": 3 * 1 * 9, "drain": 3, "next": 1}
     total = program_cycles(Program(config, [_tiny_layer(), pool], "in"))
-    assert total["total"] == (46 + 10 + 48 + 108 + 27 + 1) + (16 + 27 + 3 + 1) + 1 == 288
+    assert total["total"] == (52 + 10 + 48 + 108 + 27 + 1) + (22 + 27 + 3 + 1) + 1 == 300
     assert total["layers"][0]["utilisation"] == pytest.approx(10 * 9 * 27 / (4 * 8 * 108))
-    assert total["utilisation"] == pytest.approx(10 * 9 * 27 / (4 * 8 * 288))
-    assert total["fps"] == pytest.approx(200e6 / 288)
-    assert sum(r["share"] for r in total["layers"]) == pytest.approx(1 - 1 / 288)
+    assert total["utilisation"] == pytest.approx(10 * 9 * 27 / (4 * 8 * 300))
+    assert total["fps"] == pytest.approx(200e6 / 300)
+    assert sum(r["share"] for r in total["layers"]) == pytest.approx(1 - 1 / 300)
 
 
 def test_lenet_cycles_formula():
@@ -173,7 +189,7 @@ def test_lenet_cycles_formula():
     c = program_cycles(p)
     conv1 = c["layers"][0]  # 1x32x32 -> 6x28x28, 5x5: K=25, T=4, G=1, P=784
     assert (conv1["param"], conv1["input"], conv1["weights"], conv1["compute"], conv1["drain"]) == (
-        16 + 18, 1024 * 8 // 64, 8 * 4 * 8 * 8 // 64, 784 * 4, 784)
+        22 + 18, 1024 * 8 // 64, 8 * 4 * 8 * 8 // 64, 784 * 4, 784)
     assert c["total"] == sum(r["cycles"] for r in c["layers"]) + 1
     assert c["macs"] == 6 * 784 * 25 + 16 * 100 * 150 + 120 * 400 + 84 * 120 + 10 * 84
 
@@ -222,7 +238,7 @@ def test_memory_files_round_trip(tmp_path, which):
     assert {len(s) for s in (tmp_path / "param.hex").read_text().split()} == {8}
     assert {len(s) for s in (tmp_path / "expected/L00.hex").read_text().split()} == {2}
     param = read_hex(tmp_path / "param.hex", 32)
-    assert param[0] == 7 and len(param) == 1 + 16 * 7 + 3 * sum(l.out_ch for l in program.layers if l.kind == "conv")
+    assert param[0] == 7 and len(param) == 1 + 22 * 7 + 3 * sum(l.out_ch for l in program.layers if l.kind == "conv")
     assert doc["cycles"]["total"] == program_cycles(program)["total"]
     if which == "codebook":
         cb = read_hex(tmp_path / "CB8.hex", 8)
@@ -234,12 +250,16 @@ def test_descriptor_words_of_the_first_layer(tmp_path):
     program = compile_graph(g, AccelConfig())
     write_memory(program, torch.zeros((1, 1, 32, 32), dtype=torch.int64), tmp_path)
     param = read_hex(tmp_path / "param.hex", 32)
-    d = param[1:17]
+    d = param[1:23]
     assert d[0] == 0 | 1 << 10              # conv, input signed, output unsigned, dense, requant
     assert d[1:7] == [1, 32, 32, 6, 28, 28]
     assert d[7] == 5 | 5 << 8 | 1 << 16 | 1 << 24 and d[8] == 8 << 16
-    assert d[13] == 0 and d[14] == 1 + 16 * 7 and d[15] == 0
-    assert param[17] == 1                   # pool1: maxpool, no flags
-    last = param[1 + 16 * 6 : 1 + 16 * 7]
+    assert d[13] == 0 and d[14] == 1 + 22 * 7 and d[15] == 0
+    # activation addresses: the input codes and conv1's output are live together and do not overlap
+    conv1 = program.layers[0]
+    assert d[16:19] == [conv1.in_base, 0, conv1.out_base] and d[19:22] == [0, 0, 1]
+    assert {conv1.in_base, conv1.out_base} == {0, 6 * 28 * 28}
+    assert param[23] == 1                   # pool1: maxpool, no flags
+    last = param[1 + 22 * 6 : 1 + 22 * 7]
     assert last[0] & (1 << 9) and last[0] & (1 << 11)   # raw 32-bit output, signed
     assert not (tmp_path / "expected").exists() and not (tmp_path / "W2.hex").exists()

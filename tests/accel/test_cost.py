@@ -130,22 +130,22 @@ def test_tiny_program_by_hand():
     #      conv_a K=75: 15·2 = 30 × 60 bits → ⌈60/36⌉ = 2;  conv_cb K=72: 15·2 = 30 × 40 (2-bit) → 2;
     #      fc K=96: 20·3 = 60 × 80 bits → ⌈80/36⌉ = 3.  Sum 7.
     # BRAM18: weight buffer ⌈2000/20⌉ = 100 deep × 160 bits (8-bit entries) → ⌈160/36⌉ = 5;
-    #      each activation buffer ⌈4096/5⌉ = 820 deep × 40 bits → ⌈820/1024⌉·⌈40/18⌉ = 3, two of them 6;
-    #      param memory 1 + 16·4 + 3·(8 + 6 + 10) = 137 words × 32 bits → 1; raw output 10 × 32 → 1.
-    #      Total 5 + 6 + 1 + 1 = 13.
+    #      the activation memory ⌈4096/5⌉ = 820 deep × 40 bits → ⌈820/1024⌉·⌈40/18⌉ = 3;
+    #      param memory 1 + 22·4 + 3·(8 + 6 + 10) = 161 words × 32 bits → 1; raw output 10 × 32 → 1.
+    #      Total 5 + 3 + 1 + 1 = 10.
     report = cost_report(_tiny_program())
     assert [row["dsp"] for row in report["layers"]] == [6, 0, 0, 4]
     assert [row["table_kernel"] for row in report["layers"]] == [5, None, None, 1]
-    assert report["dsp"] == {"array": 6, "requant": 16, "total": 22, "array_layer": "conv_a"}
+    assert report["dsp"] == {"array": 6, "requant": 16, "lanes": 0, "total": 22, "array_layer": "conv_a"}
     assert [(r["finn_weight_depth"], r["finn_weight_width"], r["finn_bram18"]) for r in report["layers"]] == \
         [(30, 60, 2), (0, 0, 0), (30, 40, 2), (60, 80, 3)]
     assert report["finn_bram18"] == 7
     assert [r["weight_buffer_entries"] for r in report["layers"]] == [4 * 15 * 5, 0, 4 * 15 * 5, 4 * 20 * 5]
-    assert param_words(_tiny_program()) == 137
+    assert param_words(_tiny_program()) == 161
     mems = {m["name"]: (m["depth"], m["width"], m["bram18"]) for m in report["memories"]}
-    assert mems == {"weight buffer": (100, 160, 5), "activation buffer A": (820, 40, 3),
-                    "activation buffer B": (820, 40, 3), "param memory": (137, 32, 1), "output memory": (10, 32, 1)}
-    assert report["bram18"]["total"] == 13
+    assert mems == {"weight buffer": (100, 160, 5), "activation memory": (820, 40, 3),
+                    "param memory": (161, 32, 1), "output memory": (10, 32, 1)}
+    assert report["bram18"]["total"] == 10
     assert report["layers"][0]["macs"] == 8 * 64 * 75
     logic = report["logic"]
     assert logic["rough"] and logic["lut"] == sum(u["lut"] for u in logic["units"]) > 0
@@ -156,7 +156,7 @@ def test_tiny_program_by_hand():
 
 def test_codebook_only_program_needs_no_array_dsps():
     report = cost_report(_tiny_program(codebook_only=True))
-    assert report["dsp"] == {"array": 0, "requant": 16, "total": 16, "array_layer": None}
+    assert report["dsp"] == {"array": 0, "requant": 16, "lanes": 0, "total": 16, "array_layer": None}
     # only 2-bit indices in the weight buffer: 100 deep × 40 bits → 2 BRAM18 instead of 5
     assert next(m for m in report["memories"] if m["name"] == "weight buffer")["width"] == 40
     assert report["bram18"]["weight buffer"] == 2

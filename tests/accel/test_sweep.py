@@ -80,7 +80,7 @@ def test_all_codebook_program_needs_no_array_dsps(lenet_graphs):
     _, _, all_cb = lenet_graphs
     program = compile_graph(all_cb, AccelConfig(pe=8, simd=8))
     report = cost_report(program)
-    assert report["dsp"] == {"array": 0, "requant": 32, "total": 32, "array_layer": None}
+    assert report["dsp"] == {"array": 0, "requant": 32, "lanes": 0, "total": 32, "array_layer": None}
     assert report["bram18"]["weight buffer"] == 8   # 1024 deep × 128 bits (2-bit indices): ⌈128/18⌉
     # expanded to dense 8-bit, the same program needs the full int8 array and an 8-bit weight buffer
     dense = dense_program(program, 8)

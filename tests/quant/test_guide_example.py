@@ -1,6 +1,6 @@
 """The worked example of docs/user-guide.md ("Bring your own model") runs as written: its model
-quantizes, lowers to the ops the guide describes, and every back end either matches the engine
-layer by layer or refuses the graph with an error naming the op it lacks."""
+quantizes, lowers to the ops the guide describes, and every back end (ONNX, the accelerator's
+cycle model, the HLS files and the RTL in Icarus) matches the engine layer by layer."""
 
 import re
 from pathlib import Path
@@ -31,7 +31,6 @@ def test_the_guide_s_worked_example_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs" / "mynet-w8a8" / "graph.json").is_file()
     assert "agree on 100.0%" in capsys.readouterr().out
     assert set(reports) == {"onnx", "accel", "hls", "rtl"}
-    for name, report in reports.items():
-        if not report.passed:  # a back end still without an op of this graph: it must say which
-            assert report.error and re.search(r"op (Add|AvgPool2d|Conv2d)\b", report.error), (name, report.error)
+    for name, report in reports.items():  # every back end runs Add, depthwise convs and the 14x14 pool
+        assert report.passed, (name, report.error or report.first_mismatch)
 

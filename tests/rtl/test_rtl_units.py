@@ -58,7 +58,8 @@ async def pe_multiply_accumulate(dut):
 
 @cocotb.test()
 async def pe_array_chain_clear_enable(dut):
-    """Each row: acc <= (clear ? bias : acc) + Σ_c w[r][c]·d[c] when enabled; held otherwise."""
+    """Each row: acc <= (clear ? bias : acc) + Σ_c w[r][c]·d[r][c] when enabled; held otherwise (each
+    row has its own data terms: the same in a dense conv, its group's in a grouped one)."""
     R, C = int(dut.R.value), int(dut.C.value)
     rng = random.Random(2)
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
@@ -66,18 +67,20 @@ async def pe_array_chain_clear_enable(dut):
     await FallingEdge(dut.clk)
     for step in range(60):
         w = [[rng.randint(-128, 127) for _ in range(C)] for _ in range(R)]
-        d = [rng.randint(-255, 255) for _ in range(C)]
+        shared = rng.random() < 0.5   # a dense conv: every row sees the same C terms
+        row0 = [rng.randint(-255, 255) for _ in range(C)]
+        d = [row0 if shared else [rng.randint(-255, 255) for _ in range(C)] for _ in range(R)]
         bias = [rng.randint(-(1 << 20), 1 << 20) for _ in range(R)]
         clear = 1 if step == 0 else rng.randint(0, 1)
         enable = 1 if step == 0 else rng.choice([0, 1, 1])
         dut.weights.value = sum(_mask(w[r][c], 8) << (8 * (r * C + c)) for r in range(R) for c in range(C))
-        dut.data.value = sum(_mask(d[c], 10) << (10 * c) for c in range(C))
+        dut.data.value = sum(_mask(d[r][c], 10) << (10 * (r * C + c)) for r in range(R) for c in range(C))
         dut.bias.value = sum(_mask(bias[r], 32) << (32 * r) for r in range(R))
         dut.clear.value = clear
         dut.enable.value = enable
         await RisingEdge(dut.clk)
         if enable:
-            acc = [_wrap32((bias[r] if clear else acc[r]) + sum(w[r][c] * d[c] for c in range(C))) for r in range(R)]
+            acc = [_wrap32((bias[r] if clear else acc[r]) + sum(w[r][c] * d[r][c] for c in range(C))) for r in range(R)]
         await FallingEdge(dut.clk)
         got = int(dut.acc.value)
         for r in range(R):

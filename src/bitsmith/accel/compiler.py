@@ -1,26 +1,29 @@
-"""IntegerGraph → accelerator layer program (docs/hardware.md §2, §4).
+"""IntegerGraph → accelerator layer program (docs/hardware.md §2, §4, §6).
 
-`compile_graph` takes the graph as a chain of layers (`chain.layer_chain`: each Conv2d / Linear /
-AvgPool2d fused with its Requant, MaxPool2d a pool layer, Flatten free, QuantizeInput on the host)
-and turns each into a descriptor. Everything the hardware
-cannot do, and every buffer that is too small, is an `AcceleratorError` naming the graph node and
+`compile_graph` walks the graph as steps (`chain.layer_steps`: each Conv2d / Linear / AvgPool2d /
+Add fused with its Requant; MaxPool2d, Reorg, Concat and a lone Requant of codes steps of their own;
+Flatten free; QuantizeInput on the host), turns each step into a descriptor (`Layer`) and allocates
+every map a region of the one activation memory (`allocate`): a map lives from the layer that
+writes it to the last layer that reads it. A Concat costs nothing when allocation can place its
+inputs side by side in its output region (their producers then write straight into it; CHW order
+makes a channel concatenation contiguous); otherwise it is a copy layer. Everything the hardware
+cannot do, and every memory that is too small, is an `AcceleratorError` naming the graph node and
 the limit, so a design-space sweep can report *why* a configuration does not fit.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from bitsmith.errors import AcceleratorError
+from bitsmith.integer.chain import ChainStep, layer_steps
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
-from bitsmith.integer.ops import as_pair, weight_format
+from bitsmith.integer.ops import Emitters, as_pads, as_pair, weight_format
 
-from bitsmith.integer.ops import Emitters
-
-from bitsmith.integer.chain import ChainStep, layer_chain
 from .config import (
     ACC_BITS,
     ACC_MAX,
@@ -29,6 +32,8 @@ from .config import (
     CODEBOOK_SIZE,
     CODEBOOK_VALUE_BITS,
     DESCRIPTOR_FIELD_MAX,
+    LANE_MULTIPLIER_BITS,
+    LANE_MULTIPLIER_MAX,
     MAX_ACT_BITS,
     MAX_SHIFT,
     MAX_WEIGHT_BITS,
@@ -44,39 +49,88 @@ CODEBOOK_MIN, CODEBOOK_MAX = -(1 << (CODEBOOK_VALUE_BITS - 1)), (1 << (CODEBOOK_
 
 def compile_graph(graph: IntegerGraph, config: AccelConfig) -> Program:
     """The layer program for `graph` on `config`; raises AcceleratorError if it cannot run there."""
-    input_name, steps = layer_chain(graph, EMIT)
+    input_name, steps = layer_steps(graph, EMIT)  # names every unsupported op before any other work
     _check_codes(graph.tensors[input_name], graph.nodes[0].name, "input")
+    free = _free_concats(graph, steps)
     layers: list[Layer] = []
+    sources: list[list[tuple[str, int, int]]] = []   # per layer: (tensor, first row, end row) its map adds
+    reads: list[tuple[str, ...]] = []
+    nodes: list[str] = []
     for step in steps:
-        layer = EMIT.lookup(step.node)(graph, step, len(layers))
-        _check_limits(layer, step.node.name, config)
-        layers.append(layer)
+        if step.node.name in free.concats:
+            continue
+        emitted = EMIT.lookup(step.node)(graph, step, len(layers))
+        _check_limits(emitted.layer, step.node.name, config)
+        layers.append(emitted.layer)
+        sources.append(emitted.map_sources)
+        reads.append(step.inputs)
+        nodes.append(step.node.name)
+    if layers[-1].name != _unflatten(graph, graph.outputs[0]):
+        raise AcceleratorError(f"graph output {graph.outputs[0]!r} is not written by the last layer "
+                               f"({nodes[-1]}); the accelerator ends with the layer that writes the output")
+    alloc = allocate(graph, input_name, layers, reads, nodes, free, config)
+    for layer, read, src in zip(layers, reads, sources):
+        layer.in_base = alloc.address[read[0]]
+        layer.in2_base = alloc.address[read[1]] if layer.kind == "add" else 0
+        layer.out_base = 0 if layer.raw_output else alloc.address[layer.name]
+        if layer.channel_map is not None:
+            for tensor, first, end in src:
+                layer.channel_map[first:end] += alloc.address[tensor]
     # The engine's shape of each layer's tensor (a Linear's is 1-D), so back ends can compare.
     shapes = {layer.name: list(graph.tensors[layer.name].shape) for layer in layers}
     return Program(config=config, layers=layers, input_name=input_name,
-                   metadata={"graph_output": graph.outputs[0], "tensor_shapes": shapes})
+                   metadata={"graph_output": graph.outputs[0], "tensor_shapes": shapes,
+                             "activation_memory": alloc.to_json()})
 
 
-# -- one layer per node (group) -------------------------------------------------------------
+# -- one layer per step ---------------------------------------------------------------------
 
-#: The layer ops the accelerator computes; QuantizeInput (host), Requant (fused) and Flatten (free)
-#: are the chain walk's (chain.STRUCTURAL_OPS).
+@dataclass
+class Emitted:
+    layer: Layer
+    # A channel map is written relative to its sources: rows [first, end) add the address of `tensor`
+    # once the allocation is known.
+    map_sources: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+#: The ops the accelerator computes; QuantizeInput (host), a fused Requant and Flatten (free) are the
+#: walk's (chain.STRUCTURAL_OPS). "Requant" here is a lone Requant of codes.
 EMIT = Emitters("accelerator compiler")
 
 
 @EMIT.register("Conv2d", "Linear")
-def _emit_conv(graph: IntegerGraph, step: ChainStep, index: int) -> Layer:
+def _emit_conv(graph: IntegerGraph, step: ChainStep, index: int) -> Emitted:
     return _conv_layer(graph, step.node, step.requant, index)
 
 
 @EMIT.register("AvgPool2d")
-def _emit_avgpool(graph: IntegerGraph, step: ChainStep, index: int) -> Layer:
-    return _avgpool_layer(graph, step.node, step.requant, index)
+def _emit_avgpool(graph: IntegerGraph, step: ChainStep, index: int) -> Emitted:
+    return Emitted(_avgpool_layer(graph, step.node, step.requant, index))
 
 
 @EMIT.register("MaxPool2d")
-def _emit_maxpool(graph: IntegerGraph, step: ChainStep, index: int) -> Layer:
-    return _maxpool_layer(graph, step.node, index)
+def _emit_maxpool(graph: IntegerGraph, step: ChainStep, index: int) -> Emitted:
+    return Emitted(_maxpool_layer(graph, step.node, index))
+
+
+@EMIT.register("Add")
+def _emit_add(graph: IntegerGraph, step: ChainStep, index: int) -> Emitted:
+    return Emitted(_add_layer(graph, step.node, step.requant, index))
+
+
+@EMIT.register("Reorg")
+def _emit_reorg(graph: IntegerGraph, step: ChainStep, index: int) -> Emitted:
+    return _reorg_layer(graph, step, index)
+
+
+@EMIT.register("Concat")
+def _emit_concat(graph: IntegerGraph, step: ChainStep, index: int) -> Emitted:
+    return _concat_layer(graph, step, index)
+
+
+@EMIT.register("Requant")
+def _emit_requant(graph: IntegerGraph, step: ChainStep, index: int) -> Emitted:
+    return Emitted(_lone_requant_layer(graph, step.node, index))
 
 
 def _chw(spec: TensorSpec) -> tuple[int, int, int]:
@@ -116,22 +170,33 @@ def _raw_fields(node: Node, out_ch: int) -> dict:
                 multiplier=np.ones(out_ch, dtype=np.int64), shift=np.zeros(out_ch, dtype=np.int64))
 
 
-def _conv_layer(graph: IntegerGraph, node: Node, requant: Node | None, index: int) -> Layer:
+def _same_grid_fields(y: TensorSpec) -> dict:
+    """Output fields of a layer that moves codes without changing them (max kinds)."""
+    return dict(name=y.name, out_bits=y.bits, out_signed=y.signed, z_out=y.zero_point,
+                clamp_lo=y.qmin, clamp_hi=y.qmax)
+
+
+def _field(node: Node, what: str, value: int) -> None:
+    if value > DESCRIPTOR_FIELD_MAX:
+        raise AcceleratorError(f"layer {node.name}: {what} {value} exceeds the descriptor field (max {DESCRIPTOR_FIELD_MAX})")
+
+
+def _conv_layer(graph: IntegerGraph, node: Node, requant: Node | None, index: int) -> Emitted:
     x, acc = graph.tensors[node.inputs[0]], graph.tensors[node.output]
     fields = _io_fields(graph, node.name, x, acc)
+    groups = 1
     if node.op == "Conv2d":
         (kh, kw), (sh, sw) = _kernel(graph, node), as_pair(node.attrs["stride"])
-        (ph, pw), (dh, dw) = as_pair(node.attrs["padding"]), as_pair(node.attrs["dilation"])
-        if node.attrs["groups"] != 1:
-            raise AcceleratorError(f"layer {node.name}: grouped convolution (groups={node.attrs['groups']}); "
-                                   "the accelerator runs groups=1 only")
+        (top, left, bottom, right), (dh, dw) = as_pads(node.attrs["padding"]), as_pair(node.attrs["dilation"])
+        groups = int(node.attrs["groups"])
         if (dh, dw) != (1, 1):
             raise AcceleratorError(f"layer {node.name}: dilated convolution (dilation={[dh, dw]}); "
                                    "the accelerator runs dilation=1 only")
-        for what, value in (("stride", max(sh, sw)), ("padding", max(ph, pw))):
-            if value > DESCRIPTOR_FIELD_MAX:
-                raise AcceleratorError(f"layer {node.name}: {what} {value} exceeds the descriptor field (max {DESCRIPTOR_FIELD_MAX})")
-        geometry = dict(kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw)
+        for what, value in (("stride", max(sh, sw)), ("padding", max(top, left, bottom, right))):
+            _field(node, what, value)
+        # Bottom / right padding is implied: out_h, out_w say how far the window runs, and positions
+        # past the map read d = 0 (§4).
+        geometry = dict(kh=kh, kw=kw, sh=sh, sw=sw, ph=top, pw=left, groups=groups)
     else:
         geometry = {}
     out_ch = fields["out_ch"]
@@ -150,8 +215,16 @@ def _conv_layer(graph: IntegerGraph, node: Node, requant: Node | None, index: in
     else:
         bias = np.zeros(out_ch, dtype=np.int64)
     out = _requant_fields(graph, requant, out_ch) if requant is not None else _raw_fields(node, out_ch)
+    channel_map, sources = None, []
+    if groups > 1:
+        # Row o reads the in_ch/groups input channels of its group: its input starts at channel
+        # (o // (out_ch/groups))·(in_ch/groups) of the input map.
+        per_out, per_in = out_ch // groups, fields["in_ch"] // groups
+        hw = fields["in_h"] * fields["in_w"]
+        channel_map = (np.arange(out_ch, dtype=np.int64) // per_out) * per_in * hw
+        sources = [(node.inputs[0], 0, out_ch)]
     layer = Layer(index=index, kind="conv", weight_bits=wbits, codebook=codebook, weights=weights, bias=bias,
-                  **fields, **geometry, **out)
+                  channel_map=channel_map, **fields, **geometry, **out)
     # §2: K·max|w|·max|x − z_in| + max|bias| ≤ 2^31 − 1, so the 32-bit accumulator cannot wrap.
     bound = layer.terms * int(np.abs(codes).max(initial=0)) * _max_centered(x) + int(np.abs(bias).max(initial=0))
     if bound > ACC_MAX:
@@ -159,7 +232,7 @@ def _conv_layer(graph: IntegerGraph, node: Node, requant: Node | None, index: in
                                f"{layer.terms}·{int(np.abs(codes).max(initial=0))}·{_max_centered(x)}"
                                f"+{int(np.abs(bias).max(initial=0))} = {bound} exceeds the 32-bit accumulator "
                                f"(max {ACC_MAX})")
-    return layer
+    return Emitted(layer, sources)
 
 
 def _kernel(graph: IntegerGraph, node: Node) -> list[int]:
@@ -188,8 +261,9 @@ def _avgpool_layer(graph: IntegerGraph, node: Node, requant: Node, index: int) -
     x, acc = graph.tensors[node.inputs[0]], graph.tensors[node.output]
     fields = _io_fields(graph, node.name, x, acc)
     (kh, kw), (sh, sw) = as_pair(node.attrs["kernel"]), as_pair(node.attrs["stride"])
+    _field(node, "stride", max(sh, sw))
     out = _requant_fields(graph, requant, fields["out_ch"])
-    layer = Layer(index=index, kind="avgpool", kh=kh, kw=kw, sh=sh, sw=sw,
+    layer = Layer(index=index, kind="avgpool", kh=kh, kw=kw, sh=sh, sw=sw, lane_multipliers=(1, 0),
                   bias=np.zeros(fields["out_ch"], dtype=np.int64), **fields, **out)
     bound = kh * kw * _max_centered(x)
     if bound > ACC_MAX:
@@ -202,9 +276,75 @@ def _maxpool_layer(graph: IntegerGraph, node: Node, index: int) -> Layer:
     x, y = graph.tensors[node.inputs[0]], graph.tensors[node.output]
     fields = _io_fields(graph, node.name, x, y)
     (kh, kw), (sh, sw) = as_pair(node.attrs["kernel"]), as_pair(node.attrs["stride"])
-    return Layer(index=index, name=node.output, kind="maxpool", kh=kh, kw=kw, sh=sh, sw=sw,
-                 out_bits=y.bits, out_signed=y.signed, z_out=y.zero_point,
-                 clamp_lo=y.qmin, clamp_hi=y.qmax, **fields)
+    _field(node, "stride", max(sh, sw))
+    return Layer(index=index, kind="maxpool", kh=kh, kw=kw, sh=sh, sw=sw, **fields, **_same_grid_fields(y))
+
+
+def _add_layer(graph: IntegerGraph, node: Node, requant: Node, index: int) -> Layer:
+    """(a − z_a)·m_a + (b − z_b)·m_b on the pool lanes (a 1×2 window: element 0 from a, element 1
+    from b, each times its lane multiplier), then the requant unit."""
+    a, b, acc = graph.tensors[node.inputs[0]], graph.tensors[node.inputs[1]], graph.tensors[node.output]
+    fields = _io_fields(graph, node.name, a, acc)
+    _check_codes(b, node.name, "input")
+    m = [int(v) for v in graph.params[node.params["multiplier"]].to(torch.int64).reshape(-1).tolist()]
+    for which, value in zip("ab", m):
+        if not 0 <= value <= LANE_MULTIPLIER_MAX:
+            raise AcceleratorError(f"layer {node.name}: Add multiplier m_{which} = {value} does not fit the "
+                                   f"{LANE_MULTIPLIER_BITS}-bit signed lane multiplier register "
+                                   f"(0..{LANE_MULTIPLIER_MAX}; lowering chooses at most 2^15 − 1)")
+    bound = _max_centered(a) * m[0] + _max_centered(b) * m[1]
+    if bound > ACC_MAX:
+        raise AcceleratorError(f"layer {node.name}: Add bound {_max_centered(a)}·{m[0]} + {_max_centered(b)}·{m[1]} "
+                               f"= {bound} exceeds the 32-bit accumulator (max {ACC_MAX})")
+    out = _requant_fields(graph, requant, fields["out_ch"])
+    return Layer(index=index, kind="add", kh=1, kw=2, lane_multipliers=(m[0], m[1]),
+                 in2_bits=b.bits, in2_signed=b.signed, z_in2=b.zero_point,
+                 bias=np.zeros(fields["out_ch"], dtype=np.int64), **fields, **out)
+
+
+def _reorg_layer(graph: IntegerGraph, step: ChainStep, index: int) -> Emitted:
+    """Space to depth as a copy on the pool lanes: a 1×1 window with stride r, and row o = c·r² + i·r + j
+    reading channel c from (i, j): out[o, y, x] = in[c, y·r + i, x·r + j]."""
+    node = step.node
+    x, y = graph.tensors[node.inputs[0]], graph.tensors[node.output]
+    fields = _io_fields(graph, node.name, x, y)
+    r = int(node.attrs["stride"])
+    _field(node, "stride", r)
+    o = np.arange(fields["out_ch"], dtype=np.int64)
+    c, i, j = o // (r * r), (o // r) % r, o % r
+    channel_map = c * fields["in_h"] * fields["in_w"] + i * fields["in_w"] + j
+    layer = Layer(index=index, kind="reorg", sh=r, sw=r, channel_map=channel_map, **fields, **_same_grid_fields(y))
+    return Emitted(layer, [(step.inputs[0], 0, fields["out_ch"])])
+
+
+def _concat_layer(graph: IntegerGraph, step: ChainStep, index: int) -> Emitted:
+    """A Concat allocation could not make free (an input used twice, or the graph output): a copy
+    on the pool lanes, row o reading channel o − offset of its input part."""
+    node = step.node
+    y = graph.tensors[node.output]
+    parts = [graph.tensors[name] for name in step.inputs]
+    fields = _io_fields(graph, node.name, parts[0], y)
+    for p in parts[1:]:
+        _check_codes(p, node.name, "input")
+    channel_map = np.zeros(fields["out_ch"], dtype=np.int64)
+    sources, first = [], 0
+    for name, p in zip(step.inputs, parts):
+        c, h, w = _chw(p)
+        channel_map[first : first + c] = np.arange(c, dtype=np.int64) * h * w
+        sources.append((name, first, first + c))
+        first += c
+    layer = Layer(index=index, kind="concat", channel_map=channel_map, **fields, **_same_grid_fields(y))
+    return Emitted(layer, sources)
+
+
+def _lone_requant_layer(graph: IntegerGraph, node: Node, index: int) -> Layer:
+    """A Requant of codes (e.g. a Concat input moved onto the Concat's grid): the pool lanes sum one
+    element x − z_in (a 1×1 window), the requant unit does the rest."""
+    x, y = graph.tensors[node.inputs[0]], graph.tensors[node.output]
+    fields = _io_fields(graph, node.name, x, y)
+    out = _requant_fields(graph, node, fields["out_ch"])
+    return Layer(index=index, kind="requant", lane_multipliers=(1, 0),
+                 bias=np.zeros(fields["out_ch"], dtype=np.int64), **fields, **out)
 
 
 # -- limits ---------------------------------------------------------------------------------
@@ -223,7 +363,8 @@ def _max_centered(x: TensorSpec) -> int:
 
 
 def _check_limits(layer: Layer, name: str, config: AccelConfig) -> None:
-    """§2 kernel size, §4 activation and weight buffers."""
+    """§2 kernel size, §4 weight buffer, and every map on its own against the activation memory
+    (`allocate` checks the maps that are live together)."""
     if max(layer.kh, layer.kw) > config.max_kernel:
         raise AcceleratorError(f"layer {name}: kernel {layer.kh}x{layer.kw} exceeds max_kernel={config.max_kernel}")
     maps = [("input", layer.in_ch, layer.in_h, layer.in_w)]
@@ -241,15 +382,138 @@ def _check_limits(layer: Layer, name: str, config: AccelConfig) -> None:
                 f"{config.simd} = {entries} weights, does not fit weight_buffer_entries={config.weight_buffer_entries}")
 
 
+# -- the activation memory (§6) ---------------------------------------------------------------
+
+@dataclass
+class FreeConcats:
+    """Concats that cost nothing: each part tensor's (root region, byte offset in it)."""
+    concats: set[str] = field(default_factory=set)          # node names
+    slot: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+
+def _free_concats(graph: IntegerGraph, steps: list[ChainStep]) -> FreeConcats:
+    """Which Concats allocation makes free, in graph order: a Concat is free when each of its inputs
+    is a distinct tensor not already placed in another Concat, and it is not the graph output (the
+    program ends with the layer that writes the output). Its inputs then live at their channel
+    offsets of its region (nested Concats compose)."""
+    free = FreeConcats()
+    graph_output = _unflatten(graph, graph.outputs[0])
+    for step in steps:
+        node = step.node
+        if node.op != "Concat":
+            continue
+        parts = step.inputs
+        if step.output == graph_output or len(set(parts)) != len(parts) or any(p in free.slot for p in parts):
+            continue
+        free.concats.add(node.name)
+        offset = 0
+        for part in parts:
+            # every tensor already placed in this part (a nested Concat) moves along with it
+            for t, (root, off) in list(free.slot.items()):
+                if root == part:
+                    free.slot[t] = (step.output, offset + off)
+            free.slot[part] = (step.output, offset)
+            offset += math.prod(_chw(graph.tensors[part]))
+    return free
+
+
+def _unflatten(graph: IntegerGraph, name: str) -> str:
+    """The tensor whose bytes `name` is (through Flatten nodes, which are free)."""
+    producer = {n.output: n for n in graph.nodes}
+    while name in producer and producer[name].op == "Flatten":
+        name = producer[name].inputs[0]
+    return name
+
+
+@dataclass
+class Allocation:
+    """Regions of the activation memory: each root tensor's base, size and live interval (layer
+    indices), and the byte address of every tensor (a Concat part inside its Concat's region)."""
+    regions: list[dict]
+    address: dict[str, int]
+    size: int            # bytes the allocation needs (the highest region end)
+    peak_live: int       # the most bytes live at one layer (a lower bound for any allocation)
+
+    def to_json(self) -> dict:
+        return {"bytes": self.size, "peak_live_bytes": self.peak_live, "regions": self.regions,
+                "address": dict(self.address)}
+
+
+def allocate(graph: IntegerGraph, input_name: str, layers: list[Layer], reads: list[tuple[str, ...]],
+             nodes: list[str], free: FreeConcats, config: AccelConfig) -> Allocation:
+    """Give every map a region of the activation memory (docs/hardware.md §6).
+
+    A map is live from the layer that writes it (the input codes: layer 0, whose INPUT phase loads
+    them) to the last layer that reads it; a Concat part lives in its Concat's region, which is live
+    as long as any tensor in it. Regions are placed greedily by size (largest first; ties: earlier
+    first layer, then name), each at the lowest address where it overlaps no placed region that is
+    live at the same time. A layer's output therefore never overlaps its inputs. AcceleratorError
+    naming the layer whose map ends past `act_buffer_bytes`.
+    """
+    def nbytes(name: str) -> int:
+        return math.prod(_chw(graph.tensors[name]))
+
+    def root(name: str) -> str:
+        return free.slot[name][0] if name in free.slot else name
+
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+
+    def touch(name: str, i: int) -> None:
+        r = root(name)
+        first[r] = min(first.get(r, i), i)
+        last[r] = max(last.get(r, i), i)
+
+    touch(input_name, 0)
+    for i, (layer, read) in enumerate(zip(layers, reads)):
+        for name in read:
+            touch(name, i)
+        if not layer.raw_output:
+            touch(layer.name, i)
+    writer = {layer.name: i for i, layer in enumerate(layers)}
+    order = sorted(first, key=lambda r: (-nbytes(r), first[r], r))
+    placed: list[tuple[int, int, int, int]] = []   # (base, end, first, last)
+    base: dict[str, int] = {}
+    for r in order:
+        size = nbytes(r)
+        busy = sorted((b, e) for b, e, f, l in placed if f <= last[r] and first[r] <= l)
+        at = 0
+        for b, e in busy:
+            if at + size <= b:
+                break
+            at = max(at, e)
+        base[r] = at
+        placed.append((at, at + size, first[r], last[r]))
+    need = max((e for _, e, _, _ in placed), default=0)
+    live = [sum(nbytes(r) for r in first if first[r] <= i <= last[r]) for i in range(len(layers))]
+    if need > config.act_buffer_bytes:
+        r = min((r for r in base if base[r] + nbytes(r) > config.act_buffer_bytes), key=lambda r: (first[r], r))
+        i = first[r]
+        what = "the input codes" if r == input_name else f"map {r!r}"
+        shape = "x".join(str(v) for v in _chw(graph.tensors[r]))
+        raise AcceleratorError(
+            f"layer {nodes[i]}: the activation memory does not fit: {what} ({shape} = {nbytes(r)} bytes) would "
+            f"occupy bytes {base[r]}..{base[r] + nbytes(r) - 1} while {live[i]} bytes of maps are live at this "
+            f"layer; the allocation needs {need} bytes, act_buffer_bytes={config.act_buffer_bytes} "
+            "(docs/hardware.md §6)")
+    address = {name: base[root(name)] + (free.slot[name][1] if name in free.slot else 0)
+               for name in set(first) | set(free.slot)}
+    regions = [{"tensor": r, "base": base[r], "bytes": nbytes(r), "live": [first[r], last[r]],
+                "writer": writer.get(r), "parts": sorted((t for t in free.slot if free.slot[t][0] == r),
+                                                          key=lambda t: free.slot[t][1])}
+               for r in sorted(base, key=lambda r: (first[r], base[r]))]
+    return Allocation(regions, address, need, max(live, default=0))
+
+
 # -- folding (§4), shared by the timing model, the image writer and the cycle model -----------
 
 def term_blocks(layer: Layer, config: AccelConfig) -> int:
-    """T = ⌈K/C⌉ for a conv; a pool steps one window element per cycle (kh·kw)."""
+    """T = ⌈K/C⌉ for a conv; the pool lanes step one window element per cycle (kh·kw; add: 2)."""
     return math.ceil(layer.terms / config.simd) if layer.kind == "conv" else layer.terms
 
 
 def channel_groups(layer: Layer, config: AccelConfig) -> int:
-    """G = ⌈out_ch/R⌉ (pools: ⌈channels/R⌉, the same since out_ch = in_ch)."""
+    """G = ⌈out_ch/R⌉ (pool-lane kinds: R output channels per group as well)."""
     return math.ceil(layer.out_ch / config.pe)
 
 

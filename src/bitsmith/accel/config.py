@@ -13,7 +13,7 @@ from bitsmith.integer.arithmetic import MULTIPLIER_BITS as IR_MULTIPLIER_BITS
 # the cycle model, the memory writer/readers, the cost model and the Verilog generator import it.
 # Where the IR has its own limit (bitsmith.integer.arithmetic) the hardware must hold it, checked below.
 MAX_WEIGHT_BITS = 8          # widest dense weight; W8.hex stores every dense weight in one byte
-MAX_ACT_BITS = 8             # widest activation code; the activation buffers hold one byte per code
+MAX_ACT_BITS = 8             # widest activation code; the activation memory holds one byte per code
 WEIGHT_BYTE_BITS = 8         # bits per dense weight in W8.hex and the weight buffer
 ACC_BITS = 32                # the PE rows' accumulators and raw (no-requant) outputs
 MULTIPLIER_BITS = 32         # the requant unit's signed multiplier register (m ≥ 0, so m < 2^31)
@@ -23,12 +23,15 @@ PARAM_WORD_BITS = 32         # param.hex words (descriptors, bias / multiplier /
 CODEBOOK_INDEX_BITS = 2      # a codebook layer's weight index, W2.hex
 CODEBOOK_SIZE = 1 << CODEBOOK_INDEX_BITS   # codebook registers per layer
 CODEBOOK_VALUE_BITS = 8      # each codebook register (signed), CB8.hex
-DESCRIPTOR_WORDS = 16
+DESCRIPTOR_WORDS = 22
 DESCRIPTOR_FIELD_MAX = 255   # kernel / stride / padding descriptor fields are 8 bits
-PARAM_WORDS_PER_CHANNEL = 3
+PARAM_WORDS_PER_CHANNEL = 3  # bias, multiplier, shift (+ one input address word when a layer has a channel map)
+LANE_MULTIPLIER_BITS = 16    # the pool lanes' signed multiplier register (Add's m_a, m_b; 1 for average pools):
+                             # m ≥ 0, so m ≤ 2^15 − 1, which is what lowering chooses (docs/arithmetic.md §5a)
 
 ACC_MIN, ACC_MAX = -(1 << (ACC_BITS - 1)), (1 << (ACC_BITS - 1)) - 1
 MULTIPLIER_MAX = (1 << (MULTIPLIER_BITS - 1)) - 1
+LANE_MULTIPLIER_MAX = (1 << (LANE_MULTIPLIER_BITS - 1)) - 1
 
 # The hardware holds everything the IR can express for the ops it runs.
 assert MAX_SHIFT < 1 << SHIFT_FIELD_BITS, "the requant shift field cannot hold the IR's largest shift"
@@ -41,7 +44,8 @@ class AccelConfig:
     pe: int = 8                         # R: output channels in parallel
     simd: int = 8                       # C: input terms per row per cycle
     bus_bits: int = 64                  # external memory word, bits per cycle
-    act_buffer_bytes: int = 65536       # each of the two activation buffers
+    act_buffer_bytes: int = 131072      # the one activation memory (every live map, §6); the
+                                        # two 64 KiB ping-pong buffers it replaced held as much
     weight_buffer_entries: int = 65536  # weights of one channel group
     max_kernel: int = 7
     clock_mhz: float = 200.0

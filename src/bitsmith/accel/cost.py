@@ -9,6 +9,8 @@ rough LUT/FF figure, per layer and in total (docs/hardware.md "Cost model" state
   layers, so it is built for the most demanding one: array DSPs = max over layers.
 - **DSPs of the requant units.** One 32×32 signed multiplier per row, tiled from 27×18 signed
   multipliers: 2×2 = 4 DSPs each.
+- **DSPs of the pool-lane multipliers.** Only when the program has an Add layer: one 10×16-bit
+  signed multiplier per lane ((x − z) times m_a or m_b), one DSP48E2 each.
 - **BRAM18** with FINN's BRAM18 depth/width formula for the on-chip memories of this design,
   plus, per layer, the weight memory a FINN dataflow layer with the same folding would need.
 - **LUT/FF**: a rough per-unit estimate; the unit figures in `LOGIC_UNITS` are assumptions, not
@@ -21,7 +23,8 @@ import math
 from fractions import Fraction
 
 from ..errors import AcceleratorError, ConfigError
-from .config import ACC_BITS, CODEBOOK_INDEX_BITS, DESCRIPTOR_WORDS, MAX_WEIGHT_BITS, MULTIPLIER_BITS, PARAM_WORDS_PER_CHANNEL
+from .config import (ACC_BITS, CODEBOOK_INDEX_BITS, DESCRIPTOR_WORDS, LANE_MULTIPLIER_BITS, MAX_WEIGHT_BITS,
+                     MULTIPLIER_BITS)
 from .program import Layer, Program
 
 # ops per DSP48E2, DeepBurning-MixQ's DSP packing tables: OPS_PER_DSP[kernel][w_bits] = (a = 2, 3, 4, 5, 6, 7, 8).
@@ -54,6 +57,7 @@ TABLE_KERNELS = tuple(sorted(OPS_PER_DSP))
 # A DSP48E2 multiplies 27×18 signed: 26 and 17 magnitude bits per tile, the top tile signed.
 DSP_PORT_BITS = (27, 18)
 BRAM18_BITS = 18 * 1024
+LANE_OPERAND_BITS = 10   # x − z of an 8-bit code (signed or unsigned) and a zero point in its range
 
 
 def table_kernel(kernel: int) -> int:
@@ -96,6 +100,7 @@ def multiplier_dsps(a_bits: int, b_bits: int) -> int:
 
 
 REQUANT_DSPS = multiplier_dsps(ACC_BITS, MULTIPLIER_BITS)  # one per row: acc (32) × m (32)
+LANE_DSPS = multiplier_dsps(LANE_OPERAND_BITS, LANE_MULTIPLIER_BITS)   # one per pool lane with Add layers: d × m
 
 
 def bram18(depth: int, width: int) -> int:
@@ -164,7 +169,7 @@ def layer_cost(layer: Layer, pe: int, simd: int) -> dict:
 
 def param_words(program: Program) -> int:
     """Words of param.hex (docs/hardware.md §6): count, descriptors, per-channel tables."""
-    tables = sum(PARAM_WORDS_PER_CHANNEL * l.out_ch for l in program.layers if l.kind != "maxpool")
+    tables = sum(l.table_words * l.out_ch for l in program.layers)
     return 1 + DESCRIPTOR_WORDS * len(program.layers) + tables
 
 
@@ -182,9 +187,9 @@ def memories(program: Program) -> list[dict]:
     mems = [
         memory("weight buffer", math.ceil(cfg.weight_buffer_entries / rc), rc * b,
                f"weight_buffer_entries={cfg.weight_buffer_entries} weights, R·C = {rc} read per cycle, {b} bits each"),
-        *[memory(f"activation buffer {side}", math.ceil(cfg.act_buffer_bytes / cfg.simd), 8 * cfg.simd,
-                 f"act_buffer_bytes={cfg.act_buffer_bytes}, C = {cfg.simd} codes read per cycle")
-          for side in ("A", "B")],
+        memory("activation memory", math.ceil(cfg.act_buffer_bytes / cfg.simd), 8 * cfg.simd,
+               f"act_buffer_bytes={cfg.act_buffer_bytes} (every live map, allocated), C = {cfg.simd} codes read "
+               "per cycle"),
         memory("param memory", param_words(program), 32, "param.hex: descriptors and per-channel bias, m, s"),
     ]
     last = program.layers[-1] if program.layers else None
@@ -206,6 +211,7 @@ LOGIC_UNITS: dict[str, tuple[int, int, str]] = {
     "requant": (350, 130, "per row: 64-bit round add, 64→32 barrel shift (6 bits), + z_out, clamp, pipeline registers"),
     "accumulator": (32, 32, "per row: 32-bit accumulator, bias-load mux"),
     "pool_lane": (45, 40, "per row: 8-bit max compare/register, 32-bit avg sum"),
+    "lane_address": (64, 32, "per row, with channel maps (grouped conv, reorg, concat): its input address register and adder"),
     "controller": (600, 400, "FSM, loop counters g/oy/ox/j, descriptor registers, address bases"),
     "bus_interface": (1, 1, "per bus bit: weight/input word register and unpacking mux"),
 }
@@ -223,6 +229,8 @@ def logic_estimate(program: Program, array_dsp: int) -> dict:
             counts["codebook_select"] = r * c
     if any(l.kind != "conv" for l in program.layers):
         counts["pool_lane"] = r
+    if any(l.has_map for l in program.layers):
+        counts["lane_address"] = r
     units = [{"unit": name, "count": n, "lut": n * LOGIC_UNITS[name][0], "ff": n * LOGIC_UNITS[name][1],
               "assumption": LOGIC_UNITS[name][2]} for name, n in counts.items()]
     return {"rough": True, "units": units, "lut": sum(u["lut"] for u in units), "ff": sum(u["ff"] for u in units)}
@@ -238,11 +246,13 @@ def cost_report(program: Program) -> dict:
     layers = [layer_cost(l, cfg.pe, cfg.simd) for l in program.layers]
     array_dsp = max(row["dsp"] for row in layers)
     requant_dsp = cfg.pe * REQUANT_DSPS
+    lane_dsp = cfg.pe * LANE_DSPS if any(l.kind == "add" for l in program.layers) else 0
     mems = memories(program)
     return {
         "config": cfg.to_json(),
         "layers": layers,
-        "dsp": {"array": array_dsp, "requant": requant_dsp, "total": array_dsp + requant_dsp,
+        "dsp": {"array": array_dsp, "requant": requant_dsp, "lanes": lane_dsp,
+                "total": array_dsp + requant_dsp + lane_dsp,
                 "array_layer": next(row["name"] for row in layers if row["dsp"] == array_dsp) if array_dsp else None},
         "memories": mems,
         "bram18": {"total": sum(m["bram18"] for m in mems), **{m["name"]: m["bram18"] for m in mems}},

@@ -4,7 +4,8 @@ computes what the faulty hardware would.
 
 - `shift_off_by_one`: every requant shifts by s + 1;
 - `drop_bias`: accumulators start at 0 instead of the bias;
-- `no_zero_point`: x − z_in computed as x (conv and average-pool inputs).
+- `no_zero_point`: x − z computed as x (conv inputs, and the sum-mode pool lanes: average pool,
+  requant, both inputs of an add).
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ def with_fault(program: Program, fault: str | None) -> Program:
         elif fault == "drop_bias" and layer.kind == "conv" and layer.bias is not None and layer.bias.any():
             layer.bias = layer.bias * 0
             changed += 1
-        elif fault == "no_zero_point" and layer.kind != "maxpool" and layer.z_in != 0:
+        elif fault == "no_zero_point" and layer.kind in ("conv", "avgpool", "requant", "add") and \
+                (layer.z_in != 0 or (layer.kind == "add" and layer.z_in2 != 0)):
             layer.z_in = 0
+            layer.z_in2 = 0
             changed += 1
     if not changed:
         # A fault that changes nothing would "pass" and prove nothing about the checker: refuse it.

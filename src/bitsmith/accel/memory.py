@@ -27,7 +27,7 @@ from bitsmith.integer import engine
 from .compiler import channel_groups, compile_graph, term_blocks
 from .config import (ACC_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS, DESCRIPTOR_WORDS, MAX_ACT_BITS,
                      PARAM_WORD_BITS, PARAM_WORDS_PER_CHANNEL, AccelConfig)
-from .program import KINDS, Layer, Program
+from .program import KINDS, REQUANT_KINDS, Layer, Program
 from .timing import group_weight_cycles, program_cycles, storage_bits
 
 FORMAT = "bitsmith.accel_images"   # the on-disk format name in program.json (unchanged since version 1)
@@ -42,6 +42,9 @@ FLAG_CODEBOOK = 1 << 8
 FLAG_RAW = 1 << 9
 FLAG_IN_SIGNED = 1 << 10
 FLAG_OUT_SIGNED = 1 << 11
+FLAG_IN2_SIGNED = 1 << 12
+FLAG_MAP = 1 << 13
+LANE_M_SHIFT = 16   # word 20: m_0 | m_1 << 16
 
 
 @dataclass
@@ -105,18 +108,22 @@ def _twos(value: int, bits: int = PARAM_BITS) -> int:
 
 
 def descriptor(layer: Layer, weight_base: int, param_base: int, codebook_base: int) -> list[int]:
-    """The 16 descriptor words of one layer (§6)."""
+    """The DESCRIPTOR_WORDS descriptor words of one layer (§6)."""
     word0 = KINDS.index(layer.kind)
     word0 |= FLAG_CODEBOOK if layer.is_codebook else 0
     word0 |= FLAG_RAW if layer.raw_output else 0
     word0 |= FLAG_IN_SIGNED if layer.in_signed else 0
     word0 |= FLAG_OUT_SIGNED if layer.out_signed else 0
+    word0 |= FLAG_IN2_SIGNED if layer.in2_signed else 0
+    word0 |= FLAG_MAP if layer.has_map else 0
+    m0, m1 = layer.lane_multipliers
     words = [
         word0, layer.in_ch, layer.in_h, layer.in_w, layer.out_ch, layer.out_h, layer.out_w,
         layer.kh | layer.kw << 8 | layer.sh << 16 | layer.sw << 24,
         layer.ph | layer.pw << 8 | layer.weight_bits << 16,
         _twos(layer.z_in), _twos(layer.z_out), _twos(layer.clamp_lo), _twos(layer.clamp_hi),
         weight_base, param_base, codebook_base,
+        layer.in_base, layer.in2_base, layer.out_base, _twos(layer.z_in2), m0 | m1 << LANE_M_SHIFT, layer.groups,
     ]
     assert len(words) == DESCRIPTOR_WORDS
     return words
@@ -143,10 +150,13 @@ def build_memory(program: Program, codes=None) -> MemoryImage:
                 target.extend(words)
         if layer.is_codebook:
             cb8.extend(_twos(v, CODEBOOK_BITS) for v in layer.codebook)
-        if layer.kind != "maxpool":
+        if layer.table_words:
             memory.param_base.append(table_start + len(tables))
-            for c in range(layer.out_ch):
-                tables += [_twos(layer.bias[c]), _twos(layer.multiplier[c]), _twos(layer.shift[c])]
+            for c in range(layer.out_ch):   # per channel: bias, multiplier, shift; then the input address
+                if layer.has_table:
+                    tables += [_twos(layer.bias[c]), _twos(layer.multiplier[c]), _twos(layer.shift[c])]
+                if layer.has_map:
+                    tables.append(_twos(layer.channel_map[c]))
         else:
             memory.param_base.append(0)
     memory.param = [len(program.layers)]
@@ -159,7 +169,8 @@ def build_memory(program: Program, codes=None) -> MemoryImage:
 
 
 def pack_inputs(program: Program, codes) -> list[int]:
-    """In8: each image's codes in CHW order, one byte each, every image starting on a new word."""
+    """In8: each image's codes in CHW order, one byte each, every image starting on a new word (the
+    first layer's input map is the graph's input)."""
     first = program.layers[0]
     codes = _as_numpy(codes).reshape(-1, first.in_elems) if np.size(codes) else np.zeros((0, first.in_elems))
     words: list[int] = []
@@ -235,6 +246,10 @@ def _layer_json(layer: Layer, memory: MemoryImage, i: int) -> dict:
         "index": layer.index, "name": layer.name, "kind": layer.kind,
         "in": [layer.in_ch, layer.in_h, layer.in_w], "out": [layer.out_ch, layer.out_h, layer.out_w],
         "kernel": [layer.kh, layer.kw], "stride": [layer.sh, layer.sw], "padding": [layer.ph, layer.pw],
+        "groups": layer.groups, "in_base": layer.in_base, "in2_base": layer.in2_base, "out_base": layer.out_base,
+        "in2_bits": layer.in2_bits, "in2_signed": layer.in2_signed, "z_in2": layer.z_in2,
+        "lane_multipliers": list(layer.lane_multipliers),
+        "channel_map": None if layer.channel_map is None else [int(v) for v in layer.channel_map],
         "in_bits": layer.in_bits, "in_signed": layer.in_signed, "out_bits": layer.out_bits,
         "out_signed": layer.out_signed, "z_in": layer.z_in, "z_out": layer.z_out,
         "clamp": [layer.clamp_lo, layer.clamp_hi], "raw_output": layer.raw_output,
@@ -348,11 +363,14 @@ def _signed(word: int, bits: int = PARAM_BITS) -> int:
 
 
 def decode_descriptor(words: list[int]) -> dict:
-    """The fields of one 16-word descriptor (two's-complement fields as signed ints)."""
+    """The fields of one descriptor (two's-complement fields as signed ints)."""
     w0 = words[0]
+    if (w0 & 0xFF) >= len(KINDS):
+        raise DataError(f"descriptor kind {w0 & 0xFF} is not one of {KINDS}")
     return {
         "kind": KINDS[w0 & 0xFF], "codebook": bool(w0 & FLAG_CODEBOOK), "raw_output": bool(w0 & FLAG_RAW),
         "in_signed": bool(w0 & FLAG_IN_SIGNED), "out_signed": bool(w0 & FLAG_OUT_SIGNED),
+        "in2_signed": bool(w0 & FLAG_IN2_SIGNED), "map": bool(w0 & FLAG_MAP),
         "in_ch": words[1], "in_h": words[2], "in_w": words[3],
         "out_ch": words[4], "out_h": words[5], "out_w": words[6],
         "kh": words[7] & 0xFF, "kw": words[7] >> 8 & 0xFF, "sh": words[7] >> 16 & 0xFF, "sw": words[7] >> 24 & 0xFF,
@@ -360,7 +378,22 @@ def decode_descriptor(words: list[int]) -> dict:
         "z_in": _signed(words[9]), "z_out": _signed(words[10]),
         "clamp_lo": _signed(words[11]), "clamp_hi": _signed(words[12]),
         "weight_base": words[13], "param_base": words[14], "codebook_base": words[15],
+        "in_base": words[16], "in2_base": words[17], "out_base": words[18], "z_in2": _signed(words[19]),
+        "lane_multipliers": (words[20] & 0xFFFF, words[20] >> LANE_M_SHIFT & 0xFFFF), "groups": words[21],
     }
+
+
+def channel_table(memory_param: list[int], d: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(the [out_ch, 3] bias / multiplier / shift table or None, the [out_ch] input addresses or None)
+    of a decoded descriptor, from param.hex words (§6: per channel bias, m, s, then the address)."""
+    has_table = d["kind"] in REQUANT_KINDS
+    per = PARAM_WORDS_PER_CHANNEL * has_table + d["map"]
+    if not per:
+        return None, None
+    words = np.array([_signed(w) for w in memory_param[d["param_base"] : d["param_base"] + per * d["out_ch"]]],
+                     dtype=np.int64).reshape(d["out_ch"], per)
+    table = words[:, :PARAM_WORDS_PER_CHANNEL].copy() if has_table else None
+    return table, (words[:, -1].copy() if d["map"] else None)
 
 
 def read_program(out_dir: str | os.PathLike) -> Program:
@@ -378,14 +411,15 @@ def read_program(out_dir: str | os.PathLike) -> Program:
                       sh=d["sh"], sw=d["sw"], ph=d["ph"], pw=d["pw"], in_bits=info["in_bits"],
                       in_signed=d["in_signed"], out_bits=info["out_bits"], out_signed=d["out_signed"],
                       z_in=d["z_in"], z_out=d["z_out"], clamp_lo=d["clamp_lo"], clamp_hi=d["clamp_hi"],
-                      raw_output=d["raw_output"], weight_bits=d["weight_bits"])
+                      raw_output=d["raw_output"], weight_bits=d["weight_bits"], groups=d["groups"],
+                      in_base=d["in_base"], in2_base=d["in2_base"], out_base=d["out_base"],
+                      in2_bits=info.get("in2_bits", 0), in2_signed=d["in2_signed"], z_in2=d["z_in2"],
+                      lane_multipliers=d["lane_multipliers"])
         if d["codebook"]:
             cb = memory.cb8[d["codebook_base"] : d["codebook_base"] + CODEBOOK_SIZE]
             layer.codebook = np.array([_signed(v, CODEBOOK_BITS) for v in cb], dtype=np.int64)
-        if layer.kind != "maxpool":
-            table = np.array([_signed(w) for w in memory.param[d["param_base"] : d["param_base"] +
-                                                                 PARAM_WORDS_PER_CHANNEL * layer.out_ch]],
-                             dtype=np.int64).reshape(layer.out_ch, PARAM_WORDS_PER_CHANNEL)
+        table, layer.channel_map = channel_table(memory.param, d)
+        if table is not None:
             layer.bias, layer.multiplier, layer.shift = (table[:, k].copy() for k in range(3))
         if layer.kind == "conv":
             layer.weights = read_layer_weights(layer, config, memory.w2 if layer.is_codebook else memory.w8,

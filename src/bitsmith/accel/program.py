@@ -2,6 +2,10 @@
 
 `bitsmith.accel.compiler.compile_graph` builds it from an IntegerGraph; the cycle model, the cost
 model, the memory-image writer and the Verilog generator all read it and nothing else.
+
+Every layer reads its input(s) from and writes its output to the one activation memory, at the
+byte addresses the compiler allocated (`in_base`, `in2_base`, `out_base`; docs/hardware.md §6). A
+hand-built Program leaves them 0, which only a single layer (or a raw-output layer) can run with.
 """
 
 from __future__ import annotations
@@ -11,16 +15,24 @@ from typing import Optional
 
 import numpy as np
 
-from .config import ACC_BITS, MAX_ACT_BITS, AccelConfig
+from .config import ACC_BITS, MAX_ACT_BITS, PARAM_WORDS_PER_CHANNEL, AccelConfig
 
-KINDS = ("conv", "maxpool", "avgpool")
+#: Descriptor kinds (word 0, low byte = the index). conv runs on the PE array; every other kind on
+#: the pool lanes: maxpool / reorg / concat in max mode (reorg and concat: a 1×1 window, one element,
+#: so a copy through a channel map), avgpool / requant / add in sum mode followed by the requant unit.
+KINDS = ("conv", "maxpool", "avgpool", "add", "reorg", "concat", "requant")
+#: Kinds whose per-channel table holds bias, multiplier, shift (the requant unit runs).
+REQUANT_KINDS = ("conv", "avgpool", "add", "requant")
+#: Kinds the pool lanes run in max mode (no requant: codes out on the input's grid).
+MAX_KINDS = ("maxpool", "reorg", "concat")
 
 
 @dataclass
 class Layer:
     index: int
     name: str                 # the graph tensor this layer produces (Requant / pool output, or the raw accumulator)
-    kind: str                 # "conv" (Conv2d or Linear), "maxpool", "avgpool"
+    kind: str                 # one of KINDS: "conv" (Conv2d or Linear), "maxpool", "avgpool", "add", "reorg",
+                              # "concat" (a Concat that allocation could not make free), "requant" (of codes)
     in_ch: int
     in_h: int
     in_w: int
@@ -48,11 +60,25 @@ class Layer:
     bias: Optional[np.ndarray] = None       # int64 [out_ch] (zeros when the graph has none)
     multiplier: Optional[np.ndarray] = None  # int64 [out_ch] (one value repeated when per-tensor)
     shift: Optional[np.ndarray] = None      # int64 [out_ch]
+    groups: int = 1           # conv: K = (in_ch / groups)·kh·kw terms; row o reads the channels of its group
+    channel_map: Optional[np.ndarray] = None  # int64 [out_ch]: activation address of row o's first input
+                              # value (grouped conv, reorg, concat), else None (row o reads in_base + o·H·W,
+                              # a dense conv reads in_base)
+    in_base: int = 0          # activation-memory byte address of the (first) input map
+    in2_base: int = 0         # add: the second input map
+    out_base: int = 0         # the output map (unused for a raw output, which goes to the output memory)
+    in2_signed: bool = False  # add: the second input's codes
+    in2_bits: int = 0
+    z_in2: int = 0
+    lane_multipliers: tuple[int, int] = (0, 0)  # pool-lane multipliers of window elements 0 and 1 (add: m_a,
+                              # m_b; avgpool, requant: (1, 0); max kinds: unused, 0)
 
     @property
     def terms(self) -> int:
-        """K: input terms per output value (conv), window size (pools)."""
-        return self.in_ch * self.kh * self.kw if self.kind == "conv" else self.kh * self.kw
+        """K: input terms per output value (conv: (in_ch/groups)·kh·kw), window elements per output
+        value on the pool lanes (pools: kh·kw; add: 2, a 1×2 window of one element per input; reorg,
+        concat, requant: 1)."""
+        return (self.in_ch // self.groups) * self.kh * self.kw if self.kind == "conv" else self.kh * self.kw
 
     @property
     def pixels(self) -> int:
@@ -83,7 +109,22 @@ class Layer:
 
     @property
     def has_requant(self) -> bool:
-        return self.kind != "maxpool" and not self.raw_output
+        """The requant unit runs (a raw-output conv keeps an identity table but bypasses it)."""
+        return self.kind in REQUANT_KINDS and not self.raw_output
+
+    @property
+    def has_table(self) -> bool:
+        """The per-channel table holds bias, multiplier, shift (docs/hardware.md §6)."""
+        return self.kind in REQUANT_KINDS
+
+    @property
+    def has_map(self) -> bool:
+        return self.channel_map is not None
+
+    @property
+    def table_words(self) -> int:
+        """param.hex words per channel: bias, multiplier, shift (requant kinds), input address (channel map)."""
+        return PARAM_WORDS_PER_CHANNEL * self.has_table + self.has_map
 
 
 @dataclass

@@ -3,14 +3,16 @@
 `simulate(program, codes)` packs the program and the input codes into the §6 memory words
 (`memory.build_memory`) and then runs the controller FSM from those words only: it decodes each
 descriptor and per-channel table from `param.hex` words, loads every channel group's weight buffer
-from the packed W8 / W2 bus words (a packing bug shows up as a wrong output), keeps the two
-activation buffers as bytes (two's complement when signed), and advances a cycle counter phase by
-phase as the FSM does.
+from the packed W8 / W2 bus words (a packing bug shows up as a wrong output), keeps the one
+activation memory as bytes (two's complement when signed) and reads and writes every map at the
+addresses the descriptors and channel maps give (an allocation bug shows up as a wrong output),
+and advances a cycle counter phase by phase as the FSM does.
 
 What is vectorised (and why it keeps the semantics): all images of the batch run at once, and a
 conv layer's arithmetic runs as one product over all pixels and channel groups after the FSM
-loop has loaded (decoded) every group's weight buffer and counted its cycles; no output depends
-on another pixel, group or image, so the order does not change a value. Overflow keeps its
+loop has loaded (decoded) every group's weight buffer and counted its cycles; the pool lanes
+gather every window element of every lane at once. No output depends on another pixel, group or
+image, and a layer's output never overlaps its inputs (§6), so the order does not change a value. Overflow keeps its
 per-cycle meaning: the register after cycle j of a pixel is bias + the first j term blocks of C
 products. When |bias| + Σ|w|·max|d| fits 32 bits no cycle can leave the range; otherwise the
 running sums are formed cycle by cycle and every wrap is counted where it happens, and the output
@@ -26,10 +28,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bitsmith.errors import AcceleratorError
+
 from .config import (ACC_BITS, ACC_MAX, ACC_MIN, CODEBOOK_INDEX_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS,
-                     DESCRIPTOR_WORDS, MAX_ACT_BITS, PARAM_WORD_BITS, PARAM_WORDS_PER_CHANNEL, WEIGHT_BYTE_BITS)
-from .memory import MemoryImage, build_memory, decode_descriptor
-from .program import Program
+                     DESCRIPTOR_WORDS, MAX_ACT_BITS, WEIGHT_BYTE_BITS)
+from .memory import MemoryImage, build_memory, channel_table, decode_descriptor
+from .program import MAX_KINDS, Program
 from .timing import FINISH_CYCLES, PHASES
 
 #: Elements per image chunk of the im2col columns [images, T·C, P]: bounds memory (~64 MB float64).
@@ -76,53 +80,48 @@ def simulate(program: Program, codes, memory: MemoryImage | None = None) -> SimR
     n_images = int(codes.shape[0])
     if memory is None:
         memory = build_memory(program, codes)
-    R, bus = config.pe, config.bus_bits
+    bus = config.bus_bits
     shapes = program.metadata.get("tensor_shapes", {})
-    buffers = [np.zeros((n_images, config.act_buffer_bytes), dtype=np.uint8) for _ in range(2)]  # A, B
+    act = np.zeros((n_images, config.act_buffer_bytes), dtype=np.uint8)   # the one activation memory
     counter = _Counter()
     outputs: dict[str, np.ndarray] = {}
     overflows: list[str] = []
     n_layers = memory.param[0]
     for i in range(n_layers):
         name = program.layers[i].name
-        # PARAM: the descriptor, then bias / multiplier / shift per channel, one 32-bit word per cycle.
+        # PARAM: the descriptor, then the per-channel table, one 32-bit word per cycle.
         d = decode_descriptor(memory.param[1 + DESCRIPTOR_WORDS * i : 1 + DESCRIPTOR_WORDS * (i + 1)])
         counter.start_layer(i, name, d["kind"])
         counter.tick("param", DESCRIPTOR_WORDS)
+        table, channel_map = channel_table(memory.param, d)
+        per_channel = (0 if table is None else table.shape[1]) + (channel_map is not None)
+        counter.tick("param", per_channel * d["out_ch"])
         bias = multiplier = shift = None
-        if d["kind"] != "maxpool":
-            words = memory.param[d["param_base"] : d["param_base"] + PARAM_WORDS_PER_CHANNEL * d["out_ch"]]
-            counter.tick("param", len(words))
-            table = _signed(np.array(words, dtype=np.int64), PARAM_WORD_BITS).reshape(d["out_ch"], PARAM_WORDS_PER_CHANNEL)
+        if table is not None:
             bias, multiplier, shift = table[:, 0], table[:, 1], table[:, 2]
         codebook = None
         if d["codebook"]:
             codebook = _signed(np.array(memory.cb8[d["codebook_base"] : d["codebook_base"] + CODEBOOK_SIZE],
                                         dtype=np.int64), CODEBOOK_VALUE_BITS)
             counter.tick("codebook", CODEBOOK_SIZE)
-        src, dst = (buffers[0], buffers[1]) if i % 2 == 0 else (buffers[1], buffers[0])
-        in_bytes = d["in_ch"] * d["in_h"] * d["in_w"]
-        if i == 0:  # INPUT: each image from In8 words into buffer A
+        if i == 0:  # INPUT: each image from In8 words into the activation memory at the layer's input
+            in_bytes = d["in_ch"] * d["in_h"] * d["in_w"]
             per_image = math.ceil(in_bytes * MAX_ACT_BITS / bus)
             for n in range(n_images):
                 words = memory.inputs[n * per_image : (n + 1) * per_image]
-                src[n, :in_bytes] = _unpack(words, MAX_ACT_BITS, bus)[:in_bytes]
+                act[n, d["in_base"] : d["in_base"] + in_bytes] = _unpack(words, MAX_ACT_BITS, bus)[:in_bytes]
             counter.tick("input", per_image)
-        x = src[:, :in_bytes].astype(np.int64)
-        if d["in_signed"]:
-            x = _signed(x, MAX_ACT_BITS)
-        x = x.reshape(n_images, d["in_ch"], d["in_h"], d["in_w"])
         if d["kind"] == "conv":
-            raw, wraps = _run_conv(d, x, memory, codebook, bias, multiplier, shift, config, counter, dst)
+            raw, wraps = _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, config, counter)
             if wraps:
                 overflows.append(f"layer {name}: 32-bit accumulator wrapped in {wraps} output values")
         else:
-            raw = _run_pool(d, x, bias, multiplier, shift, R, counter, dst)
+            raw = _run_lanes(d, act, bias, multiplier, shift, channel_map, config.pe, counter)
         out_bytes = d["out_ch"] * d["out_h"] * d["out_w"]
         if raw is not None:
             y = raw
         else:
-            y = dst[:, :out_bytes].astype(np.int64)
+            y = act[:, d["out_base"] : d["out_base"] + out_bytes].astype(np.int64)
             if d["out_signed"]:
                 y = _signed(y, MAX_ACT_BITS)
         shape = shapes.get(name, [d["out_ch"], d["out_h"], d["out_w"]])
@@ -133,19 +132,32 @@ def simulate(program: Program, codes, memory: MemoryImage | None = None) -> SimR
     return SimResult(outputs=outputs, cycles=cycles, overflows=overflows, images=n_images)
 
 
+def _read_map(act: np.ndarray, base: int, channels: int, h: int, w: int, signed: bool) -> np.ndarray:
+    """Codes [N, channels, h, w] stored from byte `base` of the activation memory (CHW)."""
+    n_bytes = channels * h * w
+    if base + n_bytes > act.shape[1]:
+        raise AcceleratorError(f"a map of {n_bytes} bytes at address {base} runs past the activation memory "
+                               f"({act.shape[1]} bytes)")
+    x = act[:, base : base + n_bytes].astype(np.int64)
+    return (_signed(x, MAX_ACT_BITS) if signed else x).reshape(act.shape[0], channels, h, w)
+
+
 # -- conv -----------------------------------------------------------------------------------
 
-def _run_conv(d, x, memory, codebook, bias, multiplier, shift, config, counter, dst):
+def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, config, counter):
     """All channel groups of a conv layer; returns (raw 32-bit outputs or None, wrap count).
 
     The FSM loop (weights, compute, drain per group) decodes every group's weight buffer and
-    counts its cycles; the arithmetic of all groups then runs as one exact product per image chunk.
+    counts its cycles; the arithmetic then runs as one exact product per input base (one for a
+    dense conv, one per convolution group for a grouped one: row o reads the in_ch/groups channels
+    starting at its channel-map address) and image chunk.
     """
     R, C, bus = config.pe, config.simd, config.bus_bits
-    K = d["in_ch"] * d["kh"] * d["kw"]
+    kin = d["in_ch"] // d["groups"]
+    K = kin * d["kh"] * d["kw"]
     T = math.ceil(K / C)
     P = d["out_h"] * d["out_w"]
-    out_ch, n_images = d["out_ch"], x.shape[0]
+    out_ch, n_images = d["out_ch"], act.shape[0]
     bits = CODEBOOK_INDEX_BITS if d["codebook"] else WEIGHT_BYTE_BITS
     words_per_group = math.ceil(R * T * C * bits / bus)
     words_of = memory.w2 if d["codebook"] else memory.w8
@@ -162,20 +174,62 @@ def _run_conv(d, x, memory, codebook, bias, multiplier, shift, config, counter, 
         counter.tick("compute", P * T)
         counter.tick("drain", P)
     weights = np.concatenate(weight_rows)                      # [out_ch, T·C], zeros for t ≥ K
+    row_base = channel_map if channel_map is not None else np.full(out_ch, d["in_base"], dtype=np.int64)
     acc = np.empty((n_images, out_ch, P), dtype=np.int64)
     wraps = 0
+    H, W, oh, ow = d["in_h"], d["in_w"], d["out_h"], d["out_w"]
+    # Top / left padding from the descriptor; bottom / right as far as the last window reaches (a
+    # position past the map reads d = 0, §4).
+    bottom = max(0, (oh - 1) * d["sh"] + d["kh"] - H - d["ph"])
+    right = max(0, (ow - 1) * d["sw"] + d["kw"] - W - d["pw"])
+    full_h = (H + d["ph"] + bottom - d["kh"]) // d["sh"] + 1
+    full_w = (W + d["pw"] + right - d["kw"]) // d["sw"] + 1
+
+    def columns(x: np.ndarray, channels: int) -> torch.Tensor:
+        """d(t) = x − z_in, 0 for padded positions and for t ≥ K: [n, groups·T·C, P], OIHW term order
+        within each run of `kin` channels."""
+        centered = torch.from_numpy(x - d["z_in"]).to(torch.float64)
+        centered = F.pad(centered, (d["pw"], right, d["ph"], bottom))
+        patches = F.unfold(centered, (d["kh"], d["kw"]), stride=(d["sh"], d["sw"]))
+        patches = patches.reshape(patches.shape[0], channels // kin, K, full_h, full_w)[..., :oh, :ow]
+        patches = F.pad(patches.reshape(patches.shape[0], channels // kin, K, P), (0, 0, 0, T * C - K))
+        return patches
+
+    bases = np.unique(row_base)
+    step = kin * H * W
+    contiguous = len(bases) > 1 and np.array_equal(bases, bases[0] + step * np.arange(len(bases)))
+    if contiguous and _grouped_bound(weights, bias, row_base, d) <= ACC_MAX:
+        # A grouped conv whose groups lie back to back (what the compiler writes): one im2col over all
+        # of them, row o contracted with the columns of its own group. No cycle can wrap (bound above).
+        x = _read_map(act, int(bases[0]), kin * len(bases), H, W, d["in_signed"])
+        group = ((row_base - bases[0]) // step).astype(np.int64)
+        w = torch.from_numpy(np.ascontiguousarray(weights)).to(torch.float64)
+        chunk = max(1, CHUNK_ELEMENTS // max(1, out_ch * T * C * P))
+        for n0 in range(0, n_images, chunk):
+            patches = columns(x[n0 : n0 + chunk], kin * len(bases))[:, torch.from_numpy(group)]  # [n, out_ch, TC, P]
+            values = torch.einsum("ot,notp->nop", w, patches).to(torch.int64).numpy()
+            acc[n0 : n0 + chunk] = bias.reshape(1, -1, 1) + values
+        bases = []
     chunk = max(1, CHUNK_ELEMENTS // max(1, T * C * P))
-    for n0 in range(0, n_images, chunk):
-        # d(t) = x − z_in, 0 for padded positions and for t ≥ K: columns [n, T·C, P] in OIHW term order.
-        centered = torch.from_numpy(x[n0 : n0 + chunk] - d["z_in"]).to(torch.float64)
-        patches = F.unfold(centered, (d["kh"], d["kw"]), padding=(d["ph"], d["pw"]), stride=(d["sh"], d["sw"]))
-        patches = F.pad(patches, (0, 0, 0, T * C - K))
-        acc[n0 : n0 + chunk], chunk_wraps = _pe_chain(patches, weights, bias, C)
-        wraps += chunk_wraps
+    for base in bases:
+        rows = np.flatnonzero(row_base == base)
+        x = _read_map(act, int(base), kin, H, W, d["in_signed"])
+        for n0 in range(0, n_images, chunk):
+            patches = columns(x[n0 : n0 + chunk], kin)[:, 0]
+            values, chunk_wraps = _pe_chain(patches, weights[rows], bias[rows], C)
+            acc[n0 : n0 + chunk, rows] = values
+            wraps += chunk_wraps
     if d["raw_output"]:
         return acc, wraps
-    _write(dst, _requant(acc, multiplier, shift, d), 0, P)
+    _write(act, d["out_base"], _requant(acc, multiplier, shift, d), 0, P)
     return None, wraps
+
+
+def _grouped_bound(weights: np.ndarray, bias: np.ndarray, row_base: np.ndarray, d: dict) -> int:
+    """|bias| + Σ|w|·max|x − z_in| over the rows, with max|x − z_in| over the input's code range."""
+    lo, hi = (-128, 127) if d["in_signed"] else (0, 255)
+    max_d = max(hi - d["z_in"], d["z_in"] - lo)
+    return int((np.abs(bias) + np.abs(weights).sum(axis=1) * max_d).max(initial=0))
 
 
 def _pe_chain(patches: torch.Tensor, weights: np.ndarray, bias: np.ndarray, C: int) -> tuple[np.ndarray, int]:
@@ -205,33 +259,58 @@ def _pe_chain(patches: torch.Tensor, weights: np.ndarray, bias: np.ndarray, C: i
     return acc, wraps
 
 
-# -- pools ----------------------------------------------------------------------------------
+# -- the pool lanes -----------------------------------------------------------------------------
 
-def _run_pool(d, x, bias, multiplier, shift, R, counter, dst):
-    """Max / avg pool: R lanes (channels), one window element per lane per cycle, row-major."""
-    kh, kw, sh, sw = d["kh"], d["kw"], d["sh"], d["sw"]
-    oh, ow, channels = d["out_h"], d["out_w"], d["out_ch"]
-    P = oh * ow
-    avg = d["kind"] == "avgpool"
-    for g in range(math.ceil(channels / R)):
-        lanes = x[:, g * R : (g + 1) * R]
-        value = None
-        for ky in range(kh):          # COMPUTE: kh·kw cycles per pixel
-            for kx in range(kw):
-                element = lanes[:, :, ky : ky + sh * (oh - 1) + 1 : sh, kx : kx + sw * (ow - 1) + 1 : sw]
-                if avg:
-                    element = element - d["z_in"]
-                    value = bias[g * R : g * R + lanes.shape[1]].reshape(1, -1, 1, 1) + element if value is None \
-                        else value + element
-                else:
-                    value = element if value is None else np.maximum(value, element)
-        counter.tick("compute", P * kh * kw)
-        counter.tick("drain", P)      # DRAIN: one write cycle per pixel
-        value = value.reshape(value.shape[0], value.shape[1], P)
-        if avg:
-            rows = slice(g * R, g * R + value.shape[1])
-            value = _requant(value, multiplier[rows], shift[rows], d)
-        _write(dst, value, g * R, P)
+def _lane_addresses(d: dict, channel_map) -> np.ndarray:
+    """[out_ch, P, E]: the activation address lane o reads for window element e of output pixel p.
+
+    Element e = ky·kw + kx of pixel (oy, ox) is at row (oy·sh + ky), column (ox·sw + kx) of the
+    channel whose first value is at the lane's input address: the channel map's (reorg, concat), else
+    in_base + o·H·W. An add's element 1 comes from the second input, at in2_base + o·H·W.
+    """
+    out_ch, oh, ow, H, W = d["out_ch"], d["out_h"], d["out_w"], d["in_h"], d["in_w"]
+    o = np.arange(out_ch, dtype=np.int64)
+    if d["kind"] == "add":
+        pixel = np.arange(oh * ow, dtype=np.int64)
+        first = d["in_base"] + o[:, None] * H * W + pixel[None, :]
+        second = d["in2_base"] + o[:, None] * H * W + pixel[None, :]
+        return np.stack([first, second], axis=2)
+    base = channel_map if channel_map is not None else d["in_base"] + o * H * W
+    oy, ox = np.meshgrid(np.arange(oh), np.arange(ow), indexing="ij")
+    ky, kx = np.meshgrid(np.arange(d["kh"]), np.arange(d["kw"]), indexing="ij")
+    rows = oy.reshape(-1, 1) * d["sh"] + ky.reshape(1, -1)
+    cols = ox.reshape(-1, 1) * d["sw"] + kx.reshape(1, -1)
+    return base[:, None, None] + (rows * W + cols)[None]
+
+
+def _run_lanes(d, act, bias, multiplier, shift, channel_map, R, counter):
+    """Every kind but conv: R lanes (output channels), one window element per lane per cycle,
+    row-major; max mode (maxpool, reorg, concat) keeps the largest code, sum mode (avgpool, requant,
+    add) adds (x − z_e)·m_e onto the lane's start value (its bias, 0) and the requant unit follows."""
+    P = d["out_h"] * d["out_w"]
+    E = d["kh"] * d["kw"]
+    kind = d["kind"]
+    is_max = kind in MAX_KINDS
+    addresses = _lane_addresses(d, channel_map)                    # [out_ch, P, E]
+    if addresses.size and (addresses.min() < 0 or addresses.max() >= act.shape[1]):
+        raise AcceleratorError(f"layer {kind}: a lane address runs past the activation memory ({act.shape[1]} bytes)")
+    values = act[:, addresses].astype(np.int64)                    # [N, out_ch, P, E] codes
+    # Window element e takes the input's signedness, zero point and lane multiplier: an add's element 1
+    # those of its second input, every other element those of the (first) input.
+    src = [1 if kind == "add" and e == 1 else 0 for e in range(E)]
+    signed, zero = (d["in_signed"], d["in2_signed"]), (d["z_in"], d["z_in2"])
+    for e in range(E):
+        if signed[src[e]]:
+            values[..., e] = _signed(values[..., e], MAX_ACT_BITS)
+    for g in range(math.ceil(d["out_ch"] / R)):
+        counter.tick("compute", P * E)  # COMPUTE: one window element per lane per cycle
+        counter.tick("drain", P)        # DRAIN: one write cycle per pixel
+    if is_max:
+        _write(act, d["out_base"], values.max(axis=3), 0, P)
+        return None
+    m = d["lane_multipliers"]
+    acc = bias.reshape(1, -1, 1) + sum((values[..., e] - zero[src[e]]) * m[src[e]] for e in range(E))
+    _write(act, d["out_base"], _requant(acc, multiplier, shift, d), 0, P)
     return None
 
 
@@ -251,10 +330,11 @@ def _requant(acc: np.ndarray, m: np.ndarray, s: np.ndarray, d: dict) -> np.ndarr
     return (scaled + d["z_out"]).clamp(d["clamp_lo"], d["clamp_hi"]).numpy()
 
 
-def _write(dst: np.ndarray, y: np.ndarray, first_channel: int, P: int) -> None:
-    """Codes [N, rows, P] into the activation buffer at CHW addresses, one byte each."""
+def _write(act: np.ndarray, base: int, y: np.ndarray, first_channel: int, P: int) -> None:
+    """Codes [N, rows, P] into the activation memory at CHW addresses from `base`, one byte each."""
     rows = y.shape[1]
-    dst[:, first_channel * P : (first_channel + rows) * P] = (y.reshape(y.shape[0], rows * P) & 0xFF).astype(np.uint8)
+    start = base + first_channel * P
+    act[:, start : start + rows * P] = (y.reshape(y.shape[0], rows * P) & 0xFF).astype(np.uint8)
 
 
 def _signed(values: np.ndarray, bits: int) -> np.ndarray:

@@ -31,7 +31,7 @@ from .timing import program_cycles
 SIZES = (1, 2, 4, 8, 16, 32)
 MODES = ("int8", "int4", "codebook2")
 CSV_FIELDS = ("mode", "pe", "simd", "status", "reason", "cycles", "fps", "utilisation", "dsp", "dsp_array",
-              "dsp_requant", "bram18", "finn_bram18", "lut", "ff", "pareto")
+              "dsp_requant", "dsp_lanes", "bram18", "finn_bram18", "lut", "ff", "pareto")
 
 
 def evaluate_design(program: Program) -> dict:
@@ -104,7 +104,8 @@ def sweep(graph: IntegerGraph, sizes=SIZES, codebook_graph: IntegerGraph | None 
                 d = evaluate_design(program)
                 points.append({"mode": mode, "pe": pe, "simd": simd, "cycles": d["cycles"], "fps": d["fps"],
                                "utilisation": d["utilisation"], "dsp": d["dsp"]["total"], "dsp_array": d["dsp"]["array"],
-                               "dsp_requant": d["dsp"]["requant"], "bram18": d["bram18"]["total"],
+                               "dsp_requant": d["dsp"]["requant"], "dsp_lanes": d["dsp"]["lanes"],
+                               "bram18": d["bram18"]["total"],
                                "finn_bram18": d["finn_bram18"], "lut": d["logic"]["lut"], "ff": d["logic"]["ff"]})
     if not points:
         raise AcceleratorError(f"sweep: no configuration R, C in {list(sizes)} can run the graph; first refusal: "
@@ -130,11 +131,16 @@ def sweep_csv(result: dict) -> str:
     return buf.getvalue()
 
 
+def _dsp_split(p: dict) -> str:
+    """"array + requant" (+ pool-lane multipliers when the program has Add layers)."""
+    return f"{p['dsp_array']} + {p['dsp_requant']}" + (f" + {p['dsp_lanes']}" if p.get("dsp_lanes") else "")
+
+
 def pareto_markdown(result: dict) -> str:
     lines = ["| R×C | mode | DSP (array + requant) | BRAM18 | LUT (rough) | cycles / image | FPS | utilisation |",
              "|---|---|---|---|---|---|---|---|"]
     for p in result["pareto"]:
-        lines.append(f"| {p['pe']}×{p['simd']} | {p['mode']} | {p['dsp']} ({p['dsp_array']} + {p['dsp_requant']}) | "
+        lines.append(f"| {p['pe']}×{p['simd']} | {p['mode']} | {p['dsp']} ({_dsp_split(p)}) | "
                      f"{p['bram18']} | {p['lut']:,} | {p['cycles']:,} | {p['fps']:,.0f} | {p['utilisation']:.1%} |")
     return "\n".join(lines) + "\n"
 
@@ -221,7 +227,7 @@ def design_tables(design: dict, title: str):
             ("FPS", f"{design['fps']:,.0f} at {design['config']['clock_mhz']:g} MHz"),
             ("utilisation", f"{design['utilisation']:.1%}"),
             ("DSP48E2", f"{dsp['total']} = array {dsp['array']}" + (f" (set by {dsp['array_layer']})" if dsp["array_layer"] else "")
-             + f" + requant {dsp['requant']}"),
+             + f" + requant {dsp['requant']}" + (f" + pool-lane multipliers {dsp['lanes']}" if dsp["lanes"] else "")),
             *[(f"BRAM18 {m['name']}", f"{m['bram18']}  ({m['depth']:,} × {m['width']} bits)") for m in design["memories"]],
             ("BRAM18 total", str(design["bram18"]["total"])),
             ("BRAM18 FINN dataflow (sum of layers)", str(design["finn_bram18"])),
@@ -239,6 +245,6 @@ def pareto_table(result: dict):
     for col in ("R×C", "mode", "DSP", "array + requant", "BRAM18", "LUT (rough)", "cycles", "FPS", "utilisation"):
         table.add_column(col, justify="left" if col in ("R×C", "mode") else "right")
     for p in result["pareto"]:
-        table.add_row(f"{p['pe']}×{p['simd']}", p["mode"], str(p["dsp"]), f"{p['dsp_array']} + {p['dsp_requant']}",
+        table.add_row(f"{p['pe']}×{p['simd']}", p["mode"], str(p["dsp"]), _dsp_split(p),
                       str(p["bram18"]), f"{p['lut']:,}", f"{p['cycles']:,}", f"{p['fps']:,.0f}", f"{p['utilisation']:.1%}")
     return table

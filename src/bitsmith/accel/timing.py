@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 
 from .compiler import channel_groups, term_blocks
-from .config import (CODEBOOK_INDEX_BITS, CODEBOOK_SIZE, DESCRIPTOR_WORDS, MAX_ACT_BITS, PARAM_WORDS_PER_CHANNEL,
-                     WEIGHT_BYTE_BITS, AccelConfig)
+from .config import CODEBOOK_INDEX_BITS, CODEBOOK_SIZE, DESCRIPTOR_WORDS, MAX_ACT_BITS, WEIGHT_BYTE_BITS, AccelConfig
 from .program import Layer, Program
 
 PHASES = ("param", "codebook", "input", "weights", "compute", "drain", "next")
@@ -28,13 +27,14 @@ def storage_bits(layer: Layer) -> int:
 
 
 def param_cycles(layer: Layer) -> int:
-    """Descriptor, then (bias, multiplier, shift) per channel for layers with a requant unit."""
-    per_channel = PARAM_WORDS_PER_CHANNEL * layer.out_ch if layer.kind != "maxpool" else 0
-    return DESCRIPTOR_WORDS + per_channel
+    """Descriptor, then per channel (bias, multiplier, shift) for layers with a requant unit and the
+    input address for layers with a channel map (grouped conv, reorg, concat)."""
+    return DESCRIPTOR_WORDS + layer.table_words * layer.out_ch
 
 
 def input_cycles(layer: Layer, config: AccelConfig) -> int:
-    """The image from external memory into buffer A: one code per byte, bus_bits per cycle."""
+    """The image from external memory into the activation memory (at the first layer's input
+    address): one code per byte, bus_bits per cycle."""
     return math.ceil(layer.in_elems * MAX_ACT_BITS / config.bus_bits)
 
 
@@ -47,7 +47,8 @@ def group_weight_cycles(layer: Layer, config: AccelConfig) -> int:
 
 
 def group_compute_cycles(layer: Layer, config: AccelConfig) -> int:
-    """P·T (conv) or P·kh·kw (pools) for one channel group."""
+    """P·T (conv) or P·(window elements) on the pool lanes (pools kh·kw, add 2, reorg / concat /
+    requant 1) for one channel group."""
     return layer.pixels * term_blocks(layer, config)
 
 

@@ -90,7 +90,7 @@ def memory_sizes(program: Program, memory_dir: str | os.PathLike) -> dict[str, i
     weight group and channel table of the program (buffers sized to what the program needs)."""
     config = program.config
     memory_dir = Path(memory_dir)
-    act = max(max(layer.in_elems, 0 if layer.raw_output else layer.out_elems) for layer in program.layers)
+    act = activation_bytes(program)
     wbuf = 1
     for layer in program.layers:
         if layer.kind == "conv":
@@ -108,6 +108,24 @@ def memory_sizes(program: Program, memory_dir: str | os.PathLike) -> dict[str, i
         "IN8_DEPTH": max(1, _hex_lines(memory_dir / "In8.hex")),
         "OUT32_DEPTH": max(raw) if raw else 1,
     }
+
+
+def activation_bytes(program: Program) -> int:
+    """Bytes of the activation memory the program touches: what its allocation needs (program.json's
+    `activation_memory`), or, for a hand-built program, the highest map end its descriptors address."""
+    alloc = program.metadata.get("activation_memory")
+    if alloc:
+        return max(1, int(alloc["bytes"]))
+    ends = [1]
+    for layer in program.layers:
+        ends.append(layer.in_base + layer.in_elems)
+        if layer.kind == "add":
+            ends.append(layer.in2_base + layer.in_elems)
+        if not layer.raw_output:
+            ends.append(layer.out_base + layer.out_elems)
+        if layer.channel_map is not None and len(layer.channel_map):
+            ends.append(int(layer.channel_map.max()) + layer.in_elems)
+    return max(ends)
 
 
 def _readmemh_lines(memory_dir: Path, relative_to: Path | None = None) -> str:
@@ -182,7 +200,7 @@ def testbench(program: Program, memory_dir: Path, images: int, words_per_image: 
         mem = f"exp_l{i:02d}"
         decls.append(f"    reg [{bits - 1}:0] {mem} [0:{images * n - 1}];")
         loads.append(f'        $readmemh("{_verilog_path(path, relative_to)}", {mem});')
-        source = "dut.out32" if layer.raw_output else ("dut.act_a" if i % 2 else "dut.act_b")
+        source = "dut.out32[k]" if layer.raw_output else f"dut.act[{layer.out_base} + k]"
         signed = layer.raw_output or layer.out_signed
         if bits == MAX_ACT_BITS:
             to_int = (lambda v: f"{{{{24{{{v}[7]}}}}, {v}}}") if signed else (lambda v: f"{{24'd0, {v}}}")
@@ -190,7 +208,7 @@ def testbench(program: Program, memory_dir: Path, images: int, words_per_image: 
             to_int = lambda v: v  # noqa: E731
         hw, w = layer.out_h * layer.out_w, layer.out_w
         checks.append(f"""            {i}: for (k = 0; k < {n}; k = k + 1) begin
-                got8 = {source}[k]; want8 = {mem}[img * {n} + k];
+                got8 = {source}; want8 = {mem}[img * {n} + k];
                 got = {to_int('got8')}; want = {to_int('want8')};
                 if (got !== want) report(img, {i}, k / {hw}, (k / {w}) % {layer.out_h}, k % {w}, got, want);
             end""")

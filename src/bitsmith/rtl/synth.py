@@ -27,7 +27,7 @@ from .generate import DESIGN_FILES
 from .simulators import SimulationError
 
 FAMILY = "xcup"
-# The top's behavioural multi-ported arrays (C + R + 1 read ports on each activation buffer, R·C on
+# The top's behavioural multi-ported arrays (up to R·C + R + 1 read ports on the activation memory, R·C on
 # the weight buffer) would become hundreds of thousands of flip-flops and multiplexer LUTs at their
 # real depth; the whole-top figure shrinks them to show the control, address and datapath logic.
 TOP_SMALL_MEMORIES = {"ACT_DEPTH": 64, "WBUF_DEPTH": 64, "MAXCH": 8, "OUT32_DEPTH": 16}   # UltraScale+: DSP48E2, as the cost model assumes

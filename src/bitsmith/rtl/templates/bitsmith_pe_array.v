@@ -1,6 +1,7 @@
-// R rows x C columns of PEs (docs/hardware.md §3, §4). Every row sees the same C data terms and its
-// own C weights; row r's chain starts at its accumulator, or at its bias on the first term block of a
-// pixel (clear), and its end is written back to the accumulator when enable is high.
+// R rows x C columns of PEs (docs/hardware.md §3, §4). Every row sees its own C data terms (the same
+// ones in a dense conv; those of its convolution group in a grouped one) and its own C weights; row
+// r's chain starts at its accumulator, or at its bias on the first term block of a pixel (clear), and
+// its end is written back to the accumulator when enable is high.
 module bitsmith_pe_array #(
     parameter R = 8,
     parameter C = 8
@@ -9,7 +10,7 @@ module bitsmith_pe_array #(
     input  wire              enable,   // accumulate this cycle
     input  wire              clear,    // first term block: start from the bias instead of the accumulator
     input  wire [R*C*8-1:0]  weights,  // row r, column c at [(r*C+c)*8 +: 8]
-    input  wire [C*10-1:0]   data,     // column c at [c*10 +: 10]
+    input  wire [R*C*10-1:0] data,     // row r, column c at [(r*C+c)*10 +: 10]
     input  wire [R*32-1:0]   bias,     // row r at [r*32 +: 32]
     output wire [R*32-1:0]   acc       // row r at [r*32 +: 32]
 );
@@ -22,7 +23,7 @@ module bitsmith_pe_array #(
             for (c = 0; c < C; c = c + 1) begin : col
                 bitsmith_pe pe (
                     .w(weights[(r*C+c)*8 +: 8]),
-                    .d(data[c*10 +: 10]),
+                    .d(data[(r*C+c)*10 +: 10]),
                     .en(1'b1),
                     .l_in(chain[c]),
                     .out(chain[c+1])

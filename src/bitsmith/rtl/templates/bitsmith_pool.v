@@ -1,17 +1,20 @@
-// Pool unit (docs/hardware.md §3): R lanes, one window element per lane per cycle. Max keeps the
-// largest code (signed or unsigned compare); avg sums x - z_in onto the lane's start value (the
-// channel's bias, 0 for a plain average) and the requant unit divides afterwards.
+// Pool lanes (docs/hardware.md §3): R lanes, one window element per lane per cycle. Max mode keeps
+// the largest code (signed or unsigned compare): max pools, and the copies of reorg and concat (a 1x1
+// window). Sum mode adds (x - z)*m onto the lane's start value (the channel's bias, 0): average pools
+// and lone requants (m = 1), add (element 0 of input a times m_a, element 1 of input b times m_b);
+// the requant unit follows. The caller gives each element's signedness, zero point and multiplier.
 module bitsmith_pool #(
     parameter R = 8
 ) (
     input  wire             clk,
     input  wire             enable,      // take one window element this cycle
     input  wire             first,       // first window element of a pixel
-    input  wire             is_max,      // 1 max pool, 0 average pool
-    input  wire             in_signed,
-    input  wire signed [31:0] z_in,
+    input  wire             is_max,      // 1 max mode, 0 sum mode
+    input  wire             in_signed,   // this element's codes
+    input  wire signed [31:0] z_in,      // this element's zero point
+    input  wire [15:0]      m,           // this element's multiplier (0..2^15-1)
     input  wire [R*8-1:0]   codes,       // lane r at [r*8 +: 8]
-    input  wire [R*32-1:0]  start,       // lane r's start value for an average (its bias)
+    input  wire [R*32-1:0]  start,       // lane r's start value for a sum (its bias)
     output wire [R*32-1:0]  acc
 );
     genvar r;
@@ -21,10 +24,11 @@ module bitsmith_pool #(
             wire [7:0]         code = codes[r*8 +: 8];
             wire signed [31:0] x = in_signed ? {{24{code[7]}}, code} : {24'd0, code};
             wire signed [31:0] sum_in = first ? $signed(start[r*32 +: 32]) : acc_q;
+            wire signed [31:0] term = (x - z_in) * $signed({16'd0, m});   // |x - z| < 2^9, m < 2^15: fits
             always @(posedge clk)
                 if (enable) begin
                     if (is_max) acc_q <= (first || x > acc_q) ? x : acc_q;
-                    else        acc_q <= sum_in + (x - z_in);
+                    else        acc_q <= sum_in + term;
                 end
             assign acc[r*32 +: 32] = acc_q;
         end

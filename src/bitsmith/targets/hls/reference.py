@@ -59,7 +59,7 @@ def run_reference(binary: str | os.PathLike, out_dir: str | os.PathLike, input_c
     for i, layer in enumerate(layers):
         path = run_dir / f"L{i:02d}.txt"
         values = np.array(path.read_text().split(), dtype=np.int64)
-        expected = n * layer.ofm_ch * layer.ofm_row * layer.ofm_col
+        expected = n * layer.out_elements
         if values.size != expected:
             raise AcceleratorError(f"HLS check: {path} holds {values.size} values, expected {expected}")
         results.append(values.reshape(n, layer.ofm_ch, layer.ofm_row, layer.ofm_col))

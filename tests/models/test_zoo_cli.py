@@ -17,14 +17,15 @@ def bitsmith(*args):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name, adds", [("mobilenetv2_tiny", 3), ("resnet20", 9)])
+@pytest.mark.parametrize("name, adds", [
+    ("mobilenetv2_tiny", 3),
+    pytest.param("resnet20", 9, marks=pytest.mark.slow),  # 6.6x the multiply-adds: with -m slow
+])
 def test_train_then_quantize_from_the_command_line(name, adds, tmp_path):
     run, graph_dir = tmp_path / "fp32", tmp_path / "w8a8"
-    trained = bitsmith("train", "--model", name, "--dataset", "synthetic", "--epochs", "1", "--batch-size", "64",
-                       "--optimizer", "adam", "--out", run, "--json")
-    # Above the 10 % of chance after one epoch (MobileNetV2-tiny reaches 17.6 % here with one set of
-    # threads and more with others: float sums depend on the thread count).
-    assert trained["accuracy"] > 12
+    trained = bitsmith("train", "--model", name, "--dataset", "synthetic", "--epochs", "2", "--batch-size", "64",
+                       "--out", run, "--json")
+    assert trained["accuracy"] > 50  # learnable in two epochs (62 SGD steps): well above 10 % chance
     q = bitsmith("quantize", run, "--out", graph_dir, "--json")
     graph = load(graph_dir)
     assert [n.op for n in graph.nodes].count("Add") == adds

@@ -129,20 +129,10 @@ def fuzz_runs(tiny_run, examples: int, work) -> dict:
     return stats
 
 
-def test_fuzz_run_folder(tiny_run, tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        fuzz_runs(tiny_run, DEFAULT_EXAMPLES, tmp_path)
-    finally:
-        torch.set_num_threads(threads)
+def test_fuzz_run_folder(tiny_run, tmp_path, one_thread):
+    fuzz_runs(tiny_run, DEFAULT_EXAMPLES, tmp_path)
 
 
 @pytest.mark.slow
-def test_fuzz_run_folder_long(tiny_run, tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        fuzz_runs(tiny_run, SLOW_EXAMPLES, tmp_path)
-    finally:
-        torch.set_num_threads(threads)
+def test_fuzz_run_folder_long(tiny_run, tmp_path, one_thread):
+    fuzz_runs(tiny_run, SLOW_EXAMPLES, tmp_path)

@@ -49,15 +49,6 @@ SLOW_EXAMPLES = int(os.environ.get("BITSMITH_FUZZ_SLOW_EXAMPLES", 8_400))
 STATS_FILE = os.environ.get("BITSMITH_FUZZ_STATS")
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: the suite runs on both cores already (-n 2), and small graphs are faster so."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Base:
     """A golden graph's files as the fuzzer mutates them."""
 

@@ -31,12 +31,8 @@ from tests.quantized import randomised
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster, and far faster on a busy machine (no thread barriers)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_thread):
+    """Small tensors: one thread (tests/conftest.py) for every test here."""
 
 
 @pytest.fixture(scope="module")

@@ -62,12 +62,13 @@ def layer_steps(graph: IntegerGraph, emitters: Emitters) -> tuple[str, list[Chai
     nodes = list(graph.nodes)
     if not nodes or nodes[0].op != "QuantizeInput" or any(n.op == "QuantizeInput" for n in nodes[1:]):
         raise AcceleratorError(f"{who}the graph must start with its one QuantizeInput (codes arrive from the host)")
-    fused = {}  # Requant name -> the accumulating node it follows
+    requant_of: dict[str, Node] = {}  # accumulating node name -> the Requant fused after it
     for node in nodes:
         if node.op in ACCUMULATING_OPS:
             requant = _fused_requant(graph, node, consumers, who)
             if requant is not None:
-                fused[requant.name] = node
+                requant_of[node.name] = requant
+    fused = {r.name for r in requant_of.values()}
     # Name every unsupported op before any other complaint: layer ops first (a lone Requant exists
     # because of the layer it feeds, e.g. a Concat input), then lone Requants.
     for node in sorted(nodes[1:], key=lambda n: n.op == "Requant"):
@@ -82,8 +83,7 @@ def layer_steps(graph: IntegerGraph, emitters: Emitters) -> tuple[str, list[Chai
         if node.op == "Flatten":
             alias[node.output] = alias[node.inputs[0]]
             continue
-        requant = next((r for r in nodes if fused.get(r.name) is node), None)
-        step = ChainStep(node, requant, tuple(alias[i] for i in node.inputs))
+        step = ChainStep(node, requant_of.get(node.name), tuple(alias[i] for i in node.inputs))
         if any(_is_raw(steps, i) for i in step.inputs):
             raise AcceleratorError(f"{who}layer {node.name}: reads a raw 32-bit accumulator; only the graph "
                                    "output may be one")

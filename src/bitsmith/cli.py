@@ -132,7 +132,7 @@ def qat_cmd(run: Path = typer.Argument(..., help="float run folder (from bitsmit
             wbits: int = typer.Option(4, help="weight bits (every layer unless --bitw)"),
             abits: int = typer.Option(4, help="activation bits (every layer unless --bita)"),
             epochs: int = typer.Option(2, min=1),
-            bitw: Optional[str] = typer.Option(None, help="per-layer weight bits, one digit per layer, e.g. 822222"),
+            bitw: Optional[str] = typer.Option(None, help="per-layer weight bits, one digit per layer, e.g. 822222 (or comma-separated, e.g. 8,12,4)"),
             bita: Optional[str] = typer.Option(None, help="per-layer input activation bits, e.g. 833363"),
             keep_first_last_8bit: bool = typer.Option(False, help="keep the first and last layers at 8 bits "
                                                                   "(clipq: leave them on 8-bit PTQ weights)"),
@@ -152,6 +152,46 @@ def qat_cmd(run: Path = typer.Argument(..., help="float run folder (from bitsmit
                         keep_first_last_8bit=keep_first_last_8bit, p=p, clipq_bits=clipq_bits, q35=q35, lr=lr)
     metrics = qat_run(run, out, config, data_dir=data_dir, quiet=quiet or as_json, force=force)
     _emit({k: v for k, v in metrics.items() if k != "history"}, as_json, f"QAT {method} in {out}")
+
+
+@app.command("search")
+def search_cmd(run: Path = typer.Argument(..., help="float run folder (from bitsmith train)"),
+               out: Path = typer.Option(..., help="folder for search.json (and alpha.png for dnas)"),
+               method: str = typer.Option("dnas", help="dnas (differentiable, MixQ) or hessian (Hessian traces + ILP)"),
+               cost: str = typer.Option("dsp", help="dnas: the cost it trades against accuracy: dsp, bitops, latency "
+                                                    "or memory"),
+               cd: float = typer.Option(3e-5, help="dnas: weight of the cost in the loss (DeepBurning-MixQ's cd)"),
+               epochs: int = typer.Option(3, min=1, help="dnas: search epochs"),
+               candidates_w: str = typer.Option("2,3,4,5,6,7,8", help="candidate weight widths (2-16)"),
+               candidates_a: str = typer.Option("2,3,4,5,6,7,8", help="candidate input-activation widths (2-16)"),
+               search_first_last: bool = typer.Option(False, help="search the first and last layers too "
+                                                                  "(default: fixed at 8/8)"),
+               budget_dsp: Optional[float] = typer.Option(None, help="hessian: at most this many DSP48E2 "
+                                                                     "(dataflow design)"),
+               budget_cycles: Optional[float] = typer.Option(None, help="hessian: at most this many cycles per image"),
+               budget_kb: Optional[float] = typer.Option(None, help="hessian: at most this many KB of weights"),
+               pe: int = typer.Option(8, "--pe", help="R: PE rows of the accelerator the cost is taken on"),
+               simd: int = typer.Option(8, "--simd", help="C: PE columns of the accelerator the cost is taken on"),
+               act_buffer_bytes: Optional[int] = typer.Option(None, help="the accelerator's activation memory in bytes "
+                                                                         "(default 131072)"),
+               seed: int = typer.Option(0, help="shuffling, Hutchinson vectors"),
+               train_limit: Optional[int] = typer.Option(None, help="search on the first N training images only"),
+               data_dir: Optional[str] = typer.Option(None),
+               quiet: bool = typer.Option(False),
+               force: bool = _force(),
+               as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Mixed-precision search (docs/mixed-precision.md): per-layer weight and activation widths priced on
+    the accelerator's cost function; the result's bit strings go to `bitsmith qat --bitw --bita`."""
+    from bitsmith.search.job import search_run
+
+    doc = search_run(run, out, method=method, cost=cost, cd=cd, epochs=epochs, candidates_w=candidates_w,
+                     candidates_a=candidates_a, search_first_last=search_first_last,
+                     budgets={"dsp": budget_dsp, "cycles": budget_cycles, "kb": budget_kb},
+                     accel=_accel_config(pe=pe, simd=simd, act_buffer_bytes=act_buffer_bytes), seed=seed,
+                     train_limit=train_limit, data_dir=data_dir, quiet=quiet or as_json, force=force)
+    summary = {"bitw": doc["bitw"], "bita": doc["bita"], **doc["predicted"], "seconds": doc["seconds"],
+               "next": doc["qat_command"].replace("OUT", str(out) + "-qat")}
+    _emit(summary, as_json, f"{method} search in {out}")
 
 
 @app.command("ranges")

@@ -402,6 +402,8 @@ def test_bit_strings_set_each_layer():
     assert [m.code_bits for m in qmodel.modules() if isinstance(m, QuantLayer)] == [8, 2, 3, 4, 8]
     acts = [m.act_quant.bits for m in qmodel.modules() if isinstance(m, QuantLayer) and m.act_quant is not None]
     assert acts == [5, 4, 3, 6] and qmodel.input_quant.bits == 8
+    _, w, a = layer_bits(model, QATSpec("lsq", bitw="8,12,3,4,8", bita="8,5,16,3,6"))
+    assert (w, a) == ([8, 12, 3, 4, 8], [8, 5, 16, 3, 6])
     _, w, a = layer_bits(model, QATSpec("lsq", wbits=2, abits=2, keep_first_last_8bit=True))
     assert (w, a) == ([8, 2, 2, 2, 8], [8, 2, 2, 2, 8])
 
@@ -410,10 +412,13 @@ def test_bit_strings_set_each_layer():
     ({"method": "xnor"}, "allowed: dorefa, pact, lsq, hwgq, binary, ternary"),
     ({"method": "lsq", "wbits": 9}, "allowed: 2 to 8"),
     ({"method": "lsq", "abits": 1}, "allowed: 2 to 8"),
-    ({"method": "lsq", "bitw": "82912"}, "each 2 to 8"),
-    ({"method": "lsq", "bita": "8a444"}, "each 2 to 8"),
-    ({"method": "lsq", "bitw": "8222"}, "exactly 5 digits"),
-    ({"method": "lsq", "bita": "8222222"}, "exactly 5 digits"),
+    ({"method": "lsq", "bitw": "82912"}, "width 1 is not allowed; allowed: 2 to 16"),
+    ({"method": "lsq", "bitw": "8,2,17,2,2"}, "width 17 is not allowed"),
+    ({"method": "hwgq", "bitw": "8,2,12,2,2"}, "width 12 needs --method lsq"),
+    ({"method": "lsq", "bita": "8a444"}, "only digits"),
+    ({"method": "lsq", "bita": ""}, "a bit string has one digit"),
+    ({"method": "lsq", "bitw": "8222"}, "exactly 5 widths"),
+    ({"method": "lsq", "bita": "8222222"}, "exactly 5 widths"),
 ])
 def test_bad_settings_are_refused(kwargs, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -25,6 +25,7 @@ from ..storage import write_bytes_atomic, write_json_atomic
 from .compiler import compile_graph
 from .config import AccelConfig
 from .cost import cost_report
+from .precision import assignment_cost, weighted_layers
 from .program import Program
 from .timing import program_cycles
 
@@ -38,6 +39,7 @@ def evaluate_design(program: Program) -> dict:
     """Cycles (docs/hardware.md §5) and resources (cost model) of one program: per-layer rows with
     both, and the totals."""
     cycles, cost = program_cycles(program), cost_report(program)
+    precision = assignment_cost(program) if not has_codebook(program) and weighted_layers(program) else None
     layers = [{**c, "cycles": t["cycles"], "compute": t["compute"], "weights": t["weights"],
                "utilisation": t["utilisation"]} for c, t in zip(cost["layers"], cycles["layers"])]
     return {
@@ -45,6 +47,8 @@ def evaluate_design(program: Program) -> dict:
         "cycles": cycles["total"], "fps": cycles["fps"], "utilisation": cycles["utilisation"], "macs": cycles["macs"],
         "dsp": cost["dsp"], "bram18": cost["bram18"], "memories": cost["memories"],
         "finn_bram18": cost["finn_bram18"], "logic": cost["logic"],
+        # The mixed-precision search's cost of these widths (bitsmith.accel.precision); None for codebook graphs.
+        "precision": None if precision is None else {k: v for k, v in precision.items() if k != "layers"},
     }
 
 
@@ -232,6 +236,13 @@ def design_tables(design: dict, title: str):
             ("BRAM18 total", str(design["bram18"]["total"])),
             ("BRAM18 FINN dataflow (sum of layers)", str(design["finn_bram18"])),
             ("LUT / FF (rough)", f"{design['logic']['lut']:,} / {design['logic']['ff']:,}")]
+    p = design.get("precision")
+    if p is not None:  # the figures `bitsmith search` optimises, for the graph's own widths
+        rows += [("mixed-precision cost: w / a bits", f"{''.join(map(str, p['wbits']))} / {''.join(map(str, p['abits']))}"
+                  if max(p["wbits"] + p["abits"]) < 10 else f"{p['wbits']} / {p['abits']}"),
+                 ("  DSP48E2, dataflow design (search cost)", f"{p['dsp']} (II {p['interval']:,} cycles)"),
+                 ("  BitOPs", f"{p['bitops']:,}"),
+                 ("  weights", f"{p['weight_kb']:.2f} KB, {p['bram18']} BRAM18")]
     for key, value in rows:
         totals.add_row(key, value)
     return layers, totals

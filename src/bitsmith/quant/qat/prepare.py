@@ -44,7 +44,34 @@ METHODS = {
     "ternary": ("ternary (TWN)", "LSQ"),
 }
 BITS = range(2, 9)
+#: Widths a bit string may give a layer: 2..8 for every method; LSQ (no tables, codes of exactly
+#: the width) also takes 9..16, what a mixed-precision search may choose.
+STRING_BITS = range(2, 17)
+WIDE_METHODS = ("lsq",)
 KEPT_BITS = 8
+
+
+def parse_bit_string(text: str, what: str) -> list[int]:
+    """DeepBurning-MixQ's bit string: one digit per layer ('822222'), or comma-separated widths
+    ('8,12,4') when a width has two digits."""
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"--{what} {text!r}: a bit string has one digit per Conv2d/Linear layer, each 2 to 8 "
+                          "(e.g. '822222'), or comma-separated widths 2 to 16 (e.g. '8,12,4')")
+    items = text.split(",") if "," in text else list(text)
+    if not all(i.strip().isdigit() for i in items):
+        raise ConfigError(f"--{what} {text!r}: only digits (one per layer) or comma-separated integers are allowed, "
+                          "e.g. '822222' or '8,12,4'")
+    bits = [int(i) for i in items]
+    bad = [b for b in bits if b not in STRING_BITS]
+    if bad:
+        raise ConfigError(f"--{what} {text!r}: width {bad[0]} is not allowed; allowed: 2 to 16 "
+                          f"(above 8 with --method lsq only)")
+    return bits
+
+
+def bit_string(bits: list[int]) -> str:
+    """The inverse of parse_bit_string: digits when every width is < 10, else comma-separated."""
+    return "".join(map(str, bits)) if all(b < 10 for b in bits) else ",".join(map(str, bits))
 
 
 @dataclass(frozen=True)
@@ -69,10 +96,12 @@ class QATSpec:
                 raise ConfigError(f"{name}={value!r} is not allowed; allowed: {BITS.start} to {BITS.stop - 1}")
         for name in ("bitw", "bita"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value
-                                      or any(c not in "2345678" for c in value)):
-                raise ConfigError(f"--{name} {value!r}: a bit string has one digit per Conv2d/Linear layer, "
-                                  f"each 2 to 8 (e.g. '822222')")
+            if value is None:
+                continue
+            wide = [b for b in parse_bit_string(value, name) if b not in BITS]
+            if wide and self.method not in WIDE_METHODS:
+                raise ConfigError(f"--{name} {value!r}: width {wide[0]} needs --method {' or '.join(WIDE_METHODS)}; "
+                                  f"{self.method} takes widths 2 to 8")
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -88,10 +117,11 @@ def layer_bits(model: nn.Module, spec: QATSpec) -> tuple[list[str], list[int], l
         text = getattr(spec, key)
         if text is None:
             continue
-        if len(text) != n:
-            raise ConfigError(f"--{key} {text!r} has {len(text)} digits but {type(model).__name__} has {n} "
-                              f"Conv2d/Linear layers ({', '.join(names)}); allowed: exactly {n} digits, each 2 to 8")
-        bits[:] = [int(c) for c in text]
+        parsed = parse_bit_string(text, key)
+        if len(parsed) != n:
+            raise ConfigError(f"--{key} {text!r} has {len(parsed)} widths but {type(model).__name__} has {n} "
+                              f"Conv2d/Linear layers ({', '.join(names)}); allowed: exactly {n} widths, each 2 to 8")
+        bits[:] = parsed
     if spec.keep_first_last_8bit:
         wbits[0] = wbits[-1] = KEPT_BITS
         abits[0] = abits[-1] = KEPT_BITS

@@ -1,0 +1,69 @@
+"""The search space: candidates per layer, the model's geometry on the accelerator, and cost tables in
+bit-string order that add up to the exact cost of the realised widths."""
+
+from __future__ import annotations
+
+import pytest
+
+from bitsmith.accel.config import AccelConfig
+from bitsmith.accel.timing import program_cycles
+from bitsmith.errors import ConfigError
+from bitsmith.models import build_model
+from bitsmith.quant.prepare import quantizable_layers
+from bitsmith.search.space import build_space, parse_widths
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    return build_model("lenet5").eval()
+
+
+def test_first_and_last_layers_are_fixed_unless_asked(lenet):
+    space = build_space(lenet, lenet.input_shape)
+    assert space.layers == quantizable_layers(lenet)
+    assert space.candidates_w[0] == space.candidates_a[0] == (8,) and space.candidates_w[-1] == (8,)
+    assert space.candidates_w[1] == tuple(range(2, 9)) and space.searched == [False, True, True, True, False]
+    free = build_space(lenet, lenet.input_shape, "2,4", "3,8", search_first_last=True)
+    assert free.candidates_w == [(2, 4)] * 5 and free.candidates_a == [(3, 8)] * 5 and all(free.searched)
+
+
+def test_tables_add_up_to_the_exact_cost(lenet):
+    space = build_space(lenet, lenet.input_shape, "2,4,8", "2,8", search_first_last=True)
+    wbits, abits = [8, 2, 4, 2, 8], [8, 8, 2, 2, 8]
+    exact = space.exact(wbits, abits)
+    assert exact["cycles"] == program_cycles(space.program)["total"]
+    for metric in ("dsp", "bitops", "weight_bits", "cycles"):
+        tables, constant = space.tables(metric)
+        picked = sum(t[space.candidates_w[l].index(w), space.candidates_a[l].index(a)]
+                     for l, (t, w, a) in enumerate(zip(tables, wbits, abits)))
+        assert picked + constant == pytest.approx(exact[metric])
+        normalised, c = space.tables(metric, normalise=True)
+        assert normalised[1][0, 0] == pytest.approx(tables[1][0, 0] / space.first_macs)
+        assert c == pytest.approx(constant / space.first_macs)
+
+
+def test_dag_models_map_layers_by_name():
+    model = build_model("resnet20", input_shape=(1, 16, 16)).eval()
+    space = build_space(model, model.input_shape, "2,8", "8", config=AccelConfig(max_kernel=8))
+    assert sorted(space.program_index) == list(range(len(space.layers)))
+    tables, _ = space.tables("weight_bits")
+    for l, name in enumerate(space.layers):
+        module = dict(model.named_modules())[name]
+        assert tables[l][-1, 0] == module.weight.numel() * 8, name  # the row of that very layer
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("", "the candidate list is empty"),
+    ("2,x", "not a comma-separated list"),
+    ("1,4", "width 1 is not allowed; allowed: 2 to 16"),
+    ("4,17", "width 17 is not allowed"),
+    ("4,4", "repeated widths"),
+])
+def test_bad_candidate_lists_are_refused(text, needle):
+    with pytest.raises(ConfigError, match=needle):
+        parse_widths(text, "--candidates-w")
+
+
+def test_widths_are_sorted():
+    assert parse_widths("8, 2,4", "--candidates-a") == (2, 4, 8)
+    assert parse_widths([16, 9], "--candidates-a") == (9, 16)

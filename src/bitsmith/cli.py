@@ -64,6 +64,25 @@ def summary(model: str = typer.Argument(..., help="model name, e.g. lenet5"),
         Console().print(format_summary(rows, f"{model} {list(net.input_shape)}"))
 
 
+def _model_options(items: list[str]) -> dict:
+    """KEY=VALUE strings → model options: true/false are booleans, anything else a number."""
+    from bitsmith.errors import ConfigError
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option {item!r}: allowed: KEY=VALUE, e.g. width=0.25")
+        if value.lower() in ("true", "false"):
+            options[key] = value.lower() == "true"
+            continue
+        try:
+            options[key] = float(value)
+        except ValueError:
+            raise ConfigError(f"--option {item!r}: the value must be a number or true/false") from None
+    return options
+
+
 @app.command("train")
 def train_cmd(model: str = typer.Option(..., help="model name"),
               dataset: str = typer.Option(..., help="mnist, fashion-mnist, cifar10, cifar100, digits, synthetic"),
@@ -79,13 +98,16 @@ def train_cmd(model: str = typer.Option(..., help="model name"),
               force: bool = typer.Option(False, "--force", help="replace --out even if it holds a float run (or "
                                                                  "another kind of output); the old folder stays "
                                                                  "until the new run has finished"),
+              option: list[str] = typer.Option([], "--option", help="a model option KEY=VALUE (repeatable), e.g. "
+                                                                   "width=0.25 for vgg_tiny; see bitsmith summary"),
               quiet: bool = typer.Option(False, help="no progress bar"),
               as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Float training with a checkpoint after every epoch."""
     from bitsmith.train import TrainConfig, train
 
     config = TrainConfig(model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
-                         lr=lr, weight_decay=weight_decay, seed=seed, data_dir=data_dir)
+                         lr=lr, weight_decay=weight_decay, seed=seed, data_dir=data_dir,
+                         model_kwargs=_model_options(option))
     metrics = train(config, out, resume=resume, quiet=quiet or as_json, force=force)
     _emit(metrics, as_json, f"trained {model} on {dataset}")
 
@@ -523,6 +545,7 @@ def hw_hls_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
     from bitsmith.artifacts import HLS_EXPORT, publishing
     from bitsmith.errors import ConfigError
     from bitsmith.integer import load
+    from bitsmith.storage import write_json_atomic
     from bitsmith.targets.hls import export_hls, read_hls
     from bitsmith.verify import RANDOM, verification_inputs, verify
 
@@ -536,6 +559,8 @@ def hw_hls_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
         read_hls(stage.path)
         result = {"path": str(out), "layers": [f"{l.macro} {l.name} simd {l.simd} pe {l.pe}" if l.kind == "conv"
                                                else f"{l.macro} {l.name}" for l in hls]}
+        result["cost"] = hls_cost(g, hls, pe, simd)
+        write_json_atomic(stage.path / "cost.json", result["cost"])
         report = None
         if check:
             report = verify(g, "hls", verification_inputs(g, images, data=RANDOM), work_dir=stage.path,
@@ -550,10 +575,32 @@ def hw_hls_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
             for row in report.layers:
                 console.print(f"{row.label:8} {row.name:24} {row.elements:8} elements, C++ mismatches {row.mismatches}"
                               + (f" (first {row.first})" if row.mismatches else ""), soft_wrap=True)
+    if not as_json:  # one line of the cost (cost.json has every layer)
+        c = result["cost"]
+        result["cost"] = (f"{c['dsp']} DSP48E2 (the export's PE x SIMD), {c['bitops']:,} BitOPs, weights "
+                          f"{c['weight_kb']:.2f} KB / {c['bram18']} BRAM18; cost.json" if c["available"] else c["reason"])
     _emit(result, as_json, f"HLS export of {graph}")
     if report is not None and not report.passed:
         console.print(f"{escape(str(out))} not written: the C++ reference does not match the integer engine")
         raise typer.Exit(1)
+
+def hls_cost(graph, hls_layers, pe: int, simd: int) -> dict:
+    """The mixed-precision cost function (bitsmith.accel.precision) of the exported design: every
+    Conv2d/Linear with the export's own PE·SIMD multipliers (cycles: the bitsmith accelerator at
+    R×C = pe×simd)."""
+    from bitsmith.accel.compiler import compile_graph
+    from bitsmith.accel.precision import assignment_cost, weighted_layers
+
+    try:
+        program = compile_graph(graph, _accel_config(pe=pe, simd=simd))
+        if not weighted_layers(program):
+            return {"available": False, "reason": "no Conv2d/Linear layer"}
+        folding = {l.name: l.pe * l.simd for l in hls_layers if l.kind == "conv" and l.op in ("Conv2d", "Linear")}
+        cost = assignment_cost(program, multipliers=folding)
+    except BitsmithError as e:
+        return {"available": False, "reason": str(e)}
+    return {"available": True, "folding": "the export's PE x SIMD per layer", **cost}
+
 
 # -- rtl (bitsmith.rtl, run by bitsmith.verify) --
 

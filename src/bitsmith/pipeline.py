@@ -117,8 +117,10 @@ def qat_config(run_dir: str | os.PathLike, method: str, *, wbits: int = 4, abits
 
 def qat_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config: QATConfig | ClipQConfig, *,
             data_dir: str | None = None, quiet: bool = False,
-            on_epoch: Callable[[dict[str, Any]], None] | None = None, force: bool = False) -> dict[str, Any]:
+            on_epoch: Callable[[dict[str, Any]], None] | None = None, force: bool = False,
+            train_limit: int | None = None) -> dict[str, Any]:
     """QAT (or CLIP-Q) of a float run: quantize with `config`, train, lower, measure on the test set.
+    `train_limit`: train on the first N training images only (benchmarks on small machines).
 
     `on_epoch(record)` runs after each training epoch, outside its timing (benchmarks/qat.py times
     a float epoch there, so float and QAT epochs interleave).
@@ -135,18 +137,19 @@ def qat_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config: QATC
     if not isinstance(config, (QATConfig, ClipQConfig)):
         raise ConfigError(f"qat_run takes a QATConfig or ClipQConfig, got {type(config).__name__}")
     with publishing(out_dir, QAT_GRAPH, force=force, command="bitsmith qat") as stage:
-        return _qat_into(run_dir, stage.path, config, data_dir, quiet, on_epoch)
+        return _qat_into(run_dir, stage.path, config, data_dir, quiet, on_epoch, train_limit)
 
 
 def _qat_into(run_dir: str | os.PathLike, out_dir: Path, config: QATConfig | ClipQConfig, data_dir: str | None,
-              quiet: bool, on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+              quiet: bool, on_epoch: Callable[[dict[str, Any]], None] | None,
+              train_limit: int | None = None) -> dict[str, Any]:
     train_config = config.train if isinstance(config, QATConfig) else config.finetune
     method = config.method if isinstance(config, QATConfig) else "clipq"
     run = load_run(run_dir)
     dataset = run.meta["dataset"]
     data_dir = data_dir or run.meta.get("data_dir")
     shape = tuple(run.model.input_shape)
-    train_ds = load_dataset(dataset, "train", data_dir)
+    train_ds = load_dataset(dataset, "train", data_dir, limit=train_limit)
     test = load_dataset(dataset, "test", data_dir)
     history: list[dict[str, Any]] = []
 
@@ -182,7 +185,7 @@ def _qat_into(run_dir: str | os.PathLike, out_dir: Path, config: QATConfig | Cli
         "disagreements": int((fq_pred != int_pred).sum()),
         "float_fake_quant_accuracy": _percent(float_pred, labels),
         "float_fake_quant_agreement": _fraction_equal(float_pred, int_pred),
-        "test_images": len(labels),
+        "test_images": len(labels), "train_images": len(train_ds),
         "seconds_per_epoch": None if seconds is None else round(seconds, 3),
         "fp_seconds_per_epoch": None if fp_seconds is None else round(fp_seconds, 3),
         "history": history,

@@ -37,7 +37,7 @@ from bitsmith.artifacts import FLOAT_RUN, check_target, clean_stale, publishing
 from bitsmith.data import ArrayDataset, DatasetInfo, dataset_info, iterate_batches, load_dataset
 from bitsmith.errors import CheckpointError, ConfigError
 from bitsmith.evaluate import accuracy
-from bitsmith.models import build_model
+from bitsmith.models import build_model, spatial_multiple
 from bitsmith.runs import (
     CHECKPOINT_FILE,
     Checkpoint,
@@ -108,11 +108,13 @@ def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
 
 def model_input_shape(model: str, info: DatasetInfo) -> tuple[int, int, int]:
     """The input shape a model gets on a data set: LeNet-5 keeps 32 x 32 (the data is padded or
-    upsampled to it), the others take the images' own shape."""
+    upsampled to it), the others take the images' own shape rounded up to the multiple of 4, 8 or
+    16 their pools need (Fashion-MNIST's 28 x 28 is padded to 32 x 32 for VGG-tiny)."""
     channels, height, width = info.image_shape
     if model == "lenet5":
         return (channels, 32, 32)
-    return (channels, height, width)
+    m = spatial_multiple(model)
+    return (channels, -(-height // m) * m, -(-width // m) * m)
 
 
 def build_for_dataset(config: TrainConfig, info: DatasetInfo) -> nn.Module:

@@ -65,16 +65,17 @@ def _check_bits(what: str, bits: int) -> None:
         raise ConfigError(f"{what}={bits!r} is not allowed; allowed: {COST_BITS.start} to {COST_BITS.stop - 1} bits")
 
 
-def dataflow_dsps(layer: Layer, w_bits: int, a_bits: int, interval: int) -> int:
-    """DSP48E2 slices of `layer`'s own multipliers in the dataflow design (module docstring)."""
-    multipliers = math.ceil(layer.macs / interval)
+def dataflow_dsps(layer: Layer, w_bits: int, a_bits: int, multipliers: int) -> int:
+    """DSP48E2 slices of `layer`'s own `multipliers` in the dataflow design (module docstring)."""
     if w_bits in TABLE_BITS and a_bits in TABLE_BITS:
         return dsps_for(multipliers, w_bits, a_bits, min(layer.kh, layer.kw))
     return multipliers  # wider than the tables: one product per slice
 
 
-def layer_figures(layer: Layer, w_bits: int, a_bits: int, config: AccelConfig, interval: int, first: bool) -> dict:
-    """Every figure of one layer with weights at w-bit weights and a-bit input activations."""
+def layer_figures(layer: Layer, w_bits: int, a_bits: int, config: AccelConfig, interval: int, first: bool,
+                  multipliers: int | None = None) -> dict:
+    """Every figure of one layer with weights at w-bit weights and a-bit input activations
+    (`multipliers`: the layer's own, when a design folds it otherwise than the balanced ⌈MACs/II⌉)."""
     _check_bits(f"layer {layer.name}: weight bits", w_bits)
     _check_bits(f"layer {layer.name}: activation bits", a_bits)
     if layer.is_codebook:
@@ -84,11 +85,11 @@ def layer_figures(layer: Layer, w_bits: int, a_bits: int, config: AccelConfig, i
     weights = layer.out_ch * layer.terms
     row = {"name": layer.name, "w_bits": w_bits, "a_bits": a_bits, "macs": layer.macs, "weights": weights,
            "kernel": [layer.kh, layer.kw], "table_kernel": table_kernel(min(layer.kh, layer.kw)),
-           "multipliers": math.ceil(layer.macs / interval),
-           "dsp": dataflow_dsps(layer, w_bits, a_bits, interval),
+           "multipliers": math.ceil(layer.macs / interval) if multipliers is None else multipliers,
            "bitops": layer.macs * w_bits * a_bits,
            "weight_bits": weights * w_bits,
            "cycles": sum(layer_cycles(sized, config, first).values())}
+    row["dsp"] = dataflow_dsps(layer, w_bits, a_bits, row["multipliers"])
     row["weight_kb"] = row["weight_bits"] / 8192
     # The FINN-style weight memory: its width follows w; cost.layer_cost refuses > 8-bit widths (the DSP table).
     narrow = replace(sized, weight_bits=min(w_bits, 8), in_bits=min(a_bits, 8))
@@ -116,17 +117,21 @@ def _widths(program: Program, wbits, abits) -> tuple[list[int], list[int]]:
     return wbits, abits
 
 
-def assignment_cost(program: Program, wbits=None, abits=None) -> dict:
+def assignment_cost(program: Program, wbits=None, abits=None, multipliers: dict[str, int] | None = None) -> dict:
     """The exact figures of one assignment: per-layer rows and totals (module docstring).
 
     `wbits` / `abits`: one width per layer with weights, in program order; None: the program's
     own widths (the graph's). `cycles` is the whole program's (pools, adds, finish included).
+    `multipliers`: per layer name, the multipliers a design gives it instead of the balanced
+    pipeline's (the HLS export's PE·SIMD).
     """
     wbits, abits = _widths(program, wbits, abits)
     config = program.config
     interval = pipeline_interval(program)
     layers = weighted_layers(program)
-    rows = [layer_figures(layer, w, a, config, interval, first=layer is program.layers[0])
+    multipliers = multipliers or {}
+    rows = [layer_figures(layer, w, a, config, interval, first=layer is program.layers[0],
+                          multipliers=multipliers.get(layer.name))
             for layer, w, a in zip(layers, wbits, abits)]
     weighted = {id(layer) for layer in layers}
     other_cycles = sum(sum(layer_cycles(layer, config, first=i == 0).values())

@@ -9,11 +9,12 @@ AdaptiveAvgPool2d, Flatten, Linear, Dropout, `Reorg`, `torch.cat`, the residual 
 """
 
 from bitsmith.models.layers import Reorg
-from bitsmith.models.registry import MODEL_NAMES, build_model
+from bitsmith.models.registry import MODEL_NAMES, build_model, spatial_multiple
 from bitsmith.models.summary import LayerSummary, format_summary, model_summary
 
 __all__ = [
     "MODEL_NAMES",
+    "spatial_multiple",
     "LayerSummary",
     "Reorg",
     "build_model",

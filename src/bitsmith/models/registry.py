@@ -44,7 +44,7 @@ _REGISTRY: dict[str, ModelEntry] = {
     "lenet5": ModelEntry(LeNet5, 10, (1, 32, 32), {"bias": False}, fixed_hw=(32, 32)),
     "nin": ModelEntry(NIN, 10, (3, 32, 32), {"dropout": 0.0}, hw_multiple=4),
     "vgg7": ModelEntry(VGG7, 10, (3, 32, 32), {}, hw_multiple=8),
-    "vgg_tiny": ModelEntry(VGGTiny, 10, (3, 32, 32), {}, hw_multiple=8),
+    "vgg_tiny": ModelEntry(VGGTiny, 10, (3, 32, 32), {"width": 1.0}, hw_multiple=8),
     "ultranet": ModelEntry(
         UltraNet, _DETECTOR_HEAD, _DETECTOR_SHAPE, {"classify": False}, hw_multiple=16
     ),
@@ -96,6 +96,14 @@ def build_model(
         "kwargs": dict(options),
     }
     return model
+
+
+def spatial_multiple(name: str) -> int:
+    """What the input's H and W must be multiples of for model `name` (1: anything)."""
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+    return entry.hw_multiple
 
 
 def _check_num_classes(name: str, num_classes: object) -> int:

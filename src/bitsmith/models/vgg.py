@@ -4,6 +4,7 @@ from collections import OrderedDict
 
 from torch import nn
 
+from bitsmith.errors import ConfigError
 from bitsmith.models.layers import conv_bn_relu
 
 
@@ -46,12 +47,19 @@ class VGG7(nn.Sequential):
 
 
 class VGGTiny(nn.Sequential):
-    """64-64-M-128-128-M-256-256-M, flatten, FC 4096->classes (FC input 256 * H/8 * W/8)."""
+    """64-64-M-128-128-M-256-256-M, flatten, FC 4096->classes (FC input 256 * H/8 * W/8).
 
-    def __init__(self, num_classes: int, input_shape: tuple[int, int, int]) -> None:
-        in_channels, height, width = input_shape
-        features = _vgg_features(in_channels, (64, 64, 128, 128, 256, 256))
-        flat = 256 * (height // 8) * (width // 8)
+    `width` scales every conv's channels (rounded, at least 1): 0.25 gives 16-16-M-32-32-M-64-64-M,
+    1/16 of the MACs, for benchmarks on small machines.
+    """
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, int, int], width: float = 1.0) -> None:
+        if not (isinstance(width, (int, float)) and not isinstance(width, bool) and 0 < width <= 4):
+            raise ConfigError(f"vgg_tiny: width must be a number in (0, 4], got {width!r}")
+        in_channels, height, width_px = input_shape
+        channels = tuple(max(1, round(c * width)) for c in (64, 64, 128, 128, 256, 256))
+        features = _vgg_features(in_channels, channels)
+        flat = channels[-1] * (height // 8) * (width_px // 8)
         super().__init__(
             OrderedDict(
                 [

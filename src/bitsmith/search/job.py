@@ -96,9 +96,7 @@ def search_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method
         _check_accelerator_widths(space, method, metric, budgets)
     dataset = run.meta["dataset"]
     data_dir = data_dir or run.meta.get("data_dir")
-    train_ds = load_dataset(dataset, "train", data_dir)
-    if train_limit is not None:
-        train_ds = _first(train_ds, train_limit)
+    train_ds = load_dataset(dataset, "train", data_dir, limit=train_limit)
     started = time.perf_counter()
     if method == "dnas":
         result = _dnas(run, space, metric, cd, epochs, train_ds, shape, seed, quiet, on_epoch)
@@ -123,12 +121,6 @@ def search_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method
             doc["figure"] = str(public_path(stage.path / ALPHA_FIGURE))
         write_json_atomic(stage.path / SEARCH_FILE, doc)
     return doc
-
-
-def _first(ds, n: int):
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"--train-limit {n!r}: allowed: a positive number of images")
-    return type(ds)(ds.info, ds.images[:n].clone(), ds.labels[:n].clone())
 
 
 def _check_accelerator_widths(space: SearchSpace, method: str, metric: str, budgets: dict) -> None:

@@ -198,6 +198,8 @@ def search_cmd(run: Path = typer.Argument(..., help="float run folder (from bits
                                                                          "(default 131072)"),
                seed: int = typer.Option(0, help="shuffling, Hutchinson vectors"),
                train_limit: Optional[int] = typer.Option(None, help="search on the first N training images only"),
+               traces_from: Optional[Path] = typer.Option(None, help="hessian: reuse the traces of an earlier search "
+                                                                     "of the same run (another budget, no recomputing)"),
                data_dir: Optional[str] = typer.Option(None),
                quiet: bool = typer.Option(False),
                force: bool = _force(),
@@ -210,7 +212,8 @@ def search_cmd(run: Path = typer.Argument(..., help="float run folder (from bits
                      candidates_a=candidates_a, search_first_last=search_first_last,
                      budgets={"dsp": budget_dsp, "cycles": budget_cycles, "kb": budget_kb},
                      accel=_accel_config(pe=pe, simd=simd, act_buffer_bytes=act_buffer_bytes), seed=seed,
-                     train_limit=train_limit, data_dir=data_dir, quiet=quiet or as_json, force=force)
+                     train_limit=train_limit, data_dir=data_dir, quiet=quiet or as_json, force=force,
+                     traces_from=traces_from)
     summary = {"bitw": doc["bitw"], "bita": doc["bita"], **doc["predicted"], "seconds": doc["seconds"],
                "next": doc["qat_command"].replace("OUT", str(out) + "-qat")}
     _emit(summary, as_json, f"{method} search in {out}")

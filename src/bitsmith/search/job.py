@@ -77,10 +77,13 @@ def search_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method
                search_first_last: bool = False, budgets: dict[str, float] | None = None,
                accel: AccelConfig | None = None, seed: int = 0, data_dir: str | None = None,
                train_limit: int | None = None, quiet: bool = False, force: bool = False,
+               traces_from: str | os.PathLike | None = None,
                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Search per-layer widths for the float run `run_dir` and publish OUT (module docstring).
 
     `train_limit`: search on the first N training images only (a quick look; the full set by default).
+    `traces_from`: a Hessian search folder of the same run, seed and candidates whose traces and
+    sensitivities to reuse (other budgets without recomputing them).
     """
     budgets = _check_options(method, cost, budgets, cd)
     check_target(out_dir, SEARCH, force=force, command="bitsmith search")  # refused before any work
@@ -101,11 +104,12 @@ def search_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method
     if method == "dnas":
         result = _dnas(run, space, metric, cd, epochs, train_ds, shape, seed, quiet, on_epoch)
     else:
-        result = _hessian(run, space, budgets, train_ds, shape, seed, quiet)
+        reuse = _reusable(traces_from, run_dir, seed, space, train_limit) if traces_from is not None else None
+        result = _hessian(run, space, budgets, train_ds, shape, seed, quiet, reuse)
     wbits, abits = result.pop("wbits"), result.pop("abits")
     doc = {
         "format": FORMAT, "method": method, "model": run.model.spec["name"], "dataset": dataset,
-        "run": str(Path(run_dir).resolve()), "seed": seed,
+        "run": str(Path(run_dir).resolve()), "seed": seed, "train_limit": train_limit,
         "bitw": bit_string(wbits), "bita": bit_string(abits), "wbits": wbits, "abits": abits,
         **_figures(space, wbits, abits),
         "space": space.to_json(),
@@ -145,10 +149,24 @@ def _dnas(run, space: SearchSpace, metric: str, cd: float, epochs: int, train_ds
             "normaliser_macs": space.first_macs, "dnas": out}
 
 
+def _reusable(folder, run_dir, seed: int, space: SearchSpace, train_limit) -> dict:
+    """The Hessian part of an earlier search.json, if it was made for the same question."""
+    from bitsmith.storage import read_json
+
+    doc = read_json(Path(folder) / SEARCH_FILE, "search result")
+    same = (doc.get("format") == FORMAT and doc.get("method") == "hessian" and doc.get("seed") == seed
+            and doc.get("run") == str(Path(run_dir).resolve()) and doc.get("train_limit") == train_limit
+            and doc.get("space", {}).get("candidates_w") == space.to_json()["candidates_w"]
+            and doc.get("space", {}).get("candidates_a") == space.to_json()["candidates_a"])
+    if not same:
+        raise ConfigError(f"--traces-from {folder}: not a Hessian search of the same run, seed, training images "
+                          "and candidates; its traces would answer another question")
+    return doc["hessian"]
+
+
 def _hessian(run, space: SearchSpace, budgets: dict[str, float], train_ds, shape, seed: int,
-             quiet: bool) -> dict[str, Any]:
+             quiet: bool, reuse: dict | None = None) -> dict[str, Any]:
     from bitsmith.search.hessian import layer_traces, sensitivities
-    from bitsmith.search.ilp import choose_bits
 
     costs = {name: space.tables(BUDGETS[name])[0] for name in budgets}
     constants = {name: space.tables(BUDGETS[name])[1] for name in budgets}
@@ -158,6 +176,10 @@ def _hessian(run, space: SearchSpace, budgets: dict[str, float], train_ds, shape
         if budget < lowest:
             raise ConfigError(f"--budget-{name} {budget:g} is below the smallest feasible value {lowest:g} "
                               "(every searched layer at its cheapest widths)")
+    if reuse is not None:
+        import numpy as np
+        omega = [np.asarray(o, dtype=np.float64) for o in reuse["sensitivity"]]
+        return _solve(space, budgets, costs, constants, omega, reuse["traces"], reused=True)
     g = torch.Generator().manual_seed(seed)
     batches = []
     for x, y in iterate_batches(train_ds, HESSIAN_BATCH_SIZE, shape, shuffle=True, generator=g):
@@ -172,10 +194,16 @@ def _hessian(run, space: SearchSpace, budgets: dict[str, float], train_ds, shape
     traces = layer_traces(run.model, space.layers, batches, seed=seed, on_iteration=report)
     omega = sensitivities(run.model, space.layers, traces, [list(c) for c in space.candidates_w],
                           [list(c) for c in space.candidates_a], batches)
+    return _solve(space, budgets, costs, constants, omega, traces.to_json(), reused=False)
+
+
+def _solve(space: SearchSpace, budgets, costs, constants, omega, traces: dict, reused: bool) -> dict[str, Any]:
+    from bitsmith.search.ilp import choose_bits
+
     solved = choose_bits(omega, costs, budgets, constants)
     wbits = [space.candidates_w[l][i] for l, (i, _) in enumerate(solved.choices)]
     abits = [space.candidates_a[l][j] for l, (_, j) in enumerate(solved.choices)]
     return {"wbits": wbits, "abits": abits, "budgets": budgets,
-            "hessian": {"traces": traces.to_json(), "objective": solved.objective,
+            "hessian": {"traces": traces, "traces_reused": reused, "objective": solved.objective,
                         "sensitivity": [o.tolist() for o in omega], "ilp_seconds": solved.seconds,
                         "batches": HESSIAN_BATCHES, "batch_size": HESSIAN_BATCH_SIZE}}

@@ -6,6 +6,10 @@ accelerator's own cost, every point trained with the same QAT recipe and checked
 Per model (LeNet-5 and VGG-tiny on Fashion-MNIST; VGG-tiny on 32×32 padded inputs), from one float
 run (trained once into runs/bench/…, reused afterwards):
 
+Sizes (2-core machine): VGG-tiny at --vgg-width 0.25 (16-16-M-32-32-M-64-64-M: 1/16 of the MACs),
+float-trained 4 epochs on all 60,000 images, QAT and searches on the first --vgg-train-limit 20,000;
+LeNet-5 on all 60,000. --vgg-width 1 --vgg-train-limit 0 is the full size.
+
 * uniform W8A8, W4A4, W3A3, W2A2 (every Conv2d/Linear at those widths, the image input 8 bits);
 * DNAS (`bitsmith search --method dnas --cost dsp`) at each --cds value;
 * Hessian + ILP (`bitsmith search --method hessian --budget-dsp B`) at HAWQ-V3's budgets
@@ -164,7 +168,7 @@ def bench_model(model: str, run: Path, out: Path, args) -> dict:
     winners = [p["label"] for p in searched if p["accuracy"] >= w4a4["accuracy"] and p["dsp"] <= 0.7 * w4a4["dsp"]]
     pareto_figure(points, out / "pareto.png", f"{model} on Fashion-MNIST: integer accuracy vs DSP48E2 and cycles "
                                               f"(LSQ QAT {args.qat_epochs} epochs)")
-    return {"run": str(run), "points": points, "dnas_epoch_timing": timing,
+    return {"run": str(run), "train_images": args.train_limit or 60000, "points": points, "dnas_epoch_timing": timing,
             "acceptance": {"w4a4_accuracy": w4a4["accuracy"], "w4a4_dsp": w4a4["dsp"],
                            "searched_at_least_w4a4_accuracy_within_0.7x_dsp": winners,
                            "every_prediction_holds": all(p["prediction_holds"] for p in searched),
@@ -180,7 +184,10 @@ def main() -> None:
     parser.add_argument("--search-epochs", type=int, default=3)
     parser.add_argument("--cds", default="1e-3,3e-3,1e-2", help="DNAS cost weights")
     parser.add_argument("--budget-fractions", default="0.25,0.5,0.75")
-    parser.add_argument("--train-limit", type=int, default=None, help="first N training images (QAT and search)")
+    parser.add_argument("--lenet-train-limit", type=int, default=None, help="LeNet-5: first N training images "
+                                                                             "(QAT and search; default all 60,000)")
+    parser.add_argument("--vgg-train-limit", type=int, default=20000, help="VGG-tiny: first N training images "
+                                                                           "(QAT and search; 0: all)")
     parser.add_argument("--vgg-width", type=float, default=0.25, help="VGG-tiny channel multiplier (1: full size)")
     parser.add_argument("--vgg-float-epochs", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None)
@@ -195,7 +202,8 @@ def main() -> None:
     for model in args.models.split(","):
         name = "lenet5-fp32" if model == "lenet5" else f"{model}-w{args.vgg_width:g}-fp32".replace(".", "")
         run = float_run(model, Path("runs/bench") / name, args)
-        results[model] = bench_model(model, run, args.out / model, args)
+        limit = args.lenet_train_limit if model == "lenet5" else (args.vgg_train_limit or None)
+        results[model] = bench_model(model, run, args.out / model, argparse.Namespace(**vars(args), train_limit=limit))
     print(json.dumps({"benchmark": "mixed-precision search", "date": time.strftime("%Y-%m-%d"),
                       "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                   "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -412,7 +412,7 @@ def test_bit_strings_set_each_layer():
     ({"method": "xnor"}, "allowed: dorefa, pact, lsq, hwgq, binary, ternary"),
     ({"method": "lsq", "wbits": 9}, "allowed: 2 to 8"),
     ({"method": "lsq", "abits": 1}, "allowed: 2 to 8"),
-    ({"method": "lsq", "bitw": "82912"}, "width 1 is not allowed; allowed: 2 to 16"),
+    ({"method": "lsq", "bitw": "82912"}, "width 82912 is not allowed; allowed: 2 to 16"),
     ({"method": "lsq", "bitw": "8,2,17,2,2"}, "width 17 is not allowed"),
     ({"method": "hwgq", "bitw": "8,2,12,2,2"}, "width 12 needs --method lsq"),
     ({"method": "lsq", "bita": "8a444"}, "only digits"),

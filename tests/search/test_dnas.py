@@ -15,11 +15,10 @@ from bitsmith.models import build_model
 from bitsmith.search.dnas import (
     DNASConfig,
     DNASResult,
-    bit_string,
     expected_cost,
-    parse_bit_string,
     search,
 )
+from bitsmith.quant.qat.prepare import bit_string, parse_bit_string
 from bitsmith.search.supernet import MixedLayer
 
 LAYERS = ["conv1", "conv2", "conv3", "fc1", "fc2"]
@@ -170,8 +169,8 @@ def test_bit_strings_round_trip():
     assert bit_string([8, 2, 2, 2, 2, 2]) == "822222"
     assert bit_string([8, 10, 2]) == "8,10,2"
     for bits in ([8, 2, 2, 2, 2, 2], [8, 10, 2], [16], [12], [2], [9, 9, 16]):
-        assert parse_bit_string(bit_string(bits)) == bits
-    assert parse_bit_string(" 8, 3 ,4 ") == [8, 3, 4]
+        assert parse_bit_string(bit_string(bits), "bitw") == bits
+    assert parse_bit_string(" 8, 3 ,4 ", "bitw") == [8, 3, 4]
     for bad in ("", "81", "8,1", "8,17", "8a", "8,,4", "0"):
         with pytest.raises(ConfigError, match="allowed"):
-            parse_bit_string(bad)
+            parse_bit_string(bad, "bitw")

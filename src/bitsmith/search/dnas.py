@@ -40,6 +40,7 @@ from torch import nn
 
 from bitsmith.data import ArrayDataset, iterate_batches
 from bitsmith.errors import ConfigError
+from bitsmith.quant.qat.prepare import bit_string
 from bitsmith.search.supernet import (
     MAX_BITS,
     MIN_BITS,
@@ -92,36 +93,6 @@ class DNASConfig:
 
 def _real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def bit_string(bits: Sequence[int]) -> str:
-    """MixQ's bit string: one digit per layer ("822222") when every width is ≤ 9, else comma-separated
-    ("8,10,2")."""
-    if any(b > 9 for b in bits):
-        return ",".join(str(b) for b in bits)
-    return "".join(str(b) for b in bits)
-
-
-def parse_bit_string(text: str) -> list[int]:
-    """The inverse of `bit_string`: "822222" → [8, 2, 2, 2, 2, 2], "8,10,2" → [8, 10, 2], "12" → [12]
-    (a string without commas is one digit per layer unless it holds a 0 or 1, then it is one width)."""
-    allowed = (f"allowed: one digit {MIN_BITS}-9 per layer ('822222'), or widths {MIN_BITS} to {MAX_BITS} "
-               f"separated by commas ('8,10,2')")
-    text = text.strip() if isinstance(text, str) else text
-    if not isinstance(text, str) or not text:
-        raise ConfigError(f"bit string {text!r} is not allowed; {allowed}")
-    if "," in text:
-        parts = [p.strip() for p in text.split(",")]
-    elif text.isdigit() and not set(text) & {"0", "1"}:
-        parts = list(text)
-    else:
-        parts = [text]
-    if not all(p.isdigit() for p in parts):
-        raise ConfigError(f"bit string {text!r} is not allowed; {allowed}")
-    bits = [int(p) for p in parts]
-    if not all(MIN_BITS <= b <= MAX_BITS for b in bits):
-        raise ConfigError(f"bit string {text!r} has widths outside {MIN_BITS}..{MAX_BITS}; {allowed}")
-    return bits
 
 
 @dataclass

@@ -17,20 +17,21 @@ def _pyplot():
 
 def alpha_figure(doc: dict, path: Path) -> None:
     """One panel per searched layer and side (weights, activations): the softmax of α per candidate
-    width over the epochs (epoch 0 = before the search)."""
+    width over the epochs (epoch 0: before the search, all equal)."""
     plt = _pyplot()
     history = doc["dnas"]["history"]
     space = doc["space"]
     searched = [l for l, s in enumerate(space["searched"]) if s]
-    sides = [("alpha_w", "candidates_w", "weights"), ("alpha_a", "candidates_a", "activations")]
+    sides = [("prob_w", "candidates_w", "weights"), ("prob_a", "candidates_a", "activations")]
     fig, axes = plt.subplots(2, len(searched), figsize=(2.6 * len(searched) + 1, 5.2), squeeze=False, sharey=True)
-    epochs = [r["epoch"] for r in history]
+    epochs = [0] + [r["epoch"] for r in history]  # epoch 0: α initialised equal, so softmax uniform
     for col, l in enumerate(searched):
         for row, (key, cands, label) in enumerate(sides):
             ax = axes[row][col]
             widths = space[cands][l]
             for i, bits in enumerate(widths):
-                ax.plot(epochs, [r[key][l][i] for r in history], marker="o", ms=3, label=f"{bits} b")
+                ax.plot(epochs, [1 / len(widths)] + [r[key][l][i] for r in history], marker="o", ms=3,
+                        label=f"{bits} b")
             ax.set_title(f"{space['layers'][l]}: {label}", fontsize=8)
             ax.set_xlabel("epoch", fontsize=8)
             ax.tick_params(labelsize=7)

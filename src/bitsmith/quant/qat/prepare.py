@@ -53,11 +53,17 @@ KEPT_BITS = 8
 
 def parse_bit_string(text: str, what: str) -> list[int]:
     """DeepBurning-MixQ's bit string: one digit per layer ('822222'), or comma-separated widths
-    ('8,12,4') when a width has two digits."""
+    ('8,12,4') when a width has two digits; a string with a 0 or 1 and no comma is one width ('12')."""
     if not isinstance(text, str) or not text.strip():
-        raise ConfigError(f"--{what} {text!r}: a bit string has one digit per Conv2d/Linear layer, each 2 to 8 "
+        raise ConfigError(f"--{what} {text!r} is not allowed: a bit string has one digit per Conv2d/Linear layer, each 2 to 8 "
                           "(e.g. '822222'), or comma-separated widths 2 to 16 (e.g. '8,12,4')")
-    items = text.split(",") if "," in text else list(text)
+    text = text.strip()
+    if "," in text:
+        items = text.split(",")
+    elif text.isdigit() and not set(text) & {"0", "1"}:
+        items = list(text)   # one digit per layer
+    else:
+        items = [text]       # no digit string has a 0 or 1: one two-digit width ("12")
     if not all(i.strip().isdigit() for i in items):
         raise ConfigError(f"--{what} {text!r}: only digits (one per layer) or comma-separated integers are allowed, "
                           "e.g. '822222' or '8,12,4'")

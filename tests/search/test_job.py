@@ -1,0 +1,101 @@
+"""`bitsmith search` end to end: a float run in, bit strings out that `bitsmith qat` takes as is, and the
+realised graph costs what the search predicted and runs bit-exactly on the back ends. Bad input is
+refused before any work, and nothing is written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bitsmith.accel.compiler import compile_graph
+from bitsmith.accel.config import AccelConfig
+from bitsmith.accel.precision import assignment_cost
+from bitsmith.accel.timing import program_cycles
+from bitsmith.integer import load
+from bitsmith.pipeline import qat_run
+from bitsmith.quant.api import QATConfig
+from bitsmith.search.job import search_run
+from bitsmith.train import TrainConfig, train
+from bitsmith.verify import verification_inputs, verify_all
+from tests.helpers import invoke
+
+TINY = dict(model="lenet5", dataset="synthetic", epochs=1, batch_size=64, limit_train=256, limit_test=64)
+
+
+@pytest.fixture(scope="module")
+def float_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search") / "fp32"
+    train(TrainConfig(**TINY), out, quiet=True)
+    return out
+
+
+def _realise_and_check(run, doc, out):
+    """QAT with the searched strings; the graph costs what search.json predicted and agrees with
+    ONNX Runtime and the accelerator's cycle model element by element."""
+    qat_run(run, out, QATConfig("lsq", epochs=1, bitw=doc["bitw"], bita=doc["bita"]), quiet=True, train_limit=256)
+    graph = load(out)
+    program = compile_graph(graph, AccelConfig())
+    cost = assignment_cost(program)
+    assert (cost["wbits"], cost["abits"]) == (doc["wbits"], doc["abits"])
+    assert cost["cycles"] == program_cycles(program)["total"] == doc["predicted"]["cycles"]
+    assert cost["dsp"] == doc["predicted"]["dsp"] and cost["bram18"] == doc["predicted"]["bram18"]
+    reports = verify_all(graph, ["onnx", "accel"], verification_inputs(graph, 4))
+    for name, report in reports.items():
+        assert report.error is None and report.mismatches == 0 and report.complete, name
+    assert reports["accel"].cycles_per_image == [doc["predicted"]["cycles"]] * reports["accel"].images
+
+
+def test_dnas_search_is_realised_exactly(float_run, tmp_path, one_thread):
+    doc = search_run(float_run, tmp_path / "s", method="dnas", cd=10.0, epochs=1, candidates_w="2,4",
+                     candidates_a="3,8", train_limit=256, quiet=True)
+    saved = json.loads((tmp_path / "s" / "search.json").read_text())
+    assert saved["bitw"] == doc["bitw"] and (tmp_path / "s" / "alpha.png").is_file()
+    assert len(doc["bitw"]) == 5 and doc["bitw"][0] == doc["bitw"][-1] == "8"  # first / last fixed at 8
+    assert set(doc["bitw"][1:-1]) <= {"2", "4"} and set(doc["bita"][1:-1]) <= {"3", "8"}
+    assert len(doc["dnas"]["history"]) == 1 and doc["qat_command"].startswith(f"bitsmith qat {float_run}")
+    _realise_and_check(float_run, doc, tmp_path / "qat")
+
+
+def test_search_cli_prints_the_bit_strings(float_run, tmp_path, one_thread):
+    result = invoke("search", float_run, "--out", tmp_path / "s", "--epochs", "1", "--train-limit", "128",
+                    "--candidates-w", "2,8", "--candidates-a", "8", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert len(summary["bitw"]) == 5 and summary["bita"] == "88888" and summary["cycles"] > 0
+    assert summary["next"].startswith("bitsmith qat")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--method", "anneal"], "unknown search method 'anneal'; allowed: dnas, hessian"),
+    (["--cost", "area"], "unknown cost 'area'; allowed: dsp, bitops, latency, memory"),
+    (["--candidates-w", "1,4"], "width 1 is not allowed; allowed: 2 to 16"),
+    (["--candidates-a", "4,17"], "width 17 is not allowed"),
+    (["--candidates-w", ""], "the candidate list is empty"),
+    (["--candidates-w", ","], "the candidate list is empty"),
+    (["--method", "hessian"], "needs a budget"),
+    (["--budget-dsp", "10"], "budgets (--budget-dsp) are for --method hessian"),
+    (["--method", "hessian", "--budget-kb", "-1"], "--budget-kb -1.0: allowed: a positive number"),
+    (["--cost", "latency", "--candidates-w", "4,12"], "candidate width 12 > 8"),
+])
+def test_bad_options_are_refused_and_nothing_is_written(float_run, tmp_path, args, needle):
+    out = tmp_path / "s"
+    result = invoke("search", float_run, "--out", out, *args)
+    assert result.exit_code != 0 and needle in result.output, result.output
+    assert not out.exists()
+
+
+def test_a_folder_without_a_float_checkpoint_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = invoke("search", tmp_path / "empty", "--out", tmp_path / "s")
+    assert result.exit_code != 0 and "checkpoint" in result.output, result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_another_kind_of_folder_is_not_overwritten(float_run, tmp_path):
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = invoke("search", float_run, "--out", out, "--epochs", "1")
+    assert result.exit_code != 0 and "not empty" in result.output, result.output
+    assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 1

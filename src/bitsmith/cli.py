@@ -200,6 +200,7 @@ def search_cmd(run: Path = typer.Argument(..., help="float run folder (from bits
                train_limit: Optional[int] = typer.Option(None, help="search on the first N training images only"),
                traces_from: Optional[Path] = typer.Option(None, help="hessian: reuse the traces of an earlier search "
                                                                      "of the same run (another budget, no recomputing)"),
+               max_iterations: int = typer.Option(100, min=1, help="hessian: Hutchinson iterations at most"),
                data_dir: Optional[str] = typer.Option(None),
                quiet: bool = typer.Option(False),
                force: bool = _force(),
@@ -213,7 +214,7 @@ def search_cmd(run: Path = typer.Argument(..., help="float run folder (from bits
                      budgets={"dsp": budget_dsp, "cycles": budget_cycles, "kb": budget_kb},
                      accel=_accel_config(pe=pe, simd=simd, act_buffer_bytes=act_buffer_bytes), seed=seed,
                      train_limit=train_limit, data_dir=data_dir, quiet=quiet or as_json, force=force,
-                     traces_from=traces_from)
+                     traces_from=traces_from, max_iterations=max_iterations)
     summary = {"bitw": doc["bitw"], "bita": doc["bita"], **doc["predicted"], "seconds": doc["seconds"],
                "next": doc["qat_command"].replace("OUT", str(out) + "-qat")}
     _emit(summary, as_json, f"{method} search in {out}")

@@ -30,6 +30,10 @@ def float_run(tmp_path_factory):
     return out
 
 
+def _message(result) -> str:
+    return result.output + str(result.exception or "")
+
+
 def _realise_and_check(run, doc, out):
     """QAT with the searched strings; the graph costs what search.json predicted and agrees with
     ONNX Runtime and the accelerator's cycle model element by element."""
@@ -57,6 +61,34 @@ def test_dnas_search_is_realised_exactly(float_run, tmp_path, one_thread):
     _realise_and_check(float_run, doc, tmp_path / "qat")
 
 
+def test_hessian_search_meets_its_budget_and_is_realised_exactly(float_run, tmp_path, one_thread):
+    first = search_run(float_run, tmp_path / "h1", method="hessian", budgets={"dsp": 60}, candidates_w="2,4,8",
+                       candidates_a="4,8", max_iterations=4, train_limit=256, quiet=True)
+    assert first["predicted"]["dsp"] <= 60 and first["hessian"]["traces"]["iterations"] == 4
+    assert not first["hessian"]["traces_reused"]
+    roomy = search_run(float_run, tmp_path / "h2", method="hessian", budgets={"dsp": 1000}, candidates_w="2,4,8",
+                       candidates_a="4,8", max_iterations=4, train_limit=256, quiet=True, traces_from=tmp_path / "h1")
+    assert roomy["hessian"]["traces_reused"] and roomy["hessian"]["traces"] == first["hessian"]["traces"]
+    assert roomy["bitw"] == roomy["bita"] == "88888"  # no budget pressure: the least sensitive choice, 8 bits
+    _realise_and_check(float_run, first, tmp_path / "qat")
+
+
+def test_infeasible_budgets_name_the_smallest_feasible_value(float_run, tmp_path):
+    result = invoke("search", float_run, "--out", tmp_path / "s", "--method", "hessian", "--budget-dsp", "5",
+                    "--candidates-w", "2,8", "--candidates-a", "2,8")
+    assert result.exit_code != 0, _message(result)
+    assert "--budget-dsp 5 is below the smallest feasible value" in _message(result)
+    assert not (tmp_path / "s").exists()
+
+
+def test_traces_of_another_question_are_not_reused(float_run, tmp_path):
+    search_run(float_run, tmp_path / "h1", method="hessian", budgets={"kb": 100}, candidates_w="2,8",
+               candidates_a="8", max_iterations=2, train_limit=256, quiet=True)
+    result = invoke("search", float_run, "--out", tmp_path / "h2", "--method", "hessian", "--budget-kb", "100",
+                    "--candidates-w", "2,4,8", "--traces-from", tmp_path / "h1", "--train-limit", "256")
+    assert result.exit_code != 0 and "would answer another question" in _message(result), _message(result)
+
+
 def test_search_cli_prints_the_bit_strings(float_run, tmp_path, one_thread):
     result = invoke("search", float_run, "--out", tmp_path / "s", "--epochs", "1", "--train-limit", "128",
                     "--candidates-w", "2,8", "--candidates-a", "8", "--json")
@@ -81,14 +113,14 @@ def test_search_cli_prints_the_bit_strings(float_run, tmp_path, one_thread):
 def test_bad_options_are_refused_and_nothing_is_written(float_run, tmp_path, args, needle):
     out = tmp_path / "s"
     result = invoke("search", float_run, "--out", out, *args)
-    assert result.exit_code != 0 and needle in result.output, result.output
+    assert result.exit_code != 0 and needle in _message(result), _message(result)
     assert not out.exists()
 
 
 def test_a_folder_without_a_float_checkpoint_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     result = invoke("search", tmp_path / "empty", "--out", tmp_path / "s")
-    assert result.exit_code != 0 and "checkpoint" in result.output, result.output
+    assert result.exit_code != 0 and "checkpoint" in _message(result), _message(result)
     assert not (tmp_path / "s").exists()
 
 
@@ -97,5 +129,5 @@ def test_another_kind_of_folder_is_not_overwritten(float_run, tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     result = invoke("search", float_run, "--out", out, "--epochs", "1")
-    assert result.exit_code != 0 and "not empty" in result.output, result.output
+    assert result.exit_code != 0 and "not empty" in _message(result), _message(result)
     assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 1

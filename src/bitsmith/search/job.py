@@ -36,6 +36,7 @@ ALPHA_FIGURE = "alpha.png"
 FORMAT = "bitsmith.search"
 HESSIAN_BATCHES = 4       # batches of HESSIAN_BATCH_SIZE training images for the traces and sensitivities
 HESSIAN_BATCH_SIZE = 128
+TRACE_TOL = 1e-3          # HAWQ-V3's stopping rule: every trace's running mean moves by less than this
 
 
 def _check_options(method: str, cost: str, budgets: dict[str, float] | None, cd: float) -> dict[str, float]:
@@ -77,11 +78,12 @@ def search_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method
                search_first_last: bool = False, budgets: dict[str, float] | None = None,
                accel: AccelConfig | None = None, seed: int = 0, data_dir: str | None = None,
                train_limit: int | None = None, quiet: bool = False, force: bool = False,
-               traces_from: str | os.PathLike | None = None,
+               traces_from: str | os.PathLike | None = None, max_iterations: int = 100,
                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Search per-layer widths for the float run `run_dir` and publish OUT (module docstring).
 
     `train_limit`: search on the first N training images only (a quick look; the full set by default).
+    `max_iterations`: Hutchinson iterations at most (HAWQ-V3: 100).
     `traces_from`: a Hessian search folder of the same run, seed and candidates whose traces and
     sensitivities to reuse (other budgets without recomputing them).
     """
@@ -105,7 +107,7 @@ def search_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method
         result = _dnas(run, space, metric, cd, epochs, train_ds, shape, seed, quiet, on_epoch)
     else:
         reuse = _reusable(traces_from, run_dir, seed, space, train_limit) if traces_from is not None else None
-        result = _hessian(run, space, budgets, train_ds, shape, seed, quiet, reuse)
+        result = _hessian(run, space, budgets, train_ds, shape, seed, quiet, reuse, max_iterations)
     wbits, abits = result.pop("wbits"), result.pop("abits")
     doc = {
         "format": FORMAT, "method": method, "model": run.model.spec["name"], "dataset": dataset,
@@ -146,7 +148,7 @@ def _dnas(run, space: SearchSpace, metric: str, cd: float, epochs: int, train_ds
                     on_epoch=on_epoch, quiet=quiet)
     out = result.to_json()
     return {"wbits": list(result.bitw), "abits": list(result.bita), "cost": metric, "cd": cd, "epochs": epochs,
-            "normaliser_macs": space.first_macs, "dnas": out}
+            "cost_normaliser": space.normaliser(metric), "dnas": out}
 
 
 def _reusable(folder, run_dir, seed: int, space: SearchSpace, train_limit) -> dict:
@@ -165,7 +167,7 @@ def _reusable(folder, run_dir, seed: int, space: SearchSpace, train_limit) -> di
 
 
 def _hessian(run, space: SearchSpace, budgets: dict[str, float], train_ds, shape, seed: int,
-             quiet: bool, reuse: dict | None = None) -> dict[str, Any]:
+             quiet: bool, reuse: dict | None = None, max_iterations: int = 100) -> dict[str, Any]:
     from bitsmith.search.hessian import layer_traces, sensitivities
 
     costs = {name: space.tables(BUDGETS[name])[0] for name in budgets}
@@ -188,10 +190,15 @@ def _hessian(run, space: SearchSpace, budgets: dict[str, float], train_ds, shape
             break
 
     def report(i: int, estimates: dict, change: float) -> None:
-        if not quiet:
-            print(f"hutchinson iteration {i}: max relative change {change:.2e}", flush=True)
+        if not quiet and (i % 10 == 0 or change < TRACE_TOL):  # the convergence, every tenth iteration
+            print(f"hutchinson iteration {i}: largest relative change of a trace {change:.2e} "
+                  f"(stops below {TRACE_TOL:g})", flush=True)
 
-    traces = layer_traces(run.model, space.layers, batches, seed=seed, on_iteration=report)
+    traces = layer_traces(run.model, space.layers, batches, seed=seed, tol=TRACE_TOL, max_iter=max_iterations,
+                          min_iter=min(10, max_iterations), on_iteration=report)
+    if not quiet:
+        print(f"hutchinson: {traces.iterations} iterations, "
+              f"{'converged' if traces.converged else 'not converged (the iteration limit)'}", flush=True)
     omega = sensitivities(run.model, space.layers, traces, [list(c) for c in space.candidates_w],
                           [list(c) for c in space.candidates_a], batches)
     return _solve(space, budgets, costs, constants, omega, traces.to_json(), reused=False)

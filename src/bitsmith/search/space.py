@@ -8,9 +8,9 @@ the model quantized at W8A8 with synthetic calibration batches, lowered and comp
 accelerator configuration. Only shapes matter there, never the values.
 
 The search's differentiable cost is Σ_l softmax(α_w,l)ᵀ·T_l·softmax(α_a,l) + constant with the
-tables T_l of `tables(metric)`, each divided by the first layer's MACs (the issue's and MixQ's
-normalisation: with the dataflow DSP count, whose pipeline interval is already set by that layer,
-cd means what it means in DeepBurning-MixQ).
+tables T_l of `tables(metric)`, divided by the first layer's MACs (the issue's and MixQ's
+normalisation; `normaliser`): the dataflow DSP count has that division inside its pipeline
+interval already, so with `--cost dsp` the cd means what it means in DeepBurning-MixQ.
 """
 
 from __future__ import annotations
@@ -108,14 +108,24 @@ class SearchSpace:
             out[p] = values[l]
         return out
 
+    def normaliser(self, metric: str) -> float:
+        """What the search divides `metric` by: the first layer's MACs (MixQ's rule), which for the
+        DSP count is already inside the pipeline interval (so 1), and for cycles is the interval
+        itself (MACs₀ / (R·C): cycles per pipeline interval)."""
+        if metric == "dsp":
+            return 1.0
+        if metric == "cycles":
+            return self.first_macs / (self.program.config.pe * self.program.config.simd)
+        return float(self.first_macs)
+
     def tables(self, metric: str, normalise: bool = False) -> tuple[list[np.ndarray], float]:
         """Per layer (bit-string order) the exact `metric` at each (w_i, a_j), and the constant rest;
-        `normalise`: both divided by the first layer's MACs (the search's units)."""
+        `normalise`: both divided by `normaliser(metric)` (the search's units)."""
         tables, constant = cost_tables(self.program, self._program_order(self.candidates_w),
                                        self._program_order(self.candidates_a), metric)
         ordered = [tables[p] for p in self.program_index]
         if normalise:
-            scale = 1.0 / self.first_macs
+            scale = 1.0 / self.normaliser(metric)
             return [t * scale for t in ordered], constant * scale
         return ordered, constant
 

@@ -124,7 +124,8 @@ def timed_dnas(run: Path, out: Path, cd: float, args) -> tuple[dict, dict]:
         fp.append(floats())
 
     doc = search_run(run, out, method="dnas", cost="dsp", cd=cd, epochs=args.search_epochs, seed=0,
-                     train_limit=args.train_limit, quiet=True, force=True, on_epoch=between)
+                     train_limit=args.train_limit, quiet=True, force=True, on_epoch=between,
+                     search_first_last=args.search_first_last)
     ratios = [s / ((a + b) / 2) for s, a, b in zip(searched, fp, fp[1:])]
     return doc, {"search_epoch_seconds": [round(s, 3) for s in searched], "float_epoch_seconds": [round(f, 3) for f in fp],
                  "paired_ratios": [round(r, 3) for r in ratios], "median_ratio": round(statistics.median(ratios), 3),
@@ -143,12 +144,13 @@ def bench_model(model: str, run: Path, out: Path, args) -> dict:
             doc, timing = timed_dnas(run, folder / "search", cd, args)
         else:
             doc = search_run(run, folder / "search", method="dnas", cost="dsp", cd=cd, epochs=args.search_epochs,
-                             train_limit=args.train_limit, quiet=True, force=True)
+                             train_limit=args.train_limit, quiet=True, force=True,
+                             search_first_last=args.search_first_last)
         log(f"  dnas cd {cd:g}: bitw {doc['bitw']} bita {doc['bita']} predicted DSP {doc['predicted']['dsp']} "
             f"({doc['seconds']:.0f} s)")
         points.append(searched_point(run, folder, f"dnas {cd:g}", "dnas", doc, args))
     info = load_run(run)
-    space = build_space(info.model, tuple(info.model.input_shape))
+    space = build_space(info.model, tuple(info.model.input_shape), search_first_last=args.search_first_last)
     tables, _ = space.tables("dsp")
     low, high = sum(t.min() for t in tables), sum(t.max() for t in tables)
     first = None
@@ -156,7 +158,8 @@ def bench_model(model: str, run: Path, out: Path, args) -> dict:
         budget = float(int(low + (high - low) * r))
         folder = out / f"hessian-r{r:g}"
         doc = search_run(run, folder / "search", method="hessian", budgets={"dsp": budget}, train_limit=args.train_limit,
-                         quiet=True, force=True, traces_from=first)
+                         quiet=True, force=True, traces_from=first, search_first_last=args.search_first_last,
+                         max_iterations=args.hessian_iterations)
         first = first or folder / "search"
         log(f"  hessian budget {budget:g} DSP (r {r:g}): bitw {doc['bitw']} bita {doc['bita']} "
             f"predicted DSP {doc['predicted']['dsp']} ({doc['seconds']:.0f} s)")
@@ -168,7 +171,8 @@ def bench_model(model: str, run: Path, out: Path, args) -> dict:
     winners = [p["label"] for p in searched if p["accuracy"] >= w4a4["accuracy"] and p["dsp"] <= 0.7 * w4a4["dsp"]]
     pareto_figure(points, out / "pareto.png", f"{model} on Fashion-MNIST: integer accuracy vs DSP48E2 and cycles "
                                               f"(LSQ QAT {args.qat_epochs} epochs)")
-    return {"run": str(run), "train_images": args.train_limit or 60000, "points": points, "dnas_epoch_timing": timing,
+    return {"run": str(run), "train_images": args.train_limit or 60000, "search_first_last": args.search_first_last,
+            "cds": args.cds, "points": points, "dnas_epoch_timing": timing,
             "acceptance": {"w4a4_accuracy": w4a4["accuracy"], "w4a4_dsp": w4a4["dsp"],
                            "searched_at_least_w4a4_accuracy_within_0.7x_dsp": winners,
                            "every_prediction_holds": all(p["prediction_holds"] for p in searched),
@@ -182,7 +186,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/mixed"))
     parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--search-epochs", type=int, default=3)
-    parser.add_argument("--cds", default="1e-3,3e-3,1e-2", help="DNAS cost weights")
+    parser.add_argument("--lenet-cds", default="1e-3,3e-3,1e-2", help="LeNet-5: DNAS cost weights")
+    parser.add_argument("--vgg-cds", default="5e-5,1.5e-4,5e-4", help="VGG-tiny: DNAS cost weights (its DSP "
+                                                                       "counts are ~18x LeNet-5's)")
     parser.add_argument("--budget-fractions", default="0.25,0.5,0.75")
     parser.add_argument("--lenet-train-limit", type=int, default=None, help="LeNet-5: first N training images "
                                                                              "(QAT and search; default all 60,000)")
@@ -190,9 +196,9 @@ def main() -> None:
                                                                            "(QAT and search; 0: all)")
     parser.add_argument("--vgg-width", type=float, default=0.25, help="VGG-tiny channel multiplier (1: full size)")
     parser.add_argument("--vgg-float-epochs", type=int, default=4)
+    parser.add_argument("--hessian-iterations", type=int, default=100, help="Hutchinson iterations at most")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    args.cds = [float(c) for c in args.cds.split(",")]
     args.budget_fractions = [float(r) for r in args.budget_fractions.split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -202,8 +208,12 @@ def main() -> None:
     for model in args.models.split(","):
         name = "lenet5-fp32" if model == "lenet5" else f"{model}-w{args.vgg_width:g}-fp32".replace(".", "")
         run = float_run(model, Path("runs/bench") / name, args)
-        limit = args.lenet_train_limit if model == "lenet5" else (args.vgg_train_limit or None)
-        results[model] = bench_model(model, run, args.out / model, argparse.Namespace(**vars(args), train_limit=limit))
+        lenet = model == "lenet5"
+        per_model = {"train_limit": args.lenet_train_limit if lenet else (args.vgg_train_limit or None),
+                     "cds": [float(c) for c in (args.lenet_cds if lenet else args.vgg_cds).split(",")],
+                     # LeNet-5's first layer alone at 8/8 takes 32 of uniform W4A4's 55 DSPs: searched too.
+                     "search_first_last": lenet}
+        results[model] = bench_model(model, run, args.out / model, argparse.Namespace(**vars(args), **per_model))
     print(json.dumps({"benchmark": "mixed-precision search", "date": time.strftime("%Y-%m-%d"),
                       "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                   "torch": torch.__version__, "threads": torch.get_num_threads(),

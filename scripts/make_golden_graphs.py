@@ -45,6 +45,9 @@ GOLDEN = ROOT / "tests" / "golden"
 W8A8 = bitsmith.QuantConfig()
 ASYM = bitsmith.QuantConfig(act_symmetric=False)
 W4A4_PC = bitsmith.QuantConfig(weight_bits=4, act_bits=4, per_channel=True)
+MIXED_LAYERS = {"conv1": {"weight_bits": 2, "act_bits": 3}, "conv2": {"weight_bits": 5, "act_bits": 6},
+                "conv3": {"weight_bits": 3, "act_bits": 2}, "fc1": {"weight_bits": 7, "act_bits": 4},
+                "fc2": {"weight_bits": 8}}
 
 
 # -- recipes ----------------------------------------------------------------------------------
@@ -145,6 +148,10 @@ GRAPHS: dict[str, Golden] = {
         "LeNet-5 with bias, 12-bit weights, 10-bit activations, 16-bit multipliers, requantized output",
         lambda: _lenet(bitsmith.QuantConfig(weight_bits=12, act_bits=10, multiplier_bits=16, requantize_output=True),
                        bias=True)),
+    "lenet5_mixed": Golden(
+        "LeNet-5 with bias, per-layer widths as a mixed-precision search gives them (weights 2/5/3/7/8, "
+        "activations 8 in, 3/6/2/4 out), per-channel",
+        lambda: _lenet(bitsmith.QuantConfig(per_channel=True, layers=MIXED_LAYERS), bias=True)),
     "lenet5_w12": Golden("LeNet-5 without bias, 12-bit weights, 8-bit activations",
                          lambda: _lenet(bitsmith.QuantConfig(weight_bits=12))),
     "lenet5_qformat": Golden("LeNet-5 without bias, Q-format scales (weights Q1.7, activations Q4.4): pure shifts",

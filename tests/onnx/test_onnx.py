@@ -64,6 +64,7 @@ CASES = {
     "vgg_tiny": "vgg_tiny_bn",
     "nin": "nin_bn",
     "lenet5_w4a4_per_channel": "lenet5_w4a4_pc",
+    "lenet5_mixed_precision": "lenet5_mixed",
     "lenet5_w4a4_requantize_output": "lenet5_w4a4_pc_requant_output",
     "ultranet_bypass": "ultranet_bypass_32x64",
 }

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from bitsmith.accel.compiler import compile_graph
 from bitsmith.accel.config import AccelConfig
+from bitsmith.accel.precision import assignment_cost
 from bitsmith.accel.memory import write_memory
 from bitsmith.cli import app
 from bitsmith.errors import ConfigError, DataError
@@ -56,6 +57,16 @@ def test_lenet_clipq_codebook_bit_exact_in_icarus(tmp_path):
     assert [layer.is_codebook for layer in program.layers if layer.kind == "conv"] == [True, True, True, True, False]
     result = run_rtl(g, images=1, sim="icarus", work_dir=tmp_path)
     _assert_exact(result, 2)
+
+
+def test_lenet_mixed_precision_bit_exact_with_the_predicted_cycles_in_icarus(tmp_path):
+    g = golden("lenet5_mixed")   # per-layer widths as a mixed-precision search gives them (docs/mixed-precision.md)
+    program = compile_graph(g, AccelConfig())
+    assert [l.weight_bits for l in program.layers if l.kind == "conv"] == [2, 5, 3, 7, 8]
+    assert [l.in_bits for l in program.layers if l.kind == "conv"] == [8, 3, 6, 2, 4]
+    result = run_rtl(g, images=1, sim="icarus", work_dir=tmp_path)
+    _assert_exact(result, 2)
+    assert result.cycles_per_image == [assignment_cost(program)["cycles"]] * 2  # the search's cost function
 
 
 @pytest.mark.parametrize("case", ["mixed", "single_layer", "single_group_full", "one_pixel"])

@@ -30,6 +30,8 @@ GRAPHS = {
     # per-channel 4-bit weights, 4-bit activations, bias, unsigned input with a zero point
     "lenet_w4a4_pc_bias_asym": "lenet5_w4a4_pc_asym",
     "lenet_clipq": "lenet5_clipq",
+    # per-layer weight / activation widths (W_BIT, IN_BIT per CONV_n), as a mixed-precision search gives them
+    "lenet_mixed": "lenet5_mixed",
     # padded 3x3 convs whose input has a zero point (PAD_VAL), BN-folded biases, a Linear after a
     # Flatten of a 256x4x4 map (CHW order)
     "vgg_tiny_asym": "vgg_tiny_bn",

@@ -49,19 +49,21 @@ def _emit(result: dict, as_json: bool, title: str) -> None:
 def summary(model: str = typer.Argument(..., help="model name, e.g. lenet5"),
             num_classes: Optional[int] = typer.Option(None, help="number of classes (default: the model's)"),
             input_shape: Optional[str] = typer.Option(None, help="C,H,W (default: the model's)"),
+            option: list[str] = typer.Option([], "--option", help="a model option KEY=VALUE (repeatable)"),
             as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
-    """Per-layer table: output shape, parameters, MACs per image."""
+    """Per-layer table: output shape, parameters, MACs per image; the title lists the model's options."""
     from bitsmith.models import build_model, format_summary, model_summary
 
     shape = tuple(int(v) for v in input_shape.split(",")) if input_shape else None
-    net = build_model(model, num_classes, shape)
+    net = build_model(model, num_classes, shape, **_model_options(option))
     rows = model_summary(net)
     if as_json:
         print(json.dumps({"model": model, "params": sum(r.params for r in rows), "macs": sum(r.macs for r in rows),
-                          "layers": [{"name": r.name, "kind": r.kind, "output_shape": list(r.output_shape),
+                          "options": net.spec["kwargs"], "layers": [{"name": r.name, "kind": r.kind, "output_shape": list(r.output_shape),
                                       "params": r.params, "macs": r.macs} for r in rows]}))
     else:
-        Console().print(format_summary(rows, f"{model} {list(net.input_shape)}"))
+        options = " ".join(f"{k}={v}" for k, v in net.spec["kwargs"].items())
+        Console().print(format_summary(rows, f"{model} {list(net.input_shape)}" + (f"  options: {options}" if options else "")))
 
 
 def _model_options(items: list[str]) -> dict:

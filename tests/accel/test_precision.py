@@ -117,3 +117,26 @@ def test_codebook_layers_have_no_width_to_price():
     program = compile_graph(golden("lenet5_clipq"), AccelConfig())
     with pytest.raises(ConfigError, match="codebook"):
         assignment_cost(program)
+
+
+def test_hw_report_and_hls_export_use_the_same_cost_function(tmp_path):
+    import json
+
+    from bitsmith.targets.hls import read_hls
+    from tests.helpers import invoke
+
+    path = tmp_path / "g"
+    golden("lenet5_mixed").save(path)
+    program = compile_graph(golden("lenet5_mixed"), AccelConfig())
+    exact = assignment_cost(program)
+    report = invoke("hw", "report", path, "--json")
+    assert report.exit_code == 0, report.output
+    precision = json.loads(report.output)["precision"]
+    assert (precision["dsp"], precision["cycles"], precision["wbits"]) == (exact["dsp"], exact["cycles"], [2, 5, 3, 7, 8])
+    hls = invoke("hw", "hls", path, "--out", tmp_path / "hls", "--json")
+    assert hls.exit_code == 0, hls.output
+    cost = json.loads((tmp_path / "hls" / "cost.json").read_text())
+    layers = {l.name: l for l in read_hls(tmp_path / "hls") if l.kind == "conv"}
+    for row in cost["layers"]:  # the export's own folding, packed by the same tables
+        assert row["multipliers"] == layers[row["name"]].pe * layers[row["name"]].simd
+    assert cost["dsp"] == sum(r["dsp"] for r in cost["layers"]) and cost["cycles"] == exact["cycles"]

@@ -27,3 +27,15 @@ def quantized_graph(name, config=QuantConfig(), **kwargs):
     shape = model.input_shape
     calib = [torch.randn(4, *shape) for _ in range(2)]
     return lower(quantize(model, calib, config)), shape
+
+
+#: The smallest float run the end-to-end tests train: LeNet-5, one epoch on 256 synthetic images.
+TINY_RUN = dict(model="lenet5", dataset="synthetic", epochs=1, batch_size=64, limit_train=256, limit_test=64)
+
+
+def tiny_float_run(out):
+    """Train TINY_RUN into `out` (quietly) and return `out`."""
+    from bitsmith.train import TrainConfig, train
+
+    train(TrainConfig(**TINY_RUN), out, quiet=True)
+    return out

@@ -24,6 +24,7 @@ from bitsmith.artifacts import (CLIPQ_HEX, DEMO, FLOAT_RUN, HLS_EXPORT, HOMEWORK
 from bitsmith.errors import BitsmithError, CheckpointError, ConfigError, GraphError, OutputError
 from bitsmith.storage import write_json_atomic
 from tests.helpers import golden, golden_path, invoke
+from tests.quantized import TINY_RUN
 
 
 def tree(path) -> dict:
@@ -230,16 +231,11 @@ def test_umask_in_a_fresh_process(tmp_path):
 
 # -- the commands ---------------------------------------------------------------------------------
 
-TINY = dict(model="lenet5", dataset="synthetic", epochs=1, batch_size=64, limit_train=256, limit_test=64)
-
-
 @pytest.fixture(scope="module")
 def float_run(tmp_path_factory):
-    from bitsmith.train import TrainConfig, train
+    from tests.quantized import tiny_float_run
 
-    out = tmp_path_factory.mktemp("artifacts") / "fp32"
-    train(TrainConfig(**TINY), out, quiet=True)
-    return out
+    return tiny_float_run(tmp_path_factory.mktemp("artifacts") / "fp32")
 
 
 @pytest.fixture(scope="module")
@@ -329,14 +325,14 @@ def test_train_force_replaces_a_run_and_other_kinds_only_when_finished(float_run
     from bitsmith.train import TrainConfig, train
 
     run = _copy(float_run, tmp_path / "fp32")
-    train(TrainConfig(**{**TINY, "seed": 5}), run, quiet=True, force=True)
+    train(TrainConfig(**{**TINY_RUN, "seed": 5}), run, quiet=True, force=True)
     assert read_checkpoint(run).meta["train_config"]["seed"] == 5
     golden("single_layer").save(tmp_path / "g")
     with pytest.raises(OutputError, match="g is an integer graph folder; bitsmith train writes a float run"):
-        train(TrainConfig(**TINY), tmp_path / "g", quiet=True)
+        train(TrainConfig(**TINY_RUN), tmp_path / "g", quiet=True)
     with pytest.raises(OutputError, match="integer graph folder"):
-        train(TrainConfig(**TINY), tmp_path / "g", quiet=True, resume=True)
-    train(TrainConfig(**TINY), tmp_path / "g", quiet=True, force=True)
+        train(TrainConfig(**TINY_RUN), tmp_path / "g", quiet=True, resume=True)
+    train(TrainConfig(**TINY_RUN), tmp_path / "g", quiet=True, force=True)
     assert folder_kind(tmp_path / "g") is FLOAT_RUN and not (tmp_path / "g" / "graph.json").exists()
     assert temporaries(tmp_path) == []
 
@@ -469,7 +465,7 @@ def test_demo_reuses_its_float_run_and_a_failing_demo_leaves_the_folder(tmp_path
     import bitsmith.pipeline
     from bitsmith.train import TrainConfig
 
-    monkeypatch.setattr(bitsmith.pipeline, "DEMO_TRAIN", TrainConfig(**TINY))
+    monkeypatch.setattr(bitsmith.pipeline, "DEMO_TRAIN", TrainConfig(**TINY_RUN))
     out = tmp_path / "demo"
     first = bitsmith.pipeline.demo(out, quiet=True)
     assert not first["reused_float_run"] and folder_kind(out) is DEMO

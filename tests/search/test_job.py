@@ -16,18 +16,13 @@ from bitsmith.integer import load
 from bitsmith.pipeline import qat_run
 from bitsmith.quant.api import QATConfig
 from bitsmith.search.job import search_run
-from bitsmith.train import TrainConfig, train
 from bitsmith.verify import verification_inputs, verify_all
 from tests.helpers import invoke
-
-TINY = dict(model="lenet5", dataset="synthetic", epochs=1, batch_size=64, limit_train=256, limit_test=64)
-
+from tests.quantized import tiny_float_run
 
 @pytest.fixture(scope="module")
 def float_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("search") / "fp32"
-    train(TrainConfig(**TINY), out, quiet=True)
-    return out
+    return tiny_float_run(tmp_path_factory.mktemp("search") / "fp32")
 
 
 def _message(result) -> str:

@@ -34,6 +34,7 @@ def alpha_figure(doc: dict, path: Path) -> None:
                         label=f"{bits} b")
             ax.set_title(f"{space['layers'][l]}: {label}", fontsize=8)
             ax.set_xlabel("epoch", fontsize=8)
+            ax.set_xticks(epochs)
             ax.tick_params(labelsize=7)
             if col == 0:
                 ax.set_ylabel("softmax(α)", fontsize=8)

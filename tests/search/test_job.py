@@ -12,6 +12,7 @@ from bitsmith.accel.compiler import compile_graph
 from bitsmith.accel.config import AccelConfig
 from bitsmith.accel.precision import assignment_cost
 from bitsmith.accel.timing import program_cycles
+from bitsmith.errors import BitsmithWarning
 from bitsmith.integer import load
 from bitsmith.pipeline import qat_run
 from bitsmith.quant.api import QATConfig
@@ -82,6 +83,13 @@ def test_traces_of_another_question_are_not_reused(float_run, tmp_path):
     result = invoke("search", float_run, "--out", tmp_path / "h2", "--method", "hessian", "--budget-kb", "100",
                     "--candidates-w", "2,4,8", "--traces-from", tmp_path / "h1", "--train-limit", "256")
     assert result.exit_code != 0 and "would answer another question" in _message(result), _message(result)
+
+
+def test_a_latency_search_warns_that_cycles_do_not_depend_on_widths(float_run, tmp_path, one_thread):
+    with pytest.warns(BitsmithWarning, match="cycles are the same at every width"):
+        doc = search_run(float_run, tmp_path / "s", method="dnas", cost="latency", cd=1.0, epochs=1,
+                         candidates_w="2,8", candidates_a="8", train_limit=128, quiet=True)
+    assert doc["cost"] == "cycles" and doc["predicted"]["cycles"] > 0
 
 
 def test_search_cli_prints_the_bit_strings(float_run, tmp_path, one_thread):

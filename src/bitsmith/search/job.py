@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +26,7 @@ import torch
 from bitsmith.accel.config import AccelConfig
 from bitsmith.artifacts import SEARCH, check_target, public_path, publishing
 from bitsmith.data import iterate_batches, load_dataset
-from bitsmith.errors import ConfigError
+from bitsmith.errors import BitsmithWarning, ConfigError
 from bitsmith.runs import load_run
 from bitsmith.search.space import BUDGETS, COSTS, SearchSpace, bit_string, build_space
 from bitsmith.storage import write_json_atomic
@@ -142,6 +143,12 @@ def _dnas(run, space: SearchSpace, metric: str, cd: float, epochs: int, train_ds
     from bitsmith.search.dnas import DNASConfig, search
 
     tables, constant = space.tables(metric, normalise=True)
+    if all(float(t.max() - t.min()) == 0.0 for t in tables):
+        warnings.warn(f"--cost {next(k for k, v in COSTS.items() if v == metric)}: no layer's cost depends on its "
+                      "widths on this accelerator (it stores every weight in a byte and multiplies 8×8 bits, so "
+                      "cycles are the same at every width); the search will trade nothing against accuracy. "
+                      "Use --cost dsp, bitops or memory (docs/mixed-precision.md, Cost).", BitsmithWarning,
+                      stacklevel=2)
     config = DNASConfig(epochs=epochs, cd=cd, seed=seed)
     result = search(run.model, space.layers, [list(c) for c in space.candidates_w], [list(c) for c in space.candidates_a],
                     [torch.as_tensor(t, dtype=torch.float32) for t in tables], constant, train_ds, shape, config,

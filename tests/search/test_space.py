@@ -68,3 +68,22 @@ def test_bad_candidate_lists_are_refused(text, needle):
 def test_widths_are_sorted():
     assert parse_widths("8, 2,4", "--candidates-a") == (2, 4, 8)
     assert parse_widths([16, 9], "--candidates-a") == (9, 16)
+
+
+def test_inputs_that_are_not_one_layers_choice_are_fixed():
+    """A residual add's output (its width is QAT's --abits) and codes several layers read are not a
+    per-layer choice: the space fixes them at 8, so every assignment it offers is one QAT accepts."""
+    import random
+
+    from bitsmith.quant.qat.prepare import QATSpec, ptq_config
+
+    model = build_model("resnet20", input_shape=(1, 16, 16)).eval()
+    space = build_space(model, model.input_shape, config=AccelConfig(max_kernel=8))
+    fixed = {name for name, a in zip(space.layers, space.candidates_a) if len(a) == 1}
+    assert {"layer1.1.conv1", "layer2.0.conv1", "layer2.0.shortcut.conv"} <= fixed  # they read a residual add
+    assert "layer1.0.conv2" not in fixed and "layer1.0.conv1" not in fixed
+    rng = random.Random(0)
+    for _ in range(3):
+        bitw = ",".join(str(rng.choice(c)) for c in space.candidates_w)
+        bita = ",".join(str(rng.choice(c)) for c in space.candidates_a)
+        ptq_config(model, QATSpec("lsq", abits=8, bitw=bitw, bita=bita), model.input_shape)  # no ConfigError

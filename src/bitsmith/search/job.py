@@ -28,7 +28,7 @@ from bitsmith.artifacts import SEARCH, check_target, public_path, publishing
 from bitsmith.data import iterate_batches, load_dataset
 from bitsmith.errors import BitsmithWarning, ConfigError
 from bitsmith.runs import load_run
-from bitsmith.search.space import BUDGETS, COSTS, SearchSpace, bit_string, build_space
+from bitsmith.search.space import BUDGETS, COSTS, FIXED_BITS, SearchSpace, bit_string, build_space
 from bitsmith.storage import write_json_atomic
 
 METHODS = ("dnas", "hessian")
@@ -116,8 +116,9 @@ def search_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method
         "bitw": bit_string(wbits), "bita": bit_string(abits), "wbits": wbits, "abits": abits,
         **_figures(space, wbits, abits),
         "space": space.to_json(),
-        "qat_command": f"bitsmith qat {run_dir} --method lsq --bitw {bit_string(wbits)} --bita {bit_string(abits)} "
-                       "--out OUT",
+        # --abits 8: what a residual add's or concatenation's output takes (fixed at 8 in the space)
+        "qat_command": f"bitsmith qat {run_dir} --method lsq --abits {FIXED_BITS} --bitw {bit_string(wbits)} "
+                       f"--bita {bit_string(abits)} --out OUT",
         "seconds": round(time.perf_counter() - started, 3),
         **result,
     }

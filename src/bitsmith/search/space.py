@@ -15,6 +15,7 @@ interval already, so with `--cost dsp` the cd means what it means in DeepBurning
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +30,7 @@ from bitsmith.errors import BitsmithError, ConfigError
 from bitsmith.quant import QuantConfig, lower, quantize
 from bitsmith.quant.modules import QuantLayer
 from bitsmith.quant.prepare import module_of, quantizable_layers
-from bitsmith.quant.qat.prepare import bit_string  # noqa: F401  (re-exported: the search writes them)
+from bitsmith.quant.qat.prepare import bit_string, input_sources  # noqa: F401  (bit_string: re-exported)
 
 #: The search's cost choices (`--cost`) → the figure of `bitsmith.accel.precision` it minimises.
 COSTS = {"dsp": "dsp", "bitops": "bitops", "latency": "cycles", "memory": "weight_bits"}
@@ -158,5 +159,12 @@ def build_space(model: nn.Module, input_shape: tuple[int, ...], candidates_w=DEF
         fixed = {0, len(layers) - 1}
         for l in fixed:
             cand_w[l] = cand_a[l] = (FIXED_BITS,)
+    # An input that is not one layer's own choice is fixed: a residual add's or concatenation's output
+    # (its width is QAT's global --abits, which the result sets to 8), or codes several layers read.
+    sources = input_sources(model, tuple(input_shape))
+    readers = Counter(group for _, group, _ in sources)
+    for name, group, owner in sources:
+        if owner is None or readers[group] > 1:
+            cand_a[layers.index(name)] = (FIXED_BITS,)
     return SearchSpace(layers, cand_w, cand_a, program, [order.index(name) for name in layers])
 

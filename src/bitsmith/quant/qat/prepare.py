@@ -155,26 +155,36 @@ def ptq_config(model: nn.Module, spec: QATSpec, input_shape: tuple[int, ...] | N
                 observer="mse", weight_observer="mse")
     layers: dict[str, dict] = {name: {"weight_bits": w} for name, w in zip(names, wbits)}
     layers.setdefault("input", {})["act_bits"] = spec.input_bits
-    probe = prepare(model, QuantConfig(**base), input_shape)  # only to see which quantizer feeds which layer
     wanted: dict[int, tuple[str | None, int, str]] = {}
-    for node in probe.graph.nodes:
-        layer = module_of(probe, node)
-        if not isinstance(layer, QuantLayer):
-            continue
-        fq = input_quantizer(probe, node)
-        bits = abits[names.index(layer.float_name)]
-        seen = wanted.get(id(fq))
+    for name, group, owner in input_sources(model, input_shape, QuantConfig(**base)):
+        bits = abits[names.index(name)]
+        seen = wanted.get(group)
         if seen is not None and seen[1] != bits:
-            raise ConfigError(f"--bita: layers {seen[2]!r} and {layer.float_name!r} read the same activations "
+            raise ConfigError(f"--bita: layers {seen[2]!r} and {name!r} read the same activations "
                               f"but ask for {seen[1]} and {bits} bits; give them the same digit")
-        owner = _quantizer_owner(probe, fq)
         if owner is None and bits != spec.abits:
-            raise ConfigError(f"--bita: the input of {layer.float_name!r} is a concatenation or a residual add, whose "
+            raise ConfigError(f"--bita: the input of {name!r} is a concatenation or a residual add, whose "
                               f"bits follow --abits ({spec.abits}); allowed digit there: {spec.abits}")
-        wanted[id(fq)] = (owner, bits, layer.float_name)
+        wanted[group] = (owner, bits, name)
         if owner is not None:
             layers.setdefault(owner, {})["act_bits"] = bits
     return QuantConfig(**base, layers=layers)
+
+
+def input_sources(model: nn.Module, input_shape: tuple[int, ...] | None = None,
+                  config: QuantConfig | None = None) -> list[tuple[str, int, str | None]]:
+    """Per Conv2d/Linear in graph order: (its name, the id of the quantization point it reads, the
+    QuantConfig.layers key that sets that point's bits — None for a concatenation or residual add,
+    whose bits follow the global activation width). Layers with the same id read the same codes, so
+    their input widths are one choice."""
+    probe = prepare(model, config or QuantConfig(), input_shape)  # only to see which quantizer feeds which layer
+    sources = []
+    for node in probe.graph.nodes:
+        layer = module_of(probe, node)
+        if isinstance(layer, QuantLayer):
+            fq = input_quantizer(probe, node)
+            sources.append((layer.float_name, id(fq), _quantizer_owner(probe, fq)))
+    return sources
 
 
 def _weight_quantizer(method: str, layer: QuantLayer, bits: int, per_channel: bool) -> nn.Module:

@@ -20,3 +20,12 @@ def test_demo_meets_the_accuracy_targets(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["integer_accuracy"] == summary["integer_accuracy"]
     assert (tmp_path / "fp32" / "checkpoint.safetensors").is_file()
     assert (tmp_path / "int8" / "graph.json").is_file()
+
+
+def test_a_collapsed_qat_result_is_called_so():
+    from bitsmith.pipeline import _collapsed
+
+    assert _collapsed({"fp32_accuracy": 90.5, "integer_accuracy": 10.0}, 10000).startswith("QAT ended at 10.00%")
+    assert "--lr" in _collapsed({"fp32_accuracy": 90.5, "integer_accuracy": 10.0}, 10000)
+    assert _collapsed({"fp32_accuracy": 90.5, "integer_accuracy": 85.0}, 10000) is None
+    assert _collapsed({"fp32_accuracy": 90.5, "integer_accuracy": 10.0}, 64) is None  # too few images to tell

@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import partial
 import os
 import time
+import warnings
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 
 from bitsmith.artifacts import DEMO, INTEGER_GRAPH, QAT_GRAPH, copy_folder, public_path, publishing
 from bitsmith.data import load_dataset
-from bitsmith.errors import ConfigError
+from bitsmith.errors import BitsmithWarning, ConfigError
 from bitsmith.evaluate import predictions
 from bitsmith.integer.graph import load
 from bitsmith.integer.graph import GRAPH_FILE
@@ -191,8 +192,25 @@ def _qat_into(run_dir: str | os.PathLike, out_dir: Path, config: QATConfig | Cli
         "history": history,
         "graph": str(public_path(out_dir)),
     }
+    collapsed = _collapsed(metrics, len(labels))
+    if collapsed:
+        metrics["warning"] = collapsed
+        warnings.warn(collapsed, BitsmithWarning, stacklevel=3)
     write_json_atomic(out_dir / METRICS_FILE, metrics)
     return metrics
+
+
+#: A QAT result this far below its float run has not learned the task: say so, do not just report it.
+COLLAPSE_POINTS = 30.0
+
+
+def _collapsed(metrics: dict[str, Any], test_images: int) -> str | None:
+    fp, acc = metrics.get("fp32_accuracy"), metrics.get("integer_accuracy")
+    if fp is None or acc is None or test_images < 100 or fp - acc < COLLAPSE_POINTS:
+        return None
+    return (f"QAT ended at {acc:.2f}% against the float run's {fp:.2f}%: training diverged (or the widths are too "
+            f"narrow for this model). Try a lower learning rate (--lr, e.g. 0.005; BatchNorm-folded weights train "
+            f"at a higher effective rate) or more bits.")
 
 
 def evaluate_path(path: str | os.PathLike, *, data_dir: str | None = None, limit: int | None = None) -> dict[str, Any]:

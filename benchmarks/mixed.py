@@ -202,6 +202,8 @@ def main() -> None:
                         help="VGG-tiny: QAT learning rate; its BN-folded weights diverge at 0.02 in W8A8")
     parser.add_argument("--hessian-iterations", type=int, default=100, help="Hutchinson iterations at most")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--timing-only", action="store_true", help="only the interleaved DNAS epoch timing "
+                                                                   "(first cd), on an otherwise idle machine")
     args = parser.parse_args()
     args.budget_fractions = [float(r) for r in args.budget_fractions.split(",")]
     if args.threads:
@@ -217,7 +219,12 @@ def main() -> None:
                      "cds": [float(c) for c in (args.lenet_cds if lenet else args.vgg_cds).split(",")],
                      # LeNet-5's first layer alone at 8/8 takes 32 of uniform W4A4's 55 DSPs: searched too.
                      "search_first_last": lenet, "qat_lr": args.lenet_qat_lr if lenet else args.vgg_qat_lr}
-        results[model] = bench_model(model, run, args.out / model, argparse.Namespace(**vars(args), **per_model))
+        model_args = argparse.Namespace(**vars(args), **per_model)
+        if args.timing_only:
+            doc, timing = timed_dnas(run, args.out / model / "timing" / "search", model_args.cds[0], model_args)
+            results[model] = {"run": str(run), "dnas_epoch_timing": timing, "bitw": doc["bitw"], "bita": doc["bita"]}
+            continue
+        results[model] = bench_model(model, run, args.out / model, model_args)
     print(json.dumps({"benchmark": "mixed-precision search", "date": time.strftime("%Y-%m-%d"),
                       "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                   "torch": torch.__version__, "threads": torch.get_num_threads(),

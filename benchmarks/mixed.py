@@ -12,9 +12,9 @@ LeNet-5 on all 60,000. --vgg-width 1 --vgg-train-limit 0 is the full size.
 
 * uniform W8A8, W4A4, W3A3, W2A2 (every Conv2d/Linear at those widths, the image input 8 bits);
 * DNAS (`bitsmith search --method dnas --cost dsp`) at each --cds value;
-* Hessian + ILP (`bitsmith search --method hessian --budget-dsp B`) at HAWQ-V3's budgets
-  B = v_low + (v_high − v_low)·r, r ∈ --budget-fractions, v_low / v_high the cheapest / dearest
-  assignment of the searched layers (one trace computation, reused for the other budgets);
+* Hessian + ILP (`bitsmith search --method hessian --budget-dsp B`) at budgets B = f × uniform
+  W4A4's DSPs, f ∈ --budget-fractions (0.5, 0.7, 1.0: the acceptance asks about 0.7×); one trace
+  computation, reused for the other budgets;
 
 then every point the same QAT (LSQ, --qat-epochs, QATTrainConfig defaults but the learning rate: 0.02
 for LeNet-5, 0.005 for VGG-tiny, whose BN-folded weights diverge at 0.02 in W8A8) → integer graph, and
@@ -55,7 +55,6 @@ from bitsmith.quant.api import QATConfig  # noqa: E402
 from bitsmith.runs import CHECKPOINT_FILE, load_run  # noqa: E402
 from bitsmith.search.job import search_run  # noqa: E402
 from bitsmith.search.plots import pareto_figure  # noqa: E402
-from bitsmith.search.space import build_space  # noqa: E402
 from bitsmith.train import TrainConfig, train  # noqa: E402
 from bitsmith.verify import verification_inputs, verify_all  # noqa: E402
 
@@ -90,10 +89,21 @@ def realised(graph_dir: Path) -> dict:
                        for b, r in reports.items()}}
 
 
+def _reusable(path: Path, wanted: dict, args) -> dict | None:
+    """With --reuse: the JSON at `path` when it records exactly `wanted` (else None: compute anew)."""
+    if not args.reuse or not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    return doc if all(doc.get(k) == v for k, v in wanted.items()) else None
+
+
 def qat_point(run: Path, out: Path, label: str, kind: str, args, **bits) -> dict:
     config = QATConfig("lsq", epochs=args.qat_epochs, lr=args.qat_lr, **bits)
     start = time.perf_counter()
-    metrics = qat_run(run, out, config, quiet=True, force=True, train_limit=args.train_limit)
+    metrics = _reusable(out / "metrics.json", {"config": config.to_json(), "train_images": args.train_limit or 60000},
+                        args)
+    if metrics is None:
+        metrics = qat_run(run, out, config, quiet=True, force=True, train_limit=args.train_limit)
     point = {"label": label, "kind": kind, "accuracy": metrics["integer_accuracy"],
              "fake_quant_accuracy": metrics["accuracy"], "agreement": metrics["agreement"],
              "qat_seconds": round(time.perf_counter() - start, 1), **realised(out)}
@@ -109,6 +119,20 @@ def searched_point(run: Path, out: Path, label: str, kind: str, doc: dict, args)
                  predicted={k: doc["predicted"][k] for k in ("dsp", "cycles", "weight_kb", "bram18")},
                  prediction_holds=doc["predicted"]["dsp"] == point["dsp"] and doc["predicted"]["cycles"] == point["cycles"])
     return point
+
+
+def search_or_reuse(run: Path, out: Path, args, **options) -> dict:
+    """search_run, or with --reuse an earlier search.json that answered the same question."""
+    wanted = {"method": options["method"], "train_limit": args.train_limit,
+              **({"cd": options["cd"], "epochs": args.search_epochs} if options["method"] == "dnas"
+                 else {"budgets": options["budgets"]})}
+    doc = _reusable(out / "search.json", wanted, args)
+    if doc is not None and doc["space"]["searched"][0] == args.search_first_last:
+        return doc
+    if options["method"] == "dnas":
+        options["epochs"] = args.search_epochs
+    return search_run(run, out, train_limit=args.train_limit, quiet=True, force=True,
+                      search_first_last=args.search_first_last, **options)
 
 
 def timed_dnas(run: Path, out: Path, cd: float, args) -> tuple[dict, dict]:
@@ -141,33 +165,26 @@ def bench_model(model: str, run: Path, out: Path, args) -> dict:
     timing = None
     for i, cd in enumerate(args.cds):
         folder = out / f"dnas-cd{cd:g}"
-        if i == 0:
+        if i == 0 and _reusable(folder / "search" / "search.json", {"cd": cd}, args) is None:
             doc, timing = timed_dnas(run, folder / "search", cd, args)
         else:
-            doc = search_run(run, folder / "search", method="dnas", cost="dsp", cd=cd, epochs=args.search_epochs,
-                             train_limit=args.train_limit, quiet=True, force=True,
-                             search_first_last=args.search_first_last)
+            doc = search_or_reuse(run, folder / "search", args, method="dnas", cost="dsp", cd=cd)
         log(f"  dnas cd {cd:g}: bitw {doc['bitw']} bita {doc['bita']} predicted DSP {doc['predicted']['dsp']} "
             f"({doc['seconds']:.0f} s)")
         points.append(searched_point(run, folder, f"dnas {cd:g}", "dnas", doc, args))
-    info = load_run(run)
-    space = build_space(info.model, tuple(info.model.input_shape), search_first_last=args.search_first_last)
-    tables, _ = space.tables("dsp")
-    low, high = sum(t.min() for t in tables), sum(t.max() for t in tables)
+    w4a4 = next(p for p in points if p["label"] == "W4A4")
     first = None
-    for r in args.budget_fractions:
-        budget = float(int(low + (high - low) * r))
-        folder = out / f"hessian-r{r:g}"
-        doc = search_run(run, folder / "search", method="hessian", budgets={"dsp": budget}, train_limit=args.train_limit,
-                         quiet=True, force=True, traces_from=first, search_first_last=args.search_first_last,
-                         max_iterations=args.hessian_iterations)
+    for f in args.budget_fractions:
+        budget = float(int(w4a4["dsp"] * f))
+        folder = out / f"hessian-w4a4x{f:g}"
+        doc = search_or_reuse(run, folder / "search", args, method="hessian", budgets={"dsp": budget}, traces_from=first,
+                       max_iterations=args.hessian_iterations)
         first = first or folder / "search"
-        log(f"  hessian budget {budget:g} DSP (r {r:g}): bitw {doc['bitw']} bita {doc['bita']} "
+        log(f"  hessian budget {budget:g} DSP ({f:g}× W4A4): bitw {doc['bitw']} bita {doc['bita']} "
             f"predicted DSP {doc['predicted']['dsp']} ({doc['seconds']:.0f} s)")
-        point = searched_point(run, folder, f"hessian {r:g}", "hessian", doc, args)
+        point = searched_point(run, folder, f"hessian {f:g}×", "hessian", doc, args)
         point["budget_dsp"] = budget
         points.append(point)
-    w4a4 = next(p for p in points if p["label"] == "W4A4")
     searched = [p for p in points if p["kind"] != "uniform"]
     winners = [p["label"] for p in searched if p["accuracy"] >= w4a4["accuracy"] and p["dsp"] <= 0.7 * w4a4["dsp"]]
     pareto_figure(points, out / "pareto.png", f"{model} on Fashion-MNIST: integer accuracy vs DSP48E2 and cycles "
@@ -190,7 +207,10 @@ def main() -> None:
     parser.add_argument("--lenet-cds", default="1e-3,3e-3,1e-2", help="LeNet-5: DNAS cost weights")
     parser.add_argument("--vgg-cds", default="5e-5,1.5e-4,5e-4", help="VGG-tiny: DNAS cost weights (its DSP "
                                                                        "counts are ~18x LeNet-5's)")
-    parser.add_argument("--budget-fractions", default="0.25,0.5,0.75")
+    parser.add_argument("--budget-fractions", default="0.5,0.7,1.0",
+                        help="Hessian DSP budgets as fractions of uniform W4A4's DSPs")
+    parser.add_argument("--reuse", action="store_true", help="keep points whose folders already hold the same "
+                                                             "QAT or search (same settings), recompute the rest")
     parser.add_argument("--lenet-train-limit", type=int, default=None, help="LeNet-5: first N training images "
                                                                              "(QAT and search; default all 60,000)")
     parser.add_argument("--vgg-train-limit", type=int, default=20000, help="VGG-tiny: first N training images "

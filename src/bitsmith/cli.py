@@ -222,6 +222,36 @@ def search_cmd(run: Path = typer.Argument(..., help="float run folder (from bits
     _emit(summary, as_json, f"{method} search in {out}")
 
 
+@app.command("sparsity")
+def sparsity_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
+                 run_bits: int = typer.Option(4, help="run-length: bits of the zero-run field"),
+                 index_bits: int = typer.Option(5, help="relative indexing: bits of the index-difference field"),
+                 as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Per layer: density, the bits of every sparse format (docs/sparse-formats.md), the best one; the whole
+    graph's stored size against FP32."""
+    from bitsmith.integer import load
+    from bitsmith.integer.sparse import FORMATS
+    from bitsmith.integer.sparsity import graph_sparsity
+
+    report = graph_sparsity(load(graph), run_bits=run_bits, index_bits=index_bits)
+    if as_json:
+        print(json.dumps({"graph": str(graph), **report}))
+        return
+    table = Table(title=f"{graph}: weight storage (bits, each with its {report['header_bits']}-bit header)")
+    for col in ("layer", "w bits", "weights", "density", *FORMATS, "best", "stored"):
+        table.add_column(col, justify="left" if col in ("layer", "best") else "right")
+    for r in report["layers"]:
+        table.add_row(r["name"], str(r["weight_bits"]), f"{r['weights']:,}", f"{r['density']:.1%}",
+                      *[f"{r['formats'][f]:,}" if f in r["formats"] else "-" for f in FORMATS], r["best"],
+                      f"{r['stored_bits']:,}")
+    out = _wide_console()
+    out.print(table)
+    out.print(f"density {report['density']:.1%}; weights {report['weight_bits_stored'] / 8192:.2f} KB in their best "
+              f"formats (dense {report['weight_bits_dense'] / 8192:.2f} KB) + biases, multipliers, shifts, scales "
+              f"{report['other_bits'] / 8192:.2f} KB = {report['stored_kb']:.2f} KB; FP32 {report['fp32_kb']:.2f} KB; "
+              f"compression {report['compression']:.2f}x")
+
+
 @app.command("ranges")
 def ranges_cmd(run: Path = typer.Argument(..., help="float run folder"),
                out: Optional[Path] = typer.Option(None, help="folder for ranges.csv and ranges.json (default: RUN/ranges)"),

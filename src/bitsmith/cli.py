@@ -226,6 +226,8 @@ def search_cmd(run: Path = typer.Argument(..., help="float run folder (from bits
 def sparsity_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                  run_bits: int = typer.Option(4, help="run-length: bits of the zero-run field"),
                  index_bits: int = typer.Option(5, help="relative indexing: bits of the index-difference field"),
+                 activations: int = typer.Option(0, min=0, help="also the zero fraction of every layer's input "
+                                                                "activations on the first N test images"),
                  as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Per layer: density, the bits of every sparse format (docs/sparse-formats.md), the best one; the whole
     graph's stored size against FP32."""
@@ -233,7 +235,17 @@ def sparsity_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
     from bitsmith.integer.sparse import FORMATS
     from bitsmith.integer.sparsity import graph_sparsity
 
-    report = graph_sparsity(load(graph), run_bits=run_bits, index_bits=index_bits)
+    g = load(graph)
+    report = graph_sparsity(g, run_bits=run_bits, index_bits=index_bits)
+    if activations:
+        from bitsmith.integer.sparsity import activation_sparsity
+        from bitsmith.verify import verification_inputs
+
+        inputs = verification_inputs(g, activations)
+        real = inputs.real or inputs.random  # test images when the graph's data set fits, else random codes
+        report["activations"] = {"images": real, "source": inputs.description if not inputs.real
+                                 else f"the first {real} test images",
+                                 "layers": activation_sparsity(g, inputs.x[:real])}
     if as_json:
         print(json.dumps({"graph": str(graph), **report}))
         return
@@ -250,6 +262,10 @@ def sparsity_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
               f"formats (dense {report['weight_bits_dense'] / 8192:.2f} KB) + biases, multipliers, shifts, scales "
               f"{report['other_bits'] / 8192:.2f} KB = {report['stored_kb']:.2f} KB; FP32 {report['fp32_kb']:.2f} KB; "
               f"compression {report['compression']:.2f}x")
+    if "activations" in report:
+        acts = report["activations"]
+        out.print(f"input activations equal to zero ({acts['source']}): " + ", ".join(
+            f"{r['layer']} {r['zero_fraction']:.1%}" for r in acts["layers"]))
 
 
 @app.command("ranges")

@@ -67,3 +67,19 @@ def test_cli_prints_a_table_and_json(tmp_path):
     assert 0.15 < report["density"] <= 0.26 and report["compression"] > 1  # kept codes may be 0 too (2-bit conv1)
     table = invoke("sparsity", path, "--run-bits", "3")
     assert table.exit_code == 0 and "compression" in table.output and "run-length" in table.output
+
+
+def test_activation_zeros_are_counted_on_each_layers_input():
+    from bitsmith.integer import engine
+    from bitsmith.integer.sparsity import activation_sparsity
+
+    g = golden("lenet5_bias_asym")   # the input has a zero point != 0: "zero" means code == zero point
+    x = torch.randn(3, *g.input_spec.shape, generator=torch.Generator().manual_seed(0))
+    rows = activation_sparsity(g, x)
+    outputs = engine.run(g, x, return_all=True)
+    assert [r["layer"] for r in rows] == [n.output for n in g.nodes if n.op in ("Conv2d", "Linear")]
+    for r in rows:
+        codes, zp = outputs[r["input"]], g.tensors[r["input"]].zero_point
+        assert r["zero_fraction"] == pytest.approx(float((codes == zp).float().mean()))
+    zero_image = torch.zeros(1, *g.input_spec.shape)   # 0.0 quantizes to the zero point exactly
+    assert activation_sparsity(g, zero_image)[0]["zero_fraction"] == 1.0

@@ -69,6 +69,23 @@ def _other_bits(graph: IntegerGraph) -> tuple[int, int]:
     return stored, fp32
 
 
+def activation_sparsity(graph: IntegerGraph, x) -> list[dict]:
+    """Per Conv2d / Linear, the fraction of its input activation codes that stand for 0 (code == the
+    tensor's zero point) on the float images `x`: what a zero-skipping datapath could skip."""
+    from .engine import run  # the engine loads torch's kernels: only when asked
+
+    outputs = run(graph, x, return_all=True)
+    rows = []
+    for node in graph.nodes:
+        if node.op in WEIGHTED_OPS:
+            name = node.inputs[0]
+            codes = outputs[name]
+            zeros = int((codes == graph.tensors[name].zero_point).sum())
+            rows.append({"layer": node.output, "input": name, "elements": int(codes.numel()),
+                         "zero_fraction": zeros / codes.numel() if codes.numel() else 0.0})
+    return rows
+
+
 def graph_sparsity(graph: IntegerGraph, *, run_bits: int = DEFAULT_RUN_BITS,
                    index_bits: int = DEFAULT_INDEX_BITS) -> dict:
     """Per-layer density and format sizes, and the whole graph's stored bits and compression."""

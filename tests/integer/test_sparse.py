@@ -491,3 +491,12 @@ def test_python_lists_and_narrow_dtypes_are_accepted():
     assert np.array_equal(decode(encode([[0, -1], [2, 0]], "csr", 3)), [[0, -1], [2, 0]])
     assert np.array_equal(decode(encode(np.array([0, -128, 127], np.int8), "bitmask", 8)), [0, -128, 127])
     assert sparse.HEADER_WORDS * 32 == HEADER_BITS == 160
+
+
+def test_a_header_promising_billions_of_codes_is_refused_not_allocated():
+    import bitsmith.integer.sparse as sparse
+
+    enc = sparse.encode(np.zeros(4, dtype=np.int64), "run-length", 4)
+    huge = sparse.Encoded(**{**enc.__dict__, "shape": (1 << 31,)})
+    with pytest.raises(DataError, match="promises 2,147,483,648 codes"):
+        sparse.decode(huge)

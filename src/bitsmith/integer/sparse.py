@@ -405,7 +405,15 @@ def encode(codes, fmt: str, bits: int, *, signed: bool = True, run_bits: int = D
 
 # -- decoders ---------------------------------------------------------------------------------------------
 
+#: Most codes a decoded array may hold (2^28: 2 GiB as int64). A header is untrusted input: a
+#: run-length stream of a few bytes can promise billions of trailing zeros.
+MAX_DECODED_CODES = 1 << 28
+
+
 def _zeros(n: int, enc: Encoded) -> np.ndarray:
+    if n > MAX_DECODED_CODES:
+        raise DataError(f"the header's shape {enc.shape} promises {n:,} codes, more than the {MAX_DECODED_CODES:,} "
+                        "this decoder accepts (a corrupt or hostile header?)")
     try:
         return np.zeros(n, dtype=np.int64)
     except (MemoryError, ValueError, OverflowError):

@@ -439,7 +439,7 @@ def test_inconsistent_headers():
     refused(dataclasses.replace(encode(MATRIX, "csr", 4), shape=(15,)), "needs 2 dimensions")
     refused(dataclasses.replace(encode(MATRIX, "dense", 4), field_bits=4), "must be 0")
     # a huge all-zero run-length array is a valid header, but one that cannot be allocated is a DataError
-    refused(Encoded("run-length", 4, True, (2**32 - 1, 2**32 - 1), 0, 4, b"", 0), "too large to allocate")
+    refused(Encoded("run-length", 4, True, (2**32 - 1, 2**32 - 1), 0, 4, b"", 0), "more than the 268,435,456 this decoder accepts")
     words = list(struct.unpack("<5I", enc.to_bytes()[:20]))
     for change, fragment in ((lambda w: w.__setitem__(0, w[0] | 1 << 20), "reserved"),
                              (lambda w: w.__setitem__(0, (w[0] & ~0xFF) | 9), "format id 9"),

@@ -1,5 +1,5 @@
-"""Pruning: unstructured magnitude pruning with masks kept through fine-tuning and QAT
-(bitsmith.prune.magnitude)."""
+"""Pruning: keep-masks kept through fine-tuning and QAT (bitsmith.prune.magnitude) from unstructured
+magnitude pruning (magnitude) and N:M sparsity (nm)."""
 
 from bitsmith.prune.magnitude import (
     SCHEDULES,
@@ -15,6 +15,8 @@ from bitsmith.prune.magnitude import (
     remove_masks,
     sparsity_of,
 )
+from bitsmith.prune.nm import is_nm, nm_mask, nm_masks
 
 __all__ = ["SCHEDULES", "SCOPES", "WeightMask", "agp_sparsity", "apply_masks", "current_masks", "magnitude_masks",
-           "prunable_layers", "prune_finetune", "quantize_pruned", "remove_masks", "sparsity_of"]
+           "prunable_layers", "prune_finetune", "quantize_pruned", "remove_masks", "sparsity_of", "is_nm", "nm_mask",
+           "nm_masks"]

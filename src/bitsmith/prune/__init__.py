@@ -1,5 +1,5 @@
 """Pruning: keep-masks kept through fine-tuning and QAT (bitsmith.prune.magnitude) from unstructured
-magnitude pruning (magnitude) and N:M sparsity (nm)."""
+magnitude pruning (magnitude), N:M sparsity (nm) and 3×3 pattern + connectivity pruning (pattern)."""
 
 from bitsmith.prune.magnitude import (
     SCHEDULES,
@@ -16,7 +16,8 @@ from bitsmith.prune.magnitude import (
     sparsity_of,
 )
 from bitsmith.prune.nm import is_nm, nm_mask, nm_masks
+from bitsmith.prune.pattern import pattern_candidates, pattern_library, pattern_masks
 
 __all__ = ["SCHEDULES", "SCOPES", "WeightMask", "agp_sparsity", "apply_masks", "current_masks", "magnitude_masks",
            "prunable_layers", "prune_finetune", "quantize_pruned", "remove_masks", "sparsity_of", "is_nm", "nm_mask",
-           "nm_masks"]
+           "nm_masks", "pattern_candidates", "pattern_library", "pattern_masks"]

@@ -29,14 +29,6 @@ from bitsmith.quant.prepare import quantizable_layers, trace
 LAYERS = ["conv1", "conv2", "conv3", "fc1", "fc2"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def lenet(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return build_model("lenet5", num_classes=10, input_shape=(1, 32, 32))

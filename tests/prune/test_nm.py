@@ -37,7 +37,6 @@ def test_every_full_group_keeps_exactly_n_largest(n, m):
 
 
 def test_two_four_survives_qat_and_lowering():
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     model = build_model("lenet5")
     masks = nm_masks(model, 2, 4)

@@ -18,14 +18,6 @@ from bitsmith.prune.pattern import natural_patterns, pattern_candidates, pattern
 VGG_CONVS = ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def vgg(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return build_model("vgg_tiny", input_shape=(1, 32, 32), width=0.25)

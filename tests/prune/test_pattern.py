@@ -14,6 +14,7 @@ from bitsmith.errors import ConfigError
 from bitsmith.models import build_model
 from bitsmith.prune.magnitude import apply_masks
 from bitsmith.prune.pattern import natural_patterns, pattern_candidates, pattern_library, pattern_masks
+from tests.prune.training import assert_pruned_zero, sgd_steps
 
 VGG_CONVS = ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6"]
 
@@ -169,20 +170,8 @@ def test_masks_hold_through_sgd_on_vgg_tiny():
     model = vgg(2)
     masks, _ = pattern_masks(model, connectivity=0.25)
     apply_masks(model, masks)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    gen = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(2):
-        x, y = torch.randn(8, 1, 32, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen)
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    mods = dict(model.named_modules())
-    for name, mask in masks.items():
-        w = mods[name].weight.detach()
-        assert torch.all(w[~mask] == 0)
-        assert torch.all(w[mask] != 0)          # kept weights still trained (random floats: no exact zero)
+    sgd_steps(model, 2)
+    assert_pruned_zero(model, masks)
 
 
 def test_deterministic():

@@ -42,8 +42,6 @@ from bitsmith.data import ArrayDataset, iterate_batches
 from bitsmith.errors import ConfigError
 from bitsmith.quant.qat.prepare import bit_string
 from bitsmith.search.supernet import (
-    MAX_BITS,
-    MIN_BITS,
     alpha_parameters,
     argmax_bits,
     build_supernet,

@@ -28,7 +28,8 @@ from bitsmith.artifacts import SEARCH, check_target, public_path, publishing
 from bitsmith.data import iterate_batches, load_dataset
 from bitsmith.errors import BitsmithWarning, ConfigError
 from bitsmith.runs import load_run
-from bitsmith.search.space import BUDGETS, COSTS, FIXED_BITS, SearchSpace, bit_string, build_space
+from bitsmith.quant.qat.prepare import bit_string
+from bitsmith.search.space import BUDGETS, COSTS, FIXED_BITS, SearchSpace, build_space
 from bitsmith.storage import write_json_atomic
 
 METHODS = ("dnas", "hessian")

@@ -30,7 +30,7 @@ from bitsmith.errors import BitsmithError, ConfigError
 from bitsmith.quant import QuantConfig, lower, quantize
 from bitsmith.quant.modules import QuantLayer
 from bitsmith.quant.prepare import module_of, quantizable_layers
-from bitsmith.quant.qat.prepare import bit_string, input_sources  # noqa: F401  (bit_string: re-exported)
+from bitsmith.quant.qat.prepare import input_sources
 
 #: The search's cost choices (`--cost`) → the figure of `bitsmith.accel.precision` it minimises.
 COSTS = {"dsp": "dsp", "bitops": "bitops", "latency": "cycles", "memory": "weight_bits"}

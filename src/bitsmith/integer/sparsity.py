@@ -7,10 +7,13 @@ format of `bitsmith.integer.sparse` (the weight as [out_channels, K], codes sign
 smallest. A codebook (CLIP-Q) layer stores its indices densely (`index_bits` each) plus its
 codebook values, not in a sparse format: index 0 is not a pruned weight.
 
-Everything else the graph stores is counted at the width it is declared with, so the whole-model
-figure is honest: biases 32 bits (int32), a Requant's multiplier at its `multiplier_bits` and its
-shift in SHIFT_BITS, an Add's two multipliers 32 bits each, every tensor's scales and zero points
-32 bits each (float32 / int32). The FP32 reference is the float model the graph was lowered from,
+Everything else integer inference needs is counted at the width it is declared with, so the
+whole-model figure is honest: biases 32 bits (int32), a Requant's multiplier at its
+`multiplier_bits`, its shift in SHIFT_BITS and its two clamp bounds 32 bits each, an Add's two
+multipliers 32 bits each, every tensor's zero point 32 bits, and the scales (float32) of the graph's
+input and outputs — where floats go in and come out. The scales of intermediate tensors are
+metadata the integer computation never reads (they are folded into the multipliers), so they do
+not count. The FP32 reference is the float model the graph was lowered from,
 with BatchNorm folded: 32 bits per weight and per bias, nothing else. Compression = FP32 bits /
 stored bits.
 """
@@ -64,8 +67,12 @@ def _other_bits(graph: IntegerGraph) -> tuple[int, int]:
                 stored += count * width
             elif role == "shift":
                 stored += count * SHIFT_BITS
-    for spec in graph.tensors.values():
-        stored += 2 * SCALE_BITS * max(1, len(spec.scale_tensor().reshape(-1)))
+        if node.op == "Requant":
+            stored += 2 * SCALE_BITS  # its clamp bounds
+    for name, spec in graph.tensors.items():
+        stored += SCALE_BITS  # every tensor's zero point (convolutions subtract their input's)
+        if name in graph.inputs or name in graph.outputs:  # scales only where floats go in or out
+            stored += SCALE_BITS * max(1, len(spec.scale_tensor().reshape(-1)))
     return stored, fp32
 
 

@@ -523,12 +523,13 @@ def hw_report_cmd(graph: Path = typer.Argument(..., help="integer graph folder")
                   as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Per-layer cycles, DSP48E2 and BRAM18 of the accelerator for a graph (docs/hardware.md "Cost model")."""
     from bitsmith.accel.compiler import compile_graph
-    from bitsmith.accel.sweep import design_tables, evaluate_design
+    from bitsmith.accel.sweep import design_tables, evaluate_design, precision_totals
     from bitsmith.integer import load
 
     config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
                            weight_buffer_entries=weight_buffer_entries, clock_mhz=clock_mhz)
-    design = evaluate_design(compile_graph(load(graph), config))
+    program = compile_graph(load(graph), config)
+    design = {**evaluate_design(program), "precision": precision_totals(program)}
     if as_json:
         print(json.dumps({"graph": str(graph), **design}))
         return

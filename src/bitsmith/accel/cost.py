@@ -139,6 +139,12 @@ def layer_precision(layer: Layer) -> tuple[int, int]:
     return max(2, layer.weight_bits), max(2, layer.in_bits)
 
 
+def finn_weight_memory(layer: Layer, pe: int, simd: int, stored_bits: int) -> tuple[int, int]:
+    """(depth, width) of a FINN dataflow layer's weight memory with PE = pe, SIMD = simd: depth
+    MW·MH/(PE·SIMD) rounded up per axis, width PE·SIMD·(bits per stored weight)."""
+    return math.ceil(layer.terms / simd) * math.ceil(layer.out_ch / pe), pe * simd * stored_bits
+
+
 def layer_cost(layer: Layer, pe: int, simd: int) -> dict:
     """DSPs the R×C array needs in this layer's precision, and the FINN-style weight memory of a
     dataflow layer with PE = R, SIMD = C (depth MW·MH/(PE·SIMD) rounded up per axis, width
@@ -152,8 +158,7 @@ def layer_cost(layer: Layer, pe: int, simd: int) -> dict:
         return row  # pools run on the pool lanes: no multipliers, no weights
     stored_bits = CODEBOOK_INDEX_BITS if layer.is_codebook else layer.weight_bits
     blocks = math.ceil(layer.terms / simd)
-    depth = blocks * math.ceil(layer.out_ch / pe)
-    width = pe * simd * stored_bits
+    depth, width = finn_weight_memory(layer, pe, simd, stored_bits)
     row.update(weight_buffer_entries=pe * blocks * simd,  # one channel group, R·T·C (docs/hardware.md §4)
                finn_weight_depth=depth, finn_weight_width=width, finn_bram18=bram18(depth, width))
     if layer.is_codebook:

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .config import AccelConfig
-from .cost import TABLE_BITS, bram18, dsps_for, layer_cost, table_kernel
+from .cost import TABLE_BITS, bram18, dsps_for, finn_weight_memory, layer_cost, table_kernel
 from .program import Layer, Program
 from .timing import FINISH_CYCLES, layer_cycles
 
@@ -91,17 +91,10 @@ def layer_figures(layer: Layer, w_bits: int, a_bits: int, config: AccelConfig, i
            "cycles": sum(layer_cycles(sized, config, first).values())}
     row["dsp"] = dataflow_dsps(layer, w_bits, a_bits, row["multipliers"])
     row["weight_kb"] = row["weight_bits"] / 8192
-    # The FINN-style weight memory: its width follows w; cost.layer_cost refuses > 8-bit widths (the DSP table).
-    narrow = replace(sized, weight_bits=min(w_bits, 8), in_bits=min(a_bits, 8))
-    finn = layer_cost(narrow, config.pe, config.simd)
-    row["bram18"] = finn["finn_bram18"] if w_bits <= 8 else _wide_bram18(layer, w_bits, config)
-    row["array_dsp"] = finn["dsp"] if w_bits <= 8 and a_bits <= 8 else None
+    row["bram18"] = bram18(*finn_weight_memory(layer, config.pe, config.simd, w_bits))
+    # The shared array only runs widths the DSP table has (cost.layer_cost refuses the others).
+    row["array_dsp"] = layer_cost(sized, config.pe, config.simd)["dsp"] if w_bits <= 8 and a_bits <= 8 else None
     return row
-
-
-def _wide_bram18(layer: Layer, w_bits: int, config: AccelConfig) -> int:
-    depth = math.ceil(layer.terms / config.simd) * math.ceil(layer.out_ch / config.pe)
-    return bram18(depth, config.pe * config.simd * w_bits)
 
 
 def _widths(program: Program, wbits, abits) -> tuple[list[int], list[int]]:

@@ -39,7 +39,6 @@ def evaluate_design(program: Program) -> dict:
     """Cycles (docs/hardware.md §5) and resources (cost model) of one program: per-layer rows with
     both, and the totals."""
     cycles, cost = program_cycles(program), cost_report(program)
-    precision = assignment_cost(program) if not has_codebook(program) and weighted_layers(program) else None
     layers = [{**c, "cycles": t["cycles"], "compute": t["compute"], "weights": t["weights"],
                "utilisation": t["utilisation"]} for c, t in zip(cost["layers"], cycles["layers"])]
     return {
@@ -47,9 +46,15 @@ def evaluate_design(program: Program) -> dict:
         "cycles": cycles["total"], "fps": cycles["fps"], "utilisation": cycles["utilisation"], "macs": cycles["macs"],
         "dsp": cost["dsp"], "bram18": cost["bram18"], "memories": cost["memories"],
         "finn_bram18": cost["finn_bram18"], "logic": cost["logic"],
-        # The mixed-precision search's cost of these widths (bitsmith.accel.precision); None for codebook graphs.
-        "precision": None if precision is None else {k: v for k, v in precision.items() if k != "layers"},
     }
+
+
+def precision_totals(program: Program) -> dict | None:
+    """The mixed-precision search's cost of the program's own widths (bitsmith.accel.precision),
+    totals only; None for codebook graphs (no width to price)."""
+    if has_codebook(program) or not weighted_layers(program):
+        return None
+    return {k: v for k, v in assignment_cost(program).items() if k != "layers"}
 
 
 def has_codebook(program: Program) -> bool:

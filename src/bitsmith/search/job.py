@@ -99,8 +99,7 @@ def search_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method
         raise ConfigError(f"nothing to search: {run.model.spec['name']} has {len(space.layers)} Conv2d/Linear layers "
                           "and the first and last are fixed at 8/8; pass --search-first-last")
     metric = COSTS[cost]
-    if method == "hessian" or metric == "cycles" or "cycles" in budgets:
-        _check_accelerator_widths(space, method, metric, budgets)
+    _check_accelerator_widths(space, metric, budgets)
     dataset = run.meta["dataset"]
     data_dir = data_dir or run.meta.get("data_dir")
     train_ds = load_dataset(dataset, "train", data_dir, limit=train_limit)
@@ -132,7 +131,7 @@ def search_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method
     return doc
 
 
-def _check_accelerator_widths(space: SearchSpace, method: str, metric: str, budgets: dict) -> None:
+def _check_accelerator_widths(space: SearchSpace, metric: str, budgets: dict) -> None:
     """Cycles come from the accelerator, which runs widths ≤ 8; so does every realised graph."""
     widest = max(max(c) for c in space.candidates_w + space.candidates_a)
     if widest > 8 and (metric == "cycles" or "cycles" in budgets):
@@ -179,8 +178,9 @@ def _hessian(run, space: SearchSpace, budgets: dict[str, float], train_ds, shape
              quiet: bool, reuse: dict | None = None, max_iterations: int = 100) -> dict[str, Any]:
     from bitsmith.search.hessian import layer_traces, sensitivities
 
-    costs = {name: space.tables(BUDGETS[name])[0] for name in budgets}
-    constants = {name: space.tables(BUDGETS[name])[1] for name in budgets}
+    tables = {name: space.tables(BUDGETS[name]) for name in budgets}
+    costs = {name: t for name, (t, _) in tables.items()}
+    constants = {name: c for name, (_, c) in tables.items()}
     # Infeasible budgets fail here, before the traces are computed (the ILP checks again, exactly).
     for name, budget in budgets.items():
         lowest = sum(float(t.min()) for t in costs[name]) + constants[name]

@@ -11,6 +11,7 @@ strings pin each format; corrupt streams are DataErrors and bad arguments Config
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 import struct
 import subprocess
 import sys
@@ -88,6 +89,40 @@ def oracle_bits(fmt: str, codes: np.ndarray, bits: int, run_bits: int, index_bit
     return out
 
 
+def optimal_prefix_cost(values: list[int]) -> int:
+    """Bits of an optimal prefix code of `values` (the sum of the merged weights of any Huffman merge:
+    every optimal code has this cost, whatever its tie-breaking); a lone symbol costs 1 bit."""
+    weights = sorted(Counter(values).values())
+    if len(weights) == 1:
+        return weights[0]
+    cost = 0
+    while len(weights) > 1:
+        merged = weights.pop(0) + weights.pop(0)
+        cost += merged
+        weights = sorted(weights + [merged])
+    return cost
+
+
+def huffman_oracle_bits(codes: np.ndarray, bits: int) -> int:
+    """The huffman format's payload length from its definition: the two tables (count field, then
+    (symbol, 6-bit length) per distinct symbol) and the optimal cost of each coded sequence."""
+    flat = [int(v) for v in codes.ravel()]
+    n = len(flat)
+    values = [v for v in flat if v]
+    if not values:
+        return 0                                 # nnz = 0: an empty payload
+    runs, zeros = [], 0
+    for v in flat:
+        if v:
+            runs.append(zeros)
+            zeros = 0
+        else:
+            zeros += 1
+    run_width = max(1, (n - 1).bit_length()) if n else 1
+    tables = (bits + 1) + len(set(values)) * (bits + 6) + n.bit_length() + len(set(runs)) * (run_width + 6)
+    return tables + (optimal_prefix_cost(values) + optimal_prefix_cost(runs) if values else 0)
+
+
 def as_bytes(bit_list: list[int]) -> bytes:
     data = bytearray((len(bit_list) + 7) // 8)
     for i, b in enumerate(bit_list):
@@ -114,8 +149,11 @@ def check_everything(codes: np.ndarray, bits: int, signed: bool, run_bits: int, 
     for fmt, size in sizes.items():
         enc = encode(codes, fmt, bits, **params)
         assert enc.length_bits == size == payload_bits(fmt, stats, bits, **params), fmt
-        expected = oracle_bits(fmt, codes, bits, run_bits, index_bits)
-        assert enc.length_bits == len(expected) and enc.payload == as_bytes(expected), fmt
+        if fmt == "huffman":
+            assert enc.length_bits == huffman_oracle_bits(codes, bits), fmt
+        else:
+            expected = oracle_bits(fmt, codes, bits, run_bits, index_bits)
+            assert enc.length_bits == len(expected) and enc.payload == as_bytes(expected), fmt
         back = decode(enc)
         assert back.dtype == np.int64 and back.shape == codes.shape and np.array_equal(back, codes), fmt
         assert Encoded.from_bytes(enc.to_bytes()) == enc, fmt
@@ -230,6 +268,12 @@ THREE, MINUS_TWO = "1100", "0111"            # LSB first
     ("csr", "00" + "01" + "100" + THREE + "011" + MINUS_TWO),
     # 9 column pointers 0,0,1,1,1,1,1,2,2 of 2 bits; (row 0, 3) (row 0, −2), row index 1 bit: 9·2 + 2·5 = 28
     ("csc", "00" "00" "10" "10" "10" "10" "10" "01" "01" + "0" + THREE + "0" + MINUS_TWO),
+    # V = 2 distinct codes in b + 1 = 5 bits; (−2, length 1) (3, length 1), lengths in 6 bits; G = 2 distinct runs
+    # in bit_length(8) = 4 bits; (run 1, length 1) (run 4, length 1), runs in ⌈log2 8⌉ = 3 bits; canonical
+    # codewords −2 → 0, 3 → 1, run 1 → 0, run 4 → 1; stream (run 1, 3) (run 4, −2) = 0 1 1 0:
+    # 5 + 2·10 + 4 + 2·9 + 4 = 51
+    ("huffman", "01000" + MINUS_TWO + "100000" + THREE + "100000" + "0100" + "100" + "100000" + "001" + "100000"
+     + "0110"),
 ])
 def test_hand_computed_bits_of_a_row(fmt, expected):
     enc = encode(ROW, fmt, 4, run_bits=4, index_bits=5)
@@ -239,7 +283,8 @@ def test_hand_computed_bits_of_a_row(fmt, expected):
 
 
 def test_hand_computed_sizes_of_a_row():
-    assert format_sizes(ROW, 4) == {"dense": 32, "bitmask": 16, "run-length": 16, "relative": 18, "csr": 18, "csc": 28}
+    assert format_sizes(ROW, 4) == {"dense": 32, "bitmask": 16, "run-length": 16, "relative": 18, "csr": 18, "csc": 28,
+                                      "huffman": 51}
     assert best_format(ROW, 4) == ("bitmask", 16)            # ties with run-length; the earlier format wins
 
 
@@ -290,11 +335,13 @@ def test_relative_difference_between_two_non_zeros():
 
 def test_edge_arrays():
     empty, zeros, one = np.zeros(0, np.int64), np.zeros((3, 5), np.int64), np.array([5])
-    assert format_sizes(empty, 8) == {"dense": 0, "bitmask": 0, "run-length": 0, "relative": 0}
+    assert format_sizes(empty, 8) == {"dense": 0, "bitmask": 0, "run-length": 0, "relative": 0, "huffman": 0}
     # all zeros: the pair formats are empty (trailing zeros are implied); CSR pointers are 0 bits wide
-    assert format_sizes(zeros, 8) == {"dense": 120, "bitmask": 15, "run-length": 0, "relative": 0, "csr": 0, "csc": 0}
+    assert format_sizes(zeros, 8) == {"dense": 120, "bitmask": 15, "run-length": 0, "relative": 0, "csr": 0, "csc": 0,
+                                      "huffman": 0}
     assert best_format(zeros, 8) == ("run-length", 0)
-    assert format_sizes(one, 4) == {"dense": 4, "bitmask": 5, "run-length": 8, "relative": 9}
+    # huffman: 5 + 1·(4 + 6) + bit_length(1) = 1 + 1·(1 + 6) tables, then two 1-bit codewords
+    assert format_sizes(one, 4) == {"dense": 4, "bitmask": 5, "run-length": 8, "relative": 9, "huffman": 25}
     full = np.arange(1, 9).reshape(2, 4)          # no zeros: csr = 3 pointers · 4 bits + 8·(2 + 5)
     assert format_sizes(full, 5)["csr"] == 3 * 4 + 8 * 7 and format_sizes(full, 5)["csc"] == 5 * 4 + 8 * 6
     for codes in (empty, zeros, one, full, np.zeros((0, 4), np.int64), np.zeros((4, 0), np.int64)):
@@ -319,7 +366,8 @@ def test_bitmask_beats_dense_below_density_one_minus_one_over_bits():
     # n = 64, b = 4: bitmask 64 + 4·nnz vs dense 256, equal at nnz = 48 = (1 − 1/4)·64
     for nnz, winner in ((47, "bitmask"), (48, "dense"), (49, "dense")):
         codes = np.array([1] * nnz + [0] * (64 - nnz))
-        assert best_format(codes, 4, run_bits=16, index_bits=16)[0] == winner
+        sizes = format_sizes(codes, 4)
+        assert min(("dense", "bitmask"), key=lambda f: (sizes[f], FORMATS.index(f))) == winner
 
 
 def test_expected_run_length_size_under_random_pruning():
@@ -433,7 +481,7 @@ def test_inconsistent_headers():
     refused(dataclasses.replace(enc, bits=17), "code width 17")
     refused(dataclasses.replace(enc, signed=False, bits=0), "code width 0")
     refused(dataclasses.replace(enc, field_bits=0), "field width 0")
-    refused(dataclasses.replace(enc, format="huffman"), "unknown")
+    refused(dataclasses.replace(enc, format="lz4"), "unknown")
     refused(dataclasses.replace(enc, nnz=16), "0 to 15 non-zeros")
     refused(dataclasses.replace(enc, shape=(3, 5, 1)), "shape")
     refused(dataclasses.replace(encode(MATRIX, "csr", 4), shape=(15,)), "needs 2 dimensions")
@@ -476,7 +524,7 @@ def test_inconsistent_headers():
     (lambda: format_sizes(np.array([0]), 4, index_bits=17), "index_bits"),
     (lambda: encode(np.array([0, 1]), "csr", 4), "needs a 2-D array"),
     (lambda: encode(np.array([0, 1]), "csc", 4), "needs a 2-D array"),
-    (lambda: encode(np.array([0, 1]), "huffman", 4), "unknown sparse format 'huffman'; allowed: dense"),
+    (lambda: encode(np.array([0, 1]), "lz4", 4), "unknown sparse format 'lz4'; allowed: dense"),
     (lambda: payload_bits("csr", code_stats(np.array([1, 2])), 4), "needs a 2-D array"),
     (lambda: best_format(np.array([0.5]), 4), "integer dtype"),
     (lambda: decode(b"\x00" * 20), "decode takes an Encoded"),
@@ -500,3 +548,32 @@ def test_a_header_promising_billions_of_codes_is_refused_not_allocated():
     huge = sparse.Encoded(**{**enc.__dict__, "shape": (1 << 31,)})
     with pytest.raises(DataError, match="promises 2,147,483,648 codes"):
         sparse.decode(huge)
+
+
+def test_huffman_streams():
+    enc = encode(ROW, "huffman", 4)
+    bits = bitstring(enc)
+    # the two 1-bit code lengths (after V = 2 and each 4-bit code) made 0: not a prefix code
+    refused(with_bits(enc, bits[:9] + "000000" + bits[15:]), "length of 0")
+    # both code lengths 1 and a third entry claimed (V = 3) would need 3 codewords of 1 bit: Kraft sum > 1
+    three = encode(np.array([0, 3, 0, -2, 5, 0]), "huffman", 4)
+    tbits = bitstring(three)
+    lengths = [tbits[5 + 10 * i + 4: 5 + 10 * i + 10] for i in range(3)]
+    assert sorted(lengths) == sorted(["100000", "010000", "010000"])      # lengths 1, 2, 2
+    kraft = tbits[:5] + "".join(tbits[5 + 10 * i: 5 + 10 * i + 4] + "100000" for i in range(3)) + tbits[35:]
+    refused(with_bits(three, kraft), "Kraft")
+    refused(with_bits(enc, bits[:5] + "0000" + bits[9:]), "code 0")      # code −2 replaced by 0
+    refused(with_bits(enc, bits + "0"), "bits left")                      # one bit too many
+    refused(with_bits(enc, bits[:-1]), "ends inside")                     # the last codeword cut
+    refused(with_bits(enc, "11111" + bits[5:]), "distinct code")          # V = 31 > nnz
+    refused(dataclasses.replace(encode(np.zeros(4, np.int64), "huffman", 4), payload=b"\x01", length_bits=1),
+            "empty")
+
+
+def test_huffman_beats_relative_on_skewed_codes():
+    """Deep Compression's point: Huffman coding of the codes and runs shrinks a pruned layer further."""
+    rng = np.random.default_rng(1)
+    codes = np.where(rng.random(20_000) < 0.1, rng.choice([1, -1, 2, -2, 7], 20_000, p=[.4, .4, .1, .08, .02]), 0)
+    sizes = format_sizes(codes, 4)
+    assert sizes["huffman"] < 0.8 * min(v for f, v in sizes.items() if f != "huffman")
+    assert np.array_equal(decode(encode(codes, "huffman", 4)), codes)

@@ -43,6 +43,17 @@ previous non-zero or from the start; zeros after the last non-zero are *not* cou
 - csc (2-D only): csr of the transpose: cols + 1 column pointers, then per non-zero in column-major
   order (row index: max(1, ⌈log2 rows⌉) bits, code: b bits).
       size = (cols + 1)·P + nnz·(max(1, ⌈log2 rows⌉) + b)
+- huffman (Deep Compression's last stage; `bitsmith.integer.huffman`): the zero runs z_i and the
+  non-zero codes, each Huffman-coded with its own canonical table. Payload: V, the number of
+  distinct non-zero codes (b + 1 bits); V entries (code: b bits, codeword length: 6 bits), codes
+  increasing; G, the number of distinct runs (W = bit length of n bits); G entries (run:
+  R = max(1, ⌈log2 n⌉) bits, length: 6 bits), runs increasing; then per non-zero, row-major, the
+  run's codeword followed by the code's codeword. No filler: a run of any length is one symbol.
+  An array without non-zeros has an empty payload (nnz = 0 in the header says it all).
+      size = (b + 1) + V·(b + 6) + W + G·(R + 6) + Σ_i (ℓ_run(z_i) + ℓ_code(c_i))   (0 when nnz = 0)
+  with ℓ the Huffman codeword lengths of the two histograms (so the formula needs the histograms,
+  not just nnz; it is still computed without encoding). Decoding is sequential (a prefix code):
+  a storage format for files and off-chip memory, not one a PE array streams from.
 
 **Header.** The sizes above are *payload* bits only. What a decoder needs besides the payload (the
 format, b, signedness, shape, nnz, the run/index field width and `length_bits`) is a fixed header of
@@ -62,8 +73,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from bitsmith.errors import ConfigError, DataError
+from bitsmith.integer import huffman
 
-FORMATS = ("dense", "bitmask", "run-length", "relative", "csr", "csc")
+FORMATS = ("dense", "bitmask", "run-length", "relative", "csr", "csc", "huffman")
 #: Formats defined on 2-D arrays only.
 MATRIX_FORMATS = ("csr", "csc")
 #: Code widths (inclusive). Signed codes need a sign bit and a magnitude bit (docs/arithmetic.md §3).
@@ -149,6 +161,8 @@ class CodeStats:
     shape: tuple[int, ...]
     nnz: int
     zero_runs: np.ndarray
+    #: The non-zero codes in row-major order (the huffman format's histogram).
+    values: np.ndarray
 
     @property
     def size(self) -> int:
@@ -161,7 +175,8 @@ def code_stats(codes) -> CodeStats:
     positions = np.flatnonzero(array)
     # zeros before each non-zero: the gap to the previous non-zero (the first's to position −1) minus one
     runs = np.diff(positions, prepend=-1) - 1
-    return CodeStats(tuple(int(d) for d in array.shape), int(positions.size), runs.astype(np.int64))
+    return CodeStats(tuple(int(d) for d in array.shape), int(positions.size), runs.astype(np.int64),
+                     array.ravel()[positions].astype(np.int64))
 
 
 def index_width(count: int) -> int:
@@ -185,6 +200,19 @@ def _fixed_payload_bits(fmt: str, shape: tuple[int, ...], nnz: int, bits: int) -
     return (rows + 1) * pointer_width(nnz) + nnz * (index_width(cols) + bits)
 
 
+def _huffman_fields(n: int) -> tuple[int, int]:
+    """(width of the distinct-run count, width of a run symbol) of the huffman format for n codes."""
+    return max(0, n).bit_length(), index_width(max(1, n))
+
+
+def _huffman_table_bits(stats: CodeStats, bits: int) -> int:
+    count_bits, run_bits = _huffman_fields(stats.size)
+    distinct_values = np.unique(stats.values).size
+    distinct_runs = np.unique(stats.zero_runs).size
+    return ((bits + 1) + distinct_values * (bits + huffman.LENGTH_BITS)
+            + count_bits + distinct_runs * (run_bits + huffman.LENGTH_BITS))
+
+
 def _pair_step(fmt: str, field_bits: int) -> tuple[int, int]:
     """(positions a filler advances, value added to a run to give its field) of run-length / relative."""
     if fmt == "run-length":
@@ -205,6 +233,10 @@ def payload_bits(fmt: str, stats: CodeStats, bits: int, *, signed: bool = True, 
         step, _ = _pair_step(fmt, field)
         fillers = int((stats.zero_runs // step).sum())
         return (stats.nnz + fillers) * (field + bits)
+    if fmt == "huffman":
+        if stats.nnz == 0:
+            return 0
+        return _huffman_table_bits(stats, bits) + huffman.coded_bits(stats.zero_runs) + huffman.coded_bits(stats.values)
     return _fixed_payload_bits(fmt, stats.shape, stats.nnz, bits)
 
 
@@ -377,6 +409,28 @@ def _encode_csr(matrix: np.ndarray, bits: int) -> tuple[bytes, int]:
     return _pack(_field_matrix(pointers, pointer_width(nnz)), pairs)
 
 
+def _encode_huffman(flat: np.ndarray, bits: int) -> tuple[bytes, int]:
+    stats = code_stats(flat)
+    if stats.nnz == 0:
+        return _pack()
+    count_bits, run_bits = _huffman_fields(flat.size)
+    sections = []
+    for values, width, count_width in ((stats.values, bits, bits + 1), (stats.zero_runs, run_bits, count_bits)):
+        symbols, counts = huffman.histogram(values)
+        lengths = huffman.code_lengths(symbols, counts)
+        sections.append((values, symbols, lengths))
+        table = np.hstack([_field_matrix(symbols, width), _field_matrix(lengths, huffman.LENGTH_BITS)])
+        sections[-1] += (np.concatenate([_field_matrix(np.array([symbols.size]), count_width).ravel(), table.ravel()]),)
+    (values, vsym, vlen, vtable), (runs, rsym, rlen, rtable) = sections
+    run_words = huffman.canonical_codewords(rsym, rlen)
+    value_words = huffman.canonical_codewords(vsym, vlen)
+    stream = []
+    for run, value in zip(runs.tolist(), values.tolist()):
+        for code, length in (run_words[run], value_words[value]):
+            stream.extend((code >> (length - 1 - j)) & 1 for j in range(length))
+    return _pack(vtable, rtable, np.array(stream, dtype=np.uint8))
+
+
 def encode(codes, fmt: str, bits: int, *, signed: bool = True, run_bits: int = DEFAULT_RUN_BITS,
            index_bits: int = DEFAULT_INDEX_BITS) -> Encoded:
     """Encode `codes` (b-bit integer codes, 1-D or 2-D) in format `fmt`; decode(encode(...)) returns them."""
@@ -393,6 +447,8 @@ def encode(codes, fmt: str, bits: int, *, signed: bool = True, run_bits: int = D
         payload, length = _pack((flat != 0).astype(np.uint8), _field_matrix(flat[flat != 0], bits))
     elif fmt in ("run-length", "relative"):
         payload, length = _encode_pairs(flat, bits, field_bits, fmt)
+    elif fmt == "huffman":
+        payload, length = _encode_huffman(flat, bits)
     else:
         payload, length = _encode_csr(array if fmt == "csr" else np.ascontiguousarray(array.T), bits)
     too_big = [f"{name} = {v}" for name, v in (("a dimension", max(array.shape)), ("length_bits", length))
@@ -481,6 +537,48 @@ def _decode_csr(enc: Encoded, reader: _Reader, rows: int, cols: int) -> np.ndarr
     return out
 
 
+def _huffman_table(reader: _Reader, width: int, count_width: int, limit: int, what: str):
+    (count,) = reader.fields(1, (count_width,), f"{what} count")
+    count = int(count[0])
+    if count > limit:
+        raise DataError(f"the huffman stream lists {count} distinct {what}s; at most {limit} are possible")
+    symbols, lengths = reader.fields(count, (width, huffman.LENGTH_BITS), f"{what} table")
+    return symbols, lengths
+
+
+def _decode_huffman(enc: Encoded, reader: _Reader, n: int) -> np.ndarray:
+    if enc.nnz == 0:
+        if enc.length_bits:
+            raise DataError(f"a huffman stream without non-zeros is empty; this one has {enc.length_bits} bits")
+        return _zeros(n, enc)
+    count_bits, run_bits = _huffman_fields(n)
+    raw, value_lengths = _huffman_table(reader, enc.bits, enc.bits + 1, min(enc.nnz, 1 << enc.bits), "code")
+    values = _signed_values(raw, enc.bits, enc.signed)
+    runs, run_lengths = _huffman_table(reader, run_bits, count_bits, enc.nnz, "run")
+    huffman.check_table(values, value_lengths, "code")
+    huffman.check_table(runs, run_lengths, "run")
+    if (values == 0).any():
+        raise DataError("the huffman code table lists code 0; only non-zero codes are stored")
+    if enc.nnz and (values.size == 0 or runs.size == 0):
+        raise DataError(f"the huffman stream has an empty table but the header says nnz = {enc.nnz}")
+    value_decoder = huffman.Decoder(values, value_lengths, "code")
+    run_decoder = huffman.Decoder(runs, run_lengths, "run")
+    bits, offset = reader.bits, reader.offset
+    out = _zeros(n, enc)
+    position = -1
+    for _ in range(enc.nnz):
+        run, offset = run_decoder.read(bits, offset)
+        value, offset = value_decoder.read(bits, offset)
+        position += run + 1
+        if position >= n:
+            raise DataError(f"a huffman run points past the end: position {position}, the array has {n} codes")
+        out[position] = value
+    if offset != enc.length_bits:
+        raise DataError(f"the huffman stream has {enc.length_bits - offset} bits left after its {enc.nnz} non-zeros; "
+                        "length_bits and nnz disagree (corrupt stream)")
+    return out
+
+
 def decode(enc: Encoded) -> np.ndarray:
     """The int64 array of shape `enc.shape` that `enc` encodes; a truncated or inconsistent stream is a
     DataError naming what is wrong."""
@@ -488,7 +586,7 @@ def decode(enc: Encoded) -> np.ndarray:
         raise ConfigError(f"decode takes an Encoded, got {type(enc).__name__}")
     _check_encoded(enc)
     n = math.prod(enc.shape)
-    if enc.format not in ("run-length", "relative"):
+    if enc.format not in ("run-length", "relative", "huffman"):
         need = _fixed_payload_bits(enc.format, enc.shape, enc.nnz, enc.bits)
         if enc.length_bits != need:
             raise DataError(f"a {enc.format} payload of shape {enc.shape} with nnz = {enc.nnz} has {need} bits; "
@@ -512,6 +610,8 @@ def decode(enc: Encoded) -> np.ndarray:
         out[mask.astype(bool)] = codes
     elif enc.format in ("run-length", "relative"):
         out = _decode_pairs(enc, reader, n)
+    elif enc.format == "huffman":
+        out = _decode_huffman(enc, reader, n)
     elif enc.format == "csr":
         out = _decode_csr(enc, reader, *enc.shape)
     else:

@@ -178,6 +178,51 @@ def qat_cmd(run: Path = typer.Argument(..., help="float run folder (from bitsmit
     _emit({k: v for k, v in metrics.items() if k != "history"}, as_json, f"QAT {method} in {out}")
 
 
+@app.command("prune")
+def prune_cmd(run: Path = typer.Argument(..., help="float run folder (from bitsmith train)"),
+              out: Path = typer.Option(..., help="folder for the pruned float run"),
+              method: str = typer.Option("magnitude", help="magnitude, nm, pattern, channel or ssl"),
+              sparsity: float = typer.Option(0.9, help="magnitude: fraction of weights removed; channel: fraction "
+                                                       "of each layer's output channels removed"),
+              schedule: str = typer.Option("agp", help="magnitude: oneshot, iterative or agp"),
+              scope: str = typer.Option("global", help="magnitude: global or layer"),
+              n: int = typer.Option(2, "--n", help="nm: keep N of every M weights"),
+              m: int = typer.Option(4, "--m", help="nm: group size M"),
+              pattern_k: int = typer.Option(4, help="pattern: entries kept per 3x3 kernel"),
+              library_size: int = typer.Option(8, help="pattern: patterns in the library"),
+              connectivity: float = typer.Option(0.0, help="pattern: fraction of whole kernels removed per layer"),
+              criterion: str = typer.Option("l1", help="channel: l1 (filter norm) or bn (BatchNorm scale)"),
+              ssl_groups: str = typer.Option("filter,channel", help="ssl: groups, from filter, channel, shape"),
+              ssl_strength: float = typer.Option(1e-4, help="ssl: weight of the group lasso in the loss"),
+              ssl_threshold: float = typer.Option(1e-3, help="ssl: groups with a smaller L2 norm are removed"),
+              ssl_epochs: int = typer.Option(2, min=1, help="ssl: epochs of group-lasso training"),
+              epochs: int = typer.Option(2, min=1, help="fine-tuning epochs"),
+              lr: float = typer.Option(0.01, help="fine-tuning learning rate (cosine to 0)"),
+              l1: float = typer.Option(0.0, help="L1 weight penalty while fine-tuning"),
+              l2: float = typer.Option(0.0, help="L2 weight penalty while fine-tuning"),
+              seed: int = typer.Option(0),
+              train_limit: Optional[int] = typer.Option(None, help="fine-tune on the first N training images only"),
+              data_dir: Optional[str] = typer.Option(None),
+              quiet: bool = typer.Option(False),
+              force: bool = _force(),
+              as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Prune a float run and fine-tune it (docs/pruning.md); the result is a float run: `bitsmith qat` on it keeps
+    its zeros, `bitsmith sparsity` shows the stored size of the quantized graph."""
+    from bitsmith.prune.job import PruneConfig, prune_run
+
+    config = PruneConfig(method=method, sparsity=sparsity, schedule=schedule, scope=scope, n=n, m=m,
+                         pattern_k=pattern_k, library_size=library_size, connectivity=connectivity,
+                         criterion=criterion, ssl_groups=tuple(g.strip() for g in ssl_groups.split(",") if g.strip()),
+                         ssl_strength=ssl_strength, ssl_threshold=ssl_threshold, ssl_epochs=ssl_epochs,
+                         epochs=epochs, lr=lr, l1=l1, l2=l2, seed=seed)
+    metrics = prune_run(run, out, config, data_dir=data_dir, quiet=quiet or as_json, force=force,
+                        train_limit=train_limit)
+    keys = ("method", "fp32_accuracy", "accuracy", "sparsity", "macs_before", "macs_after", "params_before",
+            "params_after", "seconds")
+    summary = {k: metrics[k] for k in keys} | {"next": f"bitsmith qat {out} --method lsq --out {out}-qat"}
+    _emit(summary, as_json, f"{method} pruning in {out}")
+
+
 @app.command("search")
 def search_cmd(run: Path = typer.Argument(..., help="float run folder (from bitsmith train)"),
                out: Path = typer.Option(..., help="folder for search.json (and alpha.png for dnas)"),

@@ -35,6 +35,9 @@ from bitsmith.runs import CHECKPOINT_FILE, load_run
 from bitsmith.storage import load_tensors, write_json_atomic
 from bitsmith.train import TrainConfig, train
 from bitsmith.integer import engine
+from bitsmith.integer.sparsity import graph_sparsity
+from bitsmith.prune.job import pruned_run_masks
+from bitsmith.prune.magnitude import quantize_pruned
 
 def _fraction_equal(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a == b).double().mean())
@@ -162,7 +165,14 @@ def _qat_into(run_dir: str | os.PathLike, out_dir: Path, config: QATConfig | Cli
         if on_epoch is not None:
             on_epoch(record)
 
-    qmodel = quantize(run.model, train_ds, config, on_epoch=report)
+    masks = pruned_run_masks(run.meta, run.model)
+    if masks is None:
+        qmodel = quantize(run.model, train_ds, config, on_epoch=report)
+    elif isinstance(config, ClipQConfig):
+        raise ConfigError(f"{run_dir} is a pruned run: CLIP-Q prunes by its own rule and would not keep its zeros; "
+                          "run CLIP-Q on the unpruned run, or QAT (lsq, pact, hwgq) on this one")
+    else:  # a pruned run's zeros stay zero through QAT (bitsmith.prune)
+        qmodel = quantize_pruned(run.model, train_ds, config, masks, on_epoch=report)
     graph = lower(qmodel, metadata={
         "model": run.model.spec, "dataset": dataset, "data_dir": data_dir,
         "source_run": str(public_path(Path(run_dir).resolve()).absolute()), "qat": config.to_json(),
@@ -192,6 +202,10 @@ def _qat_into(run_dir: str | os.PathLike, out_dir: Path, config: QATConfig | Cli
         "history": history,
         "graph": str(public_path(out_dir)),
     }
+    if masks is not None:
+        storage = graph_sparsity(graph)
+        metrics["pruned"] = {"density": storage["density"], "stored_kb": storage["stored_kb"],
+                             "compression": storage["compression"]}
     collapsed = _collapsed(metrics, len(labels))
     if collapsed:
         metrics["warning"] = collapsed

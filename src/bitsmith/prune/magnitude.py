@@ -38,7 +38,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -295,7 +295,8 @@ def prune_finetune(model: nn.Module, train_ds: ArrayDataset, input_shape: Sequen
 
 
 def quantize_pruned(model: nn.Module, data: ArrayDataset | Iterable, config: QATConfig | QuantConfig,
-                    masks: dict[str, torch.Tensor] | None = None) -> nn.Module:
+                    masks: dict[str, torch.Tensor] | None = None, *,
+                    on_epoch: Callable[[dict[str, Any]], None] | None = None) -> nn.Module:
     """`bitsmith.quant.quantize` that keeps `masks` (default: those registered on `model`) pruned.
 
     QAT: the masks are put on the QuantLayers after preparation and before training, so the trained
@@ -310,7 +311,7 @@ def quantize_pruned(model: nn.Module, data: ArrayDataset | Iterable, config: QAT
                               f"(bitsmith.data.load_dataset(name, 'train')), not {type(data).__name__}")
         qmodel = qat_prepare(model, dataset_batches(data, tuple(model.input_shape)), config.spec)
         apply_masks(qmodel, masks)
-        qat_train(qmodel, model, data, config.train)
+        qat_train(qmodel, model, data, config.train, on_epoch=on_epoch)
     elif isinstance(config, QuantConfig):
         qmodel = quantize_model(model, data, config)
         apply_masks(qmodel, masks)

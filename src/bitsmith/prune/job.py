@@ -36,7 +36,7 @@ from bitsmith.models import model_summary
 from bitsmith.prune.magnitude import (SCHEDULES, SCOPES, apply_masks, check_sparsity, finetune, prunable_layers,
                                       prune_finetune, remove_masks, sparsity_of)
 from bitsmith.prune.nm import check_nm, nm_masks
-from bitsmith.prune.pattern import pattern_masks
+from bitsmith.prune.pattern import check_library_size, check_pattern_size, pattern_masks
 from bitsmith.prune.ssl import GROUPS, ssl_remove, ssl_train
 from bitsmith.prune.structured import CRITERIA, channel_prune, save_pruned_run
 from bitsmith.runs import load_run
@@ -93,6 +93,8 @@ class PruneConfig:
         if unknown or not self.ssl_groups:
             raise ConfigError(f"SSL groups {list(self.ssl_groups)!r}: allowed one or more of {', '.join(GROUPS)}")
         check_nm(self.n, self.m)
+        check_pattern_size(self.pattern_k)
+        check_library_size(self.library_size, self.pattern_k)
         for name in ("epochs", "batch_size", "pattern_k", "library_size", "ssl_epochs"):
             _positive(name, getattr(self, name))
         for name in ("lr", "ssl_strength", "ssl_threshold"):

@@ -49,7 +49,7 @@ CENTRE = 4
 KERNEL_ENTRIES = 9
 
 
-def _check_k(k: int) -> int:
+def check_pattern_size(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= KERNEL_ENTRIES:
         raise ConfigError(f"pattern size must be 2..9; a 3×3 kernel has 9 entries (got k={k!r}; k=9 keeps all)")
     return k
@@ -58,7 +58,7 @@ def _check_k(k: int) -> int:
 def pattern_candidates(k: int = 4) -> list[tuple[int, ...]]:
     """The C(8, k − 1) patterns of size k (centre 4 plus k − 1 neighbours), as sorted flat-index
     tuples in lexicographic order."""
-    k = _check_k(k)
+    k = check_pattern_size(k)
     neighbours = [i for i in range(KERNEL_ENTRIES) if i != CENTRE]
     return sorted(tuple(sorted((*c, CENTRE))) for c in itertools.combinations(neighbours, k - 1))
 
@@ -98,7 +98,7 @@ def _squares(m: nn.Module) -> torch.Tensor:
     return w.reshape(-1, KERNEL_ENTRIES) ** 2
 
 
-def _check_library_size(library_size: int, k: int) -> int:
+def check_library_size(library_size: int, k: int) -> int:
     n = math.comb(8, k - 1)
     if isinstance(library_size, bool) or not isinstance(library_size, int) or not 1 <= library_size <= n:
         raise ConfigError(f"library_size must be an integer in 1..{n} (there are C(8, {k - 1}) = {n} patterns of "
@@ -118,8 +118,8 @@ def pattern_library(model: nn.Module, *, k: int = 4, library_size: int = 8,
                     layers: Sequence[str] | None = None) -> list[tuple[int, ...]]:
     """The `library_size` most frequent natural patterns over the chosen 3×3 convs (most frequent
     first, equal counts by pattern index); see the module docstring."""
-    k = _check_k(k)
-    library_size = _check_library_size(library_size, k)
+    k = check_pattern_size(k)
+    library_size = check_library_size(library_size, k)
     candidates = pattern_candidates(k)
     counts = torch.zeros(len(candidates), dtype=torch.int64)
     for m in _conv3x3_layers(model, layers).values():
@@ -160,7 +160,7 @@ def pattern_masks(model: nn.Module, *, k: int = 4, library_size: int = 8, connec
     (kept kernels per library index), "density"}}, "kernels", "removed", "density"} — density is
     the kept fraction of the chosen layers' weights.
     """
-    k = _check_k(k)
+    k = check_pattern_size(k)
     connectivity = check_sparsity(connectivity, "connectivity (the fraction of kernels removed per layer)")
     chosen = _conv3x3_layers(model, layers)
     if library is None:

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from bitsmith.errors import CheckpointError
+from bitsmith.errors import CheckpointError, ConfigError
 from bitsmith.integer import load as load_graph
 from bitsmith.models import build_model
 from bitsmith.pipeline import quantize_run
@@ -55,6 +55,16 @@ def test_a_shrunk_run_reloads_with_its_widths_and_the_same_outputs(shrunk):
     with torch.no_grad():
         assert torch.equal(info.model(x), pruned(x))
     assert info.meta["pruning"]["method"] == "channel"
+
+
+def test_an_existing_run_is_replaced_only_with_force(shrunk, tmp_path):
+    out, pruned, _ = shrunk
+    source = RunInfo(model=pruned, meta={"dataset": "synthetic"}, path=tmp_path)
+    with pytest.raises(ConfigError, match="already holds a float run"):
+        save_pruned_run(out, pruned, source, pruning={})
+    copy = shutil.copytree(out, tmp_path / "copy")
+    save_pruned_run(copy, pruned, source, pruning={"note": "again"}, force=True)
+    assert load_run(copy).meta["pruning"]["note"] == "again"
 
 
 def test_a_shrunk_run_quantizes_with_the_unchanged_quantize_path(shrunk, tmp_path):

@@ -136,6 +136,8 @@ def test_bad_input_is_refused_clearly():
         channel_prune(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), 0.5, input_shape=(1, 4, 4))
     with pytest.raises(ConfigError, match="'conv9' not a Conv2d/Linear of LeNet5"):
         channel_prune(lenet, 0.5, ignored_layers=["conv9"])
+    with pytest.raises(ConfigError, match="Sequential has no input_shape attribute; pass input_shape"):
+        channel_prune(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 2, 3)), 0.5)
     with pytest.raises(ConfigError, match="round_to must be a positive integer"):
         channel_prune(lenet, 0.5, round_to=0)
     masked = apply_masks(_model("lenet5"), magnitude_masks(lenet, 0.5))

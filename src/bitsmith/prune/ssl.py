@@ -46,7 +46,13 @@ from torch import nn
 from bitsmith.data import ArrayDataset
 from bitsmith.errors import ConfigError
 from bitsmith.prune.magnitude import apply_masks, current_masks, finetune, prunable_layers
-from bitsmith.prune.structured import StructuredReport, dependency_graph, prunable_groups, remove_channels
+from bitsmith.prune.structured import (
+    StructuredReport,
+    dependency_graph,
+    input_shape_of,
+    prunable_groups,
+    remove_channels,
+)
 
 GROUPS = ("filter", "channel", "shape")
 
@@ -166,7 +172,7 @@ def ssl_remove(model: nn.Module, threshold: float, *, input_shape: Sequence[int]
             or threshold < 0:
         raise ConfigError(f"threshold must be a finite number >= 0, got {threshold!r}")
     groups = _check_groups(groups)
-    shape = tuple(input_shape if input_shape is not None else model.input_shape)
+    shape = input_shape_of(model, input_shape)
     masked = list(current_masks(model))
     if masked:
         # Why not bake them on a copy: removing a parametrization from a deep copy deletes the weight

@@ -105,6 +105,14 @@ def _check_prunable(model: nn.Module) -> None:
         raise ConfigError(f"{type(model).__name__} has no prunable layer (Conv2d or Linear)")
 
 
+def input_shape_of(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    """`input_shape` (C, H, W), or the model's own; a ConfigError when neither is known."""
+    shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+    if shape is None:
+        raise ConfigError(f"{type(model).__name__} has no input_shape attribute; pass input_shape=(C, H, W)")
+    return tuple(shape)
+
+
 def dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of `model`, traced on one zero image (eval mode, restored)."""
     was_training = model.training
@@ -206,7 +214,7 @@ def remove_channels(model: nn.Module, graph: tp.DependencyGraph, removal: dict[s
     shape = tuple(input_shape)
     macs_before, params_before = _totals(model, shape)
     roots = _roots(model)
-    before = {name: (layer_widths(m)) for name, m in roots.items()}
+    before = {name: layer_widths(m) for name, m in roots.items()}
     widths_before = _widths(model)
     for name, idxs in removal.items():
         if idxs:
@@ -239,7 +247,7 @@ def channel_prune(model: nn.Module, ratio: float, *, input_shape: Sequence[int] 
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
         raise ConfigError(f"round_to must be a positive integer or None, got {round_to!r}")
     _check_prunable(model)
-    shape = tuple(input_shape if input_shape is not None else model.input_shape)
+    shape = input_shape_of(model, input_shape)
     model = copy.deepcopy(model).eval()
     graph = dependency_graph(model, shape)
     groups = prunable_groups(model, graph, ignored_layers)
@@ -260,10 +268,14 @@ def save_pruned_run(run_dir: str | Path, model: nn.Module, source: RunInfo, *, p
 
     The run keeps the source's data set and records `pruning` (how it was made, JSON) and
     `metrics` (e.g. {"accuracy": ...}); it has no optimizer state (nothing to resume). Written
-    whole or not at all (bitsmith.artifacts.publishing), read back before it is published.
+    whole or not at all (bitsmith.artifacts.publishing), read back before it is published. An
+    existing float run at `run_dir` is replaced only with `force` (it may be hours of training).
     """
     if getattr(model, "spec", None) is None:
         raise ConfigError(f"{type(model).__name__} has no .spec: prune a model built by bitsmith.models.build_model")
+    if not force and Path(run_dir).is_dir() and FLOAT_RUN.detect(Path(run_dir)):
+        raise ConfigError(f"{run_dir} already holds a float run; choose another folder or pass force=True to "
+                          "replace it")
     meta = {
         "dataset": source.meta["dataset"],
         "data_dir": source.meta.get("data_dir"),

@@ -19,6 +19,14 @@ and its metadata has one key, "bitsmith", holding a JSON object:
 {"format": "bitsmith.run", "version": 1, "model": model.spec, "dataset": ..., "data_dir": ...,
 "epoch": completed epochs, "train_config": {...}, "optimizer": {"type", "param_groups"}, "metrics": {...}}.
 
+Shrunk layers. Structured pruning (bitsmith.prune.structured) makes layers narrower than
+`build_model` builds them. Such a run says so in its model spec: "shrunk" maps a module name to its
+widths ({"in_channels", "out_channels", "groups"} of a Conv2d, {"in_features", "out_features"} of
+a Linear, {"num_features"} of a BatchNorm1d/2d), each at least 1 and at most what `build_model`
+builds. `load_run` rebuilds the model, replaces exactly those modules with ones of the stored
+widths (every other hyper-parameter kept), then loads the weights: any tensor that still does not
+match, in a listed module or elsewhere, is a CheckpointError as for any run.
+
 Nothing here unpickles: tensors come from safetensors, everything else from JSON.
 """
 
@@ -275,9 +283,71 @@ def load_run(run_dir: str | os.PathLike) -> RunInfo:
         )
     except (BitsmithError, TypeError, KeyError) as e:
         raise CheckpointError(f"{checkpoint.path}: cannot rebuild model from its spec {spec}: {e}") from None
+    if spec.get("shrunk"):
+        resize_layers(model, spec["shrunk"], checkpoint.path)
+        model.spec = {**model.spec, "shrunk": spec["shrunk"]}
     load_model_state(model, checkpoint)
     model.eval()
     return RunInfo(model=model, meta=checkpoint.meta, path=checkpoint.path.parent)
+
+
+# -- shrunk layers (structured pruning) ------------------------------------------------------------
+
+#: The widths a shrunk module records, by module type (what its constructor takes).
+WIDTHS: dict[type, tuple[str, ...]] = {
+    nn.Conv2d: ("in_channels", "out_channels", "groups"),
+    nn.Linear: ("in_features", "out_features"),
+    nn.BatchNorm1d: ("num_features",),
+    nn.BatchNorm2d: ("num_features",),
+}
+
+
+def layer_widths(module: nn.Module) -> dict[str, int] | None:
+    """The widths of a resizable module ({name: value}, see WIDTHS), None for any other module."""
+    names = WIDTHS.get(type(module))
+    return None if names is None else {n: int(getattr(module, n)) for n in names}
+
+
+def _resized(module: nn.Module, widths: dict[str, int]) -> nn.Module:
+    """A fresh module of `module`'s type and hyper-parameters with `widths` (weights uninitialised
+    in meaning: load_state_dict overwrites them)."""
+    if isinstance(module, nn.Conv2d):
+        return nn.Conv2d(widths["in_channels"], widths["out_channels"], module.kernel_size, stride=module.stride,
+                         padding=module.padding, dilation=module.dilation, groups=widths["groups"],
+                         bias=module.bias is not None, padding_mode=module.padding_mode)
+    if isinstance(module, nn.Linear):
+        return nn.Linear(widths["in_features"], widths["out_features"], bias=module.bias is not None)
+    return type(module)(widths["num_features"], eps=module.eps, momentum=module.momentum, affine=module.affine,
+                        track_running_stats=module.track_running_stats)
+
+
+def resize_layers(model: nn.Module, shrunk: dict[str, dict[str, int]], where: Any = "model") -> None:
+    """Replace each module named in `shrunk` by one of the recorded widths (in place).
+
+    Each name must be a Conv2d, Linear or BatchNorm1d/2d of `model`, its widths exactly that type's
+    (WIDTHS), each between 1 and the built width, and a Conv2d's groups must divide its channels;
+    anything else is a CheckpointError naming `where` and the module.
+    """
+    modules = dict(model.named_modules())
+    for name, widths in shrunk.items():
+        module = modules.get(name) if name else None
+        built = layer_widths(module) if module is not None else None
+        if built is None:
+            kind = "no module" if module is None else f"a {type(module).__name__}, which cannot be resized"
+            raise CheckpointError(f"{where}: shrunk layer {name!r} is {kind} of model {type(model).__name__}; "
+                                  "the run was not written by this bitsmith.")
+        if set(widths) != set(built):
+            raise CheckpointError(f"{where}: shrunk layer {name!r} ({type(module).__name__}) records "
+                                  f"{sorted(widths)}, expected {sorted(built)}.")
+        too_wide = {k: v for k, v in widths.items() if not 1 <= v <= built[k]}
+        if too_wide:
+            raise CheckpointError(f"{where}: shrunk layer {name!r}: {too_wide} outside 1 to the built {built}; "
+                                  "a shrunk layer is never wider than the model builds it.")
+        if "groups" in widths and (widths["in_channels"] % widths["groups"] or widths["out_channels"] % widths["groups"]):
+            raise CheckpointError(f"{where}: shrunk layer {name!r}: groups {widths['groups']} does not divide "
+                                  f"{widths['in_channels']} input and {widths['out_channels']} output channels.")
+        parent_name, _, child = name.rpartition(".")
+        setattr(modules[parent_name], child, _resized(module, widths))
 
 
 def _parse_meta(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
@@ -324,6 +394,8 @@ _Rate = finite_number(0)
 MAX_CLASSES = 1 << 16
 MAX_INPUT_CHANNELS = 1 << 10
 MAX_INPUT_SIDE = 1 << 16
+MAX_WIDTH = 1 << 20
+_WidthName = Literal["in_channels", "out_channels", "groups", "in_features", "out_features", "num_features"]
 
 
 class _ModelSpec(_Strict):
@@ -333,6 +405,9 @@ class _ModelSpec(_Strict):
     num_classes: Optional[strict_int(1, MAX_CLASSES)] = None
     input_shape: Optional[Annotated[list[strict_int(1, MAX_INPUT_SIDE)], Field(min_length=3, max_length=3)]] = None
     kwargs: dict[str, Any] = {}
+    # Structured pruning: module name -> its widths (see "Shrunk layers" above; checked against the
+    # rebuilt model by resize_layers, where the module types are known).
+    shrunk: dict[_NonEmpty, Annotated[dict[_WidthName, strict_int(1, MAX_WIDTH)], Field(min_length=1)]] = {}
 
     @model_validator(mode="after")
     def _channels(self) -> "_ModelSpec":
@@ -387,6 +462,7 @@ class _RunMeta(_Strict):
     test_images: Optional[_Count] = None
     environment: _Environment = _Environment()
     optimizer: _Optimizer
+    pruning: Optional[dict[str, Any]] = None  # how a pruned run was made from its source (bitsmith.prune)
 
 
 _RUN_META = TypeAdapter(_RunMeta)

@@ -48,6 +48,7 @@ from torch.nn.utils import parametrize
 
 from bitsmith.data import ArrayDataset, iterate_batches
 from bitsmith.errors import ConfigError
+from bitsmith.prune.regularise import check_penalty, weight_penalty
 from bitsmith.quant import QATConfig, QuantConfig
 from bitsmith.quant import quantize as quantize_model
 from bitsmith.quant.calibration import dataset_batches
@@ -218,38 +219,36 @@ def _schedule(schedule: str, final: float, events: int) -> list[float]:
     return [agp_sparsity(k + 1, events, final) for k in range(events)]
 
 
-def prune_finetune(model: nn.Module, train_ds: ArrayDataset, input_shape: Sequence[int] | None = None, *,
-                   sparsity: float, schedule: str = "oneshot", scope: str = "global",
-                   layers: Sequence[str] | None = None, epochs: int = 1, batch_size: int = 64,
-                   prune_events: int = 4, lr: float = 0.01, weight_decay: float = 5e-4, seed: int = 0,
-                   quiet: bool = True) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """Prune a deep copy of `model` to `sparsity` and fine-tune it with the masks in place.
-
-    Training is bitsmith.train's: SGD (Nesterov momentum 0.9, weight decay) with a cosine learning
-    rate to 0 over all steps. Pruning happens at steps k·Δ, k = 0 … N−1, Δ = ⌊total/(N + 1)⌋ (the
-    last stretch trains under the final mask): N = 1 for "oneshot", N = `prune_events` for
-    "iterative" (equal sparsity increments) and "agp" (Zhu & Gupta's cubic ramp over the events).
-    Deterministic for a seed (the caller's RNG state is restored). Returns the masked copy (masks
-    still registered: `remove_masks` bakes them) and a history: one record per pruning event
-    ({"step", "sparsity"}) and per epoch ({"epoch", "train_loss", "train_acc", "sparsity", "seconds"}).
-    """
-    sparsity = check_sparsity(sparsity)
-    if schedule not in SCHEDULES:
-        raise ConfigError(f"unknown schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("prune_events", prune_events)):
+def _positive_ints(**values: int) -> None:
+    for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def finetune(model: nn.Module, train_ds: ArrayDataset, input_shape: Sequence[int] | None = None, *,
+             epochs: int = 1, batch_size: int = 64, lr: float = 0.01, weight_decay: float = 5e-4,
+             l1: float = 0.0, l2: float = 0.0, penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+             before_step: Callable[[nn.Module, int, int], dict[str, Any] | None] | None = None,
+             seed: int = 0, quiet: bool = True) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Train a deep copy of `model`: the one training loop of pruning's fine-tuning, SSL and the
+    regularisers (they differ only in what they add to the loss and do between steps).
+
+    SGD (Nesterov momentum 0.9, coupled `weight_decay`) with a cosine learning rate to 0 over all
+    steps, bitsmith.train's recipe; the loss is cross-entropy + `weight_penalty(model, l1, l2)` +
+    `penalty(model)` (when given). `before_step(model, step, total)` runs before each step (pruning
+    events); a dict it returns is added to the history. Deterministic for a seed (the caller's RNG
+    state is restored). Returns the trained copy (eval mode) and the history: those records and one
+    per epoch ({"epoch", "train_loss" (cross-entropy only), "train_acc", "sparsity", "seconds"}).
+    """
+    _positive_ints(epochs=epochs, batch_size=batch_size)
     if not lr > 0 or not weight_decay >= 0:
         raise ConfigError(f"lr must be positive and weight_decay >= 0, got lr={lr!r}, weight_decay={weight_decay!r}")
+    check_penalty(l1, l2)
     shape = tuple(input_shape if input_shape is not None else model.input_shape)
     steps_per_epoch = len(train_ds) // batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size {batch_size} is larger than the {len(train_ds)} training images")
     total = steps_per_epoch * epochs
-    targets = _schedule(schedule, sparsity, 1 if schedule == "oneshot" else prune_events)
-    delta = max(1, total // (len(targets) + 1))
-    events = {k * delta: s for k, s in enumerate(targets)}  # a step past the end never happens: clamp below
-    events = {min(step, total - 1): s for step, s in events.items()}
 
     model = copy.deepcopy(model)
     history: list[dict[str, Any]] = []
@@ -266,18 +265,20 @@ def prune_finetune(model: nn.Module, train_ds: ArrayDataset, input_shape: Sequen
                                       generator=gen, drop_last=True)
             for i, (x, y) in enumerate(batches):
                 step = epoch * steps_per_epoch + i
-                if step in events:
-                    # Registering the mask moves the weight Parameter itself to `original`, so the
-                    # optimizer built above (and its momentum) keeps training the same tensor.
-                    apply_masks(model, magnitude_masks(model, events[step], scope=scope, layers=layers))
-                    history.append({"step": step, "sparsity": sparsity_of(model)["total"]})
+                if before_step is not None and (record := before_step(model, step, total)) is not None:
+                    history.append(record)
                 for group in opt.param_groups:
                     group["lr"] = cosine_lr(lr, step, total)
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
                 value = loss.item()
-                if not math.isfinite(value):
-                    raise ConfigError(f"fine-tuning diverged: loss {value} at step {step}; lower the learning rate")
+                if l1 or l2:
+                    loss = loss + weight_penalty(model, l1=l1, l2=l2)
+                if penalty is not None:
+                    loss = loss + penalty(model)
+                if not math.isfinite(loss.item()):
+                    raise ConfigError(f"fine-tuning diverged: loss {loss.item()} at step {step}; lower the learning "
+                                      "rate (or the penalty strength)")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -292,6 +293,44 @@ def prune_finetune(model: nn.Module, train_ds: ArrayDataset, input_shape: Sequen
                       f"sparsity {record['sparsity']:.3f}")
     model.eval()
     return model, history
+
+
+def prune_finetune(model: nn.Module, train_ds: ArrayDataset, input_shape: Sequence[int] | None = None, *,
+                   sparsity: float, schedule: str = "oneshot", scope: str = "global",
+                   layers: Sequence[str] | None = None, epochs: int = 1, batch_size: int = 64,
+                   prune_events: int = 4, lr: float = 0.01, weight_decay: float = 5e-4, l1: float = 0.0,
+                   l2: float = 0.0, seed: int = 0, quiet: bool = True) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Prune a deep copy of `model` to `sparsity` and fine-tune it with the masks in place.
+
+    Training is `finetune`'s (bitsmith.train's SGD recipe; `l1`, `l2`: the regularisers of
+    bitsmith.prune.regularise added to the loss). Pruning happens at steps k·Δ, k = 0 … N−1,
+    Δ = ⌊total/(N + 1)⌋ (the last stretch trains under the final mask): N = 1 for "oneshot",
+    N = `prune_events` for "iterative" (equal sparsity increments) and "agp" (Zhu & Gupta's cubic
+    ramp over the events). Deterministic for a seed (the caller's RNG state is restored). Returns
+    the masked copy (masks still registered: `remove_masks` bakes them) and a history: one record
+    per pruning event ({"step", "sparsity"}) and per epoch ({"epoch", "train_loss", "train_acc",
+    "sparsity", "seconds"}).
+    """
+    sparsity = check_sparsity(sparsity)
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
+    _positive_ints(epochs=epochs, batch_size=batch_size, prune_events=prune_events)
+    targets = _schedule(schedule, sparsity, 1 if schedule == "oneshot" else prune_events)
+    _chosen(model, layers)  # an unknown layer fails before any training
+
+    def prune_at_events(model: nn.Module, step: int, total: int) -> dict[str, Any] | None:
+        delta = max(1, total // (len(targets) + 1))
+        # a step past the end never happens: the events are clamped to the last step
+        events = {min(k * delta, total - 1): s for k, s in enumerate(targets)}
+        if step not in events:
+            return None
+        # Registering the mask moves the weight Parameter itself to `original`, so the optimizer
+        # (and its momentum) keeps training the same tensor.
+        apply_masks(model, magnitude_masks(model, events[step], scope=scope, layers=layers))
+        return {"step": step, "sparsity": sparsity_of(model)["total"]}
+
+    return finetune(model, train_ds, input_shape, epochs=epochs, batch_size=batch_size, lr=lr,
+                    weight_decay=weight_decay, l1=l1, l2=l2, before_step=prune_at_events, seed=seed, quiet=quiet)
 
 
 def quantize_pruned(model: nn.Module, data: ArrayDataset | Iterable, config: QATConfig | QuantConfig,

@@ -220,7 +220,7 @@ def vgg(args, out: Path) -> dict:
     limit = args.vgg_train_limit or None
 
     def quantize(run_dir: Path, graph_dir: Path) -> None:
-        quantize_run(run_dir, graph_dir, QuantConfig(), quiet=True, force=True)
+        quantize_run(run_dir, graph_dir, QuantConfig(), force=True)
 
     common = {"epochs": args.vgg_prune_epochs, "lr": args.vgg_lr, "batch_size": 64}
     points = [dense_point("vgg_tiny-dense", source, out, quantize, test, shape, fp32)]

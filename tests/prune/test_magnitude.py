@@ -243,3 +243,13 @@ def test_dorefa_refuses_masks(train_ds):
     config = QATConfig("dorefa", wbits=4, abits=4, epochs=1, batch_size=64)
     with pytest.raises(ConfigError, match="DoReFa's grid has no zero"):
         quantize_pruned(model, train_ds, config)
+
+
+def test_baking_the_masks_of_a_copy_leaves_the_original_masked():
+    model = build_model("lenet5")
+    masks = magnitude_masks(model, 0.5)
+    apply_masks(model, masks)
+    baked = remove_masks(copy.deepcopy(model))
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(model(x), baked(x))                      # the original still has its weight property
+    assert current_masks(model).keys() == masks.keys() and not current_masks(baked)

@@ -152,7 +152,7 @@ def prune_model(model: nn.Module, train_ds, config: PruneConfig, *, quiet: bool 
         details["ssl_history"] = ssl_history
         details["structure"] = report.to_json()
         pruned, history = finetune(removed, train_ds, shape, quiet=quiet, **train, **penalties)
-    details["history"] = history
+    details["finetune_history"] = history
     return remove_masks(pruned), details
 
 

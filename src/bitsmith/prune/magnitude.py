@@ -176,6 +176,11 @@ def remove_masks(model: nn.Module) -> nn.Module:
     """Bake the masks in: each masked weight becomes a plain parameter holding its masked value."""
     for m in prunable_layers(model).values():
         if _mask_of(m) is not None:
+            # torch gives a parametrized module a class of its own, which a deepcopy shares; removal
+            # deletes the `weight` property from that class, so first give this module a private one
+            # (or baking a copy would break the model it was copied from).
+            shared = type(m)
+            m.__class__ = type(shared.__name__, shared.__bases__, dict(shared.__dict__))
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
     return model
 

@@ -162,3 +162,32 @@ def test_the_report_estimates_both_from_activation_densities(images):
                      engine.run(g, images, return_all=True)[program.input_name])
     # independent zeros are an assumption: the estimate is near the exact mean, not equal to it
     assert design["zero_skip"]["both"]["cycles"] == pytest.approx(exact.total_cycles, rel=0.15)
+
+
+def test_codebook_layers_skip_by_their_looked_up_values():
+    """A codebook layer's padded buffer entries hold index 0, whose value may be non-zero: they never
+    make a block live. Weights that select a zero codebook value are zero weights."""
+    g = golden("lenet5_clipq")
+    for node in g.nodes:
+        if node.attrs.get("weight_format") != "codebook" or node.op != "Conv2d":
+            continue
+        book = g.params[node.params["codebook"]]
+        assert int(book[0]) != 0 and (book == 0).any()   # padding reads a non-zero value
+        index = g.params[node.params["weight_index"]].clone()
+        flat = index.reshape(index.shape[0], -1)
+        flat[:, 8:] = int(torch.nonzero(book == 0)[0])   # every term past the first block selects 0
+        g.params[node.params["weight_index"]] = flat.reshape(index.shape)
+    x = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    outputs = engine.run(g, x, return_all=True)
+    program = compile_graph(g, AccelConfig(zero_skip="weights"))
+    conv1 = program.layers[0]
+    assert conv1.is_codebook and conv1.out_ch % program.config.pe   # it has padded rows
+    assert live_blocks(conv1, program.config).sum() == 1
+    result = simulate(program, outputs[program.input_name])
+    formula = program_cycles(program)
+    for counted, row in zip(result.cycles["layers"], formula["layers"]):
+        assert counted["compute"] == row["compute"], row["name"]
+    assert result.cycles["layers"][0]["compute"] == conv1.pixels   # one block, one group
+    assert result.total_cycles == formula["total"]
+    for layer in program.layers:
+        np.testing.assert_array_equal(result.outputs[layer.name], outputs[layer.name].numpy())

@@ -203,7 +203,10 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
         if config.zero_skip == "none":
             counter.tick("compute", P * T)
         elif config.zero_skip == "weights":
-            counter.tick("compute", P * int(wbuf.reshape(R, T, C).any(axis=(0, 2)).sum()))
+            # Padded entries (rows o ≥ out_ch, terms t ≥ K) never count: a codebook layer's hold
+            # codebook[0], which may be non-zero.
+            real = wbuf.reshape(R, T * C)[: min(R, out_ch - g * R), :K] != 0
+            counter.tick("compute", P * int(np.pad(real, ((0, 0), (0, T * C - K))).reshape(-1, T, C).any(axis=(0, 2)).sum()))
         counter.tick("drain", P)
     weights = np.concatenate(weight_rows)                      # [out_ch, T·C], zeros for t ≥ K
     row_base = channel_map if channel_map is not None else np.full(out_ch, d["in_base"], dtype=np.int64)

@@ -54,7 +54,8 @@ def _layer(graph: IntegerGraph, node, run_bits: int, index_bits: int) -> dict:
     if weight_format(node) == "codebook":
         book = graph.params[node.params["codebook"]].numel()
         stored = n * int(node.attrs["index_bits"]) + book * bits
-        row.update(formats={"codebook": stored}, best="codebook", stored_bits=stored, dense_bits=n * bits)
+        row.update(formats={"codebook": stored}, best="codebook", stored_bits=stored, dense_bits=n * bits,
+                   storage="codebook", storage_bits=stored)
         return row
     sizes = {name: size + HEADER_BITS for name, size in
              format_sizes(codes, bits, signed=True, run_bits=run_bits, index_bits=index_bits).items()}

@@ -191,3 +191,62 @@ def test_codebook_layers_skip_by_their_looked_up_values():
     assert result.total_cycles == formula["total"]
     for layer in program.layers:
         np.testing.assert_array_equal(result.outputs[layer.name], outputs[layer.name].numpy())
+
+
+def _naive_both(layer, R: int, C: int, x: np.ndarray) -> int:
+    """Compute cycles of one conv layer and image under "both", straight from §4's definitions: for
+    each group g, pixel (oy, ox) and block j, is there a real row r and term t = j·C + c < K with
+    w[r][t] ≠ 0 and d_r(t) ≠ 0? x: the layer's input codes [in_ch, in_h, in_w]."""
+    kin = layer.in_ch // layer.groups
+    per_out = layer.out_ch // layer.groups
+    K, T = layer.terms, -(-layer.terms // C)
+    cycles = 0
+    for g in range(-(-layer.out_ch // R)):
+        rows = range(g * R, min((g + 1) * R, layer.out_ch))
+        for oy in range(layer.out_h):
+            for ox in range(layer.out_w):
+                for j in range(T):
+                    live = False
+                    for r in rows:
+                        for t in range(j * C, min((j + 1) * C, K)):
+                            if layer.weights[r, t] == 0:
+                                continue
+                            ci, rest = divmod(t, layer.kh * layer.kw)
+                            ky, kx = divmod(rest, layer.kw)
+                            iy, ix = oy * layer.sh - layer.ph + ky, ox * layer.sw - layer.pw + kx
+                            channel = (r // per_out) * kin + ci
+                            if 0 <= iy < layer.in_h and 0 <= ix < layer.in_w and x[channel, iy, ix] != layer.z_in:
+                                live = True
+                                break
+                        if live:
+                            break
+                    cycles += live
+    return cycles
+
+
+@pytest.mark.parametrize("name", ["grouped_conv", "strided_padded"])
+def test_both_counts_what_the_definition_says(name):
+    """Grouped rows with their own inputs, padding, strides and a non-zero input zero point."""
+    g = golden(name)
+    gen = torch.Generator().manual_seed(3)
+    for node in g.nodes:
+        if node.op in ("Conv2d", "Linear"):
+            w = g.params[node.params["weight"]]
+            g.params[node.params["weight"]] = torch.where(torch.rand(w.shape, generator=gen) < 0.3, w,
+                                                          torch.zeros_like(w))
+    x = torch.rand(3, *g.input_spec.shape, generator=gen)
+    x[1] = 0   # mostly one code: many activations equal the zero point or the padding
+    outputs = engine.run(g, x, return_all=True)
+    program = compile_graph(g, AccelConfig(pe=4, simd=4, zero_skip="both"))
+    result = simulate(program, outputs[program.input_name])
+    for layer in program.layers:
+        np.testing.assert_array_equal(result.outputs[layer.name], outputs[layer.name].numpy())
+    inputs = [outputs[program.input_name]] + [outputs[layer.name] for layer in program.layers[:-1]]
+    weights_only = program_cycles(dataclasses.replace(program, config=AccelConfig(pe=4, simd=4, zero_skip="weights")))
+    for layer, source, counted, w in zip(program.layers, inputs, result.cycles["layers"], weights_only["layers"]):
+        if layer.kind != "conv":
+            continue
+        codes = source.numpy().reshape(len(x), layer.in_ch, layer.in_h, layer.in_w)
+        want = [_naive_both(layer, 4, 4, image) for image in codes]
+        assert counted["compute_images"] == want, layer.name
+        assert max(want) <= w["compute"]

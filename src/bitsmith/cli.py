@@ -481,23 +481,39 @@ def hw_compile_cmd(graph: Path = typer.Argument(..., help="integer graph folder"
                    data: Optional[str] = _DATA, data_dir: Optional[str] = typer.Option(None),
                    pe: int = _PE, simd: int = _SIMD, bus_bits: int = _BUS, act_buffer_bytes: Optional[int] = _ACT,
                    weight_buffer_entries: int = _WBUF, max_kernel: int = _KMAX, clock_mhz: float = _CLOCK,
+                   weight_stream: str = typer.Option("off", help="dense layers' weights: off (W8.hex, what the "
+                                                     "RTL reads), or the compressed WS.hex with each layer's IR "
+                                                     "storage format (ir), its smallest (best) or one format for all "
+                                                     "(dense, bitmask, run-length, relative, csr, csc); "
+                                                     "docs/hardware.md §6"),
                    force: bool = _force(),
                    as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Compile a graph for the accelerator and write its memory files (docs/hardware.md §6)."""
-    from bitsmith.accel.memory import read_program
+    import numpy as np
+
+    from bitsmith.accel.compiler import compile_graph
+    from bitsmith.accel.memory import read_program, stream_graph, write_memory
     from bitsmith.artifacts import MEMORY_FILES, publishing
     from bitsmith.integer import load
     from bitsmith.verify import accel_memory, engine_outputs, verification_inputs
 
-    g = load(graph)
+    g = stream_graph(load(graph), weight_stream)
     config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
                            weight_buffer_entries=weight_buffer_entries, max_kernel=max_kernel, clock_mhz=clock_mhz)
     with publishing(out, MEMORY_FILES, force=force, command="bitsmith hw compile") as stage:
         inputs = verification_inputs(g, images, data, data_dir) if images else None
-        program, doc = accel_memory(g, config, engine_outputs(g, inputs) if inputs else None, stage.path)
+        expected = engine_outputs(g, inputs) if inputs else None
+        if weight_stream == "off":
+            program, doc = accel_memory(g, config, expected, stage.path)
+        else:  # accel_memory's steps, with the weights as the compressed stream
+            program = compile_graph(g, config)
+            codes = expected[program.input_name] if expected else \
+                np.zeros((0, *g.tensors[program.input_name].shape), dtype=np.int64)
+            doc = write_memory(program, codes, stage.path, expected=expected, weight_stream=True)
         read_program(stage.path)  # every file reads back and matches its digest
     cycles = doc["cycles"]
     _emit({"graph": str(graph), "out": str(out), "layers": len(program.layers), "images": doc["images"],
+           "weight_stream": weight_stream,
            "inputs": inputs.description if inputs else "none", "files": doc["files"],
            "cycles_per_image": cycles["total"], "utilisation": cycles["utilisation"], "fps": cycles["fps"]},
           as_json, f"compiled {graph}")

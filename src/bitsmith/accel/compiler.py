@@ -22,7 +22,7 @@ import torch
 from bitsmith.errors import AcceleratorError
 from bitsmith.integer.chain import ChainStep, layer_steps
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
-from bitsmith.integer.ops import Emitters, as_pads, as_pair, weight_format
+from bitsmith.integer.ops import Emitters, as_pads, as_pair, weight_format, weight_storage
 
 from .config import (
     ACC_BITS,
@@ -223,8 +223,10 @@ def _conv_layer(graph: IntegerGraph, node: Node, requant: Node | None, index: in
         hw = fields["in_h"] * fields["in_w"]
         channel_map = (np.arange(out_ch, dtype=np.int64) // per_out) * per_in * hw
         sources = [(node.inputs[0], 0, out_ch)]
+    storage, storage_fields = weight_storage(node)
     layer = Layer(index=index, kind="conv", weight_bits=wbits, codebook=codebook, weights=weights, bias=bias,
-                  channel_map=channel_map, **fields, **geometry, **out)
+                  channel_map=channel_map, weight_storage=storage, storage_fields=storage_fields,
+                  **fields, **geometry, **out)
     # §2: K·max|w|·max|x − z_in| + max|bias| ≤ 2^31 − 1, so the 32-bit accumulator cannot wrap.
     bound = layer.terms * int(np.abs(codes).max(initial=0)) * _max_centered(x) + int(np.abs(bias).max(initial=0))
     if bound > ACC_MAX:

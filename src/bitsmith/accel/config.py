@@ -39,6 +39,12 @@ assert MULTIPLIER_BITS == IR_MULTIPLIER_BITS[1], "the requant multiplier registe
 assert WEIGHT_BYTE_BITS >= MAX_WEIGHT_BITS and CODEBOOK_VALUE_BITS <= MAX_WEIGHT_BITS
 
 
+#: What the PE array's controller skips (docs/hardware.md §5, "Zero skipping"): nothing; a term block
+#: whose weights are all zero in the channel group; or also a block whose every product has a zero
+#: operand (zero weight, or an activation equal to its zero point / a padding position).
+ZERO_SKIP = ("none", "weights", "both")
+
+
 @dataclass(frozen=True)
 class AccelConfig:
     pe: int = 8                         # R: output channels in parallel
@@ -49,6 +55,7 @@ class AccelConfig:
     weight_buffer_entries: int = 65536  # weights of one channel group
     max_kernel: int = 7
     clock_mhz: float = 200.0
+    zero_skip: str = "none"             # one of ZERO_SKIP; changes cycles only, never a value
 
     def __post_init__(self):
         for name in ("pe", "simd", "act_buffer_bytes", "weight_buffer_entries", "max_kernel"):
@@ -57,6 +64,8 @@ class AccelConfig:
                 raise ConfigError(f"accelerator {name} must be a positive integer, got {value!r}")
         if not isinstance(self.bus_bits, int) or self.bus_bits < 32 or self.bus_bits % 32:
             raise ConfigError(f"accelerator bus_bits must be a positive multiple of 32, got {self.bus_bits!r}")
+        if self.zero_skip not in ZERO_SKIP:
+            raise ConfigError(f"accelerator zero_skip must be one of {', '.join(ZERO_SKIP)}, got {self.zero_skip!r}")
         if not self.clock_mhz > 0:
             raise ConfigError(f"accelerator clock_mhz must be positive, got {self.clock_mhz!r}")
 

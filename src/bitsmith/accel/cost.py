@@ -13,6 +13,10 @@ rough LUT/FF figure, per layer and in total (docs/hardware.md "Cost model" state
   signed multiplier per lane ((x − z) times m_a or m_b), one DSP48E2 each.
 - **BRAM18** with FINN's BRAM18 depth/width formula for the on-chip memories of this design,
   plus, per layer, the weight memory a FINN dataflow layer with the same folding would need.
+- **Weight memory, dense vs compressed**: per conv layer the bits of its codes stored densely at
+  weight_bits and in its IR storage format (`Layer.weight_storage`: payload incl. every index,
+  mask, pointer and filler, plus the 160-bit sparse header), each with the BRAM18 of a ROM of
+  bus_bits-wide words holding it.
 - **LUT/FF**: a rough per-unit estimate; the unit figures in `LOGIC_UNITS` are assumptions, not
   synthesis results.
 """
@@ -23,6 +27,7 @@ import math
 from fractions import Fraction
 
 from ..errors import AcceleratorError, ConfigError
+from ..integer import sparse
 from .config import (ACC_BITS, CODEBOOK_INDEX_BITS, DESCRIPTOR_WORDS, LANE_MULTIPLIER_BITS, MAX_WEIGHT_BITS,
                      MULTIPLIER_BITS)
 from .program import Layer, Program
@@ -145,7 +150,29 @@ def finn_weight_memory(layer: Layer, pe: int, simd: int, stored_bits: int) -> tu
     return math.ceil(layer.terms / simd) * math.ceil(layer.out_ch / pe), pe * simd * stored_bits
 
 
-def layer_cost(layer: Layer, pe: int, simd: int) -> dict:
+def weight_memory(layer: Layer, bus_bits: int) -> dict:
+    """Bits of a conv layer's weight codes stored densely (weight_bits each) and in its IR storage
+    format, each with the 160-bit sparse header; `index_bits` = what the stored payload holds besides
+    the nnz non-zero codes (indices, masks, pointers, fillers; for dense, the zeros); BRAM18 of a
+    ROM of `bus_bits`-wide words for each. A codebook layer stores 2-bit indices (no header, no
+    choice of format)."""
+    if layer.is_codebook:
+        bits = layer.out_ch * layer.terms * CODEBOOK_INDEX_BITS
+        row = {"storage": "codebook", "dense_bits": bits, "stored_bits": bits, "index_bits": 0,
+               "nnz": int((layer.weight_codes != 0).sum())}
+    else:
+        stats = sparse.code_stats(layer.weights)
+        dense = sparse.payload_bits("dense", stats, layer.weight_bits)
+        stored = sparse.payload_bits(layer.weight_storage, stats, layer.weight_bits, **layer.storage_fields)
+        row = {"storage": layer.weight_storage, "dense_bits": dense + sparse.HEADER_BITS,
+               "stored_bits": stored + sparse.HEADER_BITS, "index_bits": stored - stats.nnz * layer.weight_bits,
+               "nnz": stats.nnz}
+    row["dense_bram18"] = bram18(math.ceil(row["dense_bits"] / bus_bits), bus_bits)
+    row["stored_bram18"] = bram18(math.ceil(row["stored_bits"] / bus_bits), bus_bits)
+    return row
+
+
+def layer_cost(layer: Layer, pe: int, simd: int, bus_bits: int = 64) -> dict:
     """DSPs the R×C array needs in this layer's precision, and the FINN-style weight memory of a
     dataflow layer with PE = R, SIMD = C (depth MW·MH/(PE·SIMD) rounded up per axis, width
     PE·SIMD·W with W the stored weight width: weight_bits, or 2 for codebook indices)."""
@@ -153,9 +180,12 @@ def layer_cost(layer: Layer, pe: int, simd: int) -> dict:
            "in_shape": [layer.in_ch, layer.in_h, layer.in_w], "out_shape": [layer.out_ch, layer.out_h, layer.out_w],
            "kernel": [layer.kh, layer.kw], "w_bits": layer.weight_bits, "a_bits": layer.in_bits,
            "codebook": layer.is_codebook, "macs": layer.macs, "table_kernel": None, "ops_per_dsp": None,
-           "dsp": 0, "weight_buffer_entries": 0, "finn_weight_depth": 0, "finn_weight_width": 0, "finn_bram18": 0}
+           "dsp": 0, "weight_buffer_entries": 0, "finn_weight_depth": 0, "finn_weight_width": 0, "finn_bram18": 0,
+           "weight_memory": None}
     if layer.kind != "conv":
         return row  # pools run on the pool lanes: no multipliers, no weights
+    if layer.weights is not None:
+        row["weight_memory"] = weight_memory(layer, bus_bits)
     stored_bits = CODEBOOK_INDEX_BITS if layer.is_codebook else layer.weight_bits
     blocks = math.ceil(layer.terms / simd)
     depth, width = finn_weight_memory(layer, pe, simd, stored_bits)
@@ -248,7 +278,8 @@ def cost_report(program: Program) -> dict:
     cfg = program.config
     if not program.layers:
         raise AcceleratorError("cost report: the program has no layers")
-    layers = [layer_cost(l, cfg.pe, cfg.simd) for l in program.layers]
+    layers = [layer_cost(l, cfg.pe, cfg.simd, cfg.bus_bits) for l in program.layers]
+    stored = [row["weight_memory"] for row in layers if row["weight_memory"] is not None]
     array_dsp = max(row["dsp"] for row in layers)
     requant_dsp = cfg.pe * REQUANT_DSPS
     lane_dsp = cfg.pe * LANE_DSPS if any(l.kind == "add" for l in program.layers) else 0
@@ -262,5 +293,7 @@ def cost_report(program: Program) -> dict:
         "memories": mems,
         "bram18": {"total": sum(m["bram18"] for m in mems), **{m["name"]: m["bram18"] for m in mems}},
         "finn_bram18": sum(row["finn_bram18"] for row in layers),
+        "weight_memory": {key: sum(m[key] for m in stored) for key in
+                          ("dense_bits", "stored_bits", "index_bits", "nnz", "dense_bram18", "stored_bram18")},
         "logic": logic_estimate(program, array_dsp),
     }

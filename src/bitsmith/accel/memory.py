@@ -7,6 +7,11 @@ file they read against it (a file of another compilation, or a flipped byte, is 
 naming the file) and parse the files back, so tests can check that every file round-trips and the
 cycle model can decode exactly what was written. ("Images" in this package
 means input pictures only; the contents of a memory are its words.)
+
+With `weight_stream=True` the dense layers' weights go to `WS.hex` instead of `W8.hex`: per layer
+one record holding its codes in the layer's IR storage format (`bitsmith.integer.sparse`), the
+compressed weight stream of docs/hardware.md §6. `read_memory` decodes it back into the W8 words
+the dense image would hold, so everything downstream (read_program, simulate) is unchanged.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitsmith.errors import BitsmithWarning, DataError
+from bitsmith.errors import BitsmithError, BitsmithWarning, ConfigError, DataError
 from bitsmith.storage import read_json, sha256_file, write_bytes_atomic, write_json_atomic
 from bitsmith.integer import engine
+from bitsmith.integer import sparse
 
 from .compiler import channel_groups, compile_graph, term_blocks
 from .config import (ACC_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS, DESCRIPTOR_WORDS, MAX_ACT_BITS,
@@ -36,6 +42,16 @@ PARAM_BITS = PARAM_WORD_BITS
 CODEBOOK_BITS = CODEBOOK_VALUE_BITS
 PROGRAM_FILE = "program.json"
 SHA256_FIELD = "sha256"  # program.json: {file name: sha256 of its bytes} for every file it lists
+
+#: The compressed weight stream (§6): per dense conv layer a record of RECORD_HEADER_BYTES (magic |
+#: layer index << 16, then the byte length of the sparse.Encoded bytes), those bytes, zero padding to
+#: the next bus word. Bytes are packed into bus words little-endian (byte 0 in bits 0-7).
+WEIGHT_STREAM_FILE = "WS.hex"
+RECORD_MAGIC = 0x5357          # "WS" as two little-endian bytes
+RECORD_HEADER_BYTES = 8
+#: program.json's options for the weights: "off" (W8.hex), or a stream whose formats come from the
+#: IR ("ir"), each layer's smallest ("best") or one sparse format for every layer (export_memory).
+WEIGHT_STREAM_CHOICES = ("off", "ir", "best") + sparse.FORMATS
 
 # Descriptor word 0 flags (§6).
 FLAG_CODEBOOK = 1 << 8
@@ -56,6 +72,7 @@ class MemoryImage:
     w2: list[int]
     cb8: list[int]
     inputs: list[int] = field(default_factory=list)
+    ws: list[int] = field(default_factory=list)   # the compressed weight stream (WS.hex), when written
     weight_base: list[int] = field(default_factory=list)
     param_base: list[int] = field(default_factory=list)
     codebook_base: list[int] = field(default_factory=list)
@@ -194,12 +211,84 @@ def expected_file(index: int) -> str:
     return f"expected/L{index:02d}.hex"
 
 
-def write_memory(program: Program, codes, out_dir: str | os.PathLike, expected: dict | None = None) -> dict:
+# -- the compressed weight stream ---------------------------------------------------------------
+
+def stream_layers(program: Program) -> list[Layer]:
+    """The layers whose weights the stream holds: every dense (non-codebook) conv layer."""
+    return [layer for layer in program.layers if layer.kind == "conv" and not layer.is_codebook]
+
+
+def encode_weights(layer: Layer) -> sparse.Encoded:
+    """A dense conv layer's [out_ch, K] codes in its IR storage format (signed, weight_bits)."""
+    try:
+        return sparse.encode(layer.weights, layer.weight_storage, layer.weight_bits, signed=True,
+                             **layer.storage_fields)
+    except BitsmithError as e:
+        raise ConfigError(f"layer {layer.name}: its weights cannot be stored as {layer.weight_storage}: {e}") from None
+
+
+def build_weight_stream(program: Program) -> tuple[list[int], dict[int, dict]]:
+    """(WS.hex words, {layer index: its record's entry in program.json})."""
+    word_bytes = program.config.bus_bits // 8
+    data = bytearray()
+    records = {}
+    for layer in stream_layers(program):
+        enc = encode_weights(layer)
+        blob = enc.to_bytes()
+        record = (RECORD_MAGIC | layer.index << 16).to_bytes(4, "little") + len(blob).to_bytes(4, "little") + blob
+        words = math.ceil(len(record) / word_bytes)
+        records[layer.index] = {"base": len(data) // word_bytes, "words": words, "format": enc.format,
+                                "field_bits": enc.field_bits, "nnz": enc.nnz,
+                                "bits": 8 * RECORD_HEADER_BYTES + enc.total_bits}
+        data += record + bytes(words * word_bytes - len(record))
+    return [int.from_bytes(data[i : i + word_bytes], "little") for i in range(0, len(data), word_bytes)], records
+
+
+def decode_weight_record(layer: Layer, words: list[int], base: int, bus_bits: int,
+                         n_words: int | None = None) -> np.ndarray:
+    """[out_ch, K] codes of `layer` from its WS.hex record at word `base`; a record that is cut
+    short, belongs to another layer, or does not hold this layer's codes is a DataError."""
+    where = f"{WEIGHT_STREAM_FILE} record of layer {layer.index} ({layer.name}) at word {base}"
+    word_bytes = bus_bits // 8
+    head_words = math.ceil(RECORD_HEADER_BYTES / word_bytes)
+    if base < 0 or base + head_words > len(words):
+        raise DataError(f"{where}: the stream has {len(words)} words; the record header does not fit (truncated)")
+
+    def chunk(first: int, count: int) -> bytes:
+        return b"".join(w.to_bytes(word_bytes, "little") for w in words[first : first + count])
+
+    head = chunk(base, head_words)
+    magic, index, size = (int.from_bytes(head[0:2], "little"), int.from_bytes(head[2:4], "little"),
+                          int.from_bytes(head[4:8], "little"))
+    if magic != RECORD_MAGIC or index != layer.index:
+        raise DataError(f"{where}: header {head[:8].hex()} is not a record of layer {layer.index} "
+                        f"(magic {RECORD_MAGIC:#06x}, then the layer index)")
+    need = math.ceil((RECORD_HEADER_BYTES + size) / word_bytes)
+    if n_words is not None and need != n_words:
+        raise DataError(f"{where}: the record says {size} bytes ({need} words); program.json says {n_words} words")
+    if base + need > len(words):
+        raise DataError(f"{where}: the record needs {need} words, the stream ends after {len(words) - base} (truncated)")
+    record = chunk(base, need)
+    if any(record[RECORD_HEADER_BYTES + size :]):
+        raise DataError(f"{where}: the padding after the record's {size} bytes is not zero")
+    enc = sparse.Encoded.from_bytes(record[RECORD_HEADER_BYTES : RECORD_HEADER_BYTES + size])
+    shape = (layer.out_ch, layer.terms)
+    if (enc.format, enc.bits, enc.signed, enc.shape) != (layer.weight_storage, layer.weight_bits, True, shape):
+        raise DataError(f"{where}: holds {enc.format} {'signed' if enc.signed else 'unsigned'} {enc.bits}-bit codes "
+                        f"of shape {list(enc.shape)}; the layer stores {layer.weight_storage} signed "
+                        f"{layer.weight_bits}-bit codes of shape {list(shape)}")
+    return sparse.decode(enc)
+
+
+def write_memory(program: Program, codes, out_dir: str | os.PathLike, expected: dict | None = None, *,
+                 weight_stream: bool = False) -> dict:
     """Write the §6 files for `program` and input `codes` [N, C, H, W] into `out_dir`.
 
     `expected` maps graph tensor names to engine outputs (e.g. `engine.run(graph, x, return_all=True)`);
-    when given, `expected/Lii.hex` and `Out8.hex` / `Out32.hex` are written too. Returns the
-    contents of program.json.
+    when given, `expected/Lii.hex` and `Out8.hex` / `Out32.hex` are written too. `weight_stream`:
+    the dense layers' weights go to the compressed WS.hex (each in its `Layer.weight_storage`
+    format) instead of W8.hex; the RTL reads W8.hex only. Every file's contents are made before the
+    first is written, so a failure leaves `out_dir` as it was. Returns the contents of program.json.
     """
     config = program.config
     out = Path(out_dir)
@@ -210,7 +299,12 @@ def write_memory(program: Program, codes, out_dir: str | os.PathLike, expected: 
                         f"{program.layers[0].in_ch}x{program.layers[0].in_h}x{program.layers[0].in_w}")
     memory = build_memory(program, codes)
     files = {"param.hex": (memory.param, PARAM_BITS), "In8.hex": (memory.inputs, config.bus_bits)}
-    if memory.w8:
+    records: dict[int, dict] = {}
+    if weight_stream:
+        memory.ws, records = build_weight_stream(program)
+        if memory.ws:
+            files[WEIGHT_STREAM_FILE] = (memory.ws, config.bus_bits)
+    elif memory.w8:
         files["W8.hex"] = (memory.w8, config.bus_bits)
     if memory.w2:
         files["W2.hex"] = (memory.w2, config.bus_bits)
@@ -233,7 +327,10 @@ def write_memory(program: Program, codes, out_dir: str | os.PathLike, expected: 
         "images": n_images,
         "files": sorted(files),
         SHA256_FIELD: dict(sorted(digests.items())),
-        "layers": [_layer_json(layer, memory, i) for i, layer in enumerate(program.layers)],
+        "weight_stream": bool(records),
+        "layers": [_layer_json(layer, memory, i) | ({"weight_stream": records[layer.index]}
+                                                     if layer.index in records else {})
+                   for i, layer in enumerate(program.layers)],
         "cycles": program_cycles(program),
         "metadata": program.metadata,
     }
@@ -257,18 +354,35 @@ def _layer_json(layer: Layer, memory: MemoryImage, i: int) -> dict:
         "codebook": None if layer.codebook is None else [int(v) for v in layer.codebook],
         "weight_base": memory.weight_base[i], "param_base": memory.param_base[i],
         "codebook_base": memory.codebook_base[i], "macs": layer.macs,
+        "weight_storage": layer.weight_storage, "storage_fields": dict(layer.storage_fields),
     }
 
 
-def export_memory(graph, x, out_dir: str | os.PathLike, config: AccelConfig | None = None) -> dict:
+def export_memory(graph, x, out_dir: str | os.PathLike, config: AccelConfig | None = None, *,
+                  weight_stream: str = "off") -> dict:
     """Quantize float images `x` with the integer engine, compile `graph`, write every memory file
-    with the engine's expected outputs.
+    with the engine's expected outputs. `weight_stream` (WEIGHT_STREAM_CHOICES): "off" writes W8.hex;
+    "ir" the compressed stream in each layer's IR storage format; "best" or a format name first
+    sets that storage on every dense layer (`bitsmith.integer.sparsity.annotate`).
 
     Returns the contents of program.json.
     """
+    graph = stream_graph(graph, weight_stream)
     program = compile_graph(graph, config or AccelConfig())
     outputs = engine.run(graph, x, return_all=True)
-    return write_memory(program, outputs[program.input_name], out_dir, expected=outputs)
+    return write_memory(program, outputs[program.input_name], out_dir, expected=outputs,
+                        weight_stream=weight_stream != "off")
+
+
+def stream_graph(graph, weight_stream: str):
+    """The graph whose IR storage the stream writes: itself for "off" / "ir", else annotated."""
+    if weight_stream not in WEIGHT_STREAM_CHOICES:
+        raise ConfigError(f"weight stream {weight_stream!r}; allowed: {', '.join(WEIGHT_STREAM_CHOICES)}")
+    if weight_stream in ("off", "ir"):
+        return graph
+    from bitsmith.integer.sparsity import annotate
+
+    return annotate(graph, weight_stream)
 
 
 # -- readers --------------------------------------------------------------------------------
@@ -354,8 +468,43 @@ def read_memory(out_dir: str | os.PathLike) -> tuple[dict, MemoryImage]:
     check_file(out, doc, "param.hex")
     memory = MemoryImage(param=read_hex(out / "param.hex", PARAM_BITS), w8=optional("W8.hex", bus),
                           w2=optional("W2.hex", bus), cb8=optional("CB8.hex", CODEBOOK_BITS),
-                          inputs=optional("In8.hex", bus))
+                          inputs=optional("In8.hex", bus), ws=optional(WEIGHT_STREAM_FILE, bus))
+    if doc.get("weight_stream"):
+        if memory.w8:
+            raise DataError(f"{out}: holds both W8.hex and {WEIGHT_STREAM_FILE}; a folder has one weight memory")
+        memory.w8 = dense_words_from_stream(doc, memory.ws)
     return doc, memory
+
+
+def _conv_layer_from_json(info: dict) -> Layer:
+    """The geometry of a conv layer as program.json records it (enough to place its weights)."""
+    (in_ch, in_h, in_w), (out_ch, out_h, out_w), (kh, kw) = info["in"], info["out"], info["kernel"]
+    return Layer(index=info["index"], name=info["name"], kind="conv", in_ch=in_ch, in_h=in_h, in_w=in_w,
+                 out_ch=out_ch, out_h=out_h, out_w=out_w, kh=kh, kw=kw, groups=info["groups"],
+                 weight_bits=info["weight_bits"], weight_storage=info.get("weight_storage", "dense"),
+                 storage_fields=info.get("storage_fields", {}))
+
+
+def dense_words_from_stream(doc: dict, ws: list[int]) -> list[int]:
+    """The W8.hex words the dense image would hold, decoded from the WS.hex words `ws`, each layer
+    at the weight base its descriptor (and program.json) gives."""
+    config = AccelConfig.from_json(doc["config"])
+    placed: list[tuple[int, list[int]]] = []
+    for info in doc["layers"]:
+        if info["kind"] != "conv" or info.get("codebook") is not None:
+            continue
+        record = info.get("weight_stream")
+        if not isinstance(record, dict):
+            raise DataError(f"program.json: conv layer {info['index']} ({info['name']}) has no weight_stream record")
+        layer = _conv_layer_from_json(info)
+        layer.weights = decode_weight_record(layer, ws, record["base"], config.bus_bits, record["words"])
+        words = [w for g in range(channel_groups(layer, config))
+                 for w in pack_elements(group_weights(layer, config, g), storage_bits(layer), config.bus_bits)]
+        placed.append((info["weight_base"], words))
+    w8 = [0] * max((base + len(words) for base, words in placed), default=0)
+    for base, words in placed:
+        w8[base : base + len(words)] = words
+    return w8
 
 
 def _signed(word: int, bits: int = PARAM_BITS) -> int:
@@ -414,7 +563,8 @@ def read_program(out_dir: str | os.PathLike) -> Program:
                       raw_output=d["raw_output"], weight_bits=d["weight_bits"], groups=d["groups"],
                       in_base=d["in_base"], in2_base=d["in2_base"], out_base=d["out_base"],
                       in2_bits=info.get("in2_bits", 0), in2_signed=d["in2_signed"], z_in2=d["z_in2"],
-                      lane_multipliers=d["lane_multipliers"])
+                      lane_multipliers=d["lane_multipliers"], weight_storage=info.get("weight_storage", "dense"),
+                      storage_fields=info.get("storage_fields", {}))
         if d["codebook"]:
             cb = memory.cb8[d["codebook_base"] : d["codebook_base"] + CODEBOOK_SIZE]
             layer.codebook = np.array([_signed(v, CODEBOOK_BITS) for v in cb], dtype=np.int64)
@@ -428,8 +578,12 @@ def read_program(out_dir: str | os.PathLike) -> Program:
     return Program(config=config, layers=layers, input_name=doc["input_name"], metadata=doc.get("metadata", {}))
 
 
-def read_layer_weights(layer: Layer, config: AccelConfig, words: list[int], base: int) -> np.ndarray:
-    """[out_ch, K] weights (or codebook indices) of a conv layer from its W8/W2 words."""
+def read_layer_weights(layer: Layer, config: AccelConfig, words: list[int], base: int, *,
+                       stream: bool = False) -> np.ndarray:
+    """[out_ch, K] weights (or codebook indices) of a conv layer from its W8/W2 words, or with
+    `stream` from its WS.hex record at word `base` (in the layer's weight_storage format)."""
+    if stream:
+        return decode_weight_record(layer, words, base, config.bus_bits)
     R, T, C, K = config.pe, term_blocks(layer, config), config.simd, layer.terms
     per_group = group_weight_cycles(layer, config)
     bits = storage_bits(layer)

@@ -72,6 +72,9 @@ class Layer:
     z_in2: int = 0
     lane_multipliers: tuple[int, int] = (0, 0)  # pool-lane multipliers of window elements 0 and 1 (add: m_a,
                               # m_b; avgpool, requant: (1, 0); max kinds: unused, 0)
+    weight_storage: str = "dense"   # conv: the IR's weight_storage, a bitsmith.integer.sparse format; the
+                              # compressed weight stream (docs/hardware.md §6) stores the codes in it
+    storage_fields: dict = field(default_factory=dict)   # its field width: {"run_bits": r} / {"index_bits": k}
 
     @property
     def terms(self) -> int:
@@ -96,6 +99,11 @@ class Layer:
     def macs(self) -> int:
         """Useful multiply-accumulates per image (conv); 0 for pools."""
         return self.out_ch * self.pixels * self.terms if self.kind == "conv" else 0
+
+    @property
+    def weight_codes(self) -> np.ndarray:
+        """[out_ch, K] signed weight codes (a codebook layer's indices looked up)."""
+        return self.codebook[self.weights] if self.is_codebook else self.weights
 
     @property
     def is_codebook(self) -> bool:

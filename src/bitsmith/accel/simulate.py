@@ -17,6 +17,12 @@ per-cycle meaning: the register after cycle j of a pixel is bias + the first j t
 products. When |bias| + Σ|w|·max|d| fits 32 bits no cycle can leave the range; otherwise the
 running sums are formed cycle by cycle and every wrap is counted where it happens, and the output
 is the register's wrapped value.
+
+Zero skipping (`config.zero_skip`, docs/hardware.md §5): "weights" counts P cycles per term block
+of a group with a non-zero weight in the decoded weight buffer; "both" counts, per image and pixel,
+the blocks where some non-zero weight meets a non-zero d = x − z_in (padding reads d = 0) — exact
+from the data, so cycles differ per image: `cycles["images"]` holds each image's total, and the
+per-layer phases and `total` are the batch means. Outputs never depend on it.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ CHUNK_ELEMENTS = 1 << 23
 @dataclass
 class SimResult:
     outputs: dict[str, np.ndarray]   # layer tensor name -> int64 codes, the engine's shape [N, ...]
-    cycles: dict                     # {"layers": [{phase: cycles}], "total", "finish"} per image
+    cycles: dict                     # {"layers": [{phase: cycles}], "total", "finish", "images", "zero_skip"}
+                                     # per image (zero_skip "both": batch means, "images" each image's)
     overflows: list[str] = field(default_factory=list)  # accumulator wraps detected (layer, count)
     images: int = 0
 
@@ -53,11 +60,14 @@ class SimResult:
 
 
 class _Counter:
-    """The FSM's cycle counter, split by phase of the current layer."""
+    """The FSM's cycle counter, split by phase of the current layer; cycles that depend on the image
+    (zero_skip "both") are counted per image."""
 
-    def __init__(self):
+    def __init__(self, n_images: int):
         self.total = 0
         self.layers: list[dict] = []
+        self.per_image = np.zeros(n_images, dtype=np.int64)
+        self.data_dependent = False
 
     def start_layer(self, index: int, name: str, kind: str) -> None:
         self.layers.append({"index": index, "name": name, "kind": kind, **{p: 0 for p in PHASES}})
@@ -66,6 +76,24 @@ class _Counter:
         if phase != "finish":
             self.layers[-1][phase] += cycles
         self.total += cycles
+
+    def tick_images(self, phase: str, cycles: np.ndarray) -> None:
+        """Cycles of `phase` that differ per image, [N]."""
+        layer = self.layers[-1]
+        layer[f"{phase}_images"] = (np.asarray(layer.get(f"{phase}_images", 0)) + cycles).tolist()
+        self.per_image += cycles
+        self.data_dependent = True
+
+    def result(self) -> dict:
+        images = (self.total + self.per_image).tolist()
+        if not self.data_dependent:
+            return {"layers": self.layers, "finish": FINISH_CYCLES, "total": self.total, "images": images}
+        for layer in self.layers:   # phases as batch means, so that they still sum to the total
+            for phase in PHASES:
+                if f"{phase}_images" in layer:
+                    layer[phase] += float(np.mean(layer[f"{phase}_images"])) if images else 0.0
+        mean = float(np.mean(images)) if images else float(self.total)
+        return {"layers": self.layers, "finish": FINISH_CYCLES, "total": mean, "images": images}
 
 
 def simulate(program: Program, codes, memory: MemoryImage | None = None) -> SimResult:
@@ -83,7 +111,7 @@ def simulate(program: Program, codes, memory: MemoryImage | None = None) -> SimR
     bus = config.bus_bits
     shapes = program.metadata.get("tensor_shapes", {})
     act = np.zeros((n_images, config.act_buffer_bytes), dtype=np.uint8)   # the one activation memory
-    counter = _Counter()
+    counter = _Counter(n_images)
     outputs: dict[str, np.ndarray] = {}
     overflows: list[str] = []
     n_layers = memory.param[0]
@@ -128,7 +156,7 @@ def simulate(program: Program, codes, memory: MemoryImage | None = None) -> SimR
         outputs[name] = y.reshape(n_images, *shape)
         counter.tick("next")
     counter.tick("finish", FINISH_CYCLES)
-    cycles = {"layers": counter.layers, "finish": FINISH_CYCLES, "total": counter.total}
+    cycles = counter.result() | {"zero_skip": config.zero_skip}
     return SimResult(outputs=outputs, cycles=cycles, overflows=overflows, images=n_images)
 
 
@@ -170,8 +198,15 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
         entries = _unpack(words, bits, bus)[: R * T * C]
         wbuf = codebook[entries] if d["codebook"] else _signed(entries, WEIGHT_BYTE_BITS)  # codebook decoder / int8
         weight_rows.append(wbuf.reshape(R, T * C)[: min(R, out_ch - g * R)])  # rows with o < out_ch
-        # COMPUTE: P pixels × T cycles (C terms per row per cycle); DRAIN: one write cycle per pixel.
-        counter.tick("compute", P * T)
+        # COMPUTE: P pixels × T cycles (C terms per row per cycle), fewer with zero skipping (the
+        # weight part known from the buffer just loaded); DRAIN: one write cycle per pixel.
+        if config.zero_skip == "none":
+            counter.tick("compute", P * T)
+        elif config.zero_skip == "weights":
+            # Padded entries (rows o ≥ out_ch, terms t ≥ K) never count: a codebook layer's hold
+            # codebook[0], which may be non-zero.
+            real = wbuf.reshape(R, T * C)[: min(R, out_ch - g * R), :K] != 0
+            counter.tick("compute", P * int(np.pad(real, ((0, 0), (0, T * C - K))).reshape(-1, T, C).any(axis=(0, 2)).sum()))
         counter.tick("drain", P)
     weights = np.concatenate(weight_rows)                      # [out_ch, T·C], zeros for t ≥ K
     row_base = channel_map if channel_map is not None else np.full(out_ch, d["in_base"], dtype=np.int64)
@@ -194,6 +229,9 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
         patches = patches.reshape(patches.shape[0], channels // kin, K, full_h, full_w)[..., :oh, :ow]
         patches = F.pad(patches.reshape(patches.shape[0], channels // kin, K, P), (0, 0, 0, T * C - K))
         return patches
+
+    if config.zero_skip == "both":
+        counter.tick_images("compute", _skip_both(weights != 0, row_base, act, d, columns, R, C, T, P))
 
     bases = np.unique(row_base)
     step = kin * H * W
@@ -223,6 +261,28 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
         return acc, wraps
     _write(act, d["out_base"], _requant(acc, multiplier, shift, d), 0, P)
     return None, wraps
+
+
+def _skip_both(nonzero: np.ndarray, row_base: np.ndarray, act: np.ndarray, d: dict, columns, R: int, C: int,
+               T: int, P: int) -> np.ndarray:
+    """Compute cycles per image under zero_skip "both": Σ over groups g, pixels p, blocks j of
+    [some row r of g and column c have w[r][j·C+c] ≠ 0 and d_r(j·C+c) ≠ 0 at p]. Rows reading the
+    same input (a dense conv: all) see the same d, so per group and input only the OR of their
+    weight masks over rows matters."""
+    n_images, kin = act.shape[0], d["in_ch"] // d["groups"]
+    group_of = np.arange(nonzero.shape[0]) // R
+    live = np.zeros((n_images, int(group_of.max(initial=-1)) + 1, T, P), dtype=bool)
+    chunk = max(1, CHUNK_ELEMENTS // max(1, T * C * P))
+    for base in np.unique(row_base):
+        rows = row_base == base
+        x = _read_map(act, int(base), kin, d["in_h"], d["in_w"], d["in_signed"])
+        masks = {int(g): torch.from_numpy(nonzero[rows & (group_of == g)].any(axis=0).reshape(T, C).astype(np.float64))
+                 for g in np.unique(group_of[rows])}
+        for n0 in range(0, n_images, chunk):
+            active = (columns(x[n0 : n0 + chunk], kin)[:, 0] != 0).to(torch.float64).reshape(-1, T, C, P)
+            for g, mask in masks.items():
+                live[n0 : n0 + chunk, g] |= (torch.einsum("tc,ntcp->ntp", mask, active) > 0).numpy()
+    return live.sum(axis=(1, 2, 3)).astype(np.int64)
 
 
 def _grouped_bound(weights: np.ndarray, bias: np.ndarray, row_base: np.ndarray, d: dict) -> int:

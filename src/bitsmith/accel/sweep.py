@@ -35,17 +35,30 @@ CSV_FIELDS = ("mode", "pe", "simd", "status", "reason", "cycles", "fps", "utilis
               "dsp_requant", "dsp_lanes", "bram18", "finn_bram18", "lut", "ff", "pareto")
 
 
-def evaluate_design(program: Program) -> dict:
+def evaluate_design(program: Program, activation_density: dict[str, float] | None = None) -> dict:
     """Cycles (docs/hardware.md §5) and resources (cost model) of one program: per-layer rows with
-    both, and the totals."""
-    cycles, cost = program_cycles(program), cost_report(program)
+    both, and the totals. `zero_skip` adds the cycles with zero skipping: "weights" exact, "both"
+    estimated from `activation_density` ({layer name: ρ}, timing.layer_densities; None when not given)."""
+    cycles, cost = program_cycles(program, activation_density), cost_report(program)
     layers = [{**c, "cycles": t["cycles"], "compute": t["compute"], "weights": t["weights"],
                "utilisation": t["utilisation"]} for c, t in zip(cost["layers"], cycles["layers"])]
+    skipping = {}
+    for mode in ("weights", "both"):
+        if mode == "both" and not activation_density:
+            skipping[mode] = None
+            continue
+        skipped = program_cycles(dataclasses.replace(program, config=dataclasses.replace(program.config, zero_skip=mode)),
+                                 activation_density)
+        skipping[mode] = {"cycles": skipped["total"], "compute": skipped["phases"]["compute"],
+                          "fps": skipped["fps"], "count": skipped["zero_skip"]}
+        for row, t in zip(layers, skipped["layers"]):
+            row[f"compute_skip_{mode}"] = t["compute"]
     return {
         "config": cost["config"], "layers": layers,
         "cycles": cycles["total"], "fps": cycles["fps"], "utilisation": cycles["utilisation"], "macs": cycles["macs"],
+        "compute": cycles["phases"]["compute"], "zero_skip": skipping,
         "dsp": cost["dsp"], "bram18": cost["bram18"], "memories": cost["memories"],
-        "finn_bram18": cost["finn_bram18"], "logic": cost["logic"],
+        "finn_bram18": cost["finn_bram18"], "weight_memory": cost["weight_memory"], "logic": cost["logic"],
     }
 
 
@@ -240,6 +253,8 @@ def design_tables(design: dict, title: str):
             *[(f"BRAM18 {m['name']}", f"{m['bram18']}  ({m['depth']:,} × {m['width']} bits)") for m in design["memories"]],
             ("BRAM18 total", str(design["bram18"]["total"])),
             ("BRAM18 FINN dataflow (sum of layers)", str(design["finn_bram18"])),
+            *_weight_memory_rows(design.get("weight_memory")),
+            *_zero_skip_rows(design),
             ("LUT / FF (rough)", f"{design['logic']['lut']:,} / {design['logic']['ff']:,}")]
     p = design.get("precision")
     if p is not None:  # the figures `bitsmith search` optimises, for the graph's own widths
@@ -251,6 +266,27 @@ def design_tables(design: dict, title: str):
     for key, value in rows:
         totals.add_row(key, value)
     return layers, totals
+
+
+def _weight_memory_rows(m: dict | None) -> list[tuple[str, str]]:
+    """Dense vs the IR's storage formats (docs/hardware.md "Cost model", weight memory)."""
+    if not m or not m["dense_bits"]:
+        return []
+    return [("weight memory, dense", f"{m['dense_bits']:,} bits ({m['dense_bits'] / 8192:.2f} KB), "
+                                     f"{m['dense_bram18']} BRAM18"),
+            ("weight memory, IR storage formats", f"{m['stored_bits']:,} bits ({m['stored_bits'] / 8192:.2f} KB), "
+             f"{m['stored_bram18']} BRAM18; {m['nnz']:,} non-zero codes, index/mask/pointer bits "
+             f"{m['index_bits']:,}; {m['dense_bits'] / m['stored_bits']:.2f}x")]
+
+
+def _zero_skip_rows(design: dict) -> list[tuple[str, str]]:
+    rows = []
+    for mode, label in (("weights", "zero weights skipped (exact)"), ("both", "zero weights and activations skipped (estimate)")):
+        s = (design.get("zero_skip") or {}).get(mode)
+        if s is not None:
+            rows.append((f"cycles per image, {label}", f"{s['cycles']:,} (compute {s['compute']:,} of "
+                                                        f"{design['compute']:,}), {s['fps']:,.0f} FPS"))
+    return rows
 
 
 def pareto_table(result: dict):

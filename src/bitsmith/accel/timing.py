@@ -5,11 +5,26 @@
 The cycle-level model (`bitsmith.accel.simulate`) counts the same cycles by executing the
 program; the generated Verilog must take exactly as many. The cost model and the design-space
 sweep read `program_cycles`.
+
+Zero skipping (`AccelConfig.zero_skip`, docs/hardware.md §5 "Zero skipping") changes only the
+compute phase of conv layers. The R rows of a channel group run in lockstep, C terms per row per
+cycle, so a cycle (pixel p, term block j) can be skipped only when *all* R·C products of that cycle
+have a zero operand. "weights": when all R·C weights of block j of the group are 0 — exact from the
+codes: compute = P · (live blocks of the group). "both": also when every non-zero weight of the
+block meets an activation equal to its zero point (or a padding position) — data dependent:
+`simulate` counts it exactly per image; here it is estimated from the layer's input activation
+density ρ (fraction of codes ≠ zero point, e.g. from `bitsmith.integer.sparsity.activation_sparsity`)
+assuming independent zeros: block j with m_j live terms is skipped with probability (1 − ρ)^m_j.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from bitsmith.errors import ConfigError
 
 from .compiler import channel_groups, term_blocks
 from .config import CODEBOOK_INDEX_BITS, CODEBOOK_SIZE, DESCRIPTOR_WORDS, MAX_ACT_BITS, WEIGHT_BYTE_BITS, AccelConfig
@@ -48,11 +63,60 @@ def group_weight_cycles(layer: Layer, config: AccelConfig) -> int:
 
 def group_compute_cycles(layer: Layer, config: AccelConfig) -> int:
     """P·T (conv) or P·(window elements) on the pool lanes (pools kh·kw, add 2, reorg / concat /
-    requant 1) for one channel group."""
+    requant 1) for one channel group, without zero skipping."""
     return layer.pixels * term_blocks(layer, config)
 
 
-def layer_cycles(layer: Layer, config: AccelConfig, first: bool) -> dict[str, int]:
+def weight_blocks(layer: Layer, config: AccelConfig) -> np.ndarray:
+    """[G, T, R, C] bool: which weight-buffer entries of each channel group hold a non-zero weight
+    (a codebook layer's looked-up values; padded rows and terms are zero)."""
+    R, C, T, G = config.pe, config.simd, term_blocks(layer, config), channel_groups(layer, config)
+    nonzero = np.zeros((G * R, T * C), dtype=bool)
+    nonzero[: layer.out_ch, : layer.terms] = layer.weight_codes != 0
+    return nonzero.reshape(G, R, T, C).transpose(0, 2, 1, 3)
+
+
+def live_blocks(layer: Layer, config: AccelConfig) -> np.ndarray:
+    """[G, T] bool: term block j of channel group g has a non-zero weight in some row (it takes a
+    compute cycle per pixel under zero_skip "weights")."""
+    return weight_blocks(layer, config).any(axis=(2, 3))
+
+
+def live_terms(layer: Layer, config: AccelConfig) -> np.ndarray:
+    """[G, T] int: m, the activation values block j of group g multiplies by a non-zero weight. Rows
+    that read the same input (a dense conv: all of them) share a column's value, so a column counts
+    once per distinct row input (a grouped conv's rows of different convolution groups read
+    different values)."""
+    nonzero = weight_blocks(layer, config)            # [G, T, R, C]
+    R, G = config.pe, channel_groups(layer, config)
+    inputs = np.full(G * R, -1, dtype=np.int64)        # padded rows: no input (their weights are 0)
+    inputs[: layer.out_ch] = layer.channel_map if layer.channel_map is not None else 0
+    inputs = inputs.reshape(G, R)
+    m = np.zeros(nonzero.shape[:2], dtype=np.int64)
+    for g in range(G):
+        for source in np.unique(inputs[g][inputs[g] >= 0]):
+            m[g] += nonzero[g][:, inputs[g] == source].any(axis=1).sum(axis=1)
+    return m
+
+
+def compute_cycles(layer: Layer, config: AccelConfig, activation_density: float | None = None) -> int:
+    """The compute phase of one layer and image, groups summed, under `config.zero_skip` (module
+    docstring). "both" needs the input's activation density ρ for its estimate
+    P·Σ_g Σ_j (1 − (1 − ρ)^m_gj), rounded to the nearest cycle; without one (None) activations count
+    as dense (ρ = 1), which is the "weights" count, an upper bound."""
+    groups = channel_groups(layer, config)
+    if layer.kind != "conv" or config.zero_skip == "none":
+        return groups * group_compute_cycles(layer, config)
+    if config.zero_skip == "weights" or activation_density is None:
+        return layer.pixels * int(live_blocks(layer, config).sum())
+    if not 0.0 <= activation_density <= 1.0:
+        raise ConfigError(f"layer {layer.name}: activation density {activation_density!r} outside [0, 1]")
+    m = live_terms(layer, config)
+    return round(layer.pixels * float((1.0 - (1.0 - activation_density) ** m[m > 0]).sum()))
+
+
+def layer_cycles(layer: Layer, config: AccelConfig, first: bool,
+                 activation_density: float | None = None) -> dict[str, int]:
     """Cycles of each §5 phase for one layer and one image (groups summed)."""
     groups = channel_groups(layer, config)
     return {
@@ -60,23 +124,30 @@ def layer_cycles(layer: Layer, config: AccelConfig, first: bool) -> dict[str, in
         "codebook": CODEBOOK_CYCLES if layer.is_codebook else 0,
         "input": input_cycles(layer, config) if first else 0,
         "weights": groups * group_weight_cycles(layer, config),
-        "compute": groups * group_compute_cycles(layer, config),
+        "compute": compute_cycles(layer, config, activation_density),
         "drain": groups * layer.pixels,
         "next": NEXT_LAYER_CYCLES,
     }
 
 
-def program_cycles(program: Program) -> dict:
+def program_cycles(program: Program, activation_density: Mapping[str, float] | None = None) -> dict:
     """Per-layer rows, phase totals, `total` (finish included), network `utilisation` and `fps`.
 
     Row utilisation = useful MACs / (R·C·compute cycles) (None for pools); `share` = the
-    layer's fraction of the total cycles.
+    layer's fraction of the total cycles. `activation_density` ({layer name: ρ}, see
+    `layer_densities`) feeds the estimate of zero_skip "both"; `zero_skip` in the result says which
+    count it is: "none", "weights" (exact), "both (estimate)" or "both (no activation densities:
+    the weights count)".
     """
     config = program.config
     lanes = config.pe * config.simd
+    density = dict(activation_density or {})
+    unknown = sorted(set(density) - {layer.name for layer in program.layers})
+    if unknown:
+        raise ConfigError(f"activation densities for {unknown[0]!r}, which is not a layer of the program")
     rows = []
     for i, layer in enumerate(program.layers):
-        phases = layer_cycles(layer, config, first=i == 0)
+        phases = layer_cycles(layer, config, first=i == 0, activation_density=density.get(layer.name))
         cycles = sum(phases.values())
         rows.append({
             "index": layer.index, "name": layer.name, "kind": layer.kind,
@@ -88,7 +159,14 @@ def program_cycles(program: Program) -> dict:
     for r in rows:
         r["share"] = r["cycles"] / total
     macs = sum(r["macs"] for r in rows)
+    skip = config.zero_skip
+    if skip == "both":
+        convs = [layer.name for layer in program.layers if layer.kind == "conv"]
+        skip = ("both (estimate)" if all(n in density for n in convs)
+                else "both (no activation densities: the weights count)" if not density
+                else "both (estimate where a density is given, else the weights count)")
     return {
+        "zero_skip": skip,
         "layers": rows,
         "phases": {p: sum(r[p] for r in rows) for p in PHASES} | {"finish": FINISH_CYCLES},
         "finish": FINISH_CYCLES,
@@ -98,3 +176,16 @@ def program_cycles(program: Program) -> dict:
         "fps": config.clock_mhz * 1e6 / total,
         "clock_mhz": config.clock_mhz,
     }
+
+
+def layer_densities(graph, program: Program, rows: list[dict]) -> dict[str, float]:
+    """{program layer name: ρ} from `bitsmith.integer.sparsity.activation_sparsity` rows (one per
+    Conv2d / Linear, named by its accumulator tensor): ρ = 1 − zero_fraction of the layer's input."""
+    by_acc = {row["layer"]: 1.0 - float(row["zero_fraction"]) for row in rows}
+    names = {layer.name for layer in program.layers if layer.kind == "conv"}
+    out = {}
+    for node in graph.nodes:
+        acc = node.inputs[0] if node.op == "Requant" else node.output
+        if acc in by_acc and node.output in names:
+            out[node.output] = by_acc[acc]
+    return out

@@ -30,6 +30,8 @@ import torch
 
 from bitsmith.errors import GraphError, UnsupportedOpError
 from bitsmith.integer.arithmetic import MAX_SHIFT, MULTIPLIER_BITS, TENSOR_BITS, WEIGHT_BITS, int_range
+from bitsmith.integer.sparse import DEFAULT_INDEX_BITS, DEFAULT_RUN_BITS, FIELD_BITS, SIGNED_BITS
+from bitsmith.integer.sparse import FORMATS as SPARSE_FORMATS
 
 
 #: Ops whose output is a wide signed accumulator (zero point 0) that a Requant brings back to codes.
@@ -42,15 +44,19 @@ class Attr:
 
     kind "int": an integer in [lo, hi]; "pair": an integer or a list of two, each in [lo, hi]
     ([height, width]); "pads": a "pair", or a list of four ([top, left, bottom, right]);
-    "choice": one of `choices` (strings).
+    "choice": one of `choices` (strings); "record": an object with exactly the integer `fields`
+    (name, lo, hi).
     """
 
     kind: str
     lo: int = 0
     hi: int = 0
     choices: tuple[str, ...] = ()
+    fields: tuple[tuple[str, int, int], ...] = ()
 
     def describe(self) -> str:
+        if self.kind == "record":
+            return "an object {" + ", ".join(f"{n}: an integer from {lo} to {hi}" for n, lo, hi in self.fields) + "}"
         if self.kind == "int":
             return f"an integer from {self.lo} to {self.hi}"
         if self.kind == "pair":
@@ -77,6 +83,10 @@ def choice_attr(*choices: str) -> Attr:
     return Attr("choice", choices=tuple(choices))
 
 
+def record_attr(*fields: tuple[str, int, int]) -> Attr:
+    return Attr("record", fields=tuple(fields))
+
+
 #: Largest kernel, stride, padding or dilation an attribute may declare (a spatial size).
 MAX_WINDOW = 1 << 16
 #: A clamp bound lies in the union of every code range an integer tensor may declare.
@@ -94,6 +104,21 @@ WEIGHT_FORMATS: dict[str, dict[str, Any]] = {
 }
 #: Ops whose weights come in one of WEIGHT_FORMATS (chosen by the optional attribute "weight_format").
 WEIGHTED_OPS = ("Conv2d", "Linear")
+
+# How a dense Conv2d / Linear's weight codes are *stored* (docs/sparse-formats.md "In the IR"): the
+# optional attr "weight_storage" names a format of bitsmith.integer.sparse (absent = "dense"), with
+# its field width ("storage_run_bits" for run-length, "storage_index_bits" for relative; absent = the
+# sparse module's default). The optional "outlier" describes an outlier split of the codes: inliers
+# are l·2^shift with l a signed low_bits code, every other code is an outlier within outlier_bits.
+# None of these change arithmetic: the engine, the reference and every back end read the codes.
+STORAGE_ATTRS: dict[str, Attr] = {
+    "weight_storage": choice_attr(*SPARSE_FORMATS),
+    "storage_run_bits": int_attr(*FIELD_BITS),
+    "storage_index_bits": int_attr(*FIELD_BITS),
+    "outlier": record_attr(("low_bits", *SIGNED_BITS), ("shift", 0, SIGNED_BITS[1]), ("outlier_bits", *SIGNED_BITS)),
+}
+#: The storage format a field-width attr belongs to.
+STORAGE_FIELD_ATTRS = {"storage_run_bits": "run-length", "storage_index_bits": "relative"}
 
 
 ShapeRule = Callable[[Any, Any, list], tuple[int, ...]]
@@ -140,6 +165,53 @@ def weight_format(node) -> str:
     return node.attrs.get("weight_format", "dense")
 
 
+def weight_storage(node) -> tuple[str, dict[str, int]]:
+    """(format, {"run_bits": r} or {"index_bits": k} or {}) a Conv2d / Linear node's weight codes are
+    stored in (STORAGE_ATTRS; absent = ("dense", {})): the keyword arguments of sparse.encode."""
+    fmt = node.attrs.get("weight_storage", "dense")
+    if fmt == "run-length":
+        return fmt, {"run_bits": int(node.attrs.get("storage_run_bits", DEFAULT_RUN_BITS))}
+    if fmt == "relative":
+        return fmt, {"index_bits": int(node.attrs.get("storage_index_bits", DEFAULT_INDEX_BITS))}
+    return fmt, {}
+
+
+def storage_problem(attrs: Mapping[str, Any]) -> str | None:
+    """What is inconsistent among a Conv2d / Linear node's storage attrs (types and ranges are the
+    schema's), or None: storage describes dense codes only, a field width belongs to its format, an
+    outlier split must fit the weight width."""
+    given = [a for a in STORAGE_ATTRS if a in attrs]
+    if given and attrs.get("weight_format", "dense") != "dense":
+        return (f"attribute {given[0]!r} describes dense weight codes; a {attrs['weight_format']} weight "
+                "stores its own (drop it, or make the weight dense)")
+    for name, fmt in STORAGE_FIELD_ATTRS.items():
+        if name in attrs and attrs.get("weight_storage", "dense") != fmt:
+            return (f"attribute {name!r} is the field width of weight_storage {fmt!r}; this node's is "
+                    f"{attrs.get('weight_storage', 'dense')!r}")
+    split, bits = attrs.get("outlier"), attrs.get("weight_bits")
+    if isinstance(split, Mapping) and isinstance(bits, int):
+        low, shift, wide = split.get("low_bits"), split.get("shift"), split.get("outlier_bits")
+        if all(isinstance(v, int) for v in (low, shift, wide)) and (low + shift > bits or wide > bits):
+            return (f"attribute 'outlier' {dict(split)}: low_bits + shift ({low + shift}) and outlier_bits ({wide}) "
+                    f"must each be at most weight_bits ({bits})")
+    return None
+
+
+def outlier_split(node, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(low codes l, outlier codes) of a node with an "outlier" attr, each the weight's shape: an
+    inlier code q = l·2^shift (|l| within low_bits) has l there and 0 in the outliers; every other
+    code is 0 in l and itself in the outliers. None without the attr. codes == l·2^shift + outliers."""
+    split = node.attrs.get("outlier")
+    if split is None:
+        return None
+    shift = int(split["shift"])
+    lo, hi = int_range(int(split["low_bits"]), True)
+    codes = codes.to(torch.int64)
+    low = torch.div(codes, 1 << shift, rounding_mode="floor")
+    inlier = (low * (1 << shift) == codes) & (low >= lo) & (low <= hi)
+    return torch.where(inlier, low, 0), torch.where(inlier, 0, codes)
+
+
 def signature(op: str, attrs: Mapping[str, Any]) -> tuple[dict[str, Attr], dict[str, Attr], tuple[str, ...],
                                                           tuple[str, ...]]:
     """What a node of `op` with these `attrs` carries: (required attrs, optional attrs, required params,
@@ -150,6 +222,7 @@ def signature(op: str, attrs: Mapping[str, Any]) -> tuple[dict[str, Attr], dict[
     optional: dict[str, Attr] = {}
     if op in WEIGHTED_OPS:
         optional["weight_format"] = choice_attr(*WEIGHT_FORMATS)
+        optional |= STORAGE_ATTRS
         fmt = WEIGHT_FORMATS.get(attrs.get("weight_format", "dense"))
         if fmt is None:
             raise GraphError(f"weight_format {attrs.get('weight_format')!r}; allowed: {', '.join(WEIGHT_FORMATS)}")
@@ -270,6 +343,13 @@ def _check_mac(g, node, ins, out, where) -> None:
         _check_codebook(g, node, lo, hi, where)
     else:
         _in_range(g.params[node.params["weight"]], lo, hi, f"{where}: weight codes")
+    problem = storage_problem(node.attrs)
+    if problem:
+        raise GraphError(f"{where}: {problem}")
+    split = outlier_split(node, g.weight_codes(node))
+    if split is not None:
+        _in_range(split[1], *int_range(int(node.attrs["outlier"]["outlier_bits"]), True),
+                  f"{where}: outlier codes (codes that are not low_bits codes · 2^shift)")
     if "bias" in node.params:
         b = g.params[node.params["bias"]]
         if tuple(b.shape) != (out.shape[0],):

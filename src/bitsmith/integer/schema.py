@@ -26,7 +26,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter,
 
 from bitsmith.errors import GraphError
 from bitsmith.integer.arithmetic import TENSOR_BITS, int_range
-from bitsmith.integer.ops import OPS, WEIGHT_FORMATS, WEIGHTED_OPS, Attr, signature
+from bitsmith.integer.ops import OPS, WEIGHT_FORMATS, WEIGHTED_OPS, Attr, signature, storage_problem
 
 FORMAT = "bitsmith.integer_graph"
 VERSION = 1
@@ -130,6 +130,16 @@ def _attr_type(a: Attr) -> Any:
             return v
 
         return _leaf(check_choice, {"enum": list(a.choices)})
+    if a.kind == "record":
+        def check_record(v: Any) -> dict:
+            if (not isinstance(v, dict) or set(v) != {n for n, _, _ in a.fields}
+                    or not all(is_int(v[n]) and lo <= v[n] <= hi for n, lo, hi in a.fields)):
+                raise ValueError(f"{v!r}; allowed: {a.describe()}")
+            return v
+
+        properties = {n: {"type": "integer", "minimum": lo, "maximum": hi} for n, lo, hi in a.fields}
+        return _leaf(check_record, {"type": "object", "properties": properties, "required": list(properties),
+                                    "additionalProperties": False})
 
     lengths = (2, 4) if a.kind == "pads" else (2,)
 
@@ -205,6 +215,9 @@ class _NodeBase(_Strict):
         if unused:
             raise ValueError(f"attribute {unused[0]!r} does not belong to a "
                              f"{attrs.get('weight_format', 'dense')} {self.op}")
+        problem = storage_problem(attrs) if self.op in WEIGHTED_OPS else None
+        if problem:
+            raise ValueError(problem)
         roles = set(required_params) | set(optional_params)
         extra = sorted(set(self.params) - roles)
         if extra:

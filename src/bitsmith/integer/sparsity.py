@@ -4,7 +4,11 @@
 Per Conv2d / Linear: n weights, nnz non-zero codes, density nnz/n, and the payload bits of every
 format of `bitsmith.integer.sparse` (the weight as [out_channels, K], codes signed at the layer's
 `weight_bits`), each plus the format's fixed header (`sparse.HEADER_BITS`); the best is the
-smallest. A codebook (CLIP-Q) layer stores its indices densely (`index_bits` each) plus its
+smallest. A layer with an outlier split (the "outlier" attr, docs/sparse-formats.md "In the IR")
+may also be stored as its low_bits codes l (in their best format, dense included) plus the outlier
+codes (in their best format at outlier_bits), each with its header: the "outlier" entry of its
+formats, which competes for the best like the others. `storage` is the format the IR declares
+(`weight_storage`, absent = dense) and `storage_bits` its size. A codebook (CLIP-Q) layer stores its indices densely (`index_bits` each) plus its
 codebook values, not in a sparse format: index 0 is not a pruned weight.
 
 Everything else integer inference needs is counted at the width it is declared with, so the
@@ -20,11 +24,17 @@ stored bits.
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Mapping
+from dataclasses import replace
+
+from bitsmith.errors import ConfigError
 
 from .graph import IntegerGraph, weight_format
-from .ops import WEIGHTED_OPS
-from .sparse import DEFAULT_INDEX_BITS, DEFAULT_RUN_BITS, FORMATS, HEADER_BITS, format_sizes
+from .ops import STORAGE_FIELD_ATTRS, WEIGHTED_OPS, outlier_split, weight_storage
+from .sparse import (DEFAULT_INDEX_BITS, DEFAULT_RUN_BITS, FORMATS, HEADER_BITS, best_format, code_stats,
+                     format_sizes, payload_bits)
 
 FLOAT_BITS = 32
 BIAS_BITS = 32
@@ -44,13 +54,80 @@ def _layer(graph: IntegerGraph, node, run_bits: int, index_bits: int) -> dict:
     if weight_format(node) == "codebook":
         book = graph.params[node.params["codebook"]].numel()
         stored = n * int(node.attrs["index_bits"]) + book * bits
-        row.update(formats={"codebook": stored}, best="codebook", stored_bits=stored, dense_bits=n * bits)
+        row.update(formats={"codebook": stored}, best="codebook", stored_bits=stored, dense_bits=n * bits,
+                   storage="codebook", storage_bits=stored)
         return row
     sizes = {name: size + HEADER_BITS for name, size in
              format_sizes(codes, bits, signed=True, run_bits=run_bits, index_bits=index_bits).items()}
-    best = min(sizes, key=lambda k: (sizes[k], FORMATS.index(k)))
-    row.update(formats=sizes, best=best, stored_bits=sizes[best], dense_bits=sizes["dense"])
+    split = outlier_split(node, weight)
+    if split is not None:
+        row["outlier"] = _outlier_row(node, split, run_bits, index_bits)
+        sizes["outlier"] = row["outlier"]["stored_bits"]
+    order = FORMATS + ("outlier",)
+    best = min(sizes, key=lambda k: (sizes[k], order.index(k)))
+    storage, fields = weight_storage(node)
+    row.update(formats=sizes, best=best, stored_bits=sizes[best], dense_bits=sizes["dense"], storage=storage,
+               storage_bits=payload_bits(storage, code_stats(codes), bits, **fields) + HEADER_BITS)
     return row
+
+
+def _outlier_row(node, split, run_bits: int, index_bits: int) -> dict:
+    """The low codes and the outliers of an outlier split, each in its best format with its header."""
+    attr = node.attrs["outlier"]
+    out = {"low_bits": int(attr["low_bits"]), "shift": int(attr["shift"]), "outlier_bits": int(attr["outlier_bits"])}
+    for part, codes, bits in (("low", split[0], out["low_bits"]), ("outliers", split[1], out["outlier_bits"])):
+        flat = codes.reshape(codes.shape[0], -1).numpy()
+        fmt, size = best_format(flat, bits, signed=True, run_bits=run_bits, index_bits=index_bits)
+        out[part] = {"nnz": int((flat != 0).sum()), "format": fmt, "bits": size + HEADER_BITS}
+    out["stored_bits"] = out["low"]["bits"] + out["outliers"]["bits"]
+    return out
+
+
+def annotate(graph: IntegerGraph, formats: str | Mapping[str, str] = "best", *, run_bits: int = DEFAULT_RUN_BITS,
+             index_bits: int = DEFAULT_INDEX_BITS) -> IntegerGraph:
+    """A copy of `graph` whose dense Conv2d / Linear nodes declare how their weight codes are stored
+    (the attr "weight_storage", and "storage_run_bits" / "storage_index_bits" for run-length /
+    relative). `formats`: "best" (each layer's smallest, `sparse.best_format` on [out, K] with these
+    field widths), one format name for every dense layer, or {node name: format} for the named
+    nodes only. Arithmetic does not change (the codes are the same tensors). Codebook layers store
+    their own indices: "best" and a single name leave them alone, naming one in a dict is an error."""
+    weighted = {n.name: n for n in graph.nodes if n.op in WEIGHTED_OPS}
+    if isinstance(formats, Mapping):
+        unknown = [name for name in formats if name not in weighted]
+        if unknown:
+            raise ConfigError(f"annotate: {unknown[0]!r} is not a Conv2d / Linear node of the graph; its weighted "
+                              f"nodes: {', '.join(weighted) or 'none'}")
+        wanted = dict(formats)
+        coded = [name for name in wanted if weight_format(weighted[name]) != "dense"]
+        if coded:
+            raise ConfigError(f"annotate: node {coded[0]!r} has {weight_format(weighted[coded[0]])} weights, which "
+                              "store their own indices; weight_storage describes dense codes only")
+    elif isinstance(formats, str):
+        wanted = {name: formats for name, n in weighted.items() if weight_format(n) == "dense"}
+    else:
+        raise ConfigError(f"annotate: formats must be 'best', a format name or {{node: format}}, got {formats!r}")
+    for name, fmt in wanted.items():
+        if fmt != "best" and fmt not in FORMATS:
+            raise ConfigError(f"annotate: node {name!r}: unknown format {fmt!r}; allowed: best, {', '.join(FORMATS)}")
+    out = copy.copy(graph)   # new containers; the parameter tensors themselves are shared, never changed
+    out.nodes, out.params, out.tensors, out.metadata = [], dict(graph.params), dict(graph.tensors), dict(graph.metadata)
+    for node in graph.nodes:
+        fmt = wanted.get(node.name)
+        if fmt is not None:
+            if fmt == "best":
+                codes = graph.weight_codes(node)
+                fmt, _ = best_format(codes.reshape(codes.shape[0], -1).numpy(), int(node.attrs["weight_bits"]),
+                                     run_bits=run_bits, index_bits=index_bits)
+            attrs = {k: v for k, v in node.attrs.items() if k != "weight_storage" and k not in STORAGE_FIELD_ATTRS}
+            attrs["weight_storage"] = fmt
+            if fmt == "run-length":
+                attrs["storage_run_bits"] = run_bits
+            if fmt == "relative":
+                attrs["storage_index_bits"] = index_bits
+            node = replace(node, attrs=attrs)
+        out.nodes.append(node)
+    out.validate()
+    return out
 
 
 def _other_bits(graph: IntegerGraph) -> tuple[int, int]:

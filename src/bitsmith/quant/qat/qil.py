@@ -28,8 +28,8 @@ output of a Conv2d/Linear whose fused clamp is none or a ReLU, which commutes wi
 p ≥ 0 first (qat.prepare gives every other activation point LSQ).
 
 Gradients: rounding straight through; c and d receive the gradient of value = code·s through p
-and s (the interval's edges and width), w or x the gradient 1 inside (p, u) and 0 outside — QIL's
-transformer is flat there.
+and s (the interval's edges and width; the max in p straight through), w or x the gradient 1
+inside [p, u] and 0 outside — QIL's transformer is flat there.
 """
 
 from __future__ import annotations
@@ -46,9 +46,15 @@ MIN_WIDTH = 1e-8
 
 
 def interval(centre: torch.Tensor, distance: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(p, s): the pruning edge max(c − |d|, 0) and the step (c + |d| − p)/L, differentiable."""
+    """(p, s): the pruning edge max(c − |d|, 0) and the step (c + |d| − p)/L, differentiable.
+
+    p's gradient passes the max straight through: with c < |d| the loss still tells c − |d|
+    whether pruning would help, so the edge can come back above 0 (a plain max would leave c − |d|
+    stuck below it, c and d then moving only together). The value is the max exactly
+    (r + (0 − r) is 0 in floating point)."""
     d = distance.abs()
-    p = torch.clamp_min(centre - d, 0.0)
+    raw = centre - d
+    p = raw + (torch.clamp_min(raw, 0.0) - raw).detach()
     return p, torch.clamp_min((centre + d - p) / levels, MIN_WIDTH)
 
 
@@ -82,7 +88,7 @@ class QILWeight(WeightQuantizer):
         codes, scale = self._codes_scale(w)
         p, s = interval(self.centre, self.distance, self.levels)
         p, s = _channel_view(p, w), _channel_view(s, w)
-        surrogate = torch.sign(w.detach()) * torch.clamp(round_ste((w.abs() - p) / s), 0, self.levels) * s
+        surrogate = torch.sign(w.detach()) * round_ste(torch.clamp((w.abs() - p) / s, 0, self.levels)) * s
         return _exact(surrogate, codes, scale)
 
 

@@ -89,7 +89,7 @@ def test_outlier_share_is_the_requested_fraction(trained):
     for layer in _layers(trained):
         q = layer.weight_quantizer
         w = layer.weight.detach()
-        mask, _, _ = q._grid(w)
+        mask, _, _ = q.grid(w)
         want = round(0.02 * w.numel())
         threshold = w.abs().reshape(-1).sort().values[w.numel() - want - 1]
         ties = int((w.abs() == threshold).sum()) - 1  # weights equal to the largest normal stay normal
@@ -102,7 +102,7 @@ def test_normal_codes_are_multiples_of_two_to_the_k_and_nothing_clips(trained):
         q = layer.weight_quantizer
         w = layer.weight.detach()
         codes, scale = layer.quantize_weight()
-        mask, s_n, k = q._grid(w)
+        mask, s_n, k = q.grid(w)
         assert q.split_parameters(w)["shift"] == k and float(scale) == math.ldexp(s_n, -k)
         normal = codes[~mask]
         assert bool((normal % (1 << k) == 0).all()) and int(normal.abs().max()) <= q.levels << k
@@ -148,7 +148,7 @@ def test_graph_records_the_split_and_it_round_trips(trained):
         assert int(np.abs(split.dense).max()) <= 7
         # The stored outliers are the selected ones, less those whose code happens to lie on the coarse
         # grid (just above the largest normal weight, they round to its code).
-        mask = layer.weight_quantizer._grid(layer.weight)[0].numpy().reshape(-1)
+        mask = layer.weight_quantizer.grid(layer.weight)[0].numpy().reshape(-1)
         assert entry["outliers"] == int(mask.sum())
         assert 0 < split.outliers and set(split.index.tolist()) <= set(np.flatnonzero(mask).tolist())
         flat = codes.reshape(-1).astype(np.int64)

@@ -148,5 +148,5 @@ def layer_bias_codes(bias: torch.Tensor | None, offset: float, acc_scale: list[f
     if offset == 0.0:
         return codes
     scale = torch.tensor(acc_scale, dtype=torch.float64)
-    shift = torch.round(torch.tensor(offset, dtype=torch.float64) / scale).expand(channels)
-    return -shift.clone() if codes is None else codes.expand(channels) - shift
+    offset_codes = torch.round(torch.tensor(offset, dtype=torch.float64) / scale).expand(channels)
+    return -offset_codes.clone() if codes is None else codes.expand(channels) - offset_codes

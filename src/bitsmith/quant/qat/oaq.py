@@ -59,7 +59,7 @@ class OutlierAwareWeight(WeightQuantizer):
         """round(f·N), halves up: the number of weights selected as outliers (before ties)."""
         return math.floor(self.outlier_fraction * n + 0.5)
 
-    def _grid(self, w: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    def grid(self, w: torch.Tensor) -> tuple[torch.Tensor, float, int]:
         """(outlier mask, normal step s_n as a float32 value, shift k) for weights `w`."""
         a = w.detach().abs().reshape(-1)
         amax = float(a.max()) if a.numel() else 0.0
@@ -81,12 +81,12 @@ class OutlierAwareWeight(WeightQuantizer):
 
     def split_parameters(self, w: torch.Tensor) -> dict[str, int]:
         """What storage needs to split this layer's codes (bitsmith.integer.outliers.outlier_split)."""
-        mask, _, k = self._grid(w)
+        mask, _, k = self.grid(w)
         return {"low_bits": self.bits, "shift": k, "outlier_bits": self.code_bits, "outliers": int(mask.sum())}
 
     def _codes_scale(self, w):
         w = w.detach()
-        mask, s_n, k = self._grid(w)
+        mask, s_n, k = self.grid(w)
         s_o = math.ldexp(s_n, -k)  # exact: a power-of-two division of a float32
         normal = torch.clamp(torch.round(w / s_n), -self.levels, self.levels) * float(1 << k)
         outlier = torch.clamp(torch.round(w / s_o), -self.outlier_levels, self.outlier_levels)

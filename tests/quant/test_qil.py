@@ -90,11 +90,14 @@ def test_every_activation_after_a_relu_is_qil(trained):
 
 
 def test_qil_weights_prune_clip_and_quantize_between(trained):
+    """Checked on the codes the graph holds."""
+    graph = lower(trained)
     pruned_total = 0
-    for layer in _layers(trained):
+    for layer, node in zip(_layers(trained), [n for n in graph.nodes if n.op in ("Conv2d", "Linear")]):
         q = layer.weight_quantizer
         w = layer.weight.detach()
-        codes, scale = layer.quantize_weight()
+        codes = graph.weight_codes(node).to(torch.int64)
+        scale = layer.quantize_weight()[1]
         p, s = (t.reshape(-1, *([1] * (w.dim() - 1))) for t in q.edges())
         u = p + s * q.levels
         assert torch.equal(scale, q.edges()[1])

@@ -28,12 +28,17 @@ from bitsmith.quant.config import QuantConfig
 from bitsmith.quant.fake_quant import FakeQuantize
 from bitsmith.quant.fx_nodes import module_of
 from bitsmith.quant.modules import QuantConv2d, QuantLayer
-from bitsmith.quant.requant import Clamp, add_parameters, bias_codes, multiplier, requant_parameters
+from bitsmith.quant.requant import (Clamp, activation_offset, add_parameters, bias_codes, layer_bias_codes, multiplier,
+                                    requant_parameters)
 from bitsmith.quant.rewrite import propagate_shapes
 
 # add_parameters, bias_codes, multiplier and requant_parameters live in quant/requant.py, shared with the
 # fake-quant modules that evaluate exactly as the graph; they are named here too, where the graph is made.
 __all__ = ["add_parameters", "bias_codes", "lower", "multiplier", "requant_parameters"]
+
+#: Graph metadata key of the OAQ layers' code split: {node name: {"low_bits", "shift", "outlier_bits",
+#: "outliers"}}, what bitsmith.integer.outliers.outlier_split(codes, low_bits, shift) needs.
+WEIGHT_OUTLIERS = "weight_outliers"
 
 
 class _Builder:
@@ -42,6 +47,7 @@ class _Builder:
         self.tensors: dict[str, TensorSpec] = {}
         self.nodes: list[Node] = []
         self.params: dict[str, torch.Tensor] = {}
+        self.outliers: dict[str, dict[str, int]] = {}  # OAQ layers: node name → how their codes split
 
     def tensor(self, spec: TensorSpec) -> TensorSpec:
         if spec.name in self.tensors:
@@ -106,6 +112,7 @@ def lower(qmodel: fx.GraphModule, config: QuantConfig | None = None, *, input_sh
             output = env[result]
         elif isinstance(m, FakeQuantize):
             _check_frozen(m, node.target)
+            _check_no_offset(m, node.target)
             x = env[node.args[0]]
             out = _codes_spec(node.name, shape(node), m)
             if x.dtype == "float32":
@@ -141,6 +148,8 @@ def lower(qmodel: fx.GraphModule, config: QuantConfig | None = None, *, input_sh
             raise ConfigError(f"cannot lower {node.op} {node.name!r} ({node.target})")
 
     meta = {"quant_config": config.to_json(), **(metadata or {})}
+    if b.outliers:
+        meta[WEIGHT_OUTLIERS] = b.outliers
     graph = IntegerGraph(b.tensors, b.nodes, b.params, ["input"], [output.name], meta)
     graph.validate()
     return graph
@@ -150,6 +159,14 @@ def _check_frozen(fq: FakeQuantize, name: str) -> None:
     if not fq.enabled or fq.observing:
         raise ConfigError(f"quantizer {name!r} is {'disabled' if not fq.enabled else 'not frozen'}; "
                           "lower() needs every activation quantized (enable it / quantize() the model)")
+
+
+def _check_no_offset(fq: FakeQuantize, name: str) -> None:
+    """A quantizer that subtracts an offset before rounding (QIL) lowers only behind a Conv2d/Linear,
+    whose bias takes the offset; anywhere else the graph has nowhere to put it."""
+    if activation_offset(fq) != 0.0:
+        raise ConfigError(f"quantizer {name!r} subtracts an offset ({activation_offset(fq):g}) before rounding; "
+                          "that lowers only as the output quantizer of a Conv2d/Linear (folded into its bias)")
 
 
 def _input_shape(qmodel: fx.GraphModule, given: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -175,6 +192,7 @@ def _lower_add(b: _Builder, node: fx.Node, m: QuantAdd, inputs: list[TensorSpec]
         raise ConfigError(f"add {m.name!r} adds tensors of shapes {list(inputs[0].shape)} and {list(inputs[1].shape)}; "
                           "the integer graph adds tensors of one shape (no broadcasting)")
     _check_frozen(m.act_quant, f"{node.target}.act_quant")
+    _check_no_offset(m.act_quant, f"{node.target}.act_quant")
     out = _codes_spec(node.name, out_shape, m.act_quant)
     m_a, m_b, k = m.integer_parameters()
     acc = TensorSpec(f"{node.name}_acc", tuple(out_shape), "int", acc_bits, True, math.ldexp(out.scale, -k), 0)
@@ -197,8 +215,9 @@ def _lower_layer(b: _Builder, node: fx.Node, m: QuantLayer, x: TensorSpec, out_s
         params = {"weight": codes.to(wdtype)}
     acc_scale = [float(s) * x.scale for s in w_scale.reshape(-1).tolist()]
     per_channel = w_scale.numel() > 1
-    if m.bias is not None:
-        bias = bias_codes(m.bias, acc_scale)
+    # The bias, less the output quantizer's offset (QIL's pruning edge) on the accumulator grid.
+    bias = layer_bias_codes(m.bias, activation_offset(m.act_quant), acc_scale, m.weight.shape[0])
+    if bias is not None:
         lo, hi = int_range(acc_bits, True)
         if bias.numel() and (bias.min() < lo or bias.max() > hi):
             raise ConfigError(f"layer {node.target!r}: the bias needs more than {acc_bits} bits at scale S_w·S_in; "
@@ -206,6 +225,9 @@ def _lower_layer(b: _Builder, node: fx.Node, m: QuantLayer, x: TensorSpec, out_s
         params["bias"] = bias.to(torch.int32 if acc_bits <= 32 else torch.int64)
     acc_name = f"{node.name}_acc" if m.act_quant is not None else node.name
     acc = TensorSpec(acc_name, out_shape, "int", acc_bits, True, acc_scale if per_channel else acc_scale[0], 0)
+    split_parameters = getattr(m.weight_quantizer, "split_parameters", None)
+    if split_parameters is not None:  # OAQ: how storage splits the codes into low-bit and outlier streams
+        b.outliers[acc_name] = split_parameters(m.weight)
     if isinstance(m, QuantConv2d):
         attrs = {"stride": _pair(m.stride), "padding": m.padding, "dilation": _pair(m.dilation),
                  "groups": m.groups, "weight_bits": m.code_bits, **weight_attrs}

@@ -7,7 +7,9 @@ clamp bounds and bias codes from here, so the two cannot drift:
 * `requant_parameters`: a Requant's (m, s) per channel and its clamp, from M = S_in / S_out;
 * `add_parameters`: the two input multipliers of an Add and the shift of the Requant after it;
 * `Clamp`: a clamping activation (ReLU, ReLU6, Hardtanh) fused into a Requant, and its code bounds;
-* `bias_codes`: a float bias on the accumulator grid S_w·S_in.
+* `bias_codes`: a float bias on the accumulator grid S_w·S_in;
+* `layer_bias_codes`: a layer's int bias — its own, minus the offset its output quantizer subtracts
+  before rounding (QIL's pruning edge; `activation_offset`), both on that grid.
 
 docs/arithmetic.md states the arithmetic these integers feed.
 """
@@ -127,3 +129,24 @@ def add_parameters(in_scales: tuple[float, float], in_ranges: tuple[int, int], o
 def bias_codes(bias: torch.Tensor, acc_scale: list[float]) -> torch.Tensor:
     """The float bias on the accumulator grid S_w·S_in, rounded half to even (float64)."""
     return torch.round(bias.detach().to(torch.float64) / torch.tensor(acc_scale, dtype=torch.float64))
+
+
+def activation_offset(fq) -> float:
+    """The real value an activation quantizer subtracts from its input before rounding (QIL's pruning
+    edge p; 0 for every other quantizer): codes = clamp(round((x − p)/S)), value = codes·S."""
+    return float(getattr(fq, "offset", 0.0)) if fq is not None else 0.0
+
+
+def layer_bias_codes(bias: torch.Tensor | None, offset: float, acc_scale: list[float], channels: int
+                     ) -> torch.Tensor | None:
+    """A Conv2d / Linear's integer bias (float64 codes, one per output channel; None when there is
+    neither bias nor offset): `bias_codes(bias)` − round_half_even(offset / S_acc).
+
+    The offset is snapped to the accumulator grid on its own, so the Requant that follows sees
+    acc − P exactly, with P the same integer in the exact fake-quant path and in the graph."""
+    codes = bias_codes(bias, acc_scale) if bias is not None else None
+    if offset == 0.0:
+        return codes
+    scale = torch.tensor(acc_scale, dtype=torch.float64)
+    offset_codes = torch.round(torch.tensor(offset, dtype=torch.float64) / scale).expand(channels)
+    return -offset_codes.clone() if codes is None else codes.expand(channels) - offset_codes

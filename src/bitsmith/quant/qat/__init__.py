@@ -1,4 +1,5 @@
-"""Quantization-aware training: DoReFa, PACT, LSQ, HWGQ, binary and ternary, lowered bit-exactly.
+"""Quantization-aware training: DoReFa, PACT, LSQ, HWGQ, binary, ternary, outlier-aware (OAQ) and
+learned intervals (QIL), lowered bit-exactly.
 
     qmodel = bitsmith.quantize(model, train_set, QATConfig("lsq", wbits=4, abits=4, epochs=2))
     metrics = bitsmith.pipeline.qat_run("runs/lenet5", "runs/lenet5-lsq", QATConfig("lsq", wbits=4, abits=4))

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -32,6 +33,8 @@ from bitsmith.quant.prepare import module_of, prepare, quantizable_layers
 from bitsmith.quant.ptq import add_input_grids, input_quantizer, quantize
 from bitsmith.quant.qat.activations import FixedQuantize, HWGQQuantize, LSQQuantize, PACTQuantize
 from bitsmith.quant.qat.exact import make_exact
+from bitsmith.quant.qat.oaq import OutlierAwareWeight, check_outlier_settings
+from bitsmith.quant.qat.qil import QILQuantize, QILWeight
 from bitsmith.quant.qat.weights import BinaryWeight, DoReFaWeight, GaussianWeight, LSQWeight, TernaryWeight
 
 #: method → (weight quantizer, activation quantizer).
@@ -42,6 +45,8 @@ METHODS = {
     "hwgq": ("Gaussian step g[b]·std(W)", "HWGQ h[b]"),
     "binary": ("binary sign·mean|W|", "LSQ"),
     "ternary": ("ternary (TWN)", "LSQ"),
+    "oaq": ("outlier-aware: b-bit grid, largest outlier_fraction at outlier_bits", "LSQ"),
+    "qil": ("QIL interval (c, d) per output channel", "QIL interval (c, d) after a ReLU; LSQ elsewhere"),
 }
 BITS = range(2, 9)
 #: Widths a bit string may give a layer: 2..8 for every method; LSQ (no tables, codes of exactly
@@ -92,10 +97,13 @@ class QATSpec:
     keep_first_last_8bit: bool = False
     per_channel: bool = True
     input_bits: int = 8
+    outlier_fraction: float = 0.01  # oaq: share of each layer's weights (largest |w|) kept as outliers
+    outlier_bits: int = 8  # oaq: width of the outlier codes (8 or 16)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"unknown QAT method {self.method!r}; allowed: {', '.join(METHODS)}")
+        check_outlier_settings(self.outlier_fraction, self.outlier_bits)
         for name in ("wbits", "abits", "input_bits"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value not in BITS:
@@ -187,9 +195,14 @@ def input_sources(model: nn.Module, input_shape: tuple[int, ...] | None = None,
     return sources
 
 
-def _weight_quantizer(method: str, layer: QuantLayer, bits: int, per_channel: bool) -> nn.Module:
+def _weight_quantizer(method: str, layer: QuantLayer, bits: int, spec: QATSpec) -> nn.Module:
+    per_channel = spec.per_channel
     if method in ("binary", "ternary") and bits == KEPT_BITS:
         method = "lsq"  # a layer kept at 8 bits keeps a multi-bit grid
+    if method == "oaq":
+        return OutlierAwareWeight(bits, spec.outlier_fraction, spec.outlier_bits)
+    if method == "qil":
+        return QILWeight(bits, layer.weight_scale, per_channel)
     if method in ("dorefa", "pact"):
         return DoReFaWeight(bits, per_channel)
     if method == "lsq":
@@ -201,7 +214,9 @@ def _weight_quantizer(method: str, layer: QuantLayer, bits: int, per_channel: bo
     return TernaryWeight(per_channel)
 
 
-def _activation_quantizer(method: str, ptq: FakeQuantize, sigma: float) -> FakeQuantize:
+def _activation_quantizer(method: str, ptq: FakeQuantize, sigma: float, qil_point: bool = False) -> FakeQuantize:
+    if method == "qil" and qil_point:
+        return QILQuantize(ptq, ptq.bits)
     if method == "dorefa":
         return FixedQuantize(ptq, ptq.bits)
     if method == "pact":
@@ -209,6 +224,14 @@ def _activation_quantizer(method: str, ptq: FakeQuantize, sigma: float) -> FakeQ
     if method == "hwgq":
         return HWGQQuantize(ptq, ptq.bits, sigma)
     return LSQQuantize(ptq, ptq.bits)
+
+
+def qil_output_point(layer: QuantLayer) -> bool:
+    """Whether a QIL activation may quantize this layer's output: an unsigned point behind no clamp
+    or a ReLU. Its offset p is folded into the layer's bias, below the clamp; a ReLU commutes with
+    that (p ≥ 0), a clamp with a finite top (ReLU6, Hardtanh) would cut at the wrong place."""
+    fq = layer.act_quant
+    return fq is not None and not fq.signed and (layer.clamp is None or math.isinf(layer.clamp.hi))
 
 
 def activation_rms(qmodel: fx.GraphModule, batches: list[torch.Tensor]) -> dict[FakeQuantize, float]:
@@ -241,20 +264,20 @@ def qat_prepare(model: nn.Module, calib_data: Iterable, spec: QATSpec) -> fx.Gra
     rms = activation_rms(qmodel, batches) if spec.method == "hwgq" else {}
     replaced: dict[FakeQuantize, FakeQuantize] = {}
 
-    def swap(fq: FakeQuantize) -> FakeQuantize:
+    def swap(fq: FakeQuantize, qil_point: bool = False) -> FakeQuantize:
         if fq not in replaced:
             # HWGQ's σ of the pre-activation: after a ReLU E[y²] is half of it (symmetric, zero mean).
             sigma = rms.get(fq, 1.0) * (2 ** 0.5 if not fq.signed else 1.0)
-            replaced[fq] = _activation_quantizer(spec.method, fq, sigma)
+            replaced[fq] = _activation_quantizer(spec.method, fq, sigma, qil_point)
         return replaced[fq]
 
     for node in qmodel.graph.nodes:
         m = module_of(qmodel, node)
         if isinstance(m, QuantLayer):
             bits = wbits[names.index(m.float_name)]
-            m.weight_quantizer = _weight_quantizer(spec.method, m, bits, spec.per_channel)
+            m.weight_quantizer = _weight_quantizer(spec.method, m, bits, spec)
             if m.act_quant is not None:
-                m.act_quant = swap(m.act_quant)
+                m.act_quant = swap(m.act_quant, qil_output_point(m))
         elif isinstance(m, QuantAdd):
             m.act_quant = swap(m.act_quant)
         elif isinstance(m, FakeQuantize) and node.target == "input_quant":
@@ -282,8 +305,8 @@ def sync_input_scales(qmodel: fx.GraphModule) -> None:
 
 
 def quantizer_parameters(qmodel: nn.Module) -> list[nn.Parameter]:
-    """The learned quantizer parameters (LSQ steps, PACT α), apart from the weights."""
-    return [p for name, p in qmodel.named_parameters() if name.endswith((".step", ".alpha"))]
+    """The learned quantizer parameters (LSQ steps, PACT α, QIL centres and distances), apart from the weights."""
+    return [p for name, p in qmodel.named_parameters() if name.endswith((".step", ".alpha", ".centre", ".distance"))]
 
 
 def regularization(qmodel: nn.Module) -> torch.Tensor | float:

@@ -151,7 +151,8 @@ def quantize_cmd(run: Path = typer.Argument(..., help="float run folder (from bi
 
 @app.command("qat")
 def qat_cmd(run: Path = typer.Argument(..., help="float run folder (from bitsmith train)"),
-            method: str = typer.Option(..., help="dorefa, pact, lsq, hwgq, binary, ternary or clipq"),
+            method: str = typer.Option(..., help="dorefa, pact, lsq, hwgq, binary, ternary, oaq (outlier-aware), "
+                                                 "qil (learned intervals) or clipq"),
             out: Path = typer.Option(..., help="folder for the QAT weights and the integer graph"),
             wbits: int = typer.Option(4, help="weight bits (every layer unless --bitw)"),
             abits: int = typer.Option(4, help="activation bits (every layer unless --bita)"),
@@ -164,6 +165,9 @@ def qat_cmd(run: Path = typer.Argument(..., help="float run folder (from bitsmit
             clipq_bits: int = typer.Option(2, help="clipq: codebook index bits"),
             q35: bool = typer.Option(False, help="clipq: Q3.5 fixed-point codebook (the source accelerator's)"),
             lr: Optional[float] = typer.Option(None, help="learning rate (default 0.02, cosine)"),
+            outlier_fraction: float = typer.Option(0.01, help="oaq: share of each layer's weights (largest |w|) "
+                                                              "kept as outliers"),
+            outlier_bits: int = typer.Option(8, help="oaq: width of the outlier codes (8 or 16)"),
             data_dir: Optional[str] = typer.Option(None),
             quiet: bool = typer.Option(False),
             force: bool = _force(),
@@ -173,7 +177,8 @@ def qat_cmd(run: Path = typer.Argument(..., help="float run folder (from bitsmit
     from bitsmith.pipeline import qat_config, qat_run
 
     config = qat_config(run, method, wbits=wbits, abits=abits, epochs=epochs, bitw=bitw, bita=bita,
-                        keep_first_last_8bit=keep_first_last_8bit, p=p, clipq_bits=clipq_bits, q35=q35, lr=lr)
+                        keep_first_last_8bit=keep_first_last_8bit, p=p, clipq_bits=clipq_bits, q35=q35, lr=lr,
+                        outlier_fraction=outlier_fraction, outlier_bits=outlier_bits)
     metrics = qat_run(run, out, config, data_dir=data_dir, quiet=quiet or as_json, force=force)
     _emit({k: v for k, v in metrics.items() if k != "history"}, as_json, f"QAT {method} in {out}")
 

@@ -104,14 +104,15 @@ def _quantize_into(run_dir: str | os.PathLike, out_dir: Path, config: QuantConfi
 
 def qat_config(run_dir: str | os.PathLike, method: str, *, wbits: int = 4, abits: int = 4, epochs: int = 2,
                bitw: str | None = None, bita: str | None = None, keep_first_last_8bit: bool = False,
-               p: float = 0.4, clipq_bits: int = 2, q35: bool = False, lr: float | None = None
-               ) -> QATConfig | ClipQConfig:
+               p: float = 0.4, clipq_bits: int = 2, q35: bool = False, lr: float | None = None,
+               outlier_fraction: float = 0.01, outlier_bits: int = 8) -> QATConfig | ClipQConfig:
     """The config `bitsmith qat` options describe: a QATConfig, or for method "clipq" a ClipQConfig
     (8-bit PTQ activations, codebook weights, fine-tuned `epochs` epochs with QAT's training)."""
     train = {"epochs": epochs, **({"lr": lr} if lr is not None else {})}
     if method != "clipq":
         return QATConfig(method, wbits=wbits, abits=abits, bitw=bitw, bita=bita,
-                         keep_first_last_8bit=keep_first_last_8bit, **train)
+                         keep_first_last_8bit=keep_first_last_8bit, outlier_fraction=outlier_fraction,
+                         outlier_bits=outlier_bits, **train)
     skip: tuple[str, ...] = ()
     if keep_first_last_8bit:
         names = quantizable_layers(load_run(run_dir).model)

@@ -8,7 +8,7 @@ import torch
 
 from bitsmith.errors import ConfigError, GraphError
 from bitsmith.integer import engine, load
-from bitsmith.integer.ops import outlier_split, weight_storage
+from bitsmith.integer.ops import outlier_parts, weight_storage
 from bitsmith.integer.sparse import HEADER_BITS, best_format, encode
 from bitsmith.integer.sparsity import annotate, graph_sparsity
 from tests.helpers import golden
@@ -128,7 +128,7 @@ def _outlier_graph():
     g = golden("lenet5_w8a8")
     node = _first_conv(g)
     w = g.params[node.params["weight"]]
-    low = torch.clamp(torch.round(w.double() / 4), -8, 7).to(w.dtype)
+    low = torch.clamp(torch.round(w.double() / 4), -7, 7).to(w.dtype)   # narrow: |l| ≤ 7
     q = (low * 4).reshape(-1).clone()
     q[[0, 7, 40]] = torch.tensor([101, -93, 127], dtype=q.dtype)
     g.params[node.params["weight"]] = q.reshape(w.shape)
@@ -140,9 +140,9 @@ def _outlier_graph():
 def test_outlier_split_is_exact_and_counted_as_low_codes_plus_sparse_outliers():
     g, node = _outlier_graph()
     codes = g.weight_codes(node)
-    low, outliers = outlier_split(node, codes)
+    low, outliers = outlier_parts(node, codes)
     assert torch.equal(low * 4 + outliers, codes.to(torch.int64))
-    assert int((outliers != 0).sum()) == 3 and int(low.abs().max()) <= 8
+    assert int((outliers != 0).sum()) == 3 and int(low.abs().max()) <= 7
     row = graph_sparsity(g)["layers"][0]
     flat = lambda t: t.reshape(t.shape[0], -1).numpy()   # noqa: E731
     want = (best_format(flat(low), 4)[1] + HEADER_BITS) + (best_format(flat(outliers), 8)[1] + HEADER_BITS)

@@ -13,7 +13,7 @@ from bitsmith.errors import ConfigError, DataError
 from bitsmith.integer import engine
 from bitsmith.integer.outliers import OutlierSplit, outlier_merge, outlier_split, outlier_storage_bits
 from bitsmith.quant import lower
-from bitsmith.quant.lower import WEIGHT_OUTLIERS
+from bitsmith.integer.sparsity import graph_sparsity
 from bitsmith.quant.modules import QuantLayer
 from bitsmith.quant.qat import QATSpec, QATTrainConfig, qat_prepare, qat_train, set_exact_eval
 from bitsmith.quant.qat.oaq import OutlierAwareWeight
@@ -131,16 +131,15 @@ def test_forward_value_is_codes_times_scale_and_gradient_straight_through():
     assert int(codes[0, 0, 0, 0]) == round(2.0 / float(scale))  # the outlier is kept, not clipped
 
 
-# -- the split: graph metadata, round trip ------------------------------------------------------
+# -- the split: the node's "outlier" attr, round trip, storage ------------------------------------
 
 
 def test_graph_records_the_split_and_it_round_trips(trained):
     graph = lower(trained)
-    record = graph.metadata[WEIGHT_OUTLIERS]
     weighted = [n for n in graph.nodes if n.op in ("Conv2d", "Linear")]
-    assert sorted(record) == sorted(n.name for n in weighted)
+    storage = {row["name"]: row for row in graph_sparsity(graph)["layers"]}
     for node, layer in zip(weighted, _layers(trained)):
-        entry = record[node.name]
+        entry = node.attrs["outlier"]
         assert entry["low_bits"] == 4 and entry["outlier_bits"] == node.attrs["weight_bits"] == 8
         codes = graph.weight_codes(node).numpy()
         split = outlier_split(codes, entry["low_bits"], entry["shift"])
@@ -149,11 +148,14 @@ def test_graph_records_the_split_and_it_round_trips(trained):
         # The stored outliers are the selected ones, less those whose code happens to lie on the coarse
         # grid (just above the largest normal weight, they round to its code).
         mask = layer.weight_quantizer.grid(layer.weight)[0].numpy().reshape(-1)
-        assert entry["outliers"] == int(mask.sum())
         assert 0 < split.outliers and set(split.index.tolist()) <= set(np.flatnonzero(mask).tolist())
         flat = codes.reshape(-1).astype(np.int64)
         on_grid = (flat % (1 << entry["shift"]) == 0) & (np.abs(flat >> entry["shift"]) <= 7)
-        assert split.outliers == entry["outliers"] - int((on_grid & mask).sum())
+        assert split.outliers == int(mask.sum()) - int((on_grid & mask).sum())
+        # bitsmith sparsity counts the layer as 4-bit codes plus sparse 8-bit outliers: below 8-bit dense
+        row = storage[node.output]
+        assert row["outlier"]["outliers"]["nnz"] == split.outliers
+        assert row["stored_bits"] <= row["formats"]["outlier"] < row["formats"]["dense"]
 
 
 def test_split_by_hand():

@@ -26,9 +26,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from bitsmith.errors import GraphError, UnsupportedOpError
+from bitsmith.integer import outliers
 from bitsmith.integer.arithmetic import MAX_SHIFT, MULTIPLIER_BITS, TENSOR_BITS, WEIGHT_BITS, int_range
 from bitsmith.integer.sparse import DEFAULT_INDEX_BITS, DEFAULT_RUN_BITS, FIELD_BITS, SIGNED_BITS
 from bitsmith.integer.sparse import FORMATS as SPARSE_FORMATS
@@ -197,19 +199,18 @@ def storage_problem(attrs: Mapping[str, Any]) -> str | None:
     return None
 
 
-def outlier_split(node, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(low codes l, outlier codes) of a node with an "outlier" attr, each the weight's shape: an
-    inlier code q = l·2^shift (|l| within low_bits) has l there and 0 in the outliers; every other
-    code is 0 in l and itself in the outliers. None without the attr. codes == l·2^shift + outliers."""
-    split = node.attrs.get("outlier")
-    if split is None:
+def outlier_parts(node, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(low codes l, outlier codes) of a node with an "outlier" attr, each the weight's shape, by the
+    one split rule (`bitsmith.integer.outliers.outlier_split`): an inlier code q = l·2^shift with
+    |l| ≤ 2^(low_bits−1) − 1 has l there and 0 in the outliers; every other code is 0 in l and itself
+    in the outliers. None without the attr. codes == l·2^shift + outliers."""
+    attr = node.attrs.get("outlier")
+    if attr is None:
         return None
-    shift = int(split["shift"])
-    lo, hi = int_range(int(split["low_bits"]), True)
-    codes = codes.to(torch.int64)
-    low = torch.div(codes, 1 << shift, rounding_mode="floor")
-    inlier = (low * (1 << shift) == codes) & (low >= lo) & (low <= hi)
-    return torch.where(inlier, low, 0), torch.where(inlier, 0, codes)
+    split = outliers.outlier_split(codes.numpy(), int(attr["low_bits"]), int(attr["shift"]))
+    wide = np.zeros(codes.numel(), dtype=np.int64)
+    wide[split.index] = split.values
+    return torch.from_numpy(split.dense), torch.from_numpy(wide.reshape(tuple(codes.shape)))
 
 
 def signature(op: str, attrs: Mapping[str, Any]) -> tuple[dict[str, Attr], dict[str, Attr], tuple[str, ...],
@@ -346,7 +347,7 @@ def _check_mac(g, node, ins, out, where) -> None:
     problem = storage_problem(node.attrs)
     if problem:
         raise GraphError(f"{where}: {problem}")
-    split = outlier_split(node, g.weight_codes(node))
+    split = outlier_parts(node, g.weight_codes(node))
     if split is not None:
         _in_range(split[1], *int_range(int(node.attrs["outlier"]["outlier_bits"]), True),
                   f"{where}: outlier codes (codes that are not low_bits codes · 2^shift)")

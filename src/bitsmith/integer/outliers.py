@@ -8,8 +8,8 @@ one scale S_o, so the layer computes like any other. Most of them lie on the coa
 
 Storage keeps q densely at b bits (0 where an outlier sits) and the outliers sparsely as
 (flat index, b_o-bit code) pairs. `outlier_split` and `outlier_merge` are that split and its exact
-inverse; the split needs only (low_bits, shift), which lowering records per layer in the graph's
-metadata (`metadata["weight_outliers"][node name]`, see bitsmith.quant.lower).
+inverse; the split needs only (low_bits, shift), which lowering records as the layer's "outlier"
+attribute ({"low_bits", "shift", "outlier_bits"}, bitsmith.integer.ops; `ops.outlier_parts` reads it).
 """
 
 from __future__ import annotations

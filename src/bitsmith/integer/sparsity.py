@@ -32,7 +32,7 @@ from dataclasses import replace
 from bitsmith.errors import ConfigError
 
 from .graph import IntegerGraph, weight_format
-from .ops import STORAGE_FIELD_ATTRS, WEIGHTED_OPS, outlier_split, weight_storage
+from .ops import STORAGE_FIELD_ATTRS, WEIGHTED_OPS, outlier_parts, weight_storage
 from .sparse import (DEFAULT_INDEX_BITS, DEFAULT_RUN_BITS, FORMATS, HEADER_BITS, best_format, code_stats,
                      format_sizes, payload_bits)
 
@@ -59,7 +59,7 @@ def _layer(graph: IntegerGraph, node, run_bits: int, index_bits: int) -> dict:
         return row
     sizes = {name: size + HEADER_BITS for name, size in
              format_sizes(codes, bits, signed=True, run_bits=run_bits, index_bits=index_bits).items()}
-    split = outlier_split(node, weight)
+    split = outlier_parts(node, weight)
     if split is not None:
         row["outlier"] = _outlier_row(node, split, run_bits, index_bits)
         sizes["outlier"] = row["outlier"]["stored_bits"]

@@ -34,7 +34,8 @@ from bitsmith.quant.qat.train import QATTrainConfig, qat_train
 @dataclass(frozen=True)
 class QATConfig(QATTrainConfig, QATSpec):
     """Quantization-aware training in one config: the method and bits (the fields of QATSpec:
-    method, wbits, abits, bitw, bita, keep_first_last_8bit, per_channel, input_bits) and how it
+    method, wbits, abits, bitw, bita, keep_first_last_8bit, per_channel, input_bits, outlier_fraction and
+    outlier_bits for oaq) and how it
     trains (the fields of QATTrainConfig: epochs, batch_size, optimizer, lr, quant_lr, …)."""
 
     def __post_init__(self) -> None:

@@ -36,18 +36,12 @@ from bitsmith.quant.rewrite import propagate_shapes
 # fake-quant modules that evaluate exactly as the graph; they are named here too, where the graph is made.
 __all__ = ["add_parameters", "bias_codes", "lower", "multiplier", "requant_parameters"]
 
-#: Graph metadata key of the OAQ layers' code split: {node name: {"low_bits", "shift", "outlier_bits",
-#: "outliers"}}, what bitsmith.integer.outliers.outlier_split(codes, low_bits, shift) needs.
-WEIGHT_OUTLIERS = "weight_outliers"
-
-
 class _Builder:
     def __init__(self, config: QuantConfig):
         self.config = config
         self.tensors: dict[str, TensorSpec] = {}
         self.nodes: list[Node] = []
         self.params: dict[str, torch.Tensor] = {}
-        self.outliers: dict[str, dict[str, int]] = {}  # OAQ layers: node name → how their codes split
 
     def tensor(self, spec: TensorSpec) -> TensorSpec:
         if spec.name in self.tensors:
@@ -148,8 +142,6 @@ def lower(qmodel: fx.GraphModule, config: QuantConfig | None = None, *, input_sh
             raise ConfigError(f"cannot lower {node.op} {node.name!r} ({node.target})")
 
     meta = {"quant_config": config.to_json(), **(metadata or {})}
-    if b.outliers:
-        meta[WEIGHT_OUTLIERS] = b.outliers
     graph = IntegerGraph(b.tensors, b.nodes, b.params, ["input"], [output.name], meta)
     graph.validate()
     return graph
@@ -226,8 +218,8 @@ def _lower_layer(b: _Builder, node: fx.Node, m: QuantLayer, x: TensorSpec, out_s
     acc_name = f"{node.name}_acc" if m.act_quant is not None else node.name
     acc = TensorSpec(acc_name, out_shape, "int", acc_bits, True, acc_scale if per_channel else acc_scale[0], 0)
     split_parameters = getattr(m.weight_quantizer, "split_parameters", None)
-    if split_parameters is not None:  # OAQ: how storage splits the codes into low-bit and outlier streams
-        b.outliers[acc_name] = split_parameters(m.weight)
+    if split_parameters is not None:  # OAQ: the node's "outlier" attr, how storage splits its codes
+        weight_attrs = {**weight_attrs, "outlier": split_parameters(m.weight)}
     if isinstance(m, QuantConv2d):
         attrs = {"stride": _pair(m.stride), "padding": m.padding, "dilation": _pair(m.dilation),
                  "groups": m.groups, "weight_bits": m.code_bits, **weight_attrs}

@@ -80,9 +80,10 @@ class OutlierAwareWeight(WeightQuantizer):
         return mask, s_n, k
 
     def split_parameters(self, w: torch.Tensor) -> dict[str, int]:
-        """What storage needs to split this layer's codes (bitsmith.integer.outliers.outlier_split)."""
-        mask, _, k = self.grid(w)
-        return {"low_bits": self.bits, "shift": k, "outlier_bits": self.code_bits, "outliers": int(mask.sum())}
+        """The IR node's "outlier" attr: what storage needs to split this layer's codes
+        (bitsmith.integer.outliers.outlier_split)."""
+        _, _, k = self.grid(w)
+        return {"low_bits": self.bits, "shift": k, "outlier_bits": self.code_bits}
 
     def _codes_scale(self, w):
         w = w.detach()

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bitsmith.errors import BitsmithError
+from bitsmith.errors import BitsmithError, ConfigError
 
 _FORCE_HELP = "replace --out even if it holds another kind of output or files bitsmith did not write"
 
@@ -472,6 +472,8 @@ _CLOCK = typer.Option(200.0, help="clock for the FPS figure")
 _DATA = typer.Option(None, help="input images: a data set name (default: the graph's, else fashion-mnist), "
                                 "each run with as many random input codes; or 'random' (random codes only)")
 _PHASES = ("compute", "weights", "input", "drain", "param", "codebook", "next")
+_ZERO_SKIP = typer.Option("none", help="skip compute cycles whose R×C products all have a zero operand: none, "
+                                       "weights (zero weights, exact), both (also zero activations; data dependent)")
 
 
 def _wide_console() -> Console:
@@ -532,6 +534,7 @@ def hw_simulate_cmd(graph: Path = typer.Argument(..., help="integer graph folder
                     weight_buffer_entries: int = _WBUF, max_kernel: int = _KMAX, clock_mhz: float = _CLOCK,
                     fault: Optional[str] = typer.Option(None, help="inject a deliberate bug: shift_off_by_one, "
                                                                    "drop_bias, no_zero_point"),
+                    zero_skip: str = _ZERO_SKIP,
                     as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Run the cycle-level model, compare every layer with the integer engine (bitsmith verify --backend
     accel; exit 1 on a mismatch or a cycle count off the formula)."""
@@ -541,7 +544,8 @@ def hw_simulate_cmd(graph: Path = typer.Argument(..., help="integer graph folder
     check_options(["accel"], fault=fault)
     g = load(graph)
     config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
-                           weight_buffer_entries=weight_buffer_entries, max_kernel=max_kernel, clock_mhz=clock_mhz)
+                           weight_buffer_entries=weight_buffer_entries, max_kernel=max_kernel, clock_mhz=clock_mhz,
+                           zero_skip=zero_skip)
     inputs = verification_inputs(g, images, data, data_dir)
     report = verify(g, "accel", inputs, config=config, fault=fault, raise_errors=True)
     formula = report.details["formula"]
@@ -550,7 +554,8 @@ def hw_simulate_cmd(graph: Path = typer.Argument(..., help="integer graph folder
         rows.append({"layer": row.name, "kind": row.kind, **{p: counted[p] for p in _PHASES}, "cycles": row.cycles,
                      "utilisation": f["utilisation"], "share": f["share"], "mismatches": row.mismatches,
                      "first_mismatch": row.first})
-    total = report.cycles_per_image[0]
+    per_image = report.cycles_per_image
+    total = per_image[0] if zero_skip != "both" else sum(per_image) / len(per_image)   # "both": the mean
     result = {"graph": str(graph), "config": config.to_json(), "images": images, "images_run": report.images,
               "inputs": report.inputs, "layers": rows, "total_cycles": total, "formula_cycles": report.formula_cycles,
               "utilisation": formula["utilisation"], "fps": clock_mhz * 1e6 / total, "mismatches": report.mismatches,
@@ -586,6 +591,9 @@ def hw_report_cmd(graph: Path = typer.Argument(..., help="integer graph folder")
                   act_buffer_bytes: Optional[int] = typer.Option(None, help="size of the activation memory in bytes (default 131072)"),
                   weight_buffer_entries: int = typer.Option(65536, help="weight buffer size in weights"),
                   clock_mhz: float = typer.Option(200.0, help="clock for the FPS figure"),
+                  zero_skip: str = _ZERO_SKIP,
+                  activations: int = typer.Option(0, min=0, help="zero-skip both: estimate from the activation "
+                                                                 "density of the first N test images"),
                   as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Per-layer cycles, DSP48E2 and BRAM18 of the accelerator for a graph (docs/hardware.md "Cost model")."""
     from bitsmith.accel.compiler import compile_graph
@@ -593,9 +601,20 @@ def hw_report_cmd(graph: Path = typer.Argument(..., help="integer graph folder")
     from bitsmith.integer import load
 
     config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
-                           weight_buffer_entries=weight_buffer_entries, clock_mhz=clock_mhz)
-    program = compile_graph(load(graph), config)
-    design = {**evaluate_design(program), "precision": precision_totals(program)}
+                           weight_buffer_entries=weight_buffer_entries, clock_mhz=clock_mhz, zero_skip=zero_skip)
+    g = load(graph)
+    program = compile_graph(g, config)
+    densities = None
+    if activations:
+        if zero_skip != "both":
+            raise ConfigError("--activations feeds the zero-skip 'both' estimate; add --zero-skip both")
+        from bitsmith.accel.timing import layer_densities
+        from bitsmith.integer.sparsity import activation_sparsity
+        from bitsmith.verify import verification_inputs
+
+        inputs = verification_inputs(g, activations)
+        densities = layer_densities(g, program, activation_sparsity(g, inputs.x[:inputs.real or inputs.random]))
+    design = {**evaluate_design(program, densities), "precision": precision_totals(program)}
     if as_json:
         print(json.dumps({"graph": str(graph), **design}))
         return

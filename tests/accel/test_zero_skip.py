@@ -4,6 +4,7 @@ never a different value."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -18,8 +19,9 @@ from bitsmith.accel.timing import PHASES, layer_densities, live_blocks, program_
 from bitsmith.errors import ConfigError
 from bitsmith.integer import engine
 from bitsmith.integer.sparsity import activation_sparsity
-from bitsmith.verify import verification_inputs
-from tests.helpers import golden
+from bitsmith.rtl.generate import testbench
+from bitsmith.verify import verification_inputs, verify
+from tests.helpers import golden, invoke
 
 
 def _tiny(zero_skip: str) -> Program:
@@ -250,3 +252,42 @@ def test_both_counts_what_the_definition_says(name):
         want = [_naive_both(layer, 4, 4, image) for image in codes]
         assert counted["compute_images"] == want, layer.name
         assert max(want) <= w["compute"]
+
+
+def test_the_plain_figures_do_not_depend_on_the_programs_zero_skip(images):
+    g = _prune(golden("lenet5_w8a8"), 0.8, by_input_channel=True)
+    densities = None
+    designs = {}
+    for mode in ("none", "both"):
+        program = compile_graph(g, AccelConfig(zero_skip=mode))
+        densities = densities or layer_densities(g, program, activation_sparsity(g, images))
+        designs[mode] = evaluate_design(program, densities)
+    assert designs["none"]["cycles"] == designs["both"]["cycles"] == 18945
+    assert designs["none"]["zero_skip"] == designs["both"]["zero_skip"]
+
+
+def test_verify_counts_data_dependent_cycles_per_image_and_rtl_refuses_zero_skip(tmp_path):
+    g = _prune(golden("lenet5_w8a8"), 0.8, by_input_channel=True)
+    inputs = verification_inputs(g, 3, "fashion-mnist")
+    report = verify(g, "accel", inputs, config=AccelConfig(zero_skip="both"))
+    assert report.passed and report.mismatches == 0 and report.cycles_equal is None
+    assert len(report.cycles_per_image) == report.images and max(report.cycles_per_image) < 18945
+    assert any("depend on the activations" in note for note in report.notes)
+    weights = verify(g, "accel", inputs, config=AccelConfig(zero_skip="weights"))
+    assert weights.passed and weights.cycles_equal is True                # exact: equal to the formula
+    with pytest.raises(ConfigError, match="does not skip zeros"):
+        testbench(compile_graph(g, AccelConfig(zero_skip="weights")), tmp_path, 1, 1)
+
+
+def test_the_commands_take_zero_skip(tmp_path):
+    g = _prune(golden("lenet5_w8a8"), 0.8, by_input_channel=True)
+    g.save(tmp_path / "g")
+    result = invoke("hw", "report", str(tmp_path / "g"), "--zero-skip", "both", "--activations", "5", "--json")
+    assert result.exit_code == 0, result.output
+    design = json.loads(result.output)
+    assert design["cycles"] == 18945 and design["zero_skip"]["both"]["cycles"] < design["zero_skip"]["weights"]["cycles"]
+    sim = invoke("hw", "simulate", str(tmp_path / "g"), "--zero-skip", "weights", "--images", "2", "--json")
+    assert sim.exit_code == 0, sim.output
+    assert json.loads(sim.output)["total_cycles"] == design["zero_skip"]["weights"]["cycles"]
+    bad = invoke("hw", "report", str(tmp_path / "g"), "--activations", "5")
+    assert bad.exit_code != 0 and "--zero-skip both" in bad.output + str(bad.exception)

@@ -39,7 +39,9 @@ def evaluate_design(program: Program, activation_density: dict[str, float] | Non
     """Cycles (docs/hardware.md §5) and resources (cost model) of one program: per-layer rows with
     both, and the totals. `zero_skip` adds the cycles with zero skipping: "weights" exact, "both"
     estimated from `activation_density` ({layer name: ρ}, timing.layer_densities; None when not given)."""
-    cycles, cost = program_cycles(program, activation_density), cost_report(program)
+    # The plain figures are without skipping whatever the program's zero_skip; skipping is added beside them.
+    plain = dataclasses.replace(program, config=dataclasses.replace(program.config, zero_skip="none"))
+    cycles, cost = program_cycles(plain), cost_report(program)
     layers = [{**c, "cycles": t["cycles"], "compute": t["compute"], "weights": t["weights"],
                "utilisation": t["utilisation"]} for c, t in zip(cost["layers"], cycles["layers"])]
     skipping = {}

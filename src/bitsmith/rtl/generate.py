@@ -188,6 +188,10 @@ def testbench(program: Program, memory_dir: Path, images: int, words_per_image: 
               relative_to: Path | None = None) -> str:
     """tb_bitsmith.v: runs `images` images; after each layer compares every output value with
     expected/Lii.hex and prints MISMATCH / LAYER / CYCLES lines and a final SUMMARY."""
+    if program.config.zero_skip != "none":
+        raise ConfigError(f"the generated Verilog does not skip zeros (zero_skip {program.config.zero_skip!r}); "
+                          "compile the program with zero_skip 'none' for RTL, and read zero-skipping cycles "
+                          "from the cycle model (bitsmith hw simulate/report --zero-skip)")
     expected_cycles = program_cycles(program)["total"]
     decls, loads, checks = [], [], []
     for layer in program.layers:

@@ -19,7 +19,7 @@ from bitsmith.accel.timing import PHASES, layer_densities, live_blocks, program_
 from bitsmith.errors import ConfigError
 from bitsmith.integer import engine
 from bitsmith.integer.sparsity import activation_sparsity
-from bitsmith.rtl.generate import testbench
+from bitsmith.rtl import generate as rtl_generate
 from bitsmith.verify import verification_inputs, verify
 from tests.helpers import golden, invoke
 
@@ -276,7 +276,7 @@ def test_verify_counts_data_dependent_cycles_per_image_and_rtl_refuses_zero_skip
     weights = verify(g, "accel", inputs, config=AccelConfig(zero_skip="weights"))
     assert weights.passed and weights.cycles_equal is True                # exact: equal to the formula
     with pytest.raises(ConfigError, match="does not skip zeros"):
-        testbench(compile_graph(g, AccelConfig(zero_skip="weights")), tmp_path, 1, 1)
+        rtl_generate.testbench(compile_graph(g, AccelConfig(zero_skip="weights")), tmp_path, 1, 1)
 
 
 def test_the_commands_take_zero_skip(tmp_path):

@@ -155,6 +155,8 @@ def torch_unstructured_peer(model: nn.Module, sparsity: float, train_ds, test, s
     peer = copy.deepcopy(model)
     params = [(m, "weight") for m in prunable_layers(peer).values()]
     torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=sparsity)
+    for m, _ in params:   # the hook recomputes `weight` every forward; a detached copy lets the loop deepcopy it
+        m.weight = m.weight.detach()
     tuned, _ = finetune(peer, train_ds, shape, epochs=epochs, lr=0.01)
     for m, _ in params:
         torch_prune.remove(dict(tuned.named_modules())[_name_of(peer, m)], "weight")

@@ -39,3 +39,29 @@ def tiny_float_run(out):
 
     train(TrainConfig(**TINY_RUN), out, quiet=True)
     return out
+
+
+def exact_lowering_logits(qmodel, graph, x):
+    """Check that `graph` (lowered from the QAT model `qmodel`) is exact on images `x`: the fast engine
+    equals the reference interpreter on every integer tensor, and the fake-quant model in exact eval
+    equals the engine's dequantized logits bit for bit (on more than one predicted class, so the
+    comparison could fail). Returns (the plain float fake-quant path's logits, the engine's)."""
+    import numpy as np
+
+    from bitsmith.integer import engine
+    from bitsmith.quant.qat import set_exact_eval
+    from tests.oracle import reference_run
+
+    got = engine.run(graph, x, return_all=True)
+    for tensor, value in reference_run(graph, x).items():
+        if graph.tensors[tensor].dtype == "int":
+            np.testing.assert_array_equal(got[tensor].numpy(), value, err_msg=tensor)
+    with torch.no_grad():
+        fq_logits = qmodel.eval()(x)
+        set_exact_eval(qmodel, False)
+        float_logits = qmodel(x)
+        set_exact_eval(qmodel, True)
+    int_logits = engine.predict(graph, x)
+    assert torch.equal(fq_logits, int_logits)
+    assert len(torch.unique(int_logits.argmax(1))) > 1
+    return float_logits, int_logits

@@ -80,8 +80,7 @@ def quantize_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config:
 def _quantize_into(run_dir: str | os.PathLike, out_dir: Path, config: QuantConfig, data_dir: str | None,
                    calib_batches: int) -> dict[str, Any]:
     run = load_run(run_dir)
-    dataset = run.meta["dataset"]
-    data_dir = data_dir or run.meta.get("data_dir")
+    dataset, data_dir = run.meta["dataset"], run.data_dir(data_dir)
     shape = tuple(run.model.input_shape)
     qmodel = quantize(run.model, calibration_batches(dataset, shape, data_dir, calib_batches), config)
     graph = lower(qmodel, metadata={
@@ -91,7 +90,7 @@ def _quantize_into(run_dir: str | os.PathLike, out_dir: Path, config: QuantConfi
     })
     graph = load(graph.save(out_dir))  # what is measured is what was written, read back and checked
 
-    test = load_dataset(dataset, "test", data_dir)
+    test = run.dataset("test", data_dir)
     figures, _, _ = _measure(run.model, qmodel, graph, test, shape)
     metrics = {
         "model": run.model.spec["name"], "dataset": dataset, "quant_config": config.to_json(), **figures,
@@ -151,11 +150,9 @@ def _qat_into(run_dir: str | os.PathLike, out_dir: Path, config: QATConfig | Cli
     train_config = config.train if isinstance(config, QATConfig) else config.finetune
     method = config.method if isinstance(config, QATConfig) else "clipq"
     run = load_run(run_dir)
-    dataset = run.meta["dataset"]
-    data_dir = data_dir or run.meta.get("data_dir")
+    dataset, data_dir = run.meta["dataset"], run.data_dir(data_dir)
     shape = tuple(run.model.input_shape)
-    train_ds = load_dataset(dataset, "train", data_dir, limit=train_limit)
-    test = load_dataset(dataset, "test", data_dir)
+    train_ds, test = run.dataset("train", data_dir, limit=train_limit), run.dataset("test", data_dir)
     history: list[dict[str, Any]] = []
 
     def report(record: dict[str, Any]) -> None:
@@ -243,7 +240,7 @@ def evaluate_path(path: str | os.PathLike, *, data_dir: str | None = None, limit
     if (path / CHECKPOINT_FILE).is_file():
         run = load_run(path)
         dataset = run.meta["dataset"]
-        test = load_dataset(dataset, "test", data_dir or run.meta.get("data_dir"), limit=limit)
+        test = run.dataset("test", data_dir, limit=limit)
         pred = predictions(run.model, test, run.model.input_shape)
         return {"kind": "float_run", "path": str(path), "dataset": dataset, "epoch": run.meta.get("epoch"),
                 "test_images": len(test), "accuracy": _percent(pred, test.labels)}

@@ -42,6 +42,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from torch import nn
 
+from bitsmith.data import ArrayDataset, load_dataset
 from bitsmith.errors import BitsmithError, CheckpointError
 from bitsmith.integer.schema import describe_errors, finite_number, strict_int
 from bitsmith.models import build_model
@@ -78,6 +79,14 @@ class RunInfo:
     @property
     def metrics(self) -> dict[str, Any]:
         return self.meta.get("metrics", {})
+
+    def data_dir(self, data_dir: str | None = None) -> str | None:
+        """`data_dir` if given, else the folder the run was trained from (None: the default search)."""
+        return data_dir or self.meta.get("data_dir")
+
+    def dataset(self, split: str, data_dir: str | None = None, limit: int | None = None) -> ArrayDataset:
+        """The `split` ("train" / "test") of the data set the run was trained on."""
+        return load_dataset(self.meta["dataset"], split, self.data_dir(data_dir), limit=limit)
 
 
 def checkpoint_path(run_dir: str | os.PathLike) -> Path:

@@ -10,16 +10,14 @@ import torch
 
 from bitsmith.data import iterate_batches, load_dataset
 from bitsmith.errors import ConfigError, DataError
-from bitsmith.integer import engine
 from bitsmith.integer.outliers import OutlierSplit, outlier_merge, outlier_split, outlier_storage_bits
 from bitsmith.quant import lower
 from bitsmith.integer.sparsity import graph_sparsity
 from bitsmith.quant.modules import QuantLayer
-from bitsmith.quant.qat import QATSpec, QATTrainConfig, qat_prepare, qat_train, set_exact_eval
+from bitsmith.quant.qat import QATSpec, QATTrainConfig, qat_prepare, qat_train
 from bitsmith.quant.qat.oaq import OutlierAwareWeight
 from bitsmith.runs import load_run
-from tests.oracle import reference_run
-from tests.quantized import tiny_float_run
+from tests.quantized import exact_lowering_logits, tiny_float_run
 
 
 @pytest.fixture(autouse=True)
@@ -63,18 +61,7 @@ def test_oaq_lowers_exactly(fp_model, trained, outlier_bits):
     qmodel = trained if outlier_bits == 8 else _trained(fp_model, wbits=3, outlier_bits=16)
     graph = lower(qmodel)
     x = torch.cat([_images(64), torch.randn(8, *qmodel.input_shape) * 2])
-    got = engine.run(graph, x, return_all=True)
-    for tensor, value in reference_run(graph, x).items():
-        if graph.tensors[tensor].dtype == "int":
-            np.testing.assert_array_equal(got[tensor].numpy(), value, err_msg=tensor)
-    with torch.no_grad():
-        fq_logits = qmodel.eval()(x)
-        set_exact_eval(qmodel, False)
-        float_logits = qmodel(x)
-        set_exact_eval(qmodel, True)
-    int_logits = engine.predict(graph, x)
-    assert torch.equal(fq_logits, int_logits)
-    assert len(torch.unique(int_logits.argmax(1))) > 1  # the comparison could fail
+    float_logits, int_logits = exact_lowering_logits(qmodel, graph, x)
     torch.testing.assert_close(float_logits, int_logits, rtol=1e-3, atol=1e-3)
     weighted = [n for n in graph.nodes if n.op in ("Conv2d", "Linear")]
     assert [n.attrs["weight_bits"] for n in weighted] == [outlier_bits] * len(weighted)

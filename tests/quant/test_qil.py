@@ -2,7 +2,6 @@
 clipped, activations likewise (their offset folded into the producing layer's bias), the centres
 and distances learn, and the fake-quant model in exact mode equals the integer engine."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,12 +12,11 @@ from bitsmith.models import build_model
 from bitsmith.quant import lower
 from bitsmith.quant.fake_quant import FakeQuantize
 from bitsmith.quant.modules import QuantLayer
-from bitsmith.quant.qat import QATSpec, QATTrainConfig, qat_prepare, qat_train, set_exact_eval, sync_input_scales
+from bitsmith.quant.qat import QATSpec, QATTrainConfig, qat_prepare, qat_train, sync_input_scales
 from bitsmith.quant.qat.qil import QILQuantize, QILWeight, interval
 from bitsmith.quant.requant import activation_offset, layer_bias_codes
 from bitsmith.runs import load_run
-from tests.oracle import reference_run
-from tests.quantized import randomised, tiny_float_run
+from tests.quantized import exact_lowering_logits, randomised, tiny_float_run
 
 
 @pytest.fixture(autouse=True)
@@ -62,18 +60,7 @@ def trained(fp_model):
 def test_qil_lowers_exactly(trained):
     graph = lower(trained)
     x = torch.cat([_images(64), torch.randn(8, *trained.input_shape) * 2])
-    got = engine.run(graph, x, return_all=True)
-    for tensor, value in reference_run(graph, x).items():
-        if graph.tensors[tensor].dtype == "int":
-            np.testing.assert_array_equal(got[tensor].numpy(), value, err_msg=tensor)
-    with torch.no_grad():
-        fq_logits = trained.eval()(x)
-        set_exact_eval(trained, False)
-        float_logits = trained(x)
-        set_exact_eval(trained, True)
-    int_logits = engine.predict(graph, x)
-    assert torch.equal(fq_logits, int_logits)
-    assert len(torch.unique(int_logits.argmax(1))) > 1  # the comparison could fail
+    float_logits, int_logits = exact_lowering_logits(trained, graph, x)
     # The float path subtracts the same snapped offsets: equal but for rare rounding-boundary cases.
     assert float((float_logits.argmax(1) == int_logits.argmax(1)).float().mean()) >= 0.95
     offsets = [activation_offset(m.act_quant) for m in _layers(trained) if m.act_quant is not None]

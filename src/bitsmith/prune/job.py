@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from bitsmith.artifacts import FLOAT_RUN, check_target
-from bitsmith.data import load_dataset
 from bitsmith.errors import ConfigError
 from bitsmith.evaluate import accuracy
 from bitsmith.models import model_summary
@@ -175,11 +174,8 @@ def prune_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Pr
     check_target(out_dir, FLOAT_RUN, force=force, command="bitsmith prune")  # fail before any training
     start = time.perf_counter()
     run = load_run(run_dir)
-    dataset = run.meta["dataset"]
-    data_dir = data_dir or run.meta.get("data_dir")
-    shape = tuple(run.model.input_shape)
-    train_ds = load_dataset(dataset, "train", data_dir, limit=train_limit)
-    test = load_dataset(dataset, "test", data_dir)
+    dataset, shape = run.meta["dataset"], tuple(run.model.input_shape)
+    train_ds, test = run.dataset("train", data_dir, limit=train_limit), run.dataset("test", data_dir)
     pruned, details = prune_model(run.model, train_ds, config, quiet=quiet)
     sparsity = sparsity_of(pruned)
     metrics = {

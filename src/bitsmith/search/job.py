@@ -25,7 +25,7 @@ import torch
 
 from bitsmith.accel.config import AccelConfig
 from bitsmith.artifacts import SEARCH, check_target, public_path, publishing
-from bitsmith.data import iterate_batches, load_dataset
+from bitsmith.data import iterate_batches
 from bitsmith.errors import BitsmithWarning, ConfigError
 from bitsmith.runs import load_run
 from bitsmith.quant.qat.prepare import bit_string
@@ -100,9 +100,7 @@ def search_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method
                           "and the first and last are fixed at 8/8; pass --search-first-last")
     metric = COSTS[cost]
     _check_accelerator_widths(space, metric, budgets)
-    dataset = run.meta["dataset"]
-    data_dir = data_dir or run.meta.get("data_dir")
-    train_ds = load_dataset(dataset, "train", data_dir, limit=train_limit)
+    train_ds = run.dataset("train", data_dir, limit=train_limit)
     started = time.perf_counter()
     if method == "dnas":
         result = _dnas(run, space, metric, cd, epochs, train_ds, shape, seed, quiet, on_epoch)
@@ -111,7 +109,7 @@ def search_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method
         result = _hessian(run, space, budgets, train_ds, shape, seed, quiet, reuse, max_iterations)
     wbits, abits = result.pop("wbits"), result.pop("abits")
     doc = {
-        "format": FORMAT, "method": method, "model": run.model.spec["name"], "dataset": dataset,
+        "format": FORMAT, "method": method, "model": run.model.spec["name"], "dataset": run.meta["dataset"],
         "run": str(Path(run_dir).resolve()), "seed": seed, "train_limit": train_limit,
         "bitw": bit_string(wbits), "bita": bit_string(abits), "wbits": wbits, "abits": abits,
         **_figures(space, wbits, abits),

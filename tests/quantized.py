@@ -65,3 +65,10 @@ def exact_lowering_logits(qmodel, graph, x):
     assert torch.equal(fq_logits, int_logits)
     assert len(torch.unique(int_logits.argmax(1))) > 1
     return float_logits, int_logits
+
+
+def synthetic_images(n=64):
+    """The first `n` synthetic test images as one 1×32×32 batch."""
+    from bitsmith.data import iterate_batches, load_dataset
+
+    return next(iterate_batches(load_dataset("synthetic", "test", limit=n), n, (1, 32, 32)))[0]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bitsmith.data import iterate_batches, load_dataset
+from bitsmith.data import load_dataset
 from bitsmith.errors import ConfigError, DataError
 from bitsmith.integer.outliers import OutlierSplit, outlier_merge, outlier_split, outlier_storage_bits
 from bitsmith.quant import lower
@@ -16,8 +16,7 @@ from bitsmith.integer.sparsity import graph_sparsity
 from bitsmith.quant.modules import QuantLayer
 from bitsmith.quant.qat import QATSpec, QATTrainConfig, qat_prepare, qat_train
 from bitsmith.quant.qat.oaq import OutlierAwareWeight
-from bitsmith.runs import load_run
-from tests.quantized import exact_lowering_logits, tiny_float_run
+from tests.quantized import exact_lowering_logits, synthetic_images
 
 
 @pytest.fixture(autouse=True)
@@ -25,20 +24,10 @@ def _one_thread(one_thread):
     """Small tensors: one thread."""
 
 
-@pytest.fixture(scope="module")
-def fp_model(tmp_path_factory):
-    return load_run(tiny_float_run(tmp_path_factory.mktemp("oaq") / "fp")).model
-
-
-def _images(n=64):
-    test = load_dataset("synthetic", "test", limit=n)
-    return next(iterate_batches(test, n, (1, 32, 32)))[0]
-
-
 def _trained(model, **spec_kw):
     torch.manual_seed(0)
     spec = QATSpec("oaq", **{"wbits": 4, "abits": 4, "outlier_fraction": 0.02, **spec_kw})
-    qmodel = qat_prepare(model, [_images(64)], spec)
+    qmodel = qat_prepare(model, [synthetic_images(64)], spec)
     qat_train(qmodel, model, load_dataset("synthetic", "train", limit=128),
               QATTrainConfig(epochs=1, batch_size=32, lr=0.01))
     return qmodel
@@ -60,7 +49,7 @@ def trained(fp_model):
 def test_oaq_lowers_exactly(fp_model, trained, outlier_bits):
     qmodel = trained if outlier_bits == 8 else _trained(fp_model, wbits=3, outlier_bits=16)
     graph = lower(qmodel)
-    x = torch.cat([_images(64), torch.randn(8, *qmodel.input_shape) * 2])
+    x = torch.cat([synthetic_images(64), torch.randn(8, *qmodel.input_shape) * 2])
     float_logits, int_logits = exact_lowering_logits(qmodel, graph, x)
     torch.testing.assert_close(float_logits, int_logits, rtol=1e-3, atol=1e-3)
     weighted = [n for n in graph.nodes if n.op in ("Conv2d", "Linear")]

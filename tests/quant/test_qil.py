@@ -15,23 +15,12 @@ from bitsmith.quant.modules import QuantLayer
 from bitsmith.quant.qat import QATSpec, QATTrainConfig, qat_prepare, qat_train, sync_input_scales
 from bitsmith.quant.qat.qil import QILQuantize, QILWeight, interval
 from bitsmith.quant.requant import activation_offset, layer_bias_codes
-from bitsmith.runs import load_run
-from tests.quantized import exact_lowering_logits, randomised, tiny_float_run
+from tests.quantized import exact_lowering_logits, randomised, synthetic_images
 
 
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     """Small tensors: one thread."""
-
-
-@pytest.fixture(scope="module")
-def fp_model(tmp_path_factory):
-    return load_run(tiny_float_run(tmp_path_factory.mktemp("qil") / "fp")).model
-
-
-def _images(n=64):
-    test = load_dataset("synthetic", "test", limit=n)
-    return next(iterate_batches(test, n, (1, 32, 32)))[0]
 
 
 def _layers(qmodel):
@@ -43,7 +32,7 @@ def trained(fp_model):
     """QIL W4A4 after a few training steps, then every interval pushed off zero (p > 0), so the
     pruning edges — and the activation offsets folded into the biases — are certainly exercised."""
     torch.manual_seed(0)
-    qmodel = qat_prepare(fp_model, [_images(64)], QATSpec("qil", wbits=4, abits=4))
+    qmodel = qat_prepare(fp_model, [synthetic_images(64)], QATSpec("qil", wbits=4, abits=4))
     qat_train(qmodel, fp_model, load_dataset("synthetic", "train", limit=128),
               QATTrainConfig(epochs=1, batch_size=32, lr=0.01))
     with torch.no_grad():
@@ -59,7 +48,7 @@ def trained(fp_model):
 
 def test_qil_lowers_exactly(trained):
     graph = lower(trained)
-    x = torch.cat([_images(64), torch.randn(8, *trained.input_shape) * 2])
+    x = torch.cat([synthetic_images(64), torch.randn(8, *trained.input_shape) * 2])
     float_logits, int_logits = exact_lowering_logits(trained, graph, x)
     # The float path subtracts the same snapped offsets: equal but for rare rounding-boundary cases.
     assert float((float_logits.argmax(1) == int_logits.argmax(1)).float().mean()) >= 0.95
@@ -119,7 +108,7 @@ def test_qil_weight_gradients():
 
 def test_qil_activations_prune_below_and_clip_above(trained):
     graph = lower(trained)
-    x = _images(32)
+    x = synthetic_images(32)
     got = engine.run(graph, x, return_all=True)
     for layer, node in zip(_layers(trained), [n for n in graph.nodes if n.op in ("Conv2d", "Linear")]):
         fq = layer.act_quant
@@ -150,7 +139,7 @@ def test_offset_is_folded_into_the_bias_on_the_accumulator_grid():
 
 def test_per_tensor_qil_lowers_exactly(fp_model):
     torch.manual_seed(0)
-    qmodel = qat_prepare(fp_model, [_images(64)], QATSpec("qil", wbits=3, abits=3, per_channel=False))
+    qmodel = qat_prepare(fp_model, [synthetic_images(64)], QATSpec("qil", wbits=3, abits=3, per_channel=False))
     with torch.no_grad():
         for m in qmodel.modules():
             if isinstance(m, (QILWeight, QILQuantize)):
@@ -158,14 +147,14 @@ def test_per_tensor_qil_lowers_exactly(fp_model):
                 m.centre.copy_(m.distance.abs() * 1.05)
     sync_input_scales(qmodel)
     graph = lower(qmodel)
-    x = _images(64)
+    x = synthetic_images(64)
     with torch.no_grad():
         assert torch.equal(qmodel.eval()(x), engine.predict(graph, x))
 
 
 def test_qil_activation_parameters_get_gradients(fp_model):
     torch.manual_seed(0)
-    qmodel = qat_prepare(fp_model, [_images(64)], QATSpec("qil", wbits=4, abits=4))
+    qmodel = qat_prepare(fp_model, [synthetic_images(64)], QATSpec("qil", wbits=4, abits=4))
     x, y = next(iterate_batches(load_dataset("synthetic", "train", limit=64), 64, (1, 32, 32)))
     qmodel.train()
     torch.nn.functional.cross_entropy(qmodel(x), y).backward()

@@ -244,6 +244,27 @@ def vgg(args, out: Path) -> dict:
             "quantization": "8-bit PTQ", "train_limit": limit, "points": points}
 
 
+def timing_only(args) -> dict:
+    """Engine wall time (best of 3 over the test set) of every graph an earlier run left in --out, with its
+    MACs: run on a quiet machine, after the full benchmark, so that no training shares the cores."""
+    test = load_dataset("fashion-mnist", "test")
+    rows = []
+    for graph_dir in sorted(args.out.glob("*-int")):
+        name = graph_dir.name[:-len("-int")]
+        model = name.split("-")[0]
+        if model not in args.models.split(","):
+            continue
+        run_dir = args.out / name
+        if not (run_dir / CHECKPOINT_FILE).is_file():   # the dense baseline: its source run
+            run_dir = Path("runs/bench/lenet5-fp32") if model == "lenet5" else \
+                Path("runs/bench") / f"vgg_tiny-w{str(args.vgg_width).replace('.', '')}-fp32"
+        graph = load(graph_dir)
+        rows.append({"point": name, "macs": macs(load_run(run_dir).model),
+                     "engine_seconds": engine_seconds(graph, test, tuple(graph.input_spec.shape))})
+        log(f"  {rows[-1]}")
+    return {"benchmark": "pruning: engine time", "threads": torch.get_num_threads(), "points": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="lenet5,vgg_tiny")
@@ -257,7 +278,11 @@ def main() -> None:
     parser.add_argument("--vgg-lr", type=float, default=0.005)
     parser.add_argument("--vgg-train-limit", type=int, default=20_000)
     parser.add_argument("--no-peers", dest="peers", action="store_false")
+    parser.add_argument("--timing-only", action="store_true", help="only re-time the engine on the graphs in --out")
     args = parser.parse_args()
+    if args.timing_only:
+        print(json.dumps(timing_only(args), indent=1))
+        return
     start = time.perf_counter()
     results = []
     for model in args.models.split(","):

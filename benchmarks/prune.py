@@ -17,9 +17,11 @@ at 8×8 without and with zero-skipping (weights; weights and ReLU zeros on 100 t
 engine == ONNX Runtime == cycle model element by element on 100 test images.
 
 Points: LeNet-5 unstructured magnitude (global, AGP) at --sparsities, channels (L1 filter norm) at
---channel-ratios, 2:4, and the dense W4A4 baseline; VGG-tiny pattern 4-of-9 (library 8), 2:4,
-90% unstructured and 50% channels, and the dense W8A8 baseline (VGG-tiny fine-tunes on the first
---vgg-train-limit images).
+--channel-ratios, 2:4; VGG-tiny pattern 4-of-9 (library 8), 2:4, 90% unstructured and 50% channels
+(--vgg-prune-epochs 3 at lr 0.01 on all images; --vgg-train-limit N for fewer). Two controls per
+model: the dense float run quantized as is, and the dense run fine-tuned with the same budget and
+quantized ("-finetuned", sparsity 0), against which each point's drop is also given (what pruning
+costs, apart from what extra epochs give an under-trained float run).
 
 Peers (float accuracy after the same fine-tuning loop and budget; LeNet-5): torch.nn.utils.prune's
 global L1 unstructured at each sparsity, Torch-Pruning's MagnitudePruner (L1, the classifier kept)
@@ -121,6 +123,13 @@ def measure(graph_dir: Path, test, shape, fp32: float) -> dict:
             "engine_seconds": engine_seconds(graph, test, shape), **hardware(graph, verification_inputs(graph, VERIFY_IMAGES))}
 
 
+def control(points: list[dict]) -> list[dict]:
+    """Each point's drop against the dense model fine-tuned with the same budget (the "-finetuned" point,
+    sparsity 0): pruning's own cost, apart from what the extra epochs give the float run."""
+    base = next(p for p in points if p["point"].endswith("-finetuned"))["integer_accuracy"]
+    return [{**p, "drop_vs_finetuned_dense_pp": round(base - p["integer_accuracy"], 2)} for p in points]
+
+
 def macs(model: nn.Module) -> int:
     return sum(r.macs for r in model_summary(model, tuple(model.input_shape)))
 
@@ -196,7 +205,9 @@ def lenet(args, out: Path) -> dict:
         qat_run(run_dir, graph_dir, qat, quiet=True, force=True)
 
     common = {"epochs": args.prune_epochs, "lr": 0.01, "batch_size": 64}
-    points = [dense_point("lenet5-dense", source, out, quantize, test, shape, fp32)]
+    points = [dense_point("lenet5-dense", source, out, quantize, test, shape, fp32),
+              point("lenet5-finetuned", source, out, PruneConfig("magnitude", sparsity=0.0, **common), quantize, test,
+                    shape, fp32, None)]
     peers = []
     for s in args.sparsities:
         config = PruneConfig("magnitude", sparsity=s, schedule="agp", **common)
@@ -215,7 +226,7 @@ def lenet(args, out: Path) -> dict:
             log(f"  peer {peers[-1]}")
     points.append(point("lenet5-2of4", source, out, PruneConfig("nm", n=2, m=4, **common), quantize, test, shape,
                         fp32, None))
-    return {"model": "lenet5", "fp32_accuracy": fp32, "quantization": "LSQ W4A4 QAT", "points": points,
+    return {"model": "lenet5", "fp32_accuracy": fp32, "quantization": "LSQ W4A4 QAT", "points": control(points),
             "peers": peers}
 
 
@@ -234,14 +245,15 @@ def vgg(args, out: Path) -> dict:
 
     common = {"epochs": args.vgg_prune_epochs, "lr": args.vgg_lr, "batch_size": 64}
     points = [dense_point("vgg_tiny-dense", source, out, quantize, test, shape, fp32)]
-    for label, config in (("pattern4", PruneConfig("pattern", pattern_k=4, library_size=8, **common)),
+    for label, config in (("finetuned", PruneConfig("magnitude", sparsity=0.0, **common)),
+                          ("pattern4", PruneConfig("pattern", pattern_k=4, library_size=8, **common)),
                           ("2of4", PruneConfig("nm", n=2, m=4, **common)),
                           ("magnitude-0.9", PruneConfig("magnitude", sparsity=0.9, schedule="agp", **common)),
                           ("channel-0.5", PruneConfig("channel", sparsity=0.5, **common))):
         points.append(point(f"vgg_tiny-{label}", source, out, config, quantize, test, shape, fp32,
                             limit))
     return {"model": "vgg_tiny", "options": {"width": args.vgg_width}, "fp32_accuracy": fp32,
-            "quantization": "8-bit PTQ", "train_limit": limit, "points": points}
+            "quantization": "8-bit PTQ", "train_limit": limit, "points": control(points)}
 
 
 def timing_only(args) -> dict:
@@ -274,9 +286,10 @@ def main() -> None:
     parser.add_argument("--prune-epochs", type=int, default=2)
     parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--vgg-width", type=float, default=0.25)
-    parser.add_argument("--vgg-prune-epochs", type=int, default=1)
-    parser.add_argument("--vgg-lr", type=float, default=0.005)
-    parser.add_argument("--vgg-train-limit", type=int, default=20_000)
+    parser.add_argument("--vgg-prune-epochs", type=int, default=3)
+    parser.add_argument("--vgg-lr", type=float, default=0.01)
+    parser.add_argument("--vgg-train-limit", type=int, default=0, help="fine-tune VGG-tiny on the first N images "
+                                                                       "(0: all 60,000)")
     parser.add_argument("--no-peers", dest="peers", action="store_false")
     parser.add_argument("--timing-only", action="store_true", help="only re-time the engine on the graphs in --out")
     args = parser.parse_args()

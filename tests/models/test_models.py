@@ -260,7 +260,9 @@ def test_unknown_model_lists_the_names() -> None:
     ("name", "kwargs", "message"),
     [
         ("lenet5", {"bais": True}, "bais.*allowed: bias"),
-        ("vgg7", {"dropout": 0.1}, "allowed: none"),
+        ("vgg7", {"dropout": 0.1}, "dropout.*allowed: width"),
+        ("resnet20", {"dropout": 0.1}, "allowed: none"),
+        ("vgg7", {"width": 0}, "vgg7: width must be a number in \\(0, 4\\]"),
         ("ultranet", {"classify": "yes"}, "classify must be true or false"),
         ("lenet5", {"bias": 1}, "bias must be true or false"),
         ("nin", {"dropout": "0.5"}, "dropout must be a number"),

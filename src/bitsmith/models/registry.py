@@ -43,7 +43,7 @@ _DETECTOR_HEAD = 36  # DAC-SDC UltraNet/SkyNet head channels
 _REGISTRY: dict[str, ModelEntry] = {
     "lenet5": ModelEntry(LeNet5, 10, (1, 32, 32), {"bias": False}, fixed_hw=(32, 32)),
     "nin": ModelEntry(NIN, 10, (3, 32, 32), {"dropout": 0.0}, hw_multiple=4),
-    "vgg7": ModelEntry(VGG7, 10, (3, 32, 32), {}, hw_multiple=8),
+    "vgg7": ModelEntry(VGG7, 10, (3, 32, 32), {"width": 1.0}, hw_multiple=8),
     "vgg_tiny": ModelEntry(VGGTiny, 10, (3, 32, 32), {"width": 1.0}, hw_multiple=8),
     "ultranet": ModelEntry(
         UltraNet, _DETECTOR_HEAD, _DETECTOR_SHAPE, {"classify": False}, hw_multiple=16

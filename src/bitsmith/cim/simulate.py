@@ -84,7 +84,9 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
             # Σ_i x_i·G_i·(1 + σ·ε_i) is Gaussian with variance σ²·Σ_i x_i·G_i² (x_i ∈ {0, 1})
             spread = torch.bmm(plane, g_squared).clamp(min=0).sqrt()
             y = y + config.read_noise * spread * torch.randn(y.shape, generator=noise)
-        y = y.reshape(k, -1, s, columns).to(torch.float64)
+        y = y.reshape(k, -1, s, columns)
+        if config.adc_bits is not None:  # the ADC's level arithmetic in float64 (floor at a level's edge)
+            y = y.to(torch.float64)
         main, reference = y[..., :layer.outputs], y[..., layer.outputs:]
         if config.dummy == "subtract":
             codes = adc(main - reference, -full, full, config)

@@ -70,29 +70,27 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
     spec = graph.tensors[node.inputs[0]]
     qmin, zx = spec.qmin, spec.zero_point
     input_bits = max(1, (spec.qmax - qmin).bit_length())
-    rows_in, out_shape = input_rows(graph, layer, x - qmin, zx - qmin)  # [K, N·L, R] float32
+    rows_in, out_shape = input_rows(graph, layer, x - qmin, zx - qmin)  # [K, N·L, R] int16 / int32
     k, r, s, columns = layer.conductance.shape
     g = layer.conductance.reshape(k, r, s * columns)
     g_squared = g * g if config.read_noise else None
-    shifts = (2 ** (config.cell_bits * torch.arange(s, dtype=torch.int64))).reshape(1, 1, s, 1)
-    full = (layer.active_rows * (2**config.cell_bits - 1)).to(torch.float64).reshape(k, 1, 1, 1)
+    shifts = 2.0 ** (config.cell_bits * torch.arange(s)).reshape(1, 1, s, 1)
+    full = (layer.active_rows * (2**config.cell_bits - 1)).to(torch.float32).reshape(k, 1, 1, 1)
     acc = torch.zeros((rows_in.shape[1], layer.outputs), dtype=torch.int64)
     for bit in range(input_bits):
-        plane = torch.floor(rows_in / 2**bit) % 2  # exact: u < 2^24
+        plane = ((rows_in >> bit) & 1).to(torch.float32)
         y = torch.bmm(plane, g)
         if g_squared is not None:
             # Σ_i x_i·G_i·(1 + σ·ε_i) is Gaussian with variance σ²·Σ_i x_i·G_i² (x_i ∈ {0, 1})
-            spread = torch.bmm(plane, g_squared).clamp(min=0).sqrt()
-            y = y + config.read_noise * spread * torch.randn(y.shape, generator=noise)
+            spread = torch.bmm(plane, g_squared).clamp_(min=0).sqrt_()
+            y += config.read_noise * spread * torch.randn(y.shape, generator=noise)
         y = y.reshape(k, -1, s, columns)
-        if config.adc_bits is not None:  # the ADC's level arithmetic in float64 (floor at a level's edge)
-            y = y.to(torch.float64)
         main, reference = y[..., :layer.outputs], y[..., layer.outputs:]
         if config.dummy == "subtract":
             codes = adc(main - reference, -full, full, config)
         else:
-            codes = adc(main, 0 * full, full, config) - adc(reference, 0 * full, full, config)
-        acc += (codes * shifts).sum(dim=(0, 2)) << bit
+            codes = adc(main.clone(), 0 * full, full, config) - adc(reference.clone(), 0 * full, full, config)
+        acc += shift_add(codes, shifts) << bit
     acc += (qmin - zx) * layer.weight_sum.reshape(1, -1)
     if "bias" in node.params:
         acc += graph.params[node.params["bias"]].to(torch.int64).reshape(1, -1)
@@ -103,44 +101,70 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
 
 
 def input_rows(graph: IntegerGraph, layer: MappedLayer, u: torch.Tensor, pad_value: int):
-    """The unsigned input u as the crossbar's rows: [K, N·L, R] float32 (L output pixels, rows in
-    the mapping's tap-major order, zero beyond the last real row) and the output's spatial shape.
-    Padding holds u = z_x − q_min, the real value 0, as the IR pads the centred input with zeros."""
+    """The unsigned input u as the crossbar's rows: [K, N·L, R] int16 or int32 (L output pixels,
+    rows in the mapping's tap-major order, zero beyond the last real row) and the output's spatial
+    shape. Padding holds u = z_x − q_min, the real value 0, as the IR pads the centred input with
+    zeros. Each tap's window is a strided view of the padded input, copied once into its rows."""
     node = layer.node
     k, r = layer.conductance.shape[:2]
-    if node.op == "Conv2d":
-        a = node.attrs
-        kh, kw = graph.weight_codes(node).shape[2:]
-        top, left, bottom, right = as_pads(a["padding"])
-        u = F.pad(u.to(torch.float32), (left, right, top, bottom), value=float(pad_value))
-        (sh, sw), (dh, dw) = as_pair(a["stride"]), as_pair(a["dilation"])
-        oh = (u.shape[2] - dh * (kh - 1) - 1) // sh + 1
-        ow = (u.shape[3] - dw * (kw - 1) - 1) // sw + 1
-        cols = F.unfold(u, (kh, kw), dilation=(dh, dw), stride=(sh, sw))  # [N, C·kh·kw, L], channel-major
-        n, _, pixels = cols.shape
-        cols = cols.reshape(n, u.shape[1], kh * kw, pixels).permute(0, 3, 2, 1).reshape(n * pixels, -1)
-        out_shape = (oh, ow)
-    else:
-        cols, out_shape = u.to(torch.float32), ()
-    cols = F.pad(cols, (0, k * r - cols.shape[1]))
-    return cols.reshape(cols.shape[0], k, r).permute(1, 0, 2).contiguous(), out_shape
+    kind = torch.int16 if max(int(u.max()) if u.numel() else 0, pad_value) < 2**15 else torch.int32
+    if node.op == "Linear":
+        rows = torch.zeros((u.shape[0], k * r), dtype=kind)
+        rows[:, :u.shape[1]] = u
+        return rows.reshape(-1, k, r).permute(1, 0, 2).contiguous(), ()
+    a = node.attrs
+    kh, kw = graph.weight_codes(node).shape[2:]
+    top, left, bottom, right = as_pads(a["padding"])
+    u = F.pad(u.to(kind), (left, right, top, bottom), value=pad_value)
+    (sh, sw), (dh, dw) = as_pair(a["stride"]), as_pair(a["dilation"])
+    n, c = u.shape[:2]
+    oh = (u.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (u.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    rows = torch.zeros((k, n, oh, ow, r), dtype=kind)
+    for tap in range(kh * kw):
+        i, j = divmod(tap, kw)
+        window = u[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
+        window = window.permute(0, 2, 3, 1)  # [N, OH, OW, C]
+        start, end = tap * c, (tap + 1) * c  # the tap's rows, cut at sub-array boundaries
+        while start < end:
+            sub, offset = divmod(start, r)
+            stop = min(end, (sub + 1) * r)
+            rows[sub, ..., offset: offset + stop - start] = window[..., start - tap * c: stop - tap * c]
+            start = stop
+    return rows.reshape(k, n * oh * ow, r), (oh, ow)
+
+
+def shift_add(codes: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Σ over sub-arrays and slices of code·2^(c·s): integer-valued float32 codes [K, N·L, S, O] →
+    int64 [N·L, O]. Summed in float32 when the largest possible sum stays below 2^24 (exact),
+    else in float64 (exact below 2^53, far beyond any crossbar's sums)."""
+    bound = float(codes.abs().amax()) * codes.shape[0] * float(shifts.sum()) if codes.numel() else 0.0
+    if bound >= 2**24:
+        codes, shifts = codes.to(torch.float64), shifts.to(torch.float64)
+    per_slice = codes.sum(dim=0)  # [N·L, S, O]: contiguous adds over the sub-arrays
+    return torch.einsum("nso,s->no", per_slice, shifts.reshape(-1)).to(torch.int64)
 
 
 def adc(v: torch.Tensor, low: torch.Tensor, high: torch.Tensor, config: CIMConfig) -> torch.Tensor:
-    """Column sums [K, N·L, S, C] (float64, level units) → integer level counts (int64).
+    """Column sums [K, N·L, S, C] (float32, level units; overwritten) → integer level counts (as
+    float32 integers: every count is below 2^24).
 
     Ideal (adc_bits None): the nearest integer. Otherwise 2^b levels spread over the range — per
     call: the tensor's min/max per sub-array and slice; full-scale: [low, high] — the level index
     is rounded or floored and clamped, and its value lo + k·step rounded to the nearest integer
     count, the ADC's digital output. A step below 1 resolves every integer, so 16 bits on a
-    128-row 1-bit sub-array is still exact."""
+    128-row 1-bit sub-array is still exact. Floor adds 10^-3 of a step first, so that a sum lying
+    exactly on a level is not floored to the one below by float rounding."""
     if config.adc_bits is None:
-        return torch.round(v).to(torch.int64)
+        return v.round_()
     if config.adc_range == "per-call":
         low = v.amin(dim=(1, 3), keepdim=True)
         high = v.amax(dim=(1, 3), keepdim=True)
     levels = 2**config.adc_bits - 1
     step = (high - low) / levels
-    index = (v - low) / torch.where(step > 0, step, torch.ones_like(step))
-    index = torch.round(index) if config.adc_rounding == "round" else torch.floor(index + 1e-9)
-    return torch.round(low + index.clamp(0, levels) * step).to(torch.int64)
+    v.sub_(low).div_(torch.where(step > 0, step, torch.ones_like(step)))
+    if config.adc_rounding == "round":
+        v.round_()
+    else:
+        v.add_(1e-3).floor_()
+    return v.clamp_(0, levels).mul_(step).add_(low).round_()

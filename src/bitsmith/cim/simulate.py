@@ -72,11 +72,19 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
     input_bits = max(1, (spec.qmax - qmin).bit_length())
     rows_in, out_shape = input_rows(graph, layer, x - qmin, zx - qmin)  # [K, N·L, R] int16 / int32
     k, r, s, columns = layer.conductance.shape
-    g = layer.conductance.reshape(k, r, s * columns)
-    g_squared = g * g if config.read_noise else None
+    o = layer.outputs
+    if config.dummy == "subtract":
+        # column − reference is linear in the inputs: one matmul with the conductance differences
+        # (read noise of the two columns is independent: the variances add)
+        main, reference = layer.conductance[..., :o], layer.conductance[..., o:]
+        g, g_squared, width = main - reference, main * main + reference * reference, o
+    else:
+        g, g_squared, width = layer.conductance, layer.conductance ** 2, columns
+    g = g.reshape(k, r, s * width)
+    g_squared = g_squared.reshape(k, r, s * width) if config.read_noise else None
     shifts = 2.0 ** (config.cell_bits * torch.arange(s)).reshape(1, 1, s, 1)
     full = (layer.active_rows * (2**config.cell_bits - 1)).to(torch.float32).reshape(k, 1, 1, 1)
-    acc = torch.zeros((rows_in.shape[1], layer.outputs), dtype=torch.int64)
+    acc = torch.zeros((rows_in.shape[1], o), dtype=torch.int64)
     for bit in range(input_bits):
         plane = ((rows_in >> bit) & 1).to(torch.float32)
         y = torch.bmm(plane, g)
@@ -84,12 +92,11 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
             # Σ_i x_i·G_i·(1 + σ·ε_i) is Gaussian with variance σ²·Σ_i x_i·G_i² (x_i ∈ {0, 1})
             spread = torch.bmm(plane, g_squared).clamp_(min=0).sqrt_()
             y += config.read_noise * spread * torch.randn(y.shape, generator=noise)
-        y = y.reshape(k, -1, s, columns)
-        main, reference = y[..., :layer.outputs], y[..., layer.outputs:]
+        y = y.reshape(k, -1, s, width)
         if config.dummy == "subtract":
-            codes = adc(main - reference, -full, full, config)
-        else:
-            codes = adc(main.clone(), 0 * full, full, config) - adc(reference.clone(), 0 * full, full, config)
+            codes = adc(y, -full, full, config)
+        else:  # the two conversions overwrite disjoint columns of y
+            codes = adc(y[..., :o], 0 * full, full, config) - adc(y[..., o:], 0 * full, full, config)
         acc += shift_add(codes, shifts) << bit
     acc += (qmin - zx) * layer.weight_sum.reshape(1, -1)
     if "bias" in node.params:
@@ -138,7 +145,10 @@ def shift_add(codes: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """Σ over sub-arrays and slices of code·2^(c·s): integer-valued float32 codes [K, N·L, S, O] →
     int64 [N·L, O]. Summed in float32 when the largest possible sum stays below 2^24 (exact),
     else in float64 (exact below 2^53, far beyond any crossbar's sums)."""
-    bound = float(codes.abs().amax()) * codes.shape[0] * float(shifts.sum()) if codes.numel() else 0.0
+    if not codes.numel():
+        return torch.zeros(codes.shape[1], codes.shape[3], dtype=torch.int64)
+    smallest, largest = torch.aminmax(codes)
+    bound = max(-float(smallest), float(largest)) * codes.shape[0] * float(shifts.sum())
     if bound >= 2**24:
         codes, shifts = codes.to(torch.float64), shifts.to(torch.float64)
     per_slice = codes.sum(dim=0)  # [N·L, S, O]: contiguous adds over the sub-arrays

@@ -223,3 +223,16 @@ def test_a_grouped_conv_is_refused_by_name_unless_it_stays_digital():
 def test_unknown_digital_layers_are_refused():
     with pytest.raises(ConfigError, match="not nodes of the graph"):
         map_graph(golden("lenet5_w8a8"), CIMConfig(digital=("conv9",)))
+
+
+def test_programmed_layers_are_reused_only_with_the_same_devices():
+    g = vgg7_w4a4()
+    x = images(g)
+    layers = map_graph(g, CIMConfig(variation=0.1, seed=4))
+    # the ADC acts at run time: the same devices may be read with another ADC
+    assert torch.equal(run(g, x, CIMConfig(variation=0.1, seed=4, adc_bits=5), layers=layers),
+                       run(g, x, CIMConfig(variation=0.1, seed=4, adc_bits=5)))
+    with pytest.raises(ConfigError, match="'q_conv2_acc' was programmed with other variation, seed"):
+        run(g, x, CIMConfig(variation=0.2, seed=5), layers=layers)
+    with pytest.raises(ConfigError, match="not a node of this graph"):
+        run(golden("lenet5_w8a8"), images(golden("lenet5_w8a8")), CIMConfig(variation=0.1, seed=4), layers=layers)

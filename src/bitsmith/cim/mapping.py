@@ -93,6 +93,7 @@ class MappedLayer:
     active_rows: torch.Tensor
     weight_sum: torch.Tensor  # Σ of the signed codes per output channel (the input-offset correction)
     outputs: int
+    programmed: tuple  # the CIMConfig fields the conductances depend on (programming_key)
 
 
 def mapped_nodes(graph: IntegerGraph, config: CIMConfig) -> list[Node]:
@@ -148,7 +149,16 @@ def map_layer(graph: IntegerGraph, node: Node, config: CIMConfig, index: int) ->
     levels = levels.reshape(levels.shape[0], k, size, levels.shape[-1]).permute(1, 2, 0, 3)  # [K, R, S, cols]
     active = torch.tensor([min(size, rows - i * size) for i in range(k)])
     conductance = program(levels, active, config, index)
-    return MappedLayer(node, plan, bits, conductance, active, w.sum(0), outputs)
+    return MappedLayer(node, plan, bits, conductance, active, w.sum(0), outputs, programming_key(config))
+
+
+#: The CIMConfig fields that decide a layer's conductances (the ADC and read noise act at run time).
+PROGRAMMING_FIELDS = ("cell_bits", "mapping", "subarray_rows", "digital", "on_off_ratio", "variation",
+                      "stuck_at_0", "stuck_at_1", "drift_nu", "drift_time", "seed")
+
+
+def programming_key(config: CIMConfig) -> tuple:
+    return tuple(getattr(config, f) for f in PROGRAMMING_FIELDS)
 
 
 def program(levels: torch.Tensor, active: torch.Tensor, config: CIMConfig, index: int) -> torch.Tensor:

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from bitsmith.cim.config import CIMConfig
-from bitsmith.cim.mapping import MappedLayer, map_graph
+from bitsmith.cim.mapping import PROGRAMMING_FIELDS, MappedLayer, map_graph, programming_key
+from bitsmith.errors import ConfigError
 from bitsmith.integer.bounds import check_int64
 from bitsmith.integer.exactness import float32_gemm_is_ieee
 from bitsmith.integer.graph import IntegerGraph
@@ -40,6 +41,7 @@ def run(graph: IntegerGraph, x, config: CIMConfig, *, layers: dict[str, MappedLa
     following Requant saturates as the hardware would)."""
     if layers is None:
         layers = map_graph(graph, config)
+    check_layers(graph, layers, config)
     check_int64(graph, check_overflow)
     values: dict[str, torch.Tensor] = {graph.inputs[0]: as_input(graph, x)}
     if values[graph.inputs[0]].shape[0] == 0:
@@ -61,6 +63,18 @@ def run(graph: IntegerGraph, x, config: CIMConfig, *, layers: dict[str, MappedLa
                 check_width(y, graph.tensors[node.output], node)
             values[node.output] = y
     return values if return_all else values[graph.outputs[0]]
+
+
+def check_layers(graph: IntegerGraph, layers: dict[str, MappedLayer], config: CIMConfig) -> None:
+    """Refuse layers programmed for another graph or with other device settings than `config`."""
+    nodes = {n.name: n for n in graph.nodes}
+    for name, layer in layers.items():
+        if nodes.get(name) != layer.node:
+            raise ConfigError(f"mapped layer {name!r} is not a node of this graph (map_graph it for this graph)")
+        if layer.programmed != programming_key(config):
+            changed = [f for f, a, b in zip(PROGRAMMING_FIELDS, layer.programmed, programming_key(config)) if a != b]
+            raise ConfigError(f"mapped layer {name!r} was programmed with other {', '.join(changed)} than this "
+                              "CIMConfig; map_graph(graph, config) again")
 
 
 def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, config: CIMConfig,

@@ -1,0 +1,197 @@
+"""Weights onto crossbars: bit slicing, the tile plan, and the conductances of every mapped layer.
+
+A mapped layer's rows are its inputs in tap-major order (kernel row, kernel column, input channel),
+cut into sub-arrays of `subarray_rows`; with 128 input channels a sub-array is one kernel tap, as in
+the seed tool. Its columns are output channels × weight slices, plus the reference columns: one
+per slice holding the offset 2^(n−1) for the offset mapping, or the negative array for the
+differential mapping (docs/cim.md)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from bitsmith.cim.config import CIMConfig
+from bitsmith.errors import ConfigError, GraphError
+from bitsmith.integer.graph import IntegerGraph, Node
+
+MAPPABLE_OPS = ("Conv2d", "Linear")
+
+
+def slice_unsigned(values: torch.Tensor, bits: int, cell_bits: int) -> torch.Tensor:
+    """Unsigned integers in [0, 2^bits − 1] → their `bits / cell_bits` cell values, LSB first:
+    shape [S, *values.shape]. 7 with 4 bits and 1-bit cells → (1, 1, 1, 0); 8 → (0, 0, 0, 1)."""
+    if bits % cell_bits:
+        raise ConfigError(f"cell_bits {cell_bits} does not divide {bits} bits")
+    values = values.to(torch.int64)
+    if values.numel() and (int(values.min()) < 0 or int(values.max()) > 2**bits - 1):
+        raise GraphError(f"values outside [0, {2**bits - 1}] cannot be sliced as {bits}-bit unsigned integers")
+    mask = 2**cell_bits - 1
+    return torch.stack([(values >> (cell_bits * s)) & mask for s in range(bits // cell_bits)])
+
+
+def decompose(codes: torch.Tensor, weight_bits: int, cell_bits: int, mapping: str = "offset") -> torch.Tensor:
+    """Signed weight codes in [−2^(n−1), 2^(n−1) − 1] → unsigned cell values, LSB first.
+
+    "offset": the slices of W + 2^(n−1), shape [S, *codes.shape] (so the signed 0 is 8 = (0, 0, 0, 1)
+    for n = 4 and 1-bit cells, −1 is 7 = (1, 1, 1, 0)). "differential": the slices of max(W, 0) and
+    of max(−W, 0), shape [2, S, *codes.shape]; both fit n unsigned bits (2^(n−1) does)."""
+    codes = codes.to(torch.int64)
+    half = 2 ** (weight_bits - 1)
+    if codes.numel() and (int(codes.min()) < -half or int(codes.max()) > half - 1):
+        raise GraphError(f"weight codes outside the signed {weight_bits}-bit range [{-half}, {half - 1}]")
+    if mapping == "offset":
+        return slice_unsigned(codes + half, weight_bits, cell_bits)
+    if mapping == "differential":
+        return torch.stack([slice_unsigned(codes.clamp(min=0), weight_bits, cell_bits),
+                            slice_unsigned((-codes).clamp(min=0), weight_bits, cell_bits)])
+    raise ConfigError(f"mapping must be 'offset' or 'differential', got {mapping!r}")
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How one layer sits on square `subarray_rows` crossbars (the counts a cost model needs)."""
+
+    layer: str
+    rows: int  # input channels × kernel taps
+    slices: int  # cells per weight
+    weight_columns: int  # output channels × slices (× 2 for the differential mapping)
+    reference_columns: int  # the offset mapping's reference columns (one per slice)
+    row_tiles: int  # sub-arrays along the rows
+    column_tiles: int
+    cells: int  # programmed cells, reference included
+
+    @property
+    def crossbars(self) -> int:
+        return self.row_tiles * self.column_tiles
+
+
+def tile_plan(name: str, rows: int, outputs: int, weight_bits: int, config: CIMConfig) -> TilePlan:
+    slices = weight_bits // config.cell_bits
+    arrays = 2 if config.mapping == "differential" else 1
+    weight_columns = outputs * slices * arrays
+    reference_columns = slices if config.mapping == "offset" else 0
+    columns = weight_columns + reference_columns
+    size = config.subarray_rows
+    return TilePlan(name, rows, slices, weight_columns, reference_columns, math.ceil(rows / size),
+                    math.ceil(columns / size), rows * columns)
+
+
+@dataclass
+class MappedLayer:
+    """A Conv2d / Linear on crossbars. `conductance` is [K, R, S, O + O_ref] in units of one cell
+    level (ideal: the cell's value): K sub-arrays of R rows (the last one zero-padded), S slices,
+    O weight columns then the reference columns (1 for the offset mapping, O for the differential
+    one). `active_rows` [K] counts the real rows of each sub-array (for the full-scale ADC range)."""
+
+    node: Node
+    plan: TilePlan
+    weight_bits: int
+    conductance: torch.Tensor
+    active_rows: torch.Tensor
+    weight_sum: torch.Tensor  # Σ of the signed codes per output channel (the input-offset correction)
+    outputs: int
+    programmed: tuple  # the CIMConfig fields the conductances depend on (programming_key)
+
+
+def mapped_nodes(graph: IntegerGraph, config: CIMConfig) -> list[Node]:
+    """The Conv2d / Linear nodes that run on crossbars under `config.digital`."""
+    weighted = [n for n in graph.nodes if n.op in MAPPABLE_OPS]
+    if config.digital == "none":
+        return weighted
+    if config.digital == "seed":
+        convs = [n for n in weighted if n.op == "Conv2d"]
+        return convs[1:]
+    names = {n.name for n in graph.nodes}
+    unknown = [d for d in config.digital if d not in names]
+    if unknown:
+        raise ConfigError(f"CIMConfig.digital names {unknown}, which are not nodes of the graph")
+    return [n for n in weighted if n.name not in config.digital]
+
+
+def _check_mappable(node: Node, config: CIMConfig) -> int:
+    bits = node.attrs["weight_bits"]
+    if node.op == "Conv2d" and node.attrs.get("groups", 1) != 1:
+        raise GraphError(f"layer {node.name!r}: a grouped convolution (groups={node.attrs['groups']}) cannot be "
+                         "mapped to a crossbar yet; keep it digital (CIMConfig.digital)")
+    if bits % config.cell_bits:
+        raise ConfigError(f"layer {node.name!r}: cell_bits {config.cell_bits} does not divide its {bits} weight bits")
+    return bits
+
+
+def weight_rows(graph: IntegerGraph, node: Node) -> torch.Tensor:
+    """The signed weight codes as [rows, O], rows in tap-major order (kh, kw, c_in)."""
+    w = graph.weight_codes(node).to(torch.int64)
+    if node.op == "Conv2d":
+        w = w.permute(2, 3, 1, 0)  # [kh, kw, C, O]
+    else:
+        w = w.t()
+    return w.reshape(-1, w.shape[-1])
+
+
+def map_layer(graph: IntegerGraph, node: Node, config: CIMConfig, index: int) -> MappedLayer:
+    bits = _check_mappable(node, config)
+    w = weight_rows(graph, node)
+    rows, outputs = w.shape
+    plan = tile_plan(node.name, rows, outputs, bits, config)
+    levels = decompose(w, bits, config.cell_bits, config.mapping)  # [S, rows, O] or [2, S, rows, O]
+    if config.mapping == "offset":
+        offset = slice_unsigned(torch.tensor([2 ** (bits - 1)]), bits, config.cell_bits)  # [S, 1]
+        reference = offset.reshape(-1, 1, 1).expand(-1, rows, 1)
+        levels = torch.cat([levels, reference], dim=2)
+    else:
+        levels = torch.cat([levels[0], levels[1]], dim=2)
+    size = config.subarray_rows
+    k = plan.row_tiles
+    levels = torch.nn.functional.pad(levels, (0, 0, 0, k * size - rows))  # zero rows: no input reaches them
+    levels = levels.reshape(levels.shape[0], k, size, levels.shape[-1]).permute(1, 2, 0, 3)  # [K, R, S, cols]
+    active = torch.tensor([min(size, rows - i * size) for i in range(k)])
+    conductance = program(levels, active, config, index)
+    return MappedLayer(node, plan, bits, conductance, active, w.sum(0), outputs, programming_key(config))
+
+
+#: The CIMConfig fields that decide a layer's conductances (the ADC and read noise act at run time).
+PROGRAMMING_FIELDS = ("cell_bits", "mapping", "subarray_rows", "digital", "on_off_ratio", "variation",
+                      "stuck_at_0", "stuck_at_1", "drift_nu", "drift_time", "seed")
+
+
+def programming_key(config: CIMConfig) -> tuple:
+    return tuple(getattr(config, f) for f in PROGRAMMING_FIELDS)
+
+
+def program(levels: torch.Tensor, active: torch.Tensor, config: CIMConfig, index: int) -> torch.Tensor:
+    """Cell levels → conductances in level units, with the device non-idealities (docs/cim.md):
+    finite on/off ratio G = (1 − 1/r)·b + (2^c − 1)/r, stuck-at cells at the lowest / highest
+    conductance, device-to-device variation G·(1 + N(0, σ)), drift G·(t/t0)^(−ν). Drawn from a
+    generator seeded by (seed, layer index), so a layer's devices do not depend on other layers."""
+    g = levels.to(torch.float32)
+    if config.ideal_devices:
+        return g
+    top = 2**config.cell_bits - 1
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + index)
+    g_min = top / config.on_off_ratio if config.on_off_ratio is not None else 0.0
+    if config.on_off_ratio is not None:
+        g = (1 - 1 / config.on_off_ratio) * g + g_min
+    if config.stuck_at_0 or config.stuck_at_1:
+        u = torch.rand(g.shape, generator=gen)
+        g = torch.where(u < config.stuck_at_0, torch.full_like(g, g_min), g)
+        g = torch.where((u >= config.stuck_at_0) & (u < config.stuck_at_0 + config.stuck_at_1),
+                        torch.full_like(g, float(top)), g)
+    if config.variation:
+        g = g * (1 + config.variation * torch.randn(g.shape, generator=gen))
+    if config.drift_nu:
+        g = g * config.drift_time ** (-config.drift_nu)
+    # padded rows are absent cells: no conductance at all
+    present = (torch.arange(g.shape[1]).reshape(1, -1) < active.reshape(-1, 1)).to(g.dtype)
+    return g * present.reshape(g.shape[0], g.shape[1], 1, 1)
+
+
+def map_graph(graph: IntegerGraph, config: CIMConfig) -> dict[str, MappedLayer]:
+    """Every mapped layer of `graph` by node name, in graph order. Refuses (naming the layer) a
+    grouped convolution or a layer whose weight bits `config.cell_bits` does not divide."""
+    chosen = {n.name for n in mapped_nodes(graph, config)}
+    return {node.name: map_layer(graph, node, config, index)
+            for index, node in enumerate(graph.nodes) if node.name in chosen}
+

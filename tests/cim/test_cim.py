@@ -19,10 +19,10 @@ _GRAPHS = {}
 
 def vgg7_w4a4():
     """The seed's VGG7 shape at width 0.125 (16-16-M-32-32-M-64-64-M) on 1×32×32, W4A4 PTQ."""
-    if not _GRAPHS:
-        _GRAPHS["graph"] = quantized_graph("vgg7", QuantConfig(weight_bits=4, act_bits=4),
-                                         input_shape=(1, 32, 32), width=0.125)[0]
-    return _GRAPHS["graph"]
+    if "vgg7" not in _GRAPHS:
+        _GRAPHS["vgg7"] = quantized_graph("vgg7", QuantConfig(weight_bits=4, act_bits=4),
+                                        input_shape=(1, 32, 32), width=0.125)[0]
+    return _GRAPHS["vgg7"]
 
 
 def vgg_tiny_w8a8():

@@ -318,6 +318,46 @@ def sparsity_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
             f"{r['layer']} {r['zero_fraction']:.1%}" for r in acts["layers"]))
 
 
+cim_app = typer.Typer(help="the compute-in-memory crossbar simulator (docs/cim.md)", no_args_is_help=True)
+app.add_typer(cim_app, name="cim")
+
+
+@cim_app.command("run")
+def cim_run_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
+                cell_bits: int = typer.Option(1, help="bits per cell: 1, 2 or 4 (must divide each layer's weight bits)"),
+                adc_bits: Optional[int] = typer.Option(None, help="ADC bits 1..16 (default: ideal, every level resolved)"),
+                adc_range: str = typer.Option("per-call", help="per-call (min/max of each conversion, the seed's) "
+                                                              "or full-scale (the column's physical range)"),
+                adc_rounding: str = typer.Option("round", help="round or floor"),
+                dummy: str = typer.Option("subtract", help="subtract (convert column - reference once) or separate"),
+                mapping: str = typer.Option("offset", help="offset (unsigned + reference column) or differential"),
+                subarray_rows: int = typer.Option(128, help="rows (and columns) of a crossbar"),
+                digital: str = typer.Option("seed", help="layers kept digital: seed (first conv and the FC layers), "
+                                                         "none, or comma-separated node names"),
+                on_off_ratio: Optional[float] = typer.Option(None, help="finite on/off ratio (default: infinite)"),
+                variation: float = typer.Option(0.0, help="device-to-device conductance variation sigma"),
+                stuck_at_0: float = typer.Option(0.0, help="fraction of cells stuck at 0"),
+                stuck_at_1: float = typer.Option(0.0, help="fraction of cells stuck at 1 (the top level)"),
+                read_noise: float = typer.Option(0.0, help="read noise sigma (every read)"),
+                seed: int = typer.Option(0, help="seed of every device draw"),
+                images: Optional[int] = typer.Option(None, min=1, help="the first N test images (default: all)"),
+                data_dir: Optional[str] = typer.Option(None),
+                as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Accuracy of an integer graph on simulated crossbars against the integer engine (ideal devices and ADC:
+    equal, image by image)."""
+    from bitsmith.cim import CIMConfig
+    from bitsmith.pipeline import cim_evaluate
+
+    kept = digital if digital in ("seed", "none") else tuple(n.strip() for n in digital.split(",") if n.strip())
+    config = CIMConfig(cell_bits=cell_bits, adc_bits=adc_bits, adc_range=adc_range, adc_rounding=adc_rounding,
+                       dummy=dummy, mapping=mapping, subarray_rows=subarray_rows, digital=kept,
+                       on_off_ratio=on_off_ratio, variation=variation, stuck_at_0=stuck_at_0, stuck_at_1=stuck_at_1,
+                       read_noise=read_noise, seed=seed)
+    result = cim_evaluate(graph, config, limit=images, data_dir=data_dir)
+    summary = {k: v for k, v in result.items() if k not in ("config", "mapped_layers")}
+    _emit(result if as_json else summary, as_json, f"{graph} on crossbars")
+
+
 @app.command("ranges")
 def ranges_cmd(run: Path = typer.Argument(..., help="float run folder"),
                out: Optional[Path] = typer.Option(None, help="folder for ranges.csv and ranges.json (default: RUN/ranges)"),

@@ -286,3 +286,36 @@ def demo(out_dir: str | os.PathLike = "runs/demo", *, quiet: bool = False, fresh
         }
         write_json_atomic(stage.path / "summary.json", summary)
     return summary
+
+
+def cim_evaluate(graph_dir: str | os.PathLike, config, *, limit: int | None = None,
+                 data_dir: str | None = None) -> dict[str, Any]:
+    """The integer graph at `graph_dir` on the crossbar simulator (`bitsmith.cim`, docs/cim.md) with
+    `config` (a CIMConfig), against the integer engine, on the first `limit` test images (all by
+    default) of the graph's data set: accuracies, agreement, the mapped layers and their crossbars,
+    and both wall times. The devices are programmed once for the whole pass (one seed)."""
+    from bitsmith.cim import map_graph, run as cim_run
+
+    graph = load(graph_dir)
+    dataset = graph.metadata.get("dataset")
+    if not dataset:
+        raise ConfigError(f"{graph_dir}: the graph records no data set to evaluate on (metadata 'dataset')")
+    test = load_dataset(dataset, "test", data_dir or graph.metadata.get("data_dir"), limit=limit)
+    shape = tuple(graph.input_spec.shape)
+    labels = torch.as_tensor(test.labels, dtype=torch.int64)
+    start = time.perf_counter()
+    int_pred = predictions(partial(engine.predict, graph), test, shape)
+    engine_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    layers = map_graph(graph, config)
+    cim_pred = predictions(lambda x: graph.dequantize(cim_run(graph, x, config, layers=layers)), test, shape)
+    cim_seconds = time.perf_counter() - start
+    return {"graph": str(graph_dir), "dataset": dataset, "images": len(labels),
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
+            "exact": config.exact, "integer_accuracy": _percent(int_pred, labels),
+            "cim_accuracy": _percent(cim_pred, labels), "agreement": _fraction_equal(cim_pred, int_pred),
+            "mapped_layers": {name: {"crossbars": layer.plan.crossbars, "weight_bits": layer.weight_bits}
+                              for name, layer in layers.items()},
+            "crossbars": sum(layer.plan.crossbars for layer in layers.values()),
+            "engine_seconds": round(engine_seconds, 3), "cim_seconds": round(cim_seconds, 3)}
+

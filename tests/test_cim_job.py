@@ -1,0 +1,41 @@
+"""`bitsmith cim run`: an integer graph from a float run evaluated on the crossbar simulator against the
+integer engine (the ideal crossbar agrees image by image), and bad settings refused naming the layer."""
+
+import json
+
+import pytest
+
+from bitsmith.cim import CIMConfig
+from bitsmith.errors import ConfigError
+from bitsmith.pipeline import cim_evaluate, quantize_run
+from bitsmith.quant import QuantConfig
+from tests.helpers import invoke
+from tests.quantized import tiny_float_run
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cim")
+    quantize_run(tiny_float_run(root / "fp"), root / "g", QuantConfig(weight_bits=4, act_bits=4))
+    return root / "g"
+
+
+def test_the_ideal_crossbar_agrees_with_the_engine_image_by_image(graph, one_thread):
+    result = cim_evaluate(graph, CIMConfig(cell_bits=2, digital="none"), limit=64)
+    assert result["exact"] and result["agreement"] == 1.0 and result["images"] == 64
+    assert result["cim_accuracy"] == result["integer_accuracy"]
+    assert set(result["mapped_layers"]) and result["crossbars"] == sum(
+        layer["crossbars"] for layer in result["mapped_layers"].values())
+    coarse = cim_evaluate(graph, CIMConfig(cell_bits=1, adc_bits=1, digital="none"), limit=64)
+    assert not coarse["exact"] and coarse["agreement"] < 1.0      # a 1-bit ADC cannot keep every prediction
+
+
+def test_the_command(graph, one_thread):
+    result = invoke("cim", "run", str(graph), "--cell-bits", "4", "--digital", "none", "--images", "16", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["agreement"] == 1.0 and doc["images"] == 16 and doc["config"]["cell_bits"] == 4
+    bad = invoke("cim", "run", str(graph), "--cell-bits", "3")
+    assert bad.exit_code != 0 and "cell_bits" in bad.output + str(bad.exception)
+    with pytest.raises(ConfigError, match="variation"):
+        CIMConfig(variation=-0.1)

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from bitsmith.artifacts import CIM_SWEEP, folder_kind
 from bitsmith.cim import CIMConfig
 from bitsmith.errors import ConfigError
 from bitsmith.pipeline import cim_evaluate, quantize_run
@@ -39,3 +40,23 @@ def test_the_command(graph, one_thread):
     assert bad.exit_code != 0 and "cell_bits" in bad.output + str(bad.exception)
     with pytest.raises(ConfigError, match="variation"):
         CIMConfig(variation=-0.1)
+
+
+def test_the_sweep_writes_every_point_and_a_figure(graph, tmp_path, one_thread):
+    result = invoke("cim", "sweep", str(graph), "--out", str(tmp_path / "s"), "--adc-bits", "2,ideal",
+                    "--cell-bits", "1,4", "--variation", "0", "--digital", "none", "--images", "16", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert json.loads((tmp_path / "s" / "cim_sweep.json").read_text()) == doc
+    assert (tmp_path / "s" / "cim_sweep.png").stat().st_size > 1000
+    assert [(p["cell_bits"], p["adc_bits"]) for p in doc["points"]] == [(1, 2), (1, None), (4, 2), (4, None)]
+    assert all(p["agreement"] == 1.0 for p in doc["points"] if p["adc_bits"] is None)
+    assert folder_kind(tmp_path / "s") is CIM_SWEEP
+    other = invoke("cim", "sweep", str(graph), "--out", str(graph), "--adc-bits", "2", "--cell-bits", "1")
+    assert other.exit_code != 0 and "integer graph" in other.output + str(other.exception)   # not over a graph
+    assert (graph / "graph.json").is_file()
+    for bad, fragment in ((["--adc-bits", "3..x"], "not a number"), (["--cell-bits", "3"], "cell_bits"),
+                          (["--variation", "-0.1"], "variation")):
+        result = invoke("cim", "sweep", str(graph), "--out", str(tmp_path / "b"), *bad)
+        assert result.exit_code != 0 and fragment in result.output + str(result.exception), bad
+        assert not (tmp_path / "b").exists()                     # refused before any image ran

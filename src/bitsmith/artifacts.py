@@ -101,6 +101,8 @@ RANGES = Kind("ranges", "a ranges report folder", "a ranges report",
               lambda p: _has_json(p / "ranges.json", "sigma_k", "layers"))
 SWEEP = Kind("sweep", "a design-sweep folder", "a design sweep",
              lambda p: _has_json(p / "sweep.json", "points", "pareto"))
+CIM_SWEEP = Kind("cim_sweep", "a crossbar-sweep folder", "a crossbar sweep",
+                 lambda p: _json_field(p / "cim_sweep.json") == "bitsmith.cim_sweep")
 SEARCH = Kind("search", "a search folder", "a mixed-precision search",
               lambda p: _json_field(p / "search.json") == "bitsmith.search")
 HOMEWORK = Kind("homework", "a homework folder", "the homework tables", lambda p: _has_json(p / "homework.json", "datasets"))
@@ -115,7 +117,7 @@ ONNX_MODEL = Kind("onnx_model", "an ONNX model written by bitsmith", "an ONNX mo
 
 #: Folder kinds, most specific first (a QAT graph is also a graph; an RTL folder holds memory files).
 KINDS: tuple[Kind, ...] = (FLOAT_RUN, QAT_GRAPH, INTEGER_GRAPH, RTL_WORK, MEMORY_FILES, HLS_EXPORT, CLIPQ_HEX,
-                           RANGES, SWEEP, SEARCH, HOMEWORK, DEMO, VERIFY_WORK)
+                           RANGES, SWEEP, CIM_SWEEP, SEARCH, HOMEWORK, DEMO, VERIFY_WORK)
 #: What `folder_kind` returns for a folder that holds something but nothing bitsmith recognises.
 UNKNOWN = Kind("unknown", "not empty and is not a bitsmith output folder", "", lambda p: False)
 

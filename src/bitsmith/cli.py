@@ -358,6 +358,61 @@ def cim_run_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
     _emit(result if as_json else summary, as_json, f"{graph} on crossbars")
 
 
+def _number_list(text: str, what: str, kind: type = int) -> list:
+    """"3..8" (inclusive, integers), "1,2,4" or "0,0.05,0.1"; "ideal" (ADC bits) stands for None."""
+    items: list = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        try:
+            if part == "ideal" and what == "--adc-bits":
+                items.append(None)
+            elif ".." in part:
+                lo, hi = (int(v) for v in part.split(".."))
+                items.extend(range(lo, hi + 1))
+            else:
+                items.append(kind(part))
+        except ValueError:
+            raise ConfigError(f"{what} {text!r}: {part!r} is not a number or an a..b range") from None
+    if not items:
+        raise ConfigError(f"{what} {text!r} names no value")
+    return items
+
+
+@cim_app.command("sweep")
+def cim_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
+                  out: Path = typer.Option(..., help="folder for cim_sweep.json and cim_sweep.png"),
+                  adc_bits: str = typer.Option("3..8", help="ADC widths: a..b, a list, and/or 'ideal'"),
+                  cell_bits: str = typer.Option("1,2,4", help="cell widths (each must divide the weight bits)"),
+                  variation: str = typer.Option("0,0.05,0.1", help="conductance variation sigmas"),
+                  adc_range: str = typer.Option("per-call", help="per-call or full-scale"),
+                  digital: str = typer.Option("seed", help="seed, none, or comma-separated node names"),
+                  seed: int = typer.Option(0, help="seed of every device draw"),
+                  images: int = typer.Option(1000, min=1, help="the first N test images"),
+                  data_dir: Optional[str] = typer.Option(None),
+                  quiet: bool = typer.Option(False),
+                  force: bool = _force(),
+                  as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Accuracy on crossbars over ADC bits × cell bits × variation (docs/cim.md): a JSON of every point and a figure."""
+    from bitsmith.pipeline import cim_sweep
+
+    kept = digital if digital in ("seed", "none") else tuple(n.strip() for n in digital.split(",") if n.strip())
+    doc = cim_sweep(graph, out, adc_bits=_number_list(adc_bits, "--adc-bits"),
+                    cell_bits=_number_list(cell_bits, "--cell-bits"),
+                    variation=_number_list(variation, "--variation", float),
+                    base={"adc_range": adc_range, "digital": kept, "seed": seed}, limit=images, data_dir=data_dir,
+                    force=force, quiet=quiet or as_json)
+    if as_json:
+        print(json.dumps(doc))
+        return
+    table = Table(title=f"{graph} on crossbars, {doc['images']} images (engine {doc['integer_accuracy']:.2f}%)")
+    for col in ("cell bits", "variation", "ADC bits", "accuracy", "agreement", "crossbars", "s"):
+        table.add_column(col, justify="right")
+    for p in doc["points"]:
+        table.add_row(str(p["cell_bits"]), f"{p['variation']:g}", "ideal" if p["adc_bits"] is None else str(p["adc_bits"]),
+                      f"{p['cim_accuracy']:.2f}", f"{p['agreement']:.3f}", str(p["crossbars"]), f"{p['seconds']:.1f}")
+    _wide_console().print(table)
+    print(f"wrote {out}/cim_sweep.json and {out}/cim_sweep.png")
+
+
 @app.command("ranges")
 def ranges_cmd(run: Path = typer.Argument(..., help="float run folder"),
                out: Optional[Path] = typer.Option(None, help="folder for ranges.csv and ranges.json (default: RUN/ranges)"),

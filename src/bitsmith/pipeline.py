@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from bitsmith.artifacts import DEMO, INTEGER_GRAPH, QAT_GRAPH, copy_folder, public_path, publishing
+from bitsmith.artifacts import CIM_SWEEP, DEMO, INTEGER_GRAPH, QAT_GRAPH, copy_folder, public_path, publishing
 from bitsmith.data import load_dataset
 from bitsmith.errors import BitsmithWarning, ConfigError
 from bitsmith.evaluate import predictions
@@ -286,6 +286,42 @@ def demo(out_dir: str | os.PathLike = "runs/demo", *, quiet: bool = False, fresh
         }
         write_json_atomic(stage.path / "summary.json", summary)
     return summary
+
+
+def cim_sweep(graph_dir: str | os.PathLike, out_dir: str | os.PathLike, *, adc_bits: list[int | None],
+              cell_bits: list[int], variation: list[float], base: dict[str, Any] | None = None,
+              limit: int | None = 1000, data_dir: str | None = None, force: bool = False,
+              quiet: bool = True) -> dict[str, Any]:
+    """`cim_evaluate` over every (cell bits, variation, ADC bits) of the lists, the other CIMConfig
+    fields from `base`; writes cim_sweep.json (every point) and cim_sweep.png (accuracy against ADC
+    bits per cell width, and against variation) to `out_dir`, whole or not at all. All settings
+    are checked before any image runs."""
+    from bitsmith.cim import CIMConfig
+    from bitsmith.cim.plots import sweep_figure
+
+    base = dict(base or {})
+    configs = [CIMConfig(**{**base, "cell_bits": c, "variation": v, "adc_bits": a})
+               for c in cell_bits for v in variation for a in adc_bits]
+    if not configs:
+        raise ConfigError("the sweep is empty: give at least one ADC width, cell width and variation")
+    with publishing(out_dir, CIM_SWEEP, force=force, command="bitsmith cim sweep") as stage:
+        points, integer_accuracy, images = [], None, 0
+        for config in configs:
+            result = cim_evaluate(graph_dir, config, limit=limit, data_dir=data_dir)
+            integer_accuracy, images = result["integer_accuracy"], result["images"]
+            points.append({"cell_bits": config.cell_bits, "variation": config.variation, "adc_bits": config.adc_bits,
+                           "cim_accuracy": result["cim_accuracy"], "agreement": result["agreement"],
+                           "crossbars": result["crossbars"], "seconds": result["cim_seconds"]})
+            if not quiet:
+                print(f"cells {config.cell_bits}, variation {config.variation:g}, ADC {config.adc_bits}: "
+                      f"{result['cim_accuracy']:.2f}% (engine {integer_accuracy:.2f}%)", flush=True)
+        doc = {"format": "bitsmith.cim_sweep", "graph": str(graph_dir), "images": images,
+               "integer_accuracy": integer_accuracy, "base": {k: v for k, v in vars(configs[0]).items()
+                                                              if k not in ("cell_bits", "variation", "adc_bits")},
+               "points": points}
+        write_json_atomic(stage.path / "cim_sweep.json", doc)
+        sweep_figure(doc, stage.path / "cim_sweep.png")
+    return doc
 
 
 def cim_evaluate(graph_dir: str | os.PathLike, config, *, limit: int | None = None,

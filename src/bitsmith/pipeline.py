@@ -295,7 +295,8 @@ def cim_sweep(graph_dir: str | os.PathLike, out_dir: str | os.PathLike, *, adc_b
     """`cim_evaluate` over every (cell bits, variation, ADC bits) of the lists, the other CIMConfig
     fields from `base`; writes cim_sweep.json (every point) and cim_sweep.png (accuracy against ADC
     bits per cell width, and against variation) to `out_dir`, whole or not at all. All settings
-    are checked before any image runs."""
+    are checked before any image runs; the graph, the images and the engine's predictions are
+    read once, and the devices programmed once per (cell bits, variation): ADC widths reuse them."""
     from bitsmith.cim import CIMConfig
     from bitsmith.cim.plots import sweep_figure
 
@@ -305,23 +306,66 @@ def cim_sweep(graph_dir: str | os.PathLike, out_dir: str | os.PathLike, *, adc_b
     if not configs:
         raise ConfigError("the sweep is empty: give at least one ADC width, cell width and variation")
     with publishing(out_dir, CIM_SWEEP, force=force, command="bitsmith cim sweep") as stage:
-        points, integer_accuracy, images = [], None, 0
+        bench = _CIMBench(graph_dir, limit, data_dir)
+        points = []
         for config in configs:
-            result = cim_evaluate(graph_dir, config, limit=limit, data_dir=data_dir)
-            integer_accuracy, images = result["integer_accuracy"], result["images"]
+            result = bench.evaluate(config)
             points.append({"cell_bits": config.cell_bits, "variation": config.variation, "adc_bits": config.adc_bits,
                            "cim_accuracy": result["cim_accuracy"], "agreement": result["agreement"],
                            "crossbars": result["crossbars"], "seconds": result["cim_seconds"]})
             if not quiet:
                 print(f"cells {config.cell_bits}, variation {config.variation:g}, ADC {config.adc_bits}: "
-                      f"{result['cim_accuracy']:.2f}% (engine {integer_accuracy:.2f}%)", flush=True)
-        doc = {"format": "bitsmith.cim_sweep", "graph": str(graph_dir), "images": images,
-               "integer_accuracy": integer_accuracy, "base": {k: v for k, v in vars(configs[0]).items()
-                                                              if k not in ("cell_bits", "variation", "adc_bits")},
+                      f"{result['cim_accuracy']:.2f}% (engine {bench.integer_accuracy:.2f}%)", flush=True)
+        doc = {"format": "bitsmith.cim_sweep", "graph": str(graph_dir), "images": len(bench.labels),
+               "integer_accuracy": bench.integer_accuracy,
+               "base": {k: v for k, v in vars(configs[0]).items() if k not in ("cell_bits", "variation", "adc_bits")},
                "points": points}
         write_json_atomic(stage.path / "cim_sweep.json", doc)
         sweep_figure(doc, stage.path / "cim_sweep.png")
     return doc
+
+
+class _CIMBench:
+    """A graph, its test images and the integer engine's predictions on them, read once; crossbar
+    passes against them, each programming of the devices made once and reused (`programming_key`)."""
+
+    def __init__(self, graph_dir: str | os.PathLike, limit: int | None, data_dir: str | None) -> None:
+        self.graph_dir = graph_dir
+        self.graph = load(graph_dir)
+        dataset = self.graph.metadata.get("dataset")
+        if not dataset:
+            raise ConfigError(f"{graph_dir}: the graph records no data set to evaluate on (metadata 'dataset')")
+        self.dataset = dataset
+        self.test = load_dataset(dataset, "test", data_dir or self.graph.metadata.get("data_dir"), limit=limit)
+        self.shape = tuple(self.graph.input_spec.shape)
+        self.labels = torch.as_tensor(self.test.labels, dtype=torch.int64)
+        start = time.perf_counter()
+        self.int_pred = predictions(partial(engine.predict, self.graph), self.test, self.shape)
+        self.engine_seconds = time.perf_counter() - start
+        self.integer_accuracy = _percent(self.int_pred, self.labels)
+        self._programmed: dict[tuple, dict] = {}
+
+    def evaluate(self, config) -> dict[str, Any]:
+        from bitsmith.cim import map_graph, run as cim_run
+        from bitsmith.cim.mapping import programming_key
+
+        graph = self.graph
+        start = time.perf_counter()
+        key = programming_key(config)
+        if key not in self._programmed:
+            self._programmed[key] = map_graph(graph, config)
+        layers = self._programmed[key]
+        cim_pred = predictions(lambda x: graph.dequantize(cim_run(graph, x, config, layers=layers)), self.test,
+                               self.shape)
+        cim_seconds = time.perf_counter() - start
+        return {"graph": str(self.graph_dir), "dataset": self.dataset, "images": len(self.labels),
+                "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
+                "exact": config.exact, "integer_accuracy": self.integer_accuracy,
+                "cim_accuracy": _percent(cim_pred, self.labels), "agreement": _fraction_equal(cim_pred, self.int_pred),
+                "mapped_layers": {name: {"crossbars": layer.plan.crossbars, "weight_bits": layer.weight_bits}
+                                  for name, layer in layers.items()},
+                "crossbars": sum(layer.plan.crossbars for layer in layers.values()),
+                "engine_seconds": round(self.engine_seconds, 3), "cim_seconds": round(cim_seconds, 3)}
 
 
 def cim_evaluate(graph_dir: str | os.PathLike, config, *, limit: int | None = None,
@@ -330,28 +374,4 @@ def cim_evaluate(graph_dir: str | os.PathLike, config, *, limit: int | None = No
     `config` (a CIMConfig), against the integer engine, on the first `limit` test images (all by
     default) of the graph's data set: accuracies, agreement, the mapped layers and their crossbars,
     and both wall times. The devices are programmed once for the whole pass (one seed)."""
-    from bitsmith.cim import map_graph, run as cim_run
-
-    graph = load(graph_dir)
-    dataset = graph.metadata.get("dataset")
-    if not dataset:
-        raise ConfigError(f"{graph_dir}: the graph records no data set to evaluate on (metadata 'dataset')")
-    test = load_dataset(dataset, "test", data_dir or graph.metadata.get("data_dir"), limit=limit)
-    shape = tuple(graph.input_spec.shape)
-    labels = torch.as_tensor(test.labels, dtype=torch.int64)
-    start = time.perf_counter()
-    int_pred = predictions(partial(engine.predict, graph), test, shape)
-    engine_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    layers = map_graph(graph, config)
-    cim_pred = predictions(lambda x: graph.dequantize(cim_run(graph, x, config, layers=layers)), test, shape)
-    cim_seconds = time.perf_counter() - start
-    return {"graph": str(graph_dir), "dataset": dataset, "images": len(labels),
-            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
-            "exact": config.exact, "integer_accuracy": _percent(int_pred, labels),
-            "cim_accuracy": _percent(cim_pred, labels), "agreement": _fraction_equal(cim_pred, int_pred),
-            "mapped_layers": {name: {"crossbars": layer.plan.crossbars, "weight_bits": layer.weight_bits}
-                              for name, layer in layers.items()},
-            "crossbars": sum(layer.plan.crossbars for layer in layers.values()),
-            "engine_seconds": round(engine_seconds, 3), "cim_seconds": round(cim_seconds, 3)}
-
+    return _CIMBench(graph_dir, limit, data_dir).evaluate(config)

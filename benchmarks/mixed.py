@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from float_runs import float_run, log  # noqa: E402  (benchmarks/float_runs.py: the shared float runs)
 from qat import FloatEpochs  # noqa: E402  (benchmarks/qat.py: float epochs timed like training epochs)
 
 from bitsmith.accel.compiler import compile_graph  # noqa: E402
@@ -52,28 +53,13 @@ from bitsmith.data import load_dataset  # noqa: E402
 from bitsmith.integer import load  # noqa: E402
 from bitsmith.pipeline import qat_run  # noqa: E402
 from bitsmith.quant.api import QATConfig  # noqa: E402
-from bitsmith.runs import CHECKPOINT_FILE, load_run  # noqa: E402
+from bitsmith.runs import load_run  # noqa: E402
 from bitsmith.search.job import search_run  # noqa: E402
 from bitsmith.search.plots import pareto_figure  # noqa: E402
-from bitsmith.train import TrainConfig, train  # noqa: E402
 from bitsmith.verify import verification_inputs, verify_all  # noqa: E402
 
 UNIFORM = (8, 4, 3, 2)
 VERIFY_IMAGES = 100
-
-
-def log(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)
-
-
-def float_run(model: str, out: Path, args) -> Path:
-    if (out / CHECKPOINT_FILE).is_file():
-        return out
-    options = {"width": args.vgg_width} if model == "vgg_tiny" else {}
-    epochs = 8 if model == "lenet5" else args.vgg_float_epochs
-    log(f"training {model} ({options or 'default'}) for {epochs} epochs into {out}")
-    train(TrainConfig(model, "fashion-mnist", epochs=epochs, model_kwargs=options), out, quiet=True)
-    return out
 
 
 def realised(graph_dir: Path) -> dict:
@@ -232,8 +218,7 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     results = {}
     for model in args.models.split(","):
-        name = "lenet5-fp32" if model == "lenet5" else f"{model}-w{args.vgg_width:g}-fp32".replace(".", "")
-        run = float_run(model, Path("runs/bench") / name, args)
+        run = float_run(model, args.vgg_width, args.vgg_float_epochs)
         lenet = model == "lenet5"
         per_model = {"train_limit": args.lenet_train_limit if lenet else (args.vgg_train_limit or None),
                      "cds": [float(c) for c in (args.lenet_cds if lenet else args.vgg_cds).split(",")],

@@ -62,24 +62,13 @@ from bitsmith.prune.magnitude import finetune, prunable_layers
 from bitsmith.quant import QuantConfig
 from bitsmith.quant.api import QATConfig
 from bitsmith.runs import CHECKPOINT_FILE, load_run
-from bitsmith.train import TrainConfig, train
 from bitsmith.verify import verification_inputs, verify_all
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from float_runs import float_run, log, run_dir  # noqa: E402  (benchmarks/float_runs.py: the shared float runs)
+
 VERIFY_IMAGES = 100
-
-
-def log(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)
-
-
-def float_run(model: str, out: Path, args) -> Path:
-    if (out / CHECKPOINT_FILE).is_file():
-        return out
-    options = {"width": args.vgg_width} if model == "vgg_tiny" else {}
-    epochs = 8 if model == "lenet5" else 4
-    log(f"training {model} ({options or 'default'}) for {epochs} epochs into {out}")
-    train(TrainConfig(model, "fashion-mnist", epochs=epochs, model_kwargs=options), out, quiet=True)
-    return out
+VGG_FLOAT_EPOCHS = 4
 
 
 def engine_seconds(graph, test, shape) -> float:
@@ -193,7 +182,7 @@ def torch_pruning_peer(model: nn.Module, ratio: float, train_ds, test, shape, ep
 
 
 def lenet(args, out: Path) -> dict:
-    source = float_run("lenet5", Path("runs/bench/lenet5-fp32"), args)
+    source = float_run("lenet5", args.vgg_width, VGG_FLOAT_EPOCHS)
     run = load_run(source)
     shape = tuple(run.model.input_shape)
     train_ds, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
@@ -201,8 +190,8 @@ def lenet(args, out: Path) -> dict:
     log(f"lenet5: FP32 {fp32:.2f}%")
     qat = QATConfig("lsq", wbits=4, abits=4, epochs=args.qat_epochs)
 
-    def quantize(run_dir: Path, graph_dir: Path) -> None:
-        qat_run(run_dir, graph_dir, qat, quiet=True, force=True)
+    def quantize(source: Path, graph_dir: Path) -> None:
+        qat_run(source, graph_dir, qat, quiet=True, force=True)
 
     common = {"epochs": args.prune_epochs, "lr": 0.01, "batch_size": 64}
     points = [dense_point("lenet5-dense", source, out, quantize, test, shape, fp32),
@@ -231,8 +220,7 @@ def lenet(args, out: Path) -> dict:
 
 
 def vgg(args, out: Path) -> dict:
-    name = f"vgg_tiny-w{str(args.vgg_width).replace('.', '')}-fp32"
-    source = float_run("vgg_tiny", Path("runs/bench") / name, args)
+    source = float_run("vgg_tiny", args.vgg_width, VGG_FLOAT_EPOCHS)
     run = load_run(source)
     shape = tuple(run.model.input_shape)
     test = load_dataset("fashion-mnist", "test")
@@ -240,8 +228,8 @@ def vgg(args, out: Path) -> dict:
     log(f"vgg_tiny: FP32 {fp32:.2f}%")
     limit = args.vgg_train_limit or None
 
-    def quantize(run_dir: Path, graph_dir: Path) -> None:
-        quantize_run(run_dir, graph_dir, QuantConfig(), force=True)
+    def quantize(source: Path, graph_dir: Path) -> None:
+        quantize_run(source, graph_dir, QuantConfig(), force=True)
 
     common = {"epochs": args.vgg_prune_epochs, "lr": args.vgg_lr, "batch_size": 64}
     points = [dense_point("vgg_tiny-dense", source, out, quantize, test, shape, fp32)]
@@ -266,12 +254,11 @@ def timing_only(args) -> dict:
         model = name.split("-")[0]
         if model not in args.models.split(","):
             continue
-        run_dir = args.out / name
-        if not (run_dir / CHECKPOINT_FILE).is_file():   # the dense baseline: its source run
-            run_dir = Path("runs/bench/lenet5-fp32") if model == "lenet5" else \
-                Path("runs/bench") / f"vgg_tiny-w{str(args.vgg_width).replace('.', '')}-fp32"
+        source = args.out / name
+        if not (source / CHECKPOINT_FILE).is_file():   # the dense baseline: its source run
+            source = run_dir(model, args.vgg_width)
         graph = load(graph_dir)
-        rows.append({"point": name, "macs": macs(load_run(run_dir).model),
+        rows.append({"point": name, "macs": macs(load_run(source).model),
                      "engine_seconds": engine_seconds(graph, test, tuple(graph.input_spec.shape))})
         log(f"  {rows[-1]}")
     return {"benchmark": "pruning: engine time", "threads": torch.get_num_threads(), "points": rows}

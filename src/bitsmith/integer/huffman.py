@@ -71,16 +71,6 @@ def coded_bits(values: np.ndarray) -> int:
     return int((code_lengths(symbols, counts) * counts).sum())
 
 
-def encode_bits(values: np.ndarray, symbols: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The coded sequence as a 0/1 uint8 array, each codeword first bit first."""
-    words = canonical_codewords(symbols, lengths)
-    pieces = [np.zeros(0, dtype=np.uint8)]
-    for value in values.tolist():
-        code, length = words[value]
-        pieces.append(np.array([(code >> (length - 1 - j)) & 1 for j in range(length)], dtype=np.uint8))
-    return np.concatenate(pieces)
-
-
 class Decoder:
     """Decodes codewords of one canonical table from a bit array, one symbol per `read`."""
 

@@ -409,26 +409,27 @@ def _encode_csr(matrix: np.ndarray, bits: int) -> tuple[bytes, int]:
     return _pack(_field_matrix(pointers, pointer_width(nnz)), pairs)
 
 
+def _write_huffman_table(values: np.ndarray, width: int, count_width: int) -> tuple[np.ndarray, dict[int, tuple[int, int]]]:
+    """(the stored table as bits: count, then (symbol, length) per distinct symbol; {symbol: codeword})."""
+    symbols, counts = huffman.histogram(values)
+    lengths = huffman.code_lengths(symbols, counts)
+    table = np.hstack([_field_matrix(symbols, width), _field_matrix(lengths, huffman.LENGTH_BITS)])
+    return (np.concatenate([_field_matrix(np.array([symbols.size]), count_width).ravel(), table.ravel()]),
+            huffman.canonical_codewords(symbols, lengths))
+
+
 def _encode_huffman(flat: np.ndarray, bits: int) -> tuple[bytes, int]:
     stats = code_stats(flat)
     if stats.nnz == 0:
         return _pack()
     count_bits, run_bits = _huffman_fields(flat.size)
-    sections = []
-    for values, width, count_width in ((stats.values, bits, bits + 1), (stats.zero_runs, run_bits, count_bits)):
-        symbols, counts = huffman.histogram(values)
-        lengths = huffman.code_lengths(symbols, counts)
-        sections.append((values, symbols, lengths))
-        table = np.hstack([_field_matrix(symbols, width), _field_matrix(lengths, huffman.LENGTH_BITS)])
-        sections[-1] += (np.concatenate([_field_matrix(np.array([symbols.size]), count_width).ravel(), table.ravel()]),)
-    (values, vsym, vlen, vtable), (runs, rsym, rlen, rtable) = sections
-    run_words = huffman.canonical_codewords(rsym, rlen)
-    value_words = huffman.canonical_codewords(vsym, vlen)
+    value_table, value_words = _write_huffman_table(stats.values, bits, bits + 1)
+    run_table, run_words = _write_huffman_table(stats.zero_runs, run_bits, count_bits)
     stream = []
-    for run, value in zip(runs.tolist(), values.tolist()):
+    for run, value in zip(stats.zero_runs.tolist(), stats.values.tolist()):
         for code, length in (run_words[run], value_words[value]):
             stream.extend((code >> (length - 1 - j)) & 1 for j in range(length))
-    return _pack(vtable, rtable, np.array(stream, dtype=np.uint8))
+    return _pack(value_table, run_table, np.array(stream, dtype=np.uint8))
 
 
 def encode(codes, fmt: str, bits: int, *, signed: bool = True, run_bits: int = DEFAULT_RUN_BITS,
@@ -537,7 +538,7 @@ def _decode_csr(enc: Encoded, reader: _Reader, rows: int, cols: int) -> np.ndarr
     return out
 
 
-def _huffman_table(reader: _Reader, width: int, count_width: int, limit: int, what: str):
+def _read_huffman_table(reader: _Reader, width: int, count_width: int, limit: int, what: str):
     (count,) = reader.fields(1, (count_width,), f"{what} count")
     count = int(count[0])
     if count > limit:
@@ -552,9 +553,9 @@ def _decode_huffman(enc: Encoded, reader: _Reader, n: int) -> np.ndarray:
             raise DataError(f"a huffman stream without non-zeros is empty; this one has {enc.length_bits} bits")
         return _zeros(n, enc)
     count_bits, run_bits = _huffman_fields(n)
-    raw, value_lengths = _huffman_table(reader, enc.bits, enc.bits + 1, min(enc.nnz, 1 << enc.bits), "code")
+    raw, value_lengths = _read_huffman_table(reader, enc.bits, enc.bits + 1, min(enc.nnz, 1 << enc.bits), "code")
     values = _signed_values(raw, enc.bits, enc.signed)
-    runs, run_lengths = _huffman_table(reader, run_bits, count_bits, enc.nnz, "run")
+    runs, run_lengths = _read_huffman_table(reader, run_bits, count_bits, enc.nnz, "run")
     huffman.check_table(values, value_lengths, "code")
     huffman.check_table(runs, run_lengths, "run")
     if (values == 0).any():

@@ -577,3 +577,12 @@ def test_huffman_beats_relative_on_skewed_codes():
     sizes = format_sizes(codes, 4)
     assert sizes["huffman"] < 0.8 * min(v for f, v in sizes.items() if f != "huffman")
     assert np.array_equal(decode(encode(codes, "huffman", 4)), codes)
+
+
+def test_a_huffman_table_that_is_a_prefix_code_but_not_the_huffman_code_is_refused():
+    # ROW's stream with every codeword length 2 instead of 1 (Kraft sum 1/2: a valid prefix code) and the
+    # stream rewritten to it: it decodes to ROW, but the encoder never writes that table.
+    two = "010000"
+    bits = ("01000" + MINUS_TWO + two + THREE + two + "0100" + "100" + two + "001" + two
+            + "00" + "01" + "01" + "00")          # (run 1 → 00, 3 → 01) (run 4 → 01, −2 → 00)
+    refused(with_bits(encode(ROW, "huffman", 4), bits), "not the Huffman code")

@@ -567,6 +567,7 @@ def _decode_huffman(enc: Encoded, reader: _Reader, n: int) -> np.ndarray:
     bits, offset = reader.bits, reader.offset
     out = _zeros(n, enc)
     position = -1
+    seen_runs, seen_values = [], []
     for _ in range(enc.nnz):
         run, offset = run_decoder.read(bits, offset)
         value, offset = value_decoder.read(bits, offset)
@@ -574,9 +575,19 @@ def _decode_huffman(enc: Encoded, reader: _Reader, n: int) -> np.ndarray:
         if position >= n:
             raise DataError(f"a huffman run points past the end: position {position}, the array has {n} codes")
         out[position] = value
+        seen_runs.append(run)
+        seen_values.append(value)
     if offset != enc.length_bits:
         raise DataError(f"the huffman stream has {enc.length_bits - offset} bits left after its {enc.nnz} non-zeros; "
                         "length_bits and nnz disagree (corrupt stream)")
+    # Only the encoder's own tables are accepted, as every other format accepts only canonical streams:
+    # a prefix code that decodes but is not the Huffman code of what it decodes is a corrupt table.
+    for what, seen, symbols, lengths in (("code", seen_values, values, value_lengths),
+                                         ("run", seen_runs, runs, run_lengths)):
+        got, counts = huffman.histogram(np.array(seen, dtype=np.int64))
+        if not (np.array_equal(got, symbols) and np.array_equal(huffman.code_lengths(got, counts), lengths)):
+            raise DataError(f"the huffman {what} table is not the Huffman code of the stream's {what}s "
+                            "(a corrupt table)")
     return out
 
 

@@ -5,6 +5,6 @@ other node by the IR's reference interpreter."""
 
 from bitsmith.cim.config import CIMConfig
 from bitsmith.cim.mapping import MappedLayer, TilePlan, decompose, map_graph, slice_unsigned
-from bitsmith.cim.simulate import run
+from bitsmith.cim.simulate import calibrate, run
 
-__all__ = ["CIMConfig", "MappedLayer", "TilePlan", "decompose", "map_graph", "run", "slice_unsigned"]
+__all__ = ["CIMConfig", "MappedLayer", "TilePlan", "calibrate", "decompose", "map_graph", "run", "slice_unsigned"]

@@ -25,7 +25,8 @@ class CIMConfig:
 
     cell_bits: bits per cell (1, 2, 4). adc_bits: 1..16, or None = an ideal ADC that resolves every
     level. adc_range: "per-call" (min/max of each converted tensor, the seed's oracle) or
-    "full-scale" (the column's physical range); "calibrated" is not built yet. adc_rounding:
+    "full-scale" (the column's physical range) or "calibrated" (static ranges measured on training
+    images by `calibrate`). adc_rounding:
     "round" or "floor". dummy: "subtract" converts (column − reference) once (the seed),
     "separate" converts both and subtracts the codes (NeuroSim). mapping: "offset" (unsigned
     W + 2^(n−1) and a reference column holding the offset) or "differential" (positive and negative
@@ -86,8 +87,6 @@ def _problems(c: CIMConfig):
         yield f"adc_bits must be an integer in {ADC_BITS[0]}..{ADC_BITS[1]} or None (ideal), got {c.adc_bits!r}"
     if c.adc_range not in ADC_RANGES:
         yield f"adc_range must be one of {ADC_RANGES}, got {c.adc_range!r}"
-    if c.adc_range == "calibrated":
-        yield "adc_range 'calibrated' is not built yet (docs/cim.md); use 'per-call' or 'full-scale'"
     if c.adc_rounding not in ADC_ROUNDINGS:
         yield f"adc_rounding must be one of {ADC_ROUNDINGS}, got {c.adc_rounding!r}"
     if c.dummy not in DUMMY_MODES:

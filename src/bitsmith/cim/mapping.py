@@ -32,22 +32,34 @@ def slice_unsigned(values: torch.Tensor, bits: int, cell_bits: int) -> torch.Ten
     return torch.stack([(values >> (cell_bits * s)) & mask for s in range(bits // cell_bits)])
 
 
-def decompose(codes: torch.Tensor, weight_bits: int, cell_bits: int, mapping: str = "offset") -> torch.Tensor:
+def decompose(codes: torch.Tensor, weight_bits: int, cell_bits: int, mapping: str = "offset",
+              odd: bool = False) -> torch.Tensor:
     """Signed weight codes in [−2^(n−1), 2^(n−1) − 1] → unsigned cell values, LSB first.
 
     "offset": the slices of W + 2^(n−1), shape [S, *codes.shape] (so the signed 0 is 8 = (0, 0, 0, 1)
     for n = 4 and 1-bit cells, −1 is 7 = (1, 1, 1, 0)). "differential": the slices of max(W, 0) and
-    of max(−W, 0), shape [2, S, *codes.shape]; both fit n unsigned bits (2^(n−1) does)."""
+    of max(−W, 0), shape [2, S, *codes.shape]; both fit n unsigned bits (2^(n−1) does).
+    `odd`: every code is odd, w = 2W − (2^m − 1) with m = n − 1 (DoReFa's levels, `odd_codes`):
+    "offset" slices W = (w + 2^m − 1) / 2 into m bits, "differential" max(±w, 0) into m bits."""
     codes = codes.to(torch.int64)
     half = 2 ** (weight_bits - 1)
     if codes.numel() and (int(codes.min()) < -half or int(codes.max()) > half - 1):
         raise GraphError(f"weight codes outside the signed {weight_bits}-bit range [{-half}, {half - 1}]")
+    if odd and not odd_codes(codes):
+        raise GraphError("odd=True needs every weight code odd")
+    bits = weight_bits - 1 if odd else weight_bits
     if mapping == "offset":
-        return slice_unsigned(codes + half, weight_bits, cell_bits)
+        return slice_unsigned((codes + 2**bits - 1) // 2 if odd else codes + half, bits, cell_bits)
     if mapping == "differential":
-        return torch.stack([slice_unsigned(codes.clamp(min=0), weight_bits, cell_bits),
-                            slice_unsigned((-codes).clamp(min=0), weight_bits, cell_bits)])
+        return torch.stack([slice_unsigned(codes.clamp(min=0), bits, cell_bits),
+                            slice_unsigned((-codes).clamp(min=0), bits, cell_bits)])
     raise ConfigError(f"mapping must be 'offset' or 'differential', got {mapping!r}")
+
+
+def odd_codes(codes: torch.Tensor) -> bool:
+    """Every code odd (DoReFa's 2^m levels (2k − (2^m − 1)) stored as (m + 1)-bit codes): such a
+    layer needs only m bits per weight on the crossbar."""
+    return bool(codes.numel()) and bool((codes.remainder(2) == 1).all())
 
 
 @dataclass(frozen=True)
@@ -81,10 +93,13 @@ def tile_plan(name: str, rows: int, outputs: int, weight_bits: int, config: CIMC
 
 @dataclass
 class MappedLayer:
-    """A Conv2d / Linear on crossbars. `conductance` is [K, R, S, O + O_ref] in units of one cell
-    level (ideal: the cell's value): K sub-arrays of R rows (the last one zero-padded), S slices,
-    O weight columns then the reference columns (1 for the offset mapping, O for the differential
-    one). `active_rows` [K] counts the real rows of each sub-array (for the full-scale ADC range)."""
+    """A Conv2d / Linear on crossbars. `conductance` is [K, R, S, O + O_ref] in `unit`s: K sub-arrays
+    of R rows (the last one zero-padded), S slices, O weight columns then the reference columns (1
+    for the offset mapping, O for the differential one). `unit` is 1 level, or half a level for a
+    layer of odd codes (its reference cells hold (2^c − 1)/2, docs/cim.md), so that every ideal
+    column sum is an integer. `active_rows` [K] counts the real rows of each sub-array (the
+    full-scale ADC range); `column_bound` bounds |Σ rows| of any column (or column − reference)
+    for one input bit; `weight_bits` are the stored bits per weight (m = n − 1 for odd codes)."""
 
     node: Node
     plan: TilePlan
@@ -94,6 +109,15 @@ class MappedLayer:
     weight_sum: torch.Tensor  # Σ of the signed codes per output channel (the input-offset correction)
     outputs: int
     programmed: tuple  # the CIMConfig fields the conductances depend on (programming_key)
+    unit: int = 1
+    column_bound: float = 0.0
+    adc_ranges: torch.Tensor | None = None  # [input bits, parts, K, S, 2] from `calibrate`
+    calibrated_with: tuple | None = None  # the ADC settings of that calibration (calibration_key)
+
+    @property
+    def full_scale(self) -> torch.Tensor:
+        """The largest ideal column sum of each sub-array, [K], in units."""
+        return self.active_rows * self.unit * (2 ** (self.weight_bits // self.plan.slices) - 1)
 
 
 def mapped_nodes(graph: IntegerGraph, config: CIMConfig) -> list[Node]:
@@ -111,14 +135,17 @@ def mapped_nodes(graph: IntegerGraph, config: CIMConfig) -> list[Node]:
     return [n for n in weighted if n.name not in config.digital]
 
 
-def _check_mappable(node: Node, config: CIMConfig) -> int:
+def _stored_bits(node: Node, odd: bool, config: CIMConfig) -> int:
     bits = node.attrs["weight_bits"]
     if node.op == "Conv2d" and node.attrs.get("groups", 1) != 1:
         raise GraphError(f"layer {node.name!r}: a grouped convolution (groups={node.attrs['groups']}) cannot be "
                          "mapped to a crossbar yet; keep it digital (CIMConfig.digital)")
-    if bits % config.cell_bits:
-        raise ConfigError(f"layer {node.name!r}: cell_bits {config.cell_bits} does not divide its {bits} weight bits")
-    return bits
+    stored = bits - 1 if odd else bits
+    if stored % config.cell_bits:
+        why = f" (odd codes of {bits} bits are stored in {stored})" if odd else ""
+        raise ConfigError(f"layer {node.name!r}: cell_bits {config.cell_bits} does not divide its {stored} "
+                          f"weight bits{why}")
+    return stored
 
 
 def weight_rows(graph: IntegerGraph, node: Node) -> torch.Tensor:
@@ -132,15 +159,17 @@ def weight_rows(graph: IntegerGraph, node: Node) -> torch.Tensor:
 
 
 def map_layer(graph: IntegerGraph, node: Node, config: CIMConfig, index: int) -> MappedLayer:
-    bits = _check_mappable(node, config)
     w = weight_rows(graph, node)
+    odd = odd_codes(w) and node.attrs["weight_bits"] > 1
+    bits = _stored_bits(node, odd, config)
     rows, outputs = w.shape
     plan = tile_plan(node.name, rows, outputs, bits, config)
-    levels = decompose(w, bits, config.cell_bits, config.mapping)  # [S, rows, O] or [2, S, rows, O]
+    levels = decompose(w, node.attrs["weight_bits"], config.cell_bits, config.mapping, odd).to(torch.float32)
     if config.mapping == "offset":
-        offset = slice_unsigned(torch.tensor([2 ** (bits - 1)]), bits, config.cell_bits)  # [S, 1]
-        reference = offset.reshape(-1, 1, 1).expand(-1, rows, 1)
-        levels = torch.cat([levels, reference], dim=2)
+        # the encoding of a signed 0: 2^(n−1), or for odd codes (2^m − 1)/2, i.e. (2^c − 1)/2 in every cell
+        zero = (slice_unsigned(torch.tensor([2 ** (bits - 1)]), bits, config.cell_bits).to(torch.float32) if not odd
+                else torch.full((plan.slices, 1), (2**config.cell_bits - 1) / 2))
+        levels = torch.cat([levels, zero.reshape(-1, 1, 1).expand(-1, rows, 1)], dim=2)
     else:
         levels = torch.cat([levels[0], levels[1]], dim=2)
     size = config.subarray_rows
@@ -148,8 +177,11 @@ def map_layer(graph: IntegerGraph, node: Node, config: CIMConfig, index: int) ->
     levels = torch.nn.functional.pad(levels, (0, 0, 0, k * size - rows))  # zero rows: no input reaches them
     levels = levels.reshape(levels.shape[0], k, size, levels.shape[-1]).permute(1, 2, 0, 3)  # [K, R, S, cols]
     active = torch.tensor([min(size, rows - i * size) for i in range(k)])
-    conductance = program(levels, active, config, index)
-    return MappedLayer(node, plan, bits, conductance, active, w.sum(0), outputs, programming_key(config))
+    unit = 2 if odd and config.mapping == "offset" else 1
+    conductance = program(levels, active, config, index, unit)
+    bound = float(conductance.abs().sum(dim=1).max()) if conductance.numel() else 0.0
+    return MappedLayer(node, plan, bits, conductance, active, w.sum(0), outputs, programming_key(config), unit,
+                       bound)
 
 
 #: The CIMConfig fields that decide a layer's conductances (the ADC and read noise act at run time).
@@ -161,16 +193,19 @@ def programming_key(config: CIMConfig) -> tuple:
     return tuple(getattr(config, f) for f in PROGRAMMING_FIELDS)
 
 
-def program(levels: torch.Tensor, active: torch.Tensor, config: CIMConfig, index: int) -> torch.Tensor:
-    """Cell levels → conductances in level units, with the device non-idealities (docs/cim.md):
-    finite on/off ratio G = (1 − 1/r)·b + (2^c − 1)/r, stuck-at cells at the lowest / highest
-    conductance, device-to-device variation G·(1 + N(0, σ)), drift G·(t/t0)^(−ν). Drawn from a
-    generator seeded by (seed, layer index), so a layer's devices do not depend on other layers."""
-    g = levels.to(torch.float32)
+def program(levels: torch.Tensor, active: torch.Tensor, config: CIMConfig, index: int, unit: int = 1) -> torch.Tensor:
+    """Cell levels → conductances in `unit`s (levels × unit), with the device non-idealities
+    (docs/cim.md): finite on/off ratio G = (1 − 1/r)·b + (2^c − 1)/r, stuck-at cells at the lowest /
+    highest conductance, device-to-device variation G·(1 + N(0, σ)) (a conductance is never
+    negative), drift G·(t/t0)^(−ν). Drawn from a generator seeded by (seed, layer index), so a
+    layer's devices do not depend on other layers. Non-ideal conductances are then held on a grid
+    of 2^−f units fine enough that every sum of a sub-array's rows is exact in float32 (`on_grid`)."""
+    g = levels * unit
     if config.ideal_devices:
         return g
     top = 2**config.cell_bits - 1
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + index)
+    g = levels
     g_min = top / config.on_off_ratio if config.on_off_ratio is not None else 0.0
     if config.on_off_ratio is not None:
         g = (1 - 1 / config.on_off_ratio) * g + g_min
@@ -180,12 +215,26 @@ def program(levels: torch.Tensor, active: torch.Tensor, config: CIMConfig, index
         g = torch.where((u >= config.stuck_at_0) & (u < config.stuck_at_0 + config.stuck_at_1),
                         torch.full_like(g, float(top)), g)
     if config.variation:
-        g = g * (1 + config.variation * torch.randn(g.shape, generator=gen))
+        g = (g * (1 + config.variation * torch.randn(g.shape, generator=gen))).clamp_(min=0)
     if config.drift_nu:
         g = g * config.drift_time ** (-config.drift_nu)
     # padded rows are absent cells: no conductance at all
     present = (torch.arange(g.shape[1]).reshape(1, -1) < active.reshape(-1, 1)).to(g.dtype)
-    return g * present.reshape(g.shape[0], g.shape[1], 1, 1)
+    return on_grid(g * unit * present.reshape(g.shape[0], g.shape[1], 1, 1))
+
+
+def on_grid(g: torch.Tensor) -> torch.Tensor:
+    """`g` [K, R, S, C] rounded to multiples of 2^−f, f the largest with R·max|g|·2^f ≤ 2^23: then
+    every partial sum of a column over the rows — and of a column minus another — is an integer
+    multiple of 2^−f below 2^24 of them, exact in float32 whatever the order of the additions. So
+    the vectorised simulator and the reference algorithm (benchmarks/cim.py) get the very same
+    sums, and the result does not depend on how a BLAS library blocks its matmul. (A grid of 2^−16
+    of a level for 128 rows of 1-bit cells: far below any device's precision.)"""
+    largest = float(g.abs().max()) if g.numel() else 0.0
+    if largest == 0:
+        return g
+    f = math.floor(math.log2(2**23 / (g.shape[1] * largest)))
+    return torch.round(g * 2.0**f) / 2.0**f
 
 
 def map_graph(graph: IntegerGraph, config: CIMConfig) -> dict[str, MappedLayer]:

@@ -14,6 +14,9 @@ masked and the reference term costs one column per slice."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
@@ -31,14 +34,15 @@ READ_NOISE_STREAM = 999_983
 
 
 def run(graph: IntegerGraph, x, config: CIMConfig, *, layers: dict[str, MappedLayer] | None = None,
-        return_all: bool = False, check_overflow: bool = True):
+        return_all: bool = False, check_overflow: bool = True, recorders: dict | None = None):
     """Run `graph` on float images `x` with its mapped layers on crossbars: the output codes
     (int64), or with `return_all` every tensor. `layers` (from `map_graph(graph, config)`) may be
     passed to reuse one programming of the devices across calls; by default it is made here.
 
     Accumulators of unmapped layers are width-checked as by the reference interpreter; those of
     mapped layers only when `config.exact` (a noisy crossbar may leave the declared width, and the
-    following Requant saturates as the hardware would)."""
+    following Requant saturates as the hardware would). `recorders` ({layer name: recorder}) is
+    `calibrate`'s hook."""
     if layers is None:
         layers = map_graph(graph, config)
     check_layers(graph, layers, config)
@@ -54,7 +58,8 @@ def run(graph: IntegerGraph, x, config: CIMConfig, *, layers: dict[str, MappedLa
         for node in graph.nodes:
             ins = [values[i] for i in node.inputs]
             if node.name in layers:
-                y = crossbar_layer(graph, layers[node.name], ins[0], config, noise)
+                y = crossbar_layer(graph, layers[node.name], ins[0], config, noise,
+                                   (recorders or {}).get(node.name))
                 checked = config.exact
             else:
                 y = REFERENCE.lookup(node)(graph, node, ins, ieee)
@@ -63,6 +68,36 @@ def run(graph: IntegerGraph, x, config: CIMConfig, *, layers: dict[str, MappedLa
                 check_width(y, graph.tensors[node.output], node)
             values[node.output] = y
     return values if return_all else values[graph.outputs[0]]
+
+
+def calibrate(graph: IntegerGraph, batches, config: CIMConfig, layers: dict[str, MappedLayer]) -> None:
+    """Static ADC ranges for `config.adc_range == "calibrated"`, stored in each mapped layer: the
+    min / max of every conversion (per layer, input bit, sub-array, slice; column and reference
+    apart for dummy="separate") over the calibration `batches` of float images, each batch run
+    with per-call ranges — what a chip would measure on its own devices with training images."""
+    if config.adc_bits is None:
+        raise ConfigError("an ideal ADC (adc_bits None) has no range to calibrate")
+    per_call = replace(config, adc_range="per-call")
+    found: dict[str, list] = {name: [] for name in layers}
+    seen = 0
+    for x in batches:
+        seen += len(x)
+        recorders = {name: (lambda bit, r, name=name: record(found[name], bit, r)) for name in layers}
+        run(graph, x, per_call, layers=layers, recorders=recorders, check_overflow=False)
+    if not seen:
+        raise ConfigError("calibrate needs at least one image")
+    for name, layer in layers.items():
+        layer.adc_ranges = torch.stack(found[name])
+        layer.calibrated_with = calibration_key(config)
+
+
+def record(ranges: list, bit: int, new: torch.Tensor) -> None:
+    """Widen the stored [parts, K, S, 2] range of input bit `bit` by a batch's."""
+    if bit == len(ranges):
+        ranges.append(new.clone())
+        return
+    ranges[bit][..., 0] = torch.minimum(ranges[bit][..., 0], new[..., 0])
+    ranges[bit][..., 1] = torch.maximum(ranges[bit][..., 1], new[..., 1])
 
 
 def check_layers(graph: IntegerGraph, layers: dict[str, MappedLayer], config: CIMConfig) -> None:
@@ -77,14 +112,19 @@ def check_layers(graph: IntegerGraph, layers: dict[str, MappedLayer], config: CI
                               "CIMConfig; map_graph(graph, config) again")
 
 
+#: Elements of one chunk of column sums (1 MB of float32): the matmul's output for a chunk of pixels
+#: is converted while it is still in the core's cache, which halves the element-wise ADC's time.
+CHUNK_ELEMENTS = 2**18
+
+
 def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, config: CIMConfig,
-                   noise: torch.Generator) -> torch.Tensor:
-    """The accumulator of one mapped Conv2d / Linear (int64, the IR's shape)."""
+                   noise: torch.Generator, recorder=None) -> torch.Tensor:
+    """The accumulator of one mapped Conv2d / Linear (int64, the IR's shape). `recorder(bit, ranges)`
+    (from `calibrate`) receives each input bit's per-call ADC ranges [parts, K, S, 2]."""
     node = layer.node
     spec = graph.tensors[node.inputs[0]]
     qmin, zx = spec.qmin, spec.zero_point
     input_bits = max(1, (spec.qmax - qmin).bit_length())
-    rows_in, out_shape = input_rows(graph, layer, x - qmin, zx - qmin)  # [K, N·L, R] int16 / int32
     k, r, s, columns = layer.conductance.shape
     o = layer.outputs
     if config.dummy == "subtract":
@@ -92,43 +132,94 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
         # (read noise of the two columns is independent: the variances add)
         main, reference = layer.conductance[..., :o], layer.conductance[..., o:]
         g, g_squared, width = main - reference, main * main + reference * reference, o
+        parts = [(slice(0, o), -1)]  # (columns, low end of the full-scale range in full-scale units)
     else:
         g, g_squared, width = layer.conductance, layer.conductance ** 2, columns
-    g = g.reshape(k, r, s * width)
-    g_squared = g_squared.reshape(k, r, s * width) if config.read_noise else None
-    shifts = 2.0 ** (config.cell_bits * torch.arange(s)).reshape(1, 1, s, 1)
-    full = (layer.active_rows * (2**config.cell_bits - 1)).to(torch.float32).reshape(k, 1, 1, 1)
-    acc = torch.zeros((rows_in.shape[1], o), dtype=torch.int64)
+        parts = [(slice(0, o), 0), (slice(o, columns), 0)]
+    # [K, S·C, R]: the matmul's output is then [K, S, C, pixels]
+    g = g.permute(0, 2, 3, 1).reshape(k, s * width, r).contiguous()
+    g_squared = g_squared.permute(0, 2, 3, 1).reshape(k, s * width, r).contiguous() if config.read_noise else None
+    calibrated = calibrated_ranges(layer, config, input_bits)
+    full = layer.full_scale.to(torch.float32).reshape(k, 1, 1, 1)
+    shifts = (2.0 ** (config.cell_bits * torch.arange(s))).repeat(k)  # [K·S], matching codes' [K, S] rows
+    largest = max(layer.column_bound, float(full.max()) if full.numel() else 0.0) + 1  # any code's |value|
+    exact_in_float32 = not config.read_noise and largest * k * float(shifts[:s].sum()) < 2**24
+    rows, out_shape = input_rows(graph, layer, x - qmin, zx - qmin)  # [K, pixels, R] integers
+    pixels = rows.shape[1]
+    step = max(1, CHUNK_ELEMENTS // max(1, k * s * width))
+    chunks = [(p, min(pixels, p + step)) for p in range(0, pixels, step)]
+    acc = torch.zeros((o, pixels), dtype=torch.int64)
+    # read noise: one generator per (bit, chunk), so the draws do not depend on the threads' order
+    noise_seed = int(torch.randint(2**62, (1,), generator=noise)) if config.read_noise else 0
+
     for bit in range(input_bits):
-        plane = ((rows_in >> bit) & 1).to(torch.float32)
-        y = torch.bmm(plane, g)
-        if g_squared is not None:
-            # Σ_i x_i·G_i·(1 + σ·ε_i) is Gaussian with variance σ²·Σ_i x_i·G_i² (x_i ∈ {0, 1})
-            spread = torch.bmm(plane, g_squared).clamp_(min=0).sqrt_()
-            y += config.read_noise * spread * torch.randn(y.shape, generator=noise)
-        y = y.reshape(k, -1, s, width)
-        if config.dummy == "subtract":
-            codes = adc(y, -full, full, config)
-        else:  # the two conversions overwrite disjoint columns of y
-            codes = adc(y[..., :o], 0 * full, full, config) - adc(y[..., o:], 0 * full, full, config)
-        acc += shift_add(codes, shifts) << bit
+        def column_sums(index: int) -> torch.Tensor:
+            p0, p1 = chunks[index]
+            plane = ((rows[:, p0:p1] >> bit) & 1).to(torch.float32).transpose(1, 2)  # [K, R, chunk]
+            y = torch.bmm(g, plane)  # [K, S·C, chunk]
+            if g_squared is not None:
+                # Σ_i x_i·G_i·(1 + σ·ε_i) is Gaussian with variance σ²·Σ_i x_i·G_i² (x_i ∈ {0, 1})
+                draws = torch.Generator().manual_seed(noise_seed + bit * len(chunks) + index)
+                spread = torch.bmm(g_squared, plane).clamp_(min=0).sqrt_()
+                y += config.read_noise * spread * torch.randn(y.shape, generator=draws)
+            return y.reshape(k, s, width, -1)
+
+        sums = in_threads(column_sums, range(len(chunks)))
+        if config.adc_bits is None:
+            ranges = [(None, None)] * len(parts)
+        elif calibrated is not None:
+            ranges = [(calibrated[bit, i, ..., :1, None], calibrated[bit, i, ..., 1:, None]) for i in range(len(parts))]
+        elif config.adc_range == "full-scale":
+            ranges = [(low * full, full) for _, low in parts]
+        else:  # per call: min / max over the whole tensor of this bit
+            ranges = [conversion_range([y[:, :, columns_] for y in sums]) for columns_, _ in parts]
+            if recorder is not None:
+                recorder(bit, torch.stack([torch.cat([lo, hi], dim=-1).reshape(k, s, 2) for lo, hi in ranges]))
+
+        def convert(index: int) -> None:
+            p0, p1 = chunks[index]
+            y = sums[index]
+            codes = [adc(y[:, :, columns_], *range_, config) for (columns_, _), range_ in zip(parts, ranges)]
+            codes = codes[0] if len(codes) == 1 else codes[0] - codes[1]
+            acc[:, p0:p1] += shift_add(codes, shifts, exact_in_float32) << bit  # disjoint per chunk
+
+        in_threads(convert, range(len(chunks)))
+    acc = acc.t()  # [pixels, O]
     acc += (qmin - zx) * layer.weight_sum.reshape(1, -1)
     if "bias" in node.params:
         acc += graph.params[node.params["bias"]].to(torch.int64).reshape(1, -1)
     n = x.shape[0]
     if node.op == "Conv2d":
-        return acc.reshape(n, -1, layer.outputs).permute(0, 2, 1).reshape(n, layer.outputs, *out_shape)
+        return acc.reshape(n, -1, o).permute(0, 2, 1).reshape(n, o, *out_shape)
     return acc
 
 
+def in_threads(work, items) -> list:
+    """`work` over `items` in torch's intra-op thread count of Python threads, each op running on
+    one thread: many small chunks then keep every core busy without an OpenMP barrier per
+    operation (which costs milliseconds a call on a loaded machine)."""
+    items = list(items)
+    workers = min(torch.get_num_threads(), len(items))
+    if workers <= 1:
+        return [work(i) for i in items]
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(work, items))
+    finally:
+        torch.set_num_threads(workers)
+
+
 def input_rows(graph: IntegerGraph, layer: MappedLayer, u: torch.Tensor, pad_value: int):
-    """The unsigned input u as the crossbar's rows: [K, N·L, R] int16 or int32 (L output pixels,
-    rows in the mapping's tap-major order, zero beyond the last real row) and the output's spatial
-    shape. Padding holds u = z_x − q_min, the real value 0, as the IR pads the centred input with
-    zeros. Each tap's window is a strided view of the padded input, copied once into its rows."""
+    """The unsigned input u as the crossbar's rows: [K, N·L, R] uint8 (or int16 / int32 for wider
+    inputs; L output pixels, rows in the mapping's tap-major order, zero beyond the last real row)
+    and the output's spatial shape. Padding holds u = z_x − q_min, the real value 0, as the IR pads
+    the centred input with zeros. Each tap's window is a strided view of the padded input (channels
+    last, so the window's channels are contiguous), copied once into its rows."""
     node = layer.node
     k, r = layer.conductance.shape[:2]
-    kind = torch.int16 if max(int(u.max()) if u.numel() else 0, pad_value) < 2**15 else torch.int32
+    largest = max(int(u.max()) if u.numel() else 0, pad_value)
+    kind = torch.uint8 if largest < 2**8 else torch.int16 if largest < 2**15 else torch.int32
     if node.op == "Linear":
         rows = torch.zeros((u.shape[0], k * r), dtype=kind)
         rows[:, :u.shape[1]] = u
@@ -136,16 +227,15 @@ def input_rows(graph: IntegerGraph, layer: MappedLayer, u: torch.Tensor, pad_val
     a = node.attrs
     kh, kw = graph.weight_codes(node).shape[2:]
     top, left, bottom, right = as_pads(a["padding"])
-    u = F.pad(u.to(kind), (left, right, top, bottom), value=pad_value)
+    u = F.pad(u.to(kind), (left, right, top, bottom), value=pad_value).permute(0, 2, 3, 1).contiguous()
     (sh, sw), (dh, dw) = as_pair(a["stride"]), as_pair(a["dilation"])
-    n, c = u.shape[:2]
-    oh = (u.shape[2] - dh * (kh - 1) - 1) // sh + 1
-    ow = (u.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    n, height, width, c = u.shape
+    oh = (height - dh * (kh - 1) - 1) // sh + 1
+    ow = (width - dw * (kw - 1) - 1) // sw + 1
     rows = torch.zeros((k, n, oh, ow, r), dtype=kind)
     for tap in range(kh * kw):
         i, j = divmod(tap, kw)
-        window = u[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
-        window = window.permute(0, 2, 3, 1)  # [N, OH, OW, C]
+        window = u[:, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]  # [N, OH, OW, C]
         start, end = tap * c, (tap + 1) * c  # the tap's rows, cut at sub-array boundaries
         while start < end:
             sub, offset = divmod(start, r)
@@ -155,35 +245,30 @@ def input_rows(graph: IntegerGraph, layer: MappedLayer, u: torch.Tensor, pad_val
     return rows.reshape(k, n * oh * ow, r), (oh, ow)
 
 
-def shift_add(codes: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-    """Σ over sub-arrays and slices of code·2^(c·s): integer-valued float32 codes [K, N·L, S, O] →
-    int64 [N·L, O]. Summed in float32 when the largest possible sum stays below 2^24 (exact),
-    else in float64 (exact below 2^53, far beyond any crossbar's sums)."""
-    if not codes.numel():
-        return torch.zeros(codes.shape[1], codes.shape[3], dtype=torch.int64)
-    smallest, largest = torch.aminmax(codes)
-    bound = max(-float(smallest), float(largest)) * codes.shape[0] * float(shifts.sum())
-    if bound >= 2**24:
+def shift_add(codes: torch.Tensor, shifts: torch.Tensor, exact_in_float32: bool) -> torch.Tensor:
+    """Σ over sub-arrays and slices of code·2^(c·s): integer-valued float32 codes [K, S, O, pixels]
+    → int64 [O, pixels], as one matrix-vector product. In float32 when the caller's bound on the
+    sum is below 2^24 (exact), else in float64 (exact below 2^53, far beyond any crossbar's sums)."""
+    k, s, o, p = codes.shape
+    codes = codes.reshape(k * s, o * p)
+    if not exact_in_float32:
         codes, shifts = codes.to(torch.float64), shifts.to(torch.float64)
-    per_slice = codes.sum(dim=0)  # [N·L, S, O]: contiguous adds over the sub-arrays
-    return torch.einsum("nso,s->no", per_slice, shifts.reshape(-1)).to(torch.int64)
+    return torch.mv(codes.t(), shifts).reshape(o, p).to(torch.int64)
 
 
-def adc(v: torch.Tensor, low: torch.Tensor, high: torch.Tensor, config: CIMConfig) -> torch.Tensor:
-    """Column sums [K, N·L, S, C] (float32, level units; overwritten) → integer level counts (as
-    float32 integers: every count is below 2^24).
+def adc(v: torch.Tensor, low: torch.Tensor | None, high: torch.Tensor | None, config: CIMConfig) -> torch.Tensor:
+    """Column sums [K, S, C, pixels] (float32, units; overwritten) → integer counts of units (as
+    float32 integers), with the range [low, high] ([K, S, 1, 1] or broadcastable) of 2^b levels.
 
-    Ideal (adc_bits None): the nearest integer. Otherwise 2^b levels spread over the range — per
-    call: the tensor's min/max per sub-array and slice; full-scale: [low, high] — the level index
-    is rounded or floored and clamped, and its value lo + k·step rounded to the nearest integer
-    count, the ADC's digital output. A step below 1 resolves every integer, so 16 bits on a
-    128-row 1-bit sub-array is still exact. Floor adds 10^-3 of a step first, so that a sum lying
-    exactly on a level is not floored to the one below by float rounding."""
+    Ideal (adc_bits None, no range): the nearest integer. Otherwise step = (high − low)/(2^b − 1);
+    the level index (v − low)/step is rounded or floored and clamped to [0, 2^b − 1], and its value
+    low + index·step rounded to the nearest integer count, the ADC's digital output. A step below 1
+    resolves every integer, so 16 bits on a 128-row 1-bit sub-array is still exact. Floor adds
+    10^-3 of a step first, so that a sum lying exactly on a level is not floored to the one below
+    by float rounding. Every operation is a correctly rounded IEEE one, so a value's code depends
+    only on it and its range, not on the tensor's layout or chunking."""
     if config.adc_bits is None:
         return v.round_()
-    if config.adc_range == "per-call":
-        low = v.amin(dim=(1, 3), keepdim=True)
-        high = v.amax(dim=(1, 3), keepdim=True)
     levels = 2**config.adc_bits - 1
     step = (high - low) / levels
     v.sub_(low).div_(torch.where(step > 0, step, torch.ones_like(step)))
@@ -192,3 +277,34 @@ def adc(v: torch.Tensor, low: torch.Tensor, high: torch.Tensor, config: CIMConfi
     else:
         v.add_(1e-3).floor_()
     return v.clamp_(0, levels).mul_(step).add_(low).round_()
+
+
+def conversion_range(chunks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """min / max of one conversion call — over columns and pixels, per sub-array and slice — of a
+    tensor given as chunks [K, S, C, pixels] along the pixels: each ([K, S, 1, 1])."""
+    low = torch.stack([c.amin(dim=(2, 3), keepdim=True) for c in chunks]).amin(dim=0)
+    high = torch.stack([c.amax(dim=(2, 3), keepdim=True) for c in chunks]).amax(dim=0)
+    return low, high
+
+
+def calibrated_ranges(layer: MappedLayer, config: CIMConfig, input_bits: int) -> torch.Tensor | None:
+    """The layer's static ADC ranges [input bits, parts, K, S, 2] when `config` asks for them."""
+    if config.adc_range != "calibrated" or config.adc_bits is None:
+        return None
+    if layer.adc_ranges is None:
+        raise ConfigError(f"layer {layer.node.name!r} has no calibrated ADC ranges: calibrate(graph, images, "
+                          "config, layers) first (bitsmith.cim.calibrate)")
+    if layer.calibrated_with != calibration_key(config):
+        raise ConfigError(f"layer {layer.node.name!r} was calibrated with other ADC settings; calibrate again")
+    if layer.adc_ranges.shape[0] != input_bits:
+        raise ConfigError(f"layer {layer.node.name!r}: its calibration has {layer.adc_ranges.shape[0]} input bits, "
+                          f"the graph {input_bits}")
+    return layer.adc_ranges
+
+
+#: The CIMConfig fields a calibration depends on besides the programmed devices.
+CALIBRATION_FIELDS = ("adc_bits", "adc_rounding", "dummy", "read_noise")
+
+
+def calibration_key(config: CIMConfig) -> tuple:
+    return tuple(getattr(config, f) for f in CALIBRATION_FIELDS)

@@ -413,6 +413,55 @@ def cim_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder")
     print(f"wrote {out}/cim_sweep.json and {out}/cim_sweep.png")
 
 
+@cim_app.command("cost")
+def cim_cost_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
+                 cell_bits: int = typer.Option(1, help="bits per cell: 1, 2 or 4 (must divide each layer's weight bits)"),
+                 adc_bits: int = typer.Option(5, help="ADC bits 1..16 (NeuroSim's default 5)"),
+                 dummy: str = typer.Option("subtract", help="subtract (convert column - reference once) or separate"),
+                 mapping: str = typer.Option("offset", help="offset (unsigned + reference column) or differential"),
+                 subarray_rows: int = typer.Option(128, help="rows (and columns) of a crossbar"),
+                 digital: str = typer.Option("seed", help="layers kept digital: seed (first conv and the FC layers), "
+                                                          "none, or comma-separated node names"),
+                 activity: float = typer.Option(0.5, help="fraction of input bits equal to 1"),
+                 neurosim_column: bool = typer.Option(False, "--neurosim-column",
+                                                      help="ADC sees the driven cells' parallel resistance (NeuroSim's "
+                                                           "parallel read; no separate cell energy)"),
+                 as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Estimated crossbars, ADC conversions, cycles, energy and area per image (docs/cim-cost.md):
+    a per-component model with NeuroSim V1.4's 22 nm RRAM figures — estimates, not measurements."""
+    from bitsmith.cim import CIMConfig, CostModel, estimate, map_graph
+    from bitsmith.cim.cost import SOURCE
+    from bitsmith.integer.graph import load
+
+    kept = digital if digital in ("seed", "none") else tuple(n.strip() for n in digital.split(",") if n.strip())
+    config = CIMConfig(cell_bits=cell_bits, adc_bits=adc_bits, dummy=dummy, mapping=mapping,
+                       subarray_rows=subarray_rows, digital=kept)
+    model = CostModel(adc_column_resistance_ohm=None) if neurosim_column else CostModel()
+    g = load(graph)
+    report = estimate(g, map_graph(g, config), config, model, activity=activity)
+    if as_json:
+        print(json.dumps({"graph": str(graph), **report.to_json()}))
+        return
+    table = Table(title=f"{graph}, per image: {report.label}")
+    table.add_column("layer", no_wrap=True)
+    for col in ("crossbars est.", "ADCs est.", "ADC conv. est.", "cycles est.", "µs est.", "nJ est.",
+                "ADC nJ est.", "cell nJ est.", "shift-add nJ est.", "mm² est.", "TOPS/W est."):
+        table.add_column(col, justify="right")
+
+    def row(name, c):
+        return (name, f"{c['crossbars']:,}", f"{c['adcs']:,}", f"{c['adc_conversions']:,}", f"{c['cycles']:,}",
+                f"{c['latency_us']:.1f}", f"{c['energy_pj'] / 1e3:.1f}", f"{c['energy_adc_pj'] / 1e3:.1f}",
+                f"{c['energy_cells_pj'] / 1e3:.1f}", f"{c['energy_shift_add_pj'] / 1e3:.1f}",
+                f"{c['area_mm2']:.4f}", f"{c['tops_per_w']:.2f}")
+    for c in report.layers:
+        table.add_row(*row(c.layer, c.to_json()))
+    table.add_row(*row("total", report.total), style="bold")
+    out = _wide_console()
+    out.print(table)
+    out.print(f"{adc_bits}-bit ADC shared by {report.model.columns_per_adc} columns, {cell_bits}-bit cells, input-bit "
+              f"activity {activity:g}; layers summed, no pipeline. Model: {SOURCE}.")
+
+
 @app.command("ranges")
 def ranges_cmd(run: Path = typer.Argument(..., help="float run folder"),
                out: Optional[Path] = typer.Option(None, help="folder for ranges.csv and ranges.json (default: RUN/ranges)"),

@@ -4,7 +4,9 @@ Linear on sub-arrays, `run` executes a graph with those layers computed the cros
 other node by the IR's reference interpreter."""
 
 from bitsmith.cim.config import CIMConfig
+from bitsmith.cim.cost import CostModel, CostReport, LayerCost, estimate, input_bit_activity
 from bitsmith.cim.mapping import MappedLayer, TilePlan, decompose, map_graph, slice_unsigned
 from bitsmith.cim.simulate import run
 
 __all__ = ["CIMConfig", "MappedLayer", "TilePlan", "decompose", "map_graph", "run", "slice_unsigned"]
+__all__ += ["CostModel", "CostReport", "LayerCost", "estimate", "input_bit_activity"]  # cost estimates (cost.py)

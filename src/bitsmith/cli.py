@@ -422,7 +422,10 @@ def cim_cost_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                  subarray_rows: int = typer.Option(128, help="rows (and columns) of a crossbar"),
                  digital: str = typer.Option("seed", help="layers kept digital: seed (first conv and the FC layers), "
                                                           "none, or comma-separated node names"),
-                 activity: float = typer.Option(0.5, help="fraction of input bits equal to 1"),
+                 activity: float = typer.Option(0.5, help="fraction of input bits equal to 1 (all layers)"),
+                 images: Optional[int] = typer.Option(None, min=1, help="measure each layer's activity on the first N "
+                                                                         "test images of the graph's data set instead"),
+                 data_dir: Optional[str] = typer.Option(None),
                  neurosim_column: bool = typer.Option(False, "--neurosim-column",
                                                       help="ADC sees the driven cells' parallel resistance (NeuroSim's "
                                                            "parallel read; no separate cell energy)"),
@@ -438,7 +441,11 @@ def cim_cost_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                        subarray_rows=subarray_rows, digital=kept)
     model = CostModel(adc_column_resistance_ohm=None) if neurosim_column else CostModel()
     g = load(graph)
-    report = estimate(g, map_graph(g, config), config, model, activity=activity)
+    layers = map_graph(g, config)
+    measured = None
+    if images is not None:
+        measured = _measured_activity(g, layers, images, data_dir)
+    report = estimate(g, layers, config, model, activity=measured if measured is not None else activity)
     if as_json:
         print(json.dumps({"graph": str(graph), **report.to_json()}))
         return
@@ -458,8 +465,26 @@ def cim_cost_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
     table.add_row(*row("total", report.total), style="bold")
     out = _wide_console()
     out.print(table)
+    measured_text = (f"measured on {images} test images ({', '.join(f'{v:.3f}' for v in measured.values())})"
+                     if measured is not None else f"{activity:g}")
     out.print(f"{adc_bits}-bit ADC shared by {report.model.columns_per_adc} columns, {cell_bits}-bit cells, input-bit "
-              f"activity {activity:g}; layers summed, no pipeline. Model: {SOURCE}.")
+              f"activity {measured_text}; layers summed, no pipeline. Model: {SOURCE}.")
+
+
+def _measured_activity(graph, layers, images: int, data_dir: Optional[str]) -> dict:
+    """Each mapped layer's fraction of input bits equal to 1 on the first `images` test images."""
+    import torch
+
+    from bitsmith.cim import input_bit_activity
+    from bitsmith.data import load_dataset
+    from bitsmith.data.transforms import iterate_batches
+
+    dataset = graph.metadata.get("dataset")
+    if not dataset:
+        raise ConfigError("the graph records no data set (metadata 'dataset'): give --activity instead of --images")
+    test = load_dataset(dataset, "test", data_dir or graph.metadata.get("data_dir"), limit=images)
+    x = torch.cat([xb for xb, _ in iterate_batches(test, 256, tuple(graph.input_spec.shape))])
+    return input_bit_activity(graph, x, layers)
 
 
 @app.command("ranges")

@@ -151,6 +151,7 @@ def test_cell_energy_follows_the_activity_and_a_measured_one_is_accepted():
     codes = (x / 0.1).round().clamp(0, 15).to(torch.int64)  # QuantizeInput: scale 0.1, zero point 0, 4 bits
     ones = sum(int(((codes >> b) & 1).sum()) for b in range(4))
     assert measured == {"conv1_acc": pytest.approx(ones / (codes.numel() * 4))}
+    assert input_bit_activity(graph, x, layers, batch_size=4) == measured  # batches of 4 and 2 images
     c = estimate(graph, layers, CONFIG, activity=measured).layers[0]
     assert c.energy_cells_pj == pytest.approx(measured["conv1_acc"] * full.energy_cells_pj)
 
@@ -233,3 +234,25 @@ def test_cli_cost_refuses_bad_settings(tmp_path):
     assert result.exit_code != 0 and "cell_bits" in str(result.exception) + result.output
     result = invoke("cim", "cost", tmp_path / "g", "--digital", "none", "--activity", 2)
     assert result.exit_code != 0 and "activity" in str(result.exception) + result.output
+
+
+def test_cli_measures_the_activity_on_test_images(tmp_path):
+    from bitsmith.data import load_dataset
+    from bitsmith.data.transforms import iterate_batches
+
+    gm = GraphMaker(1)
+    image = TensorSpec("input", (1, 28, 28), "float32")
+    gm.tensors["input"] = image
+    codes = gm._node("QuantizeInput", [image], TensorSpec("codes", (1, 28, 28), "int", 4, False, 0.25, 0))
+    graph = gm.graph(gm.conv(codes, 2, 3, weight_bits=4, bias=False, requant=False))
+    graph.metadata["dataset"] = "synthetic"
+    graph.save(tmp_path / "g")
+    result = invoke("cim", "cost", tmp_path / "g", "--digital", "none", "--images", 20, "--json")
+    assert result.exit_code == 0, result.output
+    (layer,) = json.loads(result.output.strip().splitlines()[-1])["layers"]
+    x = next(iterate_batches(load_dataset("synthetic", "test", limit=20), 20, (1, 28, 28)))[0]
+    expected = input_bit_activity(graph, x, map_graph(graph, CIMConfig(adc_bits=5, digital="none")))
+    assert layer["activity"] == pytest.approx(expected["conv1_acc"]) and 0 < layer["activity"] < 1
+    one_conv_graph().save(tmp_path / "h")  # no data set in its metadata
+    result = invoke("cim", "cost", tmp_path / "h", "--digital", "none", "--images", 5)
+    assert result.exit_code != 0 and "no data set" in str(result.exception) + result.output

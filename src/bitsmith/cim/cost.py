@@ -294,23 +294,26 @@ def mean_cell_level(layer: MappedLayer, config: CIMConfig) -> float:
     return max(level, 0.0)
 
 
-def input_bit_activity(graph: IntegerGraph, x: torch.Tensor, layers: dict[str, MappedLayer]) -> dict[str, float]:
+def input_bit_activity(graph: IntegerGraph, x: torch.Tensor, layers: dict[str, MappedLayer],
+                       batch_size: int = 100) -> dict[str, float]:
     """The measured fraction of input bits equal to 1, per mapped layer, on images `x` (the IR's
     reference interpreter gives each layer's input codes u = x − q_min, fed over the simulator's
-    bits; padding is not counted)."""
+    bits; padding is not counted), `batch_size` images at a time."""
     from bitsmith.integer import engine
 
-    values = engine.run(graph, x, return_all=True)
-    result = {}
-    for name, layer in layers.items():
-        spec = graph.tensors[layer.node.inputs[0]]
-        bits = max(1, (spec.qmax - spec.qmin).bit_length())
-        u = values[layer.node.inputs[0]].to(torch.int64) - spec.qmin
-        if not u.numel():
-            raise DataError(f"input_bit_activity needs at least one image, got {tuple(x.shape)}")
-        ones = sum(int(((u >> b) & 1).sum()) for b in range(bits))
-        result[name] = ones / (u.numel() * bits)
-    return result
+    if x.shape[0] == 0:
+        raise DataError(f"input_bit_activity needs at least one image, got a batch of shape {tuple(x.shape)}")
+    ones = dict.fromkeys(layers, 0)
+    seen = dict.fromkeys(layers, 0)
+    for start in range(0, x.shape[0], batch_size):
+        values = engine.run(graph, x[start:start + batch_size], return_all=True)
+        for name, layer in layers.items():
+            spec = graph.tensors[layer.node.inputs[0]]
+            bits = max(1, (spec.qmax - spec.qmin).bit_length())
+            u = values[layer.node.inputs[0]].to(torch.int64) - spec.qmin
+            ones[name] += sum(int(((u >> b) & 1).sum()) for b in range(bits))
+            seen[name] += u.numel() * bits
+    return {name: ones[name] / seen[name] for name in layers}
 
 
 def _adc_bits(config: CIMConfig, adc_bits_for_cost: int | None) -> int:

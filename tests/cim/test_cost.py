@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bitsmith.cim import CIMConfig, CostModel, estimate, input_bit_activity, map_graph
-from bitsmith.errors import ConfigError
+from bitsmith.errors import ConfigError, DataError
 from bitsmith.integer.graph import TensorSpec
 from tests.helpers import invoke
 from tests.random_graphs import GraphMaker
@@ -207,6 +207,11 @@ def test_bad_activities_and_foreign_layers_are_refused():
                               ({"conv1_acc": -0.1}, "fraction in")]:
         with pytest.raises(ConfigError, match=message):
             estimate(graph, layers, CONFIG, activity=activity)
+    for other_config in (CIMConfig(cell_bits=2, adc_bits=5, subarray_rows=8, digital="none"),
+                         CIMConfig(cell_bits=1, adc_bits=5, subarray_rows=16, digital="none"),
+                         CIMConfig(cell_bits=1, adc_bits=5, subarray_rows=8, digital="none", mapping="differential")):
+        with pytest.raises(ConfigError, match="'conv1_acc' was mapped with other"):
+            estimate(graph, layers, other_config)
     other = one_conv_graph(linear_head=True)
     with pytest.raises(ConfigError, match="'fc4' is not a node of this graph"):
         estimate(graph, map_graph(other, CONFIG), CONFIG)
@@ -256,3 +261,11 @@ def test_cli_measures_the_activity_on_test_images(tmp_path):
     one_conv_graph().save(tmp_path / "h")  # no data set in its metadata
     result = invoke("cim", "cost", tmp_path / "h", "--digital", "none", "--images", 5)
     assert result.exit_code != 0 and "no data set" in str(result.exception) + result.output
+
+
+def test_conductances_not_in_level_units_are_refused():
+    graph = one_conv_graph()
+    layers = map_graph(graph, CONFIG)
+    layers["conv1_acc"].conductance = layers["conv1_acc"].conductance * 1e4  # e.g. siemens × 1e4, not levels
+    with pytest.raises(DataError, match="'conv1_acc': mean cell level .* not in level units"):
+        estimate(graph, layers, CONFIG)

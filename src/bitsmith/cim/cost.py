@@ -117,7 +117,7 @@ def _model_problems(m: CostModel):
         elif f.name in ("shift_add_energy_fj", "other_area_um2_per_crossbar", "adc_latency_base_ns"):
             if v < 0:
                 yield f"{f.name} must be >= 0, got {v!r}"
-        elif v <= 0 and f.name not in ("adc_column_power_exponent",):
+        elif v <= 0:
             yield f"{f.name} must be > 0, got {v!r}"
     if _finite(m.r_on_ohm) and _finite(m.r_off_ohm) and m.r_off_ohm <= m.r_on_ohm:
         yield f"r_off_ohm ({m.r_off_ohm!r}) must be above r_on_ohm ({m.r_on_ohm!r})"
@@ -206,6 +206,7 @@ def estimate(graph: IntegerGraph, layers: dict[str, MappedLayer], config: CIMCon
     for name, layer in layers.items():
         if nodes.get(name) != layer.node:
             raise ConfigError(f"mapped layer {name!r} is not a node of this graph (map_graph it for this graph)")
+        _check_mapped_with(layer, config)
         costs.append(layer_cost(graph, layer, config, model, activities[name], bits))
     total = {key: sum(getattr(c, key) for c in costs) for key in _SUMMED}
     total["tops_per_w"] = 2 * total["macs"] / total["energy_pj"] if total["energy_pj"] else 0.0
@@ -265,6 +266,17 @@ def layer_cost(graph: IntegerGraph, layer: MappedLayer, config: CIMConfig, model
         energy_shift_add_pj=energy_shift_add_pj, energy_pj=energy_adc_pj + energy_cells_pj + energy_shift_add_pj,
         area_arrays_mm2=area_arrays, area_adc_mm2=area_adc, area_shift_add_mm2=area_shift_add,
         area_other_mm2=area_other, area_mm2=area_arrays + area_adc + area_shift_add + area_other)
+
+
+def _check_mapped_with(layer: MappedLayer, config: CIMConfig) -> None:
+    """Refuse a layer whose tile plan does not fit `config`'s cell bits, mapping or sub-array size
+    (the figures would mix two crossbars)."""
+    plan = layer.plan
+    expected = (layer.weight_bits // config.cell_bits, math.ceil(plan.rows / config.subarray_rows),
+                plan.slices if config.mapping == "offset" else 0)
+    if (plan.slices, plan.row_tiles, plan.reference_columns) != expected:
+        raise ConfigError(f"mapped layer {layer.node.name!r} was mapped with other cell_bits, mapping or "
+                          "subarray_rows than this CIMConfig; map_graph(graph, config) again")
 
 
 def output_pixels(graph: IntegerGraph, node) -> int:

@@ -413,6 +413,80 @@ def cim_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder")
     print(f"wrote {out}/cim_sweep.json and {out}/cim_sweep.png")
 
 
+@cim_app.command("cost")
+def cim_cost_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
+                 cell_bits: int = typer.Option(1, help="bits per cell: 1, 2 or 4 (must divide each layer's weight bits)"),
+                 adc_bits: int = typer.Option(5, help="ADC bits 1..16 (NeuroSim's default 5)"),
+                 dummy: str = typer.Option("subtract", help="subtract (convert column - reference once) or separate"),
+                 mapping: str = typer.Option("offset", help="offset (unsigned + reference column) or differential"),
+                 subarray_rows: int = typer.Option(128, help="rows (and columns) of a crossbar"),
+                 digital: str = typer.Option("seed", help="layers kept digital: seed (first conv and the FC layers), "
+                                                          "none, or comma-separated node names"),
+                 activity: float = typer.Option(0.5, help="fraction of input bits equal to 1 (all layers)"),
+                 images: Optional[int] = typer.Option(None, min=1, help="measure each layer's activity on the first N "
+                                                                         "test images of the graph's data set instead"),
+                 data_dir: Optional[str] = typer.Option(None),
+                 neurosim_column: bool = typer.Option(False, "--neurosim-column",
+                                                      help="ADC sees the driven cells' parallel resistance (NeuroSim's "
+                                                           "parallel read; no separate cell energy)"),
+                 as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Estimated crossbars, ADC conversions, cycles, energy and area per image (docs/cim-cost.md):
+    a per-component model with NeuroSim V1.4's 22 nm RRAM figures — estimates, not measurements."""
+    from bitsmith.cim import CIMConfig, CostModel, estimate, map_graph
+    from bitsmith.cim.cost import SOURCE
+    from bitsmith.integer.graph import load
+
+    kept = digital if digital in ("seed", "none") else tuple(n.strip() for n in digital.split(",") if n.strip())
+    config = CIMConfig(cell_bits=cell_bits, adc_bits=adc_bits, dummy=dummy, mapping=mapping,
+                       subarray_rows=subarray_rows, digital=kept)
+    model = CostModel(adc_column_resistance_ohm=None) if neurosim_column else CostModel()
+    g = load(graph)
+    layers = map_graph(g, config)
+    measured = None
+    if images is not None:
+        measured = _measured_activity(g, layers, images, data_dir)
+    report = estimate(g, layers, config, model, activity=measured if measured is not None else activity)
+    if as_json:
+        print(json.dumps({"graph": str(graph), **report.to_json()}))
+        return
+    table = Table(title=f"{graph}, per image: {report.label}")
+    table.add_column("layer", no_wrap=True)
+    for col in ("crossbars est.", "ADCs est.", "ADC conv. est.", "cycles est.", "µs est.", "nJ est.",
+                "ADC nJ est.", "cell nJ est.", "shift-add nJ est.", "mm² est.", "TOPS/W est."):
+        table.add_column(col, justify="right")
+
+    def row(name, c):
+        return (name, f"{c['crossbars']:,}", f"{c['adcs']:,}", f"{c['adc_conversions']:,}", f"{c['cycles']:,}",
+                f"{c['latency_us']:.1f}", f"{c['energy_pj'] / 1e3:.1f}", f"{c['energy_adc_pj'] / 1e3:.1f}",
+                f"{c['energy_cells_pj'] / 1e3:.1f}", f"{c['energy_shift_add_pj'] / 1e3:.1f}",
+                f"{c['area_mm2']:.4f}", f"{c['tops_per_w']:.2f}")
+    for c in report.layers:
+        table.add_row(*row(c.layer, c.to_json()))
+    table.add_row(*row("total", report.total), style="bold")
+    out = _wide_console()
+    out.print(table)
+    measured_text = (f"measured on {images} test images ({', '.join(f'{v:.3f}' for v in measured.values())})"
+                     if measured is not None else f"{activity:g}")
+    out.print(f"{adc_bits}-bit ADC shared by {report.model.columns_per_adc} columns, {cell_bits}-bit cells, input-bit "
+              f"activity {measured_text}; layers summed, no pipeline. Model: {SOURCE}.")
+
+
+def _measured_activity(graph, layers, images: int, data_dir: Optional[str]) -> dict:
+    """Each mapped layer's fraction of input bits equal to 1 on the first `images` test images."""
+    import torch
+
+    from bitsmith.cim import input_bit_activity
+    from bitsmith.data import load_dataset
+    from bitsmith.data.transforms import iterate_batches
+
+    dataset = graph.metadata.get("dataset")
+    if not dataset:
+        raise ConfigError("the graph records no data set (metadata 'dataset'): give --activity instead of --images")
+    test = load_dataset(dataset, "test", data_dir or graph.metadata.get("data_dir"), limit=images)
+    x = torch.cat([xb for xb, _ in iterate_batches(test, 256, tuple(graph.input_spec.shape))])
+    return input_bit_activity(graph, x, layers)
+
+
 @app.command("ranges")
 def ranges_cmd(run: Path = typer.Argument(..., help="float run folder"),
                out: Optional[Path] = typer.Option(None, help="folder for ranges.csv and ranges.json (default: RUN/ranges)"),

@@ -169,6 +169,12 @@ GRAPHS: dict[str, Golden] = {
                           _vgg_tiny_bn),
     "nin_bn": Golden("NIN (3x32x32), random weights and BatchNorm statistics, W8A8 (max and average pools)",
                      lambda: _zoo("nin")),
+    "vgg7_narrow_w4a4": Golden("VGG7 at width 0.125 (16-16-M-32-32-M-64-64-M, FC 1024->128->10) on 1x32x32, random "
+                               "BatchNorm, W4A4 per-tensor: the compute-in-memory seed's network, narrowed",
+                               lambda: _zoo("vgg7", bitsmith.QuantConfig(weight_bits=4, act_bits=4),
+                                            input_shape=(1, 32, 32), width=0.125)),
+    "vgg_tiny_narrow": Golden("VGG-tiny at width 0.125 (8-8-M-16-16-M-32-32-M), random BatchNorm, W8A8",
+                              lambda: _zoo("vgg_tiny", width=0.125)),
     "ultranet_bypass_32x64": Golden("UltraNet with bypass at 3x32x64 (Reorg + Concat), random BatchNorm, W8A8",
                                     lambda: _zoo("ultranet_bypass", input_shape=(3, 32, 64))),
     "skynet_32x64": Golden("SkyNet at 3x32x64 (depthwise-separable blocks: depthwise 3x3 convs with groups = channels), "

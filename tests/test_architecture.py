@@ -53,7 +53,7 @@ def test_contracts_hold_and_a_deliberate_violation_breaks_them(tmp_path):
 
 # The back-end tests read golden graphs (tests/golden/README.md), never the front end: a change in
 # quantization cannot break them. tests/quant/test_golden_graphs.py is where the two meet.
-BACK_END_TESTS = ["onnx", "accel", "rtl", "targets", "test_verify.py", "test_backends_agree.py", "helpers.py",
+BACK_END_TESTS = ["onnx", "accel", "rtl", "targets", "cim", "test_verify.py", "test_backends_agree.py", "helpers.py",
                   "conftest.py", "oracle.py", "random_graphs.py"]
 FRONT_END = ("bitsmith.quant", "bitsmith.models", "bitsmith.train", "bitsmith.runs", "tests.quantized")
 

@@ -9,27 +9,17 @@ from bitsmith.cim import CIMConfig, decompose, map_graph, run, slice_unsigned
 from bitsmith.cim.mapping import tile_plan
 from bitsmith.errors import ConfigError, GraphError
 from bitsmith.integer import engine
-from bitsmith.quant import QuantConfig
 from tests.helpers import golden
-from tests.quantized import quantized_graph
 from tests.random_graphs import random_graph
 
-_GRAPHS = {}
-
-
 def vgg7_w4a4():
-    """The seed's VGG7 shape at width 0.125 (16-16-M-32-32-M-64-64-M) on 1×32×32, W4A4 PTQ."""
-    if "vgg7" not in _GRAPHS:
-        _GRAPHS["vgg7"] = quantized_graph("vgg7", QuantConfig(weight_bits=4, act_bits=4),
-                                        input_shape=(1, 32, 32), width=0.125)[0]
-    return _GRAPHS["vgg7"]
+    """The seed's VGG7 shape at width 0.125 (16-16-M-32-32-M-64-64-M) on 1×32×32, W4A4."""
+    return golden("vgg7_narrow_w4a4")
 
 
 def vgg_tiny_w8a8():
-    """VGG-tiny at width 0.125 (8-8-M-16-16-M-32-32-M), W8A8 PTQ."""
-    if "vgg_tiny" not in _GRAPHS:
-        _GRAPHS["vgg_tiny"] = quantized_graph("vgg_tiny", width=0.125)[0]
-    return _GRAPHS["vgg_tiny"]
+    """VGG-tiny at width 0.125 (8-8-M-16-16-M-32-32-M), W8A8."""
+    return golden("vgg_tiny_narrow")
 
 
 def images(graph, n=4, seed=0):
@@ -166,7 +156,6 @@ def test_device_levels_and_on_off_ratio():
     finite = map_graph(g, CIMConfig(cell_bits=2, on_off_ratio=10))["q_conv2_acc"].conductance
     present = finite[0]  # the first sub-array is full: every row is a cell
     assert torch.allclose(present, 0.9 * ideal[0] + 0.3, rtol=0, atol=2.0**-14)  # on a grid of 2^-14
-    assert torch.equal(present * 2**14, (present * 2**14).round())
     assert float(finite[1, 16:].abs().max()) == 0  # rows beyond the layer are no cells
 
 
@@ -237,3 +226,97 @@ def test_programmed_layers_are_reused_only_with_the_same_devices():
         run(g, x, CIMConfig(variation=0.2, seed=5), layers=layers)
     with pytest.raises(ConfigError, match="not a node of this graph"):
         run(golden("lenet5_w8a8"), images(golden("lenet5_w8a8")), CIMConfig(variation=0.1, seed=4), layers=layers)
+
+
+# -- odd (DoReFa) codes, the conductance grid, the calibrated range -----------------------------------
+
+def odd_coded(name="lenet5_mixed", layer="q_conv2_acc"):
+    """A golden graph whose `layer` (5-bit weights) holds only odd codes in [−15, 15], as DoReFa's
+    4-bit levels 2k − 15 are stored."""
+    g = golden(name)
+    node = next(n for n in g.nodes if n.name == layer)
+    w = g.params[node.params["weight"]]
+    g.params[node.params["weight"]] = (2 * w.clamp(-8, 7) + 1).to(w.dtype)
+    assert node.attrs["weight_bits"] == 5
+    return g
+
+
+@pytest.mark.parametrize("cell_bits", [1, 2, 4])
+@pytest.mark.parametrize("mapping", ["offset", "differential"])
+def test_odd_codes_are_stored_in_one_bit_less_and_stay_exact(cell_bits, mapping):
+    g = odd_coded()
+    others = tuple(n.name for n in g.nodes if n.op in ("Conv2d", "Linear") and n.name != "q_conv2_acc")
+    config = CIMConfig(cell_bits=cell_bits, mapping=mapping, digital=others)  # other widths: 2, 3, 7, 8 bits
+    layer = map_graph(g, config)["q_conv2_acc"]
+    assert layer.weight_bits == 4 and layer.plan.slices == 4 // cell_bits
+    if mapping == "offset":  # reference cells hold (2^c − 1)/2: in half-level units, 2^c − 1
+        assert layer.unit == 2
+        assert set(layer.conductance[0, :, :, -1].unique().tolist()) == {2**cell_bits - 1}
+    x = images(g)
+    assert torch.equal(run(g, x, config), engine.run(g, x))
+    assert torch.equal(run(g, x, replace_(config, dummy="separate")), engine.run(g, x))
+
+
+def test_odd_codes_decompose_into_half_offsets():
+    codes = torch.tensor([-15, -1, 1, 15])
+    offset = decompose(codes, 5, 1, "offset", odd=True)  # W = (w + 15) / 2 in 4 bits
+    assert offset.t().tolist() == [[0, 0, 0, 0], [1, 1, 1, 0], [0, 0, 0, 1], [1, 1, 1, 1]]
+    with pytest.raises(GraphError, match="odd"):
+        decompose(torch.tensor([2]), 5, 1, "offset", odd=True)
+
+
+def replace_(config, **changes):
+    from dataclasses import replace
+
+    return replace(config, **changes)
+
+
+def test_non_ideal_conductances_sit_on_a_grid_so_chunks_and_threads_do_not_change_a_bit(monkeypatch):
+    from bitsmith.cim import simulate
+    from bitsmith.cim.mapping import grid_bits
+
+    g = vgg7_w4a4()
+    x = images(g, 6)
+    config = CIMConfig(adc_bits=6, variation=0.05, on_off_ratio=20, seed=7)
+    layers = map_graph(g, config)
+    for layer in layers.values():
+        f = grid_bits(layer.conductance)
+        scaled = layer.conductance * 2.0**f
+        assert f >= 14 and torch.equal(scaled, scaled.round())
+        assert float(scaled.abs().sum(dim=1).max()) <= 2**23  # every column sum: an integer count of 2^-f
+    expected = run(g, x, config, layers=layers)
+    monkeypatch.setattr(simulate, "CHUNK_ELEMENTS", 2**9)  # many small chunks, other summation orders
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert torch.equal(run(g, x, config, layers=layers), expected)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_calibrated_range_is_measured_on_images_and_then_static():
+    from bitsmith.cim import calibrate
+
+    g = vgg7_w4a4()
+    x, other = images(g, 8), images(g, 8, seed=1)
+    config = CIMConfig(adc_bits=16, adc_range="calibrated", digital="none")
+    layers = map_graph(g, config)
+    with pytest.raises(ConfigError, match="no calibrated ADC ranges"):
+        run(g, x, config, layers=layers)
+    calibrate(g, [x[:4], x[4:]], config, layers)
+    ranges = layers["q_conv2_acc"].adc_ranges
+    assert ranges.shape[:2] == (4, 1) and bool((ranges[..., 0] <= ranges[..., 1]).all())
+    # ranges that cover every sum seen, 16 bits: every level resolved on the calibration images
+    assert torch.equal(run(g, x, config, layers=layers), engine.run(g, x))
+    # static: another batch is converted with the same ranges, unlike per-call
+    four = CIMConfig(adc_bits=4, adc_range="calibrated", digital="none")
+    with pytest.raises(ConfigError, match="calibrated with other ADC settings"):
+        run(g, other, four, layers=layers)
+    calibrate(g, [x], four, layers)
+    calibrated = run(g, other, four, layers=layers)
+    assert not torch.equal(calibrated, run(g, other, CIMConfig(adc_bits=4, digital="none")))
+    assert torch.equal(calibrated, run(g, other, four, layers=layers))  # no batch dependence
+    assert torch.equal(run(g, other[:3], four, layers=layers), calibrated[:3])
+    with pytest.raises(ConfigError, match="ideal ADC"):
+        calibrate(g, [x], CIMConfig(digital="none"), layers)

@@ -230,11 +230,14 @@ def on_grid(g: torch.Tensor) -> torch.Tensor:
     the vectorised simulator and the reference algorithm (benchmarks/cim.py) get the very same
     sums, and the result does not depend on how a BLAS library blocks its matmul. (A grid of 2^−16
     of a level for 128 rows of 1-bit cells: far below any device's precision.)"""
+    f = grid_bits(g)
+    return g if f is None else torch.round(g * 2.0**f) / 2.0**f
+
+
+def grid_bits(g: torch.Tensor) -> int | None:
+    """The f of `on_grid` for conductances `g` [K, R, S, C] (None when all are zero)."""
     largest = float(g.abs().max()) if g.numel() else 0.0
-    if largest == 0:
-        return g
-    f = math.floor(math.log2(2**23 / (g.shape[1] * largest)))
-    return torch.round(g * 2.0**f) / 2.0**f
+    return None if largest == 0 else math.floor(math.log2(2**23 / (g.shape[1] * largest)))
 
 
 def map_graph(graph: IntegerGraph, config: CIMConfig) -> dict[str, MappedLayer]:

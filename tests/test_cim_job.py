@@ -60,3 +60,17 @@ def test_the_sweep_writes_every_point_and_a_figure(graph, tmp_path, one_thread):
         result = invoke("cim", "sweep", str(graph), "--out", str(tmp_path / "b"), *bad)
         assert result.exit_code != 0 and fragment in result.output + str(result.exception), bad
         assert not (tmp_path / "b").exists()                     # refused before any image ran
+
+
+def test_a_calibrated_adc_range_is_measured_on_training_images(graph, one_thread):
+    result = invoke("cim", "run", str(graph), "--adc-bits", "16", "--adc-range", "calibrated", "--digital", "none",
+                    "--calibration-images", "64", "--images", "16", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["calibration_images"] == 64 and doc["config"]["adc_range"] == "calibrated"
+    assert doc["agreement"] > 0.9  # 16 bits over ranges seen on training images: test sums may fall outside
+    coarse = cim_evaluate(graph, CIMConfig(adc_bits=3, adc_range="calibrated", digital="none"), limit=16,
+                          calibration_images=32)
+    assert coarse["agreement"] < 1.0
+    with pytest.raises(ConfigError, match="calibration_images"):
+        cim_evaluate(graph, CIMConfig(adc_bits=3, adc_range="calibrated"), limit=16, calibration_images=0)

@@ -326,8 +326,11 @@ app.add_typer(cim_app, name="cim")
 def cim_run_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                 cell_bits: int = typer.Option(1, help="bits per cell: 1, 2 or 4 (must divide each layer's weight bits)"),
                 adc_bits: Optional[int] = typer.Option(None, help="ADC bits 1..16 (default: ideal, every level resolved)"),
-                adc_range: str = typer.Option("per-call", help="per-call (min/max of each conversion, the seed's) "
-                                                              "or full-scale (the column's physical range)"),
+                adc_range: str = typer.Option("per-call", help="per-call (min/max of each conversion, the seed's), "
+                                                              "full-scale (the column's physical range) or calibrated "
+                                                              "(static min/max measured on training images)"),
+                calibration_images: int = typer.Option(512, min=1, help="training images a calibrated range is "
+                                                                        "measured on"),
                 adc_rounding: str = typer.Option("round", help="round or floor"),
                 dummy: str = typer.Option("subtract", help="subtract (convert column - reference once) or separate"),
                 mapping: str = typer.Option("offset", help="offset (unsigned + reference column) or differential"),
@@ -353,7 +356,7 @@ def cim_run_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                        dummy=dummy, mapping=mapping, subarray_rows=subarray_rows, digital=kept,
                        on_off_ratio=on_off_ratio, variation=variation, stuck_at_0=stuck_at_0, stuck_at_1=stuck_at_1,
                        read_noise=read_noise, seed=seed)
-    result = cim_evaluate(graph, config, limit=images, data_dir=data_dir)
+    result = cim_evaluate(graph, config, limit=images, data_dir=data_dir, calibration_images=calibration_images)
     summary = {k: v for k, v in result.items() if k not in ("config", "mapped_layers")}
     _emit(result if as_json else summary, as_json, f"{graph} on crossbars")
 
@@ -383,7 +386,9 @@ def cim_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder")
                   adc_bits: str = typer.Option("3..8", help="ADC widths: a..b, a list, and/or 'ideal'"),
                   cell_bits: str = typer.Option("1,2,4", help="cell widths (each must divide the weight bits)"),
                   variation: str = typer.Option("0,0.05,0.1", help="conductance variation sigmas"),
-                  adc_range: str = typer.Option("per-call", help="per-call or full-scale"),
+                  adc_range: str = typer.Option("per-call", help="per-call, full-scale or calibrated"),
+                  calibration_images: int = typer.Option(512, min=1, help="training images a calibrated range is "
+                                                                          "measured on"),
                   digital: str = typer.Option("seed", help="seed, none, or comma-separated node names"),
                   seed: int = typer.Option(0, help="seed of every device draw"),
                   images: int = typer.Option(1000, min=1, help="the first N test images"),
@@ -399,7 +404,7 @@ def cim_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder")
                     cell_bits=_number_list(cell_bits, "--cell-bits"),
                     variation=_number_list(variation, "--variation", float),
                     base={"adc_range": adc_range, "digital": kept, "seed": seed}, limit=images, data_dir=data_dir,
-                    force=force, quiet=quiet or as_json)
+                    force=force, quiet=quiet or as_json, calibration_images=calibration_images)
     if as_json:
         print(json.dumps(doc))
         return

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from bitsmith.artifacts import CIM_SWEEP, DEMO, INTEGER_GRAPH, QAT_GRAPH, copy_folder, public_path, publishing
-from bitsmith.data import load_dataset
+from bitsmith.data import iterate_batches, load_dataset
 from bitsmith.errors import BitsmithWarning, ConfigError
 from bitsmith.evaluate import predictions
 from bitsmith.integer.graph import load
@@ -288,10 +288,14 @@ def demo(out_dir: str | os.PathLike = "runs/demo", *, quiet: bool = False, fresh
     return summary
 
 
+#: Training images a calibrated ADC range is measured on (docs/cim.md).
+CIM_CALIBRATION_IMAGES = 512
+
+
 def cim_sweep(graph_dir: str | os.PathLike, out_dir: str | os.PathLike, *, adc_bits: list[int | None],
               cell_bits: list[int], variation: list[float], base: dict[str, Any] | None = None,
               limit: int | None = 1000, data_dir: str | None = None, force: bool = False,
-              quiet: bool = True) -> dict[str, Any]:
+              quiet: bool = True, calibration_images: int = CIM_CALIBRATION_IMAGES) -> dict[str, Any]:
     """`cim_evaluate` over every (cell bits, variation, ADC bits) of the lists, the other CIMConfig
     fields from `base`; writes cim_sweep.json (every point) and cim_sweep.png (accuracy against ADC
     bits per cell width, and against variation) to `out_dir`, whole or not at all. All settings
@@ -306,7 +310,7 @@ def cim_sweep(graph_dir: str | os.PathLike, out_dir: str | os.PathLike, *, adc_b
     if not configs:
         raise ConfigError("the sweep is empty: give at least one ADC width, cell width and variation")
     with publishing(out_dir, CIM_SWEEP, force=force, command="bitsmith cim sweep") as stage:
-        bench = _CIMBench(graph_dir, limit, data_dir)
+        bench = _CIMBench(graph_dir, limit, data_dir, calibration_images)
         points = []
         for config in configs:
             result = bench.evaluate(config)
@@ -329,8 +333,13 @@ class _CIMBench:
     """A graph, its test images and the integer engine's predictions on them, read once; crossbar
     passes against them, each programming of the devices made once and reused (`programming_key`)."""
 
-    def __init__(self, graph_dir: str | os.PathLike, limit: int | None, data_dir: str | None) -> None:
+    def __init__(self, graph_dir: str | os.PathLike, limit: int | None, data_dir: str | None,
+                 calibration_images: int = CIM_CALIBRATION_IMAGES) -> None:
+        if not isinstance(calibration_images, int) or calibration_images < 1:
+            raise ConfigError(f"calibration_images must be a positive integer, got {calibration_images!r}")
         self.graph_dir = graph_dir
+        self.data_dir = data_dir
+        self.calibration_images = calibration_images
         self.graph = load(graph_dir)
         dataset = self.graph.metadata.get("dataset")
         if not dataset:
@@ -355,6 +364,8 @@ class _CIMBench:
         if key not in self._programmed:
             self._programmed[key] = map_graph(graph, config)
         layers = self._programmed[key]
+        if config.adc_range == "calibrated" and config.adc_bits is not None:
+            self._calibrate(config, layers)
         cim_pred = predictions(lambda x: graph.dequantize(cim_run(graph, x, config, layers=layers)), self.test,
                                self.shape)
         cim_seconds = time.perf_counter() - start
@@ -365,13 +376,29 @@ class _CIMBench:
                 "mapped_layers": {name: {"crossbars": layer.plan.crossbars, "weight_bits": layer.weight_bits}
                                   for name, layer in layers.items()},
                 "crossbars": sum(layer.plan.crossbars for layer in layers.values()),
-                "engine_seconds": round(self.engine_seconds, 3), "cim_seconds": round(cim_seconds, 3)}
+                "engine_seconds": round(self.engine_seconds, 3), "cim_seconds": round(cim_seconds, 3),
+                **({"calibration_images": self.calibration_images} if config.adc_range == "calibrated" else {})}
+
+    def _calibrate(self, config, layers) -> None:
+        """Static ADC ranges from the first `calibration_images` training images (not the test
+        images the accuracy is measured on), unless these layers hold them for these ADC settings."""
+        from bitsmith.cim import calibrate
+        from bitsmith.cim.simulate import calibration_key
+
+        if all(layer.calibrated_with == calibration_key(config) for layer in layers.values()):
+            return
+        train = load_dataset(self.dataset, "train", self.data_dir or self.graph.metadata.get("data_dir"),
+                             limit=self.calibration_images)
+        batches = (x for x, _ in iterate_batches(train, CALIBRATION_BATCH_SIZE, self.shape, shuffle=False,
+                                                 augment=False))
+        calibrate(self.graph, batches, config, layers)
 
 
 def cim_evaluate(graph_dir: str | os.PathLike, config, *, limit: int | None = None,
-                 data_dir: str | None = None) -> dict[str, Any]:
+                 data_dir: str | None = None, calibration_images: int = CIM_CALIBRATION_IMAGES) -> dict[str, Any]:
     """The integer graph at `graph_dir` on the crossbar simulator (`bitsmith.cim`, docs/cim.md) with
     `config` (a CIMConfig), against the integer engine, on the first `limit` test images (all by
     default) of the graph's data set: accuracies, agreement, the mapped layers and their crossbars,
-    and both wall times. The devices are programmed once for the whole pass (one seed)."""
-    return _CIMBench(graph_dir, limit, data_dir).evaluate(config)
+    and both wall times. The devices are programmed once for the whole pass (one seed); a calibrated
+    ADC range is measured on the first `calibration_images` training images first."""
+    return _CIMBench(graph_dir, limit, data_dir, calibration_images).evaluate(config)

@@ -100,22 +100,24 @@ def test_ideal_crossbar_equals_the_integer_engine(model, cell_bits, mapping, dum
 
 
 @pytest.mark.parametrize("name", ["lenet5_bias_asym", "lenet5_mixed", "lenet5_clipq", "lenet5_w12", "strided_padded",
-                                  "dilated_conv"])
-def test_ideal_crossbar_is_exact_on_zero_points_codebooks_and_odd_shapes(name):
+                                  "dilated_conv", "nin_bn", "ultranet_bypass_32x64"])
+def test_ideal_crossbar_is_exact_on_zero_points_codebooks_odd_shapes_and_the_zoo(name):
     g = golden(name)
     x = images(g, 3)
     assert torch.equal(run(g, x, CIMConfig(cell_bits=1, digital="none", subarray_rows=32)), engine.run(g, x))
 
 
 def test_ideal_crossbar_is_exact_on_random_graphs():
-    # random zero points, asymmetric padding, residual adds, pools; grouped convs stay digital
+    # random zero points, asymmetric padding, residual adds, pools, grouped convs: every layer mapped
+    grouped = 0
     for seed in range(12):
         g = random_graph(seed)
-        grouped = tuple(n.name for n in g.nodes if n.op == "Conv2d" and n.attrs.get("groups", 1) != 1)
-        config = CIMConfig(cell_bits=2, mapping=("offset", "differential")[seed % 2], digital=grouped or "none",
+        grouped += sum(n.op == "Conv2d" and n.attrs.get("groups", 1) != 1 for n in g.nodes)
+        config = CIMConfig(cell_bits=2, mapping=("offset", "differential")[seed % 2], digital="none",
                            subarray_rows=16)
         x = images(g, 2, seed)
         assert torch.equal(run(g, x, config), engine.run(g, x)), seed
+    assert grouped
 
 
 def test_a_16_bit_adc_still_resolves_every_level_and_an_empty_batch_runs():
@@ -201,13 +203,22 @@ def test_cell_bits_that_do_not_divide_a_layers_weight_bits_name_the_layer():
         run(g, images(g), CIMConfig(cell_bits=2))
 
 
-def test_a_grouped_conv_is_refused_by_name_unless_it_stays_digital():
-    g = golden("grouped_conv")
-    grouped = [n.name for n in g.nodes if n.op == "Conv2d" and n.attrs["groups"] != 1]
-    with pytest.raises(GraphError, match=f"{grouped[0]!r}.*grouped"):
-        map_graph(g, CIMConfig(digital="none"))
+@pytest.mark.parametrize("name", ["grouped_conv", "skynet_32x64"])
+def test_grouped_and_depthwise_convs_map_one_group_per_crossbar_set_and_stay_exact(name):
+    g = golden(name)
+    grouped = [n for n in g.nodes if n.op == "Conv2d" and n.attrs["groups"] != 1]
+    assert grouped
     x = images(g, 2)
-    assert torch.equal(run(g, x, CIMConfig(digital=tuple(grouped))), engine.run(g, x))
+    for config in (CIMConfig(cell_bits=2, digital="none"), CIMConfig(mapping="differential", dummy="separate",
+                                                                     digital="none", subarray_rows=16)):
+        layers = map_graph(g, config)
+        node = grouped[0]
+        plan = layers[node.name].plan
+        groups = node.attrs["groups"]
+        assert plan.groups == groups and plan.crossbars == groups * plan.row_tiles * plan.column_tiles
+        assert torch.equal(run(g, x, config, layers=layers), engine.run(g, x))
+    noisy = CIMConfig(adc_bits=5, variation=0.05, digital="none")
+    assert not torch.equal(run(g, x, noisy), engine.run(g, x))
 
 
 def test_unknown_digital_layers_are_refused():

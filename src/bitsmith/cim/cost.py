@@ -225,7 +225,7 @@ def layer_cost(graph: IntegerGraph, layer: MappedLayer, config: CIMConfig, model
     # once per weight column (a differential pair is one conversion), "separate" converts every column
     pairs = plan.weight_columns // (2 if config.mapping == "differential" else 1)
     converted = pairs if config.dummy == "subtract" else plan.weight_columns + plan.reference_columns
-    conversions = pixels * input_bits * plan.row_tiles * converted
+    conversions = pixels * input_bits * plan.groups * plan.row_tiles * converted  # every group's sub-arrays
     # sub-arrays run in parallel; in one, ceil(size / N) ADCs share its columns, so the busiest
     # sub-array's ADCs convert ceil(its converted columns / ADCs) columns in turn after each read pulse
     adcs_per_crossbar = math.ceil(size / model.columns_per_adc)
@@ -260,7 +260,7 @@ def layer_cost(graph: IntegerGraph, layer: MappedLayer, config: CIMConfig, model
     return LayerCost(
         layer=node.name, op=node.op, crossbars=plan.crossbars, cells=plan.cells, adcs=adcs,
         output_pixels=pixels, input_bits=input_bits, row_tiles=plan.row_tiles, converted_columns=converted,
-        serial_conversions=serial, adc_conversions=conversions, macs=pixels * plan.rows * layer.outputs,
+        serial_conversions=serial, adc_conversions=conversions, macs=pixels * plan.rows * layer.outputs * plan.groups,
         activity=activity, mean_cell_level=level, adc_energy_per_conversion_fj=adc_fj, cycles=cycles,
         latency_us=latency_us, energy_adc_pj=energy_adc_pj, energy_cells_pj=energy_cells_pj,
         energy_shift_add_pj=energy_shift_add_pj, energy_pj=energy_adc_pj + energy_cells_pj + energy_shift_add_pj,

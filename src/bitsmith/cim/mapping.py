@@ -64,23 +64,27 @@ def odd_codes(codes: torch.Tensor) -> bool:
 
 @dataclass(frozen=True)
 class TilePlan:
-    """How one layer sits on square `subarray_rows` crossbars (the counts a cost model needs)."""
+    """How one layer sits on square `subarray_rows` crossbars (the counts a cost model needs). A
+    grouped convolution puts each group on crossbars of its own: rows, columns and tiles are per
+    group, crossbars and cells count every group."""
 
     layer: str
-    rows: int  # input channels × kernel taps
+    rows: int  # input channels (of one group) × kernel taps
     slices: int  # cells per weight
-    weight_columns: int  # output channels × slices (× 2 for the differential mapping)
+    weight_columns: int  # output channels (of one group) × slices (× 2 for the differential mapping)
     reference_columns: int  # the offset mapping's reference columns (one per slice)
-    row_tiles: int  # sub-arrays along the rows
+    row_tiles: int  # sub-arrays along the rows (of one group)
     column_tiles: int
-    cells: int  # programmed cells, reference included
+    cells: int  # programmed cells, reference included, all groups
+    groups: int = 1
 
     @property
     def crossbars(self) -> int:
-        return self.row_tiles * self.column_tiles
+        return self.groups * self.row_tiles * self.column_tiles
 
 
-def tile_plan(name: str, rows: int, outputs: int, weight_bits: int, config: CIMConfig) -> TilePlan:
+def tile_plan(name: str, rows: int, outputs: int, weight_bits: int, config: CIMConfig, groups: int = 1) -> TilePlan:
+    """The plan of a layer of `groups` groups, each of `rows` rows and `outputs` output channels."""
     slices = weight_bits // config.cell_bits
     arrays = 2 if config.mapping == "differential" else 1
     weight_columns = outputs * slices * arrays
@@ -88,14 +92,15 @@ def tile_plan(name: str, rows: int, outputs: int, weight_bits: int, config: CIMC
     columns = weight_columns + reference_columns
     size = config.subarray_rows
     return TilePlan(name, rows, slices, weight_columns, reference_columns, math.ceil(rows / size),
-                    math.ceil(columns / size), rows * columns)
+                    math.ceil(columns / size), groups * rows * columns, groups)
 
 
 @dataclass
 class MappedLayer:
     """A Conv2d / Linear on crossbars. `conductance` is [K, R, S, O + O_ref] in `unit`s: K sub-arrays
     of R rows (the last one zero-padded), S slices, O weight columns then the reference columns (1
-    for the offset mapping, O for the differential one). `unit` is 1 level, or half a level for a
+    for the offset mapping, O for the differential one). A grouped conv's groups follow each other
+    along K (K = groups × sub-arrays per group), each with its own O columns. `unit` is 1 level, or half a level for a
     layer of odd codes (its reference cells hold (2^c − 1)/2, docs/cim.md), so that every ideal
     column sum is an integer. `active_rows` [K] counts the real rows of each sub-array (the
     full-scale ADC range); `column_bound` bounds |Σ rows| of any column (or column − reference)
@@ -107,7 +112,7 @@ class MappedLayer:
     conductance: torch.Tensor
     active_rows: torch.Tensor
     weight_sum: torch.Tensor  # Σ of the signed codes per output channel (the input-offset correction)
-    outputs: int
+    outputs: int  # output channels of one group (all of them unless the conv is grouped)
     programmed: tuple  # the CIMConfig fields the conductances depend on (programming_key)
     unit: int = 1
     column_bound: float = 0.0
@@ -137,9 +142,6 @@ def mapped_nodes(graph: IntegerGraph, config: CIMConfig) -> list[Node]:
 
 def _stored_bits(node: Node, odd: bool, config: CIMConfig) -> int:
     bits = node.attrs["weight_bits"]
-    if node.op == "Conv2d" and node.attrs.get("groups", 1) != 1:
-        raise GraphError(f"layer {node.name!r}: a grouped convolution (groups={node.attrs['groups']}) cannot be "
-                         "mapped to a crossbar yet; keep it digital (CIMConfig.digital)")
     stored = bits - 1 if odd else bits
     if stored % config.cell_bits:
         why = f" (odd codes of {bits} bits are stored in {stored})" if odd else ""
@@ -149,39 +151,41 @@ def _stored_bits(node: Node, odd: bool, config: CIMConfig) -> int:
 
 
 def weight_rows(graph: IntegerGraph, node: Node) -> torch.Tensor:
-    """The signed weight codes as [rows, O], rows in tap-major order (kh, kw, c_in)."""
+    """The signed weight codes as [groups, rows, O / groups], rows in tap-major order (kh, kw, c_in
+    of the group)."""
     w = graph.weight_codes(node).to(torch.int64)
-    if node.op == "Conv2d":
-        w = w.permute(2, 3, 1, 0)  # [kh, kw, C, O]
-    else:
-        w = w.t()
-    return w.reshape(-1, w.shape[-1])
+    if node.op == "Linear":
+        return w.t().unsqueeze(0)
+    groups = node.attrs.get("groups", 1)
+    o, c, kh, kw = w.shape
+    w = w.reshape(groups, o // groups, c, kh, kw).permute(0, 3, 4, 2, 1)  # [G, kh, kw, C/G, O/G]
+    return w.reshape(groups, kh * kw * c, o // groups)
 
 
 def map_layer(graph: IntegerGraph, node: Node, config: CIMConfig, index: int) -> MappedLayer:
-    w = weight_rows(graph, node)
+    w = weight_rows(graph, node)  # [G, rows, O]
     odd = odd_codes(w) and node.attrs["weight_bits"] > 1
     bits = _stored_bits(node, odd, config)
-    rows, outputs = w.shape
-    plan = tile_plan(node.name, rows, outputs, bits, config)
+    groups, rows, outputs = w.shape
+    plan = tile_plan(node.name, rows, outputs, bits, config, groups)
     levels = decompose(w, node.attrs["weight_bits"], config.cell_bits, config.mapping, odd).to(torch.float32)
-    if config.mapping == "offset":
+    if config.mapping == "offset":  # [S, G, rows, O + 1]
         # the encoding of a signed 0: 2^(n−1), or for odd codes (2^m − 1)/2, i.e. (2^c − 1)/2 in every cell
         zero = (slice_unsigned(torch.tensor([2 ** (bits - 1)]), bits, config.cell_bits).to(torch.float32) if not odd
                 else torch.full((plan.slices, 1), (2**config.cell_bits - 1) / 2))
-        levels = torch.cat([levels, zero.reshape(-1, 1, 1).expand(-1, rows, 1)], dim=2)
-    else:
-        levels = torch.cat([levels[0], levels[1]], dim=2)
+        levels = torch.cat([levels, zero.reshape(-1, 1, 1, 1).expand(-1, groups, rows, 1)], dim=3)
+    else:  # [S, G, rows, 2·O]
+        levels = torch.cat([levels[0], levels[1]], dim=3)
     size = config.subarray_rows
     k = plan.row_tiles
     levels = torch.nn.functional.pad(levels, (0, 0, 0, k * size - rows))  # zero rows: no input reaches them
-    levels = levels.reshape(levels.shape[0], k, size, levels.shape[-1]).permute(1, 2, 0, 3)  # [K, R, S, cols]
-    active = torch.tensor([min(size, rows - i * size) for i in range(k)])
+    levels = levels.reshape(levels.shape[0], groups * k, size, levels.shape[-1]).permute(1, 2, 0, 3)  # [G·K, R, S, cols]
+    active = torch.tensor([min(size, rows - i * size) for i in range(k)] * groups)
     unit = 2 if odd and config.mapping == "offset" else 1
     conductance = program(levels, active, config, index, unit)
     bound = float(conductance.abs().sum(dim=1).max()) if conductance.numel() else 0.0
-    return MappedLayer(node, plan, bits, conductance, active, w.sum(0), outputs, programming_key(config), unit,
-                       bound)
+    return MappedLayer(node, plan, bits, conductance, active, w.sum(1).reshape(-1), outputs, programming_key(config),
+                       unit, bound)
 
 
 #: The CIMConfig fields that decide a layer's conductances (the ADC and read noise act at run time).
@@ -242,7 +246,7 @@ def grid_bits(g: torch.Tensor) -> int | None:
 
 def map_graph(graph: IntegerGraph, config: CIMConfig) -> dict[str, MappedLayer]:
     """Every mapped layer of `graph` by node name, in graph order. Refuses (naming the layer) a
-    grouped convolution or a layer whose weight bits `config.cell_bits` does not divide."""
+    layer whose stored weight bits `config.cell_bits` does not divide."""
     chosen = {n.name for n in mapped_nodes(graph, config)}
     return {node.name: map_layer(graph, node, config, index)
             for index, node in enumerate(graph.nodes) if node.name in chosen}

@@ -141,14 +141,15 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
     g_squared = g_squared.permute(0, 2, 3, 1).reshape(k, s * width, r).contiguous() if config.read_noise else None
     calibrated = calibrated_ranges(layer, config, input_bits)
     full = layer.full_scale.to(torch.float32).reshape(k, 1, 1, 1)
-    shifts = (2.0 ** (config.cell_bits * torch.arange(s))).repeat(k)  # [K·S], matching codes' [K, S] rows
+    groups = layer.plan.groups
+    shifts = (2.0 ** (config.cell_bits * torch.arange(s))).repeat(k // groups)  # a group's [K, S] rows of codes
     largest = max(layer.column_bound, float(full.max()) if full.numel() else 0.0) + 1  # any code's |value|
-    exact_in_float32 = not config.read_noise and largest * k * float(shifts[:s].sum()) < 2**24
+    exact_in_float32 = not config.read_noise and largest * (k // groups) * float(shifts[:s].sum()) < 2**24
     rows, out_shape = input_rows(graph, layer, x - qmin, zx - qmin)  # [K, pixels, R] integers
     pixels = rows.shape[1]
     step = max(1, CHUNK_ELEMENTS // max(1, k * s * width))
     chunks = [(p, min(pixels, p + step)) for p in range(0, pixels, step)]
-    acc = torch.zeros((o, pixels), dtype=torch.int64)
+    acc = torch.zeros((groups * o, pixels), dtype=torch.int64)
     # read noise: one generator per (bit, chunk), so the draws do not depend on the threads' order
     noise_seed = int(torch.randint(2**62, (1,), generator=noise)) if config.read_noise else 0
 
@@ -181,7 +182,7 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
             y = sums[index]
             codes = [adc(y[:, :, columns_], *range_, config) for (columns_, _), range_ in zip(parts, ranges)]
             codes = codes[0] if len(codes) == 1 else codes[0] - codes[1]
-            acc[:, p0:p1] += shift_add(codes, shifts, exact_in_float32) << bit  # disjoint per chunk
+            acc[:, p0:p1] += shift_add(codes, shifts, groups, exact_in_float32) << bit  # disjoint per chunk
 
         in_threads(convert, range(len(chunks)))
     acc = acc.t()  # [pixels, O]
@@ -190,7 +191,7 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
         acc += graph.params[node.params["bias"]].to(torch.int64).reshape(1, -1)
     n = x.shape[0]
     if node.op == "Conv2d":
-        return acc.reshape(n, -1, o).permute(0, 2, 1).reshape(n, o, *out_shape)
+        return acc.reshape(n, -1, groups * o).permute(0, 2, 1).reshape(n, groups * o, *out_shape)
     return acc
 
 
@@ -229,31 +230,36 @@ def input_rows(graph: IntegerGraph, layer: MappedLayer, u: torch.Tensor, pad_val
     top, left, bottom, right = as_pads(a["padding"])
     u = F.pad(u.to(kind), (left, right, top, bottom), value=pad_value).permute(0, 2, 3, 1).contiguous()
     (sh, sw), (dh, dw) = as_pair(a["stride"]), as_pair(a["dilation"])
-    n, height, width, c = u.shape
+    n, height, width, channels = u.shape
     oh = (height - dh * (kh - 1) - 1) // sh + 1
     ow = (width - dw * (kw - 1) - 1) // sw + 1
+    groups = layer.plan.groups
+    c, per_group = channels // groups, k // groups  # a group's channels and sub-arrays
     rows = torch.zeros((k, n, oh, ow, r), dtype=kind)
     for tap in range(kh * kw):
         i, j = divmod(tap, kw)
         window = u[:, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]  # [N, OH, OW, C]
-        start, end = tap * c, (tap + 1) * c  # the tap's rows, cut at sub-array boundaries
-        while start < end:
-            sub, offset = divmod(start, r)
-            stop = min(end, (sub + 1) * r)
-            rows[sub, ..., offset: offset + stop - start] = window[..., start - tap * c: stop - tap * c]
-            start = stop
+        for group in range(groups):
+            start, end = tap * c, (tap + 1) * c  # the tap's rows, cut at sub-array boundaries
+            while start < end:
+                sub, offset = divmod(start, r)
+                stop = min(end, (sub + 1) * r)
+                first = group * c + start - tap * c
+                rows[group * per_group + sub, ..., offset: offset + stop - start] = window[..., first: first + stop - start]
+                start = stop
     return rows.reshape(k, n * oh * ow, r), (oh, ow)
 
 
-def shift_add(codes: torch.Tensor, shifts: torch.Tensor, exact_in_float32: bool) -> torch.Tensor:
-    """Σ over sub-arrays and slices of code·2^(c·s): integer-valued float32 codes [K, S, O, pixels]
-    → int64 [O, pixels], as one matrix-vector product. In float32 when the caller's bound on the
-    sum is below 2^24 (exact), else in float64 (exact below 2^53, far beyond any crossbar's sums)."""
+def shift_add(codes: torch.Tensor, shifts: torch.Tensor, groups: int, exact_in_float32: bool) -> torch.Tensor:
+    """Σ over each group's sub-arrays and slices of code·2^(c·s): integer-valued float32 codes
+    [G·K, S, O, pixels] → int64 [G·O, pixels], as one vector-matrix product per group (`shifts`:
+    [K·S]). In float32 when the caller's bound on the sum is below 2^24 (exact), else in float64
+    (exact below 2^53, far beyond any crossbar's sums)."""
     k, s, o, p = codes.shape
-    codes = codes.reshape(k * s, o * p)
+    codes = codes.reshape(groups, (k // groups) * s, o * p)
     if not exact_in_float32:
         codes, shifts = codes.to(torch.float64), shifts.to(torch.float64)
-    return torch.mv(codes.t(), shifts).reshape(o, p).to(torch.int64)
+    return torch.matmul(shifts.reshape(1, 1, -1), codes).reshape(groups * o, p).to(torch.int64)
 
 
 def adc(v: torch.Tensor, low: torch.Tensor | None, high: torch.Tensor | None, config: CIMConfig) -> torch.Tensor:

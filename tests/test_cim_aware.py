@@ -141,6 +141,8 @@ def test_nothing_to_fine_tune_is_refused(qat, tmp_path):
     quantize_run(qat.parent / "fp", ptq, QuantConfig(weight_bits=4, act_bits=4))
     with pytest.raises(ConfigError, match="not a QAT run"):
         cim_finetune(ptq, tmp_path / "o", NOISY, **TINY)
+    with pytest.raises(ConfigError, match="not a QAT run"):
+        cim_finetune(qat.parent / "fp", tmp_path / "o", NOISY, **TINY)   # a float run
     with pytest.raises(ConfigError, match="cell_bits 4 does not divide"):
         cim_finetune(qat, tmp_path / "o", CIMConfig(cell_bits=4, adc_bits=3, digital="none"), **TINY)
     with pytest.raises(ConfigError, match="images"):

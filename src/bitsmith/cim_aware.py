@@ -42,7 +42,7 @@ from bitsmith.errors import ConfigError, GraphError
 from bitsmith.evaluate import predictions
 from bitsmith.integer import engine
 from bitsmith.integer.exactness import float32_gemm_is_ieee
-from bitsmith.integer.graph import IntegerGraph, Node, load
+from bitsmith.integer.graph import GRAPH_FILE, IntegerGraph, Node, load
 from bitsmith.integer.reference import REFERENCE
 from bitsmith.prune.job import pruned_run_masks
 from bitsmith.quant import lower
@@ -73,14 +73,8 @@ def load_qat_model(run_dir: str | os.PathLike, *, data_dir: str | None = None,
     `train`: the float run's training set, if already loaded (its calibration draw only starts
     the quantizers, which the saved tensors then overwrite)."""
     run_dir = Path(run_dir)
-    graph = load(run_dir)
-    qat = graph.metadata.get("qat")
-    if not (run_dir / QAT_WEIGHTS_FILE).is_file() or not isinstance(qat, dict):
-        raise ConfigError(f"{run_dir} is not a QAT run (a `bitsmith qat` output with {QAT_WEIGHTS_FILE} and the "
-                          "QAT config in its graph's metadata): fine-tuning needs the trained QAT model")
-    if qat.get("kind") != "qat":
-        raise ConfigError(f"{run_dir} is a {qat.get('kind')!r} run; hardware-aware fine-tuning takes a QAT run "
-                          "(lsq, pact, dorefa, …)")
+    graph = qat_run_graph(run_dir)
+    qat = graph.metadata["qat"]
     source = graph.metadata.get("source_run")
     if not source:
         raise ConfigError(f"{run_dir}: the graph does not name its float run (metadata 'source_run')")
@@ -105,6 +99,24 @@ def load_qat_model(run_dir: str | os.PathLike, *, data_dir: str | None = None,
     if difference:
         raise GraphError(f"{run_dir}: the rebuilt QAT model does not lower to the run's graph ({difference})")
     return qmodel, graph, config
+
+
+def qat_run_graph(run_dir: str | os.PathLike) -> IntegerGraph:
+    """The graph of a QAT run folder; anything else (a float run, a PTQ graph, a CLIP-Q run) is
+    refused: fine-tuning needs the trained QAT model."""
+    run_dir = Path(run_dir)
+    what = (f"{run_dir} is not a QAT run (a `bitsmith qat` output: graph.json, {QAT_WEIGHTS_FILE} and the QAT "
+            "config in the graph's metadata); hardware-aware fine-tuning needs the trained QAT model")
+    if not (run_dir / GRAPH_FILE).is_file() or not (run_dir / QAT_WEIGHTS_FILE).is_file():
+        raise ConfigError(what)
+    graph = load(run_dir)
+    qat = graph.metadata.get("qat")
+    if not isinstance(qat, dict):
+        raise ConfigError(what)
+    if qat.get("kind") != "qat":
+        raise ConfigError(f"{run_dir} is a {qat.get('kind')!r} run; hardware-aware fine-tuning takes a QAT run "
+                          "(lsq, pact, dorefa, …)")
+    return graph
 
 
 def graph_difference(a: IntegerGraph, b: IntegerGraph) -> str | None:
@@ -162,10 +174,12 @@ class CrossbarTwin:
             raise GraphError(f"layer {self.node.name!r}: its input codes leave [{self.input.qmin}, {self.input.qmax}]")
         return q
 
-    def accumulators(self, layer: QuantLayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def accumulators(self, layer: QuantLayer, x: torch.Tensor,
+                     codes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(crossbar, exact) accumulators Σ (x − z)·w (int64, the IR's shape, no bias) of the
-        layer's current weight codes on the codes of `x`."""
-        codes, _ = layer.quantize_weight()
+        layer's weight codes (by default its current ones) on the codes of `x`."""
+        if codes is None:
+            codes, _ = layer.quantize_weight()
         graph = self.graph(codes)
         q = self.input_codes(layer, x)
         crossbar = crossbar_layer(graph, map_layer(graph, self.node, self.config, self.index), q, self.config,
@@ -176,8 +190,8 @@ class CrossbarTwin:
     def error(self, layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
         """(acc_crossbar − acc_exact) · s_x · s_w, in the layer's float units (s_w per channel)."""
         with torch.no_grad():
-            crossbar, exact = self.accumulators(layer, x)
-            _, w_scale = layer.quantize_weight()
+            codes, w_scale = layer.quantize_weight()
+            crossbar, exact = self.accumulators(layer, x, codes)
             scale = w_scale.reshape(-1).to(torch.float64) * layer.qat_input[0]
             view = (1, -1) + (1,) * (crossbar.dim() - 2)
             return ((crossbar - exact).to(torch.float64) * scale.reshape(view)).to(torch.float32)
@@ -323,7 +337,7 @@ def cim_finetune(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config:
                                     or eval_images < 1):
         raise ConfigError(f"eval_images must be a positive integer or None, got {eval_images!r}")
     start = time.perf_counter()
-    graph = load(run_dir)
+    graph = qat_run_graph(run_dir)
     map_graph(graph, config)  # refuses a config the graph cannot take (cell bits, digital names), naming the layer
     source_data = data_dir or graph.metadata.get("data_dir")
     dataset = graph.metadata.get("dataset")

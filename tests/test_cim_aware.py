@@ -122,6 +122,8 @@ def test_fine_tuning_is_reproducible_and_measured_as_cim_run(qat, tmp_path):
         a, b = load_tensors(tmp_path / "a" / name)[0], load_tensors(tmp_path / "b" / name)[0]
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert graph_difference(load(tmp_path / "a"), load(qat)) is not None   # the weights moved
+    cim_finetune(qat, tmp_path / "c", NOISY, seed=2, **TINY)
+    assert graph_difference(load(tmp_path / "a"), load(tmp_path / "c")) is not None   # … as the seed says
     assert folder_kind(tmp_path / "a") is QAT_GRAPH
     assert first["mapped_layers"] and first["images"] == 128 and first["test_images"] == 64
     # before and after are what `bitsmith cim run` measures for the two graphs (same config: the same chip)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from bitsmith.artifacts import QAT_GRAPH, public_path, publishing
 from bitsmith.cim.config import CIMConfig
 from bitsmith.cim.mapping import map_graph, map_layer, mapped_nodes
-from bitsmith.cim.simulate import READ_NOISE_STREAM, crossbar_layer, run as cim_run
+from bitsmith.cim.simulate import crossbar_layer, run as cim_run
 from bitsmith.data import ArrayDataset, iterate_batches, load_dataset
 from bitsmith.errors import ConfigError, GraphError
 from bitsmith.evaluate import predictions
@@ -61,6 +61,10 @@ from bitsmith.train import SGD_MOMENTUM, cosine_lr
 DEFAULT_IMAGES = 2000
 DEFAULT_LR = 0.002
 DEFAULT_BATCH_SIZE = 100
+
+#: Offset of the training's read-noise generator from the config's seed (reads are drawn anew on
+#: every step; only the devices must be those of the simulated chip).
+TRAIN_READ_NOISE_STREAM = 424_243
 
 
 # -- the QAT model of a run ------------------------------------------------------------------------
@@ -218,7 +222,7 @@ def attach(qmodel: fx.GraphModule, graph: IntegerGraph, config: CIMConfig) -> di
     """Put the crossbar in the loop of every layer `config` maps in `graph` (the model's lowered
     graph); returns {node name: layer}. `detach` undoes it."""
     layers = layer_nodes(qmodel)
-    noise = torch.Generator().manual_seed(config.seed * 1_000_003 + READ_NOISE_STREAM)
+    noise = torch.Generator().manual_seed(config.seed * 1_000_003 + TRAIN_READ_NOISE_STREAM)
     index = {n.name: i for i, n in enumerate(graph.nodes)}
     attached = {}
     for node in mapped_nodes(graph, config):
@@ -310,7 +314,7 @@ def crossbar_accuracy(graph: IntegerGraph, config: CIMConfig, test: ArrayDataset
 def check_config(config: CIMConfig) -> None:
     if not isinstance(config, CIMConfig):
         raise ConfigError(f"cim_finetune takes a CIMConfig, got {type(config).__name__}")
-    if config.exact and config.read_noise == 0:
+    if config.exact:
         raise ConfigError("the CIM config is ideal (adc_bits None and ideal devices): the crossbar equals the integer "
                           "engine, so there is nothing for hardware-aware fine-tuning to recover; give --adc-bits "
                           "and/or a device non-ideality (--variation, …)")

@@ -492,6 +492,58 @@ def _measured_activity(graph, layers, images: int, data_dir: Optional[str]) -> d
     return input_bit_activity(graph, x, layers)
 
 
+@cim_app.command("finetune")
+def cim_finetune_cmd(run: Path = typer.Argument(..., help="QAT run folder (from bitsmith qat)"),
+                     out: Path = typer.Option(..., help="folder for the fine-tuned QAT run"),
+                     cell_bits: int = typer.Option(1, help="bits per cell: 1, 2 or 4"),
+                     adc_bits: Optional[int] = typer.Option(None, help="ADC bits 1..16 (default: ideal)"),
+                     adc_range: str = typer.Option("per-call", help="per-call or full-scale"),
+                     variation: float = typer.Option(0.0, help="device-to-device conductance variation sigma"),
+                     on_off_ratio: Optional[float] = typer.Option(None, help="finite on/off ratio (default: infinite)"),
+                     read_noise: float = typer.Option(0.0, help="read noise sigma (every read)"),
+                     digital: str = typer.Option("seed", help="seed, none, or comma-separated node names"),
+                     seed: int = typer.Option(0, help="seed of every device draw (the chip)"),
+                     images: int = typer.Option(2000, min=1, help="train on the first N training images"),
+                     epochs: int = typer.Option(1, min=1),
+                     lr: float = typer.Option(0.002, help="SGD learning rate (cosine decay)"),
+                     batch_size: int = typer.Option(100, min=1),
+                     train_seed: int = typer.Option(0, help="seed of the training batches"),
+                     eval_images: Optional[int] = typer.Option(None, min=1, help="evaluate on the first N test images "
+                                                                                "(default: all)"),
+                     data_dir: Optional[str] = typer.Option(None),
+                     force: bool = _force(),
+                     as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Hardware-aware fine-tuning (docs/cim-aware.md): QAT with the crossbar's ADC and devices in the forward
+    pass; the accuracy on crossbars before and after."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bitsmith.cim import CIMConfig
+    from bitsmith.cim_aware import cim_finetune
+
+    kept = digital if digital in ("seed", "none") else tuple(n.strip() for n in digital.split(",") if n.strip())
+    config = CIMConfig(cell_bits=cell_bits, adc_bits=adc_bits, adc_range=adc_range, variation=variation,
+                       on_off_ratio=on_off_ratio, read_noise=read_noise, digital=kept, seed=seed)
+    bar = Progress(TextColumn("fine-tuning"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.1f}%"), TimeElapsedColumn(),
+                   transient=True, disable=as_json)
+    with bar:
+        task = bar.add_task("", total=epochs * max(1, images // batch_size), loss=float("nan"), acc=float("nan"))
+        metrics = cim_finetune(run, out, config, images=images, epochs=epochs, lr=lr, batch_size=batch_size,
+                               seed=train_seed, eval_images=eval_images, data_dir=data_dir, force=force,
+                               on_step=lambda loss, acc: bar.update(task, advance=1, loss=loss, acc=acc))
+    if as_json:
+        print(json.dumps(metrics))
+        return
+    table = Table(title=f"{run} on crossbars, {metrics['test_images']} test images")
+    for col in ("graph", "engine %", "crossbar %", "agreement"):
+        table.add_column(col, justify="right")
+    for when in ("before", "after"):
+        m = metrics[when]
+        table.add_row(when, f"{m['integer_accuracy']:.2f}", f"{m['cim_accuracy']:.2f}", f"{m['agreement']:.3f}")
+    _wide_console().print(table)
+    print(f"crossbar accuracy {metrics['recovered_pp']:+.2f} pp after fine-tuning; wrote {out}")
+
+
 @app.command("ranges")
 def ranges_cmd(run: Path = typer.Argument(..., help="float run folder"),
                out: Optional[Path] = typer.Option(None, help="folder for ranges.csv and ranges.json (default: RUN/ranges)"),

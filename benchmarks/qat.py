@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitsmith.data import dataset_info, iterate_batches, load_dataset
+from bitsmith.data import iterate_batches, load_dataset
 from bitsmith.evaluate import accuracy
 from bitsmith.pipeline import qat_run
 from bitsmith.quant.api import QATConfig

@@ -32,10 +32,16 @@ def test_the_ideal_crossbar_agrees_with_the_engine_image_by_image(graph, one_thr
 
 
 def test_the_command(graph, one_thread):
-    result = invoke("cim", "run", str(graph), "--cell-bits", "4", "--digital", "none", "--images", "16", "--json")
+    result = invoke("cim", "run", str(graph), "--cell-bits", "4", "--digital", "none", "--images", "16",
+                    "--batch-size", "8", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     assert doc["agreement"] == 1.0 and doc["images"] == 16 and doc["config"]["cell_bits"] == 4
+    assert doc["batch_size"] == 8
+    # per-call ADC ranges are the min / max of one batch: the batch size changes what a coarse ADC gives
+    coarse = {b: cim_evaluate(graph, CIMConfig(adc_bits=2, digital="none"), limit=64, batch_size=b)
+              for b in (1, 64)}
+    assert coarse[1]["cim_accuracy"] != coarse[64]["cim_accuracy"] or coarse[1]["agreement"] != coarse[64]["agreement"]
     bad = invoke("cim", "run", str(graph), "--cell-bits", "3")
     assert bad.exit_code != 0 and "cell_bits" in bad.output + str(bad.exception)
     with pytest.raises(ConfigError, match="variation"):

@@ -331,6 +331,8 @@ def cim_run_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                                                               "(static min/max measured on training images)"),
                 calibration_images: int = typer.Option(512, min=1, help="training images a calibrated range is "
                                                                         "measured on"),
+                batch_size: int = typer.Option(1000, min=1, help="images per crossbar batch (a per-call ADC range "
+                                                                 "is the min/max of one batch)"),
                 adc_rounding: str = typer.Option("round", help="round or floor"),
                 dummy: str = typer.Option("subtract", help="subtract (convert column - reference once) or separate"),
                 mapping: str = typer.Option("offset", help="offset (unsigned + reference column) or differential"),
@@ -356,7 +358,8 @@ def cim_run_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                        dummy=dummy, mapping=mapping, subarray_rows=subarray_rows, digital=kept,
                        on_off_ratio=on_off_ratio, variation=variation, stuck_at_0=stuck_at_0, stuck_at_1=stuck_at_1,
                        read_noise=read_noise, seed=seed)
-    result = cim_evaluate(graph, config, limit=images, data_dir=data_dir, calibration_images=calibration_images)
+    result = cim_evaluate(graph, config, limit=images, data_dir=data_dir, calibration_images=calibration_images,
+                          batch_size=batch_size)
     summary = {k: v for k, v in result.items() if k not in ("config", "mapped_layers")}
     _emit(result if as_json else summary, as_json, f"{graph} on crossbars")
 
@@ -389,6 +392,8 @@ def cim_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder")
                   adc_range: str = typer.Option("per-call", help="per-call, full-scale or calibrated"),
                   calibration_images: int = typer.Option(512, min=1, help="training images a calibrated range is "
                                                                           "measured on"),
+                  batch_size: int = typer.Option(1000, min=1, help="images per crossbar batch (a per-call ADC range "
+                                                                   "is the min/max of one batch)"),
                   digital: str = typer.Option("seed", help="seed, none, or comma-separated node names"),
                   seed: int = typer.Option(0, help="seed of every device draw"),
                   images: int = typer.Option(1000, min=1, help="the first N test images"),
@@ -404,7 +409,7 @@ def cim_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder")
                     cell_bits=_number_list(cell_bits, "--cell-bits"),
                     variation=_number_list(variation, "--variation", float),
                     base={"adc_range": adc_range, "digital": kept, "seed": seed}, limit=images, data_dir=data_dir,
-                    force=force, quiet=quiet or as_json, calibration_images=calibration_images)
+                    force=force, quiet=quiet or as_json, calibration_images=calibration_images, batch_size=batch_size)
     if as_json:
         print(json.dumps(doc))
         return

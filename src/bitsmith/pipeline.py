@@ -290,12 +290,15 @@ def demo(out_dir: str | os.PathLike = "runs/demo", *, quiet: bool = False, fresh
 
 #: Training images a calibrated ADC range is measured on (docs/cim.md).
 CIM_CALIBRATION_IMAGES = 512
+#: Images per crossbar batch: a per-call ADC range is the min / max over one batch (docs/cim.md).
+CIM_BATCH_SIZE = 1000
 
 
 def cim_sweep(graph_dir: str | os.PathLike, out_dir: str | os.PathLike, *, adc_bits: list[int | None],
               cell_bits: list[int], variation: list[float], base: dict[str, Any] | None = None,
               limit: int | None = 1000, data_dir: str | None = None, force: bool = False,
-              quiet: bool = True, calibration_images: int = CIM_CALIBRATION_IMAGES) -> dict[str, Any]:
+              quiet: bool = True, calibration_images: int = CIM_CALIBRATION_IMAGES,
+              batch_size: int = CIM_BATCH_SIZE) -> dict[str, Any]:
     """`cim_evaluate` over every (cell bits, variation, ADC bits) of the lists, the other CIMConfig
     fields from `base`; writes cim_sweep.json (every point) and cim_sweep.png (accuracy against ADC
     bits per cell width, and against variation) to `out_dir`, whole or not at all. All settings
@@ -310,7 +313,7 @@ def cim_sweep(graph_dir: str | os.PathLike, out_dir: str | os.PathLike, *, adc_b
     if not configs:
         raise ConfigError("the sweep is empty: give at least one ADC width, cell width and variation")
     with publishing(out_dir, CIM_SWEEP, force=force, command="bitsmith cim sweep") as stage:
-        bench = _CIMBench(graph_dir, limit, data_dir, calibration_images)
+        bench = _CIMBench(graph_dir, limit, data_dir, calibration_images, batch_size)
         points = []
         for config in configs:
             result = bench.evaluate(config)
@@ -321,6 +324,7 @@ def cim_sweep(graph_dir: str | os.PathLike, out_dir: str | os.PathLike, *, adc_b
                 print(f"cells {config.cell_bits}, variation {config.variation:g}, ADC {config.adc_bits}: "
                       f"{result['cim_accuracy']:.2f}% (engine {bench.integer_accuracy:.2f}%)", flush=True)
         doc = {"format": "bitsmith.cim_sweep", "graph": str(graph_dir), "images": len(bench.labels),
+               "batch_size": batch_size,
                "integer_accuracy": bench.integer_accuracy,
                "base": {k: v for k, v in vars(configs[0]).items() if k not in ("cell_bits", "variation", "adc_bits")},
                "points": points}
@@ -334,9 +338,11 @@ class _CIMBench:
     passes against them, each programming of the devices made once and reused (`programming_key`)."""
 
     def __init__(self, graph_dir: str | os.PathLike, limit: int | None, data_dir: str | None,
-                 calibration_images: int = CIM_CALIBRATION_IMAGES) -> None:
-        if not isinstance(calibration_images, int) or calibration_images < 1:
-            raise ConfigError(f"calibration_images must be a positive integer, got {calibration_images!r}")
+                 calibration_images: int = CIM_CALIBRATION_IMAGES, batch_size: int = CIM_BATCH_SIZE) -> None:
+        for name, value in (("calibration_images", calibration_images), ("batch_size", batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        self.batch_size = batch_size
         self.graph_dir = graph_dir
         self.data_dir = data_dir
         self.calibration_images = calibration_images
@@ -367,9 +373,10 @@ class _CIMBench:
         if config.adc_range == "calibrated" and config.adc_bits is not None:
             self._calibrate(config, layers)
         cim_pred = predictions(lambda x: graph.dequantize(cim_run(graph, x, config, layers=layers)), self.test,
-                               self.shape)
+                               self.shape, batch_size=self.batch_size)
         cim_seconds = time.perf_counter() - start
         return {"graph": str(self.graph_dir), "dataset": self.dataset, "images": len(self.labels),
+                "batch_size": self.batch_size,
                 "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
                 "exact": config.exact, "integer_accuracy": self.integer_accuracy,
                 "cim_accuracy": _percent(cim_pred, self.labels), "agreement": _fraction_equal(cim_pred, self.int_pred),
@@ -395,10 +402,12 @@ class _CIMBench:
 
 
 def cim_evaluate(graph_dir: str | os.PathLike, config, *, limit: int | None = None,
-                 data_dir: str | None = None, calibration_images: int = CIM_CALIBRATION_IMAGES) -> dict[str, Any]:
+                 data_dir: str | None = None, calibration_images: int = CIM_CALIBRATION_IMAGES,
+                 batch_size: int = CIM_BATCH_SIZE) -> dict[str, Any]:
     """The integer graph at `graph_dir` on the crossbar simulator (`bitsmith.cim`, docs/cim.md) with
     `config` (a CIMConfig), against the integer engine, on the first `limit` test images (all by
     default) of the graph's data set: accuracies, agreement, the mapped layers and their crossbars,
     and both wall times. The devices are programmed once for the whole pass (one seed); a calibrated
-    ADC range is measured on the first `calibration_images` training images first."""
-    return _CIMBench(graph_dir, limit, data_dir, calibration_images).evaluate(config)
+    ADC range is measured on the first `calibration_images` training images first. Images run in
+    batches of `batch_size`: per-call ADC ranges depend on it (the seed's oracle, docs/cim.md)."""
+    return _CIMBench(graph_dir, limit, data_dir, calibration_images, batch_size).evaluate(config)

@@ -35,6 +35,7 @@ Prints one JSON object on stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -198,7 +199,7 @@ ACCEPTANCE_SECONDS = 300
 #: `pipeline.cim_evaluate` runs the test set in batches of this many images (bitsmith.evaluate):
 #: the per-call ADC range is the min / max over one such batch.
 EVALUATION_BATCH = 1000
-QUICK = dict(test_images=300, sweep_images=100, speed_images=4, adc_bits=[3, 4, 6], cell_bits=[1, 2],
+QUICK = dict(test_images=100, sweep_images=50, speed_images=2, adc_bits=[3, 6], cell_bits=[1, 2],
              variation=[0.0, 0.1])
 FULL = dict(test_images=None, sweep_images=1000, speed_images=20, adc_bits=list(range(3, 9)), cell_bits=[1, 2, 4],
             variation=[0.0, 0.05, 0.1])
@@ -264,8 +265,9 @@ def sweeps(graph_dir: Path, args) -> dict:
     found = {}
     for name, adc_bits, variation in (("adc-sweep", args.adc_bits, [0.0]), ("variation-sweep", [6], args.variation)):
         start = time.perf_counter()
-        doc = cim_sweep(graph_dir, args.out / name, adc_bits=adc_bits, cell_bits=args.cell_bits,
-                        variation=variation, **common)
+        with contextlib.redirect_stdout(sys.stderr):  # its progress lines: stdout is the JSON's
+            doc = cim_sweep(graph_dir, args.out / name, adc_bits=adc_bits, cell_bits=args.cell_bits,
+                            variation=variation, **common)
         found[name] = {"images": doc["images"], "integer_accuracy": doc["integer_accuracy"],
                        "figure": str(args.out / name / "cim_sweep.png"),
                        "points": [{k: p[k] for k in ("cell_bits", "variation", "adc_bits", "cim_accuracy",

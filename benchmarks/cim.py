@@ -32,6 +32,11 @@ the conductances `bitsmith.cim.map_graph` programmed, which lie on a grid that m
 sum exact in float32 (`mapping.on_grid`), so it gives the very same int64 outputs as the
 vectorised simulator for the same settings and seed (tests/test_cim_reference.py).
 
+Duration on this 2-core machine with the cached runs, when no other job shares the cores: about
+30 minutes (seed table ~7, full pass ~5, sweeps ~8, speed ~10 of which the width-1 reference takes
+most); --quick ~1–3 minutes. Timings taken while other jobs share the cores are inflated several
+times over (the threads wait on each other): run it on a quiet machine.
+
 Prints one JSON object on stdout; progress goes to stderr.
 """
 
@@ -79,7 +84,7 @@ def reference_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, co
     spec = graph.tensors[node.inputs[0]]
     qmin, zx = spec.qmin, spec.zero_point
     input_bits = max(1, (spec.qmax - qmin).bit_length())
-    k_arrays, rows_per_array, slices, columns = layer.conductance.shape
+    k_arrays, _, slices, columns = layer.conductance.shape
     o = layer.outputs
     calibrated = calibrated_ranges(layer, config, input_bits)
     full_scale = layer.full_scale.to(torch.float32)

@@ -104,8 +104,15 @@ def reference_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, co
             return w.t().reshape(-1, kh, kw, w.shape[0] // (kh * kw)).permute(0, 3, 1, 2).contiguous()
         return w.contiguous()
 
-    # the main and reference weights of every (sub-array, slice), made once for all input bits
-    weights = {(k, s): (dense(0, o, k, s), dense(o, columns, k, s)) for k in range(k_arrays) for s in range(slices)}
+    def dummy(k: int, s: int) -> torch.Tensor:
+        """The reference weights as the seed's dummy conv: the layer's shape, O outputs (the offset
+        mapping's one reference column repeated for every output, as the seed convolves it)."""
+        w = dense(o, columns, k, s)
+        return w.expand(o, *w.shape[1:]).contiguous() if node.op == "Conv2d" and w.shape[0] == 1 else (
+            w.expand(w.shape[0], o).contiguous() if node.op == "Linear" and w.shape[1] == 1 else w)
+
+    # the main and dummy weights of every (sub-array, slice), made once for all input bits
+    weights = {(k, s): (dense(0, o, k, s), dummy(k, s)) for k in range(k_arrays) for s in range(slices)}
 
     def column_sums(plane: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """One full conv (matmul) of the bit plane: the analog sums as [1, 1, C, N·pixels]."""

@@ -112,9 +112,11 @@ def check_layers(graph: IntegerGraph, layers: dict[str, MappedLayer], config: CI
                               "CIMConfig; map_graph(graph, config) again")
 
 
-#: Elements of one chunk of column sums (1 MB of float32): the matmul's output for a chunk of pixels
+#: Elements of one chunk of column sums (4 MB of float32): the matmul's output for a chunk of pixels
 #: is converted while it is still in the core's cache, which halves the element-wise ADC's time.
-CHUNK_ELEMENTS = 2**18
+CHUNK_ELEMENTS = 2**20
+#: …but never fewer pixels than this, or a wide layer's matmuls become too thin to run fast.
+MIN_CHUNK_PIXELS = 64
 
 
 def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, config: CIMConfig,
@@ -147,7 +149,7 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
     exact_in_float32 = not config.read_noise and largest * (k // groups) * float(shifts[:s].sum()) < 2**24
     rows, out_shape = input_rows(graph, layer, x - qmin, zx - qmin)  # [K, pixels, R] integers
     pixels = rows.shape[1]
-    step = max(1, CHUNK_ELEMENTS // max(1, k * s * width))
+    step = max(MIN_CHUNK_PIXELS, CHUNK_ELEMENTS // max(1, k * s * width))
     chunks = [(p, min(pixels, p + step)) for p in range(0, pixels, step)]
     acc = torch.zeros((groups * o, pixels), dtype=torch.int64)
     # read noise: one generator per (bit, chunk), so the draws do not depend on the threads' order
@@ -156,7 +158,7 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
     for bit in range(input_bits):
         def column_sums(index: int) -> torch.Tensor:
             p0, p1 = chunks[index]
-            plane = ((rows[:, p0:p1] >> bit) & 1).to(torch.float32).transpose(1, 2)  # [K, R, chunk]
+            plane = bit_plane(rows[:, p0:p1], bit).transpose(1, 2)  # [K, R, chunk]
             y = torch.bmm(g, plane)  # [K, S·C, chunk]
             if g_squared is not None:
                 # Σ_i x_i·G_i·(1 + σ·ε_i) is Gaussian with variance σ²·Σ_i x_i·G_i² (x_i ∈ {0, 1})
@@ -193,6 +195,14 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
     if node.op == "Conv2d":
         return acc.reshape(n, -1, groups * o).permute(0, 2, 1).reshape(n, groups * o, *out_shape)
     return acc
+
+
+def bit_plane(rows: torch.Tensor, bit: int) -> torch.Tensor:
+    """Bit `bit` of integer rows, as float32 0 / 1. uint8 rows whose length is a multiple of 4 are
+    read four at a time as int32 (one shift and mask for four bytes: the bits do not cross bytes)."""
+    if rows.dtype == torch.uint8 and rows.shape[-1] % 4 == 0 and rows.stride(-1) == 1:
+        return ((rows.view(torch.int32) >> bit) & 0x01010101).view(torch.uint8).to(torch.float32)
+    return ((rows >> bit) & 1).to(torch.float32)
 
 
 def in_threads(work, items) -> list:
@@ -282,7 +292,9 @@ def adc(v: torch.Tensor, low: torch.Tensor | None, high: torch.Tensor | None, co
         v.round_()
     else:
         v.add_(1e-3).floor_()
-    return v.clamp_(0, levels).mul_(step).add_(low).round_()
+    if config.adc_range != "per-call":  # per call every index is in [0, levels] by construction
+        v.clamp_(0, levels)
+    return v.mul_(step).add_(low).round_()
 
 
 def conversion_range(chunks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -224,6 +224,10 @@ def test_grouped_and_depthwise_convs_map_one_group_per_crossbar_set_and_stay_exa
 def test_unknown_digital_layers_are_refused():
     with pytest.raises(ConfigError, match="not nodes of the graph"):
         map_graph(golden("lenet5_w8a8"), CIMConfig(digital=("conv9",)))
+    g = golden("lenet5_w8a8")
+    pool = next(n for n in g.nodes if n.op == "MaxPool2d")
+    with pytest.raises(ConfigError, match=f"{pool.name!r} \\(MaxPool2d\\): only Conv2d and Linear"):
+        map_graph(g, CIMConfig(digital=(pool.name,)))
 
 
 def test_programmed_layers_are_reused_only_with_the_same_devices():

@@ -133,10 +133,14 @@ def mapped_nodes(graph: IntegerGraph, config: CIMConfig) -> list[Node]:
     if config.digital == "seed":
         convs = [n for n in weighted if n.op == "Conv2d"]
         return convs[1:]
-    names = {n.name for n in graph.nodes}
-    unknown = [d for d in config.digital if d not in names]
+    ops = {n.name: n.op for n in graph.nodes}
+    unknown = [d for d in config.digital if d not in ops]
     if unknown:
         raise ConfigError(f"CIMConfig.digital names {unknown}, which are not nodes of the graph")
+    other = [f"{d!r} ({ops[d]})" for d in config.digital if ops[d] not in MAPPABLE_OPS]
+    if other:
+        raise ConfigError(f"CIMConfig.digital names {', '.join(other)}: only {' and '.join(MAPPABLE_OPS)} layers run "
+                          "on crossbars, every other op is digital already")
     return [n for n in weighted if n.name not in config.digital]
 
 

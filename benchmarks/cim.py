@@ -55,7 +55,8 @@ import torch.nn.functional as F
 
 from bitsmith.cim import CIMConfig, map_graph, run as cim_run
 from bitsmith.cim.mapping import MappedLayer
-from bitsmith.cim.simulate import adc, calibrated_ranges, check_layers, conversion_range, crossbar_layer
+from bitsmith.cim.simulate import (adc, calibrated_ranges, check_layers, conversion_range, crossbar_layer,
+                                   input_feed)
 from bitsmith.errors import ConfigError
 from bitsmith.integer.bounds import check_int64
 from bitsmith.integer.exactness import float32_gemm_is_ieee
@@ -81,9 +82,9 @@ def reference_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, co
         raise ConfigError("the reference algorithm does not model read noise (its draws are the vectorised "
                           "simulator's); use read_noise=0")
     node = layer.node
-    spec = graph.tensors[node.inputs[0]]
-    qmin, zx = spec.qmin, spec.zero_point
-    input_bits = max(1, (spec.qmax - qmin).bit_length())
+    if layer.plan.groups != 1:
+        raise ConfigError(f"layer {node.name!r}: the reference algorithm takes ungrouped layers only")
+    qmin, zx, input_bits = input_feed(graph, node)
     k_arrays, _, slices, columns = layer.conductance.shape
     o = layer.outputs
     calibrated = calibrated_ranges(layer, config, input_bits)

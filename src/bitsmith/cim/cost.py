@@ -14,6 +14,7 @@ import torch
 
 from bitsmith.cim.config import ADC_BITS, CIMConfig
 from bitsmith.cim.mapping import MappedLayer
+from bitsmith.cim.simulate import input_feed
 from bitsmith.errors import ConfigError, DataError, GraphError
 from bitsmith.integer.graph import IntegerGraph
 
@@ -217,8 +218,7 @@ def layer_cost(graph: IntegerGraph, layer: MappedLayer, config: CIMConfig, model
                adc_bits: int) -> LayerCost:
     """One mapped layer's estimate per image (docs/cim-cost.md, "The model")."""
     node, plan = layer.node, layer.plan
-    spec = graph.tensors[node.inputs[0]]
-    input_bits = max(1, (spec.qmax - spec.qmin).bit_length())  # as the simulator feeds them
+    input_bits = input_feed(graph, node)[2]  # as the simulator feeds them
     pixels = output_pixels(graph, node)
     size = config.subarray_rows
     # conversions per sub-array row, per pixel and input bit: "subtract" converts column − reference
@@ -320,9 +320,8 @@ def input_bit_activity(graph: IntegerGraph, x: torch.Tensor, layers: dict[str, M
     for start in range(0, x.shape[0], batch_size):
         values = engine.run(graph, x[start:start + batch_size], return_all=True)
         for name, layer in layers.items():
-            spec = graph.tensors[layer.node.inputs[0]]
-            bits = max(1, (spec.qmax - spec.qmin).bit_length())
-            u = values[layer.node.inputs[0]].to(torch.int64) - spec.qmin
+            qmin, _, bits = input_feed(graph, layer.node)
+            u = values[layer.node.inputs[0]].to(torch.int64) - qmin
             ones[name] += sum(int(((u >> b) & 1).sum()) for b in range(bits))
             seen[name] += u.numel() * bits
     return {name: ones[name] / seen[name] for name in layers}

@@ -124,9 +124,7 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
     """The accumulator of one mapped Conv2d / Linear (int64, the IR's shape). `recorder(bit, ranges)`
     (from `calibrate`) receives each input bit's per-call ADC ranges [parts, K, S, 2]."""
     node = layer.node
-    spec = graph.tensors[node.inputs[0]]
-    qmin, zx = spec.qmin, spec.zero_point
-    input_bits = max(1, (spec.qmax - qmin).bit_length())
+    qmin, zx, input_bits = input_feed(graph, node)
     k, r, s, columns = layer.conductance.shape
     o = layer.outputs
     if config.dummy == "subtract":
@@ -195,6 +193,13 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
     if node.op == "Conv2d":
         return acc.reshape(n, -1, groups * o).permute(0, 2, 1).reshape(n, groups * o, *out_shape)
     return acc
+
+
+def input_feed(graph: IntegerGraph, node) -> tuple[int, int, int]:
+    """How a mapped layer's input is fed: (q_min, its zero point, the input bits B): the crossbar
+    sees u = x − q_min, one bit per step over B = bit length of q_max − q_min steps."""
+    spec = graph.tensors[node.inputs[0]]
+    return spec.qmin, spec.zero_point, max(1, (spec.qmax - spec.qmin).bit_length())
 
 
 def bit_plane(rows: torch.Tensor, bit: int) -> torch.Tensor:

@@ -358,10 +358,24 @@ def cim_run_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                        dummy=dummy, mapping=mapping, subarray_rows=subarray_rows, digital=kept,
                        on_off_ratio=on_off_ratio, variation=variation, stuck_at_0=stuck_at_0, stuck_at_1=stuck_at_1,
                        read_noise=read_noise, seed=seed)
-    result = cim_evaluate(graph, config, limit=images, data_dir=data_dir, calibration_images=calibration_images,
-                          batch_size=batch_size)
+    with _images_bar("on crossbars", images, as_json) as advance:
+        result = cim_evaluate(graph, config, limit=images, data_dir=data_dir, calibration_images=calibration_images,
+                              batch_size=batch_size, on_images=advance)
     summary = {k: v for k, v in result.items() if k not in ("config", "mapped_layers")}
     _emit(result if as_json else summary, as_json, f"{graph} on crossbars")
+
+
+@contextlib.contextmanager
+def _images_bar(label: str, total: int | None, disable: bool):
+    """A transient progress bar over images (total None: the whole test set, length unknown here);
+    yields the callback that advances it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True,
+                   disable=disable)
+    with bar:
+        task = bar.add_task("", total=total)
+        yield lambda n: bar.update(task, advance=n)
 
 
 def _number_list(text: str, what: str, kind: type = int) -> list:
@@ -405,11 +419,13 @@ def cim_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder")
     from bitsmith.pipeline import cim_sweep
 
     kept = digital if digital in ("seed", "none") else tuple(n.strip() for n in digital.split(",") if n.strip())
-    doc = cim_sweep(graph, out, adc_bits=_number_list(adc_bits, "--adc-bits"),
-                    cell_bits=_number_list(cell_bits, "--cell-bits"),
-                    variation=_number_list(variation, "--variation", float),
-                    base={"adc_range": adc_range, "digital": kept, "seed": seed}, limit=images, data_dir=data_dir,
-                    force=force, quiet=quiet or as_json, calibration_images=calibration_images, batch_size=batch_size)
+    adcs, cells = _number_list(adc_bits, "--adc-bits"), _number_list(cell_bits, "--cell-bits")
+    sigmas = _number_list(variation, "--variation", float)
+    with _images_bar("sweeping", images * len(adcs) * len(cells) * len(sigmas), quiet or as_json) as advance:
+        doc = cim_sweep(graph, out, adc_bits=adcs, cell_bits=cells, variation=sigmas,
+                        base={"adc_range": adc_range, "digital": kept, "seed": seed}, limit=images, data_dir=data_dir,
+                        force=force, quiet=True, calibration_images=calibration_images, batch_size=batch_size,
+                        on_images=advance)
     if as_json:
         print(json.dumps(doc))
         return

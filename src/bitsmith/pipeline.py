@@ -298,7 +298,7 @@ def cim_sweep(graph_dir: str | os.PathLike, out_dir: str | os.PathLike, *, adc_b
               cell_bits: list[int], variation: list[float], base: dict[str, Any] | None = None,
               limit: int | None = 1000, data_dir: str | None = None, force: bool = False,
               quiet: bool = True, calibration_images: int = CIM_CALIBRATION_IMAGES,
-              batch_size: int = CIM_BATCH_SIZE) -> dict[str, Any]:
+              batch_size: int = CIM_BATCH_SIZE, on_images: Callable[[int], None] | None = None) -> dict[str, Any]:
     """`cim_evaluate` over every (cell bits, variation, ADC bits) of the lists, the other CIMConfig
     fields from `base`; writes cim_sweep.json (every point) and cim_sweep.png (accuracy against ADC
     bits per cell width, and against variation) to `out_dir`, whole or not at all. All settings
@@ -316,7 +316,7 @@ def cim_sweep(graph_dir: str | os.PathLike, out_dir: str | os.PathLike, *, adc_b
         bench = _CIMBench(graph_dir, limit, data_dir, calibration_images, batch_size)
         points = []
         for config in configs:
-            result = bench.evaluate(config)
+            result = bench.evaluate(config, on_images)
             points.append({"cell_bits": config.cell_bits, "variation": config.variation, "adc_bits": config.adc_bits,
                            "cim_accuracy": result["cim_accuracy"], "agreement": result["agreement"],
                            "crossbars": result["crossbars"], "seconds": result["cim_seconds"]})
@@ -360,7 +360,7 @@ class _CIMBench:
         self.integer_accuracy = _percent(self.int_pred, self.labels)
         self._programmed: dict[tuple, dict] = {}
 
-    def evaluate(self, config) -> dict[str, Any]:
+    def evaluate(self, config, on_images: Callable[[int], None] | None = None) -> dict[str, Any]:
         from bitsmith.cim import map_graph, run as cim_run
         from bitsmith.cim.mapping import programming_key
 
@@ -372,8 +372,13 @@ class _CIMBench:
         layers = self._programmed[key]
         if config.adc_range == "calibrated" and config.adc_bits is not None:
             self._calibrate(config, layers)
-        cim_pred = predictions(lambda x: graph.dequantize(cim_run(graph, x, config, layers=layers)), self.test,
-                               self.shape, batch_size=self.batch_size)
+        def crossbar(x):
+            scores = graph.dequantize(cim_run(graph, x, config, layers=layers))
+            if on_images is not None:
+                on_images(len(x))
+            return scores
+
+        cim_pred = predictions(crossbar, self.test, self.shape, batch_size=self.batch_size)
         cim_seconds = time.perf_counter() - start
         return {"graph": str(self.graph_dir), "dataset": self.dataset, "images": len(self.labels),
                 "batch_size": self.batch_size,
@@ -403,11 +408,12 @@ class _CIMBench:
 
 def cim_evaluate(graph_dir: str | os.PathLike, config, *, limit: int | None = None,
                  data_dir: str | None = None, calibration_images: int = CIM_CALIBRATION_IMAGES,
-                 batch_size: int = CIM_BATCH_SIZE) -> dict[str, Any]:
+                 batch_size: int = CIM_BATCH_SIZE, on_images: Callable[[int], None] | None = None) -> dict[str, Any]:
     """The integer graph at `graph_dir` on the crossbar simulator (`bitsmith.cim`, docs/cim.md) with
     `config` (a CIMConfig), against the integer engine, on the first `limit` test images (all by
     default) of the graph's data set: accuracies, agreement, the mapped layers and their crossbars,
     and both wall times. The devices are programmed once for the whole pass (one seed); a calibrated
     ADC range is measured on the first `calibration_images` training images first. Images run in
-    batches of `batch_size`: per-call ADC ranges depend on it (the seed's oracle, docs/cim.md)."""
-    return _CIMBench(graph_dir, limit, data_dir, calibration_images, batch_size).evaluate(config)
+    batches of `batch_size`: per-call ADC ranges depend on it (the seed's oracle, docs/cim.md).
+    `on_images(n)` is called after each batch of n images has run on the crossbars (progress)."""
+    return _CIMBench(graph_dir, limit, data_dir, calibration_images, batch_size).evaluate(config, on_images)

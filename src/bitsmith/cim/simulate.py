@@ -8,9 +8,9 @@ over slices, sub-arrays and input bits in int64; the digital correction (q_min �
 bias complete the IR's accumulator Σ (x − z_x)·w + b. With ideal devices and an ideal ADC every
 step is exact, so the result equals the integer engine element by element.
 
-Vectorised (issue 15, point 4): the rows of all sub-arrays are one batched matmul per input bit,
-the weight slices and the reference columns are extra columns of that matmul, so nothing is
-masked and the reference term costs one column per slice."""
+Vectorised (issue 15, point 4): the rows of all sub-arrays are one batched matmul per input bit
+and chunk of pixels, the weight slices and the reference columns are extra columns of that
+matmul, so nothing is masked and the reference term costs one column per slice."""
 
 from __future__ import annotations
 
@@ -79,10 +79,10 @@ def calibrate(graph: IntegerGraph, batches, config: CIMConfig, layers: dict[str,
         raise ConfigError("an ideal ADC (adc_bits None) has no range to calibrate")
     per_call = replace(config, adc_range="per-call")
     found: dict[str, list] = {name: [] for name in layers}
+    recorders = {name: (lambda bit, r, name=name: record(found[name], bit, r)) for name in layers}
     seen = 0
     for x in batches:
         seen += len(x)
-        recorders = {name: (lambda bit, r, name=name: record(found[name], bit, r)) for name in layers}
         run(graph, x, per_call, layers=layers, recorders=recorders, check_overflow=False)
     if not seen:
         raise ConfigError("calibrate needs at least one image")
@@ -215,7 +215,8 @@ def in_threads(work, items) -> list:
     one thread: many small chunks then keep every core busy without an OpenMP barrier per
     operation (which costs milliseconds a call on a loaded machine)."""
     items = list(items)
-    workers = min(torch.get_num_threads(), len(items))
+    threads = torch.get_num_threads()
+    workers = min(threads, len(items))
     if workers <= 1:
         return [work(i) for i in items]
     torch.set_num_threads(1)
@@ -223,7 +224,7 @@ def in_threads(work, items) -> list:
         with ThreadPoolExecutor(workers) as pool:
             return list(pool.map(work, items))
     finally:
-        torch.set_num_threads(workers)
+        torch.set_num_threads(threads)  # the caller's count, not the (possibly fewer) workers
 
 
 def input_rows(graph: IntegerGraph, layer: MappedLayer, u: torch.Tensor, pad_value: int):

@@ -353,7 +353,7 @@ def cim_run_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
     from bitsmith.cim import CIMConfig
     from bitsmith.pipeline import cim_evaluate
 
-    kept = digital if digital in ("seed", "none") else tuple(n.strip() for n in digital.split(",") if n.strip())
+    kept = _digital_layers(digital)
     config = CIMConfig(cell_bits=cell_bits, adc_bits=adc_bits, adc_range=adc_range, adc_rounding=adc_rounding,
                        dummy=dummy, mapping=mapping, subarray_rows=subarray_rows, digital=kept,
                        on_off_ratio=on_off_ratio, variation=variation, stuck_at_0=stuck_at_0, stuck_at_1=stuck_at_1,
@@ -363,6 +363,11 @@ def cim_run_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                               batch_size=batch_size, on_images=advance)
     summary = {k: v for k, v in result.items() if k not in ("config", "mapped_layers")}
     _emit(result if as_json else summary, as_json, f"{graph} on crossbars")
+
+
+def _digital_layers(text: str) -> str | tuple[str, ...]:
+    """--digital: "seed", "none", or comma-separated node names (CIMConfig.digital)."""
+    return text if text in ("seed", "none") else tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 @contextlib.contextmanager
@@ -418,7 +423,7 @@ def cim_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder")
     """Accuracy on crossbars over ADC bits × cell bits × variation (docs/cim.md): a JSON of every point and a figure."""
     from bitsmith.pipeline import cim_sweep
 
-    kept = digital if digital in ("seed", "none") else tuple(n.strip() for n in digital.split(",") if n.strip())
+    kept = _digital_layers(digital)
     adcs, cells = _number_list(adc_bits, "--adc-bits"), _number_list(cell_bits, "--cell-bits")
     sigmas = _number_list(variation, "--variation", float)
     with _images_bar("sweeping", images * len(adcs) * len(cells) * len(sigmas), quiet or as_json) as advance:
@@ -458,20 +463,15 @@ def cim_cost_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                  as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Estimated crossbars, ADC conversions, cycles, energy and area per image (docs/cim-cost.md):
     a per-component model with NeuroSim V1.4's 22 nm RRAM figures — estimates, not measurements."""
-    from bitsmith.cim import CIMConfig, CostModel, estimate, map_graph
+    from bitsmith.cim import CIMConfig, CostModel
     from bitsmith.cim.cost import SOURCE
-    from bitsmith.integer.graph import load
+    from bitsmith.pipeline import cim_cost
 
-    kept = digital if digital in ("seed", "none") else tuple(n.strip() for n in digital.split(",") if n.strip())
+    kept = _digital_layers(digital)
     config = CIMConfig(cell_bits=cell_bits, adc_bits=adc_bits, dummy=dummy, mapping=mapping,
                        subarray_rows=subarray_rows, digital=kept)
     model = CostModel(adc_column_resistance_ohm=None) if neurosim_column else CostModel()
-    g = load(graph)
-    layers = map_graph(g, config)
-    measured = None
-    if images is not None:
-        measured = _measured_activity(g, layers, images, data_dir)
-    report = estimate(g, layers, config, model, activity=measured if measured is not None else activity)
+    report, measured = cim_cost(graph, config, model, activity=activity, images=images, data_dir=data_dir)
     if as_json:
         print(json.dumps({"graph": str(graph), **report.to_json()}))
         return
@@ -495,22 +495,6 @@ def cim_cost_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                      if measured is not None else f"{activity:g}")
     out.print(f"{adc_bits}-bit ADC shared by {report.model.columns_per_adc} columns, {cell_bits}-bit cells, input-bit "
               f"activity {measured_text}; layers summed, no pipeline. Model: {SOURCE}.")
-
-
-def _measured_activity(graph, layers, images: int, data_dir: Optional[str]) -> dict:
-    """Each mapped layer's fraction of input bits equal to 1 on the first `images` test images."""
-    import torch
-
-    from bitsmith.cim import input_bit_activity
-    from bitsmith.data import load_dataset
-    from bitsmith.data.transforms import iterate_batches
-
-    dataset = graph.metadata.get("dataset")
-    if not dataset:
-        raise ConfigError("the graph records no data set (metadata 'dataset'): give --activity instead of --images")
-    test = load_dataset(dataset, "test", data_dir or graph.metadata.get("data_dir"), limit=images)
-    x = torch.cat([xb for xb, _ in iterate_batches(test, 256, tuple(graph.input_spec.shape))])
-    return input_bit_activity(graph, x, layers)
 
 
 @cim_app.command("finetune")
@@ -541,7 +525,7 @@ def cim_finetune_cmd(run: Path = typer.Argument(..., help="QAT run folder (from 
     from bitsmith.cim import CIMConfig
     from bitsmith.cim_aware import cim_finetune
 
-    kept = digital if digital in ("seed", "none") else tuple(n.strip() for n in digital.split(",") if n.strip())
+    kept = _digital_layers(digital)
     config = CIMConfig(cell_bits=cell_bits, adc_bits=adc_bits, adc_range=adc_range, variation=variation,
                        on_off_ratio=on_off_ratio, read_noise=read_noise, digital=kept, seed=seed)
     bar = Progress(TextColumn("fine-tuning"), BarColumn(), MofNCompleteColumn(),

@@ -406,6 +406,28 @@ class _CIMBench:
         calibrate(self.graph, batches, config, layers)
 
 
+def cim_cost(graph_dir: str | os.PathLike, config, model, *, activity: float = 0.5, images: int | None = None,
+             data_dir: str | None = None):
+    """The cost estimate (`bitsmith.cim.estimate`, docs/cim-cost.md) of the graph at `graph_dir`
+    mapped with `config`, priced with `model`: with one input-bit `activity` for every layer, or —
+    with `images` — each layer's activity measured on the first `images` test images of the
+    graph's data set. Returns (the CostReport, the measured activities or None)."""
+    from bitsmith.cim import estimate, input_bit_activity, map_graph
+
+    graph = load(graph_dir)
+    layers = map_graph(graph, config)
+    measured = None
+    if images is not None:
+        dataset = graph.metadata.get("dataset")
+        if not dataset:
+            raise ConfigError("the graph records no data set (metadata 'dataset'): give --activity instead of --images")
+        test = load_dataset(dataset, "test", data_dir or graph.metadata.get("data_dir"), limit=images)
+        x = torch.cat([xb for xb, _ in iterate_batches(test, 256, tuple(graph.input_spec.shape))])
+        measured = input_bit_activity(graph, x, layers)
+    report = estimate(graph, layers, config, model, activity=measured if measured is not None else activity)
+    return report, measured
+
+
 def cim_evaluate(graph_dir: str | os.PathLike, config, *, limit: int | None = None,
                  data_dir: str | None = None, calibration_images: int = CIM_CALIBRATION_IMAGES,
                  batch_size: int = CIM_BATCH_SIZE, on_images: Callable[[int], None] | None = None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from bitsmith.cim import kernels
 from bitsmith.cim.config import CIMConfig
 from bitsmith.cim.mapping import PROGRAMMING_FIELDS, MappedLayer, map_graph, programming_key
 from bitsmith.errors import ConfigError
@@ -113,10 +114,11 @@ def check_layers(graph: IntegerGraph, layers: dict[str, MappedLayer], config: CI
 
 
 #: Elements of one chunk of column sums (4 MB of float32): the matmul's output for a chunk of pixels
-#: is converted while it is still in the core's cache, which halves the element-wise ADC's time.
+#: is converted while it is still in the core's cache when the ADC range is known beforehand.
 CHUNK_ELEMENTS = 2**20
-#: …but never fewer pixels than this, or a wide layer's matmuls become too thin to run fast.
-MIN_CHUNK_PIXELS = 64
+#: …but never fewer pixels than this: the kernels' loops run along a column's pixels, and shorter
+#: runs cost more in loop overhead than the cache saves (a wide layer's matmul is then long anyway).
+MIN_CHUNK_PIXELS = 256
 
 
 def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, config: CIMConfig,
@@ -140,11 +142,14 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
     g = g.permute(0, 2, 3, 1).reshape(k, s * width, r).contiguous()
     g_squared = g_squared.permute(0, 2, 3, 1).reshape(k, s * width, r).contiguous() if config.read_noise else None
     calibrated = calibrated_ranges(layer, config, input_bits)
-    full = layer.full_scale.to(torch.float32).reshape(k, 1, 1, 1)
+    full = layer.full_scale.to(torch.float32).reshape(k, 1).expand(k, s)
     groups = layer.plan.groups
-    shifts = (2.0 ** (config.cell_bits * torch.arange(s))).repeat(k // groups)  # a group's [K, S] rows of codes
-    largest = max(layer.column_bound, float(full.max()) if full.numel() else 0.0) + 1  # any code's |value|
-    exact_in_float32 = not config.read_noise and largest * (k // groups) * float(shifts[:s].sum()) < 2**24
+    powers = 2 ** (config.cell_bits * torch.arange(s, dtype=torch.int64))
+    # the kernel sums a group's codes·2^(c·s) in float64: exact while below 2^53
+    largest = max(layer.column_bound, float(layer.full_scale.max()) if layer.full_scale.numel() else 0.0) + 1
+    if not config.read_noise and largest * (k // groups) * float(powers.sum()) >= 2**53:
+        raise ConfigError(f"layer {node.name!r}: its crossbar sums could exceed 2^53, beyond exact float64 "
+                          "shift-and-add")
     rows, out_shape = input_rows(graph, layer, x - qmin, zx - qmin)  # [K, pixels, R] integers
     pixels = rows.shape[1]
     step = max(MIN_CHUNK_PIXELS, CHUNK_ELEMENTS // max(1, k * s * width))
@@ -153,38 +158,47 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
     # read noise: one generator per (bit, chunk), so the draws do not depend on the threads' order
     noise_seed = int(torch.randint(2**62, (1,), generator=noise)) if config.read_noise else 0
 
-    for bit in range(input_bits):
-        def column_sums(index: int) -> torch.Tensor:
-            p0, p1 = chunks[index]
-            plane = bit_plane(rows[:, p0:p1], bit).transpose(1, 2)  # [K, R, chunk]
-            y = torch.bmm(g, plane)  # [K, S·C, chunk]
-            if g_squared is not None:
-                # Σ_i x_i·G_i·(1 + σ·ε_i) is Gaussian with variance σ²·Σ_i x_i·G_i² (x_i ∈ {0, 1})
-                draws = torch.Generator().manual_seed(noise_seed + bit * len(chunks) + index)
-                spread = torch.bmm(g_squared, plane).clamp_(min=0).sqrt_()
-                y += config.read_noise * spread * torch.randn(y.shape, generator=draws)
-            return y.reshape(k, s, width, -1)
+    def column_sums(index: int, bit: int) -> torch.Tensor:
+        p0, p1 = chunks[index]
+        plane = bit_plane(rows[:, p0:p1], bit).transpose(1, 2)  # [K, R, chunk]
+        y = torch.bmm(g, plane)  # [K, S·C, chunk]
+        if g_squared is not None:
+            # Σ_i x_i·G_i·(1 + σ·ε_i) is Gaussian with variance σ²·Σ_i x_i·G_i² (x_i ∈ {0, 1})
+            draws = torch.Generator().manual_seed(noise_seed + bit * len(chunks) + index)
+            spread = torch.bmm(g_squared, plane).clamp_(min=0).sqrt_()
+            y += config.read_noise * spread * torch.randn(y.shape, generator=draws)
+        return y.reshape(k, s, width, -1)
 
-        sums = in_threads(column_sums, range(len(chunks)))
-        if config.adc_bits is None:
-            ranges = [(None, None)] * len(parts)
-        elif calibrated is not None:
-            ranges = [(calibrated[bit, i, ..., :1, None], calibrated[bit, i, ..., 1:, None]) for i in range(len(parts))]
-        elif config.adc_range == "full-scale":
-            ranges = [(low * full, full) for _, low in parts]
-        else:  # per call: min / max over the whole tensor of this bit
-            ranges = [conversion_range([y[:, :, columns_] for y in sums]) for columns_, _ in parts]
+    def convert(sums: torch.Tensor, ranges, index: int, bit: int) -> None:
+        # the ADC and the shift-and-add in one pass; chunks write disjoint pixels of acc
+        kernels.convert_and_add(sums, ranges, config, o, powers, groups, bit, acc, chunks[index][0])
+
+    if config.adc_bits is not None and calibrated is None and config.adc_range == "per-call":
+        # a per-call range is the min / max over the whole bit's sums: all chunks first, then convert
+        columns_of = [columns_ for columns_, _ in parts]
+        for bit in range(input_bits):
+            def sums_and_range(index: int, bit=bit):
+                y = column_sums(index, bit)
+                return y, kernels.column_ranges(y, columns_of)
+            done = in_threads(sums_and_range, range(len(chunks)))
+            found = torch.stack([r for _, r in done])
+            ranges = torch.stack([found[..., 0].amin(dim=0), found[..., 1].amax(dim=0)], dim=-1)
             if recorder is not None:
-                recorder(bit, torch.stack([torch.cat([lo, hi], dim=-1).reshape(k, s, 2) for lo, hi in ranges]))
+                recorder(bit, ranges)
+            in_threads(lambda index, bit=bit: convert(done[index][0], ranges, index, bit), range(len(chunks)))
+    else:
+        # the range is known beforehand: each chunk is converted as soon as it is summed
+        if config.adc_bits is None:
+            fixed = [None] * input_bits
+        elif calibrated is not None:
+            fixed = [calibrated[bit] for bit in range(input_bits)]
+        else:  # full scale: [−full, full] for column − reference, [0, full] for each apart
+            fixed = [torch.stack([torch.stack([low * full, full], dim=-1) for _, low in parts])] * input_bits
 
-        def convert(index: int) -> None:
-            p0, p1 = chunks[index]
-            y = sums[index]
-            codes = [adc(y[:, :, columns_], *range_, config) for (columns_, _), range_ in zip(parts, ranges)]
-            codes = codes[0] if len(codes) == 1 else codes[0] - codes[1]
-            acc[:, p0:p1] += shift_add(codes, shifts, groups, exact_in_float32) << bit  # disjoint per chunk
-
-        in_threads(convert, range(len(chunks)))
+        def chunk(index: int) -> None:
+            for bit in range(input_bits):
+                convert(column_sums(index, bit), fixed[bit], index, bit)
+        in_threads(chunk, range(len(chunks)))
     acc = acc.t()  # [pixels, O]
     acc += (qmin - zx) * layer.weight_sum.reshape(1, -1)
     if "bias" in node.params:
@@ -264,18 +278,6 @@ def input_rows(graph: IntegerGraph, layer: MappedLayer, u: torch.Tensor, pad_val
                 rows[group * per_group + sub, ..., offset: offset + stop - start] = window[..., first: first + stop - start]
                 start = stop
     return rows.reshape(k, n * oh * ow, r), (oh, ow)
-
-
-def shift_add(codes: torch.Tensor, shifts: torch.Tensor, groups: int, exact_in_float32: bool) -> torch.Tensor:
-    """Σ over each group's sub-arrays and slices of code·2^(c·s): integer-valued float32 codes
-    [G·K, S, O, pixels] → int64 [G·O, pixels], as one vector-matrix product per group (`shifts`:
-    [K·S]). In float32 when the caller's bound on the sum is below 2^24 (exact), else in float64
-    (exact below 2^53, far beyond any crossbar's sums)."""
-    k, s, o, p = codes.shape
-    codes = codes.reshape(groups, (k // groups) * s, o * p)
-    if not exact_in_float32:
-        codes, shifts = codes.to(torch.float64), shifts.to(torch.float64)
-    return torch.matmul(shifts.reshape(1, 1, -1), codes).reshape(groups * o, p).to(torch.int64)
 
 
 def adc(v: torch.Tensor, low: torch.Tensor | None, high: torch.Tensor | None, config: CIMConfig) -> torch.Tensor:

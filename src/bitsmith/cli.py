@@ -1119,6 +1119,31 @@ def verify_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
         raise typer.Exit(1)
 
 
+# -- report (bitsmith.report) --
+
+@app.command("report")
+def report_cmd(paths: list[Path] = typer.Argument(..., help="float run folders and integer / QAT graph folders "
+                                                           "(a demo folder stands for both)"),
+               out: Path = typer.Option(..., help="the HTML file to write"),
+               log_y: bool = typer.Option(False, "--log-y", help="histogram counts on a log scale"),
+               calib_batches: int = typer.Option(4, min=1, help="training batches of 128 for the activation "
+                                                                "histograms"),
+               samples: int = typer.Option(200_000, min=1, help="activation values kept per layer for the histograms"),
+               data_dir: Optional[str] = typer.Option(None, help="folder with the data set files"),
+               force: bool = _force(),
+               as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """One self-contained HTML page of runs and graphs: model, training curves, histograms with the ranges
+    marked, quantization results, integer parameters, accelerator cost, verification (docs/user-guide.md)."""
+    from bitsmith.report import build_report
+
+    result = build_report(paths, out, log_y=log_y, calib_batches=calib_batches, max_samples=samples,
+                          data_dir=data_dir, force=force)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        Console().print(f"wrote {result['out']} ({result['bytes'] / 1024:.0f} KB): {', '.join(result['sections'])}")
+
+
 def main() -> None:
     try:
         app()

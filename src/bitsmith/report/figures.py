@@ -59,7 +59,8 @@ def training_curves(history: Sequence[dict], title: str) -> str:
 def histograms(layer: str, dists: Sequence[Distribution], log_y: bool) -> str:
     """One panel per side (weights, activation) of a layer, every range marked at both ends."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(dists), figsize=(4.6 * len(dists), 2.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(dists), figsize=(4.6 * len(dists), 2.8), squeeze=False)
+    handles = {}
     for ax, d in zip(axes[0], dists):
         counts, edges = np.histogram(d.values, bins=HISTOGRAM_BINS)
         ax.stairs(counts, edges, fill=True, color="#9ecae1")  # one polygon: much faster than hist's bars
@@ -69,12 +70,14 @@ def histograms(layer: str, dists: Sequence[Distribution], log_y: bool) -> str:
             r = getattr(d, attr)
             if r is None:
                 continue
-            ax.axvline(r[0], color=colour, linestyle=style, linewidth=1.2, label=label)
+            handles[label] = ax.axvline(r[0], color=colour, linestyle=style, linewidth=1.2)
             ax.axvline(r[1], color=colour, linestyle=style, linewidth=1.2)
         ax.set_title(f"{layer}: {d.side} ({d.count:,} values)", fontsize=9)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6, loc="upper right")
-    fig.tight_layout()
+    # One legend for the figure and fixed margins: tight_layout would lay every text out twice.
+    fig.legend(list(handles.values()), list(handles), loc="upper right", fontsize=7, ncol=len(handles),
+               frameon=False)
+    fig.subplots_adjust(left=0.07 if len(dists) > 1 else 0.13, right=0.98, bottom=0.12, top=0.8, wspace=0.2)
     return _data_uri(fig)
 
 

@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # iverilog runs the generated RTL (tests and `bitsmith rtl`); verilator is the faster optional simulator;
-# g++ compiles the HLS-export reference check.
-DEBIAN_PACKAGES=(dataset-fashion-mnist iverilog verilator g++)
+# g++ compiles the HLS-export reference check; chromium (headless) renders the HTML report in its test.
+DEBIAN_PACKAGES=(dataset-fashion-mnist iverilog verilator g++ chromium)
 PYTHON=${PYTHON:-python3}
 
 missing=()

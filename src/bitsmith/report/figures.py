@@ -84,7 +84,7 @@ def histograms(layer: str, dists: Sequence[Distribution], log_y: bool) -> str:
 def accuracy_bars(rows: Sequence[dict]) -> str:
     """Accuracy of every quantized graph: float, fake-quant, integer side by side."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(rows) + 2), 3.0))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(rows) + 3), 3.0))
     keys = (("fp32_accuracy", "float"), ("accuracy", "fake-quant"), ("integer_accuracy", "integer"))
     width = 0.8 / len(keys)
     for k, (key, label) in enumerate(keys):
@@ -94,7 +94,7 @@ def accuracy_bars(rows: Sequence[dict]) -> str:
     low = min((r[k] for r in rows for k, _ in keys if r.get(k)), default=0.0)
     ax.set_ylim(max(0.0, low - 5.0), 100.0)
     ax.set_ylabel("test accuracy %")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     return _data_uri(fig)
 

@@ -107,6 +107,48 @@ def test_histograms_mark_the_graph_clip_of_the_paired_graph(folders):
         assert len(d.values) <= (3000 if d.side == "activation" else d.count)
 
 
+def test_qat_curves_and_the_side_results_found_beside_a_graph(folders, tmp_path):
+    from bitsmith.pipeline import qat_run
+    from bitsmith.quant import QATConfig
+    from bitsmith.quant.ranges import COLUMNS, write_ranges
+
+    run, _ = folders
+    qat = tmp_path / "qat"
+    qat_run(run, qat, QATConfig("lsq", epochs=2, wbits=4, abits=4), quiet=True, train_limit=128)
+    # a crossbar sweep and a search as those commands write them (their formats; the numbers made up)
+    (qat / "cim").mkdir()
+    (qat / "cim" / "cim_sweep.json").write_text(json.dumps({
+        "format": "bitsmith.cim_sweep", "graph": str(qat), "images": 8, "integer_accuracy": 50.0,
+        "points": [{"cell_bits": 2, "variation": 0.0, "adc_bits": a, "cim_accuracy": 40.0 + a} for a in (4, 6, 8)]}))
+    search = tmp_path / "search"
+    search.mkdir()
+    (search / "search.json").write_text(json.dumps({
+        "format": "bitsmith.search", "method": "hessian", "bitw": "8,4", "bita": "8,4", "predicted": {"dsp": 12},
+        "layers": [{"layer": "conv1", "w_bits": 8, "a_bits": 8, "macs": 10, "dsp": 4, "cycles": 9, "bram18": 1}]}))
+    ranges = tmp_path / "ranges"  # what `bitsmith ranges` writes
+    write_ranges([{k: (0.5 if k.endswith(("min", "max", "mean", "std", "lo", "hi")) else "minmax") for k in COLUMNS}
+                  | {"layer": "conv1", "kind": "Conv2d"}], ranges)
+    out = tmp_path / "r.html"
+    result = build_report([qat, search, ranges], out, **FAST)
+    assert result["sections"] == ["Ranges", "Quantization results", "QAT curves", "Integer parameters", "Accelerator",
+                                  "Mixed-precision search", "Crossbar (CIM) sweeps"]
+    html = out.read_text()
+    assert "W4A4" in html and "lsq" in html and "bitw 8,4" in html and "[0.5, 0.5]" in html
+
+
+def test_a_run_whose_data_set_is_missing_still_gets_a_report(folders, tmp_path, monkeypatch):
+    import bitsmith.quant.calibration as calibration
+    from bitsmith.errors import DataError
+
+    def missing(*args, **kwargs):
+        raise DataError("fashion-mnist not found in /nowhere")
+
+    monkeypatch.setattr(calibration, "calibration_batches", missing)
+    result = build_report([folders[0]], tmp_path / "r.html", **FAST)
+    assert result["sections"] == ["Model summary", "Float training curves", "Weight and activation histograms"]
+    assert "the calibration data cannot be read (fashion-mnist not found in /nowhere)" in (tmp_path / "r.html").read_text()
+
+
 def test_a_folder_that_is_neither_a_run_nor_a_graph_is_refused_by_name(tmp_path, folders):
     junk = tmp_path / "holiday-photos"
     junk.mkdir()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bitsmith.artifacts import QAT_GRAPH, Kind, folder_kind, publishing_file
-from bitsmith.errors import ConfigError
+from bitsmith.errors import ConfigError, DataError
 from bitsmith.report import figures, sections
 from bitsmith.report.histograms import MAX_SAMPLES
 from bitsmith.report.sources import Sources, collect_sources
@@ -87,9 +87,15 @@ def report_context(sources: Sources, options: ReportOptions) -> dict[str, Any]:
         if curve:
             ctx["curves"].append({"folder": str(path), "figure": curve})
         paired = _pair(run, graphs)
-        rows, plots = sections.distributions(run, paired[1] if paired else None, options.calib_batches,
-                                             options.data_dir, options.log_y, options.max_samples)
-        ctx["histograms"].append({"folder": str(path), "graph": str(paired[0]) if paired else None, "plots": plots})
+        try:
+            rows, plots = sections.distributions(run, paired[1] if paired else None, options.calib_batches,
+                                                 options.data_dir, options.log_y, options.max_samples)
+        except DataError as e:  # the run's data set is not on this machine: no activations to draw
+            ctx["histograms"].append({"folder": str(path), "graph": None, "plots": [],
+                                      "missing": f"no histograms: the calibration data cannot be read ({e})"})
+            continue
+        ctx["histograms"].append({"folder": str(path), "graph": str(paired[0]) if paired else None, "plots": plots,
+                                  "missing": None})
         ctx["ranges"].append({"folder": str(path), "rows": rows})
     if not sources.runs:
         for folder, doc in sources.side.get("ranges", []):

@@ -108,7 +108,7 @@ def report_context(sources: Sources, options: ReportOptions) -> dict[str, Any]:
         qat = sections.qat_curves(path)
         if qat:
             ctx["qat"].append({"folder": str(path), "figure": qat})
-        ctx["graphs"].append({"folder": str(path), "bits": sections._bits_label(graph),
+        ctx["graphs"].append({"folder": str(path), "bits": sections.bits_label(graph),
                               "layers": sections.integer_layers(graph), "accel": sections.accelerator(graph)})
         ctx["verification"] += [{"folder": str(path), **row}
                                 for row in sections.verification(sources.verify.get(path, []))]

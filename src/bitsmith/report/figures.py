@@ -35,6 +35,12 @@ def _data_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _integer_ticks(ax) -> None:
+    """Epochs and bit widths are whole numbers: no 1.5 on their axis."""
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def training_curves(history: Sequence[dict], title: str) -> str:
     """Loss and accuracy per epoch (train, and test where recorded)."""
     plt = _pyplot()
@@ -51,6 +57,7 @@ def training_curves(history: Sequence[dict], title: str) -> str:
     ax_acc.legend(fontsize=8)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
+        _integer_ticks(ax)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _data_uri(fig)
@@ -143,6 +150,7 @@ def cim_sweep(points: Sequence[dict], title: str) -> str:
         ax.plot([p["adc_bits"] for p in pts], [p["cim_accuracy"] for p in pts], marker="o", ms=3,
                 label=f"{cell}-bit cells, σ {var:g}")
     ax.set_xlabel("ADC bits")
+    _integer_ticks(ax)
     ax.set_ylabel("crossbar accuracy %")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)

@@ -7,7 +7,6 @@ template; nothing here writes HTML.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +74,7 @@ def distributions(run, graph, calib_batches: int, data_dir: str | None, log_y: b
 
 # -- integer graphs ------------------------------------------------------------------------------
 
-def _bits_label(graph) -> str:
+def bits_label(graph) -> str:
     wbits = sorted({int(n.attrs["weight_bits"]) for n in graph.nodes if "weight_bits" in n.attrs})
     abits = sorted({graph.tensors[n.output].bits for n in graph.nodes if n.op == "Requant"})
     w = "W" + "/".join(map(str, wbits)) if wbits else ""
@@ -88,8 +87,8 @@ def quant_result(folder: Path, graph) -> dict:
     m = _read_metrics(folder)
     config = m.get("quant_config") or m.get("config") or {}
     how = m.get("method") or config.get("observer") or ""
-    return {"label": f"{folder.name} ({_bits_label(graph)}{' ' + how if how else ''})", "folder": str(folder),
-            "bits": _bits_label(graph), "method": how, "fp32_accuracy": m.get("fp32_accuracy"),
+    return {"label": f"{folder.name} ({bits_label(graph)}{' ' + how if how else ''})", "folder": str(folder),
+            "bits": bits_label(graph), "method": how, "fp32_accuracy": m.get("fp32_accuracy"),
             "accuracy": m.get("accuracy"), "integer_accuracy": m.get("integer_accuracy"),
             "agreement": m.get("agreement"), "disagreements": m.get("disagreements"),
             "test_images": m.get("test_images"), "recorded": bool(m)}
@@ -226,7 +225,3 @@ def saved_ranges(found: list[tuple[Path, Any]]) -> list[dict]:
     for _, doc in found:
         rows.extend(r for r in doc.get("layers", []) if isinstance(r, dict))
     return rows
-
-
-def finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -75,7 +75,7 @@ def run_verilator(rtl_dir: str | os.PathLike, sources: list[str], top: str, wave
     """verilator --binary with the same testbench; returns the parsed log plus build/run wall times."""
     rtl_dir = Path(rtl_dir)
     _require("verilator", "verilator")
-    cmd = ["verilator", "--binary", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-MULTIDRIVEN",
+    cmd = ["verilator", "--binary", "-Wno-fatal",
            "--top-module", top, "-Mdir", "obj_verilator", "-o", "tb_bitsmith", "-j", "2"]
     if waves:
         cmd += ["--trace", "-DWAVES"]
@@ -86,6 +86,27 @@ def run_verilator(rtl_dir: str | os.PathLike, sources: list[str], top: str, wave
     t2 = time.perf_counter()
     (rtl_dir / "verilator.log").write_text(log)
     return {"simulator": "verilator", **parse_log(log), "build_s": t1 - t0, "run_s": t2 - t1}
+
+
+def lint_verilator(rtl_dir: str | os.PathLike, sources: list[str], top: str, defines: tuple[str, ...] = (),
+                   timeout: float | None = None) -> list[str]:
+    """`verilator --lint-only -Wall` on `sources` (names in `rtl_dir`) with `top` as the top module and
+    `defines` as `-D` macros (SYNTHESIS: what Yosys reads). Returns the warning lines, none when the
+    design is clean; a Verilator error (a design it cannot read) raises SimulationError."""
+    rtl_dir = Path(rtl_dir)
+    _require("verilator", "verilator")
+    cmd = ["verilator", "--lint-only", "-Wall", "--timing", "--top-module", top, *(f"-D{d}" for d in defines)]
+    try:
+        proc = subprocess.run(cmd + list(sources), cwd=rtl_dir, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SimulationError(f"verilator --lint-only did not finish within {timeout:g} s") from None
+    lines = (proc.stdout + proc.stderr).splitlines()
+    warnings = [line for line in lines if line.startswith("%Warning")]
+    errors = [line for line in lines if line.startswith("%Error") and not line.startswith("%Error: Exiting due to")]
+    if errors or (proc.returncode != 0 and not warnings):
+        raise SimulationError(f"verilator --lint-only failed (exit {proc.returncode}) in {rtl_dir}:\n"
+                              + "\n".join(lines[-40:]))
+    return warnings
 
 
 def run_simulator(sim: str, rtl_dir: str | os.PathLike, sources: list[str], top: str, waves: bool = False,

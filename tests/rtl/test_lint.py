@@ -1,7 +1,8 @@
 """The generated Verilog is `verilator --lint-only -Wall` clean (issue 16 item 5): the top as simulated,
 the top as synthesised (SYNTHESIS defined, as Yosys reads it) and the testbench, for the configurations
 the RTL tests run: LeNet-5 dense, codebook and mixed-precision, every layer kind, grouped convs,
-residual adds, concat / reorg / lone requants, several R×C and bus widths, and the injected faults.
+residual adds, concat / reorg / lone requants, two random DAGs, several R×C and bus widths, and the
+injected faults.
 A warning that must stay carries a `verilator lint_off` waiver with its reason in the template."""
 
 import pytest
@@ -14,6 +15,7 @@ from bitsmith.rtl.generate import DESIGN_FILES, FAULTS, TESTBENCH_FILE, TESTBENC
 from bitsmith.rtl.simulators import SimulationError, lint_verilator
 from bitsmith.verify import verification_inputs
 from tests.helpers import golden, needs_verilator
+from tests.random_graphs import random_graph
 from tests.rtl.test_rtl_dag import CASES as DAG_CASES, SMALL
 
 pytestmark = needs_verilator
@@ -30,6 +32,8 @@ CONFIGS = {
     "depthwise_1x3_bus32": (DAG_CASES["depthwise"], AccelConfig(pe=1, simd=3, bus_bits=32, max_kernel=12), None),
     "concat_reorg_requant_3x4": (DAG_CASES["concat_reorg_requant"], SMALL, None),
     "asymmetric_padding_8x8": (DAG_CASES["asymmetric_padding"], AccelConfig(pe=8, simd=8, max_kernel=12), None),
+    "random_graph_6_3x4": (lambda: random_graph(6), SMALL, None),     # random DAGs of test_rtl_dag
+    "random_graph_7_8x8": (lambda: random_graph(7), AccelConfig(pe=8, simd=8, max_kernel=12), None),
     **{f"fault_{fault}": (lambda: golden("mixed_small"), AccelConfig(pe=4, simd=4), fault) for fault in FAULTS},
 }
 

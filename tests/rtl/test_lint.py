@@ -10,15 +10,14 @@ import pytest
 from bitsmith.accel.compiler import compile_graph
 from bitsmith.accel.config import AccelConfig
 from bitsmith.accel.memory import write_memory
+from bitsmith.accel.timing import program_cycles
 from bitsmith.integer import engine
 from bitsmith.rtl.generate import DESIGN_FILES, FAULTS, TESTBENCH_FILE, TESTBENCH_TOP, generate_rtl
-from bitsmith.rtl.simulators import SimulationError, lint_verilator
+from bitsmith.rtl.simulators import SimulationError, lint_verilator, run_testbench
 from bitsmith.verify import verification_inputs
 from tests.helpers import golden, needs_verilator
 from tests.random_graphs import random_graph
 from tests.rtl.test_rtl_dag import CASES as DAG_CASES, SMALL
-
-pytestmark = needs_verilator
 
 # name -> (graph maker, accelerator configuration, fault)
 CONFIGS = {
@@ -48,6 +47,7 @@ def _generate(tmp_path, name):
     return program, tmp_path / "rtl"
 
 
+@needs_verilator
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_generated_rtl_is_verilator_wall_clean(tmp_path, name):
     program, rtl = _generate(tmp_path, name)
@@ -59,6 +59,7 @@ def test_generated_rtl_is_verilator_wall_clean(tmp_path, name):
         assert any(layer.is_codebook for layer in program.layers)
 
 
+@needs_verilator
 def test_lint_reports_what_it_finds(tmp_path):
     """The check can fail: a width mismatch and a blocking assignment in a clocked process are
     reported as warnings, and a file Verilator cannot parse is an error, not a clean result."""
@@ -71,3 +72,15 @@ def test_lint_reports_what_it_finds(tmp_path):
     (tmp_path / "broken.v").write_text("module broken(; endmodule\n")
     with pytest.raises(SimulationError, match="lint-only failed"):
         lint_verilator(tmp_path, ["broken.v"], "broken")
+
+
+@pytest.mark.parametrize("sim", ["icarus", pytest.param("verilator", marks=[pytest.mark.slow, needs_verilator])])
+def test_the_synthesis_form_simulates_bit_and_cycle_exact(tmp_path, sim):
+    """The top as Yosys reads it (SYNTHESIS: the operand fetch an always @* process instead of the
+    falling-edge one) gives the same values and cycles as the form the tests simulate, on every
+    layer kind: the two forms of the fetch are one circuit."""
+    program, rtl = _generate(tmp_path, "mixed_small_4x4")
+    result = run_testbench(program, tmp_path / "memory", rtl, images=1, sim=sim, defines=("SYNTHESIS",))
+    assert result["timeout"] is None and result["summary"] == {"mismatches": 0, "images": 1}
+    assert set(result["mismatches_per_layer"]) == set(range(len(program.layers)))
+    assert result["cycles_per_image"] == [program_cycles(program)["total"]]

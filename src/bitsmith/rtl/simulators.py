@@ -53,14 +53,15 @@ def _run(cmd: list[str], cwd: Path, what: str, timeout: float | None) -> str:
 
 
 def run_icarus(rtl_dir: str | os.PathLike, sources: list[str], top: str, waves: bool = False,
-               timeout: float | None = None) -> dict:
-    """iverilog -g2005 + vvp; returns the parsed log plus build/run wall times."""
+               timeout: float | None = None, defines: tuple[str, ...] = ()) -> dict:
+    """iverilog -g2005 + vvp (`defines` as -D macros); returns the parsed log plus build/run wall times."""
     rtl_dir = Path(rtl_dir)
     _require("iverilog", "iverilog")
     _require("vvp", "iverilog")
     cmd = ["iverilog", "-g2005", "-o", "tb_bitsmith.vvp", "-s", top]
     if waves:
         cmd.append("-DWAVES")
+    cmd += [f"-D{d}" for d in defines]
     t0 = time.perf_counter()
     _run(cmd + sources, rtl_dir, "iverilog", timeout)
     t1 = time.perf_counter()
@@ -71,14 +72,16 @@ def run_icarus(rtl_dir: str | os.PathLike, sources: list[str], top: str, waves: 
 
 
 def run_verilator(rtl_dir: str | os.PathLike, sources: list[str], top: str, waves: bool = False,
-                  timeout: float | None = None) -> dict:
-    """verilator --binary with the same testbench; returns the parsed log plus build/run wall times."""
+                  timeout: float | None = None, defines: tuple[str, ...] = ()) -> dict:
+    """verilator --binary with the same testbench (`defines` as -D macros); returns the parsed log plus
+    build/run wall times."""
     rtl_dir = Path(rtl_dir)
     _require("verilator", "verilator")
-    cmd = ["verilator", "--binary", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-MULTIDRIVEN",
+    cmd = ["verilator", "--binary", "-Wno-fatal",
            "--top-module", top, "-Mdir", "obj_verilator", "-o", "tb_bitsmith", "-j", "2"]
     if waves:
         cmd += ["--trace", "-DWAVES"]
+    cmd += [f"-D{d}" for d in defines]
     t0 = time.perf_counter()
     _run(cmd + sources, rtl_dir, "verilator", timeout)
     t1 = time.perf_counter()
@@ -88,12 +91,33 @@ def run_verilator(rtl_dir: str | os.PathLike, sources: list[str], top: str, wave
     return {"simulator": "verilator", **parse_log(log), "build_s": t1 - t0, "run_s": t2 - t1}
 
 
+def lint_verilator(rtl_dir: str | os.PathLike, sources: list[str], top: str, defines: tuple[str, ...] = (),
+                   timeout: float | None = None) -> list[str]:
+    """`verilator --lint-only -Wall` on `sources` (names in `rtl_dir`) with `top` as the top module and
+    `defines` as `-D` macros (SYNTHESIS: what Yosys reads). Returns the warning lines, none when the
+    design is clean; a Verilator error (a design it cannot read) raises SimulationError."""
+    rtl_dir = Path(rtl_dir)
+    _require("verilator", "verilator")
+    cmd = ["verilator", "--lint-only", "-Wall", "--timing", "--top-module", top, *(f"-D{d}" for d in defines)]
+    try:
+        proc = subprocess.run(cmd + list(sources), cwd=rtl_dir, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SimulationError(f"verilator --lint-only did not finish within {timeout:g} s") from None
+    lines = (proc.stdout + proc.stderr).splitlines()
+    warnings = [line for line in lines if line.startswith("%Warning")]
+    errors = [line for line in lines if line.startswith("%Error") and not line.startswith("%Error: Exiting due to")]
+    if errors or (proc.returncode != 0 and not warnings):
+        raise SimulationError(f"verilator --lint-only failed (exit {proc.returncode}) in {rtl_dir}:\n"
+                              + "\n".join(lines[-40:]))
+    return warnings
+
+
 def run_simulator(sim: str, rtl_dir: str | os.PathLike, sources: list[str], top: str, waves: bool = False,
-                  timeout: float | None = None) -> dict:
+                  timeout: float | None = None, defines: tuple[str, ...] = ()) -> dict:
     if sim not in SIMULATORS:
         raise ConfigError(f"unknown simulator {sim!r}; choose one of {', '.join(SIMULATORS)}")
     runner = run_icarus if sim == "icarus" else run_verilator
-    return runner(rtl_dir, sources, top, waves=waves, timeout=timeout)
+    return runner(rtl_dir, sources, top, waves=waves, timeout=timeout, defines=defines)
 
 
 def parse_log(text: str) -> dict:
@@ -128,16 +152,17 @@ def parse_log(text: str) -> dict:
 
 def run_testbench(program: Program, memory_dir: str | os.PathLike, rtl_dir: str | os.PathLike, images: int,
                   sim: str = "icarus", fault: str | None = None, waves: bool = False,
-                  timeout: float | None = None) -> dict:
+                  timeout: float | None = None, defines: tuple[str, ...] = ()) -> dict:
     """Generate the Verilog and testbench for `program` into `rtl_dir` (memory files and expected
     outputs in `memory_dir`, bitsmith.accel.memory.write_memory), run `images` images in `sim`,
-    and return the parsed log with the manifest and wall times (build_s, run_s, generate_s)."""
+    and return the parsed log with the manifest and wall times (build_s, run_s, generate_s).
+    `defines` are Verilog macros for the simulator: SYNTHESIS simulates the design as Yosys reads it."""
     if sim not in SIMULATORS:
         raise ConfigError(f"unknown simulator {sim!r}; choose one of {', '.join(SIMULATORS)}")
     t0 = time.perf_counter()
     manifest = generate_rtl(program, rtl_dir, images=images, fault=fault, memory_dir=memory_dir, relative_paths=True)
     t1 = time.perf_counter()
     log = run_simulator(sim, rtl_dir, manifest["files"] + [manifest["testbench"]], TESTBENCH_TOP, waves=waves,
-                        timeout=timeout)
+                        timeout=timeout, defines=defines)
     return {**log, "manifest": manifest, "generate_s": t1 - t0,
             "waves": str(Path(rtl_dir) / "tb_bitsmith.vcd") if waves else None}

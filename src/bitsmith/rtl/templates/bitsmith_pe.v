@@ -4,6 +4,7 @@
 // en = 0 makes the PE pass l_in through (an idle PE adds nothing).
 // Written as a process rather than an assign: an event-driven simulator then evaluates each PE once
 // per change of its inputs instead of rippling the whole chain after every single input (same logic).
+`timescale 1ns/1ps
 module bitsmith_pe (
     input  wire signed [7:0]  w,     // signed weight (2..8-bit codes sign-extended, or a codebook value)
     input  wire signed [9:0]  d,     // x - z_in, or 0 for a padded / out-of-range term

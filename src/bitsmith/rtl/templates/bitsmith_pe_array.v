@@ -2,6 +2,7 @@
 // ones in a dense conv; those of its convolution group in a grouped one) and its own C weights; row
 // r's chain starts at its accumulator, or at its bias on the first term block of a pixel (clear), and
 // its end is written back to the accumulator when enable is high.
+`timescale 1ns/1ps
 module bitsmith_pe_array #(
     parameter R = 8,
     parameter C = 8

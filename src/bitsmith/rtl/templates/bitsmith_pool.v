@@ -3,6 +3,7 @@
 // window). Sum mode adds (x - z)*m onto the lane's start value (the channel's bias, 0): average pools
 // and lone requants (m = 1), add (element 0 of input a times m_a, element 1 of input b times m_b);
 // the requant unit follows. The caller gives each element's signedness, zero point and multiplier.
+`timescale 1ns/1ps
 module bitsmith_pool #(
     parameter R = 8
 ) (

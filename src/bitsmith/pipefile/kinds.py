@@ -301,7 +301,7 @@ def _kinds() -> dict[str, StageKind]:
         StageKind("export", "ONNX or CLIP-Q hex export (bitsmith export)", ("graph",), "export", EXPORT,
                   _check_export),
         StageKind("verify", "every back end against the engine (bitsmith verify)", ("graph",), "verification",
-                  VERIFY, _check_verify),
+                  VERIFY, _check_verify, aliases={"backends": "back end"}),
         StageKind("rtl", "the generated Verilog in a simulator (bitsmith rtl)", ("graph",), "verification", RTL,
                   _check_rtl),
         StageKind("cim", "accuracy on simulated crossbars (bitsmith cim run)", ("graph",), "cim", _cim_options(),

@@ -36,7 +36,8 @@ class KeyLines:
             if not key:
                 continue
             path = table + _parts(key.group(1))
-            self._lines.setdefault(path, number)
+            for end in range(len(table) + 1, len(path) + 1):  # a dotted key defines its parents too
+                self._lines.setdefault(path[:end], number)
             rest = line[key.end():].strip()
             if rest.startswith("{"):  # an inline table: its keys are on this line
                 for inner in re.finditer(r"([A-Za-z0-9_-]+)\s*=", rest):

@@ -129,7 +129,12 @@ def _run_stage(pipeline: Pipeline, name: str, key: str, keys: dict[str, str], ou
     refs = {role: out / s / _output(pipeline, s) for role, s in stage.refs.items()}
     work = out / WORK / f"{name}-{key[:16]}"
     _drop_other_work(out, name, work)
-    with publishing(out / name, STAGE_FOLDER, command=f"bitsmith run (stage {name})") as target:
+    folder = out / name
+    if folder.exists() and not STAGE_FOLDER.detect(folder):
+        raise OutputError(f"{folder} is not a stage folder (no {STAGE_FILE}), so bitsmith run will not replace it; "
+                          "move it away or choose another output folder")
+    # the check above is the kind check (bitsmith.artifacts knows no stage folders): force the rest
+    with publishing(folder, STAGE_FOLDER, force=True, command=f"bitsmith run (stage {name})") as target:
         job = StageJob(name, stage.settings, inputs, refs, target.path, work, stage.data_dir, quiet, target.relocate)
         try:
             figures, passed = JOBS[stage.kind.name](job)

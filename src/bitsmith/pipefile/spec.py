@@ -140,14 +140,14 @@ def _stage(where: _Where, name: str, table: Any, data_dir: str | None) -> Stage:
     allowed = {**COMMON, **kind.options}
     for key, value in table.items():
         if key not in allowed:
-            raise where.error(keys + (key,), f"unknown key for a {kind.name} stage; allowed: "
+            raise where.error(keys + (key,), f"unknown key for {_a(kind.name)} stage; allowed: "
                                              f"{', '.join(k for k in allowed if k != 'kind')}")
         problem = check_value(allowed[key], value)
         if problem is not None:
             raise where.error(keys + (key,), f"{describe(value)} is not allowed; allowed: {problem}")
     for key, option in kind.options.items():
         if option.required and key not in table:
-            raise where.error(keys, f"a {kind.name} stage needs {key} = …")
+            raise where.error(keys, f"{_a(kind.name)} stage needs {key} = …")
     settings = {key: table.get(key, option.default) for key, option in kind.options.items()}
     try:
         kind.check(settings)
@@ -159,9 +159,15 @@ def _stage(where: _Where, name: str, table: Any, data_dir: str | None) -> Stage:
     return Stage(name, kind, settings, sources, refs, table.get("data_dir", data_dir))
 
 
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
 def _culprit(kind: StageKind, table: dict[str, Any], message: str) -> str:
     """The setting a job config's error is about (its own name or the config's name for it), else "kind"."""
     for key in table:
+        if key not in kind.options:
+            continue  # kind, from, data_dir: a config's error is about the kind's own settings
         for name in (key, kind.aliases.get(key)):
             if name and re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", message):
                 return key
@@ -174,14 +180,14 @@ def _check_inputs(where: _Where, stages: dict[str, Stage]) -> None:
         kind, keys = stage.kind, ("stages", stage.name)
         needs = " or ".join(PRODUCTS[n] for n in kind.needs)
         if not kind.needs and stage.sources:
-            raise where.error(keys + ("from",), f"a {kind.name} stage reads no other stage's output; remove from")
+            raise where.error(keys + ("from",), f"{_a(kind.name)} stage reads no other stage's output; remove from")
         if kind.needs and not stage.sources:
             makers = [s.name for s in stages.values() if s.kind.makes in kind.needs and s is not stage]
             hint = f" (here: {', '.join(makers)})" if makers else "; no stage of this file makes one"
-            raise where.error(keys, f"missing input: a {kind.name} stage needs {needs}; add from = \"STAGE\" naming "
+            raise where.error(keys, f"missing input: {_a(kind.name)} stage needs {needs}; add from = \"STAGE\" naming "
                                     f"a stage that makes it{hint}")
         if len(stage.sources) > 1 and not kind.many:
-            raise where.error(keys + ("from",), f"a {kind.name} stage reads one stage; got {len(stage.sources)}")
+            raise where.error(keys + ("from",), f"{_a(kind.name)} stage reads one stage; got {len(stage.sources)}")
         named = [("from", source, kind.needs) for source in stage.sources]
         named += [(key, ref, (kind.refs[key],)) for key, ref in stage.refs.items()]
         for key, source, wanted in named:
@@ -190,7 +196,7 @@ def _check_inputs(where: _Where, stages: dict[str, Stage]) -> None:
                                                  f"{', '.join(stages)}")
             made = stages[source].kind.makes
             if source != stage.name and made not in wanted:
-                raise where.error(keys + (key,), f"missing input: a {kind.name} stage needs "
+                raise where.error(keys + (key,), f"missing input: {_a(kind.name)} stage needs "
                                                  f"{' or '.join(PRODUCTS[w] for w in wanted)}, but stage {source!r} "
                                                  f"({stages[source].kind.name}) makes {PRODUCTS[made]}")
 

@@ -4,6 +4,7 @@ with its key and line."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -348,21 +349,24 @@ def test_the_output_folder_must_be_a_pipelines(tmp_path):
         load_pipeline(tmp_path / "missing.toml")
 
 
-def test_a_report_stage_needs_bitsmith_report(tmp_path):
-    text = TINY + '\n[stages.page]\nkind = "report"\nfrom = ["fp32", "int8"]\n'
+def test_a_report_stage_runs_bitsmith_report_or_says_it_is_missing(finished, tmp_path):
+    text = TINY + '\n[stages.page]\nkind = "report"\nfrom = ["fp32", "int8"]\nlog_y = true\n'
     path = _write(tmp_path, text)
-    try:
-        import bitsmith.report  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("bitsmith.report") is None:
         with pytest.raises(ConfigError) as e:
             load_pipeline(path)
         assert str(e.value).startswith(f"{path}:{_line_of(text, '[stages.page]') + 1}: stages.page.kind: ")
         assert "needs bitsmith.report" in str(e.value)
         return
-    assert load_pipeline(path).stages["page"].sources == ["fp32", "int8"]
-    bad = _write(tmp_path, TINY + '\n[stages.page]\nkind = "report"\nfrom = ["fp32", "check"]\n')
-    with pytest.raises(ConfigError, match="needs a float run or an integer graph, but stage 'check'"):
+    bad = _write(tmp_path, TINY + '\n[stages.page]\nkind = "report"\nfrom = ["fp32", "check"]\n', "bad.toml")
+    with pytest.raises(ConfigError, match="stages.page.from: missing input: a report stage needs a float run or an "
+                                          "integer graph or a mixed-precision search, but stage 'check'"):
         load_pipeline(bad)
+    out = _copy(finished, tmp_path)
+    result = run_pipeline(path, out=out, quiet=True)
+    assert _status(result)["page"] == "ran" and _status(result)["int8"] == "cached"
+    page = (out / "page" / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and result["stages"][-1]["figures"]["sections"] > 0
 
 
 def test_every_shipped_pipeline_file_is_valid():

@@ -19,13 +19,11 @@ and leaves the stage unfinished, so the next run tries it again. The outputs, in
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bitsmith.errors import ConfigError
 from bitsmith.pipefile import kinds
 from bitsmith.storage import read_json, write_json_atomic
 
@@ -195,12 +193,11 @@ def _cim(job: StageJob) -> Result:
 
 
 def _report(job: StageJob) -> Result:
-    write_report = kinds.report_function()
-    result = write_report(list(job.inputs), job.folder / "report.html", **job.settings["options"])
-    if not (job.folder / "report.html").is_file():
-        raise ConfigError("bitsmith.report wrote no report.html")
-    figures = result if isinstance(result, dict) else {}
-    return json.loads(json.dumps(figures, default=str)), True
+    build_report = kinds.report_function()
+    s = job.settings
+    options = {k: s[k] for k in ("log_y", "calib_batches", "max_samples") if s[k] is not None}
+    result = build_report(list(job.inputs), job.folder / "report.html", data_dir=job.data_dir, **options)
+    return {"sections": len(result.get("sections", [])), "bytes": result.get("bytes")}, True
 
 
 JOBS: dict[str, Callable[[StageJob], Result]] = {

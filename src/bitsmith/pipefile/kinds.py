@@ -264,26 +264,28 @@ def _check_cim(s: dict[str, Any]) -> None:
 
 # -- report ------------------------------------------------------------------------------------
 
-REPORT_FUNCTION = "write_report"
+REPORT = {"log_y": Option("bool", False), "calib_batches": Option("int", 4), "max_samples": Option("int")}
 
 
 def report_function():
-    """`bitsmith.report.write_report(paths, out, **options)`, the job of `bitsmith report`; a
-    ConfigError while that package is not part of this installation."""
+    """`bitsmith.report.build_report(paths, out, log_y=…, calib_batches=…, max_samples=…, data_dir=…)`,
+    the job of `bitsmith report`; a ConfigError while that package is not part of this installation."""
     try:
-        from bitsmith import report  # the HTML report (issue 17), written beside this module
+        from bitsmith import report  # the HTML report (issue 17), written beside this package
     except ImportError as e:
         raise ConfigError(f"the report stage needs bitsmith.report, which this installation does not have ({e}); "
                           "remove the stage, or run `bitsmith report` once it is available") from None
-    fn = getattr(report, REPORT_FUNCTION, None)
+    fn = getattr(report, "build_report", None)
     if fn is None:
-        raise ConfigError(f"bitsmith.report has no {REPORT_FUNCTION}(paths, out, **options), which the report "
-                          "stage calls")
+        raise ConfigError("bitsmith.report has no build_report(paths, out, …), which the report stage calls")
     return fn
 
 
 def _check_report(s: dict[str, Any]) -> None:
     report_function()
+    for name in ("calib_batches", "max_samples"):
+        if s[name] is not None and s[name] < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {s[name]}")
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -306,8 +308,8 @@ def _kinds() -> dict[str, StageKind]:
                   _check_rtl),
         StageKind("cim", "accuracy on simulated crossbars (bitsmith cim run)", ("graph",), "cim", _cim_options(),
                   _check_cim),
-        StageKind("report", "the HTML report (bitsmith report)", ("run", "graph"), "report",
-                  {"options": Option("table", {})}, _check_report, many=True),
+        StageKind("report", "the HTML report (bitsmith report)", ("run", "graph", "search"), "report", REPORT,
+                  _check_report, many=True),
     )}
 
 

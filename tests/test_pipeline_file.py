@@ -159,6 +159,17 @@ def test_force_redoes_the_stage_and_what_reads_it(finished, tmp_path):
         run_pipeline(path, out=out, force=["nope"])
 
 
+def test_writing_a_default_or_leaving_it_out_is_the_same_stage(finished, tmp_path):
+    path, _, _ = finished
+    out = _copy(finished, tmp_path)
+    same = _write(tmp_path, TINY.replace("calib_batches = 1", "calib_batches = 1\nper_channel = false\n"
+                                                              "multiplier_bits = 32"), "same.toml")
+    assert [s["action"] for s in run_pipeline(same, out=out, dry_run=True)["plan"]] == ["cached"] * 4
+    keys = [load_pipeline(_write(tmp_path, TINY.replace("epochs = 1", f"epochs = 1\nlr = {lr}"), "lr.toml"))
+            .stages["fp32"].settings["lr"] for lr in ("1", "1.0")]
+    assert keys == [1.0, 1.0] and isinstance(keys[0], float)
+
+
 def test_a_changed_output_file_reruns_its_stage(finished, tmp_path):
     path, _, _ = finished
     out = _copy(finished, tmp_path)
@@ -384,3 +395,77 @@ def test_key_lines():
     assert lines.line("stages", "x", "quoted") == 4 and lines.line("stages", "x", "opts", "width") == 5
     assert lines.line("stages", "x", "opts") == 5 and lines.line("stages", "y z", "inline", "m") == 7
     assert lines.line("stages", "x", "missing") == 2 and lines.line("nothing") is None
+
+
+EVERY_KIND = TINY + """
+[stages.sparse]
+kind = "prune"
+from = "fp32"
+method = "nm"
+epochs = 1
+train_limit = 128
+
+[stages.widths]
+kind = "search"
+from = "fp32"
+method = "hessian"
+budget_kb = 40
+train_limit = 128
+max_iterations = 2
+
+[stages.mixed]
+kind = "qat"
+from = "fp32"
+method = "lsq"
+widths_from = "widths"
+epochs = 1
+train_limit = 128
+
+[stages.w4]
+kind = "qat"
+from = "sparse"
+method = "lsq"
+epochs = 1
+train_limit = 128
+
+[stages.codebook]
+kind = "qat"
+from = "fp32"
+method = "clipq"
+keep_first_last_8bit = true
+epochs = 1
+train_limit = 128
+
+[stages.hex]
+kind = "export"
+from = "codebook"
+format = "clipq-hex"
+
+[stages.hw]
+kind = "rtl"
+from = "int8"
+images = 1
+
+[stages.xbar]
+kind = "cim"
+from = "int8"
+images = 64
+adc_bits = 6
+"""
+
+
+@pytest.mark.slow
+def test_every_stage_kind_runs(tmp_path):
+    """Each kind's job on tiny data (the RTL simulation makes this slow: about a minute)."""
+    path = _write(tmp_path, EVERY_KIND)
+    out = tmp_path / "out"
+    result = run_pipeline(path, out=out, quiet=True)
+    assert result["passed"] and set(_status(result).values()) == {"ran"}
+    search = json.loads((out / "widths" / "search" / "search.json").read_text())
+    qat = json.loads((out / "mixed" / "graph" / "metrics.json").read_text())
+    assert (qat["config"]["bitw"], qat["config"]["bita"]) == (search["bitw"], search["bita"])  # widths_from
+    assert json.loads((out / "w4" / "graph" / "metrics.json").read_text())["pruned"]["density"] < 1
+    assert (out / "hex" / "clipq-hex" / "manifest.json").is_file()
+    assert json.loads((out / "hw" / "rtl.json").read_text())["passed"]
+    assert json.loads((out / "xbar" / "cim.json").read_text())["agreement"] == 1.0
+    assert set(_status(run_pipeline(path, out=out, quiet=True)).values()) == {"cached"}

@@ -149,6 +149,9 @@ def _stage(where: _Where, name: str, table: Any, data_dir: str | None) -> Stage:
         if option.required and key not in table:
             raise where.error(keys, f"{_a(kind.name)} stage needs {key} = …")
     settings = {key: table.get(key, option.default) for key, option in kind.options.items()}
+    for key, option in kind.options.items():  # `cd = 0` and `cd = 0.0` are one setting, and one key
+        if option.type == "float" and isinstance(settings[key], int) and not isinstance(settings[key], bool):
+            settings[key] = float(settings[key])
     try:
         kind.check(settings)
     except BitsmithError as e:

@@ -469,3 +469,28 @@ def test_every_stage_kind_runs(tmp_path):
     assert json.loads((out / "hw" / "rtl.json").read_text())["passed"]
     assert json.loads((out / "xbar" / "cim.json").read_text())["agreement"] == 1.0
     assert set(_status(run_pipeline(path, out=out, quiet=True)).values()) == {"cached"}
+
+
+def test_a_failed_check_stops_the_run_keeps_its_evidence_and_runs_again(finished, tmp_path):
+    """A back end that cannot run the graph (an activation memory of 64 bytes) fails the verify stage;
+    the stages after it that have to run do not (a finished one stays finished)."""
+    out = _copy(finished, tmp_path)
+    path = _write(tmp_path, TINY.replace('backends = ["onnx", "accel"]', 'backends = ["accel"]\nact_buffer_bytes = 64'))
+    result = invoke("run", path, "--out", out, "--json")
+    assert result.exit_code == 1, result.output
+    doc = json.loads(result.output.strip().splitlines()[-1])
+    assert not doc["passed"]
+    assert _status(doc) == {"fp32": "cached", "int8": "cached", "check": "failed", "onnx": "cached"}
+    assert "FAIL" in doc["stages"][2]["figures"]["accel"]
+    record = json.loads((out / "check" / "stage.json").read_text())
+    assert record["passed"] is False and not json.loads((out / "check" / "verify.json").read_text())["passed"]
+    plan = run_pipeline(path, out=out, dry_run=True)["plan"]
+    assert [(s["action"], s["reason"]) for s in plan[2:]] == [("run", "it failed last time"),
+                                                              ("cached", "finished with this key")]
+    stopped = run_pipeline(path, out=out, force=["int8"], quiet=True)
+    assert _status(stopped) == {"fp32": "cached", "int8": "ran", "check": "failed", "onnx": "not run"}
+    assert not stopped["passed"]
+    # onnx read the int8 that was redone after it: it runs next time even though no key changed
+    plan = {s["stage"]: s for s in run_pipeline(path, out=out, dry_run=True)["plan"]}
+    assert (plan["onnx"]["action"], plan["onnx"]["reason"]) == ("run", "stage 'int8', which it reads, was redone after it")
+    assert plan["int8"]["action"] == "cached"

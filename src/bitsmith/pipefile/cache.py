@@ -11,8 +11,9 @@ stage's temporary folder, and the folder is published whole (bitsmith.artifacts)
 a record is complete, and a stage killed mid-way leaves no record (its temporary folder is
 deleted by the next run), so it runs again.
 
-**Plan.** In run order, a stage is cached when its record holds its key, says it passed, and its
-files still have the recorded digests; it runs otherwise, or when `--force` names it or a stage
+**Plan.** In run order, a stage is cached when its record holds its key, says it passed, its
+files still have the recorded digests, and the records of the stages it reads are the ones it
+read (not redone since: `--force` of a stage whose run then stopped before this one); it runs otherwise, or when `--force` names it or a stage
 it reads, or when any stage it reads runs. Each entry says why.
 """
 
@@ -126,7 +127,7 @@ def make_plan(pipeline: Pipeline, out: Path, force: list[str] = ()) -> list[Step
         elif upstream:
             reason = f"stage {upstream[0]!r}, which it reads, runs"
         else:
-            reason = _stale(stage, out / name, key, inputs)
+            reason = _stale(stage, out / name, key, inputs) or _redone_inputs(stage, out, out / name)
         if reason is not None:
             running.add(name)
         plan.append(Step(name, stage.kind.name, reason is not None, reason or "finished with this key", key))
@@ -145,6 +146,24 @@ def _stale(stage: Stage, folder: Path, key: str, inputs: dict[str, str]) -> str 
     changed = _changed_files(folder, record.get("files", {}))
     if changed:
         return f"its output changed since it finished: {', '.join(changed[:3])}"
+    return None
+
+
+def record_digests(stage: Stage, out: Path) -> dict[str, str | None]:
+    """The sha256 of the records of the stages `stage` reads (None: no record), by stage name."""
+    found = {}
+    for name in stage.upstream:
+        path = out / name / STAGE_FILE
+        found[name] = sha256_file(path) if path.is_file() else None
+    return found
+
+
+def _redone_inputs(stage: Stage, out: Path, folder: Path) -> str | None:
+    """A stage it reads finished again after it (forced, then the run stopped before this one)."""
+    recorded = (read_record(folder) or {}).get("input_records", {})
+    for name, digest in record_digests(stage, out).items():
+        if recorded.get(name) != digest:
+            return f"stage {name!r}, which it reads, was redone after it"
     return None
 
 

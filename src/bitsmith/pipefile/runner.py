@@ -26,7 +26,8 @@ from typing import Any
 
 from bitsmith.artifacts import publishing
 from bitsmith.errors import BitsmithError, ConfigError, OutputError
-from bitsmith.pipefile.cache import STAGE_FILE, STAGE_FOLDER, STAGE_FORMAT, digests, input_keys, make_plan
+from bitsmith.pipefile.cache import (STAGE_FILE, STAGE_FOLDER, STAGE_FORMAT, digests, input_keys, make_plan,
+                                     record_digests)
 from bitsmith.pipefile.jobs import JOBS, StageJob, output_name
 from bitsmith.pipefile.spec import Pipeline, load_pipeline
 from bitsmith.storage import read_json, write_json_atomic
@@ -65,7 +66,7 @@ def run_pipeline(path: str | os.PathLike, *, out: str | os.PathLike | None = Non
         keys = {step.stage: step.key for step in plan}
         for step in plan:
             entry = {**step.to_json(), "output": str(out_dir / step.stage / _output(pipeline, step.stage))}
-            if not passed:
+            if not passed and step.run:  # stop at the first failure, as make does
                 entries.append({**entry, "status": "not run", "reason": "an earlier stage failed"})
                 continue
             if not step.run:
@@ -142,7 +143,8 @@ def _run_stage(pipeline: Pipeline, name: str, key: str, keys: dict[str, str], ou
             raise type(e)(f"stage {name!r} ({stage.kind.name}): {e}") from e
         seconds = round(time.perf_counter() - start, 3)
         record = {"format": STAGE_FORMAT, "stage": name, "kind": stage.kind.name, "key": key,
-                  "settings": stage.settings, "inputs": input_keys(stage, keys), "passed": passed,
+                  "settings": stage.settings, "inputs": input_keys(stage, keys),
+                  "input_records": record_digests(stage, out), "passed": passed,
                   "output": _output(pipeline, name), "figures": figures, "seconds": seconds,
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": digests(target.path)}
         write_json_atomic(target.path / STAGE_FILE, record)  # last: a stage folder with a record is complete

@@ -4,6 +4,7 @@ with its key and line."""
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -356,6 +357,13 @@ def test_the_output_folder_must_be_a_pipelines(tmp_path):
         run_pipeline(path, out=tmp_path / "busy")
     with pytest.raises(ConfigError, match="no output folder"):
         run_pipeline(path)
+    busy = tmp_path / "locked"
+    busy.mkdir()
+    with open(busy / ".lock", "a") as held:  # another `bitsmith run` holds the folder
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(OutputError, match="in use by another `bitsmith run`"):
+            run_pipeline(path, out=busy)
+    assert not (busy / "pipeline.json").exists()
     with pytest.raises(ConfigError, match="pipeline file not found"):
         load_pipeline(tmp_path / "missing.toml")
 

@@ -1127,7 +1127,7 @@ def _figures_text(figures: dict) -> str:
 
 @app.command("run")
 def run_cmd(pipeline: Path = typer.Argument(..., help="pipeline file (TOML; docs/user-guide.md, \"Pipelines\")"),
-            out: Optional[Path] = typer.Option(None, help="output folder (default: [pipeline] out of the file)"),
+            out: Optional[Path] = typer.Option(None, help="output folder (default: the file's pipeline.out)"),
             force: list[str] = typer.Option([], "--force", help="redo STAGE and every stage that reads it, "
                                                                  "directly or not (repeatable)"),
             dry_run: bool = typer.Option(False, "--dry-run", help="print the plan: which stages would run, which "

@@ -54,12 +54,13 @@ def run_pipeline(path: str | os.PathLike, *, out: str | os.PathLike | None = Non
         if name not in pipeline.stages:
             raise ConfigError(f"--force {name}: no such stage in {pipeline.path}; stages: {', '.join(pipeline.order)}")
     _check_out(out_dir)
-    plan = make_plan(pipeline, out_dir, list(force))
-    result: dict[str, Any] = {"pipeline": str(pipeline.path), "out": str(out_dir),
-                              "plan": [step.to_json() for step in plan]}
+    result: dict[str, Any] = {"pipeline": str(pipeline.path), "out": str(out_dir)}
     if dry_run:
-        return {**result, "dry_run": True}
+        return {**result, "plan": [step.to_json() for step in make_plan(pipeline, out_dir, list(force))],
+                "dry_run": True}
     with _locked(out_dir):
+        plan = make_plan(pipeline, out_dir, list(force))  # under the lock: no other run changes the folder now
+        result["plan"] = [step.to_json() for step in plan]
         write_json_atomic(out_dir / PIPELINE_FILE, {"format": PIPELINE_FORMAT, "file": str(pipeline.path.absolute()),
                                                     "stages": pipeline.order})
         entries, passed = [], True
@@ -94,7 +95,7 @@ def _check_out(out: Path) -> None:
     """The output folder is absent, empty, or one a pipeline wrote (pipeline.json); anything else is refused."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} is a file; bitsmith run writes a folder there. Choose another output folder.")
-    if out.is_dir() and any(out.iterdir()) and not (out / PIPELINE_FILE).is_file():
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and not (out / PIPELINE_FILE).is_file():
         raise OutputError(f"{out} is not empty and is not a pipeline's output folder (no {PIPELINE_FILE}); "
                           "choose another output folder (--out or [pipeline] out)")
 

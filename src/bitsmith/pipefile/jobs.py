@@ -88,7 +88,7 @@ def _search(job: StageJob) -> Result:
     doc = search_run(job.input, job.folder / "search", method=s["method"], cost=s["cost"], cd=s["cd"],
                      epochs=s["epochs"], **candidates, search_first_last=s["search_first_last"],
                      budgets={"dsp": s["budget_dsp"], "cycles": s["budget_cycles"], "kb": s["budget_kb"]},
-                     accel=kinds._accel(s), seed=s["seed"], data_dir=job.data_dir, train_limit=s["train_limit"],
+                     accel=kinds.accel_config(s), seed=s["seed"], data_dir=job.data_dir, train_limit=s["train_limit"],
                      quiet=job.quiet, max_iterations=s["max_iterations"])
     return {"bitw": doc["bitw"], "bita": doc["bita"], **doc["predicted"]}, True
 
@@ -152,7 +152,7 @@ def _verify(job: StageJob) -> Result:
 
     s, g = job.settings, load(job.input)
     inputs = verification_inputs(g, s["images"], s["data"], job.data_dir)
-    reports = verify_all(g, list(s["backends"]), inputs, config=kinds._accel(s), sim=s["sim"],
+    reports = verify_all(g, list(s["backends"]), inputs, config=kinds.accel_config(s), sim=s["sim"],
                          work_dir=job.folder / "work")
     doc = job.relocate(summary(str(job.input), inputs, reports))
     write_json_atomic(job.folder / "verify.json", doc)
@@ -166,7 +166,7 @@ def _rtl(job: StageJob) -> Result:
     from bitsmith.verify import verification_inputs, verify
 
     s, g = job.settings, load(job.input)
-    config = kinds._accel(s)
+    config = kinds.accel_config(s)
     inputs = verification_inputs(g, s["images"], s["data"], job.data_dir)
     report = verify(g, "rtl", inputs, config=config, sim=s["sim"], work_dir=job.folder / "work", raise_errors=True)
     result = report.to_json()

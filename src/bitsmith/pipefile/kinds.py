@@ -39,7 +39,8 @@ class StageKind:
     aliases: dict[str, str] = field(default_factory=dict)
 
 
-def _accel(s: dict[str, Any]):
+def accel_config(s: dict[str, Any]):
+    """The AccelConfig of a stage's accelerator settings, built the one way every command builds it."""
     from bitsmith.accel.config import AccelConfig
 
     keys = ("pe", "simd", "bus_bits", "act_buffer_bytes", "max_kernel")
@@ -181,7 +182,7 @@ def _check_search(s: dict[str, Any]) -> None:
         raise ConfigError("method hessian needs a budget: budget_dsp, budget_cycles or budget_kb")
     if s["method"] == "dnas" and budgets:
         raise ConfigError(f"{', '.join(budgets)} are for method hessian; DNAS trades accuracy against cost with cd")
-    _accel(s)
+    accel_config(s)
 
 
 # -- back ends ----------------------------------------------------------------------------------
@@ -219,7 +220,7 @@ def _check_verify(s: dict[str, Any]) -> None:
         raise ConfigError("backends is empty; allowed: a list of onnx, accel, hls, rtl")
     check_options(s["backends"], sim=s["sim"])
     _check_images(s)
-    _accel(s)
+    accel_config(s)
 
 
 def _check_rtl(s: dict[str, Any]) -> None:
@@ -227,7 +228,7 @@ def _check_rtl(s: dict[str, Any]) -> None:
 
     check_options(["rtl"], sim=s["sim"])
     _check_images(s)
-    _accel(s)
+    accel_config(s)
 
 
 def _cim_options() -> dict[str, Option]:

@@ -1144,6 +1144,51 @@ def report_cmd(paths: list[Path] = typer.Argument(..., help="float run folders a
         Console().print(f"wrote {result['out']} ({result['bytes'] / 1024:.0f} KB): {', '.join(result['sections'])}")
 
 
+# -- run (bitsmith.pipefile) --
+
+def _figures_text(figures: dict) -> str:
+    return ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
+
+
+@app.command("run")
+def run_cmd(pipeline: Path = typer.Argument(..., help="pipeline file (TOML; docs/user-guide.md, \"Pipelines\")"),
+            out: Optional[Path] = typer.Option(None, help="output folder (default: the file's pipeline.out)"),
+            force: list[str] = typer.Option([], "--force", help="redo STAGE and every stage that reads it, "
+                                                                 "directly or not (repeatable)"),
+            dry_run: bool = typer.Option(False, "--dry-run", help="print the plan: which stages would run, which "
+                                                                   "are cached, and why; run nothing"),
+            quiet: bool = typer.Option(False, help="no progress bars"),
+            as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Run a declarative pipeline: each stage a bitsmith command, each in its own folder, redone only when its
+    settings or inputs changed (exit 1 when a verification stage fails)."""
+    from bitsmith.pipefile import run_pipeline
+
+    def starting(entry: dict) -> None:
+        if not (quiet or as_json):
+            console.print(f"stage {escape(entry['stage'])} ({entry['kind']}): {escape(entry['reason'])}")
+
+    result = run_pipeline(pipeline, out=out, force=force, dry_run=dry_run, quiet=quiet or as_json, on_stage=starting)
+    if as_json:
+        print(json.dumps(result))
+    elif dry_run:
+        table = Table(title=f"plan of {pipeline} in {result['out']}")
+        for col in ("stage", "kind", "action", "why", "key"):
+            table.add_column(col)
+        for step in result["plan"]:
+            table.add_row(step["stage"], step["kind"], step["action"], escape(step["reason"]), step["key"][:12])
+        _wide_console().print(table)
+    else:
+        table = Table(title=f"{pipeline} in {result['out']}")
+        for col in ("stage", "kind", "status", "s", "figures", "output"):
+            table.add_column(col, justify="right" if col == "s" else "left")
+        for e in result["stages"]:
+            table.add_row(e["stage"], e["kind"], e["status"], f"{e.get('seconds', 0):.1f}",
+                          escape(_figures_text(e.get("figures", {}))), escape(e["output"]))
+        _wide_console().print(table)
+    if not dry_run and not result["passed"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

@@ -628,40 +628,17 @@ def export_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
 
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {format!r}; allowed: {', '.join(EXPORT_FORMATS)}")
+    from bitsmith.pipeline import export_graph
+
     g = load(graph)
-    if format == "clipq-hex":
-        from bitsmith.targets.clipq_hex import read_clipq_hex, write_clipq_hex
-
-        with publishing(out, CLIPQ_HEX, force=force, command="bitsmith export --format clipq-hex") as stage:
-            manifest = write_clipq_hex(g, stage.path)
-            read_clipq_hex(stage.path)
-        _emit({"format": format, "path": str(out), "manifest": manifest}, as_json, f"exported {graph}")
-        return
-    from bitsmith.integer import engine
-    from bitsmith.onnx import export_onnx, run_onnx
-    from bitsmith.verify import RANDOM, compare, qdq_agreement, verification_inputs, verify
-
-    result = {"format": "onnx-qdq" if qdq else "onnx-integer", "path": str(out)}
-    failed = False
-    with publishing_file(out, ONNX_MODEL, force=force, command="bitsmith export --format onnx") as stage:
-        path = export_onnx(g, stage.path, qdq=qdq)
-        if check:
-            inputs = verification_inputs(g, check, data=RANDOM)
-            if qdq:
-                result.update(qdq_agreement(g, path, inputs))
-            else:
-                report = verify(g, "onnx", inputs)
-                _, wrong, _ = compare(run_onnx(path, inputs.x), engine.run(g, inputs.x))  # the file itself
-                failed = not report.passed or wrong > 0
-                result.update({"checked_images": report.images, "inputs": report.inputs,
-                               "mismatched_elements": report.mismatches + wrong,
-                               "first_mismatch": report.first_mismatch, "layers_checked": len(report.layers),
-                               "error": report.error, "matches_engine": not failed})
-        if failed:
+    kind, name = (CLIPQ_HEX, publishing) if format == "clipq-hex" else (ONNX_MODEL, publishing_file)
+    with name(out, kind, force=force, command=f"bitsmith export --format {format}") as stage:
+        figures, passed = export_graph(g, stage.path, format=format, qdq=qdq, check=check)
+        if not passed:
             stage.discard()
-        result["written"] = not failed
+    result = {"path": str(out), **figures, "written": passed}
     _emit(result, as_json, f"exported {graph}")
-    if failed:
+    if not passed:
         console.print(f"{escape(str(out))} not written: the exported model does not match the integer engine")
         raise typer.Exit(1)
 

@@ -439,3 +439,34 @@ def cim_evaluate(graph_dir: str | os.PathLike, config, *, limit: int | None = No
     batches of `batch_size`: per-call ADC ranges depend on it (the seed's oracle, docs/cim.md).
     `on_images(n)` is called after each batch of n images has run on the crossbars (progress)."""
     return _CIMBench(graph_dir, limit, data_dir, calibration_images, batch_size).evaluate(config, on_images)
+
+
+def export_graph(graph, path: Path, *, format: str = "onnx", qdq: bool = False, check: int = 64) -> tuple[dict[str, Any], bool]:
+    """`bitsmith export`'s work: write `graph` as `format` at `path` (the ONNX file, or the CLIP-Q hex
+    folder, read back), then (onnx, check > 0) compare the file with the integer engine on `check`
+    random input codes. Returns (figures, passed): the QDQ model is not bit-exact by design, so its
+    agreement is a figure, not a verdict."""
+    from bitsmith.verify import RANDOM, compare, qdq_agreement, verification_inputs, verify
+
+    if format == "clipq-hex":
+        from bitsmith.targets.clipq_hex import read_clipq_hex, write_clipq_hex
+
+        manifest = write_clipq_hex(graph, path)
+        read_clipq_hex(path)
+        return {"format": format, "manifest": manifest}, True
+    from bitsmith.onnx import export_onnx, run_onnx
+
+    written = export_onnx(graph, path, qdq=qdq)
+    figures: dict[str, Any] = {"format": "onnx-qdq" if qdq else "onnx-integer"}
+    if not check:
+        return figures, True
+    inputs = verification_inputs(graph, check, data=RANDOM)
+    if qdq:
+        return {**figures, **qdq_agreement(graph, written, inputs)}, True
+    report = verify(graph, "onnx", inputs)
+    _, wrong, _ = compare(run_onnx(written, inputs.x), engine.run(graph, inputs.x))  # the file itself
+    passed = report.passed and wrong == 0
+    figures.update({"checked_images": report.images, "inputs": report.inputs,
+                    "mismatched_elements": report.mismatches + wrong, "first_mismatch": report.first_mismatch,
+                    "layers_checked": len(report.layers), "error": report.error, "matches_engine": passed})
+    return figures, passed

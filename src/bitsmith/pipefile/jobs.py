@@ -120,30 +120,16 @@ def _qat(job: StageJob) -> Result:
 
 def _export(job: StageJob) -> Result:
     """`bitsmith export`: the file, then (check > 0) its comparison with the engine on random codes."""
-    from bitsmith.integer import engine, load
-    from bitsmith.verify import RANDOM, compare, qdq_agreement, verification_inputs, verify
+    from bitsmith.integer import load
+    from bitsmith.pipeline import export_graph
 
-    s, g = job.settings, load(job.input)
-    if s["format"] == "clipq-hex":
-        from bitsmith.targets.clipq_hex import read_clipq_hex, write_clipq_hex
-
-        manifest = write_clipq_hex(g, job.folder / "clipq-hex")
-        read_clipq_hex(job.folder / "clipq-hex")
-        return {"format": "clipq-hex", "layers": len(manifest["layers"])}, True
-    from bitsmith.onnx import export_onnx, run_onnx
-
-    path = export_onnx(g, job.folder / "model.onnx", qdq=s["qdq"])
-    figures: dict[str, Any] = {"format": "onnx-qdq" if s["qdq"] else "onnx-integer"}
-    if not s["check"]:
-        return figures, True
-    inputs = verification_inputs(g, s["check"], data=RANDOM)
-    if s["qdq"]:  # not bit-exact by design: its agreement is a figure, not a verdict
-        return {**figures, **qdq_agreement(g, path, inputs)}, True
-    report = verify(g, "onnx", inputs)
-    _, wrong, _ = compare(run_onnx(path, inputs.x), engine.run(g, inputs.x))  # the file itself
-    figures.update({"checked_images": report.images, "mismatched_elements": report.mismatches + wrong,
-                    "error": report.error})
-    return figures, report.passed and wrong == 0
+    s = job.settings
+    clipq = s["format"] == "clipq-hex"
+    figures, passed = export_graph(load(job.input), job.folder / ("clipq-hex" if clipq else "model.onnx"),
+                                   format=s["format"], qdq=s["qdq"], check=s["check"])
+    if clipq:
+        figures = {"format": figures["format"], "layers": len(figures["manifest"]["layers"])}
+    return figures, passed
 
 
 def _verify(job: StageJob) -> Result:

@@ -209,3 +209,13 @@ def test_torchrun_runs_the_command_line_and_only_rank_0_prints(tmp_path):
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1  # one JSON answer, from rank 0
     assert load_run(tmp_path / "run").meta["environment"]["world_size"] == 2
+
+
+def test_progress_bars_show_only_on_a_terminal_and_not_when_quiet(monkeypatch):
+    from bitsmith.train import progress_bar
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert not progress_bar(False).disable
+    assert progress_bar(True).disable  # --quiet, --json, and every rank but 0
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    assert progress_bar(False).disable  # piped into a file or another program

@@ -102,6 +102,8 @@ def session(backend: str | None = None) -> Iterator[Context]:
     global _cpu_group
     backend = backend or default_backend()
     if backend == "nccl":
+        # cuBLAS is deterministic only with a fixed workspace; training's deterministic mode needs it.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(backend, timeout=TIMEOUT)
     try:

@@ -167,7 +167,8 @@ def train(
     resume=True continues from out_dir/checkpoint.safetensors (or starts fresh if there is none yet);
     its config must match the checkpoint's. `progress`, if given, is called with each epoch's record
     once that epoch is checkpointed. `quiet` turns off the progress bar and the per-epoch lines; the
-    bar is also off when stdout is not a terminal, and only rank 0 shows either.
+    bar is also off when stdout is not a terminal, and only rank 0 shows either (`progress` is
+    called on every rank, with the same global-batch figures).
 
     Where the run is written (docs/guarantees.md): into an absent or empty `out_dir`, and on
     resume, in place, one atomic checkpoint per epoch, so a killed run resumes. An existing float

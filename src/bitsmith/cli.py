@@ -90,7 +90,8 @@ def train_cmd(model: str = typer.Option(..., help="model name"),
               dataset: str = typer.Option(..., help="mnist, fashion-mnist, cifar10, cifar100, digits, synthetic"),
               epochs: int = typer.Option(8, min=1),
               out: Path = typer.Option(..., help="run folder"),
-              batch_size: int = typer.Option(128, min=1),
+              batch_size: int = typer.Option(128, min=1, help="the global batch: under torchrun each of the N "
+                                                              "processes trains on batch-size / N images per step"),
               optimizer: str = typer.Option("sgd", help="sgd or adam"),
               lr: Optional[float] = typer.Option(None, help="base learning rate (default 0.05 sgd, 1e-3 adam)"),
               weight_decay: float = typer.Option(5e-4),
@@ -104,14 +105,17 @@ def train_cmd(model: str = typer.Option(..., help="model name"),
                                                                    "width=0.25 for vgg_tiny; see bitsmith summary"),
               quiet: bool = typer.Option(False, help="no progress bar"),
               as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
-    """Float training with a checkpoint after every epoch."""
+    """Float training with a checkpoint after every epoch (several processes: torchrun … -m bitsmith train …)."""
+    from bitsmith import distributed
     from bitsmith.train import TrainConfig, train
 
     config = TrainConfig(model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                          lr=lr, weight_decay=weight_decay, seed=seed, data_dir=data_dir,
                          model_kwargs=_model_options(option))
-    metrics = train(config, out, resume=resume, quiet=quiet or as_json, force=force)
-    _emit(metrics, as_json, f"trained {model} on {dataset}")
+    with distributed.session() as ctx:  # joins torchrun's process group, if it started this process
+        metrics = train(config, out, resume=resume, quiet=quiet or as_json, force=force)
+    if ctx.is_main:  # one answer, not one per process
+        _emit(metrics, as_json, f"trained {model} on {dataset}")
 
 
 @app.command("quantize")
@@ -173,14 +177,19 @@ def qat_cmd(run: Path = typer.Argument(..., help="float run folder (from bitsmit
             force: bool = _force(),
             as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Quantization-aware training (or CLIP-Q with fine-tuning) from a float run, lowered to an
-    IntegerGraph and checked."""
+    IntegerGraph and checked (several processes: torchrun … -m bitsmith qat …; the batch of 128 is
+    then split between them)."""
+    from bitsmith import distributed
     from bitsmith.pipeline import qat_config, qat_run
 
     config = qat_config(run, method, wbits=wbits, abits=abits, epochs=epochs, bitw=bitw, bita=bita,
                         keep_first_last_8bit=keep_first_last_8bit, p=p, clipq_bits=clipq_bits, q35=q35, lr=lr,
                         outlier_fraction=outlier_fraction, outlier_bits=outlier_bits)
-    metrics = qat_run(run, out, config, data_dir=data_dir, quiet=quiet or as_json, force=force)
-    _emit({k: v for k, v in metrics.items() if k != "history"}, as_json, f"QAT {method} in {out}")
+    with distributed.session() as ctx:  # joins torchrun's process group, if it started this process
+        metrics = qat_run(run, out, config, data_dir=data_dir, quiet=quiet or as_json or not ctx.is_main,
+                          force=force)
+    if ctx.is_main:
+        _emit({k: v for k, v in metrics.items() if k != "history"}, as_json, f"QAT {method} in {out}")
 
 
 @app.command("prune")

@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
-from bitsmith.artifacts import CIM_SWEEP, DEMO, INTEGER_GRAPH, QAT_GRAPH, copy_folder, public_path, publishing
+from bitsmith import distributed
+from bitsmith.artifacts import (CIM_SWEEP, DEMO, INTEGER_GRAPH, QAT_GRAPH, check_target, copy_folder, public_path,
+                                publishing)
 from bitsmith.data import iterate_batches, load_dataset
 from bitsmith.errors import BitsmithWarning, ConfigError
 from bitsmith.evaluate import predictions
@@ -29,7 +31,7 @@ from bitsmith.quant.api import ClipQConfig, QATConfig, quantize
 from bitsmith.quant.modules import QuantLayer
 from bitsmith.quant.prepare import quantizable_layers
 from bitsmith.quant.qat.exact import set_exact_eval
-from bitsmith.quant.qat.train import METRICS_FILE, QAT_WEIGHTS_FILE, QATTrainConfig, save_qat_weights
+from bitsmith.quant.qat.train import METRICS_FILE, QAT_WEIGHTS_FILE, QATTrainConfig, quiet_training, save_qat_weights
 from bitsmith.quant.calibration import CALIBRATION_BATCH_SIZE, CALIBRATION_BATCHES, calibration_batches
 from bitsmith.runs import CHECKPOINT_FILE, load_run
 from bitsmith.storage import load_tensors, write_json_atomic
@@ -137,14 +139,25 @@ def qat_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config: QATC
 
     `out_dir` is written whole or not at all (bitsmith.artifacts.publishing); it may be absent,
     empty or an earlier QAT graph; any other folder is refused (OutputError) unless `force`.
+
+    Under torchrun (bitsmith.distributed) every rank trains; rank 0 alone writes and measures, and
+    the others return {"history": …} once it has finished.
     """
     if not isinstance(config, (QATConfig, ClipQConfig)):
         raise ConfigError(f"qat_run takes a QATConfig or ClipQConfig, got {type(config).__name__}")
-    with publishing(out_dir, QAT_GRAPH, force=force, command="bitsmith qat") as stage:
-        return _qat_into(run_dir, stage.path, config, data_dir, quiet, on_epoch, train_limit)
+    ctx = distributed.context()
+    if ctx.distributed:  # a refused --out stops every rank, not only rank 0
+        distributed.on_main(lambda: check_target(out_dir, QAT_GRAPH, force=force, command="bitsmith qat"))
+    if not ctx.is_main:
+        metrics = _qat_into(run_dir, None, config, data_dir, True, on_epoch, train_limit)
+    else:
+        with publishing(out_dir, QAT_GRAPH, force=force, command="bitsmith qat") as stage:
+            metrics = _qat_into(run_dir, stage.path, config, data_dir, quiet, on_epoch, train_limit)
+    distributed.barrier()
+    return metrics
 
 
-def _qat_into(run_dir: str | os.PathLike, out_dir: Path, config: QATConfig | ClipQConfig, data_dir: str | None,
+def _qat_into(run_dir: str | os.PathLike, out_dir: Path | None, config: QATConfig | ClipQConfig, data_dir: str | None,
               quiet: bool, on_epoch: Callable[[dict[str, Any]], None] | None,
               train_limit: int | None = None) -> dict[str, Any]:
     train_config = config.train if isinstance(config, QATConfig) else config.finetune
@@ -164,13 +177,16 @@ def _qat_into(run_dir: str | os.PathLike, out_dir: Path, config: QATConfig | Cli
             on_epoch(record)
 
     masks = pruned_run_masks(run.meta, run.model)
-    if masks is None:
-        qmodel = quantize(run.model, train_ds, config, on_epoch=report)
-    elif isinstance(config, ClipQConfig):
-        raise ConfigError(f"{run_dir} is a pruned run: CLIP-Q prunes by its own rule and would not keep its zeros; "
-                          "run CLIP-Q on the unpruned run, or QAT (lsq, pact, hwgq) on this one")
-    else:  # a pruned run's zeros stay zero through QAT (bitsmith.prune)
-        qmodel = quantize_pruned(run.model, train_ds, config, masks, on_epoch=report)
+    with quiet_training(quiet):
+        if masks is None:
+            qmodel = quantize(run.model, train_ds, config, on_epoch=report)
+        elif isinstance(config, ClipQConfig):
+            raise ConfigError(f"{run_dir} is a pruned run: CLIP-Q prunes by its own rule and would not keep its "
+                              "zeros; run CLIP-Q on the unpruned run, or QAT (lsq, pact, hwgq) on this one")
+        else:  # a pruned run's zeros stay zero through QAT (bitsmith.prune)
+            qmodel = quantize_pruned(run.model, train_ds, config, masks, on_epoch=report)
+    if out_dir is None:  # a rank other than 0 under torchrun: rank 0 lowers, writes and measures
+        return {"history": history}
     graph = lower(qmodel, metadata={
         "model": run.model.spec, "dataset": dataset, "data_dir": data_dir,
         "source_run": str(public_path(Path(run_dir).resolve()).absolute()), "qat": config.to_json(),

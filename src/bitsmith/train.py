@@ -15,12 +15,20 @@ the checkpoint and a resumed run uses that same count, because a float reduction
 different number of threads can round differently. The result is then bit-identical to an
 uninterrupted run on the same machine and torch build, even after a SIGKILL mid-epoch.
 The caller's global RNG state, thread count and determinism flag are restored on return.
+
+Several processes (`torchrun --nproc_per_node N -m bitsmith train …`, bitsmith.distributed):
+`batch_size` stays the global batch, each rank trains on its slice of every global batch under
+DistributedDataParallel, so the steps, learning rates and checkpoints are those of one process
+with that batch. Rank 0 alone checks and writes the run folder and prints; it reads the checkpoint
+to resume from and hands it to the others, so every rank starts from the same state (also on
+machines that do not share a file system). The test set is evaluated in slices, one per rank.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,13 +38,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 
+from bitsmith import distributed
 from bitsmith.artifacts import FLOAT_RUN, check_target, clean_stale, publishing
 from bitsmith.data import ArrayDataset, DatasetInfo, dataset_info, iterate_batches, load_dataset
 from bitsmith.errors import CheckpointError, ConfigError
-from bitsmith.evaluate import accuracy
+from bitsmith.evaluate import predictions
 from bitsmith.models import build_model, spatial_multiple
 from bitsmith.runs import (
     CHECKPOINT_FILE,
@@ -150,7 +166,9 @@ def train(
     train_loss, train_acc, test_acc, lr, seconds) and "accuracy", the final test accuracy in percent.
     resume=True continues from out_dir/checkpoint.safetensors (or starts fresh if there is none yet);
     its config must match the checkpoint's. `progress`, if given, is called with each epoch's record
-    once that epoch is checkpointed. `quiet` turns off the progress bar and the per-epoch lines.
+    once that epoch is checkpointed. `quiet` turns off the progress bar and the per-epoch lines; the
+    bar is also off when stdout is not a terminal, and only rank 0 shows either (`progress` is
+    called on every rank, with the same global-batch figures).
 
     Where the run is written (docs/guarantees.md): into an absent or empty `out_dir`, and on
     resume, in place, one atomic checkpoint per epoch, so a killed run resumes. An existing float
@@ -161,21 +179,35 @@ def train(
     config = config.resolved()
     out_dir = Path(out_dir)
     command = "bitsmith train"
-    clean_stale(out_dir)  # temporaries of a killed `train --force`; a cut-short swap's previous version
-    found = check_target(out_dir, FLOAT_RUN, force=True, command=command)  # path errors; kinds below
-    if found not in (None, FLOAT_RUN) and not force:
-        check_target(out_dir, FLOAT_RUN, command=command)  # raises: another kind, or not a bitsmith folder
-    if found is None or (found is FLOAT_RUN and (resume or not force)):
-        return _train_into(config, out_dir, _existing_checkpoint(config, out_dir, resume), quiet, progress)
-    with publishing(out_dir, FLOAT_RUN, force=True, command=command) as stage:
-        metrics = _train_into(config, stage.path, None, quiet, progress)
-        read_checkpoint(stage.path)  # the finished run reads back before it replaces the old folder
+    ctx = distributed.context()
+    quiet = quiet or not ctx.is_main
+
+    def plan() -> tuple[bool, Checkpoint | None]:  # (train in place?, the checkpoint to resume from)
+        clean_stale(out_dir)  # temporaries of a killed `train --force`; a cut-short swap's previous version
+        found = check_target(out_dir, FLOAT_RUN, force=True, command=command)  # path errors; kinds below
+        if found not in (None, FLOAT_RUN) and not force:
+            check_target(out_dir, FLOAT_RUN, command=command)  # raises: another kind, or not a bitsmith folder
+        if found is None or (found is FLOAT_RUN and (resume or not force)):
+            return True, _existing_checkpoint(config, out_dir, resume)
+        return False, None
+
+    in_place, checkpoint = distributed.on_main(plan)  # rank 0 decides; every rank gets its checkpoint
+    if not ctx.is_main:  # the others train alongside and write nothing
+        metrics = _train_into(config, None, checkpoint, quiet, progress)
+    elif in_place:
+        metrics = _train_into(config, out_dir, checkpoint, quiet, progress)
+    else:
+        with publishing(out_dir, FLOAT_RUN, force=True, command=command) as stage:
+            metrics = _train_into(config, stage.path, None, quiet, progress)
+            read_checkpoint(stage.path)  # the finished run reads back before it replaces the old folder
+    distributed.barrier()  # every rank returns once the run folder is complete
     return metrics
 
 
-def _train_into(config: TrainConfig, out_dir: Path, checkpoint: Checkpoint | None, quiet: bool,
+def _train_into(config: TrainConfig, out_dir: Path | None, checkpoint: Checkpoint | None, quiet: bool,
                 progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-    for stale in out_dir.glob(".*.tmp"):  # half-written files of a run that was killed mid-write
+    """Train into `out_dir` (None: a rank other than 0, which writes nothing)."""
+    for stale in out_dir.glob(".*.tmp") if out_dir is not None else ():  # files of a run killed mid-write
         if stale.is_file():
             stale.unlink()
     if checkpoint is not None and checkpoint.meta["epoch"] >= config.epochs:
@@ -184,6 +216,7 @@ def _train_into(config: TrainConfig, out_dir: Path, checkpoint: Checkpoint | Non
     info = dataset_info(config.dataset)
     train_ds = load_dataset(config.dataset, "train", config.data_dir, limit=config.limit_train)
     test_ds = load_dataset(config.dataset, "test", config.data_dir, limit=config.limit_test)
+    distributed.per_rank_batch(config.batch_size, distributed.context())  # refuses an uneven split early
     steps_per_epoch = len(train_ds.labels) // config.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(
@@ -239,7 +272,7 @@ def _reproducible(config: TrainConfig, threads: int) -> Iterator[None]:
 
 def _train_loop(
     config: TrainConfig,
-    out_dir: Path,
+    out_dir: Path | None,
     info: DatasetInfo,
     train_ds: ArrayDataset,
     test_ds: ArrayDataset,
@@ -248,17 +281,20 @@ def _train_loop(
     quiet: bool,
     progress: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
-    model = build_for_dataset(config, info)  # consumes the freshly seeded global generator
+    ctx = distributed.context()
+    model = build_for_dataset(config, info).to(ctx.device)  # consumes the freshly seeded global generator
     optimizer = make_optimizer(config, model)
     data_gen = torch.Generator().manual_seed(config.seed + 1)  # a stream of its own, apart from weight init
     history: list[dict[str, Any]] = []
-    if checkpoint is not None:
+    if checkpoint is not None:  # the optimizer's state lands on the parameters' device
         history = _restore(checkpoint, model, optimizer, data_gen, steps_per_epoch)
+    trained = distributed.wrap(model, ctx)
 
     metrics: dict[str, Any] = {}
-    bar = _progress_bar(quiet)
+    bar = progress_bar(quiet)
     with bar:
-        task = bar.add_task("", total=steps_per_epoch, loss=float("nan"), acc=float("nan"))
+        epochs = bar.add_task("training", total=config.epochs, completed=len(history), stats="")
+        task = bar.add_task("", total=steps_per_epoch, stats="")
         for epoch in range(len(history), config.epochs):
             bar.reset(task, total=steps_per_epoch, description=f"epoch {epoch + 1}/{config.epochs}")
             start = time.perf_counter()
@@ -266,9 +302,10 @@ def _train_loop(
                                       augment=info.augment, generator=data_gen, drop_last=True)
             first_step, total_steps = epoch * steps_per_epoch, steps_per_epoch * config.epochs
             record = {"epoch": epoch + 1}
-            record |= _train_epoch(model, optimizer, batches, config.lr, first_step, total_steps,
-                                   lambda loss, acc: bar.update(task, advance=1, loss=loss, acc=acc))
-            record["test_acc"] = accuracy(model, test_ds, model.input_shape)
+            record |= _train_epoch(trained, optimizer, distributed.shard_batches(batches, ctx), config.lr,
+                                   first_step, total_steps,
+                                   lambda loss, acc: bar.update(task, advance=1, stats=_batch_stats(loss, acc)))
+            record["test_acc"] = _test_accuracy(model, test_ds, ctx)
             record["seconds"] = round(time.perf_counter() - start, 3)
             history.append(record)
             metrics = _metrics(config, history)
@@ -283,8 +320,12 @@ def _train_loop(
                 "test_images": len(test_ds.labels),
                 "environment": {"torch": torch.__version__, "num_threads": torch.get_num_threads()},
             }
+            if ctx.distributed:  # the processes that trained it (a resume with another count is allowed, not bit-exact)
+                meta["environment"] |= {"world_size": ctx.world_size, "backend": str(torch.distributed.get_backend())}
             rng = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
-            save_checkpoint(out_dir, model, optimizer, meta, rng)
+            if out_dir is not None:
+                save_checkpoint(out_dir, model, optimizer, meta, rng)
+            bar.update(epochs, advance=1, stats=f"test {record['test_acc']:.2f}%")
             if not quiet:
                 bar.console.print(
                     f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
@@ -344,8 +385,12 @@ def _train_epoch(
             group["lr"] = lr
         logits = model(x)
         loss = F.cross_entropy(logits, y)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
+        # Sums over the ranks' slices (the batch itself in one process): the figures of the global
+        # batch, and every rank sees a diverged loss at the same step, so all stop together.
+        batch_loss, batch_correct, batch_seen = distributed.all_sum(
+            [loss.item() * len(y), (logits.argmax(dim=1) == y).sum().item(), len(y)])
+        loss_value = batch_loss / batch_seen
+        if not math.isfinite(batch_loss):
             raise ConfigError(
                 f"training diverged: loss is {loss_value} at global step {first_step + i} (lr {lr:.3g}). "
                 "Lower the learning rate (--lr) or raise the batch size; the last good checkpoint is kept."
@@ -353,9 +398,9 @@ def _train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss_value * len(y)
-        correct += (logits.argmax(dim=1) == y).sum().item()
-        seen += len(y)
+        loss_sum += batch_loss
+        correct += int(batch_correct)
+        seen += int(batch_seen)
         on_batch(loss_sum / seen, 100.0 * correct / seen)
     return {"train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen, "lr": lr}
 
@@ -372,15 +417,39 @@ def _metrics(config: TrainConfig, history: list[dict[str, Any]]) -> dict[str, An
     }
 
 
-def _progress_bar(quiet: bool) -> Progress:
+def _test_accuracy(model: nn.Module, test_ds: ArrayDataset, ctx: distributed.Context) -> float:
+    """Test accuracy in percent; under a process group each rank predicts its slice of the test set
+    and the correct counts are summed."""
+    images = len(test_ds)
+    part = distributed.shard_range(images, ctx)
+    mine = ArrayDataset(test_ds.info, test_ds.images[part.start:part.stop], test_ds.labels[part.start:part.stop])
+    correct = 0.0
+    if len(mine) or not images:  # an empty test set: predictions() names the problem
+        was_training = model.training
+        model.eval()  # dropout / batch-norm statistics must not change a measurement
+        pred = predictions(lambda x: model(x.to(ctx.device)).cpu(), mine, model.input_shape)
+        model.train(was_training)
+        correct = float((pred == mine.labels).sum().item())
+    (total,) = distributed.all_sum([correct])
+    return 100.0 * total / images
+
+
+def _batch_stats(loss: float, acc: float) -> str:
+    return f"loss {loss:.4f}  acc {acc:.2f}%"
+
+
+def progress_bar(quiet: bool) -> Progress:
+    """Epoch and batch bars with the time left; off when `quiet` or when stdout is not a terminal."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2f}%"),
+        TextColumn("{task.fields[stats]}"),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
         transient=True,
-        disable=quiet,
+        disable=quiet or not sys.stdout.isatty(),
     )
 
 

@@ -5,6 +5,10 @@ Training reuses bitsmith.train's pieces (data pipeline, cosine learning rate): w
 loss of cross-entropy plus knowledge distillation from the float model (its logits are computed
 on the same batch under no_grad: LeNet-sized teachers cost little). PACT's regulariser λ·α² acts
 through its gradient, as the α's weight decay in Adam (`quantizer_param_groups`).
+
+Under torchrun (bitsmith.distributed) the training view is wrapped in DistributedDataParallel over
+a CPU (gloo) group and each rank trains on its slice of every global batch (`batch_size` stays the
+global batch), exactly as the float loop does; every rank ends with the same trained model.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from bitsmith import distributed
 from bitsmith.data import ArrayDataset, iterate_batches
 from bitsmith.errors import ConfigError
 from bitsmith.quant.modules import QuantLayer
@@ -30,10 +37,23 @@ from bitsmith.quant.ptq import input_quantizer
 from bitsmith.quant.qat.pooling import training_view
 from bitsmith.quant.qat.prepare import quantizer_parameters, sync_input_scales
 from bitsmith.storage import save_tensors_atomic
-from bitsmith.train import SGD_MOMENTUM, cosine_lr
+from bitsmith.train import SGD_MOMENTUM, cosine_lr, progress_bar
 
 QAT_WEIGHTS_FILE = "qat_weights.safetensors"
 METRICS_FILE = "metrics.json"
+# Whether qat_train shows its progress bars (it is called from several jobs, through bitsmith.quantize).
+_QUIET: ContextVar[bool] = ContextVar("bitsmith_qat_quiet", default=False)
+
+
+@contextmanager
+def quiet_training(quiet: bool = True) -> Iterator[None]:
+    """No QAT progress bars inside the block (`bitsmith qat --json`, --quiet); they are also off when
+    stdout is not a terminal and on every rank but 0."""
+    token = _QUIET.set(quiet)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
 
 
 @dataclass(frozen=True)
@@ -125,6 +145,8 @@ def qat_train(qmodel: fx.GraphModule, teacher: nn.Module | None, train_ds: Array
     """
     info = train_ds.info
     shape = tuple(qmodel.input_shape)
+    ctx = distributed.context()
+    distributed.per_rank_batch(config.batch_size, ctx)  # refuses an uneven split before any work
     steps_per_epoch = len(train_ds.labels) // config.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size {config.batch_size} is larger than the {len(train_ds.labels)} training images")
@@ -141,20 +163,28 @@ def qat_train(qmodel: fx.GraphModule, teacher: nn.Module | None, train_ds: Array
         train_ds = ArrayDataset(info, train_ds.images, torch.arange(len(true_labels)))
     setup_seconds = time.perf_counter() - start
     view, deferred = training_view(qmodel)
+    # Every method's parameters all take part in each forward (checked for all of METHODS on LeNet-5),
+    # so DDP need not search the autograd graph for unused ones.
+    trained = distributed.wrap(view, ctx)
     history = []
+    bar = progress_bar(_QUIET.get() or not ctx.is_main)
     try:
         for q in deferred:
             q.deferred = True
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), bar:
             torch.manual_seed(config.seed)
             gen = torch.Generator().manual_seed(config.seed + 1)
+            epochs = bar.add_task("QAT", total=config.epochs, stats="")
+            task = bar.add_task("", total=steps_per_epoch, stats="")
             for epoch in range(config.epochs):
-                view.train()
+                trained.train()
+                bar.reset(task, total=steps_per_epoch, description=f"epoch {epoch + 1}/{config.epochs}")
                 start = time.perf_counter()
                 loss_sum, correct, seen = 0.0, 0, 0
                 batches = iterate_batches(train_ds, config.batch_size, shape, shuffle=True, augment=info.augment,
                                           generator=gen, drop_last=True)
-                for i, (x, y) in enumerate(batches):
+                cpu = torch.device("cpu")  # QAT trains on the CPU whatever the group's backend
+                for i, (x, y) in enumerate(distributed.shard_batches(batches, ctx, cpu)):
                     step = epoch * steps_per_epoch + i
                     for opt, base in zip(opts, base_lrs):
                         for group in opt.param_groups:
@@ -167,25 +197,30 @@ def qat_train(qmodel: fx.GraphModule, teacher: nn.Module | None, train_ds: Array
                     elif distill > 0:
                         with torch.no_grad():
                             target = teacher(x)
-                    logits = view(x)
+                    logits = trained(x)
                     loss = F.cross_entropy(logits, y)
                     if target is not None:
                         loss = (1 - distill) * loss + distill * _distillation(logits, target, config.temperature)
-                    value = loss.item()
-                    if not math.isfinite(value):
+                    # Global-batch figures (sums over the ranks), and a divergence stops every rank at once.
+                    batch_loss, batch_correct, batch_seen = distributed.all_sum(
+                        [loss.item() * len(y), (logits.argmax(dim=1) == y).sum().item(), len(y)])
+                    value = batch_loss / batch_seen
+                    if not math.isfinite(batch_loss):
                         raise ConfigError(f"QAT diverged: loss {value} at step {step}; lower the learning rate (--lr)")
                     for opt in opts:
                         opt.zero_grad(set_to_none=True)
                     loss.backward()
                     for opt in opts:
                         opt.step()
-                    loss_sum += value * len(y)
-                    correct += (logits.argmax(dim=1) == y).sum().item()
-                    seen += len(y)
+                    loss_sum += batch_loss
+                    correct += int(batch_correct)
+                    seen += int(batch_seen)
+                    bar.update(task, advance=1, stats=f"loss {loss_sum / seen:.4f}  acc {100.0 * correct / seen:.2f}%")
                 seconds = time.perf_counter() - start + setup_seconds / config.epochs
                 record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen,
                           "seconds": round(seconds, 3)}
                 history.append(record)
+                bar.update(epochs, advance=1, stats=f"train {record['train_acc']:.2f}%")
                 if on_epoch is not None:
                     on_epoch(record)
     finally:

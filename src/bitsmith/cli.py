@@ -1176,6 +1176,9 @@ def run_cmd(pipeline: Path = typer.Argument(..., help="pipeline file (TOML; docs
 
 
 def main() -> None:
+    from bitsmith import progress
+
+    progress.enable(not {"--json", "--quiet"} & set(sys.argv[1:]))  # a JSON answer or quiet: no bars
     try:
         app()
     except BitsmithError as e:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from bitsmith.data import ArrayDataset, iterate_batches
+from bitsmith import progress
 from bitsmith.errors import DataError
 
 PredictFn = Callable[[torch.Tensor], Any]
@@ -34,7 +35,8 @@ def predictions(
     try:
         out = []
         with torch.no_grad():
-            for x, _ in iterate_batches(ds, batch_size, input_shape, shuffle=False, augment=False):
+            batches = iterate_batches(ds, batch_size, input_shape, shuffle=False, augment=False)
+            for x, _ in progress.steps(batches, "evaluating", total=-(-len(ds.labels) // batch_size)):
                 scores = torch.as_tensor(predict_fn(x))
                 if scores.ndim != 2 or scores.shape[0] != x.shape[0]:
                     raise DataError(

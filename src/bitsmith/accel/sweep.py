@@ -19,6 +19,7 @@ import io
 import os
 from pathlib import Path
 
+from .. import progress
 from ..errors import AcceleratorError, ConfigError
 from ..integer.graph import IntegerGraph
 from ..storage import write_bytes_atomic, write_json_atomic
@@ -116,21 +117,21 @@ def sweep(graph: IntegerGraph, sizes=SIZES, codebook_graph: IntegerGraph | None 
     """Every R, C in `sizes` × weight mode: cycles per image, DSPs, BRAM18, LUT/FF. Configurations
     whose buffers (or anything else) the compiler refuses are recorded with the reason."""
     points, skipped = [], []
-    for pe in sizes:
-        for simd in sizes:
-            config = dataclasses.replace(base, pe=pe, simd=simd)
-            try:
-                programs = mode_programs(graph, config, codebook_graph)
-            except AcceleratorError as e:
-                skipped.append({"pe": pe, "simd": simd, "reason": str(e)})
-                continue
-            for mode, program in programs.items():
-                d = evaluate_design(program)
-                points.append({"mode": mode, "pe": pe, "simd": simd, "cycles": d["cycles"], "fps": d["fps"],
-                               "utilisation": d["utilisation"], "dsp": d["dsp"]["total"], "dsp_array": d["dsp"]["array"],
-                               "dsp_requant": d["dsp"]["requant"], "dsp_lanes": d["dsp"]["lanes"],
-                               "bram18": d["bram18"]["total"],
-                               "finn_bram18": d["finn_bram18"], "lut": d["logic"]["lut"], "ff": d["logic"]["ff"]})
+    grid = [(pe, simd) for pe in sizes for simd in sizes]
+    for pe, simd in progress.steps(grid, "design points"):
+        config = dataclasses.replace(base, pe=pe, simd=simd)
+        try:
+            programs = mode_programs(graph, config, codebook_graph)
+        except AcceleratorError as e:
+            skipped.append({"pe": pe, "simd": simd, "reason": str(e)})
+            continue
+        for mode, program in programs.items():
+            d = evaluate_design(program)
+            points.append({"mode": mode, "pe": pe, "simd": simd, "cycles": d["cycles"], "fps": d["fps"],
+                           "utilisation": d["utilisation"], "dsp": d["dsp"]["total"], "dsp_array": d["dsp"]["array"],
+                           "dsp_requant": d["dsp"]["requant"], "dsp_lanes": d["dsp"]["lanes"],
+                           "bram18": d["bram18"]["total"],
+                           "finn_bram18": d["finn_bram18"], "lut": d["logic"]["lut"], "ff": d["logic"]["ff"]})
     if not points:
         raise AcceleratorError(f"sweep: no configuration R, C in {list(sizes)} can run the graph; first refusal: "
                                f"{skipped[0]['reason'] if skipped else 'none'}")

@@ -13,6 +13,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from bitsmith import progress
 from bitsmith.errors import ConfigError
 from bitsmith.models import Reorg
 from bitsmith.quant.add import Grid, QuantAdd
@@ -38,8 +39,9 @@ def quantize(model: nn.Module, calib_data: Iterable, config: QuantConfig | None 
     qmodel = prepare(model, config, input_shape=shape)
     qmodel.input_shape = shape
     freeze_weights(qmodel)
+    total = len(calib_data) if hasattr(calib_data, "__len__") else None
     with torch.no_grad():
-        for x in itertools.chain([first], batches):
+        for x in progress.steps(itertools.chain([first], batches), "calibrating", total=total):
             if tuple(x.shape[1:]) != shape:
                 raise ConfigError(f"calibration batches differ in shape: {tuple(x.shape[1:])} after {shape}")
             qmodel(x)

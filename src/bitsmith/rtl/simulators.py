@@ -12,9 +12,11 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+from bitsmith import progress
 from bitsmith.accel.program import Program
 from bitsmith.errors import BitsmithError, ConfigError
 
@@ -52,8 +54,43 @@ def _run(cmd: list[str], cwd: Path, what: str, timeout: float | None) -> str:
     return proc.stdout
 
 
+def _simulate(cmd: list[str], cwd: Path, what: str, timeout: float | None, images: int | None) -> str:
+    """Run the built testbench, reading its log as it is printed so that a progress bar can follow
+    the images (one CYCLES line each); the same errors as `_run`."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        proc.kill()
+
+    watchdog = threading.Timer(timeout, stop) if timeout else None
+    if watchdog:
+        watchdog.start()
+    lines = []
+    try:
+        with progress.bar(f"{what}: images", images) as advance:
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith("CYCLES "):
+                    advance(1)
+        proc.wait()
+    finally:
+        if watchdog:
+            watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = "".join(lines)
+    if timed_out.is_set():
+        raise SimulationError(f"{what} did not finish within {timeout:g} s ({' '.join(cmd[:3])} ...)")
+    if proc.returncode != 0:
+        raise SimulationError(f"{what} failed (exit {proc.returncode}) in {cwd}:\n{log[-3000:]}")
+    return log
+
+
 def run_icarus(rtl_dir: str | os.PathLike, sources: list[str], top: str, waves: bool = False,
-               timeout: float | None = None, defines: tuple[str, ...] = ()) -> dict:
+               timeout: float | None = None, defines: tuple[str, ...] = (), images: int | None = None) -> dict:
     """iverilog -g2005 + vvp (`defines` as -D macros); returns the parsed log plus build/run wall times."""
     rtl_dir = Path(rtl_dir)
     _require("iverilog", "iverilog")
@@ -65,14 +102,14 @@ def run_icarus(rtl_dir: str | os.PathLike, sources: list[str], top: str, waves: 
     t0 = time.perf_counter()
     _run(cmd + sources, rtl_dir, "iverilog", timeout)
     t1 = time.perf_counter()
-    log = _run(["vvp", "-n", "tb_bitsmith.vvp"], rtl_dir, "vvp", timeout)
+    log = _simulate(["vvp", "-n", "tb_bitsmith.vvp"], rtl_dir, "vvp", timeout, images)
     t2 = time.perf_counter()
     (rtl_dir / "icarus.log").write_text(log)
     return {"simulator": "icarus", **parse_log(log), "build_s": t1 - t0, "run_s": t2 - t1}
 
 
 def run_verilator(rtl_dir: str | os.PathLike, sources: list[str], top: str, waves: bool = False,
-                  timeout: float | None = None, defines: tuple[str, ...] = ()) -> dict:
+                  timeout: float | None = None, defines: tuple[str, ...] = (), images: int | None = None) -> dict:
     """verilator --binary with the same testbench (`defines` as -D macros); returns the parsed log plus
     build/run wall times."""
     rtl_dir = Path(rtl_dir)
@@ -85,7 +122,7 @@ def run_verilator(rtl_dir: str | os.PathLike, sources: list[str], top: str, wave
     t0 = time.perf_counter()
     _run(cmd + sources, rtl_dir, "verilator", timeout)
     t1 = time.perf_counter()
-    log = _run([str(rtl_dir / "obj_verilator" / "tb_bitsmith")], rtl_dir, "verilated testbench", timeout)
+    log = _simulate([str(rtl_dir / "obj_verilator" / "tb_bitsmith")], rtl_dir, "verilated testbench", timeout, images)
     t2 = time.perf_counter()
     (rtl_dir / "verilator.log").write_text(log)
     return {"simulator": "verilator", **parse_log(log), "build_s": t1 - t0, "run_s": t2 - t1}
@@ -113,11 +150,11 @@ def lint_verilator(rtl_dir: str | os.PathLike, sources: list[str], top: str, def
 
 
 def run_simulator(sim: str, rtl_dir: str | os.PathLike, sources: list[str], top: str, waves: bool = False,
-                  timeout: float | None = None, defines: tuple[str, ...] = ()) -> dict:
+                  timeout: float | None = None, defines: tuple[str, ...] = (), images: int | None = None) -> dict:
     if sim not in SIMULATORS:
         raise ConfigError(f"unknown simulator {sim!r}; choose one of {', '.join(SIMULATORS)}")
     runner = run_icarus if sim == "icarus" else run_verilator
-    return runner(rtl_dir, sources, top, waves=waves, timeout=timeout, defines=defines)
+    return runner(rtl_dir, sources, top, waves=waves, timeout=timeout, defines=defines, images=images)
 
 
 def parse_log(text: str) -> dict:
@@ -163,6 +200,6 @@ def run_testbench(program: Program, memory_dir: str | os.PathLike, rtl_dir: str 
     manifest = generate_rtl(program, rtl_dir, images=images, fault=fault, memory_dir=memory_dir, relative_paths=True)
     t1 = time.perf_counter()
     log = run_simulator(sim, rtl_dir, manifest["files"] + [manifest["testbench"]], TESTBENCH_TOP, waves=waves,
-                        timeout=timeout, defines=defines)
+                        timeout=timeout, defines=defines, images=images)
     return {**log, "manifest": manifest, "generate_s": t1 - t0,
             "waves": str(Path(rtl_dir) / "tb_bitsmith.vcd") if waves else None}

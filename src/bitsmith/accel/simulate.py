@@ -206,7 +206,10 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
         wbuf = codebook[entries] if d["codebook"] else _signed(entries, WEIGHT_BYTE_BITS)  # codebook decoder / int8
         weight_rows.append(wbuf.reshape(R, T * C)[: min(R, out_ch - g * R)])  # rows with o < out_ch
         # COMPUTE: P pixels × T cycles (C terms per row per cycle), fewer with zero skipping (the
-        # weight part known from the buffer just loaded); DRAIN: one write cycle per pixel.
+        # weight part known from the buffer just loaded); DRAIN: each pixel's write shares the next
+        # pixel's first compute cycle, so only the group's last pixel (and, skipping, a pixel after
+        # one with no compute cycle) takes a cycle of its own.
+        drain = 1
         if config.zero_skip == "none":
             compute = P * T
         elif config.zero_skip == "weights":
@@ -214,11 +217,12 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
             # codebook[0], which may be non-zero.
             real = wbuf.reshape(R, T * C)[: min(R, out_ch - g * R), :K] != 0
             compute = P * int(np.pad(real, ((0, 0), (0, T * C - K))).reshape(-1, T, C).any(axis=(0, 2)).sum())
+            drain = 1 if compute else P
         else:
-            compute = 0   # "both": counted per image below
+            compute = drain = 0   # "both": counted per image below
         counter.tick("compute", compute)
-        counter.tick("drain", P)
-        previous_busy = compute + P
+        counter.tick("drain", drain)
+        previous_busy = compute + drain
     weights = np.concatenate(weight_rows)                      # [out_ch, T·C], zeros for t ≥ K
     row_base = channel_map if channel_map is not None else np.full(out_ch, d["in_base"], dtype=np.int64)
     acc = np.empty((n_images, out_ch, P), dtype=np.int64)
@@ -242,9 +246,11 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
         return patches
 
     if config.zero_skip == "both":
-        group_compute = _skip_both(weights != 0, row_base, act, d, columns, R, C, T, P)   # [N, G]
-        counter.tick_images("compute", group_compute.sum(axis=1))
-        counter.tick_images("weights", np.maximum(0, words_per_group - (group_compute[:, :-1] + P)).sum(axis=1))
+        pixel_compute = _skip_both(weights != 0, row_base, act, d, columns, R, C, T, P)   # [N, G, P]
+        group_busy = pixel_compute.sum(axis=2) + 1 + (pixel_compute[:, :, 1:] == 0).sum(axis=2)
+        counter.tick_images("compute", pixel_compute.sum(axis=(1, 2)))
+        counter.tick_images("drain", (group_busy - pixel_compute.sum(axis=2)).sum(axis=1))
+        counter.tick_images("weights", np.maximum(0, words_per_group - group_busy[:, :-1]).sum(axis=1))
 
     bases = np.unique(row_base)
     step = kin * H * W
@@ -278,7 +284,7 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
 
 def _skip_both(nonzero: np.ndarray, row_base: np.ndarray, act: np.ndarray, d: dict, columns, R: int, C: int,
                T: int, P: int) -> np.ndarray:
-    """Compute cycles [N, G] per image and channel group under zero_skip "both": Σ over pixels p, blocks j of
+    """Compute cycles [N, G, P] per image, channel group and pixel under zero_skip "both": Σ over blocks j of
     [some row r of g and column c have w[r][j·C+c] ≠ 0 and d_r(j·C+c) ≠ 0 at p]. Rows reading the
     same input (a dense conv: all) see the same d, so per group and input only the OR of their
     weight masks over rows matters."""
@@ -295,7 +301,7 @@ def _skip_both(nonzero: np.ndarray, row_base: np.ndarray, act: np.ndarray, d: di
             active = (columns(x[n0 : n0 + chunk], kin)[:, 0] != 0).to(torch.float64).reshape(-1, T, C, P)
             for g, mask in masks.items():
                 live[n0 : n0 + chunk, g] |= (torch.einsum("tc,ntcp->ntp", mask, active) > 0).numpy()
-    return live.sum(axis=(2, 3)).astype(np.int64)
+    return live.sum(axis=2).astype(np.int64)
 
 
 def _grouped_bound(weights: np.ndarray, bias: np.ndarray, row_base: np.ndarray, d: dict) -> int:
@@ -377,7 +383,7 @@ def _run_lanes(d, act, bias, multiplier, shift, channel_map, R, counter):
             values[..., e] = _signed(values[..., e], MAX_ACT_BITS)
     for g in range(math.ceil(d["out_ch"] / R)):
         counter.tick("compute", P * E)  # COMPUTE: one window element per lane per cycle
-        counter.tick("drain", P)        # DRAIN: one write cycle per pixel
+        counter.tick("drain", 1)        # DRAIN: the last pixel's write (the others share a compute cycle)
     if is_max:
         _write(act, d["out_base"], values.max(axis=3), 0, P)
         return None

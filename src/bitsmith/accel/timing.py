@@ -9,6 +9,11 @@ compute + drain are exposed ("weights" = cycles the array waits for weights):
 
     weights = W + Σ_{g < G−1} max(0, W − (compute_g + drain_g)),   W = ⌈R·T·C·b / bus_bits⌉
 
+The drain (requant + write) of a pixel runs in the first compute cycle of the next pixel, which
+reads the accumulators only after they have been written out; only each group's last pixel drains
+in a cycle of its own: drain_g = 1 (with zero skipping, also every pixel after the first whose
+compute cycles were all skipped: it has no cycle its predecessor's drain could share).
+
 The cycle-level model (`bitsmith.accel.simulate`) counts the same cycles by executing the
 program; the generated Verilog must take exactly as many. The cost model and the design-space
 sweep read `program_cycles`.
@@ -129,6 +134,21 @@ def compute_cycles(layer: Layer, config: AccelConfig, activation_density: float 
     return round(float(group_computes(layer, config, activation_density).sum()))
 
 
+def group_drains(layer: Layer, config: AccelConfig, activation_density: float | None = None) -> np.ndarray:
+    """[G] float: the drain cycles of each channel group that no compute cycle hides (module
+    docstring): 1 + #{pixels q ≥ 1 with no compute cycle}. Without zero skipping every pixel computes
+    (T ≥ 1), so 1; "weights": P for a group with no live block; the "both" estimate adds
+    (P − 1)·Π_j (1 − ρ)^m_gj, the chance that a pixel skips every block."""
+    groups = channel_groups(layer, config)
+    if layer.kind != "conv" or config.zero_skip == "none":
+        return np.ones(groups)
+    if config.zero_skip == "weights" or activation_density is None:
+        return np.where(live_blocks(layer, config).any(axis=1), 1.0, float(layer.pixels))
+    m = live_terms(layer, config)
+    all_skipped = np.where(m > 0, (1.0 - activation_density) ** m, 1.0).prod(axis=1)
+    return 1.0 + (layer.pixels - 1) * all_skipped
+
+
 def exposed_weight_cycles(layer: Layer, config: AccelConfig, group_busy) -> int:
     """The weight-load cycles the array waits for (module docstring): the first group's load, then
     per later group what its load (started with the previous group's first compute cycle) takes
@@ -144,13 +164,14 @@ def layer_cycles(layer: Layer, config: AccelConfig, first: bool,
                  activation_density: float | None = None) -> dict[str, int]:
     """Cycles of each §5 phase for one layer and one image (groups summed)."""
     computes = group_computes(layer, config, activation_density)
+    drains = group_drains(layer, config, activation_density)
     return {
         "param": param_cycles(layer),
         "codebook": CODEBOOK_CYCLES if layer.is_codebook else 0,
         "input": input_cycles(layer, config) if first else 0,
-        "weights": exposed_weight_cycles(layer, config, computes + layer.pixels),
+        "weights": exposed_weight_cycles(layer, config, computes + drains),
         "compute": round(float(computes.sum())),
-        "drain": len(computes) * layer.pixels,
+        "drain": round(float(drains.sum())),
         "next": NEXT_LAYER_CYCLES,
     }
 

@@ -107,6 +107,8 @@ module bitsmith_top #(
     reg signed [31:0] gch;                 // first channel of the group (g*R)
     reg signed [31:0] gbase_in, gbase_out; // g*R*HW, g*R*P
     reg signed [31:0] oy, ox, pix;         // output pixel, raster order
+    reg               dpend;               // this cycle also drains pixel dpix (the previous one)
+    reg signed [31:0] dpix;                // pixel whose outputs are written (DRAIN, or dpend)
     reg signed [31:0] iy0, ix0, row_base;  // oy*sh - ph, ox*sw - pw, (oy*sh - ph)*in_w
     reg signed [31:0] j, jc;               // term block, j*C
     reg signed [31:0] bci, bky, bkx, boff; // term j*C as (ci, ky, kx) and its address offset
@@ -236,7 +238,7 @@ module bitsmith_top #(
             else                                                 // pools, requant (no padding)
                 addr = in_base + gbase_in + lane_in + row_base + ix0 + woff;
             codes_f[r*8 +: 8]  = valid_f[r] ? act[addr] : 8'd0;
-            out_addr_f[r*32 +: 32]  = out_base + gbase_out + lane_out + pix;
+            out_addr_f[r*32 +: 32]  = out_base + gbase_out + lane_out + dpix;
             wrow = wrow + TC; lane_in = lane_in + HW; lane_out = lane_out + P;
         end
 `ifdef SYNTHESIS
@@ -293,6 +295,16 @@ module bitsmith_top #(
             reset_block;
         end
     endtask
+    task next_pixel;     // raster order; the same group
+        begin
+            pix <= pix + 1;
+            if (ox == out_w - 1) begin
+                ox <= 0; oy <= oy + 1; ix0 <= -pw; iy0 <= iy0 + sh; row_base <= row_base + ROW_STEP;
+            end else begin
+                ox <= ox + 1; ix0 <= ix0 + sw;
+            end
+        end
+    endtask
     task start_load;     // the loader starts on the group at channel `first` into bank `into`
         input signed [31:0] first;
         input into;
@@ -324,9 +336,10 @@ module bitsmith_top #(
 
     always @(posedge clk) begin
         if (rst) begin
-            state <= S_IDLE; done <= 1'b0; cycles <= 0; layer <= 0; lbusy <= 1'b0; cbank <= 1'b0;
+            state <= S_IDLE; done <= 1'b0; cycles <= 0; layer <= 0; lbusy <= 1'b0; cbank <= 1'b0; dpend <= 1'b0;
         end else begin
             done <= 1'b0;
+            dpend <= 1'b0;
             if (state != S_IDLE) cycles <= cycles + 1;
             if (lbusy) begin              // the loader: one bus word per cycle (handover may restart it)
                 lcnt <= lcnt + 1; waddr <= waddr + 1; wentry <= wentry + (is_cb ? E2 : E8);
@@ -402,34 +415,31 @@ module bitsmith_top #(
             S_WEIGHTS:                    // the array waits for the loader (always busy here)
                 if (lready) begin handover; state <= S_COMPUTE; end
             S_COMPUTE: begin              // one term block (conv) or window element (pool) per cycle
-                if (j == T - 1) state <= S_DRAIN;
-                else begin
+                if (j == T - 1) begin     // the pixel's last: its outputs are written next cycle
+                    dpix <= pix;
+                    if (pix == P - 1) state <= S_DRAIN;   // the group's last pixel drains on its own
+                    else begin            // ... the others in the next pixel's first compute cycle
+                        dpend <= 1'b1;
+                        reset_block;
+                        next_pixel;
+                    end
+                end else begin
                     j <= j + 1; jc <= jc + C;
                     bci <= nxt_ci; bky <= nxt_ky; bkx <= nxt_kx; boff <= nxt_off;
                     if (wx == kw - 1) begin wx <= 0; wy <= wy + 1; woff <= woff + 1 + STEP_X; end
                     else begin wx <= wx + 1; woff <= woff + 1; end
                 end
             end
-            S_DRAIN: begin                // requant + write (memory block below); next pixel / group / layer
+            S_DRAIN: begin                // the group's last pixel: requant + write (memory block below)
                 reset_block;
-                if (pix == P - 1) begin
-                    if (gch + R >= out_ch) state <= S_NEXT_LAYER;
-                    else begin            // NEXT_GROUP: a transition, not a cycle
-                        gch <= gch + R; gbase_in <= gbase_in + R * HW; gbase_out <= gbase_out + R * P;
-                        cnt <= 0;
-                        reset_pixels;
-                        if (!is_conv) state <= S_COMPUTE;
-                        else if (lready) begin handover; state <= S_COMPUTE; end   // next group already loaded
-                        else state <= S_WEIGHTS;
-                    end
-                end else begin
-                    pix <= pix + 1;
-                    if (ox == out_w - 1) begin
-                        ox <= 0; oy <= oy + 1; ix0 <= -pw; iy0 <= iy0 + sh; row_base <= row_base + ROW_STEP;
-                    end else begin
-                        ox <= ox + 1; ix0 <= ix0 + sw;
-                    end
-                    state <= S_COMPUTE;
+                if (gch + R >= out_ch) state <= S_NEXT_LAYER;
+                else begin                // NEXT_GROUP: a transition, not a cycle
+                    gch <= gch + R; gbase_in <= gbase_in + R * HW; gbase_out <= gbase_out + R * P;
+                    cnt <= 0;
+                    reset_pixels;
+                    if (!is_conv) state <= S_COMPUTE;
+                    else if (lready) begin handover; state <= S_COMPUTE; end   // next group already loaded
+                    else state <= S_WEIGHTS;
                 end
             end
             S_NEXT_LAYER:
@@ -459,7 +469,7 @@ module bitsmith_top #(
                     if (wentry + i < WBUF_DEPTH) wbuf[lbank_base + wentry + i] <= w8_word[i*8 +: 8];
             end
         end
-        if (!rst && state == S_DRAIN)
+        if (!rst && (state == S_DRAIN || dpend))
             for (k = 0; k < R; k = k + 1)
                 if (row_valid[k]) begin
                     if (raw) out32[out_addr[k*32 +: 32] - out_base] <= pe_acc[k*32 +: 32];

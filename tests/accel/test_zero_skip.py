@@ -86,6 +86,11 @@ def test_the_estimate_of_both_on_the_hand_computed_layer():
     assert live_blocks(program.layers[0], program.config).tolist() == [[True, False], [False, True]]
     assert program_cycles(program, {"t": 0.25})["layers"][0]["compute"] == 2
     assert program_cycles(program, {"t": 1.0})["layers"][0]["compute"] == 8
+    # drain ≈ Σ_g (1 + (P − 1)·Π_j (1 − ρ)^m_gj): a pixel skips its one live block with probability
+    # 1 − ρ and then drains on its own; ρ = 0.25 → 2·(1 + 3·0.75) = 6.5 → 6 (round half to even), ρ = 1 → 2.
+    assert program_cycles(program, {"t": 0.25})["layers"][0]["drain"] == 6
+    assert program_cycles(program, {"t": 1.0})["layers"][0]["drain"] == 2
+    assert program_cycles(program, {"t": 0.5})["layers"][0]["drain"] == round(2 * (1 + 3 * 0.5))
     counted = program_cycles(program)
     assert counted["layers"][0]["compute"] == 8 and counted["zero_skip"].startswith("both (no activation densities")
     with pytest.raises(ConfigError, match="not a layer of the program"):

@@ -168,20 +168,33 @@ def test_cycles_of_a_tiny_layer_by_hand():
     # R=4, C=8: T = ceil(27/8) = 4, G = ceil(10/4) = 3, P = 9.
     assert layer_cycles(_tiny_layer(), config, first=True) == {
         "param": 22 + 3 * 10, "codebook": 0, "input": math.ceil(75 * 8 / 64),    # 10 words of 8 bytes
-        "weights": 3 * (4 * 4 * 8 * 8 // 64),                                  # 16 words per group
-        "compute": 3 * 9 * 4, "drain": 3 * 9, "next": 1}
+        "weights": 4 * 4 * 8 * 8 // 64,    # 16 words per group: group 0's load is exposed; groups
+                                           # 1 and 2 load during the previous group's 36 + 9 cycles
+        "compute": 3 * 9 * 4, "drain": 3, "next": 1}   # a pixel drains in the next one's first cycle
     codebook = _tiny_layer(codebook=np.array([-3, -1, 0, 2]))
     c = layer_cycles(codebook, config, first=False)
-    assert (c["input"], c["codebook"], c["weights"]) == (0, 4, 3 * (4 * 4 * 8 * 2 // 64))
+    assert (c["input"], c["codebook"], c["weights"]) == (0, 4, 4 * 4 * 8 * 2 // 64)
     pool = Layer(index=1, name="p", kind="maxpool", in_ch=10, in_h=3, in_w=3, out_ch=10, out_h=1, out_w=1, kh=3, kw=3)
     assert layer_cycles(pool, config, first=False) == {
         "param": 22, "codebook": 0, "input": 0, "weights": 0, "compute": 3 * 1 * 9, "drain": 3, "next": 1}
     total = program_cycles(Program(config, [_tiny_layer(), pool], "in"))
-    assert total["total"] == (52 + 10 + 48 + 108 + 27 + 1) + (22 + 27 + 3 + 1) + 1 == 300
+    assert total["total"] == (52 + 10 + 16 + 108 + 3 + 1) + (22 + 27 + 3 + 1) + 1 == 244
     assert total["layers"][0]["utilisation"] == pytest.approx(10 * 9 * 27 / (4 * 8 * 108))
-    assert total["utilisation"] == pytest.approx(10 * 9 * 27 / (4 * 8 * 300))
-    assert total["fps"] == pytest.approx(200e6 / 300)
-    assert sum(r["share"] for r in total["layers"]) == pytest.approx(1 - 1 / 300)
+    assert total["utilisation"] == pytest.approx(10 * 9 * 27 / (4 * 8 * 244))
+    assert total["fps"] == pytest.approx(200e6 / 244)
+    assert sum(r["share"] for r in total["layers"]) == pytest.approx(1 - 1 / 244)
+
+
+def test_double_buffered_weights_expose_only_what_outlasts_the_previous_group():
+    c = {r["name"]: r for r in program_cycles(compile_graph(golden("lenet5_w8a8"), AccelConfig()))["layers"]}
+    # q_conv2: G = 2, a load of 8·19·8 bytes = 152 words; group 1's load hides under group 0's
+    # 100·19 + 1 cycles, so only group 0's is exposed.
+    assert c["q_conv2"]["weights"] == 152
+    # q_conv3: G = 15, 8·50·8 bytes = 400 words per group against 50 + 1 cycles of compute and drain
+    # (P = 1): the array waits 400 − 51 for each of groups 1..14.
+    assert c["q_conv3"]["weights"] == 400 + 14 * (400 - 51)
+    # fc1: G = 11, 8·15·8 / 8 = 120 words, 15 + 1 cycles per group.
+    assert c["q_fc1"]["weights"] == 120 + 10 * (120 - 16)
 
 
 def test_lenet_cycles_formula():
@@ -189,7 +202,7 @@ def test_lenet_cycles_formula():
     c = program_cycles(p)
     conv1 = c["layers"][0]  # 1x32x32 -> 6x28x28, 5x5: K=25, T=4, G=1, P=784
     assert (conv1["param"], conv1["input"], conv1["weights"], conv1["compute"], conv1["drain"]) == (
-        22 + 18, 1024 * 8 // 64, 8 * 4 * 8 * 8 // 64, 784 * 4, 784)
+        22 + 18, 1024 * 8 // 64, 8 * 4 * 8 * 8 // 64, 784 * 4, 1)   # drain: the last pixel's write
     assert c["total"] == sum(r["cycles"] for r in c["layers"]) + 1
     assert c["macs"] == 6 * 784 * 25 + 16 * 100 * 150 + 120 * 400 + 84 * 120 + 10 * 84
 

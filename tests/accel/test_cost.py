@@ -129,7 +129,7 @@ def test_tiny_program_by_hand():
     # FINN weight memory (depth ⌈K/C⌉·⌈out/R⌉, width R·C·W):
     #      conv_a K=75: 15·2 = 30 × 60 bits → ⌈60/36⌉ = 2;  conv_cb K=72: 15·2 = 30 × 40 (2-bit) → 2;
     #      fc K=96: 20·3 = 60 × 80 bits → ⌈80/36⌉ = 3.  Sum 7.
-    # BRAM18: weight buffer ⌈2000/20⌉ = 100 deep × 160 bits (8-bit entries) → ⌈160/36⌉ = 5;
+    # BRAM18: weight buffer 2 banks · ⌈2000/20⌉ = 200 deep × 160 bits (8-bit entries) → ⌈160/36⌉ = 5;
     #      the activation memory ⌈4096/5⌉ = 820 deep × 40 bits → ⌈820/1024⌉·⌈40/18⌉ = 3;
     #      param memory 1 + 22·4 + 3·(8 + 6 + 10) = 161 words × 32 bits → 1; raw output 10 × 32 → 1.
     #      Total 5 + 3 + 1 + 1 = 10.
@@ -143,7 +143,7 @@ def test_tiny_program_by_hand():
     assert [r["weight_buffer_entries"] for r in report["layers"]] == [4 * 15 * 5, 0, 4 * 15 * 5, 4 * 20 * 5]
     assert param_words(_tiny_program()) == 161
     mems = {m["name"]: (m["depth"], m["width"], m["bram18"]) for m in report["memories"]}
-    assert mems == {"weight buffer": (100, 160, 5), "activation memory": (820, 40, 3),
+    assert mems == {"weight buffer": (200, 160, 5), "activation memory": (820, 40, 3),
                     "param memory": (161, 32, 1), "output memory": (10, 32, 1)}
     assert report["bram18"]["total"] == 10
     assert report["layers"][0]["macs"] == 8 * 64 * 75
@@ -157,7 +157,7 @@ def test_tiny_program_by_hand():
 def test_codebook_only_program_needs_no_array_dsps():
     report = cost_report(_tiny_program(codebook_only=True))
     assert report["dsp"] == {"array": 0, "requant": 16, "lanes": 0, "total": 16, "array_layer": None}
-    # only 2-bit indices in the weight buffer: 100 deep × 40 bits → 2 BRAM18 instead of 5
+    # only 2-bit indices in the weight buffer: 200 deep × 40 bits → 2 BRAM18 instead of 5
     assert next(m for m in report["memories"] if m["name"] == "weight buffer")["width"] == 40
     assert report["bram18"]["weight buffer"] == 2
     units = {u["unit"]: u["count"] for u in report["logic"]["units"]}

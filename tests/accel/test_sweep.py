@@ -81,11 +81,12 @@ def test_all_codebook_program_needs_no_array_dsps(lenet_graphs):
     program = compile_graph(all_cb, AccelConfig(pe=8, simd=8))
     report = cost_report(program)
     assert report["dsp"] == {"array": 0, "requant": 32, "lanes": 0, "total": 32, "array_layer": None}
-    assert report["bram18"]["weight buffer"] == 8   # 1024 deep × 128 bits (2-bit indices): ⌈128/18⌉
+    # two banks of 1024 deep × 128 bits (2-bit indices): ⌈2048/1024⌉·⌈128/18⌉
+    assert report["bram18"]["weight buffer"] == 16
     # expanded to dense 8-bit, the same program needs the full int8 array and an 8-bit weight buffer
     dense = dense_program(program, 8)
     assert not any(l.is_codebook for l in dense.layers)
-    assert evaluate_design(dense)["dsp"]["array"] == 32 and cost_report(dense)["bram18"]["weight buffer"] == 29
+    assert evaluate_design(dense)["dsp"]["array"] == 32 and cost_report(dense)["bram18"]["weight buffer"] == 2 * 29
 
 
 def test_configs_that_do_not_fit_are_recorded(lenet_graphs):

@@ -46,17 +46,20 @@ def _tiny_codes() -> np.ndarray:
 
 
 def test_a_hand_computed_layer():
-    # Fixed phases: param 22 + 3·3 = 31; input ⌈18 bytes·8 / 64⌉ = 3; weights 2 groups · ⌈2·2·4·8 / 64⌉ = 4;
-    # drain 2 groups · P = 8; next 1; finish 1 → 48 without the compute phase.
-    # none:    compute = G·P·T = 2·4·2 = 16                                      → 64
+    # Fixed phases: param 22 + 3·3 = 31; input ⌈18 bytes·8 / 64⌉ = 3; weights ⌈2·2·4·8 / 64⌉ = 2 for
+    # group 0 (group 1 loads during group 0's compute + drain, which last at least P = 4 ≥ 2 cycles);
+    # next 1; finish 1 → 38 without compute and drain. A pixel drains during the next pixel's first
+    # compute cycle; the group's last pixel, and a pixel q ≥ 1 with no compute cycle, on its own.
+    # none:    compute = G·P·T = 2·4·2 = 16, drain 1 + 1                          → 56
     # weights: group 0 has a non-zero only in block 0, group 1 only in block 1:
-    #          compute = P·(1 + 1) = 8                                            → 56
-    # both, image 0: group 0 (w at ci 0, (0,0)) reads x0[oy][ox] = 5, 0, 0, 7 at the 4 pixels → 2 cycles;
-    #          group 1 (w at ci 1, (1,0)) reads x1[oy+1][ox] = 3, 0, 0, 0            → 1 cycle;
-    #          compute = 3                                                        → 51
-    # both, image 1 (all zero): compute = 0                                       → 48
+    #          compute = P·(1 + 1) = 8, drain 1 + 1                               → 48
+    # both, image 0: group 0 (w at ci 0, (0,0)) reads x0[oy][ox] = 5, 0, 0, 7 at the 4 pixels → 2 cycles
+    #          (pixels 1, 2 compute nothing: drain 1 + 2);
+    #          group 1 (w at ci 1, (1,0)) reads x1[oy+1][ox] = 3, 0, 0, 0            → 1 cycle (drain 1 + 3);
+    #          compute = 3, drain 7                                               → 48
+    # both, image 1 (all zero): compute = 0, drain 4 + 4                          → 46
     codes = _tiny_codes()
-    want = {"none": [64, 64], "weights": [56, 56], "both": [51, 48]}
+    want = {"none": [56, 56], "weights": [48, 48], "both": [48, 46]}
     outputs = None
     for mode, cycles in want.items():
         program = _tiny(mode)
@@ -72,7 +75,8 @@ def test_a_hand_computed_layer():
     np.testing.assert_array_equal(outputs[0], [[[5, 0], [0, 7]], [[0, 0], [0, 0]], [[6, 0], [0, 0]]])
     both = simulate(_tiny("both"), codes).cycles["layers"][0]
     assert both["compute_images"] == [3, 0] and both["compute"] == 1.5
-    assert sum(both[p] for p in PHASES) + 1 == 49.5
+    assert both["drain_images"] == [7, 8] and both["drain"] == 7.5
+    assert sum(both[p] for p in PHASES) + 1 == 47
 
 
 def test_the_estimate_of_both_on_the_hand_computed_layer():
@@ -82,6 +86,11 @@ def test_the_estimate_of_both_on_the_hand_computed_layer():
     assert live_blocks(program.layers[0], program.config).tolist() == [[True, False], [False, True]]
     assert program_cycles(program, {"t": 0.25})["layers"][0]["compute"] == 2
     assert program_cycles(program, {"t": 1.0})["layers"][0]["compute"] == 8
+    # drain ≈ Σ_g (1 + (P − 1)·Π_j (1 − ρ)^m_gj): a pixel skips its one live block with probability
+    # 1 − ρ and then drains on its own; ρ = 0.25 → 2·(1 + 3·0.75) = 6.5 → 6 (round half to even), ρ = 1 → 2.
+    assert program_cycles(program, {"t": 0.25})["layers"][0]["drain"] == 6
+    assert program_cycles(program, {"t": 1.0})["layers"][0]["drain"] == 2
+    assert program_cycles(program, {"t": 0.5})["layers"][0]["drain"] == round(2 * (1 + 3 * 0.5))
     counted = program_cycles(program)
     assert counted["layers"][0]["compute"] == 8 and counted["zero_skip"].startswith("both (no activation densities")
     with pytest.raises(ConfigError, match="not a layer of the program"):
@@ -141,7 +150,7 @@ def test_pruned_lenet_outputs_equal_the_engine_and_cycles_fall(images, by_input_
                 assert {p: counted[p] for p in PHASES} == {p: row[p] for p in PHASES}
             assert result.total_cycles == formula["total"]
         totals[mode] = result.cycles["images"]
-    assert totals["none"] == [18945] * len(images)   # docs/hardware.md's figure for LeNet-5 W8A8
+    assert totals["none"] == [16683] * len(images)   # docs/hardware.md's figure for LeNet-5 W8A8
     assert all(b <= w <= n for n, w, b in zip(totals["none"], totals["weights"], totals["both"]))
     assert max(totals["both"]) < totals["none"][0]
     if by_input_channel:   # whole term blocks are zero: the weights alone save cycles
@@ -262,7 +271,7 @@ def test_the_plain_figures_do_not_depend_on_the_programs_zero_skip(images):
         program = compile_graph(g, AccelConfig(zero_skip=mode))
         densities = densities or layer_densities(g, program, activation_sparsity(g, images))
         designs[mode] = evaluate_design(program, densities)
-    assert designs["none"]["cycles"] == designs["both"]["cycles"] == 18945
+    assert designs["none"]["cycles"] == designs["both"]["cycles"] == 16683
     assert designs["none"]["zero_skip"] == designs["both"]["zero_skip"]
 
 
@@ -271,7 +280,7 @@ def test_verify_counts_data_dependent_cycles_per_image_and_rtl_refuses_zero_skip
     inputs = verification_inputs(g, 3, "fashion-mnist")
     report = verify(g, "accel", inputs, config=AccelConfig(zero_skip="both"))
     assert report.passed and report.mismatches == 0 and report.cycles_equal is None
-    assert len(report.cycles_per_image) == report.images and max(report.cycles_per_image) < 18945
+    assert len(report.cycles_per_image) == report.images and max(report.cycles_per_image) < 16683
     assert any("depend on the activations" in note for note in report.notes)
     weights = verify(g, "accel", inputs, config=AccelConfig(zero_skip="weights"))
     assert weights.passed and weights.cycles_equal is True                # exact: equal to the formula
@@ -285,7 +294,7 @@ def test_the_commands_take_zero_skip(tmp_path):
     result = invoke("hw", "report", str(tmp_path / "g"), "--zero-skip", "both", "--activations", "5", "--json")
     assert result.exit_code == 0, result.output
     design = json.loads(result.output)
-    assert design["cycles"] == 18945 and design["zero_skip"]["both"]["cycles"] < design["zero_skip"]["weights"]["cycles"]
+    assert design["cycles"] == 16683 and design["zero_skip"]["both"]["cycles"] < design["zero_skip"]["weights"]["cycles"]
     sim = invoke("hw", "simulate", str(tmp_path / "g"), "--zero-skip", "weights", "--images", "2", "--json")
     assert sim.exit_code == 0, sim.output
     assert json.loads(sim.output)["total_cycles"] == design["zero_skip"]["weights"]["cycles"]

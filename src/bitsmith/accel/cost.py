@@ -31,6 +31,7 @@ from ..integer import sparse
 from .config import (ACC_BITS, CODEBOOK_INDEX_BITS, DESCRIPTOR_WORDS, LANE_MULTIPLIER_BITS, MAX_WEIGHT_BITS,
                      MULTIPLIER_BITS)
 from .program import Layer, Program
+from .timing import WEIGHT_BANKS
 
 # ops per DSP48E2, DeepBurning-MixQ's DSP packing tables: OPS_PER_DSP[kernel][w_bits] = (a = 2, 3, 4, 5, 6, 7, 8).
 OPS_PER_DSP: dict[int, dict[int, tuple[float, ...]]] = {
@@ -220,8 +221,10 @@ def memories(program: Program) -> list[dict]:
     rc = cfg.pe * cfg.simd
     b = weight_storage_bits(program)
     mems = [
-        memory("weight buffer", math.ceil(cfg.weight_buffer_entries / rc), rc * b,
-               f"weight_buffer_entries={cfg.weight_buffer_entries} weights, R·C = {rc} read per cycle, {b} bits each"),
+        # Two banks (docs/hardware.md §5): the loader fills one while the array reads the other.
+        memory("weight buffer", WEIGHT_BANKS * math.ceil(cfg.weight_buffer_entries / rc), rc * b,
+               f"{WEIGHT_BANKS} banks of weight_buffer_entries={cfg.weight_buffer_entries} weights, R·C = {rc} "
+               f"read per cycle, {b} bits each"),
         memory("activation memory", math.ceil(cfg.act_buffer_bytes / cfg.simd), 8 * cfg.simd,
                f"act_buffer_bytes={cfg.act_buffer_bytes} (every live map, allocated), C = {cfg.simd} codes read "
                "per cycle"),

@@ -190,24 +190,39 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
     words_per_group = math.ceil(R * T * C * bits / bus)
     words_of = memory.w2 if d["codebook"] else memory.w8
     weight_rows = []
+    previous_busy = 0   # compute + drain of the previous group, which the loader of this one overlaps
     for g in range(math.ceil(out_ch / R)):
-        # WEIGHTS: the group's bus words into the weight buffer, decoded [r][t].
+        # WEIGHTS: the group's bus words into the idle bank of the double-buffered weight buffer,
+        # decoded [r][t]. Group 0's load is exposed; group g's runs alongside group g−1's compute and
+        # drain, so the array waits only for what outlasts them (under "both" that is data dependent:
+        # counted per image below).
         base = d["weight_base"] + g * words_per_group
         words = words_of[base : base + words_per_group]
-        counter.tick("weights", words_per_group)
+        if g == 0:
+            counter.tick("weights", words_per_group)
+        elif config.zero_skip != "both":
+            counter.tick("weights", max(0, words_per_group - previous_busy))
         entries = _unpack(words, bits, bus)[: R * T * C]
         wbuf = codebook[entries] if d["codebook"] else _signed(entries, WEIGHT_BYTE_BITS)  # codebook decoder / int8
         weight_rows.append(wbuf.reshape(R, T * C)[: min(R, out_ch - g * R)])  # rows with o < out_ch
         # COMPUTE: P pixels × T cycles (C terms per row per cycle), fewer with zero skipping (the
-        # weight part known from the buffer just loaded); DRAIN: one write cycle per pixel.
+        # weight part known from the buffer just loaded); DRAIN: each pixel's write shares the next
+        # pixel's first compute cycle, so only the group's last pixel (and, skipping, a pixel after
+        # one with no compute cycle) takes a cycle of its own.
+        drain = 1
         if config.zero_skip == "none":
-            counter.tick("compute", P * T)
+            compute = P * T
         elif config.zero_skip == "weights":
             # Padded entries (rows o ≥ out_ch, terms t ≥ K) never count: a codebook layer's hold
             # codebook[0], which may be non-zero.
             real = wbuf.reshape(R, T * C)[: min(R, out_ch - g * R), :K] != 0
-            counter.tick("compute", P * int(np.pad(real, ((0, 0), (0, T * C - K))).reshape(-1, T, C).any(axis=(0, 2)).sum()))
-        counter.tick("drain", P)
+            compute = P * int(np.pad(real, ((0, 0), (0, T * C - K))).reshape(-1, T, C).any(axis=(0, 2)).sum())
+            drain = 1 if compute else P
+        else:
+            compute = drain = 0   # "both": counted per image below
+        counter.tick("compute", compute)
+        counter.tick("drain", drain)
+        previous_busy = compute + drain
     weights = np.concatenate(weight_rows)                      # [out_ch, T·C], zeros for t ≥ K
     row_base = channel_map if channel_map is not None else np.full(out_ch, d["in_base"], dtype=np.int64)
     acc = np.empty((n_images, out_ch, P), dtype=np.int64)
@@ -231,7 +246,11 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
         return patches
 
     if config.zero_skip == "both":
-        counter.tick_images("compute", _skip_both(weights != 0, row_base, act, d, columns, R, C, T, P))
+        pixel_compute = _skip_both(weights != 0, row_base, act, d, columns, R, C, T, P)   # [N, G, P]
+        group_busy = pixel_compute.sum(axis=2) + 1 + (pixel_compute[:, :, 1:] == 0).sum(axis=2)
+        counter.tick_images("compute", pixel_compute.sum(axis=(1, 2)))
+        counter.tick_images("drain", (group_busy - pixel_compute.sum(axis=2)).sum(axis=1))
+        counter.tick_images("weights", np.maximum(0, words_per_group - group_busy[:, :-1]).sum(axis=1))
 
     bases = np.unique(row_base)
     step = kin * H * W
@@ -265,7 +284,7 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
 
 def _skip_both(nonzero: np.ndarray, row_base: np.ndarray, act: np.ndarray, d: dict, columns, R: int, C: int,
                T: int, P: int) -> np.ndarray:
-    """Compute cycles per image under zero_skip "both": Σ over groups g, pixels p, blocks j of
+    """Compute cycles [N, G, P] per image, channel group and pixel under zero_skip "both": Σ over blocks j of
     [some row r of g and column c have w[r][j·C+c] ≠ 0 and d_r(j·C+c) ≠ 0 at p]. Rows reading the
     same input (a dense conv: all) see the same d, so per group and input only the OR of their
     weight masks over rows matters."""
@@ -282,7 +301,7 @@ def _skip_both(nonzero: np.ndarray, row_base: np.ndarray, act: np.ndarray, d: di
             active = (columns(x[n0 : n0 + chunk], kin)[:, 0] != 0).to(torch.float64).reshape(-1, T, C, P)
             for g, mask in masks.items():
                 live[n0 : n0 + chunk, g] |= (torch.einsum("tc,ntcp->ntp", mask, active) > 0).numpy()
-    return live.sum(axis=(1, 2, 3)).astype(np.int64)
+    return live.sum(axis=2).astype(np.int64)
 
 
 def _grouped_bound(weights: np.ndarray, bias: np.ndarray, row_base: np.ndarray, d: dict) -> int:
@@ -364,7 +383,7 @@ def _run_lanes(d, act, bias, multiplier, shift, channel_map, R, counter):
             values[..., e] = _signed(values[..., e], MAX_ACT_BITS)
     for g in range(math.ceil(d["out_ch"] / R)):
         counter.tick("compute", P * E)  # COMPUTE: one window element per lane per cycle
-        counter.tick("drain", P)        # DRAIN: one write cycle per pixel
+        counter.tick("drain", 1)        # DRAIN: the last pixel's write (the others share a compute cycle)
     if is_max:
         _write(act, d["out_base"], values.max(axis=3), 0, P)
         return None

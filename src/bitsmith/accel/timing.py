@@ -1,6 +1,18 @@
-"""The analytic cycle counts of docs/hardware.md §5 (controller FSM, no overlapping phases).
+"""The analytic cycle counts of docs/hardware.md §5 (controller FSM).
 
-    cycles = Σ_layers (param + codebook + input + Σ_groups (weights + compute + drain) + 1) + 1
+    cycles = Σ_layers (param + codebook + input + weights + Σ_groups (compute + drain) + 1) + 1
+
+The weight buffer has two banks: while the array computes channel group g from one, the loader
+fills the other with group g+1's weights (the external bus is idle during compute), so only the
+first group's load and, for later groups, the part of the load that outlasts the previous group's
+compute + drain are exposed ("weights" = cycles the array waits for weights):
+
+    weights = W + Σ_{g < G−1} max(0, W − (compute_g + drain_g)),   W = ⌈R·T·C·b / bus_bits⌉
+
+The drain (requant + write) of a pixel runs in the first compute cycle of the next pixel, which
+reads the accumulators only after they have been written out; only each group's last pixel drains
+in a cycle of its own: drain_g = 1 (with zero skipping, also every pixel after the first whose
+compute cycles were all skipped: it has no cycle its predecessor's drain could share).
 
 The cycle-level model (`bitsmith.accel.simulate`) counts the same cycles by executing the
 program; the generated Verilog must take exactly as many. The cost model and the design-space
@@ -34,6 +46,7 @@ PHASES = ("param", "codebook", "input", "weights", "compute", "drain", "next")
 FINISH_CYCLES = 1
 CODEBOOK_CYCLES = CODEBOOK_SIZE   # one codebook value per cycle
 NEXT_LAYER_CYCLES = 1
+WEIGHT_BANKS = 2                  # the double-buffered weight buffer (module docstring)
 
 
 def storage_bits(layer: Layer) -> int:
@@ -99,33 +112,66 @@ def live_terms(layer: Layer, config: AccelConfig) -> np.ndarray:
     return m
 
 
-def compute_cycles(layer: Layer, config: AccelConfig, activation_density: float | None = None) -> int:
-    """The compute phase of one layer and image, groups summed, under `config.zero_skip` (module
-    docstring). "both" needs the input's activation density ρ for its estimate
-    P·Σ_g Σ_j (1 − (1 − ρ)^m_gj), rounded to the nearest cycle; without one (None) activations count
-    as dense (ρ = 1), which is the "weights" count, an upper bound."""
+def group_computes(layer: Layer, config: AccelConfig, activation_density: float | None = None) -> np.ndarray:
+    """[G] float: the compute phase of each channel group for one image under `config.zero_skip`
+    (module docstring). "both" needs the input's activation density ρ for its estimate
+    P·Σ_j (1 − (1 − ρ)^m_gj); without one (None) activations count as dense (ρ = 1), which is the
+    "weights" count, an upper bound."""
     groups = channel_groups(layer, config)
     if layer.kind != "conv" or config.zero_skip == "none":
-        return groups * group_compute_cycles(layer, config)
+        return np.full(groups, float(group_compute_cycles(layer, config)))
     if config.zero_skip == "weights" or activation_density is None:
-        return layer.pixels * int(live_blocks(layer, config).sum())
+        return layer.pixels * live_blocks(layer, config).sum(axis=1).astype(np.float64)
     if not 0.0 <= activation_density <= 1.0:
         raise ConfigError(f"layer {layer.name}: activation density {activation_density!r} outside [0, 1]")
     m = live_terms(layer, config)
-    return round(layer.pixels * float((1.0 - (1.0 - activation_density) ** m[m > 0]).sum()))
+    return layer.pixels * np.where(m > 0, 1.0 - (1.0 - activation_density) ** m, 0.0).sum(axis=1)
+
+
+def compute_cycles(layer: Layer, config: AccelConfig, activation_density: float | None = None) -> int:
+    """The compute phase of one layer and image, groups summed (`group_computes`), rounded to the
+    nearest cycle (exact but for the "both" estimate)."""
+    return round(float(group_computes(layer, config, activation_density).sum()))
+
+
+def group_drains(layer: Layer, config: AccelConfig, activation_density: float | None = None) -> np.ndarray:
+    """[G] float: the drain cycles of each channel group that no compute cycle hides (module
+    docstring): 1 + #{pixels q ≥ 1 with no compute cycle}. Without zero skipping every pixel computes
+    (T ≥ 1), so 1; "weights": P for a group with no live block; the "both" estimate adds
+    (P − 1)·Π_j (1 − ρ)^m_gj, the chance that a pixel skips every block."""
+    groups = channel_groups(layer, config)
+    if layer.kind != "conv" or config.zero_skip == "none":
+        return np.ones(groups)
+    if config.zero_skip == "weights" or activation_density is None:
+        return np.where(live_blocks(layer, config).any(axis=1), 1.0, float(layer.pixels))
+    m = live_terms(layer, config)
+    all_skipped = np.where(m > 0, (1.0 - activation_density) ** m, 1.0).prod(axis=1)
+    return 1.0 + (layer.pixels - 1) * all_skipped
+
+
+def exposed_weight_cycles(layer: Layer, config: AccelConfig, group_busy) -> int:
+    """The weight-load cycles the array waits for (module docstring): the first group's load, then
+    per later group what its load (started with the previous group's first compute cycle) takes
+    beyond the previous group's compute + drain `group_busy[g − 1]`."""
+    load = group_weight_cycles(layer, config)
+    if load == 0:
+        return 0
+    busy = np.rint(np.asarray(group_busy, dtype=np.float64)[:-1]).astype(np.int64)
+    return load + int(np.maximum(0, load - busy).sum())
 
 
 def layer_cycles(layer: Layer, config: AccelConfig, first: bool,
                  activation_density: float | None = None) -> dict[str, int]:
     """Cycles of each §5 phase for one layer and one image (groups summed)."""
-    groups = channel_groups(layer, config)
+    computes = group_computes(layer, config, activation_density)
+    drains = group_drains(layer, config, activation_density)
     return {
         "param": param_cycles(layer),
         "codebook": CODEBOOK_CYCLES if layer.is_codebook else 0,
         "input": input_cycles(layer, config) if first else 0,
-        "weights": groups * group_weight_cycles(layer, config),
-        "compute": compute_cycles(layer, config, activation_density),
-        "drain": groups * layer.pixels,
+        "weights": exposed_weight_cycles(layer, config, computes + drains),
+        "compute": round(float(computes.sum())),
+        "drain": round(float(drains.sum())),
         "next": NEXT_LAYER_CYCLES,
     }
 

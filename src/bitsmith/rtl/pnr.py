@@ -125,10 +125,11 @@ def parse_report(report: dict, cycles_per_image: int | None = None) -> dict:
 def synth_ecp5_with_abc(top: str, netlist: str) -> str:
     """synth_ecp5 with ABC's LUT mapping in place of ABC9's (its `map_luts` step; the rest as is).
 
-    ABC9 maps the LeNet-5 top (about 30k LUT4s) to 23% fewer LUTs but takes 10 minutes in the
-    WebAssembly Yosys instead of under one, which leaves no room for place and route in the
-    15-minute budget; nextpnr-ecp5 0.11 also crashed (a WebAssembly stack overflow after packing)
-    on the ABC9 netlist of that top, and not on this one (docs/hardware.md, "Place and route")."""
+    On the LeNet-5 top at 4×4 ABC9 gives 27.6k LUT4s where ABC gives 35.8k, but it ran 635 s in the
+    WebAssembly Yosys where ABC runs 33-96 s, which leaves no room for place and route in the
+    15-minute budget; nextpnr-ecp5 0.11 also crashed on the ABC9 netlist of that top (a WebAssembly
+    out-of-bounds trap in a deep recursion, after packing), and not on this one (docs/hardware.md,
+    "Place and route (ECP5)")."""
     return (f"synth_ecp5 -top {top} -run :map_luts; "
             "check -latchonly -assert; techmap -map +/lattice/latches_map.v; "
             "abc -lut 4:7 -dress; clean; "      # LUT4s, and up to LUT7s for the PFU muxes
@@ -230,7 +231,7 @@ def place_and_route(rtl_dir: str | os.PathLike, device: str = "ecp5-85k", freq_m
             # no --top: chparam renamed the top ($paramod$…); the netlist marks it as the top
             device_option(device), "--package", package, "--json", "netlist.json",
             "--lpf", "clock.lpf", "--lpf-allow-unconstrained", "--timing-allow-fail", "--seed", str(seed),
-            # router2: 290 s on the LeNet-5 top at 4×4, where router1 had 22k of 155k arcs left after 500 s
+            # router2: 196-290 s on the LeNet-5 top at 4×4; router1 had 22k of 155k arcs left after 500 s
             "--router", "router2", "--report", "report.json", "--log", "nextpnr.log"]
         if not timing_driven:
             command.append("--no-tmdriv")

@@ -33,6 +33,7 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setup: installing bitsmith and its dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[test]"
+    # synth: Yosys and nextpnr as wheels, for the synthesis and place-and-route tests (-m slow)
+    .venv/bin/python -m pip install -q -e ".[test,synth]"
     echo "$want" > "$stamp"
 fi

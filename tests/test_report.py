@@ -87,6 +87,26 @@ def test_sections_appear_only_when_their_data_exists(folders, tmp_path):
     assert "conv1" in html and "headroom" in html and "<img" in html
 
 
+def test_a_verification_result_saved_elsewhere_is_read_when_named(folders, tmp_path):
+    """A pipeline's verify stage writes verify.json beside its graph: named, it brings its graph."""
+    _, graph = folders
+    doc = json.loads((graph / "verify.json").read_text())
+    doc["backends"]["accel"]["mismatches"], doc["backends"]["accel"]["passed"] = 3, False
+    elsewhere = tmp_path / "verify" / "verify.json"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(json.dumps({**doc, "graph": str(graph.resolve())}))
+    result = build_report([graph, elsewhere], tmp_path / "v.html", **FAST)
+    assert result["sections"] == GRAPH_SECTIONS
+    html = (tmp_path / "v.html").read_text()
+    assert html.count('<td class="l">accel</td>') == 2  # the one inside the graph and the one named
+    assert ">FAIL<" in html and ">PASS<" in html
+    alone = build_report([elsewhere], tmp_path / "alone.html", **FAST)  # the graph comes with it
+    assert alone["sections"] == GRAPH_SECTIONS
+    elsewhere.write_text(json.dumps({**doc, "graph": str(tmp_path / "gone")}))
+    with pytest.raises(ConfigError, match="not an integer graph folder"):
+        build_report([elsewhere], tmp_path / "bad.html", **FAST)
+
+
 def test_histograms_mark_the_graph_clip_of_the_paired_graph(folders):
     from bitsmith.integer import load
     from bitsmith.quant.calibration import calibration_batches

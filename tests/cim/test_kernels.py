@@ -60,7 +60,7 @@ def test_convert_and_add_equals_the_torch_adc(adc_bits, rounding, adc_range, ref
         ranges = torch.tensor([low + 3.0, high - 3.0]).expand(len(parts), k, s, 2).contiguous()
     powers = 2 ** (config.cell_bits * torch.arange(s, dtype=torch.int64))
     acc = torch.full((groups * outputs, pixels + 3), 7, dtype=torch.int64)
-    kernels.convert_and_add(sums, ranges, config, outputs, powers, groups, bit, acc, 3)
+    kernels.convert_and_add(sums, kernels.adc_settings(ranges, config, k, s), outputs, powers, groups, bit, acc, 3)
     assert torch.equal(acc[:, :3], torch.full((groups * outputs, 3), 7)), "pixels before `first` are untouched"
     expected = eager(sums, ranges, config, outputs, powers, groups, bit) + 7
     assert torch.equal(acc[:, 3:], expected)
@@ -84,5 +84,6 @@ def test_a_single_pixel_chunk():
     ranges = kernels.column_ranges(sums, [slice(0, 2)])
     assert ranges.flatten().tolist() == pytest.approx([-1.6, 2.4])
     acc = torch.zeros((2, 1), dtype=torch.int64)
-    kernels.convert_and_add(sums, None, CIMConfig(adc_bits=None), 2, torch.tensor([1]), 1, 0, acc, 0)
+    kernels.convert_and_add(sums, kernels.adc_settings(None, CIMConfig(adc_bits=None), 1, 1), 2, torch.tensor([1]), 1, 0,
+                            acc, 0)
     assert acc.flatten().tolist() == [2, -2]

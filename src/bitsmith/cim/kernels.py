@@ -119,23 +119,31 @@ def column_ranges(sums: torch.Tensor, parts: list[slice]) -> torch.Tensor:
     return torch.from_numpy(out).reshape(len(parts), k, s, 2)
 
 
-def convert_and_add(sums: torch.Tensor, ranges: torch.Tensor | None, config, outputs: int, powers: torch.Tensor,
-                    groups: int, bit: int, acc: torch.Tensor, first: int) -> None:
-    """acc[g·O + c, first + p] += Σ_(k in g, s) code(k, s, c, p)·powers[s]·2^bit for a chunk of
-    column sums [K, S, C, pixels] (float32, C-contiguous): code = the ADC of the column (minus
-    that of its reference column when C > O: dummy="separate", one reference per slice for the
-    offset mapping, one per output for the differential one), with `ranges` [parts, K, S, 2]
-    (low, high) per part; None for an ideal ADC (the nearest integer)."""
-    y = sums.numpy()
-    k, s, columns, _ = y.shape
+def adc_settings(ranges: torch.Tensor | None, config, k: int, s: int) -> tuple:
+    """The kernel's view of one input bit's ADC: (low, step, divisor) float32 arrays [parts, K, S]
+    from `ranges` [parts, K, S, 2] (None: an ideal ADC), the top level, rounding, clamp, ideal.
+    Made once per bit and shared by every chunk's `convert_and_add`."""
     ideal = ranges is None
     if ideal:
         ranges = torch.zeros((2, k, s, 2))  # unread: the kernel rounds each sum
+    levels = float(2 ** (config.adc_bits or 1) - 1)
     low = ranges[..., 0].to(torch.float32).contiguous()
-    step = ((ranges[..., 1] - ranges[..., 0]) / float(2 ** (config.adc_bits or 1) - 1)).to(torch.float32)
+    step = ((ranges[..., 1] - ranges[..., 0]) / levels).to(torch.float32).contiguous()
     divisor = torch.where(step > 0, step, torch.ones_like(step))
+    return (low.numpy(), step.numpy(), divisor.numpy(), np.float32(levels), config.adc_rounding == "floor",
+            np.float32(1e-3), config.adc_range != "per-call", ideal)
+
+
+def convert_and_add(sums: torch.Tensor, settings: tuple, outputs: int, powers: torch.Tensor, groups: int, bit: int,
+                    acc: torch.Tensor, first: int) -> None:
+    """acc[g·O + c, first + p] += Σ_(k in g, s) code(k, s, c, p)·powers[s]·2^bit for a chunk of
+    column sums [K, S, C, pixels] (float32, C-contiguous): code = the ADC (`adc_settings`) of the
+    column, minus that of its reference column when C > O (dummy="separate": one reference per
+    slice for the offset mapping, one per output for the differential one)."""
+    y = sums.numpy()
+    columns = y.shape[2]
+    low, step, divisor, levels, floor_, epsilon, clamp, ideal = settings
     # the reference column of output c: outputs + c·reference (0: one per slice, 1: one per output)
     reference = -1 if columns == outputs else 0 if columns == outputs + 1 else 1
-    _convert_add(y, low.numpy(), step.contiguous().numpy(), divisor.contiguous().numpy(), outputs, reference,
-                 np.float32(2 ** (config.adc_bits or 1) - 1), config.adc_rounding == "floor", np.float32(1e-3),
-                 config.adc_range != "per-call", ideal, powers.numpy(), groups, bit, acc.numpy(), first)
+    _convert_add(y, low, step, divisor, outputs, reference, levels, floor_, epsilon, clamp, ideal, powers.numpy(),
+                 groups, bit, acc.numpy(), first)

@@ -169,9 +169,9 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
             y += config.read_noise * spread * torch.randn(y.shape, generator=draws)
         return y.reshape(k, s, width, -1)
 
-    def convert(sums: torch.Tensor, ranges, index: int, bit: int) -> None:
+    def convert(sums: torch.Tensor, settings: tuple, index: int, bit: int) -> None:
         # the ADC and the shift-and-add in one pass; chunks write disjoint pixels of acc
-        kernels.convert_and_add(sums, ranges, config, o, powers, groups, bit, acc, chunks[index][0])
+        kernels.convert_and_add(sums, settings, o, powers, groups, bit, acc, chunks[index][0])
 
     if config.adc_bits is not None and calibrated is None and config.adc_range == "per-call":
         # a per-call range is the min / max over the whole bit's sums: all chunks first, then convert
@@ -185,7 +185,8 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
             ranges = torch.stack([found[..., 0].amin(dim=0), found[..., 1].amax(dim=0)], dim=-1)
             if recorder is not None:
                 recorder(bit, ranges)
-            in_threads(lambda index, bit=bit: convert(done[index][0], ranges, index, bit), range(len(chunks)))
+            settings = kernels.adc_settings(ranges, config, k, s)
+            in_threads(lambda index, bit=bit: convert(done[index][0], settings, index, bit), range(len(chunks)))
     else:
         # the range is known beforehand: each chunk is converted as soon as it is summed
         if config.adc_bits is None:
@@ -194,10 +195,11 @@ def crossbar_layer(graph: IntegerGraph, layer: MappedLayer, x: torch.Tensor, con
             fixed = [calibrated[bit] for bit in range(input_bits)]
         else:  # full scale: [−full, full] for column − reference, [0, full] for each apart
             fixed = [torch.stack([torch.stack([low * full, full], dim=-1) for _, low in parts])] * input_bits
+        settings = [kernels.adc_settings(ranges, config, k, s) for ranges in fixed]
 
         def chunk(index: int) -> None:
             for bit in range(input_bits):
-                convert(column_sums(index, bit), fixed[bit], index, bit)
+                convert(column_sums(index, bit), settings[bit], index, bit)
         in_threads(chunk, range(len(chunks)))
     acc = acc.t()  # [pixels, O]
     acc += (qmin - zx) * layer.weight_sum.reshape(1, -1)

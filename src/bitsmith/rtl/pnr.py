@@ -10,14 +10,11 @@ $readmemh images are copied there first (bitsmith.rtl.synth.stage_sources).
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,7 +22,7 @@ from typing import Callable
 from bitsmith.errors import ConfigError, DataError
 
 from .generate import DESIGN_FILES
-from .simulators import SimulationError
+from .simulators import run_tool
 from .synth import READ_VERILOG, TOP_SMALL_MEMORIES, stage_sources, wheel_tool, yosys_command
 
 #: bitsmith's device names -> nextpnr-ecp5's device option (the LFE5U parts, no SERDES).
@@ -132,32 +129,6 @@ def _declared_parameters(top_source: Path) -> set[str]:
     return set(re.findall(r"\bparameter\s+(?:\w+\s+)?([A-Za-z_]\w*)\s*=", top_source.read_text()))
 
 
-def _run(command: list[str], cwd: Path, timeout: float | None, what: str, on_line: Callable[[str], None]) -> str:
-    """Run a tool, feeding each line of its output to `on_line`; its output's tail on failure."""
-    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace")
-    tail: collections.deque[str] = collections.deque(maxlen=60)
-
-    def read() -> None:
-        for line in proc.stdout:
-            tail.append(line)
-            on_line(line.rstrip("\n"))
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise SimulationError(f"{what} did not finish within {timeout:g} s") from None
-    finally:
-        reader.join(timeout=10)
-    if proc.returncode != 0:
-        raise SimulationError(f"{what} failed (exit {proc.returncode}):\n" + "".join(tail)[-3000:])
-    return "".join(tail)
-
-
 # Lines that start a long step (group 1), or tell how far the current one is (group 2).
 _YOSYS_STEP = re.compile(r"^\d+\.\d+\. Executing (\w+)()")
 _NEXTPNR_STEP = re.compile(r"^Info:\s+(?:(Packing|Creating initial analytic placement|Running [\w ]+|Routing\b|"
@@ -213,7 +184,7 @@ def place_and_route(rtl_dir: str | os.PathLike, device: str = "ecp5-85k", freq_m
                   + "tee -q -o stat.json stat -json")
         step("yosys synth_ecp5")
         t0 = time.perf_counter()
-        _run(yosys_command() + ["-l", "yosys.log", "-p", script], work, timeout, "yosys synth_ecp5",
+        run_tool(yosys_command() + ["-l", "yosys.log", "-p", script], work, "yosys synth_ecp5", timeout,
              _reporter(_YOSYS_STEP, "yosys synth_ecp5", step))
         synth_s = time.perf_counter() - t0
         cells = json.loads((work / "stat.json").read_text())["design"].get("num_cells_by_type", {})
@@ -229,7 +200,7 @@ def place_and_route(rtl_dir: str | os.PathLike, device: str = "ecp5-85k", freq_m
             command.append("--no-tmdriv")
         step("nextpnr-ecp5")
         t0 = time.perf_counter()
-        _run(command, work, timeout, "nextpnr-ecp5", _reporter(_NEXTPNR_STEP, "nextpnr-ecp5", step))
+        run_tool(command, work, "nextpnr-ecp5", timeout, _reporter(_NEXTPNR_STEP, "nextpnr-ecp5", step))
         pnr_s = time.perf_counter() - t0
         report = json.loads((work / "report.json").read_text())
         if keep_dir is not None:

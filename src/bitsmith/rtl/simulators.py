@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bitsmith import progress
@@ -43,50 +44,41 @@ def _require(tool: str, package: str) -> str:
     return path
 
 
-def _run(cmd: list[str], cwd: Path, what: str, timeout: float | None) -> str:
+def run_tool(cmd: list[str], cwd: Path, what: str, timeout: float | None,
+             on_line: Callable[[str], None] | None = None) -> str:
+    """Run a tool to completion and return its output (stdout and stderr), each line fed to
+    `on_line` (without its newline) as it is printed (progress); SimulationError with the output's tail when it fails or
+    outlives `timeout` seconds."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace")
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if on_line is not None:
+                on_line(line.rstrip("\n"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise SimulationError(f"{what} did not finish within {timeout:g} s ({' '.join(cmd[:3])} ...)") from None
-    if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr)[-3000:]
-        raise SimulationError(f"{what} failed (exit {proc.returncode}) in {cwd}:\n{tail}")
-    return proc.stdout
-
-
-def _simulate(cmd: list[str], cwd: Path, what: str, timeout: float | None, images: int | None) -> str:
-    """Run the built testbench, reading its log as it is printed so that a progress bar can follow
-    the images (one CYCLES line each); the same errors as `_run`."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    timed_out = threading.Event()
-
-    def stop() -> None:
-        timed_out.set()
         proc.kill()
-
-    watchdog = threading.Timer(timeout, stop) if timeout else None
-    if watchdog:
-        watchdog.start()
-    lines = []
-    try:
-        with progress.bar(f"{what}: images", images) as advance:
-            for line in proc.stdout:
-                lines.append(line)
-                if line.startswith("CYCLES "):
-                    advance(1)
         proc.wait()
+        raise SimulationError(f"{what} did not finish within {timeout:g} s ({' '.join(cmd[:3])} ...)") from None
     finally:
-        if watchdog:
-            watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reader.join(timeout=10)
     log = "".join(lines)
-    if timed_out.is_set():
-        raise SimulationError(f"{what} did not finish within {timeout:g} s ({' '.join(cmd[:3])} ...)")
     if proc.returncode != 0:
         raise SimulationError(f"{what} failed (exit {proc.returncode}) in {cwd}:\n{log[-3000:]}")
     return log
+
+
+def _run_testbench_binary(cmd: list[str], cwd: Path, what: str, timeout: float | None, images: int | None) -> str:
+    """The built testbench, with a progress bar over its images (one CYCLES line each)."""
+    with progress.bar(f"{what}: images", images) as advance:
+        return run_tool(cmd, cwd, what, timeout, lambda line: advance(1) if line.startswith("CYCLES ") else None)
 
 
 def run_icarus(rtl_dir: str | os.PathLike, sources: list[str], top: str, waves: bool = False,
@@ -100,9 +92,9 @@ def run_icarus(rtl_dir: str | os.PathLike, sources: list[str], top: str, waves: 
         cmd.append("-DWAVES")
     cmd += [f"-D{d}" for d in defines]
     t0 = time.perf_counter()
-    _run(cmd + sources, rtl_dir, "iverilog", timeout)
+    run_tool(cmd + sources, rtl_dir, "iverilog", timeout)
     t1 = time.perf_counter()
-    log = _simulate(["vvp", "-n", "tb_bitsmith.vvp"], rtl_dir, "vvp", timeout, images)
+    log = _run_testbench_binary(["vvp", "-n", "tb_bitsmith.vvp"], rtl_dir, "vvp", timeout, images)
     t2 = time.perf_counter()
     (rtl_dir / "icarus.log").write_text(log)
     return {"simulator": "icarus", **parse_log(log), "build_s": t1 - t0, "run_s": t2 - t1}
@@ -120,9 +112,9 @@ def run_verilator(rtl_dir: str | os.PathLike, sources: list[str], top: str, wave
         cmd += ["--trace", "-DWAVES"]
     cmd += [f"-D{d}" for d in defines]
     t0 = time.perf_counter()
-    _run(cmd + sources, rtl_dir, "verilator", timeout)
+    run_tool(cmd + sources, rtl_dir, "verilator", timeout)
     t1 = time.perf_counter()
-    log = _simulate([str(rtl_dir / "obj_verilator" / "tb_bitsmith")], rtl_dir, "verilated testbench", timeout, images)
+    log = _run_testbench_binary([str(rtl_dir / "obj_verilator" / "tb_bitsmith")], rtl_dir, "verilated testbench", timeout, images)
     t2 = time.perf_counter()
     (rtl_dir / "verilator.log").write_text(log)
     return {"simulator": "verilator", **parse_log(log), "build_s": t1 - t0, "run_s": t2 - t1}

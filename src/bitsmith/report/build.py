@@ -10,6 +10,7 @@ from typing import Any
 
 from bitsmith.artifacts import QAT_GRAPH, Kind, folder_kind, publishing_file
 from bitsmith.errors import ConfigError, DataError
+from bitsmith.storage import write_bytes_atomic
 from bitsmith.report import figures, sections
 from bitsmith.report.histograms import MAX_SAMPLES
 from bitsmith.report.sources import Sources, collect_sources
@@ -150,11 +151,8 @@ def build_report(paths: list[str | os.PathLike], out: str | os.PathLike, *, log_
     with publishing_file(out, REPORT, force=force, command="bitsmith report") as stage:
         sources = collect_sources(list(paths))
         ctx = report_context(sources, options)
-        html = render(ctx)
-        with open(stage.path, "w", encoding="utf-8") as f:
-            f.write(html)
-            f.flush()
-            os.fsync(f.fileno())
+        data = render(ctx).encode("utf-8")
+        write_bytes_atomic(stage.path, data)
     return {"out": str(out), "sections": [s["title"] for s in ctx["sections"]],
             "runs": [str(p) for p in sources.runs], "graphs": [str(p) for p in sources.graphs],
-            "bytes": len(html.encode("utf-8"))}
+            "bytes": len(data)}

@@ -72,8 +72,7 @@ def _graph_clips(graph, layer: str) -> tuple[Range | None, Range | None]:
     producer = graph.node_producing(name) if out is not None else None
     act = None  # a layer whose output the graph does not requantize (e.g. the logits) has no clip
     if producer is not None and producer.op == "Requant" and not out.per_channel:
-        qmin, qmax = int_range(out.bits, out.signed)
-        act = ((qmin - out.zero_point) * out.scale, (qmax - out.zero_point) * out.scale)
+        act = _real_range(out)
     weight = None
     if acc_node is not None and "weight_bits" in acc_node.attrs and acc_node.attrs.get("weight_format") != "codebook":
         x = graph.tensors[acc_node.inputs[0]]
@@ -89,8 +88,12 @@ def _input_clip(graph) -> Range | None:
     spec = graph.tensors.get(graph.nodes[0].output) if graph.nodes and graph.nodes[0].op == "QuantizeInput" else None
     if spec is None or spec.per_channel:
         return None
-    qmin, qmax = int_range(spec.bits, spec.signed)
-    return (qmin - spec.zero_point) * spec.scale, (qmax - spec.zero_point) * spec.scale
+    return _real_range(spec)
+
+
+def _real_range(spec) -> Range:
+    """The real values a per-tensor code range [q_min, q_max] stands for."""
+    return (spec.qmin - spec.zero_point) * spec.scale, (spec.qmax - spec.zero_point) * spec.scale
 
 
 class _Sampler:

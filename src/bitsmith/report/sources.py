@@ -54,6 +54,15 @@ def _is_verify_doc(doc: Any) -> bool:
             and all(isinstance(r, dict) for r in doc["backends"].values()))
 
 
+def _read_verify_doc(path: Path) -> dict | None:
+    """The saved `bitsmith verify --json` document at `path`; None when the file is not one."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return doc if _is_verify_doc(doc) else None
+
+
 def _verify_results(graph: Path) -> list[tuple[Path, dict]]:
     """Saved `bitsmith verify --json` documents in `graph` or one folder below it."""
     found = []
@@ -61,11 +70,8 @@ def _verify_results(graph: Path) -> list[tuple[Path, dict]]:
     for path in candidates:
         if path.name in ("graph.json", "metrics.json", "program.json"):
             continue
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError, UnicodeDecodeError):
-            continue  # not a verify result: nothing to show
-        if _is_verify_doc(doc):
+        doc = _read_verify_doc(path)
+        if doc is not None:
             found.append((path, doc))
     return found
 
@@ -98,11 +104,8 @@ def _classify(path: Path, sources: Sources, named: bool) -> bool:
 def _verify_file(path: Path, sources: Sources) -> bool:
     """A saved verification result named directly (a pipeline's verify stage writes one beside, not
     inside, its graph): its graph joins the report, with this result. False when it is not one."""
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    if not _is_verify_doc(doc):
+    doc = _read_verify_doc(path)
+    if doc is None:
         return False
     graph = Path(str(doc.get("graph", "")))
     if not graph.is_absolute():

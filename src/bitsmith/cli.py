@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bitsmith import progress
 from bitsmith.errors import BitsmithError, ConfigError
 
 _FORCE_HELP = "replace --out even if it holds another kind of output or files bitsmith did not write"
@@ -186,7 +187,7 @@ def qat_cmd(run: Path = typer.Argument(..., help="float run folder (from bitsmit
                         keep_first_last_8bit=keep_first_last_8bit, p=p, clipq_bits=clipq_bits, q35=q35, lr=lr,
                         outlier_fraction=outlier_fraction, outlier_bits=outlier_bits)
     with distributed.session() as ctx:  # joins torchrun's process group, if it started this process
-        metrics = qat_run(run, out, config, data_dir=data_dir, quiet=quiet or as_json or not ctx.is_main,
+        metrics = qat_run(run, out, config, data_dir=data_dir, quiet=quiet or as_json,
                           force=force)
     if ctx.is_main:
         _emit({k: v for k, v in metrics.items() if k != "history"}, as_json, f"QAT {method} in {out}")
@@ -367,7 +368,7 @@ def cim_run_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                        dummy=dummy, mapping=mapping, subarray_rows=subarray_rows, digital=kept,
                        on_off_ratio=on_off_ratio, variation=variation, stuck_at_0=stuck_at_0, stuck_at_1=stuck_at_1,
                        read_noise=read_noise, seed=seed)
-    with _images_bar("on crossbars", images, as_json) as advance:
+    with progress.bar("on crossbars", images) as advance:  # off under --json (main)
         result = cim_evaluate(graph, config, limit=images, data_dir=data_dir, calibration_images=calibration_images,
                               batch_size=batch_size, on_images=advance)
     summary = {k: v for k, v in result.items() if k not in ("config", "mapped_layers")}
@@ -377,19 +378,6 @@ def cim_run_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
 def _digital_layers(text: str) -> str | tuple[str, ...]:
     """--digital: "seed", "none", or comma-separated node names (CIMConfig.digital)."""
     return text if text in ("seed", "none") else tuple(n.strip() for n in text.split(",") if n.strip())
-
-
-@contextlib.contextmanager
-def _images_bar(label: str, total: int | None, disable: bool):
-    """A transient progress bar over images (total None: the whole test set, length unknown here);
-    yields the callback that advances it."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True,
-                   disable=disable)
-    with bar:
-        task = bar.add_task("", total=total)
-        yield lambda n: bar.update(task, advance=n)
 
 
 def _number_list(text: str, what: str, kind: type = int) -> list:
@@ -435,7 +423,7 @@ def cim_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder")
     kept = _digital_layers(digital)
     adcs, cells = _number_list(adc_bits, "--adc-bits"), _number_list(cell_bits, "--cell-bits")
     sigmas = _number_list(variation, "--variation", float)
-    with _images_bar("sweeping", images * len(adcs) * len(cells) * len(sigmas), quiet or as_json) as advance:
+    with progress.bar("sweeping", images * len(adcs) * len(cells) * len(sigmas)) as advance:  # off: --json, --quiet
         doc = cim_sweep(graph, out, adc_bits=adcs, cell_bits=cells, variation=sigmas,
                         base={"adc_range": adc_range, "digital": kept, "seed": seed}, limit=images, data_dir=data_dir,
                         force=force, quiet=True, calibration_images=calibration_images, batch_size=batch_size,
@@ -1235,8 +1223,6 @@ def run_cmd(pipeline: Path = typer.Argument(..., help="pipeline file (TOML; docs
 
 
 def main() -> None:
-    from bitsmith import progress
-
     progress.enable(not {"--json", "--quiet"} & set(sys.argv[1:]))  # a JSON answer or quiet: no bars
     try:
         app()

@@ -140,7 +140,7 @@ def shard_range(n: int, ctx: Context) -> range:
     return range(ctx.rank * n // ctx.world_size, (ctx.rank + 1) * n // ctx.world_size)
 
 
-def wrap(model: nn.Module, ctx: Context, *, find_unused_parameters: bool = False) -> nn.Module:
+def wrap(model: nn.Module, ctx: Context) -> nn.Module:
     """The module to train: DistributedDataParallel around `model` (which must already be on
     ctx.device) under a process group, `model` itself otherwise. DDP copies rank 0's parameters
     and buffers to the others here, and averages gradients during backward."""
@@ -150,8 +150,7 @@ def wrap(model: nn.Module, ctx: Context, *, find_unused_parameters: bool = False
     # A CPU model under an nccl group (QAT trains on the CPU) averages its gradients over gloo.
     group = _cpu_group if on_cpu else None
     device_ids = None if on_cpu else [ctx.device.index]
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, process_group=group,
-                                               find_unused_parameters=find_unused_parameters)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, process_group=group)
 
 
 def all_sum(values: list[float]) -> list[float]:

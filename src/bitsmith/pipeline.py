@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from bitsmith import distributed
+from bitsmith import distributed, progress
 from bitsmith.artifacts import (CIM_SWEEP, DEMO, INTEGER_GRAPH, QAT_GRAPH, check_target, copy_folder, public_path,
                                 publishing)
 from bitsmith.data import iterate_batches, load_dataset
@@ -31,7 +31,7 @@ from bitsmith.quant.api import ClipQConfig, QATConfig, quantize
 from bitsmith.quant.modules import QuantLayer
 from bitsmith.quant.prepare import quantizable_layers
 from bitsmith.quant.qat.exact import set_exact_eval
-from bitsmith.quant.qat.train import METRICS_FILE, QAT_WEIGHTS_FILE, QATTrainConfig, quiet_training, save_qat_weights
+from bitsmith.quant.qat.train import METRICS_FILE, QAT_WEIGHTS_FILE, QATTrainConfig, save_qat_weights
 from bitsmith.quant.calibration import CALIBRATION_BATCH_SIZE, CALIBRATION_BATCHES, calibration_batches
 from bitsmith.runs import CHECKPOINT_FILE, load_run
 from bitsmith.storage import load_tensors, write_json_atomic
@@ -177,7 +177,7 @@ def _qat_into(run_dir: str | os.PathLike, out_dir: Path | None, config: QATConfi
             on_epoch(record)
 
     masks = pruned_run_masks(run.meta, run.model)
-    with quiet_training(quiet):
+    with progress.enabled(not quiet):
         if masks is None:
             qmodel = quantize(run.model, train_ds, config, on_epoch=report)
         elif isinstance(config, ClipQConfig):

@@ -22,6 +22,16 @@ def enable(on: bool) -> None:
     _ENABLED.set(on)
 
 
+@contextlib.contextmanager
+def enabled(on: bool) -> Iterator[None]:
+    """Bars allowed (or not) inside the block only (a job run with --quiet, --json)."""
+    token = _ENABLED.set(on)
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
+
 def shown() -> bool:
     return _ENABLED.get() and sys.stdout.isatty()
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,6 +48,7 @@ from rich.progress import (
 from torch import nn
 
 from bitsmith import distributed
+from bitsmith import progress as progress_bars
 from bitsmith.artifacts import FLOAT_RUN, check_target, clean_stale, publishing
 from bitsmith.data import ArrayDataset, DatasetInfo, dataset_info, iterate_batches, load_dataset
 from bitsmith.errors import CheckpointError, ConfigError
@@ -304,7 +304,7 @@ def _train_loop(
             record = {"epoch": epoch + 1}
             record |= _train_epoch(trained, optimizer, distributed.shard_batches(batches, ctx), config.lr,
                                    first_step, total_steps,
-                                   lambda loss, acc: bar.update(task, advance=1, stats=_batch_stats(loss, acc)))
+                                   lambda loss, acc: bar.update(task, advance=1, stats=batch_stats(loss, acc)))
             record["test_acc"] = _test_accuracy(model, test_ds, ctx)
             record["seconds"] = round(time.perf_counter() - start, 3)
             history.append(record)
@@ -434,7 +434,7 @@ def _test_accuracy(model: nn.Module, test_ds: ArrayDataset, ctx: distributed.Con
     return 100.0 * total / images
 
 
-def _batch_stats(loss: float, acc: float) -> str:
+def batch_stats(loss: float, acc: float) -> str:
     return f"loss {loss:.4f}  acc {acc:.2f}%"
 
 
@@ -449,7 +449,7 @@ def progress_bar(quiet: bool) -> Progress:
         TextColumn("eta"),
         TimeRemainingColumn(),
         transient=True,
-        disable=quiet or not sys.stdout.isatty(),
+        disable=quiet or not progress_bars.shown(),
     )
 
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,25 +35,12 @@ from bitsmith.quant.ptq import input_quantizer
 from bitsmith.quant.qat.pooling import training_view
 from bitsmith.quant.qat.prepare import quantizer_parameters, sync_input_scales
 from bitsmith.storage import save_tensors_atomic
-from bitsmith.train import SGD_MOMENTUM, cosine_lr, progress_bar
+from bitsmith.train import SGD_MOMENTUM, batch_stats, cosine_lr, progress_bar
 
+#: QAT trains on the CPU whatever the process group's backend.
+CPU = torch.device("cpu")
 QAT_WEIGHTS_FILE = "qat_weights.safetensors"
 METRICS_FILE = "metrics.json"
-# Whether qat_train shows its progress bars (it is called from several jobs, through bitsmith.quantize).
-_QUIET: ContextVar[bool] = ContextVar("bitsmith_qat_quiet", default=False)
-
-
-@contextmanager
-def quiet_training(quiet: bool = True) -> Iterator[None]:
-    """No QAT progress bars inside the block (`bitsmith qat --json`, --quiet); they are also off when
-    stdout is not a terminal and on every rank but 0."""
-    token = _QUIET.set(quiet)
-    try:
-        yield
-    finally:
-        _QUIET.reset(token)
-
-
 @dataclass(frozen=True)
 class QATTrainConfig:
     """How QAT trains (the defaults are the ones measured in docs/qat.md)."""
@@ -167,7 +152,7 @@ def qat_train(qmodel: fx.GraphModule, teacher: nn.Module | None, train_ds: Array
     # so DDP need not search the autograd graph for unused ones.
     trained = distributed.wrap(view, ctx)
     history = []
-    bar = progress_bar(_QUIET.get() or not ctx.is_main)
+    bar = progress_bar(not ctx.is_main)  # also off under bitsmith.progress.enabled(False)
     try:
         for q in deferred:
             q.deferred = True
@@ -183,8 +168,7 @@ def qat_train(qmodel: fx.GraphModule, teacher: nn.Module | None, train_ds: Array
                 loss_sum, correct, seen = 0.0, 0, 0
                 batches = iterate_batches(train_ds, config.batch_size, shape, shuffle=True, augment=info.augment,
                                           generator=gen, drop_last=True)
-                cpu = torch.device("cpu")  # QAT trains on the CPU whatever the group's backend
-                for i, (x, y) in enumerate(distributed.shard_batches(batches, ctx, cpu)):
+                for i, (x, y) in enumerate(distributed.shard_batches(batches, ctx, CPU)):
                     step = epoch * steps_per_epoch + i
                     for opt, base in zip(opts, base_lrs):
                         for group in opt.param_groups:
@@ -215,7 +199,7 @@ def qat_train(qmodel: fx.GraphModule, teacher: nn.Module | None, train_ds: Array
                     loss_sum += batch_loss
                     correct += int(batch_correct)
                     seen += int(batch_seen)
-                    bar.update(task, advance=1, stats=f"loss {loss_sum / seen:.4f}  acc {100.0 * correct / seen:.2f}%")
+                    bar.update(task, advance=1, stats=batch_stats(loss_sum / seen, 100.0 * correct / seen))
                 seconds = time.perf_counter() - start + setup_seconds / config.epochs
                 record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen,
                           "seconds": round(seconds, 3)}

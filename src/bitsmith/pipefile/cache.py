@@ -38,15 +38,9 @@ STAGE_FORMAT = "bitsmith.pipeline_stage"
 KEY_VERSION = 1
 
 
-def _is_record(path: Path) -> bool:
-    try:
-        return json.loads((path / STAGE_FILE).read_text()).get("format") == STAGE_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 #: The kind of a stage folder (bitsmith.artifacts): told by its record.
-STAGE_FOLDER = Kind("pipeline_stage", "a pipeline stage folder", "a pipeline stage", _is_record)
+STAGE_FOLDER = Kind("pipeline_stage", "a pipeline stage folder", "a pipeline stage",
+                    lambda path: read_record(path) is not None)
 
 
 def stage_key(stage: Stage, inputs: dict[str, str]) -> str:

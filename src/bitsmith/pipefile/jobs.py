@@ -125,7 +125,7 @@ def _export(job: StageJob) -> Result:
 
     s = job.settings
     clipq = s["format"] == "clipq-hex"
-    figures, passed = export_graph(load(job.input), job.folder / ("clipq-hex" if clipq else "model.onnx"),
+    figures, passed = export_graph(load(job.input), job.folder / output_name("export", s),
                                    format=s["format"], qdq=s["qdq"], check=s["check"])
     if clipq:
         figures = {"format": figures["format"], "layers": len(figures["manifest"]["layers"])}

@@ -39,6 +39,10 @@ class StageKind:
     aliases: dict[str, str] = field(default_factory=dict)
 
 
+#: Option type names of the Python types a job's config dataclass declares.
+_PY_TYPES = {int: "int", float: "float", str: "str", bool: "bool"}
+
+
 def accel_config(s: dict[str, Any]):
     """The AccelConfig of a stage's accelerator settings, built the one way every command builds it."""
     from bitsmith.accel.config import AccelConfig
@@ -134,7 +138,6 @@ def _check_qat(s: dict[str, Any]) -> None:
 def _prune_options() -> dict[str, Option]:
     from bitsmith.prune.job import PruneConfig
 
-    types = {int: "int", float: "float", str: "str", bool: "bool"}
     options = {}
     for f in fields(PruneConfig):
         if f.name == "ssl_groups":
@@ -142,7 +145,7 @@ def _prune_options() -> dict[str, Option]:
         elif f.name == "layers":
             options[f.name] = Option("list[str]")
         else:
-            options[f.name] = Option(types[type(f.default)], f.default)
+            options[f.name] = Option(_PY_TYPES[type(f.default)], f.default)
     return {**options, "train_limit": Option("int")}
 
 
@@ -233,17 +236,17 @@ def _check_rtl(s: dict[str, Any]) -> None:
 
 def _cim_options() -> dict[str, Option]:
     from bitsmith.cim import CIMConfig
+    from bitsmith.pipeline import CIM_BATCH_SIZE, CIM_CALIBRATION_IMAGES
 
-    options: dict[str, Option] = {"images": Option("int"), "calibration_images": Option("int", 512),
-                                  "batch_size": Option("int", 1000)}
-    types = {int: "int", float: "float", str: "str", bool: "bool"}
+    options: dict[str, Option] = {"images": Option("int"), "calibration_images": Option("int", CIM_CALIBRATION_IMAGES),
+                                  "batch_size": Option("int", CIM_BATCH_SIZE)}
     for f in fields(CIMConfig):
         if f.name == "digital":
             options[f.name] = Option("str|list[str]", f.default)
         elif f.default is None:
             options[f.name] = Option("int" if f.name == "adc_bits" else "float")
         else:
-            options[f.name] = Option(types[type(f.default)], f.default)
+            options[f.name] = Option(_PY_TYPES[type(f.default)], f.default)
     return options
 
 

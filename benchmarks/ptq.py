@@ -7,7 +7,7 @@ From one LeNet-5 / Fashion-MNIST float run (by default trained once into runs/be
 
 * for every observer in bitsmith.quant.config.OBSERVERS (read at run time) and each of W8A8,
   W4A8 per-channel, W4A4 per-channel: fake-quant and integer-engine test accuracy;
-* the peer, torch.ao eager-mode PTQ int8 (x86 backend, default qconfig, conv+relu fused),
+* the peer, torch.ao eager-mode PTQ int8 (x86 backend, default qconfig, conv(+BN)+relu fused),
   calibrated on the same batches: its test accuracy;
 * throughput at batch 1000 over the same 10 test batches (warm-up excluded, best and median of
   `--repeats` passes, the three systems interleaved so that machine load hits them alike):
@@ -84,6 +84,24 @@ class _QuantWrapper(nn.Module):
         return self.dequant(self.model(self.quant(x)))
 
 
+def fusable_groups(model: nn.Module) -> list[list[str]]:
+    """Runs of children torch.ao fuses: Conv2d/Linear, then an optional BatchNorm, then an optional ReLU."""
+    children = list(model.named_children())
+    groups = []
+    for i, (name, module) in enumerate(children):
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        group = [name]
+        follow = children[i + 1:i + 3]
+        if follow and isinstance(follow[0][1], (nn.BatchNorm2d, nn.BatchNorm1d)):
+            group.append(follow.pop(0)[0])
+        if follow and isinstance(follow[0][1], nn.ReLU):
+            group.append(follow[0][0])
+        if len(group) > 1:
+            groups.append(group)
+    return groups
+
+
 def torch_ao_int8(model: nn.Module, calib: list[torch.Tensor]) -> nn.Module:
     """torch.ao eager PTQ, x86 backend: QuantStub/DeQuantStub, fuse conv/linear + ReLU, calibrate, convert.
 
@@ -95,10 +113,7 @@ def torch_ao_int8(model: nn.Module, calib: list[torch.Tensor]) -> nn.Module:
 
         torch.backends.quantized.engine = "x86"
         inner = copy.deepcopy(model).eval()
-        children = list(inner.named_children())
-        pairs = [[a, b] for (a, ma), (b, mb) in zip(children, children[1:])
-                 if isinstance(ma, (nn.Conv2d, nn.Linear)) and isinstance(mb, nn.ReLU)]
-        tq.fuse_modules(inner, pairs, inplace=True)
+        tq.fuse_modules(inner, fusable_groups(inner), inplace=True)
         wrapped = _QuantWrapper(inner, tq.QuantStub(), tq.DeQuantStub()).eval()
         wrapped.qconfig = tq.get_default_qconfig("x86")
         tq.prepare(wrapped, inplace=True)

@@ -37,17 +37,24 @@ from bitsmith.errors import GraphError
 from bitsmith.integer.arithmetic import MAX_SHIFT, int_range, quantize_input, requantize
 from bitsmith.integer.bounds import check_int64
 from bitsmith.integer.exactness import FLOAT32_EXACT, FLOAT64_EXACT, compute_dtype, float32_gemm_is_ieee, gemm_dtype
+from bitsmith.integer import int8_gemm
 from bitsmith.integer.graph import IntegerGraph, Node
-from bitsmith.integer.ops import Emitters, as_pads
+from bitsmith.integer.ops import Emitters, as_pads, symmetric_padding
 from bitsmith.integer.ops import as_pair as _pair
 from bitsmith.integer.reference import (as_input, check_width, conv2d_int64, explicit_padding, run_reference,
                                         window_sum_int64)
+from bitsmith.integer.requant_kernels import CodeRequant
 
 FAST = Emitters("fast engine")
 
 #: Images per chunk on the fast path: large enough to amortise the per-op overhead, small
 #: enough that a chunk's intermediates stay in the CPU caches.
 FAST_CHUNK = 512
+
+#: Images per chunk on the int8 path (`bitsmith.integer.int8_gemm`), which keeps 8-bit codes
+#: between layers; from INT8_MIN_BATCH images on, where its per-call cost is amortised.
+INT8_CHUNK = 64
+INT8_MIN_BATCH = 16
 
 Range = tuple[int, int]  # inclusive bounds of the integers a tensor can hold
 
@@ -184,7 +191,7 @@ def max_pool_strided(x: torch.Tensor, kernel, stride) -> torch.Tensor:
 
 
 def _widest(dtypes) -> torch.dtype:
-    order = [torch.float32, torch.float64, torch.int64]
+    order = [torch.uint8, torch.float32, torch.float64, torch.int64]
     return max(dtypes, key=order.index)
 
 
@@ -203,12 +210,14 @@ class _Step:
     range: Range  # every value the output can hold
     check: Callable[[torch.Tensor], None] | None = None  # accumulator overflow check, if one is possible
     release: tuple[str, ...] = ()  # values no later step reads
+    reads_offsets: bool = False  # takes uint8 carriers with their offsets as they are
 
 
 @dataclass
 class _Plan:
     key: tuple
-    steps: list[_Step]
+    steps: list[_Step]  # codes carried in floats: any batch size
+    int8_steps: list[_Step] | None  # 8-bit codes and int8 GEMMs (None: not available here)
     input: str
     output: str
     int64_refusal: dict[bool, str | None]  # check_int64's message (None: proved) with/without the overflow check
@@ -221,7 +230,8 @@ _PLANS: "weakref.WeakKeyDictionary[IntegerGraph, _Plan]" = weakref.WeakKeyDictio
 def _fingerprint(g: IntegerGraph) -> tuple:
     # Everything the plan depends on; `_version` changes when a parameter is modified in place.
     return (repr(g.nodes), repr(g.tensors), tuple(g.inputs), tuple(g.outputs),
-            tuple((k, id(t), t._version) for k, t in g.params.items()), float32_gemm_is_ieee())
+            tuple((k, id(t), t._version) for k, t in g.params.items()), float32_gemm_is_ieee(),
+            int8_gemm.available())
 
 
 def _plan(g: IntegerGraph) -> _Plan:
@@ -229,8 +239,12 @@ def _plan(g: IntegerGraph) -> _Plan:
     plan = _PLANS.get(g)
     if plan is None or plan.key != key:
         refusal = {checked: _int64_refusal(g, checked) for checked in (True, False)}
-        steps = _Compiler(g, ieee_float32=key[-1]).compile() if refusal[False] is None or refusal[True] is None else []
-        plan = _Plan(key, steps, g.inputs[0], g.outputs[0], refusal)
+        steps, int8_steps = [], None
+        if refusal[False] is None or refusal[True] is None:
+            steps = _Compiler(g, ieee_float32=key[-2]).compile()
+            if key[-1]:
+                int8_steps = _Compiler(g, ieee_float32=key[-2], int8=True).compile()
+        plan = _Plan(key, steps, int8_steps, g.inputs[0], g.outputs[0], refusal)
         _PLANS[g] = plan
     return plan
 
@@ -244,10 +258,12 @@ def _int64_refusal(g: IntegerGraph, check_overflow: bool) -> str | None:
 
 
 def _run_fast(plan: _Plan, x: torch.Tensor, check_overflow: bool) -> torch.Tensor:
+    int8 = plan.int8_steps is not None and x.shape[0] >= INT8_MIN_BATCH
+    steps, size = (plan.int8_steps, INT8_CHUNK) if int8 else (plan.steps, FAST_CHUNK)
     outputs = []
-    for chunk in x.split(FAST_CHUNK) if x.shape[0] > FAST_CHUNK else [x]:
+    for chunk in x.split(size) if x.shape[0] > size else [x]:
         values = {plan.input: chunk}
-        for step in plan.steps:
+        for step in steps:
             y = step.fn(*[values[i] for i in step.inputs])
             if check_overflow and step.check is not None:
                 step.check(y)
@@ -261,12 +277,15 @@ def _run_fast(plan: _Plan, x: torch.Tensor, check_overflow: bool) -> torch.Tenso
 class _Compiler:
     """Turns the graph into fast-path steps, tracking each tensor's dtype and value range."""
 
-    def __init__(self, g: IntegerGraph, ieee_float32: bool = True):
+    def __init__(self, g: IntegerGraph, ieee_float32: bool = True, int8: bool = False):
         self.g = g
         self.weights = {n.name: g.weight_codes(n) for n in g.nodes if n.op in ("Conv2d", "Linear")}
         self.ieee_float32 = ieee_float32
+        self.int8 = int8  # 8-bit codes between layers and int8 GEMMs (bitsmith.integer.int8_gemm)
         self.dtype: dict[str, torch.dtype] = {}
         self.range: dict[str, Range] = {}
+        # A uint8 carrier holds code + offset (so that signed codes fit); 0 for every other carrier.
+        self.offset: dict[str, int] = {}
         self.steps: list[_Step] = []
         self.consumers: dict[str, list[Node]] = {}
         for node in g.nodes:
@@ -281,11 +300,15 @@ class _Compiler:
                 deferred[node.output] = node
             elif node.op == "MaxPool2d" and node.inputs[0] in deferred:
                 requant = deferred.pop(node.inputs[0])
+                fused = self._code_requant(requant, requant.inputs[0], node.output, pool=node)
+                if fused is not None:
+                    self._add(fused)
+                    continue
                 pooled = f"{node.output}/before_{requant.name}"
                 self._add(self._maxpool(node, requant.inputs[0], pooled))
                 self._add(self._requant(requant, pooled, node.output))
             else:
-                self._add(self._compile_node(node))
+                self._compile_node(node)
         self._mark_releases()
         return self.steps
 
@@ -305,10 +328,11 @@ class _Compiler:
             return False
         return bool((self.g.params[node.params["multiplier"]] >= 0).all())
 
-    def _add(self, step: _Step) -> None:
+    def _add(self, step: _Step, offset: int = 0) -> None:
         self.steps.append(step)
         self.dtype[step.output] = step.dtype
         self.range[step.output] = step.range
+        self.offset[step.output] = offset
 
     @FAST.register("Flatten", "Reorg")
     def _reshape(self, node: Node) -> _Step:
@@ -318,7 +342,7 @@ class _Compiler:
 
     @FAST.register("Concat")
     def _concat(self, node: Node) -> _Step:
-        dtype = _widest(self.dtype[i] for i in node.inputs)
+        dtype = _widest(torch.float32 if self.offset.get(i) else self.dtype[i] for i in node.inputs)
         lo = min(self.range[i][0] for i in node.inputs)
         hi = max(self.range[i][1] for i in node.inputs)
         return _Step(lambda *xs: torch.cat([t.to(dtype) for t in xs], dim=1), list(node.inputs), node.output, dtype, (lo, hi))
@@ -348,8 +372,24 @@ class _Compiler:
             step.release = tuple(n for n in dict.fromkeys(step.inputs)
                                  if last_use[n] == i and n not in self.g.outputs)
 
-    def _compile_node(self, node: Node) -> _Step:
-        return FAST.lookup(node)(self, node)
+    #: Ops that move or compare codes without changing them: a carrier's offset passes through.
+    _OFFSET_KEEPING = ("Flatten", "Reorg", "MaxPool2d")
+
+    def _compile_node(self, node: Node) -> None:
+        offsets = [self.offset.get(i, 0) for i in node.inputs]
+        step = FAST.lookup(node)(self, node)
+        if not any(offsets) or step.reads_offsets:
+            self._add(step, self.offset.get(step.output, 0) if step.dtype == torch.uint8 else 0)
+        elif node.op in self._OFFSET_KEEPING:
+            self._add(step, offsets[0])
+        else:  # every other op reads the codes themselves
+            fn = step.fn
+
+            def read_codes(*xs):
+                return fn(*[x.to(torch.float32) - o if o else x for x, o in zip(xs, offsets)])
+
+            step.fn = read_codes
+            self._add(step)
 
     # -- ops --------------------------------------------------------------------------------
 
@@ -367,6 +407,15 @@ class _Compiler:
             q = torch.round(x.to(torch.float32) / scale_t).clamp_(qmin - z, qmax - z)
             return q.add_(z) if z else q
 
+        if self.int8 and qmax - qmin <= 255 and node.output not in self.g.outputs:
+            offset = -qmin if qmin < 0 or qmax > 255 else 0  # the carrier holds code + offset, in [0, 255]
+
+            def fn8(x: torch.Tensor) -> torch.Tensor:
+                u = fn(x).add_(offset).to(torch.uint8)
+                return u.contiguous(memory_format=torch.channels_last) if u.dim() == 4 else u
+
+            self.offset[node.output] = offset
+            return _Step(fn8, [node.inputs[0]], node.output, torch.uint8, (qmin, qmax))
         return _Step(fn, [node.inputs[0]], node.output, torch.float32, (qmin, qmax))
 
     @FAST.register("Conv2d", "Linear")
@@ -391,6 +440,9 @@ class _Compiler:
             out_dtype = _widest([dtype, fused])
         else:
             out_dtype = dtype
+        int8_step = self._int8_conv_or_linear(node, w, bias, per_out, acc_range)
+        if int8_step is not None:
+            return int8_step
         fuse_bias = "bias" in node.params and out_dtype == dtype and dtype != torch.int64
         w_c = w.to(dtype)
         b_c = bias.to(dtype) if fuse_bias else None
@@ -430,6 +482,42 @@ class _Compiler:
 
         return _Step(fn, [src], node.output, out_dtype, acc_range, self._overflow_check(node, acc_range))
 
+    def _int8_conv_or_linear(self, node: Node, w: torch.Tensor, bias: torch.Tensor | None, per_out: list[int],
+                             acc_range: Range) -> _Step | None:
+        """The layer on oneDNN's int8 kernels (`bitsmith.integer.int8_gemm`), or None where they
+        do not apply or are not provably exact: the input is not a uint8 carrier, a weight code
+        leaves int8, some value the layer can produce (bias included) reaches 2^24 (the float32
+        result would round), the int32 sum of raw carrier × weight products could overflow, or
+        the padding is asymmetric or the convolution grouped."""
+        src = node.inputs[0]
+        if not self.int8 or self.dtype[src] != torch.uint8 or w.numel() == 0:
+            return None
+        zero_point = self.g.tensors[src].zero_point + self.offset[src]  # as the carrier holds it
+        b_list = bias.tolist() if bias is not None else [0] * len(per_out)
+        raw = w.abs().reshape(w.shape[0], -1).sum(dim=1) * 255
+        if (int(w.min()) < -128 or int(w.max()) > 127 or not 0 <= zero_point <= 255
+                or max(abs(b) + p for b, p in zip(b_list, per_out)) >= FLOAT32_EXACT
+                or int(raw.max()) > int8_gemm.INT32_MAX):
+            return None
+        w8 = w.to(torch.int8)
+        if node.op == "Linear":
+            core = int8_gemm.Int8Linear(w8, zero_point, bias)
+            fn = core
+        elif self._conv_is_matmul(node, w):
+            core = int8_gemm.Int8Linear(w8.reshape(w.shape[0], -1), zero_point, bias)
+
+            def fn(x: torch.Tensor) -> torch.Tensor:
+                return core(x.reshape(x.shape[0], -1)).reshape(x.shape[0], -1, 1, 1)
+        else:
+            a = node.attrs
+            padding = symmetric_padding(a["padding"])
+            if padding is None or a["groups"] != 1:
+                return None
+            fn = int8_gemm.Int8Conv(w8, zero_point, stride=_pair(a["stride"]), padding=padding,
+                                    dilation=_pair(a["dilation"]), groups=a["groups"], bias=bias)
+        return _Step(fn, [src], node.output, torch.float32, acc_range, self._overflow_check(node, acc_range),
+                     reads_offsets=True)
+
     def _conv_is_matmul(self, node: Node, w: torch.Tensor) -> bool:
         a = node.attrs
         in_shape = self.g.tensors[node.inputs[0]].shape
@@ -445,7 +533,44 @@ class _Compiler:
 
     @FAST.register("Requant")
     def _requant_node(self, node: Node) -> _Step:
-        return self._requant(node, node.inputs[0], node.output)
+        return self._code_requant(node, node.inputs[0], node.output) or self._requant(node, node.inputs[0], node.output)
+
+    def _float_requant(self, node: Node, src: str) -> FloatRequant | None:
+        """`node` as a FloatRequant over the values `src` can hold, if that is provably exact."""
+        g = self.g
+        spec_out = g.tensors[node.output]
+        z_in = g.tensors[node.inputs[0]].zero_point
+        vlo, vhi = self.range[src]
+        centred = (vlo - z_in, vhi - z_in)
+        if max(_magnitude((vlo, vhi)), abs(z_in), _magnitude(centred)) >= FLOAT64_EXACT:
+            return None
+        m = g.params[node.params["multiplier"]].to(torch.int64).tolist()
+        s = g.params[node.params["shift"]].to(torch.int64).tolist()
+        return float_requant(m, s, spec_out.zero_point, node.attrs["clamp_min"], node.attrs["clamp_max"], centred,
+                             rank=len(spec_out.shape) + 1)
+
+    def _code_requant(self, node: Node, src: str, out: str, pool: Node | None = None) -> _Step | None:
+        """The Requant `node` of `src` (max-pooled by `pool` first) in one numba pass to 8-bit codes
+        in a uint8 carrier (`bitsmith.integer.requant_kernels`), or None where that does not apply:
+        codes spanning more than 256 values, no exact float64 form, other ranks."""
+        g = self.g
+        lo, hi = node.attrs["clamp_min"], node.attrs["clamp_max"]
+        shape = tuple(g.tensors[node.inputs[0]].shape)
+        code_offset = 0 if 0 <= lo and hi <= 255 else -lo
+        if hi - lo > 255 or len(shape) not in (1, 3) or (code_offset and out in g.outputs):
+            return None
+        exact = self._float_requant(node, src)
+        if exact is None:
+            return None
+        window = None
+        if pool is not None:
+            window = (tuple(_pair(pool.attrs["kernel"])), tuple(_pair(pool.attrs["stride"])))
+            if len(shape) != 3:
+                return None
+        z_in = g.tensors[node.inputs[0]].zero_point + self.offset.get(src, 0)
+        fn = CodeRequant(exact, shape, z_in, code_offset, pool=window)
+        self.offset[out] = code_offset
+        return _Step(fn, [src], out, torch.uint8, (lo, hi), reads_offsets=True)
 
     def _requant(self, node: Node, src: str, out: str) -> _Step:
         g = self.g
@@ -454,12 +579,7 @@ class _Compiler:
         lo, hi = node.attrs["clamp_min"], node.attrs["clamp_max"]
         m = g.params[node.params["multiplier"]].to(torch.int64)
         s = g.params[node.params["shift"]].to(torch.int64)
-        vlo, vhi = self.range[src]
-        exact = None
-        centred = (vlo - z_in, vhi - z_in)
-        if max(_magnitude((vlo, vhi)), abs(z_in), _magnitude(centred)) < FLOAT64_EXACT:
-            exact = float_requant(m.tolist(), s.tolist(), spec_out.zero_point, lo, hi, centred,
-                                 rank=len(spec_out.shape) + 1)
+        exact = self._float_requant(node, src)
         if exact is None:  # not provably exact in float64: the int64 formula of the spec
             zp = spec_out.zero_point
 

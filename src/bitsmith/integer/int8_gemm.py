@@ -1,0 +1,137 @@
+"""Exact int8 convolutions and matrix products on the CPU's integer units (oneDNN, through torch).
+
+PyTorch's CPU build carries oneDNN's int8 kernels (`torch.ops.onednn.qconv2d_pointwise`,
+`qlinear_pointwise`): uint8 activations × int8 weights, summed in int32 on the VNNI / AMX units.
+Asked for a float32 result with every scale 1.0 and no output zero point, they return the integer
+accumulator Σ w·(x − z_x) (+ bias) converted to float32, which is exact whenever every value the
+layer can produce is below 2^24 in magnitude — the engine's per-layer bound decides that, as for
+its float32 GEMMs (`bitsmith.integer.exactness`).
+
+The int32 sums themselves are exact only where the hardware sums u8·s8 products without
+saturating: VNNI (`vpdpbusd`) and AMX do; the older AVX2 sequence (`vpmaddubsw`) saturates pairs
+of products at 16 bits. So the path is used only when the CPU reports VNNI or AMX and a probe with
+the most extreme codes gives the exact integers (`available`). `BITSMITH_INT8_GEMM=0` turns it
+off (the engine then uses its float GEMMs, equally exact, slower).
+
+Packed weights depend on the batch size (oneDNN picks its blocking from it), so each layer keeps
+one packing per batch size it has seen.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+INT32_MAX = (1 << 31) - 1
+ENV_SWITCH = "BITSMITH_INT8_GEMM"
+_VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def _cpu_has_vnni() -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return bool(_VNNI_FLAGS & set(line.split(":", 1)[1].split()))
+    return False
+
+
+def _ops_present() -> bool:
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        for name in ("qconv_prepack", "qconv2d_pointwise", "qlinear_prepack", "qlinear_pointwise"):
+            getattr(torch.ops.onednn, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _probe() -> bool:
+    """The most extreme codes through both kernels must give the exact integers: 255 × −128 and
+    0 × 127 summed over many channels saturate at once where pairs of products are added in 16 bits."""
+    try:
+        k = 256
+        x = torch.zeros(4, k, dtype=torch.uint8)
+        x[0], x[1], x[2, ::2], x[3, 1::2] = 255, 0, 255, 255
+        w = torch.full((8, k), -128, dtype=torch.int8)
+        w[1::2] = 127
+        w[2, ::3] = 127
+        want = (x.to(torch.int64) - 3) @ w.to(torch.int64).t()
+        got = Int8Linear(w, zero_point=3)(x)
+        conv = Int8Conv(w.reshape(8, k, 1, 1), 3, stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=1)
+        got_conv = conv(x.reshape(4, k, 1, 1).contiguous(memory_format=torch.channels_last)).reshape(4, 8)
+        return bool(torch.equal(got.to(torch.int64), want) and torch.equal(got_conv.to(torch.int64), want))
+    except RuntimeError:
+        return False
+
+
+def available() -> bool:
+    """May the engine use the exact int8 kernels here (see the module docstring)?"""
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return _cpu_has_vnni() and _ops_present() and _probe()
+
+
+class Int8Conv:
+    """Conv2d of uint8 codes (channels-last) with int8 weights: the float32 accumulator, exactly,
+    when every value it can hold is below 2^24 (the caller proves that).
+
+    `zero_point` is the input's zero point as the uint8 carrier holds it; padding positions count
+    as that zero point, i.e. as centred zeros, as in the integer graph."""
+
+    def __init__(self, weight: torch.Tensor, zero_point: int, *, stride, padding, dilation, groups: int,
+                 bias: torch.Tensor | None = None):
+        if weight.dtype != torch.int8:
+            raise ValueError("Int8Conv needs int8 weight codes")
+        self.weight = weight.contiguous()
+        self.zero_point = int(zero_point)
+        self.stride, self.padding, self.dilation = list(stride), list(padding), list(dilation)
+        self.groups = int(groups)
+        self.bias = None if bias is None else bias.to(torch.float32).contiguous()
+        self._ones = torch.ones(weight.shape[0], dtype=torch.float32)
+        self._zeros = torch.zeros(weight.shape[0], dtype=torch.int64)
+        self._packed: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def _packing(self, shape: tuple[int, ...]) -> torch.Tensor:
+        packed = self._packed.get(shape)
+        if packed is None:
+            packed = torch.ops.onednn.qconv_prepack(self.weight, self._ones, 1.0, self.zero_point, self.stride,
+                                                    self.padding, self.dilation, self.groups, list(shape))
+            self._packed[shape] = packed
+        return packed
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self._packing(tuple(x.shape))
+        return torch.ops.onednn.qconv2d_pointwise(
+            x, 1.0, self.zero_point, packed, self._ones, self._zeros, self.bias, self.stride, self.padding,
+            self.dilation, self.groups, 1.0, 0, torch.float32, "none", [], "")
+
+
+class Int8Linear:
+    """x·Wᵀ (+ bias) of uint8 codes [M, K] with int8 weights [N, K]: the float32 accumulator, exactly
+    under the same conditions as Int8Conv."""
+
+    def __init__(self, weight: torch.Tensor, zero_point: int, bias: torch.Tensor | None = None):
+        if weight.dtype != torch.int8:
+            raise ValueError("Int8Linear needs int8 weight codes")
+        self.weight = weight.contiguous()
+        self.zero_point = int(zero_point)
+        self.bias = None if bias is None else bias.to(torch.float32).contiguous()
+        self._ones = torch.ones(weight.shape[0], dtype=torch.float32)
+        self._zeros = torch.zeros(weight.shape[0], dtype=torch.int64)
+        self._packed: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape)
+        packed = self._packed.get(shape)
+        if packed is None:
+            packed = self._packed[shape] = torch.ops.onednn.qlinear_prepack(self.weight, list(shape))
+        return torch.ops.onednn.qlinear_pointwise(x, 1.0, self.zero_point, packed, self._ones, self._zeros,
+                                                  self.bias, 1.0, 0, torch.float32, "none", [], "")

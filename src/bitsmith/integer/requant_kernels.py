@@ -1,0 +1,126 @@
+"""Requantization to 8-bit codes in one pass, optionally after a max-pool (numba).
+
+The fast engine's float64 requantization (`engine.FloatRequant`) as torch operations is five or
+six passes over the accumulator; here it is one loop that reads each accumulator once and writes
+a uint8 code, with the max-pool that may precede it (`engine._Compiler._pool_first`) in the same
+loop. The arithmetic is FloatRequant's, operation for operation, in float64:
+
+    v = acc − z_in;  v = clamp(v, A_c, B_c) (only when FloatRequant needs it);
+    q = clamp(floor(v · scale_c + offset_c), lo, hi);  stored as q + code_offset (a uint8)
+
+and `float_requant` proves each of those operations exact for the layer, whether or not the
+multiply and add are fused, so the codes equal the reference interpreter's. No fastmath: nothing
+is reordered.
+
+Arrays are [N, P, C] views (P = pixels) of channels-last tensors, so the inner loop over channels
+runs over contiguous memory; the batch is split over threads (prange).
+"""
+
+from __future__ import annotations
+
+
+import numba
+import numpy as np
+import torch
+
+_COMPILE = dict(parallel=True, nogil=True, cache=True, fastmath=False, boundscheck=False)
+
+
+@numba.njit(**_COMPILE)
+def _requant_rows(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset, out):
+    """acc [R, B] → out [R, B]; the parameters are per column (tiled channels, so rows are long)."""
+    rows, width = acc.shape
+    for r in numba.prange(rows):
+        for j in range(width):
+            v = np.float64(acc[r, j]) - z_in
+            if clamped:
+                v = min(max(v, v_min[j]), v_max[j])
+            q = min(max(np.floor(v * scale[j] + offset[j]), lo), hi)
+            out[r, j] = np.uint8(q + code_offset)
+
+
+@numba.njit(**_COMPILE)
+def _pool_requant_rows(acc, channels, kh, kw, sh, sw, z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset,
+                       out):
+    """acc [N, H, W·C] → out [N, OH, OW·C]: window maxima, requantized; the parameters are tiled
+    over OW·C. Maxima first over the kh input rows (whole rows at a time), then over kw neighbours."""
+    n_images, _, row_in = acc.shape
+    _, out_h, row_out = out.shape
+    out_w = row_out // channels
+    for n in numba.prange(n_images):
+        column_max = np.empty(row_in, dtype=acc.dtype)
+        best = np.empty(row_out, dtype=np.float64)
+        for oh in range(out_h):
+            column_max[:] = acc[n, oh * sh]
+            for i in range(1, kh):
+                for k in range(row_in):
+                    column_max[k] = max(column_max[k], acc[n, oh * sh + i, k])
+            for ow in range(out_w):
+                base = ow * sw * channels
+                for c in range(channels):
+                    best[ow * channels + c] = column_max[base + c]
+                for j in range(1, kw):
+                    for c in range(channels):
+                        best[ow * channels + c] = max(best[ow * channels + c], column_max[base + j * channels + c])
+            for k in range(row_out):
+                v = best[k] - z_in
+                if clamped:
+                    v = min(max(v, v_min[k]), v_max[k])
+                q = min(max(np.floor(v * scale[k] + offset[k]), lo), hi)
+                out[n, oh, k] = np.uint8(q + code_offset)
+
+
+#: Elements per row of `_requant_rows`: rows this long keep the vector loop busy.
+ROW = 512
+
+
+class CodeRequant:
+    """A FloatRequant (per tensor or per channel) writing uint8 codes shifted by `code_offset`
+    (codes in [lo, hi] land in [0, 255]), for accumulators of one per-image shape: [C] or
+    [C, H, W], float32 or float64, optionally max-pooled first (`pool` = (kernel, stride)).
+    4-d results are channels-last."""
+
+    def __init__(self, requant, shape: tuple[int, ...], z_in: int, code_offset: int, pool=None):
+        if not (0 <= requant.lo + code_offset and requant.hi + code_offset <= 255):
+            raise ValueError("codes do not fit uint8 with this offset")
+        self.shape, self.pool = tuple(shape), pool
+        channels = self.shape[0]
+        if pool is not None:
+            (kh, kw), (sh, sw) = pool
+            self.out_hw = ((shape[1] - kh) // sh + 1, (shape[2] - kw) // sw + 1)
+            repeats = self.out_hw[1]  # one output row of OW pixels
+        elif len(shape) == 3:
+            pixels = shape[1] * shape[2]
+            repeats = max(k for k in range(1, pixels + 1) if pixels % k == 0 and (k * channels <= ROW or k == 1))
+        else:
+            repeats = 1
+        self.width = repeats * channels
+
+        def tiled(t):
+            per_channel = np.broadcast_to(t.reshape(-1).numpy().astype(np.float64), (channels,))
+            return np.ascontiguousarray(np.tile(per_channel, repeats))
+
+        self.clamped = requant.v_min is not None
+        zeros = np.zeros(self.width)
+        self.args = (float(z_in), tiled(requant.scale), tiled(requant.offset),
+                     tiled(requant.v_min) if self.clamped else zeros, tiled(requant.v_max) if self.clamped else zeros,
+                     self.clamped, float(requant.lo), float(requant.hi), int(code_offset))
+
+    def __call__(self, acc: torch.Tensor) -> torch.Tensor:
+        n = acc.shape[0]
+        if acc.dim() == 4:
+            acc = acc.contiguous(memory_format=torch.channels_last)
+            nhwc = acc.permute(0, 2, 3, 1)
+        else:
+            nhwc = acc = acc.contiguous()
+        if self.pool is None:
+            out = torch.empty_like(acc, dtype=torch.uint8)
+            rows = nhwc.reshape(-1, self.width).numpy()
+            _requant_rows(rows, *self.args, out.permute(0, 2, 3, 1).reshape(-1, self.width).numpy()
+                          if out.dim() == 4 else out.reshape(-1, self.width).numpy())
+            return out
+        (kh, kw), (sh, sw) = self.pool
+        oh, ow = self.out_hw
+        out = torch.empty((n, self.shape[0], oh, ow), dtype=torch.uint8, memory_format=torch.channels_last)
+        _pool_requant_rows(nhwc.reshape(n, nhwc.shape[1], -1).numpy(), self.shape[0], kh, kw, sh, sw, *self.args, out.permute(0, 2, 3, 1).reshape(n, oh, -1).numpy())
+        return out

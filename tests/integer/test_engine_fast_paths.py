@@ -41,7 +41,7 @@ def assert_fast_equals_literal(g, x):
 
 
 def steps(g):
-    return engine._plan(g).steps
+    return engine._plan(g).program.steps
 
 
 # -- whole graphs -----------------------------------------------------------------------------
@@ -75,14 +75,13 @@ def test_fast_path_takes_its_shortcuts_on_lenet():
     g, shape = graph("lenet5", W8A8)
     plan = steps(g)
     by_output = {s.output: s for s in plan}
-    # Both Requant → MaxPool pairs are swapped: the pool reads the accumulator, the Requant follows.
-    pooled = [s for s in plan if "/before_" in s.output]
-    assert len(pooled) == 2
-    for s in pooled:
-        assert s.inputs[0].endswith("_acc")
-    # Codes and accumulators stay in float32 throughout (no int64 fallback), and no overflow
+    # Both Requant → MaxPool pairs become one step: the pool reads the accumulator and the
+    # requantization to 8-bit codes follows in the same pass.
+    for pool in ("pool1", "pool2"):
+        assert by_output[pool].inputs[0].endswith("_acc") and by_output[pool].dtype == torch.uint8
+    # Accumulators stay in float32 and 8-bit codes in uint8 (no int64 fallback), and no overflow
     # check is needed: int8 × int8 LeNet sums cannot leave 32 bits.
-    assert {s.dtype for s in plan} == {torch.float32}
+    assert {s.dtype for s in plan} == {torch.float32, torch.uint8}
     assert all(s.check is None for s in plan)
     assert by_output[g.outputs[0]].dtype == torch.float32 and engine.run(g, torch.randn(2, *shape)).dtype == torch.int64
 

@@ -214,10 +214,16 @@ class _Step:
 
 
 @dataclass
+class _Program:
+    steps: list[_Step]
+    output_offset: int  # what the output's carrier adds to the codes
+
+
+@dataclass
 class _Plan:
     key: tuple
-    steps: list[_Step]  # codes carried in floats: any batch size
-    int8_steps: list[_Step] | None  # 8-bit codes and int8 GEMMs (None: not available here)
+    program: _Program  # codes carried in floats (8-bit codes in uint8 after a Requant): any batch size
+    int8_program: _Program | None  # 8-bit codes throughout and int8 GEMMs (None: not available here)
     input: str
     output: str
     int64_refusal: dict[bool, str | None]  # check_int64's message (None: proved) with/without the overflow check
@@ -239,12 +245,12 @@ def _plan(g: IntegerGraph) -> _Plan:
     plan = _PLANS.get(g)
     if plan is None or plan.key != key:
         refusal = {checked: _int64_refusal(g, checked) for checked in (True, False)}
-        steps, int8_steps = [], None
+        program, int8_program = _Program([], 0), None
         if refusal[False] is None or refusal[True] is None:
-            steps = _Compiler(g, ieee_float32=key[-2]).compile()
+            program = _Compiler(g, ieee_float32=key[-2]).compile()
             if key[-1]:
-                int8_steps = _Compiler(g, ieee_float32=key[-2], int8=True).compile()
-        plan = _Plan(key, steps, int8_steps, g.inputs[0], g.outputs[0], refusal)
+                int8_program = _Compiler(g, ieee_float32=key[-2], int8=True).compile()
+        plan = _Plan(key, program, int8_program, g.inputs[0], g.outputs[0], refusal)
         _PLANS[g] = plan
     return plan
 
@@ -258,19 +264,20 @@ def _int64_refusal(g: IntegerGraph, check_overflow: bool) -> str | None:
 
 
 def _run_fast(plan: _Plan, x: torch.Tensor, check_overflow: bool) -> torch.Tensor:
-    int8 = plan.int8_steps is not None and x.shape[0] >= INT8_MIN_BATCH
-    steps, size = (plan.int8_steps, INT8_CHUNK) if int8 else (plan.steps, FAST_CHUNK)
+    int8 = plan.int8_program is not None and x.shape[0] >= INT8_MIN_BATCH
+    program, size = (plan.int8_program, INT8_CHUNK) if int8 else (plan.program, FAST_CHUNK)
     outputs = []
     for chunk in x.split(size) if x.shape[0] > size else [x]:
         values = {plan.input: chunk}
-        for step in steps:
+        for step in program.steps:
             y = step.fn(*[values[i] for i in step.inputs])
             if check_overflow and step.check is not None:
                 step.check(y)
             values[step.output] = y
             for name in step.release:
                 del values[name]
-        outputs.append(values[plan.output].to(torch.int64))
+        y = values[plan.output].to(torch.int64)
+        outputs.append(y - program.output_offset if program.output_offset else y)
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
@@ -292,7 +299,7 @@ class _Compiler:
             for name in node.inputs:
                 self.consumers.setdefault(name, []).append(node)
 
-    def compile(self) -> list[_Step]:
+    def compile(self) -> _Program:
         g = self.g
         deferred: dict[str, Node] = {}  # Requant outputs whose Requant runs after the MaxPool reading them
         for node in g.nodes:
@@ -310,7 +317,7 @@ class _Compiler:
             else:
                 self._compile_node(node)
         self._mark_releases()
-        return self.steps
+        return _Program(self.steps, self.offset.get(g.outputs[0], 0))
 
     def _pool_first(self, node: Node) -> bool:
         """May this Requant run after the MaxPool2d that is its only consumer?
@@ -328,11 +335,12 @@ class _Compiler:
             return False
         return bool((self.g.params[node.params["multiplier"]] >= 0).all())
 
-    def _add(self, step: _Step, offset: int = 0) -> None:
+    def _add(self, step: _Step, offset: int | None = None) -> None:
+        """Append `step`; `offset` is its output carrier's (default: what its emitter recorded, else 0)."""
         self.steps.append(step)
         self.dtype[step.output] = step.dtype
         self.range[step.output] = step.range
-        self.offset[step.output] = offset
+        self.offset[step.output] = offset if offset is not None else self.offset.get(step.output, 0)
 
     @FAST.register("Flatten", "Reorg")
     def _reshape(self, node: Node) -> _Step:
@@ -379,7 +387,7 @@ class _Compiler:
         offsets = [self.offset.get(i, 0) for i in node.inputs]
         step = FAST.lookup(node)(self, node)
         if not any(offsets) or step.reads_offsets:
-            self._add(step, self.offset.get(step.output, 0) if step.dtype == torch.uint8 else 0)
+            self._add(step)
         elif node.op in self._OFFSET_KEEPING:
             self._add(step, offsets[0])
         else:  # every other op reads the codes themselves
@@ -389,7 +397,7 @@ class _Compiler:
                 return fn(*[x.to(torch.float32) - o if o else x for x, o in zip(xs, offsets)])
 
             step.fn = read_codes
-            self._add(step)
+            self._add(step, 0)
 
     # -- ops --------------------------------------------------------------------------------
 
@@ -407,7 +415,7 @@ class _Compiler:
             q = torch.round(x.to(torch.float32) / scale_t).clamp_(qmin - z, qmax - z)
             return q.add_(z) if z else q
 
-        if self.int8 and qmax - qmin <= 255 and node.output not in self.g.outputs:
+        if self.int8 and qmax - qmin <= 255:
             offset = -qmin if qmin < 0 or qmax > 255 else 0  # the carrier holds code + offset, in [0, 255]
 
             def fn8(x: torch.Tensor) -> torch.Tensor:
@@ -557,7 +565,7 @@ class _Compiler:
         lo, hi = node.attrs["clamp_min"], node.attrs["clamp_max"]
         shape = tuple(g.tensors[node.inputs[0]].shape)
         code_offset = 0 if 0 <= lo and hi <= 255 else -lo
-        if hi - lo > 255 or len(shape) not in (1, 3) or (code_offset and out in g.outputs):
+        if hi - lo > 255 or len(shape) not in (1, 3):
             return None
         exact = self._float_requant(node, src)
         if exact is None:

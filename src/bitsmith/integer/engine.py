@@ -25,6 +25,7 @@ allows reduced-precision float32 GEMMs (TF32/BF16 settings), those layers run in
 
 from __future__ import annotations
 
+import copy
 import math
 import weakref
 from collections.abc import Callable, Sequence
@@ -55,6 +56,9 @@ FAST_CHUNK = 512
 #: between layers; from INT8_MIN_BATCH images on, where its per-call cost is amortised.
 INT8_CHUNK = 64
 INT8_MIN_BATCH = 16
+
+#: Convolutions of at most this many multiply-adds per call take ATen's plain im2col + GEMM.
+SMALL_CONV_MACS = 2_000_000
 
 Range = tuple[int, int]  # inclusive bounds of the integers a tensor can hold
 
@@ -221,7 +225,9 @@ class _Program:
 
 @dataclass
 class _Plan:
-    key: tuple
+    key: tuple  # _settings at compile time
+    nodes: list[Node]  # copies of the graph's nodes and tensor specs at compile time
+    tensors: dict
     program: _Program  # codes carried in floats (8-bit codes in uint8 after a Requant): any batch size
     int8_program: _Program | None  # 8-bit codes throughout and int8 GEMMs (None: not available here)
     input: str
@@ -233,25 +239,30 @@ class _Plan:
 _PLANS: "weakref.WeakKeyDictionary[IntegerGraph, _Plan]" = weakref.WeakKeyDictionary()
 
 
-def _fingerprint(g: IntegerGraph) -> tuple:
-    # Everything the plan depends on; `_version` changes when a parameter is modified in place.
-    return (repr(g.nodes), repr(g.tensors), tuple(g.inputs), tuple(g.outputs),
-            tuple((k, id(t), t._version) for k, t in g.params.items()), float32_gemm_is_ieee(),
-            int8_gemm.available())
+def _settings(g: IntegerGraph) -> tuple:
+    # What the plan depends on besides the nodes and tensor specs; `_version` changes when a
+    # parameter is modified in place.
+    return (tuple(g.inputs), tuple(g.outputs), tuple((k, id(t), t._version) for k, t in g.params.items()),
+            float32_gemm_is_ieee(), int8_gemm.available())
 
 
 def _plan(g: IntegerGraph) -> _Plan:
-    key = _fingerprint(g)
+    settings = _settings(g)
     plan = _PLANS.get(g)
-    if plan is None or plan.key != key:
-        refusal = {checked: _int64_refusal(g, checked) for checked in (True, False)}
-        program, int8_program = _Program([], 0), None
-        if refusal[False] is None or refusal[True] is None:
-            program = _Compiler(g, ieee_float32=key[-2]).compile()
-            if key[-1]:
-                int8_program = _Compiler(g, ieee_float32=key[-2], int8=True).compile()
-        plan = _Plan(key, program, int8_program, g.inputs[0], g.outputs[0], refusal)
-        _PLANS[g] = plan
+    # Equality with copies taken at compile time: cheaper than a textual fingerprint, which
+    # matters for single images.
+    if plan is not None and plan.key == settings and plan.nodes == g.nodes and plan.tensors == g.tensors:
+        return plan
+    refusal = {checked: _int64_refusal(g, checked) for checked in (True, False)}
+    program, int8_program = _Program([], 0), None
+    ieee_float32, int8 = settings[-2:]
+    if refusal[False] is None or refusal[True] is None:
+        program = _Compiler(g, ieee_float32=ieee_float32).compile()
+        if int8:
+            int8_program = _Compiler(g, ieee_float32=ieee_float32, int8=True).compile()
+    plan = _Plan(settings, copy.deepcopy(g.nodes), copy.deepcopy(g.tensors), program, int8_program,
+                 g.inputs[0], g.outputs[0], refusal)
+    _PLANS[g] = plan
     return plan
 
 
@@ -475,9 +486,18 @@ class _Compiler:
                 return y.reshape(x.shape[0], -1, 1, 1)
         else:
             a = node.attrs
+            plain = a["groups"] == 1 and _pair(a["dilation"]) == [1, 1]
+            kernel_size = list(w.shape[2:])
+            out_shape = g.tensors[node.output].shape
+            macs_per_image = math.prod(out_shape) * math.prod(w.shape[1:])
 
             def core(x: torch.Tensor) -> torch.Tensor:
                 x, padding = explicit_padding(x, a["padding"])  # after centring: pads are real zeros
+                if plain and x.shape[0] * macs_per_image <= SMALL_CONV_MACS:
+                    # ATen's own im2col + GEMM: the same exact integer sums, without oneDNN's
+                    # per-call set-up, which dominates small convolutions (single images)
+                    return torch.ops.aten._slow_conv2d_forward(x, w_c, kernel_size, b_c, _pair(a["stride"]),
+                                                               _pair(padding))
                 return F.conv2d(x, w_c, b_c, a["stride"], padding, a["dilation"], a["groups"])
         bias_shape = (1, -1, 1, 1) if node.op == "Conv2d" else (1, -1)
 

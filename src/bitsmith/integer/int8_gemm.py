@@ -30,6 +30,7 @@ ENV_SWITCH = "BITSMITH_INT8_GEMM"
 _VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_has_vnni() -> bool:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -41,6 +42,7 @@ def _cpu_has_vnni() -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=1)
 def _ops_present() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False

@@ -23,10 +23,12 @@ import numba
 import numpy as np
 import torch
 
-_COMPILE = dict(parallel=True, nogil=True, cache=True, fastmath=False, boundscheck=False)
+_COMPILE = dict(nogil=True, cache=True, fastmath=False, boundscheck=False)
+
+#: Below this many accumulators a call runs on one thread: waking the thread pool costs more.
+PARALLEL_FROM = 1 << 16
 
 
-@numba.njit(**_COMPILE)
 def _requant_rows(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset, out):
     """acc [R, B] → out [R, B]; the parameters are per column (tiled channels, so rows are long)."""
     rows, width = acc.shape
@@ -39,7 +41,6 @@ def _requant_rows(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_
             out[r, j] = np.uint8(q + code_offset)
 
 
-@numba.njit(**_COMPILE)
 def _pool_requant_rows(acc, channels, kh, kw, sh, sw, z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset,
                        out):
     """acc [N, H, W·C] → out [N, OH, OW·C]: window maxima, requantized; the parameters are tiled
@@ -68,6 +69,41 @@ def _pool_requant_rows(acc, channels, kh, kw, sh, sw, z_in, scale, offset, v_min
                     v = min(max(v, v_min[k]), v_max[k])
                 q = min(max(np.floor(v * scale[k] + offset[k]), lo), hi)
                 out[n, oh, k] = np.uint8(q + code_offset)
+
+
+def _pool_requant_strided(acc, kh, kw, sh, sw, z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset, out):
+    """acc [N, H, W, C] with any strides (an NCHW tensor's permuted view) → out [N, OH, OW, C];
+    the parameters are per channel. For the small batches of the float path: no layout copy."""
+    n_images, _, width, channels = acc.shape
+    _, out_h, out_w, _ = out.shape
+    for n in numba.prange(n_images):
+        column_max = np.empty((width, channels), dtype=acc.dtype)
+        for oh in range(out_h):
+            for w in range(width):
+                for c in range(channels):
+                    column_max[w, c] = acc[n, oh * sh, w, c]
+            for i in range(1, kh):
+                for w in range(width):
+                    for c in range(channels):
+                        column_max[w, c] = max(column_max[w, c], acc[n, oh * sh + i, w, c])
+            for ow in range(out_w):
+                for c in range(channels):
+                    best = column_max[ow * sw, c]
+                    for j in range(1, kw):
+                        best = max(best, column_max[ow * sw + j, c])
+                    v = np.float64(best) - z_in
+                    if clamped:
+                        v = min(max(v, v_min[c]), v_max[c])
+                    q = min(max(np.floor(v * scale[c] + offset[c]), lo), hi)
+                    out[n, oh, ow, c] = np.uint8(q + code_offset)
+
+
+# Each kernel twice: over threads (prange) for large batches, on the calling thread for small ones.
+def _both(kernel):
+    return numba.njit(parallel=False, **_COMPILE)(kernel), numba.njit(parallel=True, **_COMPILE)(kernel)
+
+
+_REQUANT, _POOL_REQUANT, _POOL_REQUANT_STRIDED = _both(_requant_rows), _both(_pool_requant_rows), _both(_pool_requant_strided)
 
 
 #: Elements per row of `_requant_rows`: rows this long keep the vector loop busy.
@@ -107,7 +143,14 @@ class CodeRequant:
                      self.clamped, float(requant.lo), float(requant.hi), int(code_offset))
 
     def __call__(self, acc: torch.Tensor) -> torch.Tensor:
-        n = acc.shape[0]
+        """Codes of accumulators [N, *shape] (any layout); 4-d results are channels-last."""
+        n, parallel = acc.shape[0], acc.numel() >= PARALLEL_FROM
+        if self.pool is not None and not acc.is_contiguous(memory_format=torch.channels_last):
+            (kh, kw), (sh, sw) = self.pool
+            out = torch.empty((n, self.shape[0], *self.out_hw), dtype=torch.uint8, memory_format=torch.channels_last)
+            _POOL_REQUANT_STRIDED[parallel](acc.permute(0, 2, 3, 1).numpy(), kh, kw, sh, sw, *self.args,
+                                            out.permute(0, 2, 3, 1).numpy())
+            return out
         if acc.dim() == 4:
             acc = acc.contiguous(memory_format=torch.channels_last)
             nhwc = acc.permute(0, 2, 3, 1)
@@ -115,12 +158,13 @@ class CodeRequant:
             nhwc = acc = acc.contiguous()
         if self.pool is None:
             out = torch.empty_like(acc, dtype=torch.uint8)
-            rows = nhwc.reshape(-1, self.width).numpy()
-            _requant_rows(rows, *self.args, out.permute(0, 2, 3, 1).reshape(-1, self.width).numpy()
-                          if out.dim() == 4 else out.reshape(-1, self.width).numpy())
+            out_rows = out.permute(0, 2, 3, 1) if out.dim() == 4 else out
+            _REQUANT[parallel](nhwc.reshape(-1, self.width).numpy(), *self.args,
+                               out_rows.reshape(-1, self.width).numpy())
             return out
         (kh, kw), (sh, sw) = self.pool
         oh, ow = self.out_hw
         out = torch.empty((n, self.shape[0], oh, ow), dtype=torch.uint8, memory_format=torch.channels_last)
-        _pool_requant_rows(nhwc.reshape(n, nhwc.shape[1], -1).numpy(), self.shape[0], kh, kw, sh, sw, *self.args, out.permute(0, 2, 3, 1).reshape(n, oh, -1).numpy())
+        _POOL_REQUANT[parallel](nhwc.reshape(n, nhwc.shape[1], -1).numpy(), self.shape[0], kh, kw, sh, sw, *self.args,
+                                out.permute(0, 2, 3, 1).reshape(n, oh, -1).numpy())
         return out

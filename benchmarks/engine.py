@@ -61,6 +61,9 @@ def ort_session(path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the same threads as the torch systems
     options.log_severity_level = 3
+    # ONNX Runtime's idle threads otherwise spin after each run and slow whatever runs next in the
+    # interleaved timing (the other systems and ORT's own other model).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

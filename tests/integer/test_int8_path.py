@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from bitsmith.errors import AccumulatorOverflowError
 from bitsmith.integer import engine, int8_gemm
 from bitsmith.integer.engine import float_requant, max_pool_strided
 from bitsmith.integer.requant_kernels import CodeRequant
@@ -41,6 +42,36 @@ def test_lenet_int8_path_uses_int8_kernels_and_is_exact(config, monkeypatch):
     monkeypatch.setenv(int8_gemm.ENV_SWITCH, "0")  # the float path gives the same codes
     assert not int8_gemm.available()
     assert torch.equal(engine.run(g, x), out)
+
+
+@needs_int8
+def test_chunks_run_side_by_side_on_two_threads():
+    """Several chunks with two torch threads: the chunk workers (each single-threaded) give the
+    literal path's codes, keep their order, and leave the caller's thread setting as it was."""
+    g, shape = graph("lenet5", W4A4_PC, bias=True)
+    x = torch.randn(5 * engine.INT8_CHUNK + 7, *shape) * 2
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = assert_fast_equals_literal(g, x)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out[: engine.INT8_CHUNK], engine.run(g, x[: engine.INT8_CHUNK]))
+
+
+@needs_int8
+def test_overflow_is_detected_inside_a_chunk_worker():
+    g, shape = graph("lenet5", W8A8, bias=True)
+    acc = next(n for n in g.nodes if n.name.startswith("q_conv3"))
+    g.tensors[acc.output].bits = 12  # 400 int8 × uint8 terms do not fit 12 bits
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(AccumulatorOverflowError, match="q_conv3"):
+            engine.run(g, torch.randn(4 * engine.INT8_CHUNK, *shape) * 3)
+    finally:
+        torch.set_num_threads(before)
 
 
 @needs_int8

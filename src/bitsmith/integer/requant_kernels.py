@@ -29,46 +29,54 @@ _COMPILE = dict(nogil=True, cache=True, fastmath=False, boundscheck=False)
 PARALLEL_FROM = 1 << 16
 
 
+@numba.njit(inline="always", nogil=True, fastmath=False, boundscheck=False)
+def _requant_row(src, dst, z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset):
+    """dst[j] = the code of src[j] (+ code_offset); the saturation clamp in its own loop, so that
+    the common loop has no branch."""
+    if clamped:
+        for j in range(src.shape[0]):
+            v = min(max(np.float64(src[j]) - z_in, v_min[j]), v_max[j])
+            dst[j] = np.uint8(min(max(np.floor(v * scale[j] + offset[j]), lo), hi) + code_offset)
+    else:
+        for j in range(src.shape[0]):
+            v = np.float64(src[j]) - z_in
+            dst[j] = np.uint8(min(max(np.floor(v * scale[j] + offset[j]), lo), hi) + code_offset)
+
+
 def _requant_rows(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset, out):
     """acc [R, B] → out [R, B]; the parameters are per column (tiled channels, so rows are long)."""
-    rows, width = acc.shape
-    for r in numba.prange(rows):
-        for j in range(width):
-            v = np.float64(acc[r, j]) - z_in
-            if clamped:
-                v = min(max(v, v_min[j]), v_max[j])
-            q = min(max(np.floor(v * scale[j] + offset[j]), lo), hi)
-            out[r, j] = np.uint8(q + code_offset)
+    for r in numba.prange(acc.shape[0]):
+        _requant_row(acc[r], out[r], z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset)
 
 
 def _pool_requant_rows(acc, channels, kh, kw, sh, sw, z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset,
                        out):
     """acc [N, H, W·C] → out [N, OH, OW·C]: window maxima, requantized; the parameters are tiled
-    over OW·C. Maxima first over the kh input rows (whole rows at a time), then over kw neighbours."""
+    over OW·C. Maxima first over the kh input rows (whole rows at a time), then over kw neighbours
+    (max is exact in any dtype)."""
     n_images, _, row_in = acc.shape
     _, out_h, row_out = out.shape
     out_w = row_out // channels
     for n in numba.prange(n_images):
         column_max = np.empty(row_in, dtype=acc.dtype)
-        best = np.empty(row_out, dtype=np.float64)
+        best = np.empty(row_out, dtype=acc.dtype)
         for oh in range(out_h):
-            column_max[:] = acc[n, oh * sh]
+            first = acc[n, oh * sh]
+            for k in range(row_in):
+                column_max[k] = first[k]
             for i in range(1, kh):
+                row = acc[n, oh * sh + i]
                 for k in range(row_in):
-                    column_max[k] = max(column_max[k], acc[n, oh * sh + i, k])
+                    column_max[k] = max(column_max[k], row[k])
             for ow in range(out_w):
-                base = ow * sw * channels
+                src, dst = ow * sw * channels, ow * channels
                 for c in range(channels):
-                    best[ow * channels + c] = column_max[base + c]
+                    best[dst + c] = column_max[src + c]
                 for j in range(1, kw):
+                    right = src + j * channels
                     for c in range(channels):
-                        best[ow * channels + c] = max(best[ow * channels + c], column_max[base + j * channels + c])
-            for k in range(row_out):
-                v = best[k] - z_in
-                if clamped:
-                    v = min(max(v, v_min[k]), v_max[k])
-                q = min(max(np.floor(v * scale[k] + offset[k]), lo), hi)
-                out[n, oh, k] = np.uint8(q + code_offset)
+                        best[dst + c] = max(best[dst + c], column_max[right + c])
+            _requant_row(best, out[n, oh], z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset)
 
 
 def _pool_requant_strided(acc, kh, kw, sh, sw, z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset, out):
@@ -144,7 +152,8 @@ class CodeRequant:
 
     def __call__(self, acc: torch.Tensor) -> torch.Tensor:
         """Codes of accumulators [N, *shape] (any layout); 4-d results are channels-last."""
-        n, parallel = acc.shape[0], acc.numel() >= PARALLEL_FROM
+        # Threads only for large calls, and not inside the engine's single-threaded chunk workers.
+        n, parallel = acc.shape[0], acc.numel() >= PARALLEL_FROM and torch.get_num_threads() > 1
         if self.pool is not None and not acc.is_contiguous(memory_format=torch.channels_last):
             (kh, kw), (sh, sw) = self.pool
             out = torch.empty((n, self.shape[0], *self.out_hw), dtype=torch.uint8, memory_format=torch.channels_last)

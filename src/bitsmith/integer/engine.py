@@ -15,6 +15,12 @@ The fast path computes only the output, with three exact shortcuts:
   MaxPool2d is a separable maximum of strided slices (exact, and much faster than
   `F.max_pool2d` on CPU), a Conv2d whose kernel covers its whole input is a matrix product, and
   the batch is processed in chunks of `FAST_CHUNK` images so intermediates stay in cache.
+A Requant to codes that span at most 256 values runs as one numba pass writing uint8 codes
+(`bitsmith.integer.requant_kernels`), fused with the max-pool of shortcut 3. From
+`INT8_MIN_BATCH` images on, where the CPU has exact int8 units, a second program keeps 8-bit codes
+in uint8 between layers and runs Conv2d / Linear on oneDNN's int8 kernels
+(`bitsmith.integer.int8_gemm`), in chunks of `INT8_CHUNK` images side by side on single-threaded
+workers (docs/arithmetic.md §7a).
 
 Static value ranges are tracked for every tensor (from the weight codes and clamp bounds), so the
 accumulator overflow check runs only where an overflow is possible at all. Per-graph constants

@@ -72,19 +72,3 @@ def synthetic_images(n=64):
     from bitsmith.data import iterate_batches, load_dataset
 
     return next(iterate_batches(load_dataset("synthetic", "test", limit=n), n, (1, 32, 32)))[0]
-
-
-def tiny_first_layer_graph(in_channels: int, padding: int, pool: int):
-    """Conv2d 3×3 (bias, `padding`) → ReLU → MaxPool2d(`pool`) → Linear on 12×12 inputs: the shape
-    of a first layer that the int8 program fuses with its pool and requantization."""
-    from collections import OrderedDict
-
-    torch.manual_seed(in_channels * 10 + padding + pool)
-    side = 12 + 2 * padding - 2
-    pooled = side // pool
-    model = torch.nn.Sequential(OrderedDict(
-        conv1=torch.nn.Conv2d(in_channels, 8, 3, padding=padding), relu1=torch.nn.ReLU(),
-        pool1=torch.nn.MaxPool2d(pool), flatten=torch.nn.Flatten(), fc=torch.nn.Linear(8 * pooled * pooled, 5)))
-    model.input_shape = (in_channels, 12, 12)
-    calib = [torch.randn(8, in_channels, 12, 12) for _ in range(2)]
-    return lower(quantize(model.eval(), calib, QuantConfig()))

@@ -35,10 +35,7 @@ def test_every_zoo_model_on_the_int8_path(name):
 def test_lenet_int8_path_uses_int8_kernels_and_is_exact(config, monkeypatch):
     g, shape = graph("lenet5", config, bias=True)  # biases: added by the int8 kernels
     kinds = {s.output: type(s.fn).__name__ for s in int8_steps(g)}
-    # conv1 (25 products per output) runs fused with its max-pool and requantization; conv2 and
-    # the linear layers on the int8 kernels.
-    assert kinds["pool1"] == "DirectConvRequant" and "q_conv1_acc" not in kinds
-    assert kinds["q_conv2_acc"] == "Int8Conv" and kinds["q_fc1_acc"] == "Int8Linear"
+    assert kinds["q_conv1_acc"] == "Int8Conv" and kinds["q_fc1_acc"] == "Int8Linear"
     x = torch.randn(3 * engine.INT8_CHUNK + 5, *shape) * 2  # chunks, a short last chunk, saturation
     out = assert_fast_equals_literal(g, x)
     assert len(torch.unique(out)) > 10
@@ -108,22 +105,6 @@ def test_int8_kernels_at_the_extremes():
     flat = x[:, :, :3, :3].reshape(5, -1)  # 576 = the weights' fan-in
     lin = int8_gemm.Int8Linear(w.reshape(8, -1), 200, bias)
     assert torch.equal(lin(flat).double(), (flat.double() - 200) @ w.reshape(8, -1).double().t() + bias.double())
-
-
-@needs_int8
-@pytest.mark.parametrize("padding,pool", [(0, 2), (1, 2), (2, 3), (1, 1)])
-@pytest.mark.parametrize("in_channels", [1, 3])
-def test_direct_conv_fused_with_pool_and_requant(padding, pool, in_channels):
-    """A small first layer (signed input codes: an offset carrier) with a bias, padded, followed
-    by a max-pool: fused in one pass, equal to the literal path."""
-    from bitsmith.integer.direct_conv import DirectConvRequant
-    from tests.quantized import tiny_first_layer_graph
-
-    g = tiny_first_layer_graph(in_channels, padding, pool)
-    kinds = [type(s.fn).__name__ for s in int8_steps(g)]
-    assert DirectConvRequant.__name__ in kinds
-    x = torch.randn(BATCH, *g.input_spec.shape) * 2
-    assert torch.equal(engine.run(g, x), engine.run(g, x, return_all=True)[g.outputs[0]])
 
 
 # -- the requantization kernel ---------------------------------------------------------------

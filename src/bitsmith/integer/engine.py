@@ -52,8 +52,6 @@ from bitsmith.integer.ops import Emitters, as_pads, symmetric_padding
 from bitsmith.integer.ops import as_pair as _pair
 from bitsmith.integer.reference import (as_input, check_width, conv2d_int64, explicit_padding, run_reference,
                                         window_sum_int64)
-from bitsmith.integer import direct_conv
-from bitsmith.integer.direct_conv import DirectConvRequant
 from bitsmith.integer.requant_kernels import CodeRequant
 
 FAST = Emitters("fast engine")
@@ -344,8 +342,6 @@ class _Compiler:
         self.range: dict[str, Range] = {}
         # A uint8 carrier holds code + offset (so that signed codes fit); 0 for every other carrier.
         self.offset: dict[str, int] = {}
-        # Small convolutions waiting to be fused with the Requant that reads them (direct_conv).
-        self.pending_conv: dict[str, Node] = {}
         self.steps: list[_Step] = []
         self.consumers: dict[str, list[Node]] = {}
         for node in g.nodes:
@@ -356,9 +352,7 @@ class _Compiler:
         g = self.g
         deferred: dict[str, Node] = {}  # Requant outputs whose Requant runs after the MaxPool reading them
         for node in g.nodes:
-            if node.op == "Conv2d" and self._direct_candidate(node):
-                self.pending_conv[node.output] = node  # fused into its Requant if that can be (below)
-            elif node.op == "Requant" and self._pool_first(node):
+            if node.op == "Requant" and self._pool_first(node):
                 deferred[node.output] = node
             elif node.op == "MaxPool2d" and node.inputs[0] in deferred:
                 requant = deferred.pop(node.inputs[0])
@@ -366,20 +360,10 @@ class _Compiler:
                 if fused is not None:
                     self._add(fused)
                     continue
-                self._materialize(requant.inputs[0])
                 pooled = f"{node.output}/before_{requant.name}"
                 self._add(self._maxpool(node, requant.inputs[0], pooled))
                 self._add(self._requant(requant, pooled, node.output))
-            elif node.op == "Requant" and node.inputs[0] in self.pending_conv:
-                fused = self._code_requant(node, node.inputs[0], node.output)
-                if fused is None:
-                    self._materialize(node.inputs[0])
-                    self._compile_node(node)
-                else:
-                    self._add(fused)
             else:
-                for name in node.inputs:
-                    self._materialize(name)
                 self._compile_node(node)
         self._mark_releases()
         return _Program(self.steps, self.offset.get(g.outputs[0], 0))
@@ -652,51 +636,7 @@ class _Compiler:
         z_in = g.tensors[node.inputs[0]].zero_point + self.offset.get(src, 0)
         fn = CodeRequant(exact, shape, z_in, code_offset, pool=window)
         self.offset[out] = code_offset
-        conv = self.pending_conv.pop(src, None)
-        if conv is not None:  # the convolution, its pool and this requantization in one pass
-            x = conv.inputs[0]
-            bias = g.params[conv.params["bias"]] if "bias" in conv.params else None
-            fn = DirectConvRequant(self.weights[conv.name], bias, g.tensors[x].zero_point + self.offset[x],
-                                   symmetric_padding(conv.attrs["padding"]), fn, tuple(g.tensors[out].shape), window)
-            return _Step(fn, [x], out, torch.uint8, (lo, hi), reads_offsets=True)
         return _Step(fn, [src], out, torch.uint8, (lo, hi), reads_offsets=True)
-
-    def _direct_candidate(self, node: Node) -> bool:
-        """Could this Conv2d run fused with the Requant and max-pool after it (`bitsmith.integer.direct_conv`)?
-        In the int8 program: a uint8 input carrier, few products per output, stride and dilation 1,
-        one group, symmetric padding, a single consumer that is a Requant running after a max-pool,
-        and every value the layer can produce (bias included) below 2^24, so float32 sums it exactly."""
-        g, src = self.g, node.inputs[0]
-        a = node.attrs
-        users = self.consumers.get(node.output, [])
-        # Only where a max-pool follows: the fused loop's requantization is scalar, cheap on pooled
-        # outputs only (VGG-tiny's unpooled conv1 measured slower fused than on oneDNN).
-        if (not self.int8 or self.dtype.get(src) != torch.uint8 or len(users) != 1 or users[0].op != "Requant"
-                or not self._pool_first(users[0])
-                or node.output in g.outputs or a["groups"] != 1 or _pair(a["stride"]) != [1, 1]
-                or _pair(a["dilation"]) != [1, 1] or symmetric_padding(a["padding"]) is None):
-            return False
-        w = self.weights[node.name].to(torch.int64)
-        if w[0].numel() > direct_conv.MAX_PRODUCTS:
-            return False
-        z = g.tensors[src].zero_point
-        vlo, vhi = self.range[src]
-        x_max = max(vhi - z, z - vlo, 0)
-        bias = g.params[node.params["bias"]].to(torch.int64).tolist() if "bias" in node.params else [0] * w.shape[0]
-        per_out = [s * x_max for s in w.abs().reshape(w.shape[0], -1).sum(dim=1).tolist()]
-        if max(abs(b) + p for b, p in zip(bias, per_out)) >= FLOAT32_EXACT:
-            return False
-        # Recorded as the accumulator the Requant reads (never materialised unless the fusion fails).
-        self.dtype[node.output] = torch.float32
-        self.range[node.output] = (min(b - p for b, p in zip(bias, per_out)), max(b + p for b, p in zip(bias, per_out)))
-        self.offset[node.output] = 0
-        return True
-
-    def _materialize(self, name: str) -> None:
-        """Compile a pending convolution after all (its Requant could not take it)."""
-        conv = self.pending_conv.pop(name, None)
-        if conv is not None:
-            self._compile_node(conv)
 
     def _requant(self, node: Node, src: str, out: str) -> _Step:
         g = self.g

@@ -61,6 +61,31 @@ def test_chunks_run_side_by_side_on_two_threads():
 
 
 @needs_int8
+def test_a_forked_child_after_the_chunk_workers_started():
+    """A child forked after the pool started (a DataLoader worker: one thread) gets the same codes
+    and does not wait on the parent's worker threads, which it does not have."""
+    import multiprocessing
+
+    g, shape = graph("lenet5", W8A8)
+    x = torch.randn(3 * engine.INT8_CHUNK, *shape)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        want = engine.run(g, x)  # starts the pool in this process
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(_run_in_child, (g, x)).get(timeout=120)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got, want)
+
+
+def _run_in_child(g, x):
+    torch.set_num_threads(1)  # as DataLoader workers do: OpenMP is not fork-safe with more
+    return engine.run(g, x)
+
+
+@needs_int8
 def test_overflow_is_detected_inside_a_chunk_worker():
     g, shape = graph("lenet5", W8A8, bias=True)
     acc = next(n for n in g.nodes if n.name.startswith("q_conv3"))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -307,7 +308,7 @@ def _run_fast(plan: _Plan, x: torch.Tensor, check_overflow: bool) -> torch.Tenso
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
-_WORKERS: list = [None]  # the ThreadPoolExecutor of _chunk_workers
+_WORKERS: list = [None]  # (the ThreadPoolExecutor of _chunk_workers, the process that made it)
 
 
 def _chunk_workers(threads: int) -> ThreadPoolExecutor:
@@ -319,12 +320,14 @@ def _chunk_workers(threads: int) -> ThreadPoolExecutor:
     single-threaded, keeps every core on its own chunk (measured: 1.6-1.75x the throughput, see
     docs/benchmarks.md). torch.set_num_threads(1) in a worker sets that thread's OpenMP team size;
     the process-wide default it also sets is put back by the caller's thread."""
-    pool = _WORKERS[0]
-    if pool is None or pool._max_workers != threads:
-        if pool is not None:
+    pool, pid = _WORKERS[0] or (None, None)
+    # A forked child (a DataLoader worker, multiprocessing) inherits the pool but not its threads.
+    if pool is None or pool._max_workers != threads or pid != os.getpid():
+        if pool is not None and pid == os.getpid():
             pool.shutdown(wait=False)
-        pool = _WORKERS[0] = ThreadPoolExecutor(threads, thread_name_prefix="bitsmith-engine",
-                                                initializer=torch.set_num_threads, initargs=(1,))
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="bitsmith-engine", initializer=torch.set_num_threads,
+                                  initargs=(1,))
+        _WORKERS[0] = (pool, os.getpid())
         list(pool.map(time.sleep, [0.01] * threads))  # start them now, then restore the default
         torch.set_num_threads(threads)
     return pool

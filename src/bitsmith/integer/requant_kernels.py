@@ -13,7 +13,7 @@ multiply and add are fused, so the codes equal the reference interpreter's. No f
 is reordered.
 
 Arrays are [N, P, C] views (P = pixels) of channels-last tensors, so the inner loop over channels
-runs over contiguous memory; the batch is split over threads (prange).
+runs over contiguous memory.
 """
 
 from __future__ import annotations
@@ -24,10 +24,6 @@ import numpy as np
 import torch
 
 _COMPILE = dict(nogil=True, cache=True, fastmath=False, boundscheck=False)
-
-#: Below this many accumulators a call runs on one thread: waking the thread pool costs more.
-PARALLEL_FROM = 1 << 16
-
 
 @numba.njit(inline="always", nogil=True, fastmath=False, boundscheck=False)
 def _requant_row(src, dst, z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset):
@@ -45,7 +41,7 @@ def _requant_row(src, dst, z_in, scale, offset, v_min, v_max, clamped, lo, hi, c
 
 def _requant_rows(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset, out):
     """acc [R, B] → out [R, B]; the parameters are per column (tiled channels, so rows are long)."""
-    for r in numba.prange(acc.shape[0]):
+    for r in range(acc.shape[0]):
         _requant_row(acc[r], out[r], z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset)
 
 
@@ -57,7 +53,7 @@ def _pool_requant_rows(acc, channels, kh, kw, sh, sw, z_in, scale, offset, v_min
     n_images, _, row_in = acc.shape
     _, out_h, row_out = out.shape
     out_w = row_out // channels
-    for n in numba.prange(n_images):
+    for n in range(n_images):
         column_max = np.empty(row_in, dtype=acc.dtype)
         best = np.empty(row_out, dtype=acc.dtype)
         for oh in range(out_h):
@@ -84,7 +80,7 @@ def _pool_requant_strided(acc, kh, kw, sh, sw, z_in, scale, offset, v_min, v_max
     the parameters are per channel. For the small batches of the float path: no layout copy."""
     n_images, _, width, channels = acc.shape
     _, out_h, out_w, _ = out.shape
-    for n in numba.prange(n_images):
+    for n in range(n_images):
         column_max = np.empty((width, channels), dtype=acc.dtype)
         for oh in range(out_h):
             for w in range(width):
@@ -106,12 +102,12 @@ def _pool_requant_strided(acc, kh, kw, sh, sw, z_in, scale, offset, v_min, v_max
                     out[n, oh, ow, c] = np.uint8(q + code_offset)
 
 
-# Each kernel twice: over threads (prange) for large batches, on the calling thread for small ones.
-def _both(kernel):
-    return numba.njit(parallel=False, **_COMPILE)(kernel), numba.njit(parallel=True, **_COMPILE)(kernel)
-
-
-_REQUANT, _POOL_REQUANT, _POOL_REQUANT_STRIDED = _both(_requant_rows), _both(_pool_requant_rows), _both(_pool_requant_strided)
+# One thread per call: the engine runs chunks side by side on its own workers instead. (numba's
+# OpenMP layer would also make a process that used it unable to fork: a DataLoader worker would
+# be terminated.)
+_REQUANT = numba.njit(**_COMPILE)(_requant_rows)
+_POOL_REQUANT = numba.njit(**_COMPILE)(_pool_requant_rows)
+_POOL_REQUANT_STRIDED = numba.njit(**_COMPILE)(_pool_requant_strided)
 
 
 #: Elements per row of `_requant_rows`: rows this long keep the vector loop busy.
@@ -152,12 +148,11 @@ class CodeRequant:
 
     def __call__(self, acc: torch.Tensor) -> torch.Tensor:
         """Codes of accumulators [N, *shape] (any layout); 4-d results are channels-last."""
-        # Threads only for large calls, and not inside the engine's single-threaded chunk workers.
-        n, parallel = acc.shape[0], acc.numel() >= PARALLEL_FROM and torch.get_num_threads() > 1
+        n = acc.shape[0]
         if self.pool is not None and not acc.is_contiguous(memory_format=torch.channels_last):
             (kh, kw), (sh, sw) = self.pool
             out = torch.empty((n, self.shape[0], *self.out_hw), dtype=torch.uint8, memory_format=torch.channels_last)
-            _POOL_REQUANT_STRIDED[parallel](acc.permute(0, 2, 3, 1).numpy(), kh, kw, sh, sw, *self.args,
+            _POOL_REQUANT_STRIDED(acc.permute(0, 2, 3, 1).numpy(), kh, kw, sh, sw, *self.args,
                                             out.permute(0, 2, 3, 1).numpy())
             return out
         if acc.dim() == 4:
@@ -168,12 +163,12 @@ class CodeRequant:
         if self.pool is None:
             out = torch.empty_like(acc, dtype=torch.uint8)
             out_rows = out.permute(0, 2, 3, 1) if out.dim() == 4 else out
-            _REQUANT[parallel](nhwc.reshape(-1, self.width).numpy(), *self.args,
+            _REQUANT(nhwc.reshape(-1, self.width).numpy(), *self.args,
                                out_rows.reshape(-1, self.width).numpy())
             return out
         (kh, kw), (sh, sw) = self.pool
         oh, ow = self.out_hw
         out = torch.empty((n, self.shape[0], oh, ow), dtype=torch.uint8, memory_format=torch.channels_last)
-        _POOL_REQUANT[parallel](nhwc.reshape(n, nhwc.shape[1], -1).numpy(), self.shape[0], kh, kw, sh, sw, *self.args,
+        _POOL_REQUANT(nhwc.reshape(n, nhwc.shape[1], -1).numpy(), self.shape[0], kh, kw, sh, sw, *self.args,
                                 out.permute(0, 2, 3, 1).reshape(n, oh, -1).numpy())
         return out

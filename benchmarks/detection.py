@@ -115,16 +115,26 @@ def main() -> None:
     parser.add_argument("--qat-epochs", type=int, default=1)
     parser.add_argument("--qat-train", type=int, default=4000, help="QAT trains on the first N training images")
     parser.add_argument("--small-train", type=int, default=2000, help="Bypass / SkyNet training images")
-    parser.add_argument("--skip-data", action="store_true")
+    parser.add_argument("--stages", default="data,ultranet,others",
+                        help="comma-separated: data, ultranet (float + BJTU + iSmart), others (Bypass, SkyNet)")
     args = parser.parse_args()
     h, w = (int(v) for v in args.size.split("x"))
     dataset = f"dacsdc-synthetic-{h}x{w}"
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                 "load_start": os.getloadavg()}, "size": [h, w]}
-    if not args.skip_data:
+    stages = set(args.stages.split(","))
+    if "data" in stages:
         result["data"] = data_figures((h, w))
+    if "ultranet" in stages:
+        ultranet(args, dataset, result)
+    if "others" in stages:
+        others(args, dataset, result)
+    result["machine"]["load_end"] = os.getloadavg()
+    print(json.dumps(result, indent=2))
 
+
+def ultranet(args, dataset: str, result: dict) -> None:
     fp = float_run(args.out / "ultranet-fp", "ultranet", dataset, args.epochs, None, 2e-3)
     result["ultranet_float"] = {"mean_iou": fp["mean_iou"], "train_seconds": fp["train_seconds"],
                                 "epochs": fp["epochs"], "history": [round(r["test_iou"], 4) for r in fp["history"]]}
@@ -135,6 +145,8 @@ def main() -> None:
                                                         args.qat_epochs, args.qat_train))}
         result[f"ultranet_{name}"] |= hardware(graph, args.out / f"hw-ultranet-{name}")
 
+
+def others(args, dataset: str, result: dict) -> None:
     for model in ("ultranet_bypass", "skynet"):
         run = args.out / f"{model}-fp"
         fp = float_run(run, model, dataset, 2, args.small_train, 2e-3)
@@ -144,8 +156,6 @@ def main() -> None:
         result[model] = {"float_mean_iou": fp["mean_iou"], "float_train_seconds": fp["train_seconds"],
                          "bitw": bits, "bita": "8" + bits[1:], **qat_figures(metrics),
                          **hardware(args.out / f"{model}-w4a4", args.out / f"hw-{model}")}
-    result["machine"]["load_end"] = os.getloadavg()
-    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,18 @@ def test_same_seed_same_bytes_other_seed_other_bytes(items):
     assert first != _digest(*make_detection(300, 8, SIZE, items=items))
 
 
+def test_same_bytes_on_any_thread_count(items):
+    threads = torch.get_num_threads()
+    try:
+        digests = set()
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            digests.add(_digest(*make_detection(64, 5, (64, 128), items=items)))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(digests) == 1
+
+
 def test_boxes_are_the_tight_boxes_of_the_object_pixels(items):
     images, boxes, masks = make_detection(200, 3, (48, 96), items=items, return_masks=True)
     assert images.shape == (200, 3, 48, 96) and images.dtype == torch.uint8

@@ -10,7 +10,8 @@ import pytest
 
 from bitsmith.data import datasets
 from bitsmith.errors import ConfigError
-from bitsmith.pipeline import evaluate_path, qat_config, qat_run
+from bitsmith.pipeline import evaluate_path, qat_config, qat_run, quantize_run
+from bitsmith.quant import QuantConfig
 from bitsmith.train import TrainConfig, train
 from tests.helpers import invoke
 
@@ -56,6 +57,14 @@ def test_qat_with_bjtu_bits_trains_the_detection_loss_and_integer_boxes_match(fl
     assert metrics["agreement"] == 1.0 and metrics["disagreements"] == 0 and metrics["box_max_abs_diff"] == 0.0
     assert metrics["integer_iou"] == metrics["iou"]
     assert evaluate_path(tmp_path / "qat")["integer_iou"] == pytest.approx(metrics["integer_iou"], abs=1e-6)
+
+
+def test_ptq_reports_iou_of_float_fake_quant_and_integer(float_run, tmp_path):
+    out, metrics = float_run
+    figures = quantize_run(out, tmp_path / "ptq", QuantConfig(weight_bits=8, act_bits=8))
+    assert figures["fp32_iou"] == pytest.approx(metrics["mean_iou"], abs=1e-6)
+    assert 0.0 <= figures["integer_iou"] <= 1.0 and "integer_accuracy" not in figures
+    assert abs(figures["integer_iou"] - figures["iou"]) < 0.01 and figures["agreement"] > 0.9
 
 
 def test_cli_input_size_and_eval(float_run, tmp_path):

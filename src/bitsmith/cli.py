@@ -86,9 +86,26 @@ def _model_options(items: list[str]) -> dict:
     return options
 
 
+def _sized_detection_dataset(dataset: str, input_size: str) -> str:
+    """--dataset dacsdc-synthetic --input-size 80x160 -> 'dacsdc-synthetic-80x160' (the size is part of
+    the data set's name, so a run, its graphs and `bitsmith eval` all reload the same images)."""
+    from bitsmith.data import dataset_info
+    from bitsmith.errors import ConfigError
+
+    height, sep, width = input_size.lower().partition("x")
+    if not (sep and height.isdigit() and width.isdigit()):
+        raise ConfigError(f"--input-size {input_size!r}: allowed: HxW, e.g. 80x160")
+    if dataset_info(dataset).task != "detect":
+        raise ConfigError(f"--input-size applies to detection data sets (dacsdc-synthetic, dacsdc), not {dataset!r}")
+    return dataset_info(f"{dataset}-{int(height)}x{int(width)}").name
+
+
 @app.command("train")
 def train_cmd(model: str = typer.Option(..., help="model name"),
-              dataset: str = typer.Option(..., help="mnist, fashion-mnist, cifar10, cifar100, digits, synthetic"),
+              dataset: str = typer.Option(..., help="mnist, fashion-mnist, cifar10, cifar100, digits, synthetic, "
+                                                    "dacsdc-synthetic, dacsdc (detection: docs/detection.md)"),
+              input_size: Optional[str] = typer.Option(None, help="detection data sets: input HxW, e.g. 80x160 "
+                                                                  "(default: the contest's 160x320)"),
               epochs: int = typer.Option(8, min=1),
               out: Path = typer.Option(..., help="run folder"),
               batch_size: int = typer.Option(128, min=1, help="the global batch: under torchrun each of the N "
@@ -110,6 +127,8 @@ def train_cmd(model: str = typer.Option(..., help="model name"),
     from bitsmith import distributed
     from bitsmith.train import TrainConfig, train
 
+    if input_size is not None:
+        dataset = _sized_detection_dataset(dataset, input_size)
     config = TrainConfig(model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                          lr=lr, weight_decay=weight_decay, seed=seed, data_dir=data_dir,
                          model_kwargs=_model_options(option))

@@ -1,4 +1,5 @@
-"""Test-set accuracy for anything that maps a float batch to class scores.
+"""Test-set accuracy for anything that maps a float batch to class scores (and, for detection,
+the decoded boxes and their mean IoU).
 
 The same two functions measure a float nn.Module, a fake-quant model and an integer graph's
 predict function, so every accuracy bitsmith reports is computed the same way: fixed order,
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from bitsmith.data import ArrayDataset, iterate_batches
+from bitsmith.detection import AnchorHead, decode, mean_iou
 from bitsmith import progress
 from bitsmith.errors import DataError
 
@@ -55,3 +57,31 @@ def accuracy(predict_fn: PredictFn, ds: ArrayDataset, input_shape: Sequence[int]
     pred = predictions(predict_fn, ds, input_shape, batch_size)
     labels = torch.as_tensor(ds.labels, dtype=torch.int64)
     return 100.0 * (pred == labels).sum().item() / len(labels)
+
+
+def predicted_boxes(predict_fn: PredictFn, ds: ArrayDataset, input_shape: Sequence[int], head: AnchorHead,
+                    batch_size: int = 500) -> torch.Tensor:
+    """One box per image (normalised x1, y1, x2, y2, dataset order) decoded from what `predict_fn`
+    returns for each batch: the detection head's real-valued output [B, channels, gh, gw] (a float or
+    fake-quant model, or `graph.dequantize(engine.run(graph, x))`). Eval mode as for `predictions`."""
+    if len(ds.labels) == 0:
+        raise DataError(f"dataset {ds.info.name!r} is empty; there is nothing to evaluate.")
+    was_training = isinstance(predict_fn, nn.Module) and predict_fn.training
+    if was_training:
+        predict_fn.eval()
+    try:
+        out = []
+        with torch.no_grad():
+            batches = iterate_batches(ds, batch_size, input_shape, shuffle=False, augment=False)
+            for x, _ in progress.steps(batches, "evaluating", total=-(-len(ds.labels) // batch_size)):
+                boxes, _ = decode(torch.as_tensor(predict_fn(x)), head)
+                out.append(boxes)
+    finally:
+        if was_training:
+            predict_fn.train()
+    return torch.cat(out)
+
+
+def detection_iou(predict_fn: PredictFn, ds: ArrayDataset, input_shape: Sequence[int], head: AnchorHead) -> float:
+    """Mean IoU of `predict_fn`'s decoded boxes with the data set's boxes."""
+    return mean_iou(predicted_boxes(predict_fn, ds, input_shape, head), ds.labels)

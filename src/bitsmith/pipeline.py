@@ -23,7 +23,8 @@ from bitsmith.artifacts import (CIM_SWEEP, DEMO, INTEGER_GRAPH, QAT_GRAPH, check
                                 publishing)
 from bitsmith.data import iterate_batches, load_dataset
 from bitsmith.errors import BitsmithWarning, ConfigError
-from bitsmith.evaluate import predictions
+from bitsmith.detection import AnchorHead, detection_head, mean_iou
+from bitsmith.evaluate import predicted_boxes, predictions
 from bitsmith.integer.graph import load
 from bitsmith.integer.graph import GRAPH_FILE
 from bitsmith.quant import QuantConfig, lower
@@ -35,7 +36,7 @@ from bitsmith.quant.qat.train import METRICS_FILE, QAT_WEIGHTS_FILE, QATTrainCon
 from bitsmith.quant.calibration import CALIBRATION_BATCH_SIZE, CALIBRATION_BATCHES, calibration_batches
 from bitsmith.runs import CHECKPOINT_FILE, load_run
 from bitsmith.storage import load_tensors, write_json_atomic
-from bitsmith.train import TrainConfig, train
+from bitsmith.train import TrainConfig, task_objective, train
 from bitsmith.integer import engine
 from bitsmith.integer.sparsity import graph_sparsity
 from bitsmith.prune.job import pruned_run_masks
@@ -49,9 +50,37 @@ def _percent(a: torch.Tensor, labels: torch.Tensor) -> float:
     return round(100 * _fraction_equal(a, labels), 4)
 
 
+def _differs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per image: do two predictions (classes [N], or boxes [N, 4]) differ at all?"""
+    return (a != b).reshape(len(a), -1).any(dim=1)
+
+
+def _head_of(model_spec: dict[str, Any], test) -> AnchorHead | None:
+    """The detection head to decode with, on a detection data set (None: classification)."""
+    return detection_head(model_spec["name"]) if test.info.task == "detect" else None
+
+
+def _measure_boxes(float_model, qmodel, graph, test, shape, head: AnchorHead):
+    """`_measure` for a detector: mean IoU of the decoded boxes of the float model, the fake-quant
+    model and the integer engine (its head codes dequantized and decoded on the host), and the
+    fraction of test images on which the fake-quant and integer boxes are identical."""
+    fp = predicted_boxes(float_model, test, shape, head)
+    fq = predicted_boxes(qmodel, test, shape, head)
+    integer = predicted_boxes(partial(engine.predict, graph), test, shape, head)
+    figures = {"fp32_iou": round(mean_iou(fp, test.labels), 6), "iou": round(mean_iou(fq, test.labels), 6),
+               "integer_iou": round(mean_iou(integer, test.labels), 6),
+               "agreement": float((~_differs(fq, integer)).double().mean()),
+               "box_max_abs_diff": float((fq - integer).abs().max())}
+    return figures, fq, integer
+
+
 def _measure(float_model, qmodel, graph, test, shape) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
     """Test-set figures of a quantized run: the float model, the fake-quant model and the integer
-    graph, and how often the last two agree; also (fake-quant, integer) predictions."""
+    graph, and how often the last two agree; also (fake-quant, integer) predictions (detection:
+    boxes and IoU, `_measure_boxes`)."""
+    head = _head_of(float_model.spec, test)
+    if head is not None:
+        return _measure_boxes(float_model, qmodel, graph, test, shape, head)
     labels = torch.as_tensor(test.labels, dtype=torch.int64)
     fp_pred = predictions(float_model, test, shape)
     fq_pred = predictions(qmodel, test, shape)
@@ -168,21 +197,26 @@ def _qat_into(run_dir: str | os.PathLike, out_dir: Path | None, config: QATConfi
     train_ds, test = run.dataset("train", data_dir, limit=train_limit), run.dataset("test", data_dir)
     history: list[dict[str, Any]] = []
 
+    objective = task_objective(run.model.spec["name"], train_ds.info)
+
     def report(record: dict[str, Any]) -> None:
         history.append(record)
         if not quiet:
+            score = (f"{record['train_acc']:.2f}%" if objective.percent else f"IoU {record['train_iou']:.4f}")
             print(f"qat {method} epoch {record['epoch']}/{train_config.epochs}  loss {record['train_loss']:.4f}  "
-                  f"train {record['train_acc']:.2f}%  {record['seconds']:.1f} s", flush=True)
+                  f"train {score}  {record['seconds']:.1f} s", flush=True)
         if on_epoch is not None:
             on_epoch(record)
 
     masks = pruned_run_masks(run.meta, run.model)
     with progress.enabled(not quiet):
         if masks is None:
-            qmodel = quantize(run.model, train_ds, config, on_epoch=report)
+            qmodel = quantize(run.model, train_ds, config, on_epoch=report, objective=objective)
         elif isinstance(config, ClipQConfig):
             raise ConfigError(f"{run_dir} is a pruned run: CLIP-Q prunes by its own rule and would not keep its "
                               "zeros; run CLIP-Q on the unpruned run, or QAT (lsq, pact, hwgq) on this one")
+        elif not objective.percent:
+            raise ConfigError(f"{run_dir} is a pruned run: QAT of pruned detectors is not supported")
         else:  # a pruned run's zeros stay zero through QAT (bitsmith.prune)
             qmodel = quantize_pruned(run.model, train_ds, config, masks, on_epoch=report)
     if out_dir is None:  # a rank other than 0 under torchrun: rank 0 lowers, writes and measures
@@ -196,21 +230,27 @@ def _qat_into(run_dir: str | os.PathLike, out_dir: Path | None, config: QATConfi
     save_qat_weights(qmodel, out_dir / QAT_WEIGHTS_FILE, config.to_json())
     load_tensors(out_dir / QAT_WEIGHTS_FILE, "QAT weights")
 
-    labels = torch.as_tensor(test.labels, dtype=torch.int64)
     figures, fq_pred, int_pred = _measure(run.model, qmodel, graph, test, shape)  # QAT layers evaluate exactly
+    head = _head_of(run.model.spec, test)
     set_exact_eval(qmodel, False)
-    float_pred = predictions(qmodel, test, shape)  # the plain float fake-quant path, for comparison
+    # the plain float fake-quant path, for comparison
+    float_pred = predictions(qmodel, test, shape) if head is None else predicted_boxes(qmodel, test, shape, head)
     set_exact_eval(qmodel, True)
+    if head is None:
+        labels = torch.as_tensor(test.labels, dtype=torch.int64)
+        float_figures = {"float_fake_quant_accuracy": _percent(float_pred, labels),
+                         "float_fake_quant_agreement": _fraction_equal(float_pred, int_pred)}
+    else:
+        float_figures = {"float_fake_quant_iou": round(mean_iou(float_pred, test.labels), 6),
+                         "float_fake_quant_agreement": float((~_differs(float_pred, int_pred)).double().mean())}
     fp_history = run.meta.get("metrics", {}).get("history", [])
     fp_seconds = (sum(r["seconds"] for r in fp_history) / len(fp_history)) if fp_history else None
     seconds = sum(r["seconds"] for r in history) / len(history) if history else None
     metrics = {
         "model": run.model.spec["name"], "dataset": dataset, "method": method, "config": config.to_json(),
         "weight_bits": [m.code_bits for m in qmodel.modules() if isinstance(m, QuantLayer)], **figures,
-        "disagreements": int((fq_pred != int_pred).sum()),
-        "float_fake_quant_accuracy": _percent(float_pred, labels),
-        "float_fake_quant_agreement": _fraction_equal(float_pred, int_pred),
-        "test_images": len(labels), "train_images": len(train_ds),
+        "disagreements": int(_differs(fq_pred, int_pred).sum()), **float_figures,
+        "test_images": len(test), "train_images": len(train_ds),
         "seconds_per_epoch": None if seconds is None else round(seconds, 3),
         "fp_seconds_per_epoch": None if fp_seconds is None else round(fp_seconds, 3),
         "history": history,
@@ -220,7 +260,7 @@ def _qat_into(run_dir: str | os.PathLike, out_dir: Path | None, config: QATConfi
         storage = graph_sparsity(graph)
         metrics["pruned"] = {"density": storage["density"], "stored_kb": storage["stored_kb"],
                              "compression": storage["compression"]}
-    collapsed = _collapsed(metrics, len(labels))
+    collapsed = _collapsed(metrics, len(test))
     if collapsed:
         metrics["warning"] = collapsed
         warnings.warn(collapsed, BitsmithWarning, stacklevel=3)
@@ -242,7 +282,7 @@ def _collapsed(metrics: dict[str, Any], test_images: int) -> str | None:
 
 
 def evaluate_path(path: str | os.PathLike, *, data_dir: str | None = None, limit: int | None = None) -> dict[str, Any]:
-    """Test-set accuracy of a float run folder or an integer graph folder."""
+    """Test-set accuracy (detection data sets: mean IoU) of a float run folder or an integer graph folder."""
     path = Path(path)
     if (path / GRAPH_FILE).is_file() or path.name == GRAPH_FILE:
         graph = load(path)
@@ -250,6 +290,11 @@ def evaluate_path(path: str | os.PathLike, *, data_dir: str | None = None, limit
         if dataset is None:
             raise ConfigError(f"{path}: the graph does not record its dataset, so it cannot be evaluated")
         test = load_dataset(dataset, "test", data_dir or graph.metadata.get("data_dir"), limit=limit)
+        if test.info.task == "detect":
+            head = detection_head((graph.metadata.get("model") or {}).get("name", ""))
+            boxes = predicted_boxes(partial(engine.predict, graph), test, graph.input_spec.shape, head)
+            return {"kind": "integer_graph", "path": str(path), "dataset": dataset, "test_images": len(test),
+                    "integer_iou": round(mean_iou(boxes, test.labels), 6)}
         pred = predictions(partial(engine.predict, graph), test, graph.input_spec.shape)
         return {"kind": "integer_graph", "path": str(path), "dataset": dataset, "test_images": len(test),
                 "integer_accuracy": _percent(pred, test.labels)}
@@ -257,6 +302,10 @@ def evaluate_path(path: str | os.PathLike, *, data_dir: str | None = None, limit
         run = load_run(path)
         dataset = run.meta["dataset"]
         test = run.dataset("test", data_dir, limit=limit)
+        if test.info.task == "detect":
+            boxes = predicted_boxes(run.model, test, run.model.input_shape, detection_head(run.model.spec["name"]))
+            return {"kind": "float_run", "path": str(path), "dataset": dataset, "epoch": run.meta.get("epoch"),
+                    "test_images": len(test), "mean_iou": round(mean_iou(boxes, test.labels), 6)}
         pred = predictions(run.model, test, run.model.input_shape)
         return {"kind": "float_run", "path": str(path), "dataset": dataset, "epoch": run.meta.get("epoch"),
                 "test_images": len(test), "accuracy": _percent(pred, test.labels)}

@@ -51,8 +51,9 @@ from bitsmith import distributed
 from bitsmith import progress as progress_bars
 from bitsmith.artifacts import FLOAT_RUN, check_target, clean_stale, publishing
 from bitsmith.data import ArrayDataset, DatasetInfo, dataset_info, iterate_batches, load_dataset
+from bitsmith.detection import DetectionObjective, box_iou, detection_head
 from bitsmith.errors import CheckpointError, ConfigError
-from bitsmith.evaluate import predictions
+from bitsmith.evaluate import predicted_boxes, predictions
 from bitsmith.models import build_model, spatial_multiple
 from bitsmith.runs import (
     CHECKPOINT_FILE,
@@ -134,12 +135,44 @@ def model_input_shape(model: str, info: DatasetInfo) -> tuple[int, int, int]:
 
 
 def build_for_dataset(config: TrainConfig, info: DatasetInfo) -> nn.Module:
-    """Build `config.model` with the data set's classes and input shape."""
+    """Build `config.model` with the data set's classes and input shape (on a detection data set:
+    with its detection head's channels, bitsmith.detection)."""
     kwargs = dict(config.model_kwargs)
+    if info.task == "detect":
+        head = detection_head(config.model)
+        if kwargs.get("classify"):
+            raise ConfigError(f"{config.model}: classify=true makes a classifier; {info.name} needs the detection head")
+        return build_model(config.model, num_classes=head.channels, input_shape=info.image_shape, **kwargs)
     if config.model in _DETECTOR_MODELS:
         kwargs.setdefault("classify", True)
     shape = model_input_shape(config.model, info)
     return build_model(config.model, num_classes=info.num_classes, input_shape=shape, **kwargs)
+
+
+class ClassificationObjective:
+    """Cross-entropy, scored by the number of correct argmax predictions (accuracy in percent)."""
+
+    metric = "acc"
+    percent = True
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels)
+
+    def hits(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
+        return float((logits.argmax(dim=1) == labels).sum().item())
+
+
+Objective = ClassificationObjective | DetectionObjective
+
+
+def task_objective(model: str, info: DatasetInfo) -> Objective:
+    """The loss and score of `model` on data set `info`: detection data sets train a detection head."""
+    return DetectionObjective(model) if info.task == "detect" else ClassificationObjective()
+
+
+def score_text(objective: Objective, value: float) -> str:
+    """How an epoch line shows a score: '93.10%' or 'IoU 0.7312'."""
+    return f"{value:.2f}%" if objective.percent else f"IoU {value:.4f}"
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -283,6 +316,8 @@ def _train_loop(
 ) -> dict[str, Any]:
     ctx = distributed.context()
     model = build_for_dataset(config, info).to(ctx.device)  # consumes the freshly seeded global generator
+    objective = task_objective(config.model, info)
+    train_key, test_key = f"train_{objective.metric}", f"test_{objective.metric}"
     optimizer = make_optimizer(config, model)
     data_gen = torch.Generator().manual_seed(config.seed + 1)  # a stream of its own, apart from weight init
     history: list[dict[str, Any]] = []
@@ -304,8 +339,9 @@ def _train_loop(
             record = {"epoch": epoch + 1}
             record |= _train_epoch(trained, optimizer, distributed.shard_batches(batches, ctx), config.lr,
                                    first_step, total_steps,
-                                   lambda loss, acc: bar.update(task, advance=1, stats=batch_stats(loss, acc)))
-            record["test_acc"] = _test_accuracy(model, test_ds, ctx)
+                                   lambda loss, acc: bar.update(task, advance=1, stats=batch_stats(loss, acc)),
+                                   objective)
+            record[test_key] = _test_score(model, test_ds, ctx, objective)
             record["seconds"] = round(time.perf_counter() - start, 3)
             history.append(record)
             metrics = _metrics(config, history)
@@ -325,11 +361,12 @@ def _train_loop(
             rng = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
             if out_dir is not None:
                 save_checkpoint(out_dir, model, optimizer, meta, rng)
-            bar.update(epochs, advance=1, stats=f"test {record['test_acc']:.2f}%")
+            bar.update(epochs, advance=1, stats=f"test {score_text(objective, record[test_key])}")
             if not quiet:
                 bar.console.print(
                     f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
-                    f"train {record['train_acc']:.2f}%  test {record['test_acc']:.2f}%  {record['seconds']:.1f} s"
+                    f"train {score_text(objective, record[train_key])}  "
+                    f"test {score_text(objective, record[test_key])}  {record['seconds']:.1f} s"
                 )
             if progress is not None:
                 progress(record)
@@ -375,8 +412,12 @@ def _train_epoch(
     first_step: int,
     total_steps: int,
     on_batch: Callable[[float, float], None],
+    objective: Objective | None = None,
 ) -> dict[str, float]:
-    """One pass of SGD/Adam over `batches`; returns the epoch's mean loss, accuracy (%) and last lr."""
+    """One pass of SGD/Adam over `batches`; returns the epoch's mean loss, score (accuracy in %, or
+    mean IoU for detection) and last lr."""
+    objective = objective or ClassificationObjective()
+    scale = 100.0 if objective.percent else 1.0
     model.train()
     loss_sum, correct, seen, lr = 0.0, 0, 0, base_lr
     for i, (x, y) in enumerate(batches):
@@ -384,11 +425,11 @@ def _train_epoch(
         for group in optimizer.param_groups:
             group["lr"] = lr
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = objective.loss(logits, y)
         # Sums over the ranks' slices (the batch itself in one process): the figures of the global
         # batch, and every rank sees a diverged loss at the same step, so all stop together.
         batch_loss, batch_correct, batch_seen = distributed.all_sum(
-            [loss.item() * len(y), (logits.argmax(dim=1) == y).sum().item(), len(y)])
+            [loss.item() * len(y), objective.hits(logits, y), len(y)])
         loss_value = batch_loss / batch_seen
         if not math.isfinite(batch_loss):
             raise ConfigError(
@@ -399,27 +440,31 @@ def _train_epoch(
         loss.backward()
         optimizer.step()
         loss_sum += batch_loss
-        correct += int(batch_correct)
+        correct += batch_correct
         seen += int(batch_seen)
-        on_batch(loss_sum / seen, 100.0 * correct / seen)
-    return {"train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen, "lr": lr}
+        on_batch(loss_sum / seen, scale * correct / seen)
+    return {"train_loss": loss_sum / seen, f"train_{objective.metric}": scale * correct / seen, "lr": lr}
 
 
 def _metrics(config: TrainConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
+    final = {"mean_iou": history[-1]["test_iou"]} if "test_iou" in history[-1] else {"accuracy": history[-1]["test_acc"]}
     return {
         "model": config.model,
         "dataset": config.dataset,
         "epochs_completed": len(history),
         "epochs": config.epochs,
-        "accuracy": history[-1]["test_acc"],
+        **final,
         "train_seconds": round(sum(r["seconds"] for r in history), 3),
         "history": history,
     }
 
 
-def _test_accuracy(model: nn.Module, test_ds: ArrayDataset, ctx: distributed.Context) -> float:
-    """Test accuracy in percent; under a process group each rank predicts its slice of the test set
-    and the correct counts are summed."""
+def _test_score(model: nn.Module, test_ds: ArrayDataset, ctx: distributed.Context,
+                objective: Objective | None = None) -> float:
+    """Test accuracy in percent (detection: mean IoU); under a process group each rank predicts its
+    slice of the test set and the correct counts (IoU sums) are summed."""
+    if isinstance(objective, DetectionObjective):
+        return _test_iou(model, test_ds, ctx, objective)
     images = len(test_ds)
     part = distributed.shard_range(images, ctx)
     mine = ArrayDataset(test_ds.info, test_ds.images[part.start:part.stop], test_ds.labels[part.start:part.stop])
@@ -432,6 +477,21 @@ def _test_accuracy(model: nn.Module, test_ds: ArrayDataset, ctx: distributed.Con
         correct = float((pred == mine.labels).sum().item())
     (total,) = distributed.all_sum([correct])
     return 100.0 * total / images
+
+
+def _test_iou(model: nn.Module, test_ds: ArrayDataset, ctx: distributed.Context, objective: DetectionObjective) -> float:
+    images = len(test_ds)
+    part = distributed.shard_range(images, ctx)
+    mine = ArrayDataset(test_ds.info, test_ds.images[part.start:part.stop], test_ds.labels[part.start:part.stop])
+    total = 0.0
+    if len(mine) or not images:
+        was_training = model.training
+        model.eval()
+        boxes = predicted_boxes(lambda x: model(x.to(ctx.device)).cpu(), mine, model.input_shape, objective.head)
+        model.train(was_training)
+        total = float(box_iou(boxes, mine.labels).sum())
+    (total,) = distributed.all_sum([total])
+    return total / images
 
 
 def batch_stats(loss: float, acc: float) -> str:

@@ -418,7 +418,8 @@ def test_synthetic_is_learnable():
 
 
 def test_dataset_info_names():
-    assert DATASET_NAMES == ("mnist", "fashion-mnist", "cifar10", "cifar100", "digits", "synthetic")
+    assert DATASET_NAMES == ("mnist", "fashion-mnist", "cifar10", "cifar100", "digits", "synthetic",
+                             "dacsdc-synthetic", "dacsdc")
     for name in DATASET_NAMES:
         info = dataset_info(name)
         assert info.name == name and len(info.mean) == len(info.std) == info.image_shape[0]

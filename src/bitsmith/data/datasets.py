@@ -8,7 +8,7 @@ Conversion to normalised float happens per batch (see transforms.py).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from bitsmith.data.cifar import load_cifar
+from bitsmith.data.detection import check_boxes, load_contest_folder, make_detection, split_size
 from bitsmith.data.idx import read_idx
 from bitsmith.data.synthetic import make_synthetic
 from bitsmith.errors import ConfigError, DataError
 
-DATASET_NAMES = ("mnist", "fashion-mnist", "cifar10", "cifar100", "digits", "synthetic")
+DATASET_NAMES = ("mnist", "fashion-mnist", "cifar10", "cifar100", "digits", "synthetic", "dacsdc-synthetic", "dacsdc")
 SPLITS = ("train", "test")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 
@@ -35,6 +36,7 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: bool  # train with random crop (pad 4) + horizontal flip
+    task: str = "classify"  # "detect": labels are one float32 box (x1, y1, x2, y2) per image (data/detection.py)
 
 
 _INFOS = {
@@ -45,6 +47,13 @@ _INFOS = {
     # digits and synthetic: measured on the whole set (see tests/data/test_data.py).
     "digits": DatasetInfo("digits", 10, (1, 8, 8), (0.3053,), (0.3759,), False),
     "synthetic": DatasetInfo("synthetic", 10, (1, 28, 28), (0.5267,), (0.2932,), False),
+    # Single-object detection at the DAC-SDC input (160 x 320); "<name>-HxW" gives another input size.
+    # num_classes 1: one object class; the detector's head width comes from bitsmith.detection.
+    # Normalisation constants of the synthetic set (the final generator measures mean 0.475-0.482,
+    # std 0.237-0.243 per channel; kept as they are: trained runs normalise with them).
+    "dacsdc-synthetic": DatasetInfo("dacsdc-synthetic", 1, (3, 160, 320), (0.4932, 0.4809, 0.4733),
+                                    (0.2620, 0.2592, 0.2587), False, "detect"),
+    "dacsdc": DatasetInfo("dacsdc", 1, (3, 160, 320), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False, "detect"),
 }
 assert tuple(_INFOS) == DATASET_NAMES
 
@@ -52,14 +61,19 @@ assert tuple(_INFOS) == DATASET_NAMES
 def dataset_info(name: str) -> DatasetInfo:
     """Facts about data set ``name`` (case-insensitive, '_' accepted for '-')."""
     key = name.strip().lower().replace("_", "-")
+    base, size = split_size(key)
+    if base != key and base in _INFOS and _INFOS[base].task == "detect":  # a detection set at another size
+        return replace(_INFOS[base], name=f"{base}-{size[0]}x{size[1]}", image_shape=(3, *size))
     if key not in _INFOS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
+        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)} "
+                          f"(detection sets also as NAME-HxW, e.g. dacsdc-synthetic-80x160)")
     return _INFOS[key]
 
 
 @dataclass
 class ArrayDataset:
-    """A whole data set split in memory: uint8 images [N, C, H, W] and int64 labels [N]."""
+    """A whole data set split in memory: uint8 images [N, C, H, W] and int64 labels [N] (detection
+    sets: float32 boxes [N, 4], normalised x1, y1, x2, y2)."""
 
     info: DatasetInfo
     images: torch.Tensor
@@ -70,7 +84,12 @@ class ArrayDataset:
         if self.images.dtype != torch.uint8 or tuple(self.images.shape[1:]) != self.info.image_shape:
             raise DataError(f"{name}: images must be uint8 [N, {', '.join(map(str, self.info.image_shape))}], "
                             f"got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.dtype != torch.int64 or self.labels.shape != (len(self.images),):
+        if self.info.task == "detect":
+            if self.labels.dtype != torch.float32 or self.labels.shape != (len(self.images), 4):
+                raise DataError(f"{name}: boxes must be float32 [{len(self.images)}, 4], "
+                                f"got {self.labels.dtype} {tuple(self.labels.shape)}")
+            check_boxes(self.labels, name)
+        elif self.labels.dtype != torch.int64 or self.labels.shape != (len(self.images),):
             raise DataError(f"{name}: labels must be int64 [{len(self.images)}], "
                             f"got {self.labels.dtype} {tuple(self.labels.shape)}")
 
@@ -151,6 +170,22 @@ def _load_synthetic(name: str, split: str, data_dir: Path | None) -> tuple[np.nd
     return images.numpy(), labels.numpy()
 
 
+DETECTION_SIZES = {"train": (10000, 0), "test": (1000, 1)}  # split -> (images, seed)
+
+
+def _load_dacsdc_synthetic(name: str, split: str, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    n, seed = DETECTION_SIZES[split]
+    images, boxes = make_detection(n, seed, split_size(name)[1], split=split)
+    return images.numpy(), boxes.numpy()
+
+
+def _load_dacsdc(name: str, split: str, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    if data_dir is None:
+        raise DataError(f"{name}: no default location; pass --data-dir with the contest folder "
+                        f"(train/ and test/, each .jpg/.png images with same-named VOC .xml boxes)")
+    return load_contest_folder(data_dir / split, split_size(name)[1])
+
+
 _LOADERS: dict[str, Callable[[str, str, Path | None], tuple[np.ndarray, np.ndarray]]] = {
     "mnist": _load_mnist_family,
     "fashion-mnist": _load_mnist_family,
@@ -158,8 +193,10 @@ _LOADERS: dict[str, Callable[[str, str, Path | None], tuple[np.ndarray, np.ndarr
     "cifar100": _load_cifar,
     "digits": _load_digits,
     "synthetic": _load_synthetic,
+    "dacsdc-synthetic": _load_dacsdc_synthetic,
+    "dacsdc": _load_dacsdc,
 }
-_FILE_BASED = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # the others ignore data_dir
+_FILE_BASED = ("mnist", "fashion-mnist", "cifar10", "cifar100", "dacsdc")  # the others ignore data_dir
 
 
 def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | None = None,
@@ -177,12 +214,13 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be a positive number of samples, got {limit}")
     folder = None
-    if data_dir is not None and info.name in _FILE_BASED:
+    base = split_size(info.name)[0] if info.task == "detect" else info.name
+    if data_dir is not None and base in _FILE_BASED:
         folder = Path(data_dir).expanduser()
         if not folder.is_dir():
             raise DataError(f"{info.name}: data directory {folder} does not exist or is not a folder")
 
-    images, labels = _LOADERS[info.name](info.name, split, folder)
+    images, labels = _LOADERS[base](info.name, split, folder)
     if limit is not None and limit < len(labels):
         # Copy so the kept samples do not pin the whole loaded array in memory.
         images, labels = images[:limit].copy(), labels[:limit].copy()

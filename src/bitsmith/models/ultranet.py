@@ -50,7 +50,8 @@ def _tail(
 
 
 class UltraNet(nn.Sequential):
-    """3->16-M-32-M-64-M-64-M-64-64-64 (3x3 conv + BN + ReLU), 1x1 head 64->num_classes.
+    """3->16-M-32-M-64-M-64-M-64-64-64-64 (3x3 conv + BN + ReLU), 1x1 head 64->num_classes: nine
+    weight layers, as the BJTU design (and its bit strings, e.g. 444444444) has them.
 
     Output: [N, num_classes, H/16, W/16], or [N, num_classes] with `classify=True`.
     """
@@ -61,7 +62,8 @@ class UltraNet(nn.Sequential):
         in_channels, height, width = input_shape
         map_hw = (height // 16, width // 16)
         super().__init__(
-            OrderedDict([*_stem(in_channels), *_body(), *_tail(64, num_classes, map_hw, classify)])
+            OrderedDict([*_stem(in_channels), *_body(), *conv_bn_relu("conv8", 64, 64, 3),
+                         *_tail(64, num_classes, map_hw, classify)])
         )
         self.num_classes = num_classes
         self.input_shape = tuple(input_shape)

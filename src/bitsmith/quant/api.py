@@ -90,24 +90,26 @@ AnyConfig = QuantConfig | QATConfig | ClipQConfig
 
 
 def quantize(model: nn.Module, data: Iterable | ArrayDataset, config: AnyConfig | None = None, *,
-             on_epoch: Callable[[dict[str, Any]], None] | None = None) -> fx.GraphModule:
+             on_epoch: Callable[[dict[str, Any]], None] | None = None, objective: Any = None) -> fx.GraphModule:
     """A quantized copy of `model`, ready for `lower`; see the module docstring for `data`.
 
     `on_epoch(record)` runs after each training epoch of QAT or CLIP-Q fine-tuning (loss, train
-    accuracy, seconds): progress output, or a benchmark's interleaved timing."""
+    accuracy, seconds): progress output, or a benchmark's interleaved timing. `objective` is the
+    training loss and score of QAT (bitsmith.train.task_objective; default cross-entropy)."""
     config = QuantConfig() if config is None else config
     if isinstance(config, QuantConfig):
         return ptq_quantize(model, _batches(model, data), config)
     if isinstance(config, QATConfig):
         train_set = _dataset(data, "QAT")
         qmodel = qat_prepare(model, _batches(model, train_set), config.spec)
-        qat_train(qmodel, model, train_set, config.train, on_epoch=on_epoch)
+        qat_train(qmodel, model, train_set, config.train, on_epoch=on_epoch, objective=objective)
         return qmodel
     if isinstance(config, ClipQConfig):
         qmodel = ptq_quantize(model, _batches(model, data), config.ptq)
         apply_clipq(qmodel, config.p, config.bits, q35=config.q35, layers=config.layers, skip=config.skip)
         if config.finetune is not None:
-            qat_train(qmodel, model, _dataset(data, "CLIP-Q fine-tuning"), config.finetune, on_epoch=on_epoch)
+            qat_train(qmodel, model, _dataset(data, "CLIP-Q fine-tuning"), config.finetune, on_epoch=on_epoch,
+                      objective=objective)
         return qmodel
     raise ConfigError(f"quantize() takes a QuantConfig, QATConfig or ClipQConfig, got {type(config).__name__}")
 

@@ -35,7 +35,7 @@ from bitsmith.quant.ptq import input_quantizer
 from bitsmith.quant.qat.pooling import training_view
 from bitsmith.quant.qat.prepare import quantizer_parameters, sync_input_scales
 from bitsmith.storage import save_tensors_atomic
-from bitsmith.train import SGD_MOMENTUM, batch_stats, cosine_lr, progress_bar
+from bitsmith.train import SGD_MOMENTUM, ClassificationObjective, batch_stats, cosine_lr, progress_bar, score_text
 
 #: QAT trains on the CPU whatever the process group's backend.
 CPU = torch.device("cpu")
@@ -122,12 +122,20 @@ def teacher_logits(teacher: nn.Module, ds: ArrayDataset, input_shape, batch_size
 
 
 def qat_train(qmodel: fx.GraphModule, teacher: nn.Module | None, train_ds: ArrayDataset, config: QATTrainConfig,
-              *, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+              *, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+              objective: Any = None) -> list[dict[str, Any]]:
     """Train `qmodel` in place; returns one record per epoch (loss, train accuracy, lr, seconds).
 
     Without augmentation the teacher's logits are computed once for the whole training set (its
-    time is spread over the epochs' `seconds`); with augmentation, on every batch.
+    time is spread over the epochs' `seconds`); with augmentation, on every batch. `objective`
+    (bitsmith.train.task_objective; default: cross-entropy and accuracy) gives the loss and the
+    score: a detection data set trains its detection loss and records train_iou instead.
     """
+    objective = objective or ClassificationObjective()
+    if not objective.percent and config.distill > 0:
+        raise ConfigError("distillation (distill > 0) compares class scores; it does not apply to detection")
+    scale = 100.0 if objective.percent else 1.0
+    train_key = f"train_{objective.metric}"
     info = train_ds.info
     shape = tuple(qmodel.input_shape)
     ctx = distributed.context()
@@ -182,12 +190,12 @@ def qat_train(qmodel: fx.GraphModule, teacher: nn.Module | None, train_ds: Array
                         with torch.no_grad():
                             target = teacher(x)
                     logits = trained(x)
-                    loss = F.cross_entropy(logits, y)
+                    loss = objective.loss(logits, y)
                     if target is not None:
                         loss = (1 - distill) * loss + distill * _distillation(logits, target, config.temperature)
                     # Global-batch figures (sums over the ranks), and a divergence stops every rank at once.
                     batch_loss, batch_correct, batch_seen = distributed.all_sum(
-                        [loss.item() * len(y), (logits.argmax(dim=1) == y).sum().item(), len(y)])
+                        [loss.item() * len(y), objective.hits(logits, y), len(y)])
                     value = batch_loss / batch_seen
                     if not math.isfinite(batch_loss):
                         raise ConfigError(f"QAT diverged: loss {value} at step {step}; lower the learning rate (--lr)")
@@ -197,14 +205,14 @@ def qat_train(qmodel: fx.GraphModule, teacher: nn.Module | None, train_ds: Array
                     for opt in opts:
                         opt.step()
                     loss_sum += batch_loss
-                    correct += int(batch_correct)
+                    correct += batch_correct
                     seen += int(batch_seen)
-                    bar.update(task, advance=1, stats=batch_stats(loss_sum / seen, 100.0 * correct / seen))
+                    bar.update(task, advance=1, stats=batch_stats(loss_sum / seen, scale * correct / seen))
                 seconds = time.perf_counter() - start + setup_seconds / config.epochs
-                record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen,
+                record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, train_key: scale * correct / seen,
                           "seconds": round(seconds, 3)}
                 history.append(record)
-                bar.update(epochs, advance=1, stats=f"train {record['train_acc']:.2f}%")
+                bar.update(epochs, advance=1, stats=f"train {score_text(objective, record[train_key])}")
                 if on_epoch is not None:
                     on_epoch(record)
     finally:

@@ -250,3 +250,27 @@ def test_the_browser_checks_catch_a_broken_image_and_a_script_error(report, tmp_
     dom, console = _open(page, tmp_path)
     assert 'data-images-broken="1"' in dom and dom.count('data-broken="1"') == 1
     assert any("notDefined" in line for line in console)
+
+
+def test_a_detector_is_scored_by_mean_iou(tmp_path):
+    """Detection metrics (bitsmith.detection) show as mean IoU: the table's scores and the curves."""
+    from bitsmith.report import figures
+    from bitsmith.report.sections import quant_result
+
+    (tmp_path / "metrics.json").write_text(json.dumps(
+        {"method": "lsq", "fp32_iou": 0.7872, "iou": 0.7745, "integer_iou": 0.7745, "agreement": 1.0,
+         "test_images": 1000}))
+
+    class Graph:  # quant_result reads the bit widths only
+        nodes, tensors = [], {}
+
+    row = quant_result(tmp_path, Graph())
+    assert (row["metric"], row["fp32_score"], row["score"], row["integer_score"]) == ("IoU", 0.7872, 0.7745, 0.7745)
+    classifier = tmp_path / "c"
+    classifier.mkdir()
+    (classifier / "metrics.json").write_text(json.dumps({"fp32_accuracy": 90.5, "accuracy": 90.1,
+                                                         "integer_accuracy": 90.2}))
+    assert quant_result(classifier, Graph())["metric"] == "%"
+    assert figures.training_curves([{"epoch": 1, "train_loss": 0.4, "train_iou": 0.7, "test_iou": 0.72}], "t") \
+        .startswith("data:image/png;base64,")
+    assert figures.accuracy_bars([row]).startswith("data:image/png;base64,")

@@ -42,18 +42,20 @@ def _integer_ticks(ax) -> None:
 
 
 def training_curves(history: Sequence[dict], title: str) -> str:
-    """Loss and accuracy per epoch (train, and test where recorded)."""
+    """Loss and accuracy (a detector: mean IoU) per epoch, train and test where recorded."""
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
     ax_loss.plot(epochs, [r.get("train_loss") for r in history], marker="o", ms=3, label="train")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
-    for key, label in (("train_acc", "train"), ("test_acc", "test")):
+    detection = any(k.endswith("_iou") for r in history for k in r)  # a detector: mean IoU, not accuracy
+    for key, label in (("train_", "train"), ("test_", "test")):
+        key += "iou" if detection else "acc"
         if all(key in r for r in history):
             ax_acc.plot(epochs, [r[key] for r in history], marker="o", ms=3, label=label)
     ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy %")
+    ax_acc.set_ylabel("mean IoU" if detection else "accuracy %")
     ax_acc.legend(fontsize=8)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -89,18 +91,26 @@ def histograms(layer: str, dists: Sequence[Distribution], log_y: bool) -> str:
 
 
 def accuracy_bars(rows: Sequence[dict]) -> str:
-    """Accuracy of every quantized graph: float, fake-quant, integer side by side."""
+    """Score of every quantized graph (accuracy %, or mean IoU × 100 for a detector): float,
+    fake-quant, integer side by side."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(rows) + 3), 3.0))
-    keys = (("fp32_accuracy", "float"), ("accuracy", "fake-quant"), ("integer_accuracy", "integer"))
+    keys = (("fp32_score", "float"), ("score", "fake-quant"), ("integer_score", "integer"))
+
+    def percent(row: dict, key: str) -> float | None:
+        value = row.get(key)
+        return None if value is None else value * (100.0 if row.get("metric") == "IoU" else 1.0)
+
     width = 0.8 / len(keys)
     for k, (key, label) in enumerate(keys):
         xs = [i + (k - 1) * width for i in range(len(rows))]
-        ax.bar(xs, [r.get(key) or 0.0 for r in rows], width, label=label)
+        ax.bar(xs, [percent(r, key) or 0.0 for r in rows], width, label=label)
     ax.set_xticks(range(len(rows)), [r["label"] for r in rows], fontsize=8)
-    low = min((r[k] for r in rows for k, _ in keys if r.get(k)), default=0.0)
+    low = min((percent(r, k) for r in rows for k, _ in keys if r.get(k)), default=0.0)
     ax.set_ylim(max(0.0, low - 5.0), 100.0)
-    ax.set_ylabel("test accuracy %")
+    detectors = {r.get("metric") == "IoU" for r in rows}
+    ax.set_ylabel({frozenset({True}): "test mean IoU × 100", frozenset({False}): "test accuracy %"}.get(
+        frozenset(detectors), "accuracy % / IoU × 100"))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     return _data_uri(fig)

@@ -43,6 +43,7 @@ def model_summary(run) -> dict:
     return {"name": run.model.spec["name"], "input_shape": list(run.model.input_shape),
             "options": run.model.spec.get("kwargs", {}), "dataset": run.meta.get("dataset"),
             "epoch": run.meta.get("epoch"), "accuracy": run.metrics.get("accuracy"),
+            "mean_iou": run.metrics.get("mean_iou"),
             "params": sum(r.params for r in rows), "macs": sum(r.macs for r in rows),
             "layers": [{"name": r.name, "kind": r.kind, "output_shape": list(r.output_shape), "params": r.params,
                         "macs": r.macs} for r in rows]}
@@ -87,9 +88,12 @@ def quant_result(folder: Path, graph) -> dict:
     m = _read_metrics(folder)
     config = m.get("quant_config") or m.get("config") or {}
     how = m.get("method") or config.get("observer") or ""
+    # A detector is scored by mean IoU (bitsmith.detection), a classifier by accuracy in percent.
+    detection = "integer_iou" in m or "iou" in m
+    keys = ("fp32_iou", "iou", "integer_iou") if detection else ("fp32_accuracy", "accuracy", "integer_accuracy")
     return {"label": f"{folder.name} ({bits_label(graph)}{' ' + how if how else ''})", "folder": str(folder),
-            "bits": bits_label(graph), "method": how, "fp32_accuracy": m.get("fp32_accuracy"),
-            "accuracy": m.get("accuracy"), "integer_accuracy": m.get("integer_accuracy"),
+            "bits": bits_label(graph), "method": how, "metric": "IoU" if detection else "%",
+            **{name: m.get(key) for name, key in zip(("fp32_score", "score", "integer_score"), keys)},
             "agreement": m.get("agreement"), "disagreements": m.get("disagreements"),
             "test_images": m.get("test_images"), "recorded": bool(m)}
 

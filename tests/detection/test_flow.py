@@ -85,3 +85,29 @@ def test_cli_input_size_and_eval(float_run, tmp_path):
     result = invoke("train", "--model", "vgg7", "--dataset", "dacsdc-synthetic", "--input-size", "32x64",
                     "--epochs", "1", "--out", tmp_path / "bad2")
     assert isinstance(result.exception, ConfigError) and "no detection head" in str(result.exception)
+
+
+def test_a_detector_searched_by_hessian_uses_the_detection_loss(float_run, tmp_path, monkeypatch):
+    """The Hessian search of a detector computes its traces on the detection loss (cross-entropy
+    would refuse the box targets) and gives bit strings QAT takes; DNAS, which trains a classifier's
+    supernet, is refused by name."""
+    from bitsmith.accel.config import AccelConfig
+    from bitsmith.search import hessian
+    from bitsmith.search.job import search_run
+
+    out, _ = float_run
+    seen = []
+    real = hessian.layer_traces
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("loss_fn"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hessian, "layer_traces", spy)
+    accel = AccelConfig(act_buffer_bytes=1 << 20)
+    doc = search_run(out, tmp_path / "s", method="hessian", budgets={"dsp": 1000}, accel=accel, train_limit=32,
+                     max_iterations=2, quiet=True)
+    assert seen and seen[0] is not None and seen[0].__self__.__class__.__name__ == "DetectionObjective"
+    assert len(doc["bitw"]) == 9 and len(doc["bita"]) == 9
+    with pytest.raises(ConfigError, match="hessian"):
+        search_run(out, tmp_path / "d", method="dnas", accel=accel, quiet=True)

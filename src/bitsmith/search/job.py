@@ -25,7 +25,8 @@ import torch
 
 from bitsmith.accel.config import AccelConfig
 from bitsmith.artifacts import SEARCH, check_target, public_path, publishing
-from bitsmith.data import iterate_batches
+from bitsmith.data import dataset_info, iterate_batches
+from bitsmith.detection import DetectionObjective
 from bitsmith.errors import BitsmithWarning, ConfigError
 from bitsmith.runs import load_run
 from bitsmith.quant.qat.prepare import bit_string
@@ -100,13 +101,19 @@ def search_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, method
                           "and the first and last are fixed at 8/8; pass --search-first-last")
     metric = COSTS[cost]
     _check_accelerator_widths(space, metric, budgets)
+    # A detector's loss is the detection loss (bitsmith.detection), a classifier's cross-entropy.
+    detector = dataset_info(run.meta["dataset"]).task == "detect"
+    if detector and method == "dnas":
+        raise ConfigError(f"--method dnas trains a classifier's supernet (cross-entropy); {run.meta['dataset']} is a "
+                          "detection data set: use --method hessian (its traces use the detection loss)")
+    loss_fn = DetectionObjective(run.model.spec["name"]).loss if detector else None
     train_ds = run.dataset("train", data_dir, limit=train_limit)
     started = time.perf_counter()
     if method == "dnas":
         result = _dnas(run, space, metric, cd, epochs, train_ds, shape, seed, quiet, on_epoch)
     else:
         reuse = _reusable(traces_from, run_dir, seed, space, train_limit) if traces_from is not None else None
-        result = _hessian(run, space, budgets, train_ds, shape, seed, quiet, reuse, max_iterations)
+        result = _hessian(run, space, budgets, train_ds, shape, seed, quiet, reuse, max_iterations, loss_fn)
     wbits, abits = result.pop("wbits"), result.pop("abits")
     doc = {
         "format": FORMAT, "method": method, "model": run.model.spec["name"], "dataset": run.meta["dataset"],
@@ -173,7 +180,7 @@ def _reusable(folder, run_dir, seed: int, space: SearchSpace, train_limit) -> di
 
 
 def _hessian(run, space: SearchSpace, budgets: dict[str, float], train_ds, shape, seed: int,
-             quiet: bool, reuse: dict | None = None, max_iterations: int = 100) -> dict[str, Any]:
+             quiet: bool, reuse: dict | None = None, max_iterations: int = 100, loss_fn=None) -> dict[str, Any]:
     from bitsmith.search.hessian import layer_traces, sensitivities
 
     tables = {name: space.tables(BUDGETS[name]) for name in budgets}
@@ -202,7 +209,7 @@ def _hessian(run, space: SearchSpace, budgets: dict[str, float], train_ds, shape
                   f"(stops below {TRACE_TOL:g})", flush=True)
 
     traces = layer_traces(run.model, space.layers, batches, seed=seed, tol=TRACE_TOL, max_iter=max_iterations,
-                          min_iter=min(10, max_iterations), on_iteration=report)
+                          min_iter=min(10, max_iterations), on_iteration=report, loss_fn=loss_fn)
     if not quiet:
         print(f"hutchinson: {traces.iterations} iterations, "
               f"{'converged' if traces.converged else 'not converged (the iteration limit)'}", flush=True)

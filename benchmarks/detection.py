@@ -11,6 +11,8 @@ Stages (each reuses its output folder when it is already complete, so an interru
 3. QAT (LSQ) with the seed's bit strings: UltraNet_BJTU (bitw 444444444, bita 844444444) and
    UltraNet_iSmart (844444448 / 844444444): fake-quant, integer-engine and float IoU, and on how
    many test images the integer boxes equal the fake-quant boxes;
+3a. a searched UltraNet: `bitsmith search --method hessian` (traces on the detection loss) at the
+   DSP count of iSmart's widths, then the same QAT;
 4. UltraNet-Bypass and SkyNet: a short float run and W4A4 QAT through the same path
    (`--small-train` images), their IoU;
 5. every QAT graph: `bitsmith hw hls --check` (g++ reference against the engine) and `bitsmith hw
@@ -121,8 +123,11 @@ def main() -> None:
     parser.add_argument("--qat-epochs", type=int, default=1)
     parser.add_argument("--qat-train", type=int, default=4000, help="QAT trains on the first N training images")
     parser.add_argument("--small-train", type=int, default=2000, help="Bypass / SkyNet training images")
-    parser.add_argument("--stages", default="data,ultranet,others",
-                        help="comma-separated: data, ultranet (float + BJTU + iSmart), others (Bypass, SkyNet)")
+    parser.add_argument("--search-train", type=int, default=128, help="Hessian traces on the first N training images")
+    parser.add_argument("--search-iterations", type=int, default=10, help="Hutchinson iterations at most")
+    parser.add_argument("--stages", default="data,ultranet,searched,others",
+                        help="comma-separated: data, ultranet (float + BJTU + iSmart), searched (Hessian search "
+                             "at iSmart's DSP count + QAT), others (Bypass, SkyNet)")
     args = parser.parse_args()
     h, w = (int(v) for v in args.size.split("x"))
     dataset = f"dacsdc-synthetic-{h}x{w}"
@@ -134,6 +139,8 @@ def main() -> None:
         result["data"] = data_figures((h, w))
     if "ultranet" in stages:
         ultranet(args, dataset, result)
+    if "searched" in stages:
+        searched(args, result)
     if "others" in stages:
         others(args, dataset, result)
     result["machine"]["load_end"] = os.getloadavg()
@@ -150,6 +157,35 @@ def ultranet(args, dataset: str, result: dict) -> None:
                                       **qat_figures(qat(args.out / "ultranet-fp", graph, bitw, bita,
                                                         args.qat_epochs, args.qat_train))}
         result[f"ultranet_{name}"] |= hardware(graph, args.out / f"hw-ultranet-{name}")
+
+
+def searched(args, result: dict) -> None:
+    """UltraNet with bit strings from the Hessian search (traces on the detection loss), at the DSP
+    count of UltraNet_iSmart's widths (first and last layers at 8/8, as the search keeps them)."""
+    from bitsmith.accel.config import AccelConfig
+    from bitsmith.runs import load_run
+    from bitsmith.search.job import search_run
+    from bitsmith.search.space import build_space
+
+    run = args.out / "ultranet-fp"
+    accel = AccelConfig(act_buffer_bytes=ACT_BUFFER_BYTES)
+    model = load_run(run).model
+    space = build_space(model, tuple(model.input_shape), config=accel)
+    bitw, bita = BITS["ismart"]
+    budget = space.exact([int(b) for b in bitw], [int(b) for b in bita])["dsp"]
+    folder = args.out / "ultranet-search"
+    if (folder / "search.json").is_file():
+        doc = json.loads((folder / "search.json").read_text())
+    else:
+        log(f"Hessian search of {run} at {budget} DSPs")
+        doc = search_run(run, folder, method="hessian", budgets={"dsp": budget}, accel=accel,
+                         train_limit=args.search_train, max_iterations=args.search_iterations, quiet=False, force=True)
+    graph = args.out / "ultranet-searched"
+    result["ultranet_searched"] = {"bitw": doc["bitw"], "bita": doc["bita"], "budget_dsp": budget,
+                                   "search_seconds": doc["seconds"], "predicted": doc["predicted"],
+                                   **qat_figures(qat(run, graph, doc["bitw"], doc["bita"], args.qat_epochs,
+                                                     args.qat_train))}
+    result["ultranet_searched"] |= hardware(graph, args.out / "hw-ultranet-searched")
 
 
 def others(args, dataset: str, result: dict) -> None:

@@ -71,12 +71,10 @@ def ort_runner(session: ort.InferenceSession):
     return lambda x: session.run(None, {name: x})
 
 
-def systems_for(run_dir: Path, graph_dir: Path, work: Path) -> dict:
+def systems_for(run, graph, work: Path) -> dict:
     """name -> (callable, takes numpy input)."""
-    run = load_run(run_dir)
     shape = tuple(run.model.input_shape)
     calib = calibration_batches(run.meta["dataset"], shape, run.meta.get("data_dir"), CALIBRATION_BATCHES)
-    graph = load(graph_dir)
     export_onnx(graph, work / "int.onnx")
     export_onnx(graph, work / "qdq.onnx", qdq=True)
     return {
@@ -88,35 +86,31 @@ def systems_for(run_dir: Path, graph_dir: Path, work: Path) -> dict:
     }
 
 
-def timed(systems: dict, inputs: dict[str, list], repeats: int, unit: int) -> dict:
-    """Seconds per `unit` images of each system over its inputs: warm-up excluded, interleaved."""
-    times: dict[str, list[float]] = {name: [] for name in systems}
+def timed(systems: dict, inputs: dict[str, list]) -> dict:
+    """Seconds per image of each system over its inputs, one after the other (warm-up excluded)."""
+    seconds: dict[str, float] = {}
     images = sum(len(x) for x in inputs["torch"])
     busy, own, wall = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
     with torch.no_grad():
         for name, (fn, numpy_input) in systems.items():
             for x in inputs["numpy" if numpy_input else "torch"][:3]:
                 fn(x)  # warm-up: allocator, weight packing, plan compilation
-        for _ in range(repeats):
-            for name, (fn, numpy_input) in systems.items():
-                batch = inputs["numpy" if numpy_input else "torch"]
-                start = time.perf_counter()
-                for x in batch:
-                    fn(x)
-                times[name].append((time.perf_counter() - start) * unit / images)
-    return {"seconds_per_unit": times, "other_processes_cpu_share": _other_cpu_share(busy, own, wall)}
+        for name, (fn, numpy_input) in systems.items():
+            start = time.perf_counter()
+            for x in inputs["numpy" if numpy_input else "torch"]:
+                fn(x)
+            seconds[name] = (time.perf_counter() - start) / images
+    return {"seconds_per_image": seconds, "other_processes_cpu_share": _other_cpu_share(busy, own, wall)}
 
 
-def exactness(graph_dir: Path, test_batches: list[torch.Tensor], work: Path) -> dict:
-    graph = load(graph_dir)
+def exactness(graph, run_onnx, test_batches: list[torch.Tensor]) -> dict:
+    """Mismatching codes of the fast path against the literal path, and of ONNX against the engine."""
     fast_vs_literal, onnx_vs_engine, images = 0, 0, 0
-    session = ort_session(work / "int.onnx")
-    run = ort_runner(session)
     for x in test_batches:
         fast = engine.run(graph, x)
         literal = run_reference(graph, x)[graph.outputs[0]]
         fast_vs_literal += int((fast != literal).sum())
-        onnx_vs_engine += int((torch.from_numpy(run(x.numpy())[0]).to(torch.int64) != fast).sum())
+        onnx_vs_engine += int((torch.from_numpy(run_onnx(x.numpy())[0]).to(torch.int64) != fast).sum())
         images += len(x)
     return {"images": images, "fast_vs_literal_mismatches": fast_vs_literal, "onnx_vs_engine_mismatches": onnx_vs_engine}
 
@@ -128,31 +122,32 @@ def bench_model(model: str, vgg_width: float, repeats: int, latency_images: int)
     log(f"{name}: quantize W8A8 min-max into {graph_dir}")
     metrics = quantize_run(run_dir, graph_dir, QuantConfig(observer="minmax", weight_bits=8, act_bits=8), force=True)
     run = load_run(run_dir)
+    graph = load(graph_dir)
     shape = tuple(run.model.input_shape)
     test = load_dataset(run.meta["dataset"], "test", run.meta.get("data_dir"))
     test_batches = [x for x, _ in iterate_batches(test, THROUGHPUT_BATCH, shape)]
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         work = Path(tmp)
-        systems = systems_for(run_dir, graph_dir, work)
+        systems = systems_for(run, graph, work)
         log(f"{name}: exactness on {len(test.labels)} test images")
-        exact = exactness(graph_dir, test_batches, work)
+        exact = exactness(graph, systems["ort_integer"][0], test_batches)
         big = test_batches[:THROUGHPUT_BATCHES]
         singles = [x[None] for x in torch.cat(big)[:latency_images]]
         inputs_big = {"torch": big, "numpy": [x.numpy() for x in big]}
         inputs_one = {"torch": singles, "numpy": [x.numpy() for x in singles]}
         passes = {"throughput": [], "latency": []}
         for r in range(repeats):
-            t = timed(systems, inputs_big, 1, 1)
-            l1 = timed(systems, inputs_one, 1, 1)
+            t = timed(systems, inputs_big)
+            l1 = timed(systems, inputs_one)
             passes["throughput"].append(t)
             passes["latency"].append(l1)
             log(f"{name} pass {r + 1}/{repeats}: " + ", ".join(
-                f"{n} {1 / t['seconds_per_unit'][n][0]:.0f} img/s {1e6 * l1['seconds_per_unit'][n][0]:.0f} µs"
+                f"{n} {1 / t['seconds_per_image'][n]:.0f} img/s {1e6 * l1['seconds_per_image'][n]:.0f} µs"
                 for n in systems))
     names = list(systems)
-    per_image = {n: [p["seconds_per_unit"][n][0] for p in passes["throughput"]] for n in names}
-    latency = {n: [p["seconds_per_unit"][n][0] for p in passes["latency"]] for n in names}
+    per_image = {n: [p["seconds_per_image"][n] for p in passes["throughput"]] for n in names}
+    latency = {n: [p["seconds_per_image"][n] for p in passes["latency"]] for n in names}
     median_ips = {n: round(1 / statistics.median(v), 1) for n, v in per_image.items()}
     median_latency_us = {n: round(1e6 * statistics.median(v), 1) for n, v in latency.items()}
     shares = [p["other_processes_cpu_share"] for k in passes for p in passes[k] if p["other_processes_cpu_share"] is not None]

@@ -208,6 +208,11 @@ def _widest(dtypes) -> torch.dtype:
     return max(dtypes, key=order.index)
 
 
+def _carrier_offset(lo: int, hi: int) -> int:
+    """What a uint8 carrier adds to codes in [lo, hi] (at most 256 values) so they land in [0, 255]."""
+    return 0 if 0 <= lo and hi <= 255 else -lo
+
+
 def _magnitude(r: Range) -> int:
     return max(abs(r[0]), abs(r[1]))
 
@@ -308,7 +313,7 @@ def _run_fast(plan: _Plan, x: torch.Tensor, check_overflow: bool) -> torch.Tenso
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
-_WORKERS: list = [None]  # (the ThreadPoolExecutor of _chunk_workers, the process that made it)
+_WORKERS: list = [None]  # (the ThreadPoolExecutor of _chunk_workers, the process that made it, its size)
 
 
 def _chunk_workers(threads: int) -> ThreadPoolExecutor:
@@ -320,14 +325,14 @@ def _chunk_workers(threads: int) -> ThreadPoolExecutor:
     single-threaded, keeps every core on its own chunk (measured: 1.6-1.75x the throughput, see
     docs/benchmarks.md). torch.set_num_threads(1) in a worker sets that thread's OpenMP team size;
     the process-wide default it also sets is put back by the caller's thread."""
-    pool, pid = _WORKERS[0] or (None, None)
+    pool, pid, size = _WORKERS[0] or (None, None, None)
     # A forked child (a DataLoader worker, multiprocessing) inherits the pool but not its threads.
-    if pool is None or pool._max_workers != threads or pid != os.getpid():
+    if pool is None or size != threads or pid != os.getpid():
         if pool is not None and pid == os.getpid():
             pool.shutdown(wait=False)
         pool = ThreadPoolExecutor(threads, thread_name_prefix="bitsmith-engine", initializer=torch.set_num_threads,
                                   initargs=(1,))
-        _WORKERS[0] = (pool, os.getpid())
+        _WORKERS[0] = (pool, os.getpid(), threads)
         list(pool.map(time.sleep, [0.01] * threads))  # start them now, then restore the default
         torch.set_num_threads(threads)
     return pool
@@ -468,7 +473,7 @@ class _Compiler:
             return q.add_(z) if z else q
 
         if self.int8 and qmax - qmin <= 255:
-            offset = -qmin if qmin < 0 or qmax > 255 else 0  # the carrier holds code + offset, in [0, 255]
+            offset = _carrier_offset(qmin, qmax)
 
             def fn8(x: torch.Tensor) -> torch.Tensor:
                 u = fn(x).add_(offset).to(torch.uint8)
@@ -570,8 +575,7 @@ class _Compiler:
             return None
         w8 = w.to(torch.int8)
         if node.op == "Linear":
-            core = int8_gemm.Int8Linear(w8, zero_point, bias)
-            fn = core
+            fn = int8_gemm.Int8Linear(w8, zero_point, bias)
         elif self._conv_is_matmul(node, w):
             core = int8_gemm.Int8Linear(w8.reshape(w.shape[0], -1), zero_point, bias)
 
@@ -625,17 +629,13 @@ class _Compiler:
         g = self.g
         lo, hi = node.attrs["clamp_min"], node.attrs["clamp_max"]
         shape = tuple(g.tensors[node.inputs[0]].shape)
-        code_offset = 0 if 0 <= lo and hi <= 255 else -lo
+        code_offset = _carrier_offset(lo, hi)
         if hi - lo > 255 or len(shape) not in (1, 3):
             return None
         exact = self._float_requant(node, src)
         if exact is None:
             return None
-        window = None
-        if pool is not None:
-            window = (tuple(_pair(pool.attrs["kernel"])), tuple(_pair(pool.attrs["stride"])))
-            if len(shape) != 3:
-                return None
+        window = None if pool is None else (tuple(_pair(pool.attrs["kernel"])), tuple(_pair(pool.attrs["stride"])))
         z_in = g.tensors[node.inputs[0]].zero_point + self.offset.get(src, 0)
         fn = CodeRequant(exact, shape, z_in, code_offset, pool=window)
         self.offset[out] = code_offset

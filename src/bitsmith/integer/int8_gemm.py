@@ -81,21 +81,15 @@ def available() -> bool:
     return _cpu_has_vnni() and _ops_present() and _probe()
 
 
-class Int8Conv:
-    """Conv2d of uint8 codes (channels-last) with int8 weights: the float32 accumulator, exactly,
-    when every value it can hold is below 2^24 (the caller proves that).
+class _Int8Product:
+    """What both int8 kernels keep: the weight codes, the input's zero point, the bias, unit
+    scales, and one weight packing per input shape (`_prepack`)."""
 
-    `zero_point` is the input's zero point as the uint8 carrier holds it; padding positions count
-    as that zero point, i.e. as centred zeros, as in the integer graph."""
-
-    def __init__(self, weight: torch.Tensor, zero_point: int, *, stride, padding, dilation, groups: int,
-                 bias: torch.Tensor | None = None):
+    def __init__(self, weight: torch.Tensor, zero_point: int, bias: torch.Tensor | None):
         if weight.dtype != torch.int8:
-            raise ValueError("Int8Conv needs int8 weight codes")
+            raise ValueError(f"{type(self).__name__} needs int8 weight codes")
         self.weight = weight.contiguous()
         self.zero_point = int(zero_point)
-        self.stride, self.padding, self.dilation = list(stride), list(padding), list(dilation)
-        self.groups = int(groups)
         self.bias = None if bias is None else bias.to(torch.float32).contiguous()
         self._ones = torch.ones(weight.shape[0], dtype=torch.float32)
         self._zeros = torch.zeros(weight.shape[0], dtype=torch.int64)
@@ -104,10 +98,29 @@ class Int8Conv:
     def _packing(self, shape: tuple[int, ...]) -> torch.Tensor:
         packed = self._packed.get(shape)
         if packed is None:
-            packed = torch.ops.onednn.qconv_prepack(self.weight, self._ones, 1.0, self.zero_point, self.stride,
-                                                    self.padding, self.dilation, self.groups, list(shape))
-            self._packed[shape] = packed
+            packed = self._packed[shape] = self._prepack(list(shape))
         return packed
+
+    def _prepack(self, shape: list[int]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Int8Conv(_Int8Product):
+    """Conv2d of uint8 codes (channels-last) with int8 weights: the float32 accumulator, exactly,
+    when every value it can hold is below 2^24 (the caller proves that).
+
+    `zero_point` is the input's zero point as the uint8 carrier holds it; padding positions count
+    as that zero point, i.e. as centred zeros, as in the integer graph."""
+
+    def __init__(self, weight: torch.Tensor, zero_point: int, *, stride, padding, dilation, groups: int,
+                 bias: torch.Tensor | None = None):
+        super().__init__(weight, zero_point, bias)
+        self.stride, self.padding, self.dilation = list(stride), list(padding), list(dilation)
+        self.groups = int(groups)
+
+    def _prepack(self, shape: list[int]) -> torch.Tensor:
+        return torch.ops.onednn.qconv_prepack(self.weight, self._ones, 1.0, self.zero_point, self.stride,
+                                              self.padding, self.dilation, self.groups, shape)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         packed = self._packing(tuple(x.shape))
@@ -116,24 +129,17 @@ class Int8Conv:
             self.dilation, self.groups, 1.0, 0, torch.float32, "none", [], "")
 
 
-class Int8Linear:
+class Int8Linear(_Int8Product):
     """x·Wᵀ (+ bias) of uint8 codes [M, K] with int8 weights [N, K]: the float32 accumulator, exactly
     under the same conditions as Int8Conv."""
 
     def __init__(self, weight: torch.Tensor, zero_point: int, bias: torch.Tensor | None = None):
-        if weight.dtype != torch.int8:
-            raise ValueError("Int8Linear needs int8 weight codes")
-        self.weight = weight.contiguous()
-        self.zero_point = int(zero_point)
-        self.bias = None if bias is None else bias.to(torch.float32).contiguous()
-        self._ones = torch.ones(weight.shape[0], dtype=torch.float32)
-        self._zeros = torch.zeros(weight.shape[0], dtype=torch.int64)
-        self._packed: dict[tuple[int, ...], torch.Tensor] = {}
+        super().__init__(weight, zero_point, bias)
+
+    def _prepack(self, shape: list[int]) -> torch.Tensor:
+        return torch.ops.onednn.qlinear_prepack(self.weight, shape)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        shape = tuple(x.shape)
-        packed = self._packed.get(shape)
-        if packed is None:
-            packed = self._packed[shape] = torch.ops.onednn.qlinear_prepack(self.weight, list(shape))
+        packed = self._packing(tuple(x.shape))
         return torch.ops.onednn.qlinear_pointwise(x, 1.0, self.zero_point, packed, self._ones, self._zeros,
                                                   self.bias, 1.0, 0, torch.float32, "none", [], "")

@@ -24,7 +24,7 @@ from bitsmith.artifacts import (CIM_SWEEP, DEMO, INTEGER_GRAPH, QAT_GRAPH, check
 from bitsmith.data import iterate_batches, load_dataset
 from bitsmith.errors import BitsmithWarning, ConfigError
 from bitsmith.detection import AnchorHead, detection_head, mean_iou
-from bitsmith.evaluate import predicted_boxes, predictions
+from bitsmith.evaluate import detection_iou, predicted_boxes, predictions
 from bitsmith.integer.graph import load
 from bitsmith.integer.graph import GRAPH_FILE
 from bitsmith.quant import QuantConfig, lower
@@ -36,14 +36,15 @@ from bitsmith.quant.qat.train import METRICS_FILE, QAT_WEIGHTS_FILE, QATTrainCon
 from bitsmith.quant.calibration import CALIBRATION_BATCH_SIZE, CALIBRATION_BATCHES, calibration_batches
 from bitsmith.runs import CHECKPOINT_FILE, load_run
 from bitsmith.storage import load_tensors, write_json_atomic
-from bitsmith.train import TrainConfig, task_objective, train
+from bitsmith.train import TrainConfig, score_text, task_objective, train
 from bitsmith.integer import engine
 from bitsmith.integer.sparsity import graph_sparsity
 from bitsmith.prune.job import pruned_run_masks
 from bitsmith.prune.magnitude import quantize_pruned
 
 def _fraction_equal(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a == b).double().mean())
+    """Share of images on which two predictions (classes [N], or boxes [N, 4]) are equal."""
+    return float((~_differs(a, b)).double().mean())
 
 
 def _percent(a: torch.Tensor, labels: torch.Tensor) -> float:
@@ -69,7 +70,7 @@ def _measure_boxes(float_model, qmodel, graph, test, shape, head: AnchorHead):
     integer = predicted_boxes(partial(engine.predict, graph), test, shape, head)
     figures = {"fp32_iou": round(mean_iou(fp, test.labels), 6), "iou": round(mean_iou(fq, test.labels), 6),
                "integer_iou": round(mean_iou(integer, test.labels), 6),
-               "agreement": float((~_differs(fq, integer)).double().mean()),
+               "agreement": _fraction_equal(fq, integer),
                "box_max_abs_diff": float((fq - integer).abs().max())}
     return figures, fq, integer
 
@@ -202,7 +203,7 @@ def _qat_into(run_dir: str | os.PathLike, out_dir: Path | None, config: QATConfi
     def report(record: dict[str, Any]) -> None:
         history.append(record)
         if not quiet:
-            score = (f"{record['train_acc']:.2f}%" if objective.percent else f"IoU {record['train_iou']:.4f}")
+            score = score_text(objective, record[f"train_{objective.metric}"])
             print(f"qat {method} epoch {record['epoch']}/{train_config.epochs}  loss {record['train_loss']:.4f}  "
                   f"train {score}  {record['seconds']:.1f} s", flush=True)
         if on_epoch is not None:
@@ -242,7 +243,7 @@ def _qat_into(run_dir: str | os.PathLike, out_dir: Path | None, config: QATConfi
                          "float_fake_quant_agreement": _fraction_equal(float_pred, int_pred)}
     else:
         float_figures = {"float_fake_quant_iou": round(mean_iou(float_pred, test.labels), 6),
-                         "float_fake_quant_agreement": float((~_differs(float_pred, int_pred)).double().mean())}
+                         "float_fake_quant_agreement": _fraction_equal(float_pred, int_pred)}
     fp_history = run.meta.get("metrics", {}).get("history", [])
     fp_seconds = (sum(r["seconds"] for r in fp_history) / len(fp_history)) if fp_history else None
     seconds = sum(r["seconds"] for r in history) / len(history) if history else None
@@ -292,9 +293,9 @@ def evaluate_path(path: str | os.PathLike, *, data_dir: str | None = None, limit
         test = load_dataset(dataset, "test", data_dir or graph.metadata.get("data_dir"), limit=limit)
         if test.info.task == "detect":
             head = detection_head((graph.metadata.get("model") or {}).get("name", ""))
-            boxes = predicted_boxes(partial(engine.predict, graph), test, graph.input_spec.shape, head)
+            iou = detection_iou(partial(engine.predict, graph), test, graph.input_spec.shape, head)
             return {"kind": "integer_graph", "path": str(path), "dataset": dataset, "test_images": len(test),
-                    "integer_iou": round(mean_iou(boxes, test.labels), 6)}
+                    "integer_iou": round(iou, 6)}
         pred = predictions(partial(engine.predict, graph), test, graph.input_spec.shape)
         return {"kind": "integer_graph", "path": str(path), "dataset": dataset, "test_images": len(test),
                 "integer_accuracy": _percent(pred, test.labels)}
@@ -303,9 +304,9 @@ def evaluate_path(path: str | os.PathLike, *, data_dir: str | None = None, limit
         dataset = run.meta["dataset"]
         test = run.dataset("test", data_dir, limit=limit)
         if test.info.task == "detect":
-            boxes = predicted_boxes(run.model, test, run.model.input_shape, detection_head(run.model.spec["name"]))
+            iou = detection_iou(run.model, test, run.model.input_shape, detection_head(run.model.spec["name"]))
             return {"kind": "float_run", "path": str(path), "dataset": dataset, "epoch": run.meta.get("epoch"),
-                    "test_images": len(test), "mean_iou": round(mean_iou(boxes, test.labels), 6)}
+                    "test_images": len(test), "mean_iou": round(iou, 6)}
         pred = predictions(run.model, test, run.model.input_shape)
         return {"kind": "float_run", "path": str(path), "dataset": dataset, "epoch": run.meta.get("epoch"),
                 "test_images": len(test), "accuracy": _percent(pred, test.labels)}

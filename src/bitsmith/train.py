@@ -412,11 +412,10 @@ def _train_epoch(
     first_step: int,
     total_steps: int,
     on_batch: Callable[[float, float], None],
-    objective: Objective | None = None,
+    objective: Objective,
 ) -> dict[str, float]:
     """One pass of SGD/Adam over `batches`; returns the epoch's mean loss, score (accuracy in %, or
     mean IoU for detection) and last lr."""
-    objective = objective or ClassificationObjective()
     scale = 100.0 if objective.percent else 1.0
     model.train()
     loss_sum, correct, seen, lr = 0.0, 0, 0, base_lr
@@ -459,39 +458,24 @@ def _metrics(config: TrainConfig, history: list[dict[str, Any]]) -> dict[str, An
     }
 
 
-def _test_score(model: nn.Module, test_ds: ArrayDataset, ctx: distributed.Context,
-                objective: Objective | None = None) -> float:
+def _test_score(model: nn.Module, test_ds: ArrayDataset, ctx: distributed.Context, objective: Objective) -> float:
     """Test accuracy in percent (detection: mean IoU); under a process group each rank predicts its
     slice of the test set and the correct counts (IoU sums) are summed."""
-    if isinstance(objective, DetectionObjective):
-        return _test_iou(model, test_ds, ctx, objective)
-    images = len(test_ds)
-    part = distributed.shard_range(images, ctx)
-    mine = ArrayDataset(test_ds.info, test_ds.images[part.start:part.stop], test_ds.labels[part.start:part.stop])
-    correct = 0.0
-    if len(mine) or not images:  # an empty test set: predictions() names the problem
-        was_training = model.training
-        model.eval()  # dropout / batch-norm statistics must not change a measurement
-        pred = predictions(lambda x: model(x.to(ctx.device)).cpu(), mine, model.input_shape)
-        model.train(was_training)
-        correct = float((pred == mine.labels).sum().item())
-    (total,) = distributed.all_sum([correct])
-    return 100.0 * total / images
-
-
-def _test_iou(model: nn.Module, test_ds: ArrayDataset, ctx: distributed.Context, objective: DetectionObjective) -> float:
     images = len(test_ds)
     part = distributed.shard_range(images, ctx)
     mine = ArrayDataset(test_ds.info, test_ds.images[part.start:part.stop], test_ds.labels[part.start:part.stop])
     total = 0.0
-    if len(mine) or not images:
+    if len(mine) or not images:  # an empty test set: predictions() names the problem
         was_training = model.training
-        model.eval()
-        boxes = predicted_boxes(lambda x: model(x.to(ctx.device)).cpu(), mine, model.input_shape, objective.head)
+        model.eval()  # dropout / batch-norm statistics must not change a measurement
+        predict = lambda x: model(x.to(ctx.device)).cpu()  # noqa: E731
+        if isinstance(objective, DetectionObjective):
+            total = float(box_iou(predicted_boxes(predict, mine, model.input_shape, objective.head), mine.labels).sum())
+        else:
+            total = float((predictions(predict, mine, model.input_shape) == mine.labels).sum().item())
         model.train(was_training)
-        total = float(box_iou(boxes, mine.labels).sum())
     (total,) = distributed.all_sum([total])
-    return total / images
+    return (100.0 if objective.percent else 1.0) * total / images
 
 
 def batch_stats(loss: float, acc: float) -> str:

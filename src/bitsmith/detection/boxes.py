@@ -12,13 +12,18 @@ def _check(a: torch.Tensor, b: torch.Tensor) -> None:
         raise DataError(f"IoU needs two [N, 4] box tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
 
 
+def _intersection(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Area [N] of each box of `a` overlapping the box of `b` at the same index (0 apart)."""
+    iw = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
+    ih = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
+    return iw * ih
+
+
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """IoU of each box of `a` with the box of `b` at the same index: [N]; empty boxes give 0."""
     _check(a, b)
     a, b = a.to(torch.float64), b.to(torch.float64)
-    iw = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
-    ih = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
-    inter = iw * ih
+    inter = _intersection(a, b)
     area = lambda x: (x[:, 2] - x[:, 0]).clamp(min=0) * (x[:, 3] - x[:, 1]).clamp(min=0)  # noqa: E731
     union = area(a) + area(b) - inter
     return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(union))
@@ -34,9 +39,7 @@ def mean_iou(pred: torch.Tensor, target: torch.Tensor) -> float:
 def giou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Generalised IoU [N] (IoU minus the empty share of the enclosing box): a loss that still has a
     gradient when the boxes do not overlap. Float32, differentiable in `a`."""
-    iw = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
-    ih = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
-    inter = iw * ih
+    inter = _intersection(a, b)
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a + area_b - inter + 1e-9

@@ -36,6 +36,15 @@ def cell_boxes(t: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor, anchor_wh: t
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1)
 
 
+def boxes_at(p: torch.Tensor, anchor: torch.Tensor, gy: torch.Tensor, gx: torch.Tensor,
+             head: AnchorHead) -> torch.Tensor:
+    """Normalised boxes [B, 4] of split head outputs p [B, A, V, gh, gw] at (anchor, gy, gx) per image."""
+    gh, gw = p.shape[-2:]
+    t = p[torch.arange(p.shape[0]), anchor, :4, gy, gx]  # [B, 4]
+    anchors = torch.tensor(head.anchor_fractions(), dtype=torch.float32)[anchor]
+    return cell_boxes(t, gx.to(torch.float32), gy.to(torch.float32), anchors, (gh, gw))
+
+
 def decode(out: torch.Tensor, head: AnchorHead) -> tuple[torch.Tensor, torch.Tensor]:
     """(boxes [B, 4] normalised and clipped to the image, objectness logits [B]) of the best
     (anchor, cell) per image; ties go to the first in (anchor, row, column) order."""
@@ -45,7 +54,5 @@ def decode(out: torch.Tensor, head: AnchorHead) -> tuple[torch.Tensor, torch.Ten
     best = objectness.argmax(dim=1)
     anchor, cell = best // (gh * gw), best % (gh * gw)
     gy, gx = cell // gw, cell % gw
-    t = p[torch.arange(b), anchor, :4, gy, gx]  # [B, 4]
-    anchors = torch.tensor(head.anchor_fractions(), dtype=torch.float32)[anchor]
-    boxes = cell_boxes(t, gx.to(torch.float32), gy.to(torch.float32), anchors, (gh, gw)).clamp(0, 1)
+    boxes = boxes_at(p, anchor, gy, gx, head).clamp(0, 1)
     return boxes, objectness.gather(1, best[:, None])[:, 0]

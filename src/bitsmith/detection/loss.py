@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from bitsmith.detection.boxes import giou
-from bitsmith.detection.decode import cell_boxes, split_head
+from bitsmith.detection.decode import boxes_at, split_head
 from bitsmith.detection.heads import AnchorHead
 from bitsmith.errors import DataError
 
@@ -39,9 +39,7 @@ def detection_loss(out: torch.Tensor, target: torch.Tensor, head: AnchorHead,
     if target.shape != (b, 4):
         raise DataError(f"detection targets must be [{b}, 4] boxes, got {tuple(target.shape)}")
     anchor, gy, gx = responsible(target, head, (gh, gw))
-    t = p[torch.arange(b), anchor, :4, gy, gx]
-    anchors = torch.tensor(head.anchor_fractions(), dtype=torch.float32)[anchor]
-    pred = cell_boxes(t, gx.to(torch.float32), gy.to(torch.float32), anchors, (gh, gw))
+    pred = boxes_at(p, anchor, gy, gx, head)
     box_loss = (1.0 - giou(pred, target)).mean()
     objectness = p[:, :, 4].reshape(b, -1)
     position = (anchor * gh + gy) * gw + gx

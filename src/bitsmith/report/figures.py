@@ -50,8 +50,8 @@ def training_curves(history: Sequence[dict], title: str) -> str:
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     detection = any(k.endswith("_iou") for r in history for k in r)  # a detector: mean IoU, not accuracy
-    for key, label in (("train_", "train"), ("test_", "test")):
-        key += "iou" if detection else "acc"
+    suffix = "iou" if detection else "acc"
+    for key, label in ((f"train_{suffix}", "train"), (f"test_{suffix}", "test")):
         if all(key in r for r in history):
             ax_acc.plot(epochs, [r[key] for r in history], marker="o", ms=3, label=label)
     ax_acc.set_xlabel("epoch")
@@ -109,8 +109,8 @@ def accuracy_bars(rows: Sequence[dict]) -> str:
     low = min((percent(r, k) for r in rows for k, _ in keys if r.get(k)), default=0.0)
     ax.set_ylim(max(0.0, low - 5.0), 100.0)
     detectors = {r.get("metric") == "IoU" for r in rows}
-    ax.set_ylabel({frozenset({True}): "test mean IoU × 100", frozenset({False}): "test accuracy %"}.get(
-        frozenset(detectors), "accuracy % / IoU × 100"))
+    ax.set_ylabel("test mean IoU × 100" if detectors == {True} else "test accuracy %" if detectors == {False}
+                  else "accuracy % / IoU × 100")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     return _data_uri(fig)

@@ -20,7 +20,8 @@ A Requant to codes that span at most 256 values runs as one numba pass writing u
 `INT8_MIN_BATCH` images on, where the CPU has exact int8 units, a second program keeps 8-bit codes
 in uint8 between layers and runs Conv2d / Linear on oneDNN's int8 kernels
 (`bitsmith.integer.int8_gemm`), in chunks of `INT8_CHUNK` images side by side on single-threaded
-workers (docs/arithmetic.md §7a).
+workers (docs/arithmetic.md §7a). A single image takes a third program, one compiled call per
+step on buffers made once (`bitsmith.integer.single_image`), where every step is covered.
 
 Static value ranges are tracked for every tensor (from the weight codes and clamp bounds), so the
 accumulator overflow check runs only where an overflow is possible at all. Per-graph constants
@@ -51,9 +52,10 @@ from bitsmith.integer import int8_gemm
 from bitsmith.integer.graph import IntegerGraph, Node
 from bitsmith.integer.ops import Emitters, as_pads, symmetric_padding
 from bitsmith.integer.ops import as_pair as _pair
-from bitsmith.integer.reference import (as_input, check_width, conv2d_int64, explicit_padding, run_reference,
-                                        window_sum_int64)
+from bitsmith.integer.reference import (as_input, check_width, conv2d_int64, explicit_padding, require_finite,
+                                        run_reference, window_sum_int64)
 from bitsmith.integer.requant_kernels import CodeRequant
+from bitsmith.integer.single_image import SingleImageProgram, compile_single_image
 
 FAST = Emitters("fast engine")
 
@@ -80,12 +82,18 @@ def run(graph: IntegerGraph, x, *, return_all: bool = False, check_overflow: boo
     refuse the graph by layer (GraphError) otherwise. An empty batch [0, …] gives [0, …] codes."""
     if return_all:
         return run_reference(graph, x, check_overflow=check_overflow)
-    x = as_input(graph, x)
+    x = as_input(graph, x, check_finite=False)
     plan = _plan(graph)
     if plan.int64_refusal[check_overflow] is not None:
         raise GraphError(plan.int64_refusal[check_overflow])
     if x.shape[0] == 0:
         return torch.empty((0, *graph.output_spec.shape), dtype=torch.int64)
+    single = plan.single_image
+    if x.shape[0] == 1 and single is not None and not (check_overflow and single.needs_check):
+        y = single.run(x)  # checks the input is finite
+        if y is not None:
+            return y
+    require_finite(x)
     with torch.no_grad():
         return _run_fast(plan, x, check_overflow)
 
@@ -244,6 +252,7 @@ class _Plan:
     tensors: dict
     program: _Program  # codes carried in floats (8-bit codes in uint8 after a Requant): any batch size
     int8_program: _Program | None  # 8-bit codes throughout and int8 GEMMs (None: not available here)
+    single_image: SingleImageProgram | None  # batch 1 on buffers made once (None: not covered)
     input: str
     output: str
     int64_refusal: dict[bool, str | None]  # check_int64's message (None: proved) with/without the overflow check
@@ -268,13 +277,15 @@ def _plan(g: IntegerGraph) -> _Plan:
     if plan is not None and plan.key == settings and plan.nodes == g.nodes and plan.tensors == g.tensors:
         return plan
     refusal = {checked: _int64_refusal(g, checked) for checked in (True, False)}
-    program, int8_program = _Program([], 0), None
+    program, int8_program, single_image = _Program([], 0), None, None
     ieee_float32, int8 = settings[-2:]
     if refusal[False] is None or refusal[True] is None:
-        program = _Compiler(g, ieee_float32=ieee_float32).compile()
+        compiler = _Compiler(g, ieee_float32=ieee_float32)
+        program = compiler.compile()
+        single_image = compile_single_image(compiler)
         if int8:
             int8_program = _Compiler(g, ieee_float32=ieee_float32, int8=True).compile()
-    plan = _Plan(settings, copy.deepcopy(g.nodes), copy.deepcopy(g.tensors), program, int8_program,
+    plan = _Plan(settings, copy.deepcopy(g.nodes), copy.deepcopy(g.tensors), program, int8_program, single_image,
                  g.inputs[0], g.outputs[0], refusal)
     _PLANS[g] = plan
     return plan

@@ -44,7 +44,7 @@ def run_reference(g, x, *, check_overflow: bool = True) -> dict[str, torch.Tenso
     return values
 
 
-def as_input(g: IntegerGraph, x) -> torch.Tensor:
+def as_input(g: IntegerGraph, x, check_finite: bool = True) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
@@ -56,9 +56,14 @@ def as_input(g: IntegerGraph, x) -> torch.Tensor:
         raise GraphError(f"input of shape {list(x.shape)} does not fit the graph input [N, {', '.join(map(str, shape))}]")
     if not x.is_floating_point():
         raise GraphError(f"graph input must be float images (what the float model takes), got {x.dtype}")
+    if check_finite:
+        require_finite(x)
+    return x
+
+
+def require_finite(x: torch.Tensor) -> None:
     if not torch.isfinite(x).all():
         raise GraphError("graph input contains NaN or infinity")
-    return x
 
 
 def check_width(y: torch.Tensor, spec: TensorSpec, node: Node) -> None:

@@ -1,0 +1,370 @@
+"""One image at a time on the fast engine: a layer is one or two compiled calls on buffers made once.
+
+At batch 1 the engine's torch program pays per operation (dispatch, allocation, layout), not per
+multiply-add: LeNet-5 is a few hundred thousand MACs, and forty small torch calls cost far more
+than that arithmetic here. This program runs the same exact arithmetic with one numba call per
+step on numpy buffers allocated when the plan is compiled:
+
+    QuantizeInput   the float32 operations of `arithmetic.quantize_input`, and the finite check
+    Conv2d/Linear   im2col of the centred codes x − z_in (zeros for padding), then one float32
+                    GEMM with the bias (torch.addmm into the layer's buffer): every value the layer
+                    can produce is an integer below 2^24, so the sums are exact in any order
+                    (docs/arithmetic.md §7, the same proof as the torch program's)
+    Requant         `FloatRequant`'s float64 operations, one by one, after the max-pool reading it
+                    when there is one (`engine._Compiler._pool_first`); codes stay float32
+    MaxPool2d, Add, Flatten   a window maximum, the float64 weighted sum, a view
+
+The program exists only where every step is provably exact this way and no accumulator width
+check is needed; otherwise (and for other ops) the engine keeps its torch program. The buffers
+belong to the plan, so a call holds the plan's lock; a second thread calling at the same moment
+takes the torch program instead of waiting.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from collections.abc import Callable
+
+import numba
+import numpy as np
+import torch
+
+from bitsmith.errors import GraphError
+from bitsmith.integer.exactness import FLOAT32_EXACT, gemm_dtype
+from bitsmith.integer.graph import IntegerGraph
+from bitsmith.integer.ops import as_pads
+from bitsmith.integer.ops import as_pair as _pair
+
+_COMPILE = dict(nogil=True, cache=True, fastmath=False, boundscheck=False)
+
+
+@numba.njit(**_COMPILE)
+def _quantize(x, scale, z, low, high, out):
+    """out = clamp(round_half_even(x / scale), q_min − z, q_max − z) + z in float32, as
+    `arithmetic.quantize_input`; False when x holds a NaN or an infinity."""
+    for i in range(x.shape[0]):
+        v = x[i]
+        if not np.isfinite(v):
+            return False
+        q = np.rint(v / scale)
+        out[i] = min(max(q, low), high) + z
+    return True
+
+
+@numba.njit(**_COMPILE)
+def _im2col(x, z, kh, kw, sh, sw, top, left, dh, dw, out_h, out_w, cols):
+    """cols[(c·kh + i)·kw + j, oy·OW + ox] = x[c, oy·sh − top + i·dh, ox·sw − left + j·dw] − z, or 0
+    outside the map (the IR pads the centred input with zeros)."""
+    channels, height, width = x.shape
+    for c in range(channels):
+        for i in range(kh):
+            for j in range(kw):
+                row = cols[(c * kh + i) * kw + j]
+                for oy in range(out_h):
+                    iy = oy * sh - top + i * dh
+                    base = oy * out_w
+                    if iy < 0 or iy >= height:
+                        for ox in range(out_w):
+                            row[base + ox] = 0.0
+                        continue
+                    for ox in range(out_w):
+                        ix = ox * sw - left + j * dw
+                        row[base + ox] = x[c, iy, ix] - z if 0 <= ix < width else 0.0
+
+
+@numba.njit(**_COMPILE)
+def _requant(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi, out):
+    """out[c, p] = the Requant of acc[c, p] in float64, operation for operation as `engine.FloatRequant`."""
+    for c in range(out.shape[0]):
+        a, b, m, o = v_min[c], v_max[c], scale[c], offset[c]
+        if clamped:
+            for p in range(out.shape[1]):
+                v = min(max(np.float64(acc[c, p]) - z_in, a), b)
+                out[c, p] = min(max(np.floor(v * m + o), lo), hi)
+        else:
+            for p in range(out.shape[1]):
+                out[c, p] = min(max(np.floor((np.float64(acc[c, p]) - z_in) * m + o), lo), hi)
+
+
+@numba.njit(**_COMPILE)
+def _pool_requant(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi, kh, kw, sh, sw, out):
+    """out[c, oy, ox] = the Requant of the maximum of acc[c] over the kh×kw window at (oy·sh, ox·sw)."""
+    channels, out_h, out_w = out.shape
+    for c in range(channels):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                best = acc[c, oy * sh, ox * sw]
+                for i in range(kh):
+                    for j in range(kw):
+                        best = max(best, acc[c, oy * sh + i, ox * sw + j])
+                v = np.float64(best) - z_in
+                if clamped:
+                    v = min(max(v, v_min[c]), v_max[c])
+                out[c, oy, ox] = min(max(np.floor(v * scale[c] + offset[c]), lo), hi)
+
+
+@numba.njit(**_COMPILE)
+def _maxpool(x, kh, kw, sh, sw, out):
+    channels, out_h, out_w = out.shape
+    for c in range(channels):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                best = x[c, oy * sh, ox * sw]
+                for i in range(kh):
+                    for j in range(kw):
+                        best = max(best, x[c, oy * sh + i, ox * sw + j])
+                out[c, oy, ox] = best
+
+
+@numba.njit(**_COMPILE)
+def _window_sum(x, z, kh, kw, sh, sw, out):
+    """out[c, oy, ox] = Σ over the kh×kw window of (x − z), in float64 (integers below 2^53)."""
+    channels, out_h, out_w = out.shape
+    for c in range(channels):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                total = 0.0
+                for i in range(kh):
+                    for j in range(kw):
+                        total += np.float64(x[c, oy * sh + i, ox * sw + j]) - z
+                out[c, oy, ox] = total
+
+
+@numba.njit(**_COMPILE)
+def _reorg(x, r, out):
+    """out[(c·r + i)·r + j, y, x'] = x[c, y·r + i, x'·r + j] (F.pixel_unshuffle)."""
+    channels, out_h, out_w = x.shape[0], out.shape[1], out.shape[2]
+    for c in range(channels):
+        for i in range(r):
+            for j in range(r):
+                plane = out[(c * r + i) * r + j]
+                for y in range(out_h):
+                    for xx in range(out_w):
+                        plane[y, xx] = x[c, y * r + i, xx * r + j]
+
+
+@numba.njit(**_COMPILE)
+def _add(a, b, za, zb, ma, mb, out):
+    """out = (a − z_a)·m_a + (b − z_b)·m_b, each partial result an integer below 2^53 in float64."""
+    for i in range(out.shape[0]):
+        out[i] = (np.float64(a[i]) - za) * ma + (np.float64(b[i]) - zb) * mb
+
+
+@dataclass
+class SingleImageProgram:
+    """The compiled steps for one image; `run` is thread-safe (see the module docstring)."""
+
+    image: np.ndarray  # float32 [C·H·W]: the input image is copied here
+    quantize: Callable[[], bool]
+    steps: list[Callable[[], object]]
+    output: np.ndarray  # the output codes, float32, the graph output's shape
+    buffers: dict[str, np.ndarray]  # every tensor's, by name (float32, float64 for wide accumulators)
+    needs_check: bool  # some accumulator could leave its declared width: only for check_overflow=False
+    lock: threading.Lock
+
+    def run(self, x: torch.Tensor) -> torch.Tensor | None:
+        """int64 output codes [1, …] of one float image [1, …], or None when another thread holds
+        the buffers. Raises GraphError for a NaN or infinite input."""
+        if not self.lock.acquire(blocking=False):
+            return None
+        try:
+            self.image[:] = x.detach().reshape(-1).to(torch.float32).numpy()  # quantize_input's first step
+            if not self.quantize():
+                raise GraphError("graph input contains NaN or infinity")
+            for step in self.steps:
+                step()
+            return torch.from_numpy(self.output.astype(np.int64)).unsqueeze(0)
+        finally:
+            self.lock.release()
+
+
+class _Unsupported(Exception):
+    """The graph has a step this program does not cover exactly: keep the torch program."""
+
+
+def compile_single_image(compiler) -> SingleImageProgram | None:
+    """The single-image program of the graph `compiler` (an `engine._Compiler` whose torch program
+    is compiled, so its value ranges are known), or None where some step is not covered."""
+    try:
+        return _Builder(compiler).build()
+    except _Unsupported:
+        return None
+
+
+def _as_chw(shape) -> tuple[int, int, int]:
+    shape = tuple(shape)
+    return shape if len(shape) == 3 else (int(np.prod(shape)), 1, 1)
+
+
+class _Builder:
+    def __init__(self, compiler):
+        self.c = compiler
+        self.g: IntegerGraph = compiler.g
+        self.buffers: dict[str, np.ndarray] = {}  # float32 [C, H, W] per tensor
+        self.steps: list[Callable[[], object]] = []
+        self.needs_check = False
+
+    def buffer(self, name: str, dtype=np.float32) -> np.ndarray:
+        """The tensor's buffer, made (float32 unless its producer asks for float64) on first use."""
+        if name not in self.buffers:
+            self.buffers[name] = np.zeros(_as_chw(self.g.tensors[name].shape), dtype=dtype)
+        return self.buffers[name]
+
+    def build(self) -> SingleImageProgram:
+        g, c = self.g, self.c
+        if len(g.inputs) != 1 or len(g.outputs) != 1:
+            raise _Unsupported
+        first = g.nodes[0] if g.nodes else None
+        if first is None or first.op != "QuantizeInput" or first.inputs[0] != g.inputs[0]:
+            raise _Unsupported
+        image = np.zeros(int(np.prod(g.input_spec.shape)), dtype=np.float32)
+        quantize = self.quantize_input(first, image)
+        deferred = {}
+        for node in g.nodes[1:]:
+            if node.op == "Requant" and c._pool_first(node):
+                deferred[node.output] = node
+            elif node.op == "MaxPool2d" and node.inputs[0] in deferred:
+                self.requant(deferred.pop(node.inputs[0]), node.output, pool=node)
+            elif node.op == "Requant":
+                self.requant(node, node.output)
+            elif node.op in ("Conv2d", "Linear"):
+                self.conv_or_linear(node)
+            elif node.op == "MaxPool2d":
+                self.maxpool(node)
+            elif node.op == "Flatten":
+                src = self.buffer(node.inputs[0])
+                self.buffers[node.output] = src.reshape(_as_chw(self.g.tensors[node.output].shape))
+            elif node.op == "Add":
+                self.add(node)
+            elif node.op == "AvgPool2d":
+                self.avgpool(node)
+            elif node.op == "Reorg":
+                src = self.buffer(node.inputs[0])
+                args = (src, int(node.attrs["stride"]), self.buffer(node.output, src.dtype))
+                self.steps.append(lambda args=args: _reorg(*args))
+            elif node.op == "Concat":
+                parts = [self.buffer(name) for name in node.inputs]
+                out, start = self.buffer(node.output, np.result_type(*parts)), 0
+                for src in parts:
+                    part = out[start: start + src.shape[0]]
+                    start += src.shape[0]
+                    self.steps.append(lambda part=part, src=src: np.copyto(part, src))
+            else:
+                raise _Unsupported
+        if deferred:
+            raise _Unsupported
+        out = self.buffer(g.outputs[0]).reshape(tuple(g.output_spec.shape))
+        return SingleImageProgram(image, quantize, self.steps, out, self.buffers, self.needs_check, threading.Lock())
+
+    def quantize_input(self, node, image: np.ndarray) -> Callable[[], bool]:
+        s = self.g.tensors[node.output]
+        z, qmin, qmax = s.zero_point, s.qmin, s.qmax
+        if max(abs(qmin), abs(qmax), abs(qmin - z), abs(qmax - z)) >= FLOAT32_EXACT:
+            raise _Unsupported
+        out = self.buffer(node.output).reshape(-1)
+        args = (image, np.float32(s.scale), np.float32(z), np.float32(qmin - z), np.float32(qmax - z), out)
+        return lambda: _quantize(*args)
+
+    def conv_or_linear(self, node) -> None:
+        g = self.g
+        src = node.inputs[0]
+        w = self.c.weights[node.name].to(torch.int64)
+        z = g.tensors[src].zero_point
+        vlo, vhi = self.c.range[src]
+        x_max = max(vhi - z, z - vlo, 0)
+        per_out = [a * x_max for a in w.abs().reshape(w.shape[0], -1).sum(dim=1).tolist()]
+        bias = g.params[node.params["bias"]].to(torch.int64).tolist() if "bias" in node.params else [0] * w.shape[0]
+        acc_range = (min(b - p for b, p in zip(bias, per_out)), max(b + p for b, p in zip(bias, per_out)))
+        bound = max(max(abs(b) + p for b, p in zip(bias, per_out)), abs(vlo), abs(vhi), abs(z), x_max)
+        dtype = gemm_dtype(bound, self.c.ieee_float32)  # as the torch program's GEMM
+        if dtype == torch.int64:
+            raise _Unsupported
+        if self.c._overflow_check(node, acc_range) is not None:
+            self.needs_check = True
+        x = self.buffer(src)
+        out = self.buffer(node.output, np.float64 if dtype == torch.float64 else np.float32)
+        if node.op == "Linear":
+            x = x.reshape(-1, 1, 1)
+            geometry = (1, 1, 1, 1, 0, 0, 1, 1, 1, 1)
+        else:
+            a = node.attrs
+            kh, kw = w.shape[2:]
+            (sh, sw), (dh, dw) = _pair(a["stride"]), _pair(a["dilation"])
+            top, left, _, _ = as_pads(a["padding"])
+            geometry = (kh, kw, sh, sw, top, left, dh, dw, out.shape[1], out.shape[2])
+        # a grouped conv's im2col rows are its groups one after the other: one batched GEMM
+        groups = node.attrs["groups"] if node.op == "Conv2d" else 1
+        terms = int(np.prod(w.shape[1:]))
+        cols = np.zeros((groups * terms, geometry[-2] * geometry[-1]), dtype=out.dtype)
+        args = (x, np.float32(z), *geometry, cols)
+        self.steps.append(lambda: _im2col(*args))
+        if groups == 1:
+            weights = w.reshape(w.shape[0], -1).to(dtype)
+            bias_t = torch.tensor(bias, dtype=dtype).reshape(-1, 1)
+            cols_t, acc_t = torch.from_numpy(cols), torch.from_numpy(out.reshape(out.shape[0], -1))
+            self.steps.append(lambda: torch.addmm(bias_t, weights, cols_t, out=acc_t))
+        else:
+            weights = w.reshape(groups, -1, terms).to(dtype)
+            bias_t = torch.tensor(bias, dtype=dtype).reshape(groups, -1, 1)
+            cols_t = torch.from_numpy(cols).reshape(groups, terms, -1)
+            acc_t = torch.from_numpy(out.reshape(groups, out.shape[0] // groups, -1))
+            self.steps.append(lambda: torch.baddbmm(bias_t, weights, cols_t, out=acc_t))
+
+    def requant(self, node, out_name: str, pool=None) -> None:
+        g = self.g
+        src = node.inputs[0]
+        exact = self.c._float_requant(node, src)
+        lo, hi = node.attrs["clamp_min"], node.attrs["clamp_max"]
+        if exact is None or max(abs(lo), abs(hi)) >= FLOAT32_EXACT:
+            raise _Unsupported
+        acc, out = self.buffer(src), self.buffer(out_name)
+        channels = acc.shape[0]
+
+        def per_channel(t):
+            return np.ascontiguousarray(np.broadcast_to(t.reshape(-1).numpy().astype(np.float64), (channels,)))
+
+        clamped = exact.v_min is not None
+        zeros = np.zeros(channels)
+        args = (float(g.tensors[src].zero_point), per_channel(exact.scale), per_channel(exact.offset),
+                per_channel(exact.v_min) if clamped else zeros, per_channel(exact.v_max) if clamped else zeros,
+                clamped, float(exact.lo), float(exact.hi))
+        if pool is None:
+            flat = (acc.reshape(channels, -1), *args, out.reshape(channels, -1))
+            self.steps.append(lambda: _requant(*flat))
+        else:
+            pooled = (acc, *args, *_pair(pool.attrs["kernel"]), *_pair(pool.attrs["stride"]), out)
+            self.steps.append(lambda: _pool_requant(*pooled))
+
+    def maxpool(self, node) -> None:
+        window = (*_pair(node.attrs["kernel"]), *_pair(node.attrs["stride"]))
+        src = self.buffer(node.inputs[0])
+        args = (src, *window, self.buffer(node.output, src.dtype))
+        self.steps.append(lambda: _maxpool(*args))
+
+    def avgpool(self, node) -> None:
+        src = node.inputs[0]
+        z = self.g.tensors[src].zero_point
+        kh, kw = _pair(node.attrs["kernel"])
+        vlo, vhi = self.c.range[src]
+        out_range = (kh * kw * (vlo - z), kh * kw * (vhi - z))
+        if max(abs(out_range[0]), abs(out_range[1]), abs(vlo), abs(vhi), abs(z)) >= FLOAT32_EXACT:
+            raise _Unsupported
+        if self.c._overflow_check(node, out_range) is not None:
+            self.needs_check = True
+        args = (self.buffer(src), float(z), kh, kw, *_pair(node.attrs["stride"]), self.buffer(node.output))
+        self.steps.append(lambda: _window_sum(*args))
+
+    def add(self, node) -> None:
+        g = self.g
+        m = g.params[node.params["multiplier"]].to(torch.int64).tolist()
+        zs = [g.tensors[i].zero_point for i in node.inputs]
+        spans = [((self.c.range[i][0] - z) * mi, (self.c.range[i][1] - z) * mi) for i, z, mi in zip(node.inputs, zs, m)]
+        out_range = (spans[0][0] + spans[1][0], spans[0][1] + spans[1][1])
+        if max(abs(v) for span in (*spans, out_range) for v in span) >= FLOAT32_EXACT:
+            raise _Unsupported
+        if self.c._overflow_check(node, out_range) is not None:
+            self.needs_check = True
+        a, b = (self.buffer(i).reshape(-1) for i in node.inputs)
+        args = (a, b, float(zs[0]), float(zs[1]), float(m[0]), float(m[1]), self.buffer(node.output).reshape(-1))
+        self.steps.append(lambda: _add(*args))

@@ -1,0 +1,148 @@
+"""The engine's single-image program (`bitsmith.integer.single_image`) against the literal path,
+element by element, and its fallbacks: input checks, overflow checks, a busy program, graph edits."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from bitsmith.errors import AccumulatorOverflowError, GraphError
+from bitsmith.integer import engine
+from bitsmith.models import MODEL_NAMES
+from tests.integer.test_engine_fast_paths import W4A4_PC, W8A8, WIDE, graph
+from tests.random_graphs import random_graph
+
+
+def single(g):
+    return engine._plan(g).single_image
+
+
+def literal(g, x):
+    return engine.run(g, x, return_all=True)[g.outputs[0]]
+
+
+def assert_single_equals_literal(g, images):
+    for x in images:
+        got = engine.run(g, x)
+        assert got.dtype == torch.int64 and got.shape == (1, *g.output_spec.shape)
+        assert torch.equal(got, literal(g, x))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_zoo_model_runs_single_images_exactly(name):
+    g, shape = graph(name, W8A8)
+    assert single(g) is not None
+    assert_single_equals_literal(g, [torch.randn(1, *shape) * 1.5 for _ in range(3)])
+
+
+@pytest.mark.parametrize("config", [W8A8, W4A4_PC], ids=["w8a8", "w4a4-per-channel"])
+def test_lenet_single_images_with_biases_and_saturation(config):
+    g, shape = graph("lenet5", config, bias=True)
+    images = [torch.randn(1, *shape) * scale for scale in (0.1, 1, 3, 30)]  # 30: every input saturates
+    assert_single_equals_literal(g, images)
+    assert len(torch.unique(torch.cat([engine.run(g, x) for x in images]))) > 5
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_random_graphs_run_single_images_exactly(seed):
+    g = random_graph(seed)  # signed codes, zero points, asymmetric pads, groups, Add, Concat, AvgPool, Reorg
+    assert single(g) is not None
+    assert_single_equals_literal(g, [torch.randn(1, *g.input_spec.shape) * 2 for _ in range(2)])
+
+
+def test_wide_accumulators_take_float64_buffers():
+    g, shape = graph("lenet5", WIDE, bias=True)  # conv2's sums exceed 2^24: float64, as the torch program
+    assert single(g).buffers["q_conv2_acc"].dtype == np.float64
+    assert single(g).buffers["q_conv1_acc"].dtype == np.float32
+    assert_single_equals_literal(g, [torch.randn(1, *shape) for _ in range(3)])
+
+
+def test_a_requant_float64_cannot_prove_keeps_the_torch_program():
+    g, shape = graph("lenet5", WIDE, bias=True)
+    req = next(n for n in g.nodes if n.op == "Requant" and n.inputs == ["q_conv2_acc"])
+    g.params[req.params["multiplier"]].fill_((1 << 31) - 1)
+    g.params[req.params["shift"]].fill_(62)
+    assert single(g) is None
+    assert_single_equals_literal(g, [torch.randn(1, *shape)])
+
+
+def test_non_finite_single_images_are_refused():
+    g, shape = graph("lenet5", W8A8)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.randn(1, *shape)
+        x[0, 0, 3, 4] = bad
+        with pytest.raises(GraphError, match="NaN or infinity"):
+            engine.run(g, x)
+
+
+def test_other_input_dtypes_are_read_as_quantize_input_reads_them():
+    g, shape = graph("lenet5", W8A8)
+    x = torch.randn(1, *shape, dtype=torch.float64) * 2
+    assert_single_equals_literal(g, [x, x.to(torch.float16), x.to(torch.bfloat16), x.numpy()])
+    assert_single_equals_literal(g, [x[0].to(torch.float32)])  # an unbatched image
+
+
+def test_results_are_fresh_tensors():
+    g, shape = graph("lenet5", W8A8)
+    a, b = torch.randn(1, *shape), torch.randn(1, *shape) * 3
+    first = engine.run(g, a)
+    kept = first.clone()
+    engine.run(g, b)
+    assert torch.equal(first, kept)
+
+
+def test_a_busy_program_hands_the_call_to_the_torch_program():
+    g, shape = graph("lenet5", W8A8)
+    x = torch.randn(1, *shape)
+    want = engine.run(g, x)
+    program = single(g)
+    assert program.lock.acquire()  # another thread is in the middle of a call
+    try:
+        assert program.run(x) is None
+        assert torch.equal(engine.run(g, x), want)
+    finally:
+        program.lock.release()
+
+
+def test_threads_calling_at_once_get_their_own_answers():
+    g, shape = graph("lenet5", W8A8)
+    images = [torch.randn(1, *shape) * (1 + i % 3) for i in range(40)]
+    want = [literal(g, x) for x in images]
+    got = [None] * len(images)
+
+    def work(k):
+        for i in range(k, len(images), 4):
+            got[i] = engine.run(g, images[i])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_overflow_checks_keep_the_torch_program():
+    g, shape = graph("lenet5", W8A8, bias=True)
+    acc = next(n for n in g.nodes if n.name.startswith("q_conv3"))
+    g.tensors[acc.output].bits = 12  # 400 int8 × uint8 terms do not fit 12 bits
+    x = torch.randn(1, *shape) * 3
+    assert single(g).needs_check
+    with pytest.raises(AccumulatorOverflowError, match="q_conv3"):
+        engine.run(g, x)
+    assert torch.equal(engine.run(g, x, check_overflow=False), literal_unchecked(g, x))
+
+
+def literal_unchecked(g, x):
+    return engine.run(g, x, return_all=True, check_overflow=False)[g.outputs[0]]
+
+
+def test_the_program_follows_graph_edits():
+    g, shape = graph("lenet5", W8A8)
+    x = torch.randn(1, *shape)
+    before = engine.run(g, x)
+    w = g.params[next(n for n in g.nodes if n.op == "Conv2d").params["weight"]]
+    w.copy_(torch.roll(w, 1, dims=0))  # in place: same tensor object, new values
+    after = engine.run(g, x)
+    assert torch.equal(after, literal(g, x)) and not torch.equal(before, after)

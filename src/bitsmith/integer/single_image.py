@@ -168,6 +168,11 @@ class SingleImageProgram:
         the buffers. Raises GraphError for a NaN or infinite input."""
         if not self.lock.acquire(blocking=False):
             return None
+        # One image's GEMMs are too small to share: a second OpenMP thread costs more in
+        # fork / join than it saves (this thread's team size only; put back below).
+        threads = torch.get_num_threads()
+        if threads > 1:
+            torch.set_num_threads(1)
         try:
             self.image[:] = x.detach().reshape(-1).to(torch.float32).numpy()  # quantize_input's first step
             if not self.quantize():
@@ -176,6 +181,8 @@ class SingleImageProgram:
                 step()
             return torch.from_numpy(self.output.astype(np.int64)).unsqueeze(0)
         finally:
+            if threads > 1:
+                torch.set_num_threads(threads)
             self.lock.release()
 
 

@@ -172,3 +172,29 @@ def test_code_requant_refuses_codes_wider_than_a_byte():
     fr = float_requant([1 << 30], [30], 0, -200, 200, (-1000, 1000))
     with pytest.raises(ValueError, match="uint8"):
         CodeRequant(fr, (1,), 0, 200)
+
+
+@pytest.mark.parametrize("batch", [3, BATCH, 3 * engine.INT8_CHUNK + 1])
+def test_non_finite_images_are_refused_on_every_path(batch):
+    """The finite check runs inside each chunk (on its worker): a NaN in the last chunk is found."""
+    from bitsmith.errors import GraphError
+
+    g, shape = graph("lenet5", W8A8)
+    x = torch.randn(batch, *shape)
+    x[-1, 0, 5, 5] = float("nan")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(GraphError, match="NaN or infinity"):
+            engine.run(g, x)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_int8_chunks_shrink_for_wide_intermediates():
+    g, shape = graph("vgg_tiny", W8A8)  # full width: 64 channels at 32×32 in float32 is 256 KB an image
+    chunk = engine._plan(g).int8_program.chunk if engine._plan(g).int8_program else None
+    if chunk is None:
+        pytest.skip("no int8 program here")
+    assert engine.INT8_MIN_BATCH <= chunk < engine.INT8_CHUNK
+    assert chunk * 64 * 32 * 32 * 4 <= engine.INT8_CHUNK_BYTES

@@ -123,9 +123,10 @@ def test_overflow_is_still_detected():
         engine.run(g, x, return_all=True)
 
 
-def test_plan_is_rebuilt_when_the_graph_changes():
+@pytest.mark.parametrize("batch", [8, 1], ids=["batch", "single-image program"])
+def test_plan_is_rebuilt_when_the_graph_changes(batch):
     g, shape = graph("lenet5", W8A8)
-    x = torch.randn(8, *shape)
+    x = torch.randn(batch, *shape)
     before = engine.run(g, x)
     w = g.params[next(n for n in g.nodes if n.op == "Conv2d").params["weight"]]
     w.copy_(torch.roll(w, 1, dims=0))  # in place: same tensor object, new values

@@ -136,13 +136,3 @@ def test_overflow_checks_keep_the_torch_program():
 
 def literal_unchecked(g, x):
     return engine.run(g, x, return_all=True, check_overflow=False)[g.outputs[0]]
-
-
-def test_the_program_follows_graph_edits():
-    g, shape = graph("lenet5", W8A8)
-    x = torch.randn(1, *shape)
-    before = engine.run(g, x)
-    w = g.params[next(n for n in g.nodes if n.op == "Conv2d").params["weight"]]
-    w.copy_(torch.roll(w, 1, dims=0))  # in place: same tensor object, new values
-    after = engine.run(g, x)
-    assert torch.equal(after, literal(g, x)) and not torch.equal(before, after)

@@ -87,6 +87,15 @@ def _requant(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi, out):
                 out[c, p] = min(max(np.floor((np.float64(acc[c, p]) - z_in) * m + o), lo), hi)
 
 
+@numba.njit(inline="always", nogil=True, fastmath=False, boundscheck=False)
+def _window_max(x, c, oy, ox, kh, kw, sh, sw):
+    best = x[c, oy * sh, ox * sw]
+    for i in range(kh):
+        for j in range(kw):
+            best = max(best, x[c, oy * sh + i, ox * sw + j])
+    return best
+
+
 @numba.njit(**_COMPILE)
 def _pool_requant(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi, kh, kw, sh, sw, out):
     """out[c, oy, ox] = the Requant of the maximum of acc[c] over the kh×kw window at (oy·sh, ox·sw)."""
@@ -94,11 +103,7 @@ def _pool_requant(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi, kh, k
     for c in range(channels):
         for oy in range(out_h):
             for ox in range(out_w):
-                best = acc[c, oy * sh, ox * sw]
-                for i in range(kh):
-                    for j in range(kw):
-                        best = max(best, acc[c, oy * sh + i, ox * sw + j])
-                v = np.float64(best) - z_in
+                v = np.float64(_window_max(acc, c, oy, ox, kh, kw, sh, sw)) - z_in
                 if clamped:
                     v = min(max(v, v_min[c]), v_max[c])
                 out[c, oy, ox] = min(max(np.floor(v * scale[c] + offset[c]), lo), hi)
@@ -110,11 +115,7 @@ def _maxpool(x, kh, kw, sh, sw, out):
     for c in range(channels):
         for oy in range(out_h):
             for ox in range(out_w):
-                best = x[c, oy * sh, ox * sw]
-                for i in range(kh):
-                    for j in range(kw):
-                        best = max(best, x[c, oy * sh + i, ox * sw + j])
-                out[c, oy, ox] = best
+                out[c, oy, ox] = _window_max(x, c, oy, ox, kh, kw, sh, sw)
 
 
 @numba.njit(**_COMPILE)

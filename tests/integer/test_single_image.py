@@ -9,6 +9,8 @@ import torch
 
 from bitsmith.errors import AccumulatorOverflowError, GraphError
 from bitsmith.integer import engine
+from bitsmith.integer.arithmetic import quantize_multiplier
+from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
 from bitsmith.models import MODEL_NAMES
 from tests.integer.test_engine_fast_paths import W4A4_PC, W8A8, WIDE, graph
 from tests.random_graphs import random_graph
@@ -136,3 +138,51 @@ def test_overflow_checks_keep_the_torch_program():
 
 def literal_unchecked(g, x):
     return engine.run(g, x, return_all=True, check_overflow=False)[g.outputs[0]]
+
+
+def test_a_finite_float64_beyond_float32_saturates_as_in_the_reference():
+    g, shape = graph("lenet5", W8A8)
+    x = torch.randn(1, *shape, dtype=torch.float64)
+    x[0, 0, 3, 4] = 1e39  # finite, but ±inf once cast to float32, where the reference clamps it
+    assert_single_equals_literal(g, [x, -x])
+
+
+def zero_point_graph(zero_point: int, lo: int, hi: int) -> IntegerGraph:
+    """QuantizeInput → Conv → Requant to codes with `zero_point` (clamped to [lo, hi]) → Conv."""
+    t = {"input": TensorSpec("input", (1, 4, 4), "float32"),
+         "q": TensorSpec("q", (1, 4, 4), "int", 8, False, 6 / 255, 128),
+         "acc1": TensorSpec("acc1", (2, 4, 4), "int", 32, True, 1e-3, 0),
+         "c1": TensorSpec("c1", (2, 4, 4), "int", 26, True, 0.01, zero_point),
+         "acc2": TensorSpec("acc2", (3, 2, 2), "int", 32, True, 1e-3, 0)}
+    m, s = quantize_multiplier(0.05, 8)
+    p = {"w1": torch.tensor([[[[1, 2, -1], [0, 3, 1], [1, -2, 1]]], [[[2, 1, 0], [-1, 1, 1], [0, 1, 2]]]], dtype=torch.int8),
+         "m1": torch.tensor([m]), "s1": torch.tensor([s]),
+         "w2": torch.randint(-3, 4, (3, 2, 3, 3), dtype=torch.int8, generator=torch.Generator().manual_seed(1))}
+    conv = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1, "weight_bits": 8}
+    nodes = [Node("QuantizeInput", "qi", ["input"], "q", {}, {}),
+             Node("Conv2d", "conv1", ["q"], "acc1", conv, {"weight": "w1"}),
+             Node("Requant", "rq1", ["acc1"], "c1", {"clamp_min": lo, "clamp_max": hi, "multiplier_bits": 8},
+                  {"multiplier": "m1", "shift": "s1"}),
+             Node("Conv2d", "conv2", ["c1"], "acc2", {**conv, "stride": [2, 2]}, {"weight": "w2"})]
+    g = IntegerGraph(t, nodes, p, ["input"], ["acc2"])
+    g.validate()
+    return g
+
+
+@pytest.mark.parametrize("zero_point, lo, hi", [((1 << 24) + 1, 0, 255), ((1 << 24) + 3, -100, 100)])
+def test_a_zero_point_beyond_float32_is_centred_in_float64(zero_point, lo, hi):
+    """Codes in a small range on a grid whose zero point needs float64: centring them in float32
+    would shift every term by a code (the second Conv then sums in float64)."""
+    g = zero_point_graph(zero_point, lo, hi)
+    assert single(g).buffers["acc2"].dtype == np.float64
+    assert_single_equals_literal(g, [torch.randn(1, 1, 4, 4) * 2 for _ in range(3)])
+
+
+def test_an_overflow_before_a_nan_reports_the_nan():
+    g, shape = graph("lenet5", W8A8, bias=True)
+    acc = next(n for n in g.nodes if n.name.startswith("q_conv3"))
+    g.tensors[acc.output].bits = 12
+    x = torch.randn(600, *shape) * 3
+    x[-1, 0, 0, 0] = float("nan")
+    with pytest.raises(GraphError, match="NaN or infinity"):
+        engine.run(g, x)

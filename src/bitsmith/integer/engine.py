@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bitsmith.errors import GraphError
+from bitsmith.errors import AccumulatorOverflowError, GraphError
 from bitsmith.integer.arithmetic import MAX_SHIFT, int_range, quantize_input, requantize
 from bitsmith.integer.bounds import check_int64
 from bitsmith.integer.exactness import FLOAT32_EXACT, FLOAT64_EXACT, compute_dtype, float32_gemm_is_ieee, gemm_dtype
@@ -100,7 +100,11 @@ def run(graph: IntegerGraph, x, *, return_all: bool = False, check_overflow: boo
         if y is not None:
             return y
     with torch.no_grad():
-        return _run_fast(plan, x, check_overflow)
+        try:
+            return _run_fast(plan, x, check_overflow)
+        except AccumulatorOverflowError:
+            require_finite(x)  # a NaN in a later chunk is the first thing wrong, as in the reference
+            raise
 
 
 def predict(graph: IntegerGraph, x) -> torch.Tensor:
@@ -214,9 +218,6 @@ def max_pool_strided(x: torch.Tensor, kernel, stride) -> torch.Tensor:
     for j in range(1, kw):
         out = torch.maximum(out, rows[..., j: j + sw * (ow - 1) + 1: sw])
     return out
-
-
-_BYTES = {torch.uint8: 1, torch.float32: 4, torch.float64: 8, torch.int64: 8}
 
 
 def _widest(dtypes) -> torch.dtype:
@@ -399,7 +400,7 @@ class _Compiler:
 
     def _int8_chunk(self) -> int:
         # a step's output is a graph tensor, or "<pool output>/before_<requant>" of the pool's shape
-        widest = max((math.prod(self.g.tensors[s.output.split("/")[0]].shape) * _BYTES[s.dtype] for s in self.steps),
+        widest = max((math.prod(self.g.tensors[s.output.split("/")[0]].shape) * s.dtype.itemsize for s in self.steps),
                      default=1)
         chunk = INT8_CHUNK
         while chunk > INT8_MIN_BATCH and chunk * widest > INT8_CHUNK_BYTES:

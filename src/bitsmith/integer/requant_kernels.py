@@ -23,20 +23,31 @@ import numba
 import numpy as np
 import torch
 
-_COMPILE = dict(nogil=True, cache=True, fastmath=False, boundscheck=False)
+#: How every engine kernel is compiled: no fastmath (nothing reordered), one thread, cached on disk.
+COMPILE = dict(nogil=True, cache=True, fastmath=False, boundscheck=False)
+INLINE = dict(inline="always", nogil=True, fastmath=False, boundscheck=False)
 
-@numba.njit(inline="always", nogil=True, fastmath=False, boundscheck=False)
+
+@numba.njit(**INLINE)
+def requant_value(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi):
+    """The code (float64) of one accumulator: FloatRequant's operations, one by one."""
+    v = np.float64(acc) - z_in
+    if clamped:
+        v = min(max(v, v_min), v_max)
+    return min(max(np.floor(v * scale + offset), lo), hi)
+
+
+@numba.njit(**INLINE)
 def _requant_row(src, dst, z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset):
     """dst[j] = the code of src[j] (+ code_offset); the saturation clamp in its own loop, so that
     the common loop has no branch."""
     if clamped:
         for j in range(src.shape[0]):
-            v = min(max(np.float64(src[j]) - z_in, v_min[j]), v_max[j])
-            dst[j] = np.uint8(min(max(np.floor(v * scale[j] + offset[j]), lo), hi) + code_offset)
+            dst[j] = np.uint8(requant_value(src[j], z_in, scale[j], offset[j], v_min[j], v_max[j], True, lo, hi)
+                              + code_offset)
     else:
         for j in range(src.shape[0]):
-            v = np.float64(src[j]) - z_in
-            dst[j] = np.uint8(min(max(np.floor(v * scale[j] + offset[j]), lo), hi) + code_offset)
+            dst[j] = np.uint8(requant_value(src[j], z_in, scale[j], offset[j], 0.0, 0.0, False, lo, hi) + code_offset)
 
 
 def _requant_rows(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset, out):
@@ -95,19 +106,16 @@ def _pool_requant_strided(acc, kh, kw, sh, sw, z_in, scale, offset, v_min, v_max
                     best = column_max[ow * sw, c]
                     for j in range(1, kw):
                         best = max(best, column_max[ow * sw + j, c])
-                    v = np.float64(best) - z_in
-                    if clamped:
-                        v = min(max(v, v_min[c]), v_max[c])
-                    q = min(max(np.floor(v * scale[c] + offset[c]), lo), hi)
+                    q = requant_value(best, z_in, scale[c], offset[c], v_min[c], v_max[c], clamped, lo, hi)
                     out[n, oh, ow, c] = np.uint8(q + code_offset)
 
 
 # One thread per call: the engine runs chunks side by side on its own workers instead. (numba's
 # OpenMP layer would also make a process that used it unable to fork: a DataLoader worker would
 # be terminated.)
-_REQUANT = numba.njit(**_COMPILE)(_requant_rows)
-_POOL_REQUANT = numba.njit(**_COMPILE)(_pool_requant_rows)
-_POOL_REQUANT_STRIDED = numba.njit(**_COMPILE)(_pool_requant_strided)
+_REQUANT = numba.njit(**COMPILE)(_requant_rows)
+_POOL_REQUANT = numba.njit(**COMPILE)(_pool_requant_rows)
+_POOL_REQUANT_STRIDED = numba.njit(**COMPILE)(_pool_requant_strided)
 
 
 #: Elements per row of `_requant_rows`: rows this long keep the vector loop busy.

@@ -31,28 +31,28 @@ import numpy as np
 import torch
 
 from bitsmith.errors import GraphError
-from bitsmith.integer.exactness import FLOAT32_EXACT, gemm_dtype
+from bitsmith.integer.exactness import FLOAT32_EXACT
 from bitsmith.integer.graph import IntegerGraph
 from bitsmith.integer.ops import as_pads
+from bitsmith.integer.reference import require_finite
 from bitsmith.integer.ops import as_pair as _pair
+from bitsmith.integer.requant_kernels import COMPILE, INLINE, requant_value
 
-_COMPILE = dict(nogil=True, cache=True, fastmath=False, boundscheck=False)
-
-
-@numba.njit(**_COMPILE)
-def _quantize(x, scale, z, low, high, out):
+@numba.njit(**COMPILE)
+def _quantize(x, scale, z, low, high, finite, out):
     """out = clamp(round_half_even(x / scale), q_min − z, q_max − z) + z in float32, as
-    `arithmetic.quantize_input`; False when x holds a NaN or an infinity."""
+    `arithmetic.quantize_input`; False when x holds a NaN, or an infinity where `finite` (a wider
+    input, already checked, may round to ±inf in float32: that saturates, as in the reference)."""
     for i in range(x.shape[0]):
         v = x[i]
-        if not np.isfinite(v):
+        if np.isnan(v) or (finite and np.isinf(v)):
             return False
         q = np.rint(v / scale)
         out[i] = min(max(q, low), high) + z
     return True
 
 
-@numba.njit(**_COMPILE)
+@numba.njit(**COMPILE)
 def _im2col(x, z, kh, kw, sh, sw, top, left, dh, dw, out_h, out_w, cols):
     """cols[(c·kh + i)·kw + j, oy·OW + ox] = x[c, oy·sh − top + i·dh, ox·sw − left + j·dw] − z, or 0
     outside the map (the IR pads the centred input with zeros)."""
@@ -73,21 +73,15 @@ def _im2col(x, z, kh, kw, sh, sw, top, left, dh, dw, out_h, out_w, cols):
                         row[base + ox] = x[c, iy, ix] - z if 0 <= ix < width else 0.0
 
 
-@numba.njit(**_COMPILE)
+@numba.njit(**COMPILE)
 def _requant(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi, out):
-    """out[c, p] = the Requant of acc[c, p] in float64, operation for operation as `engine.FloatRequant`."""
+    """out[c, p] = the Requant of acc[c, p] (`requant_kernels.requant_value`)."""
     for c in range(out.shape[0]):
-        a, b, m, o = v_min[c], v_max[c], scale[c], offset[c]
-        if clamped:
-            for p in range(out.shape[1]):
-                v = min(max(np.float64(acc[c, p]) - z_in, a), b)
-                out[c, p] = min(max(np.floor(v * m + o), lo), hi)
-        else:
-            for p in range(out.shape[1]):
-                out[c, p] = min(max(np.floor((np.float64(acc[c, p]) - z_in) * m + o), lo), hi)
+        for p in range(out.shape[1]):
+            out[c, p] = requant_value(acc[c, p], z_in, scale[c], offset[c], v_min[c], v_max[c], clamped, lo, hi)
 
 
-@numba.njit(inline="always", nogil=True, fastmath=False, boundscheck=False)
+@numba.njit(**INLINE)
 def _window_max(x, c, oy, ox, kh, kw, sh, sw):
     best = x[c, oy * sh, ox * sw]
     for i in range(kh):
@@ -96,20 +90,18 @@ def _window_max(x, c, oy, ox, kh, kw, sh, sw):
     return best
 
 
-@numba.njit(**_COMPILE)
+@numba.njit(**COMPILE)
 def _pool_requant(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi, kh, kw, sh, sw, out):
     """out[c, oy, ox] = the Requant of the maximum of acc[c] over the kh×kw window at (oy·sh, ox·sw)."""
     channels, out_h, out_w = out.shape
     for c in range(channels):
         for oy in range(out_h):
             for ox in range(out_w):
-                v = np.float64(_window_max(acc, c, oy, ox, kh, kw, sh, sw)) - z_in
-                if clamped:
-                    v = min(max(v, v_min[c]), v_max[c])
-                out[c, oy, ox] = min(max(np.floor(v * scale[c] + offset[c]), lo), hi)
+                best = _window_max(acc, c, oy, ox, kh, kw, sh, sw)
+                out[c, oy, ox] = requant_value(best, z_in, scale[c], offset[c], v_min[c], v_max[c], clamped, lo, hi)
 
 
-@numba.njit(**_COMPILE)
+@numba.njit(**COMPILE)
 def _maxpool(x, kh, kw, sh, sw, out):
     channels, out_h, out_w = out.shape
     for c in range(channels):
@@ -118,7 +110,7 @@ def _maxpool(x, kh, kw, sh, sw, out):
                 out[c, oy, ox] = _window_max(x, c, oy, ox, kh, kw, sh, sw)
 
 
-@numba.njit(**_COMPILE)
+@numba.njit(**COMPILE)
 def _window_sum(x, z, kh, kw, sh, sw, out):
     """out[c, oy, ox] = Σ over the kh×kw window of (x − z), in float64 (integers below 2^53)."""
     channels, out_h, out_w = out.shape
@@ -132,7 +124,7 @@ def _window_sum(x, z, kh, kw, sh, sw, out):
                 out[c, oy, ox] = total
 
 
-@numba.njit(**_COMPILE)
+@numba.njit(**COMPILE)
 def _reorg(x, r, out):
     """out[(c·r + i)·r + j, y, x'] = x[c, y·r + i, x'·r + j] (F.pixel_unshuffle)."""
     channels, out_h, out_w = x.shape[0], out.shape[1], out.shape[2]
@@ -145,7 +137,7 @@ def _reorg(x, r, out):
                         plane[y, xx] = x[c, y * r + i, xx * r + j]
 
 
-@numba.njit(**_COMPILE)
+@numba.njit(**COMPILE)
 def _add(a, b, za, zb, ma, mb, out):
     """out = (a − z_a)·m_a + (b − z_b)·m_b, each partial result an integer below 2^53 in float64."""
     for i in range(out.shape[0]):
@@ -157,7 +149,7 @@ class SingleImageProgram:
     """The compiled steps for one image; `run` is thread-safe (see the module docstring)."""
 
     image: np.ndarray  # float32 [C·H·W]: the input image is copied here
-    quantize: Callable[[], bool]
+    quantize: Callable[[bool], bool]  # (refuse ±inf) → False for a non-finite input
     steps: list[Callable[[], object]]
     output: np.ndarray  # the output codes, float32, the graph output's shape
     buffers: dict[str, np.ndarray]  # every tensor's, by name (float32, float64 for wide accumulators)
@@ -167,23 +159,20 @@ class SingleImageProgram:
     def run(self, x: torch.Tensor) -> torch.Tensor | None:
         """int64 output codes [1, …] of one float image [1, …], or None when another thread holds
         the buffers. Raises GraphError for a NaN or infinite input."""
+        x = x.detach()
+        wider = x.dtype != torch.float32
+        if wider:  # checked before the cast: a finite float64 may round to ±inf in float32
+            require_finite(x)
         if not self.lock.acquire(blocking=False):
             return None
-        # One image's GEMMs are too small to share: a second OpenMP thread costs more in
-        # fork / join than it saves (this thread's team size only; put back below).
-        threads = torch.get_num_threads()
-        if threads > 1:
-            torch.set_num_threads(1)
         try:
-            self.image[:] = x.detach().reshape(-1).to(torch.float32).numpy()  # quantize_input's first step
-            if not self.quantize():
+            self.image[:] = x.reshape(-1).to(torch.float32).numpy()  # quantize_input's first step
+            if not self.quantize(not wider):
                 raise GraphError("graph input contains NaN or infinity")
             for step in self.steps:
                 step()
             return torch.from_numpy(self.output.astype(np.int64)).unsqueeze(0)
         finally:
-            if threads > 1:
-                torch.set_num_threads(threads)
             self.lock.release()
 
 
@@ -200,6 +189,9 @@ def compile_single_image(compiler) -> SingleImageProgram | None:
         return None
 
 
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
+
+
 def _as_chw(shape) -> tuple[int, int, int]:
     shape = tuple(shape)
     return shape if len(shape) == 3 else (int(np.prod(shape)), 1, 1)
@@ -211,7 +203,15 @@ class _Builder:
         self.g: IntegerGraph = compiler.g
         self.buffers: dict[str, np.ndarray] = {}  # float32 [C, H, W] per tensor
         self.steps: list[Callable[[], object]] = []
-        self.needs_check = False
+        self.needs_check = any(step.check is not None for step in compiler.steps)
+
+    def float_dtype(self, name: str) -> torch.dtype:
+        """The dtype the torch program carries an accumulator in (`engine._Compiler` proved every
+        value and partial sum exact there; its float64 kernels here are exact below 2^53 too)."""
+        dtype = self.c.dtype[name]
+        if dtype not in _NUMPY:
+            raise _Unsupported
+        return dtype
 
     def buffer(self, name: str, dtype=np.float32) -> np.ndarray:
         """The tensor's buffer, made (float32 unless its producer asks for float64) on first use."""
@@ -260,8 +260,6 @@ class _Builder:
                     self.steps.append(lambda part=part, src=src: np.copyto(part, src))
             else:
                 raise _Unsupported
-        if deferred:
-            raise _Unsupported
         out = self.buffer(g.outputs[0]).reshape(tuple(g.output_spec.shape))
         return SingleImageProgram(image, quantize, self.steps, out, self.buffers, self.needs_check, threading.Lock())
 
@@ -271,27 +269,18 @@ class _Builder:
         if max(abs(qmin), abs(qmax), abs(qmin - z), abs(qmax - z)) >= FLOAT32_EXACT:
             raise _Unsupported
         out = self.buffer(node.output).reshape(-1)
-        args = (image, np.float32(s.scale), np.float32(z), np.float32(qmin - z), np.float32(qmax - z), out)
-        return lambda: _quantize(*args)
+        scale, z32, low, high = np.float32(s.scale), np.float32(z), np.float32(qmin - z), np.float32(qmax - z)
+        return lambda finite: _quantize(image, scale, z32, low, high, finite, out)
 
     def conv_or_linear(self, node) -> None:
         g = self.g
         src = node.inputs[0]
         w = self.c.weights[node.name].to(torch.int64)
         z = g.tensors[src].zero_point
-        vlo, vhi = self.c.range[src]
-        x_max = max(vhi - z, z - vlo, 0)
-        per_out = [a * x_max for a in w.abs().reshape(w.shape[0], -1).sum(dim=1).tolist()]
         bias = g.params[node.params["bias"]].to(torch.int64).tolist() if "bias" in node.params else [0] * w.shape[0]
-        acc_range = (min(b - p for b, p in zip(bias, per_out)), max(b + p for b, p in zip(bias, per_out)))
-        bound = max(max(abs(b) + p for b, p in zip(bias, per_out)), abs(vlo), abs(vhi), abs(z), x_max)
-        dtype = gemm_dtype(bound, self.c.ieee_float32)  # as the torch program's GEMM
-        if dtype == torch.int64:
-            raise _Unsupported
-        if self.c._overflow_check(node, acc_range) is not None:
-            self.needs_check = True
+        dtype = self.float_dtype(node.output)  # the torch program's: every partial sum (bias in) exact
         x = self.buffer(src)
-        out = self.buffer(node.output, np.float64 if dtype == torch.float64 else np.float32)
+        out = self.buffer(node.output, _NUMPY[dtype])
         if node.op == "Linear":
             x = x.reshape(-1, 1, 1)
             geometry = (1, 1, 1, 1, 0, 0, 1, 1, 1, 1)
@@ -305,7 +294,7 @@ class _Builder:
         groups = node.attrs["groups"] if node.op == "Conv2d" else 1
         terms = int(np.prod(w.shape[1:]))
         cols = np.zeros((groups * terms, geometry[-2] * geometry[-1]), dtype=out.dtype)
-        args = (x, np.float32(z), *geometry, cols)
+        args = (x, cols.dtype.type(z), *geometry, cols)  # z itself may need float64
         self.steps.append(lambda: _im2col(*args))
         if groups == 1:
             weights = w.reshape(w.shape[0], -1).to(dtype)
@@ -354,25 +343,15 @@ class _Builder:
         src = node.inputs[0]
         z = self.g.tensors[src].zero_point
         kh, kw = _pair(node.attrs["kernel"])
-        vlo, vhi = self.c.range[src]
-        out_range = (kh * kw * (vlo - z), kh * kw * (vhi - z))
-        if max(abs(out_range[0]), abs(out_range[1]), abs(vlo), abs(vhi), abs(z)) >= FLOAT32_EXACT:
-            raise _Unsupported
-        if self.c._overflow_check(node, out_range) is not None:
-            self.needs_check = True
-        args = (self.buffer(src), float(z), kh, kw, *_pair(node.attrs["stride"]), self.buffer(node.output))
+        out = self.buffer(node.output, _NUMPY[self.float_dtype(node.output)])
+        args = (self.buffer(src), float(z), kh, kw, *_pair(node.attrs["stride"]), out)
         self.steps.append(lambda: _window_sum(*args))
 
     def add(self, node) -> None:
         g = self.g
         m = g.params[node.params["multiplier"]].to(torch.int64).tolist()
         zs = [g.tensors[i].zero_point for i in node.inputs]
-        spans = [((self.c.range[i][0] - z) * mi, (self.c.range[i][1] - z) * mi) for i, z, mi in zip(node.inputs, zs, m)]
-        out_range = (spans[0][0] + spans[1][0], spans[0][1] + spans[1][1])
-        if max(abs(v) for span in (*spans, out_range) for v in span) >= FLOAT32_EXACT:
-            raise _Unsupported
-        if self.c._overflow_check(node, out_range) is not None:
-            self.needs_check = True
+        out = self.buffer(node.output, _NUMPY[self.float_dtype(node.output)]).reshape(-1)
         a, b = (self.buffer(i).reshape(-1) for i in node.inputs)
-        args = (a, b, float(zs[0]), float(zs[1]), float(m[0]), float(m[1]), self.buffer(node.output).reshape(-1))
+        args = (a, b, float(zs[0]), float(zs[1]), float(m[0]), float(m[1]), out)
         self.steps.append(lambda: _add(*args))

@@ -187,9 +187,11 @@ def test_cycles_of_a_tiny_layer_by_hand():
 
 def test_double_buffered_weights_expose_only_what_outlasts_the_previous_group():
     c = {r["name"]: r for r in program_cycles(compile_graph(golden("lenet5_w8a8"), AccelConfig()))["layers"]}
-    # q_conv2: G = 2, a load of 8·19·8 bytes = 152 words; group 1's load hides under group 0's
-    # 100·19 + 1 cycles, so only group 0's is exposed.
-    assert c["q_conv2"]["weights"] == 152
+    # q_conv2 runs packed (mode 2): one group of 2R = 16 channels, a load of 16·19·8 bytes = 304 words,
+    # all exposed (nothing computes before it).
+    assert c["q_conv2"]["packing"] == 2 and c["q_conv2"]["weights"] == 304
+    # q_conv3, fc1 are weight bound: mode 1 (half-size groups, more of each load hidden) is faster.
+    assert c["q_conv3"]["packing"] == c["q_fc1"]["packing"] == 1
     # q_conv3: G = 15, 8·50·8 bytes = 400 words per group against 50 + 1 cycles of compute and drain
     # (P = 1): the array waits 400 − 51 for each of groups 1..14.
     assert c["q_conv3"]["weights"] == 400 + 14 * (400 - 51)
@@ -266,7 +268,7 @@ def test_descriptor_words_of_the_first_layer(tmp_path):
     d = param[1:23]
     assert d[0] == 0 | 1 << 10              # conv, input signed, output unsigned, dense, requant
     assert d[1:7] == [1, 32, 32, 6, 28, 28]
-    assert d[7] == 5 | 5 << 8 | 1 << 16 | 1 << 24 and d[8] == 8 << 16
+    assert d[7] == 5 | 5 << 8 | 1 << 16 | 1 << 24 and d[8] == 8 << 16 | 1 << 24   # 8-bit weights, packing 1
     assert d[13] == 0 and d[14] == 1 + 22 * 7 and d[15] == 0
     # activation addresses: the input codes and conv1's output are live together and do not overlap
     conv1 = program.layers[0]

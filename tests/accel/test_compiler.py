@@ -278,3 +278,82 @@ def test_descriptor_words_of_the_first_layer(tmp_path):
     last = param[1 + 22 * 6 : 1 + 22 * 7]
     assert last[0] & (1 << 9) and last[0] & (1 << 11)   # raw 32-bit output, signed
     assert not (tmp_path / "expected").exists() and not (tmp_path / "W2.hex").exists()
+
+
+# -- packed MACs (§3) ---------------------------------------------------------------------------
+
+def _conv_of(name: str, layer_name: str, config=AccelConfig()):
+    return next(l for l in compile_graph(golden(name), config).layers if l.name == layer_name)
+
+
+def test_allowed_packings_follow_the_product_fields():
+    from bitsmith.accel.compiler import allowed_packings
+    w8 = _conv_of("lenet5_w8a8", "q_conv2")
+    assert allowed_packings(w8, (-255, 255)) == [1, 2]          # 8-bit × 10-bit d: 18-bit fields only
+    w4 = _conv_of("lenet5_w4a4_pc", "q_conv2")
+    assert allowed_packings(w4, (0, 15)) == [1, 2, 4]           # |w·d| ≤ 8·15 fits 9 bits
+    assert allowed_packings(w4, (-16, 15)) == [1, 2, 4]         # 8·16 = 128 still fits
+    assert allowed_packings(w4, (-32, 31)) == [1, 2]            # 8·32 = 256 does not
+    # a grouped conv packs channel pairs only inside one convolution group
+    grouped = _conv_of("grouped_conv", "q_0")
+    assert grouped.groups == 2 and grouped.out_ch // grouped.groups == 2
+    assert grouped.weight_bits == 8 and allowed_packings(grouped, (-255, 255)) == [1, 2]
+    odd = Layer(index=0, name="dw", kind="conv", in_ch=3, in_h=4, in_w=4, out_ch=3, out_h=4, out_w=4,
+                groups=3, weight_bits=4, weights=np.zeros((3, 1), dtype=np.int64))
+    assert allowed_packings(odd, (0, 15)) == [1]                # depthwise: no pair shares an input
+
+
+def test_the_compiler_picks_the_fastest_allowed_mode():
+    from bitsmith.accel.compiler import choose_packing, packed_cycles
+    config = AccelConfig()
+    program = compile_graph(golden("lenet5_w4a4_pc"), config)
+    assert [l.packing for l in program.layers if l.kind == "conv"] == [4, 4, 1, 1, 1]
+    for layer in (l for l in program.layers if l.kind == "conv"):
+        chosen = layer.packing
+        cycles = {}
+        for mode in (1, 2, 4):
+            layer.packing = mode
+            cycles[mode] = packed_cycles(layer, config)
+            # the compiler's figure is the §5 formula's weights + compute + drain
+            phases = layer_cycles(layer, config, first=False)
+            assert cycles[mode] == phases["weights"] + phases["compute"] + phases["drain"]
+        layer.packing = chosen
+        assert cycles[chosen] == min(cycles.values())
+        assert choose_packing(layer, (-8, 7), config) == chosen
+    # q_conv3 (one pixel, 400 terms) is weight bound: mode 1's smaller groups hide more of each load
+    conv3 = next(l for l in program.layers if l.name == "q_conv3")
+    conv3.packing = 2
+    slower = packed_cycles(conv3, config)
+    conv3.packing = 1
+    assert packed_cycles(conv3, config) < slower
+
+
+def test_weights_are_stored_at_their_width_and_read_back(tmp_path):
+    from bitsmith.accel.compiler import storage_bits
+    from bitsmith.accel.memory import read_program
+    from bitsmith.accel.timing import group_weight_cycles
+    g = golden("lenet5_mixed")    # weight widths 2, 5, 3, 7, 8
+    config = AccelConfig(pe=4, simd=4)
+    program = compile_graph(g, config)
+    convs = [l for l in program.layers if l.kind == "conv"]
+    assert [storage_bits(l) for l in convs] == [2, 8, 4, 8, 8]
+    # a group of R'·T·C weights at b bits: conv1 (2-bit, mode 2 at 4×4: 8 channels, T = 7) = 8·7·4·2 / 64
+    assert convs[0].packing == 2 and group_weight_cycles(convs[0], config) == math.ceil(8 * 7 * 4 * 2 / 64)
+    x = torch.rand(2, 1, 32, 32)
+    export_memory(g, x, tmp_path, config)
+    back = read_program(tmp_path)
+    for a, b in zip(program.layers, back.layers):
+        assert a.packing == b.packing
+        if a.kind == "conv":
+            assert np.array_equal(a.weights, b.weights)
+
+
+def test_a_descriptor_with_an_unknown_packing_mode_is_refused():
+    from bitsmith.accel.config import DESCRIPTOR_WORDS
+    from bitsmith.accel.memory import build_memory, decode_descriptor
+    from bitsmith.errors import DataError
+    words = build_memory(compile_graph(golden("lenet5_w8a8"), AccelConfig())).param[1 : 1 + DESCRIPTOR_WORDS]
+    assert decode_descriptor(words)["packing"] == 1
+    words[8] = (words[8] & 0xFFFFFF) | 3 << 24
+    with pytest.raises(DataError, match="packing mode 3"):
+        decode_descriptor(words)

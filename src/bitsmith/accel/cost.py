@@ -263,7 +263,9 @@ LOGIC_UNITS: dict[str, tuple[int, int, str]] = {
 def logic_estimate(program: Program, array_dsp: int) -> dict:
     cfg = program.config
     r, c = cfg.pe, cfg.simd
-    counts = {"pe": r * c, "column": c, "requant": r, "accumulator": r, "controller": 1, "bus_interface": cfg.bus_bits}
+    units = rtl_dsps(program)["requant_units"]   # one accumulator and requant unit per (row, lane)
+    counts = {"pe": r * c, "column": c, "requant": units, "accumulator": units, "controller": 1,
+              "bus_interface": cfg.bus_bits}
     if any(l.is_codebook for l in program.layers):
         if array_dsp > 0:   # dense layers too: the decoder feeds codebook values to the DSP array
             counts["codebook_decoder"] = r * c

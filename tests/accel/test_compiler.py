@@ -357,3 +357,46 @@ def test_a_descriptor_with_an_unknown_packing_mode_is_refused():
     words[8] = (words[8] & 0xFFFFFF) | 3 << 24
     with pytest.raises(DataError, match="packing mode 3"):
         decode_descriptor(words)
+
+
+def _pe_fields(w_lo, w_hi, d_p, d_q, quad: bool):
+    """The products bitsmith_pe.v splits out of its one 27×18 product, bit for bit (numpy int64):
+    mode 2 → (w_lo·d_p, w_hi·d_p), mode 4 → (w_lo·d_p, w_lo·d_q, w_hi·d_p, w_hi·d_q)."""
+    def signed(v, bits):
+        v = v & ((1 << bits) - 1)
+        return np.where(v >> (bits - 1), v - (1 << bits), v)
+    a = w_hi * (1 << 18) + w_lo
+    b = d_q * (1 << 9) + d_p if quad else d_p
+    p = a * b                                           # |p| < 2^44: exact in int64
+    if not quad:
+        return signed(p, 18), signed(((p >> 18) & ((1 << 18) - 1)) + ((p >> 17) & 1), 18)
+    r1 = (((p >> 9) & ((1 << 27) - 1)) + ((p >> 8) & 1)) & ((1 << 27) - 1)
+    r2 = (((r1 >> 9) & ((1 << 18) - 1)) + ((r1 >> 8) & 1)) & ((1 << 18) - 1)
+    r3 = ((r2 >> 9) + ((r2 >> 8) & 1)) & 511
+    return signed(p, 9), signed(r1, 9), signed(r2, 9), signed(r3, 9)
+
+
+def test_packed_fields_are_exact_wherever_the_compiler_allows_the_mode():
+    from bitsmith.accel.compiler import allowed_packings
+    # mode 2: every 8-bit weight pair × every 10-bit d (|d| ≤ 255), exhaustively
+    d = np.arange(-255, 256, dtype=np.int64)
+    w = np.arange(-128, 128, dtype=np.int64)
+    w_lo, d_p = np.meshgrid(w, d, indexing="ij")
+    for w_hi in range(-128, 128):
+        lo, hi = _pe_fields(w_lo, w_hi, d_p, 0, quad=False)
+        assert np.array_equal(lo, w_lo * d_p) and np.array_equal(hi, w_hi * d_p), w_hi
+    # mode 4: for 2-, 3- and 4-bit weights, the widest symmetric d range the compiler allows, exhaustively
+    for bits in (2, 3, 4):
+        layer = Layer(index=0, name="l", kind="conv", in_ch=1, in_h=1, in_w=1, out_ch=2, out_h=1, out_w=1,
+                      weight_bits=bits, weights=np.zeros((2, 1), dtype=np.int64))
+        widest = max(r for r in range(1, 256) if 4 in allowed_packings(layer, (-r, r)))
+        assert 4 not in allowed_packings(layer, (-widest - 1, widest + 1))
+        ws = np.arange(-(1 << (bits - 1)), 1 << (bits - 1), dtype=np.int64)
+        ds = np.arange(-widest, widest + 1, dtype=np.int64)
+        w_lo, w_hi, d_p, d_q = (v.reshape(-1) for v in np.meshgrid(ws, ws, ds, ds, indexing="ij"))
+        got = _pe_fields(w_lo, w_hi, d_p, d_q, quad=True)
+        for field, want in zip(got, (w_lo * d_p, w_lo * d_q, w_hi * d_p, w_hi * d_q)):
+            assert np.array_equal(field, want), bits
+        # one step past the allowed range some field is wrong: the check is tight
+        edge = _pe_fields(np.int64(-(1 << (bits - 1))), np.int64(0), np.int64(-widest - 1), np.int64(0), quad=True)
+        assert edge[0] != (1 << (bits - 1)) * (widest + 1)

@@ -195,7 +195,7 @@ def layer_cost(layer: Layer, pe: int, simd: int, bus_bits: int = 64) -> dict:
     stored_bits = CODEBOOK_INDEX_BITS if layer.is_codebook else layer.weight_bits
     blocks = math.ceil(layer.terms / simd)
     depth, width = finn_weight_memory(layer, pe, simd, stored_bits)
-    row.update(weight_buffer_entries=pe * blocks * simd,  # one channel group, R·T·C (docs/hardware.md §4)
+    row.update(weight_buffer_entries=pe * layer.channel_lanes * blocks * simd,  # one channel group, R'·T·C (§4)
                finn_weight_depth=depth, finn_weight_width=width, finn_bram18=bram18(depth, width))
     if layer.is_codebook:
         return row  # the codebook select trick: 0 multiplier DSPs

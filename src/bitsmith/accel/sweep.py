@@ -252,8 +252,9 @@ def design_tables(design: dict, title: str):
     rows = [("cycles per image", f"{design['cycles']:,}"),
             ("FPS", f"{design['fps']:,.0f} at {design['config']['clock_mhz']:g} MHz"),
             ("utilisation", f"{design['utilisation']:.1%}"),
-            ("DSP48E2", f"{dsp['total']} = array {dsp['array']}" + (f" (set by {dsp['array_layer']})" if dsp["array_layer"] else "")
-             + f" + requant {dsp['requant']}" + (f" + pool-lane multipliers {dsp['lanes']}" if dsp["lanes"] else "")),
+            ("DSP48E2", f"{dsp['total']} = array {dsp['array']} (one per PE) + requant {dsp['requant']}"
+             + f" ({dsp['requant_units']} units)" + (f" + pool-lane multipliers {dsp['lanes']}" if dsp["lanes"] else "")
+             + f"; a MixQ dataflow array: {dsp['mixq_array']}" + (f" (set by {dsp['array_layer']})" if dsp["array_layer"] else "")),
             *[(f"BRAM18 {m['name']}", f"{m['bram18']}  ({m['depth']:,} × {m['width']} bits)") for m in design["memories"]],
             ("BRAM18 total", str(design["bram18"]["total"])),
             ("BRAM18 FINN dataflow (sum of layers)", str(design["finn_bram18"])),

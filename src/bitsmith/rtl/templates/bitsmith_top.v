@@ -234,19 +234,31 @@ module bitsmith_top #(
                              && (ixq >= 0) && (ixq < in_w);
                     addrq = row_baseb + ix0b + off_t;
                 end
-                for (r = 0; r < R; r = r + 1) begin
-                    // dense: the same terms in every row; grouped: each row from its group's channels
-                    rch = pair ? gch + 2 * r : gch + r;
-                    rin = (has_map && rch < out_ch) ? $signed(map_t[rch]) : in_base;
-                    code = valid ? act[rin + addr] : 8'd0;
+                if (!has_map) begin              // dense: one read per column and pixel, the same terms in every row
+                    code = valid ? act[in_base + addr] : 8'd0;
                     x = in_signed ? {{2{code[7]}}, code} : {2'b00, code};
                     dval = valid ? x - (FAULT_NO_ZIN ? 10'd0 : z_in[9:0]) : 10'd0;
-                    data_f[((r*C+c)*PPX)*10 +: 10] = dval;
                     if (PPX == 2) begin
-                        code = validq ? act[rin + addrq] : 8'd0;
+                        code = validq ? act[in_base + addrq] : 8'd0;
                         x = in_signed ? {{2{code[7]}}, code} : {2'b00, code};
                         dvalq = validq ? x - (FAULT_NO_ZIN ? 10'd0 : z_in[9:0]) : 10'd0;
-                        data_f[((r*C+c)*PPX+PPX-1)*10 +: 10] = dvalq;
+                    end
+                    for (r = 0; r < R; r = r + 1) begin
+                        data_f[((r*C+c)*PPX)*10 +: 10] = dval;
+                        if (PPX == 2) data_f[((r*C+c)*PPX+PPX-1)*10 +: 10] = dvalq;
+                    end
+                end else begin                   // grouped: each row from its group's channels
+                    for (r = 0; r < R; r = r + 1) begin
+                        rch = pair ? gch + 2 * r : gch + r;
+                        rin = (rch < out_ch) ? $signed(map_t[rch]) : in_base;
+                        code = valid ? act[rin + addr] : 8'd0;
+                        x = in_signed ? {{2{code[7]}}, code} : {2'b00, code};
+                        data_f[((r*C+c)*PPX)*10 +: 10] = valid ? x - (FAULT_NO_ZIN ? 10'd0 : z_in[9:0]) : 10'd0;
+                        if (PPX == 2) begin
+                            code = validq ? act[rin + addrq] : 8'd0;
+                            x = in_signed ? {{2{code[7]}}, code} : {2'b00, code};
+                            data_f[((r*C+c)*PPX+PPX-1)*10 +: 10] = validq ? x - (FAULT_NO_ZIN ? 10'd0 : z_in[9:0]) : 10'd0;
+                        end
                     end
                 end
             end

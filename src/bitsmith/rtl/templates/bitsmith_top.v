@@ -132,6 +132,11 @@ module bitsmith_top #(
     wire [31:0] pword = param_mem[paddr];
     wire [BUS-1:0] in8_word = in8_mem[in_addr];
     wire [BUS-1:0] w8_word = w8_mem[waddr];
+    // zero-extended so that every entry position of the widest unpacking (E2 8-bit slots) is in range;
+    // the bits above BUS are never selected for an entry that is written (i < EPW)
+    /* verilator lint_off UNUSEDSIGNAL */
+    wire [4*BUS-1:0] w8_wide = {{3*BUS{1'b0}}, w8_word};
+    /* verilator lint_on UNUSEDSIGNAL */
     wire [BUS-1:0] w2_word = w2_mem[waddr];
     wire [1:0] first_field = has_table ? 2'd0 : 2'd3;
     wire [1:0] last_field  = has_map ? 2'd3 : 2'd2;
@@ -534,21 +539,16 @@ module bitsmith_top #(
         if (!rst && state == S_INPUT)
             for (i = 0; i < E8; i = i + 1)
                 if (ibyte + i < IN_BYTES) act[in_base + ibyte + i] <= in8_word[i*8 +: 8];
-        if (!rst && lbusy) begin          // one bus word of EPW weights, sign-extended to the buffer's 8 bits
-            if (is_cb) begin
-                for (i = 0; i < E2; i = i + 1)
-                    if (wentry + i < WBUF_DEPTH) wbuf[lbank_base + wentry + i] <= {6'd0, w2_word[i*2 +: 2]};
-            end else if (wbits <= 8'd2) begin
-                for (i = 0; i < E2; i = i + 1)
-                    if (wentry + i < WBUF_DEPTH) wbuf[lbank_base + wentry + i] <= {{6{w8_word[i*2+1]}}, w8_word[i*2 +: 2]};
-            end else if (wbits <= 8'd4) begin
-                for (i = 0; i < E4; i = i + 1)
-                    if (wentry + i < WBUF_DEPTH) wbuf[lbank_base + wentry + i] <= {{4{w8_word[i*4+3]}}, w8_word[i*4 +: 4]};
-            end else begin
-                for (i = 0; i < E8; i = i + 1)
-                    if (wentry + i < WBUF_DEPTH) wbuf[lbank_base + wentry + i] <= w8_word[i*8 +: 8];
-            end
-        end
+        // One write port per entry position i of a bus word (E2, the most entries a word holds):
+        // EPW entries of the word, each sign-extended from its storage width to the buffer's 8 bits
+        // (a codebook index zero-extended). A port per width would multiply the write decoders.
+        if (!rst && lbusy)
+            for (i = 0; i < E2; i = i + 1)
+                if (i < EPW && wentry + i < WBUF_DEPTH)
+                    wbuf[lbank_base + wentry + i] <= is_cb ? {6'd0, w2_word[i*2 +: 2]}
+                                                   : (EPW == E2) ? {{6{w8_wide[i*2+1]}}, w8_wide[i*2 +: 2]}
+                                                   : (EPW == E4) ? {{4{w8_wide[i*4+3]}}, w8_wide[i*4 +: 4]}
+                                                   : w8_wide[i*8 +: 8];
         // every accumulator lane u = r*NL + l of a pass: row r's pool lane is its lane 0
         if (!rst && (state == S_DRAIN || dpend))
             for (k = 0; k < R * NL; k = k + 1)

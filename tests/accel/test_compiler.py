@@ -187,9 +187,11 @@ def test_cycles_of_a_tiny_layer_by_hand():
 
 def test_double_buffered_weights_expose_only_what_outlasts_the_previous_group():
     c = {r["name"]: r for r in program_cycles(compile_graph(golden("lenet5_w8a8"), AccelConfig()))["layers"]}
-    # q_conv2: G = 2, a load of 8·19·8 bytes = 152 words; group 1's load hides under group 0's
-    # 100·19 + 1 cycles, so only group 0's is exposed.
-    assert c["q_conv2"]["weights"] == 152
+    # q_conv2 runs packed (mode 2): one group of 2R = 16 channels, a load of 16·19·8 bytes = 304 words,
+    # all exposed (nothing computes before it).
+    assert c["q_conv2"]["packing"] == 2 and c["q_conv2"]["weights"] == 304
+    # q_conv3, fc1 are weight bound: mode 1 (half-size groups, more of each load hidden) is faster.
+    assert c["q_conv3"]["packing"] == c["q_fc1"]["packing"] == 1
     # q_conv3: G = 15, 8·50·8 bytes = 400 words per group against 50 + 1 cycles of compute and drain
     # (P = 1): the array waits 400 − 51 for each of groups 1..14.
     assert c["q_conv3"]["weights"] == 400 + 14 * (400 - 51)
@@ -266,7 +268,7 @@ def test_descriptor_words_of_the_first_layer(tmp_path):
     d = param[1:23]
     assert d[0] == 0 | 1 << 10              # conv, input signed, output unsigned, dense, requant
     assert d[1:7] == [1, 32, 32, 6, 28, 28]
-    assert d[7] == 5 | 5 << 8 | 1 << 16 | 1 << 24 and d[8] == 8 << 16
+    assert d[7] == 5 | 5 << 8 | 1 << 16 | 1 << 24 and d[8] == 8 << 16 | 1 << 24   # 8-bit weights, packing 1
     assert d[13] == 0 and d[14] == 1 + 22 * 7 and d[15] == 0
     # activation addresses: the input codes and conv1's output are live together and do not overlap
     conv1 = program.layers[0]
@@ -276,3 +278,125 @@ def test_descriptor_words_of_the_first_layer(tmp_path):
     last = param[1 + 22 * 6 : 1 + 22 * 7]
     assert last[0] & (1 << 9) and last[0] & (1 << 11)   # raw 32-bit output, signed
     assert not (tmp_path / "expected").exists() and not (tmp_path / "W2.hex").exists()
+
+
+# -- packed MACs (§3) ---------------------------------------------------------------------------
+
+def _conv_of(name: str, layer_name: str, config=AccelConfig()):
+    return next(l for l in compile_graph(golden(name), config).layers if l.name == layer_name)
+
+
+def test_allowed_packings_follow_the_product_fields():
+    from bitsmith.accel.compiler import allowed_packings
+    w8 = _conv_of("lenet5_w8a8", "q_conv2")
+    assert allowed_packings(w8, (-255, 255)) == [1, 2]          # 8-bit × 10-bit d: 18-bit fields only
+    w4 = _conv_of("lenet5_w4a4_pc", "q_conv2")
+    assert allowed_packings(w4, (0, 15)) == [1, 2, 4]           # |w·d| ≤ 8·15 fits 9 bits
+    assert allowed_packings(w4, (-16, 15)) == [1, 2, 4]         # 8·16 = 128 still fits
+    assert allowed_packings(w4, (-32, 31)) == [1, 2]            # 8·32 = 256 does not
+    # a grouped conv packs channel pairs only inside one convolution group
+    grouped = _conv_of("grouped_conv", "q_0")
+    assert grouped.groups == 2 and grouped.out_ch // grouped.groups == 2
+    assert grouped.weight_bits == 8 and allowed_packings(grouped, (-255, 255)) == [1, 2]
+    odd = Layer(index=0, name="dw", kind="conv", in_ch=3, in_h=4, in_w=4, out_ch=3, out_h=4, out_w=4,
+                groups=3, weight_bits=4, weights=np.zeros((3, 1), dtype=np.int64))
+    assert allowed_packings(odd, (0, 15)) == [1]                # depthwise: no pair shares an input
+
+
+def test_the_compiler_picks_the_fastest_allowed_mode():
+    from bitsmith.accel.compiler import choose_packing, packed_cycles
+    config = AccelConfig()
+    program = compile_graph(golden("lenet5_w4a4_pc"), config)
+    assert [l.packing for l in program.layers if l.kind == "conv"] == [4, 4, 1, 1, 1]
+    for layer in (l for l in program.layers if l.kind == "conv"):
+        chosen = layer.packing
+        cycles = {}
+        for mode in (1, 2, 4):
+            layer.packing = mode
+            cycles[mode] = packed_cycles(layer, config)
+            # the compiler's figure is the §5 formula's weights + compute + drain
+            phases = layer_cycles(layer, config, first=False)
+            assert cycles[mode] == phases["weights"] + phases["compute"] + phases["drain"]
+        layer.packing = chosen
+        assert cycles[chosen] == min(cycles.values())
+        assert choose_packing(layer, (-8, 7), config) == chosen
+    # q_conv3 (one pixel, 400 terms) is weight bound: mode 1's smaller groups hide more of each load
+    conv3 = next(l for l in program.layers if l.name == "q_conv3")
+    conv3.packing = 2
+    slower = packed_cycles(conv3, config)
+    conv3.packing = 1
+    assert packed_cycles(conv3, config) < slower
+
+
+def test_weights_are_stored_at_their_width_and_read_back(tmp_path):
+    from bitsmith.accel.compiler import storage_bits
+    from bitsmith.accel.memory import read_program
+    from bitsmith.accel.timing import group_weight_cycles
+    g = golden("lenet5_mixed")    # weight widths 2, 5, 3, 7, 8
+    config = AccelConfig(pe=4, simd=4)
+    program = compile_graph(g, config)
+    convs = [l for l in program.layers if l.kind == "conv"]
+    assert [storage_bits(l) for l in convs] == [2, 8, 4, 8, 8]
+    # a group of R'·T·C weights at b bits: conv1 (2-bit, mode 2 at 4×4: 8 channels, T = 7) = 8·7·4·2 / 64
+    assert convs[0].packing == 2 and group_weight_cycles(convs[0], config) == math.ceil(8 * 7 * 4 * 2 / 64)
+    x = torch.rand(2, 1, 32, 32)
+    export_memory(g, x, tmp_path, config)
+    back = read_program(tmp_path)
+    for a, b in zip(program.layers, back.layers):
+        assert a.packing == b.packing
+        if a.kind == "conv":
+            assert np.array_equal(a.weights, b.weights)
+
+
+def test_a_descriptor_with_an_unknown_packing_mode_is_refused():
+    from bitsmith.accel.config import DESCRIPTOR_WORDS
+    from bitsmith.accel.memory import build_memory, decode_descriptor
+    from bitsmith.errors import DataError
+    words = build_memory(compile_graph(golden("lenet5_w8a8"), AccelConfig())).param[1 : 1 + DESCRIPTOR_WORDS]
+    assert decode_descriptor(words)["packing"] == 1
+    words[8] = (words[8] & 0xFFFFFF) | 3 << 24
+    with pytest.raises(DataError, match="packing mode 3"):
+        decode_descriptor(words)
+
+
+def _pe_fields(w_lo, w_hi, d_p, d_q, quad: bool):
+    """The products bitsmith_pe.v splits out of its one 27×18 product, bit for bit (numpy int64):
+    mode 2 → (w_lo·d_p, w_hi·d_p), mode 4 → (w_lo·d_p, w_lo·d_q, w_hi·d_p, w_hi·d_q)."""
+    def signed(v, bits):
+        v = v & ((1 << bits) - 1)
+        return np.where(v >> (bits - 1), v - (1 << bits), v)
+    a = w_hi * (1 << 18) + w_lo
+    b = d_q * (1 << 9) + d_p if quad else d_p
+    p = a * b                                           # |p| < 2^44: exact in int64
+    if not quad:
+        return signed(p, 18), signed(((p >> 18) & ((1 << 18) - 1)) + ((p >> 17) & 1), 18)
+    r1 = (((p >> 9) & ((1 << 27) - 1)) + ((p >> 8) & 1)) & ((1 << 27) - 1)
+    r2 = (((r1 >> 9) & ((1 << 18) - 1)) + ((r1 >> 8) & 1)) & ((1 << 18) - 1)
+    r3 = ((r2 >> 9) + ((r2 >> 8) & 1)) & 511
+    return signed(p, 9), signed(r1, 9), signed(r2, 9), signed(r3, 9)
+
+
+def test_packed_fields_are_exact_wherever_the_compiler_allows_the_mode():
+    from bitsmith.accel.compiler import allowed_packings
+    # mode 2: every 8-bit weight pair × every 10-bit d (|d| ≤ 255), exhaustively
+    d = np.arange(-255, 256, dtype=np.int64)
+    w = np.arange(-128, 128, dtype=np.int64)
+    w_lo, d_p = np.meshgrid(w, d, indexing="ij")
+    for w_hi in range(-128, 128):
+        lo, hi = _pe_fields(w_lo, w_hi, d_p, 0, quad=False)
+        assert np.array_equal(lo, w_lo * d_p) and np.array_equal(hi, w_hi * d_p), w_hi
+    # mode 4: for 2-, 3- and 4-bit weights, the widest symmetric d range the compiler allows, exhaustively
+    for bits in (2, 3, 4):
+        layer = Layer(index=0, name="l", kind="conv", in_ch=1, in_h=1, in_w=1, out_ch=2, out_h=1, out_w=1,
+                      weight_bits=bits, weights=np.zeros((2, 1), dtype=np.int64))
+        widest = max(r for r in range(1, 256) if 4 in allowed_packings(layer, (-r, r)))
+        assert 4 not in allowed_packings(layer, (-widest - 1, widest + 1))
+        ws = np.arange(-(1 << (bits - 1)), 1 << (bits - 1), dtype=np.int64)
+        ds = np.arange(-widest, widest + 1, dtype=np.int64)
+        w_lo, w_hi, d_p, d_q = (v.reshape(-1) for v in np.meshgrid(ws, ws, ds, ds, indexing="ij"))
+        got = _pe_fields(w_lo, w_hi, d_p, d_q, quad=True)
+        for field, want in zip(got, (w_lo * d_p, w_lo * d_q, w_hi * d_p, w_hi * d_q)):
+            assert np.array_equal(field, want), bits
+        # one step past the allowed range some field is wrong: the check is tight
+        edge = _pe_fields(np.int64(-(1 << (bits - 1))), np.int64(0), np.int64(-widest - 1), np.int64(0), quad=True)
+        assert edge[0] != (1 << (bits - 1)) * (widest + 1)

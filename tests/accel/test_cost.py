@@ -125,7 +125,8 @@ def _tiny_program(codebook_only=False):
 def test_tiny_program_by_hand():
     # R = 4, C = 5: R·C = 20 multipliers.
     # DSP: conv_a 5x5 w3 a8 → 3.33 = 10/3 ops/DSP → 20 / (10/3) = 6;  pool 0;  conv_cb codebook 0;
-    #      fc 1x1 w4 a4 → 6 ops/DSP → ⌈20/6⌉ = 4.  Array = max = 6 (conv_a); requant 4 rows × 4 = 16.
+    #      fc 1x1 w4 a4 → 6 ops/DSP → ⌈20/6⌉ = 4.  MixQ array = max = 6 (conv_a). The RTL: one DSP48E2
+    #      per PE, 20; requant 4 rows × 1 lane (every layer packing 1, hand-built) × 4 = 16; 4 pool lanes.
     # FINN weight memory (depth ⌈K/C⌉·⌈out/R⌉, width R·C·W):
     #      conv_a K=75: 15·2 = 30 × 60 bits → ⌈60/36⌉ = 2;  conv_cb K=72: 15·2 = 30 × 40 (2-bit) → 2;
     #      fc K=96: 20·3 = 60 × 80 bits → ⌈80/36⌉ = 3.  Sum 7.
@@ -136,7 +137,8 @@ def test_tiny_program_by_hand():
     report = cost_report(_tiny_program())
     assert [row["dsp"] for row in report["layers"]] == [6, 0, 0, 4]
     assert [row["table_kernel"] for row in report["layers"]] == [5, None, None, 1]
-    assert report["dsp"] == {"array": 6, "requant": 16, "lanes": 0, "total": 22, "array_layer": "conv_a"}
+    assert report["dsp"] == {"array": 20, "requant": 16, "lanes": 4, "requant_units": 4, "total": 40,
+                             "mixq_array": 6, "array_layer": "conv_a"}
     assert [(r["finn_weight_depth"], r["finn_weight_width"], r["finn_bram18"]) for r in report["layers"]] == \
         [(30, 60, 2), (0, 0, 0), (30, 40, 2), (60, 80, 3)]
     assert report["finn_bram18"] == 7
@@ -154,14 +156,18 @@ def test_tiny_program_by_hand():
     assert "codebook_product" not in units
 
 
-def test_codebook_only_program_needs_no_array_dsps():
+def test_codebook_only_program_needs_no_dataflow_array_dsps():
     report = cost_report(_tiny_program(codebook_only=True))
-    assert report["dsp"] == {"array": 0, "requant": 16, "lanes": 0, "total": 16, "array_layer": None}
+    # the CLIP-Q select trick needs no multipliers in a dataflow design (MixQ figure); the RTL's PEs
+    # are DSP48E2 multipliers all the same
+    assert report["dsp"] == {"array": 20, "requant": 16, "lanes": 4, "requant_units": 4, "total": 40,
+                             "mixq_array": 0, "array_layer": None}
     # only 2-bit indices in the weight buffer: 200 deep × 40 bits → 2 BRAM18 instead of 5
     assert next(m for m in report["memories"] if m["name"] == "weight buffer")["width"] == 40
     assert report["bram18"]["weight buffer"] == 2
     units = {u["unit"]: u["count"] for u in report["logic"]["units"]}
-    assert units["codebook_product"] == 4 * 5 and units["codebook_select"] == 20 and "codebook_decoder" not in units
+    # the RTL decodes indices into codebook values for its DSP PEs
+    assert units["codebook_decoder"] == 20 and "codebook_product" not in units
 
 
 def test_narrow_codes_cost_as_two_bits_and_wide_ones_are_refused():
@@ -177,7 +183,9 @@ def test_narrow_codes_cost_as_two_bits_and_wide_ones_are_refused():
 def test_lenet5_compiled_program():
     g = golden("lenet5_w8a8")
     report = cost_report(compile_graph(g, AccelConfig(pe=8, simd=8)))
-    # W8A8 everywhere: 2 ops per DSP in every table → 64 / 2 = 32 array DSPs, plus 8 requant units × 4
-    assert report["dsp"]["array"] == 32 and report["dsp"]["total"] == 64
+    # The RTL: 64 PEs, one DSP48E2 each; q_conv2 and q_fc2 run packed (mode 2), so every row has two
+    # accumulator lanes: 16 requant units × 4; 8 pool lanes × 1. (W8A8 in MixQ's tables: 2 ops per DSP → 32.)
+    assert report["dsp"]["array"] == 64 and report["dsp"]["requant_units"] == 16
+    assert report["dsp"]["total"] == 64 + 64 + 8 and report["dsp"]["mixq_array"] == 32
     assert [r["dsp"] for r in report["layers"]] == [32, 0, 32, 0, 32, 32, 32]
     assert sum(r["macs"] for r in report["layers"]) == 416_520   # REFERENCE §1

@@ -79,7 +79,12 @@ def test_lower_widths_never_cost_more_dsps_or_memory():
         cost = assignment_cost(program, [bits] * n, [bits] * n)
         if previous is not None:
             assert cost["dsp"] <= previous["dsp"] and cost["weight_bits"] < previous["weight_bits"]
-            assert cost["bitops"] < previous["bitops"] and cost["cycles"] == previous["cycles"]  # v1: bits-independent
+            assert cost["bitops"] < previous["bitops"]
+            # the compiled packing modes stay; only the bus loads shrink, when the storage width (8, 4, 2) does
+            if bits in (4, 2):
+                assert cost["cycles"] < previous["cycles"]
+            else:
+                assert cost["cycles"] == previous["cycles"]
         previous = cost
 
 

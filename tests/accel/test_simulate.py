@@ -54,7 +54,7 @@ def fashion():
 
 def test_lenet_w8a8_on_fashion_mnist(fashion):
     program, result, _ = _check(golden("lenet5_w8a8"), fashion)
-    assert result.total_cycles == 16683  # the figure docs/hardware.md quotes for the default configuration
+    assert result.total_cycles == 14934  # the figure docs/hardware.md quotes for the default configuration
 
 
 def test_lenet_clipq_codebook_mixed_with_dense(fashion):

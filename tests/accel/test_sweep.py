@@ -4,7 +4,6 @@ weight modes against hand-derived DSP counts), skipped configurations, and `bits
 import csv
 import io
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -53,12 +52,11 @@ def test_lenet_sweep_writes_files_and_an_undominated_front(lenet_graphs, tmp_pat
     for pe in (1, 2, 4, 8, 16, 32):
         for simd in (1, 2, 4, 8, 16, 32):
             i8, i4, cb = by["int8", pe, simd], by["int4", pe, simd], by["codebook2", pe, simd]
-            # w8a8: 2 ops/DSP in every table; w4a8: 10/3 (5x5) and 3 (1x1) → the 1x1 layers decide
-            assert i8["dsp_array"] == math.ceil(pe * simd / 2)
-            assert i4["dsp_array"] == math.ceil(pe * simd / 3)
-            assert i8["dsp_requant"] == i4["dsp_requant"] == cb["dsp_requant"] == 4 * pe
-            assert cb["dsp_array"] == i8["dsp_array"]  # the dense 8-bit fc2 still needs the int8 array
-            assert i4["cycles"] == i8["cycles"]         # int4 changes the DSP table only
+            # the RTL's array: one DSP48E2 per PE in every mode; requant: 4 per unit, R or 2R units
+            assert i8["dsp_array"] == i4["dsp_array"] == cb["dsp_array"] == pe * simd
+            for point in (i8, i4, cb):
+                assert point["dsp_requant"] in (4 * pe, 8 * pe) and point["dsp_lanes"] == pe
+            assert i4["cycles"] <= i8["cycles"]         # int4 stores the weights at 4 bits: fewer bus words
             assert cb["cycles"] < i8["cycles"]          # 2-bit indices load 4× faster than 8-bit weights
     config = AccelConfig(pe=4, simd=16)
     assert by["codebook2", 4, 16]["cycles"] == program_cycles(compile_graph(clipq, config))["total"]
@@ -76,17 +74,19 @@ def test_lenet_sweep_writes_files_and_an_undominated_front(lenet_graphs, tmp_pat
     assert len(table) == 2 + len(result["pareto"])
 
 
-def test_all_codebook_program_needs_no_array_dsps(lenet_graphs):
+def test_all_codebook_program_needs_no_dataflow_array_dsps(lenet_graphs):
     _, _, all_cb = lenet_graphs
     program = compile_graph(all_cb, AccelConfig(pe=8, simd=8))
     report = cost_report(program)
-    assert report["dsp"] == {"array": 0, "requant": 32, "lanes": 0, "total": 32, "array_layer": None}
+    # MixQ / CLIP-Q select trick: no array multipliers; the RTL: 64 DSP48E2 PEs, 16 requant units (mode 2)
+    assert report["dsp"] == {"array": 64, "requant": 64, "lanes": 8, "requant_units": 16, "total": 136,
+                             "mixq_array": 0, "array_layer": None}
     # two banks of 1024 deep × 128 bits (2-bit indices): ⌈2048/1024⌉·⌈128/18⌉
     assert report["bram18"]["weight buffer"] == 16
     # expanded to dense 8-bit, the same program needs the full int8 array and an 8-bit weight buffer
     dense = dense_program(program, 8)
     assert not any(l.is_codebook for l in dense.layers)
-    assert evaluate_design(dense)["dsp"]["array"] == 32 and cost_report(dense)["bram18"]["weight buffer"] == 2 * 29
+    assert evaluate_design(dense)["dsp"]["mixq_array"] == 32 and cost_report(dense)["bram18"]["weight buffer"] == 2 * 29
 
 
 def test_configs_that_do_not_fit_are_recorded(lenet_graphs):
@@ -111,7 +111,7 @@ def test_cli_report_and_sweep(lenet_graphs, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["cycles"] == program_cycles(compile_graph(dense, AccelConfig()))["total"]
-    assert report["dsp"]["total"] == 64 and [l["dsp"] for l in report["layers"]] == [32, 0, 32, 0, 32, 32, 32]
+    assert report["dsp"]["total"] == 136 and [l["dsp"] for l in report["layers"]] == [32, 0, 32, 0, 32, 32, 32]
     result = invoke("hw", "report", tmp_path / "clipq", "--pe", "4", "--simd", "16")
     assert result.exit_code == 0 and "q_conv1" in result.stdout and "cb2/8" in result.stdout
 

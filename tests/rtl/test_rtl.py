@@ -49,7 +49,7 @@ def test_lenet_w8a8_real_images_bit_exact_with_formula_cycles_in_icarus(tmp_path
     # 32 (weights: 8·4·8 bytes / 8 per cycle) + 784·4 (compute) + 1 (drain: only the last pixel's
     # write takes a cycle of its own) + 1 = 3338.
     assert result.layers[0].cycles == 3338
-    assert result.cycles_per_image == [16683, 16683]
+    assert result.cycles_per_image == [14934, 14934]   # q_conv2 packed two channels per PE (mode 2)
 
 
 def test_lenet_clipq_codebook_bit_exact_in_icarus(tmp_path):
@@ -83,6 +83,39 @@ def test_fsm_corner_cases_bit_exact(tmp_path, case):
         g, images = golden("one_pixel"), 1
     result = run_rtl(g, images=images, sim="icarus", config=config, data="random", work_dir=tmp_path)
     _assert_exact(result, images)
+
+
+# Packing modes the compiler would not pick here (it picks the fastest), forced onto layers that allow
+# them, so the RTL meets the corners: mode 4 on a one-pixel layer (odd P: the pass's second pixel
+# is absent) and on 84 = 10·8 + 4 channels (a partial last group of 2R), mode 2 on a grouped conv
+# (channel pairs share the channel map's input). Each is allowed there: 4-bit weights × 4-bit codes fit
+# mode 4's 9-bit fields, and grouped_conv has two output channels per convolution group.
+FORCED_PACKING = {"lenet5_w4a4_pc": {"q_conv3": 4, "q_fc1": 4}, "grouped_conv": {"q_0": 2}}
+
+
+@pytest.mark.parametrize("name", list(FORCED_PACKING))
+def test_forced_packing_corners_bit_and_cycle_exact(tmp_path, name):
+    from bitsmith.accel.simulate import mismatches, simulate
+    from bitsmith.accel.timing import program_cycles
+    from bitsmith.integer import engine
+    from bitsmith.rtl.simulators import run_testbench
+
+    g = golden(name)
+    program = compile_graph(g, AccelConfig(pe=4, simd=4))
+    for layer in program.layers:
+        if layer.name in FORCED_PACKING[name]:
+            layer.packing = FORCED_PACKING[name][layer.name]
+    forced = [layer for layer in program.layers if layer.name in FORCED_PACKING[name]]
+    assert len(forced) == len(FORCED_PACKING[name])
+    outputs = engine.run(g, verification_inputs(g, 1, "random").x, return_all=True)
+    codes = outputs[program.input_name]
+    model = simulate(program, codes)
+    assert sum(mismatches(model, outputs).values()) == 0
+    assert model.total_cycles == program_cycles(program)["total"]
+    write_memory(program, codes, tmp_path / "memory", expected=outputs)
+    log = run_testbench(program, tmp_path / "memory", tmp_path / "rtl", images=1)
+    assert log["summary"] == {"mismatches": 0, "images": 1} and log["timeout"] is None
+    assert log["cycles_per_image"] == [program_cycles(program)["total"]]
 
 
 @pytest.mark.parametrize("fault", ["shift_off_by_one", "drop_bias", "no_zero_point"])

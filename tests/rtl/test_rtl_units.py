@@ -38,53 +38,79 @@ def _wrap32(value: int) -> int:
 
 # --------------------------------------------------------------------------- cocotb side: PE
 
+def _pe_products(w_lo: int, w_hi: int, d_p: int, d_q: int, quad: int) -> list[int]:
+    """The four product slots docs/hardware.md §3 defines: (lo, p), (lo, q), (hi, p), (hi, q)."""
+    return [w_lo * d_p, w_lo * d_q, w_hi * d_p, w_hi * d_q] if quad else [w_lo * d_p, 0, w_hi * d_p, 0]
+
+
 @cocotb.test()
-async def pe_multiply_accumulate(dut):
-    """out = w*d + l_in (32-bit wrap); en = 0 passes l_in through."""
+async def pe_packed_products(dut):
+    """The one 27×18 multiplier returns every product its mode packs, exactly: mode 2 (two 8-bit
+    weights × one 10-bit d, every corner and random values) and mode 4 (two weights × two d whose
+    products fit 9 bits: all 4-bit weights × 5-bit d, exhaustively over the corners' signs)."""
     rng = random.Random(1)
-    cases = [(-128, -255, 0, 1), (-128, 255, -(1 << 31), 1), (127, 255, (1 << 31) - 1, 1), (0, 17, 5, 1),
-             (3, -4, 100, 0), (-128, -255, 7, 0)]
-    cases += [(rng.randint(-128, 127), rng.randint(-255, 255), rng.randint(-(1 << 31), (1 << 31) - 1),
-               rng.randint(0, 1)) for _ in range(300)]
-    for w, d, l_in, en in cases:
-        dut.w.value = _mask(w, 8)
-        dut.d.value = _mask(d, 10)
-        dut.l_in.value = _mask(l_in, 32)
-        dut.en.value = en
+    cases = [(w_lo, w_hi, d, 0, 0) for w_lo in (-128, -1, 0, 1, 127) for w_hi in (-128, -1, 0, 1, 127)
+             for d in (-255, -1, 0, 1, 255)]
+    cases += [(rng.randint(-128, 127), rng.randint(-128, 127), rng.randint(-255, 255), 0, 0) for _ in range(300)]
+    cases += [(w_lo, w_hi, d_p, d_q, 1) for w_lo in (-8, -1, 0, 7) for w_hi in (-8, -1, 0, 7)
+              for d_p in (-16, -1, 0, 15) for d_q in (-16, -1, 0, 15)]
+    cases += [(rng.randint(-8, 7), rng.randint(-8, 7), rng.randint(-16, 15), rng.randint(-16, 15), 1) for _ in range(300)]
+    cases += [(-2, 1, 128, -127, 1), (1, -2, -127, 128, 1)]   # 2-bit weights: |d| up to 128 still fits 9 bits
+    for w_lo, w_hi, d_p, d_q, quad in cases:
+        dut.w_lo.value = _mask(w_lo, 8)
+        dut.w_hi.value = _mask(w_hi, 8)
+        dut.d_p.value = _mask(d_p, 10)
+        dut.d_q.value = _mask(d_q, 10)
+        dut.quad.value = quad
         await Timer(1, unit="ns")
-        want = _wrap32(w * d + l_in) if en else l_in
-        assert dut.out.value.to_signed() == want, (w, d, l_in, en)
+        prod = int(dut.prod.value)
+        got = [((prod >> (18 * s)) & 0x3FFFF) - ((prod >> (18 * s + 17) & 1) << 18) for s in range(4)]
+        assert got == _pe_products(w_lo, w_hi, d_p, d_q, quad), (w_lo, w_hi, d_p, d_q, quad)
 
 
 @cocotb.test()
 async def pe_array_chain_clear_enable(dut):
-    """Each row: acc <= (clear ? bias : acc) + Σ_c w[r][c]·d[r][c] when enabled; held otherwise (each
-    row has its own data terms: the same in a dense conv, its group's in a grouped one)."""
-    R, C = int(dut.R.value), int(dut.C.value)
+    """Each row and lane l = k·PPX + q: acc <= (clear ? bias : acc) + Σ_c (product slot 2k + q of PE c)
+    when enabled; held otherwise (each row has its own data terms: the same in a dense conv, its
+    group's in a grouped one). Mode 2 and mode 4 cycles alternate."""
+    R, C, PCH, PPX = int(dut.R.value), int(dut.C.value), int(dut.PCH.value), int(dut.PPX.value)
+    NL = PCH * PPX
     rng = random.Random(2)
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    acc = [0] * R
+    acc = [[0] * NL for _ in range(R)]
     await FallingEdge(dut.clk)
     for step in range(60):
-        w = [[rng.randint(-128, 127) for _ in range(C)] for _ in range(R)]
+        quad = int(PPX == 2 and rng.random() < 0.5)
+        wmax, dmax = (8, 16) if quad else (128, 256)
+        w = [[[rng.randint(-wmax, wmax - 1) if k < PCH else 0 for k in range(2)] for _ in range(C)] for _ in range(R)]
         shared = rng.random() < 0.5   # a dense conv: every row sees the same C terms
-        row0 = [rng.randint(-255, 255) for _ in range(C)]
-        d = [row0 if shared else [rng.randint(-255, 255) for _ in range(C)] for _ in range(R)]
-        bias = [rng.randint(-(1 << 20), 1 << 20) for _ in range(R)]
+        rows = [[[rng.randint(-dmax + 1, dmax - 1) if q < PPX else 0 for q in range(2)] for _ in range(C)]
+                for _ in range(R)]
+        d = [rows[0] if shared else rows[r] for r in range(R)]
+        bias = [[rng.randint(-(1 << 20), 1 << 20) for _ in range(NL)] for _ in range(R)]
         clear = 1 if step == 0 else rng.randint(0, 1)
         enable = 1 if step == 0 else rng.choice([0, 1, 1])
-        dut.weights.value = sum(_mask(w[r][c], 8) << (8 * (r * C + c)) for r in range(R) for c in range(C))
-        dut.data.value = sum(_mask(d[r][c], 10) << (10 * (r * C + c)) for r in range(R) for c in range(C))
-        dut.bias.value = sum(_mask(bias[r], 32) << (32 * r) for r in range(R))
+        dut.weights.value = sum(_mask(w[r][c][k], 8) << (8 * ((r * C + c) * PCH + k))
+                                for r in range(R) for c in range(C) for k in range(PCH))
+        dut.data.value = sum(_mask(d[r][c][q], 10) << (10 * ((r * C + c) * PPX + q))
+                             for r in range(R) for c in range(C) for q in range(PPX))
+        dut.bias.value = sum(_mask(bias[r][l], 32) << (32 * (r * NL + l)) for r in range(R) for l in range(NL))
         dut.clear.value = clear
         dut.enable.value = enable
+        dut.quad.value = quad
         await RisingEdge(dut.clk)
         if enable:
-            acc = [_wrap32((bias[r] if clear else acc[r]) + sum(w[r][c] * d[r][c] for c in range(C))) for r in range(R)]
+            for r in range(R):
+                for l in range(NL):
+                    slot = 2 * (l // PPX) + l % PPX
+                    products = sum(_pe_products(w[r][c][0], w[r][c][1], d[r][c][0], d[r][c][1], quad)[slot]
+                                   for c in range(C))
+                    acc[r][l] = _wrap32((bias[r][l] if clear else acc[r][l]) + products)
         await FallingEdge(dut.clk)
         got = int(dut.acc.value)
         for r in range(R):
-            assert _wrap32(got >> (32 * r)) == acc[r], (step, r, clear, enable)
+            for l in range(NL):
+                assert _wrap32(got >> (32 * (r * NL + l))) == acc[r][l], (step, r, l, clear, enable, quad)
 
 
 # --------------------------------------------------------------------------- cocotb side: codebook
@@ -231,12 +257,13 @@ def _run(tmp_path, toplevel: str, sources: list[Path], testcase: str, parameters
 
 
 def test_pe(tmp_path):
-    _run(tmp_path, "bitsmith_pe", [TEMPLATES / "bitsmith_pe.v"], "pe_multiply_accumulate")
+    _run(tmp_path, "bitsmith_pe", [TEMPLATES / "bitsmith_pe.v"], "pe_packed_products")
 
 
-def test_pe_array(tmp_path):
+@pytest.mark.parametrize("lanes", [(1, 1), (2, 1), (2, 2)])
+def test_pe_array(tmp_path, lanes):
     _run(tmp_path, "bitsmith_pe_array", [TEMPLATES / "bitsmith_pe.v", TEMPLATES / "bitsmith_pe_array.v"],
-         "pe_array_chain_clear_enable", parameters={"R": 3, "C": 4})
+         "pe_array_chain_clear_enable", parameters={"R": 3, "C": 4, "PCH": lanes[0], "PPX": lanes[1]})
 
 
 def test_codebook(tmp_path):

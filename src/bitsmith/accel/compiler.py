@@ -60,6 +60,8 @@ def compile_graph(graph: IntegerGraph, config: AccelConfig) -> Program:
         if step.node.name in free.concats:
             continue
         emitted = EMIT.lookup(step.node)(graph, step, len(layers))
+        if emitted.layer.kind == "conv":
+            choose_packing(emitted.layer, emitted.d_range, config)
         _check_limits(emitted.layer, step.node.name, config)
         layers.append(emitted.layer)
         sources.append(emitted.map_sources)
@@ -91,6 +93,7 @@ class Emitted:
     # A channel map is written relative to its sources: rows [first, end) add the address of `tensor`
     # once the allocation is known.
     map_sources: list[tuple[str, int, int]] = field(default_factory=list)
+    d_range: tuple[int, int] | None = None   # conv: (min, max) of d = x − z_in, for choose_packing
 
 
 #: The ops the accelerator computes; QuantizeInput (host), a fused Requant and Flatten (free) are the
@@ -234,7 +237,7 @@ def _conv_layer(graph: IntegerGraph, node: Node, requant: Node | None, index: in
                                f"{layer.terms}·{int(np.abs(codes).max(initial=0))}·{_max_centered(x)}"
                                f"+{int(np.abs(bias).max(initial=0))} = {bound} exceeds the 32-bit accumulator "
                                f"(max {ACC_MAX})")
-    return Emitted(layer, sources)
+    return Emitted(layer, sources, d_range=(x.qmin - x.zero_point, x.qmax - x.zero_point))
 
 
 def _kernel(graph: IntegerGraph, node: Node) -> list[int]:
@@ -380,7 +383,8 @@ def _check_limits(layer: Layer, name: str, config: AccelConfig) -> None:
         entries = weight_buffer_entries(layer, config)
         if entries > config.weight_buffer_entries:
             raise AcceleratorError(
-                f"layer {name}: one channel group needs R·T·C = {config.pe}·{term_blocks(layer, config)}·"
+                f"layer {name}: one channel group needs {'2R' if layer.channel_lanes == 2 else 'R'}·T·C = "
+                f"{group_channels(layer, config)}·{term_blocks(layer, config)}·"
                 f"{config.simd} = {entries} weights, does not fit weight_buffer_entries={config.weight_buffer_entries}")
 
 
@@ -514,11 +518,94 @@ def term_blocks(layer: Layer, config: AccelConfig) -> int:
     return math.ceil(layer.terms / config.simd) if layer.kind == "conv" else layer.terms
 
 
+def group_channels(layer: Layer, config: AccelConfig) -> int:
+    """Output channels per channel group: R·(channel lanes), 2R in packing modes 2 and 4 (§3)."""
+    return config.pe * layer.channel_lanes
+
+
 def channel_groups(layer: Layer, config: AccelConfig) -> int:
-    """G = ⌈out_ch/R⌉ (pool-lane kinds: R output channels per group as well)."""
-    return math.ceil(layer.out_ch / config.pe)
+    """G = ⌈out_ch/(R·channel lanes)⌉ (pool-lane kinds: R output channels per group)."""
+    return math.ceil(layer.out_ch / group_channels(layer, config))
+
+
+def pixel_passes(layer: Layer) -> int:
+    """Passes of the pixel loop per group: P, or ⌈P/2⌉ in packing mode 4 (two pixels a pass)."""
+    return math.ceil(layer.pixels / layer.pixel_lanes)
 
 
 def weight_buffer_entries(layer: Layer, config: AccelConfig) -> int:
-    """R·T·C: the weights of one channel group, padded rows and terms included."""
-    return config.pe * term_blocks(layer, config) * config.simd if layer.kind == "conv" else 0
+    """(R·channel lanes)·T·C: the weights of one channel group, padded rows and terms included."""
+    return group_channels(layer, config) * term_blocks(layer, config) * config.simd if layer.kind == "conv" else 0
+
+
+def storage_bits(layer: Layer) -> int:
+    """Bits per weight in external memory and on the bus (§6): a codebook layer's 2-bit indices,
+    else the narrowest of 2, 4, 8 bits that holds the layer's weight codes."""
+    if layer.is_codebook:
+        return CODEBOOK_INDEX_BITS
+    # (wider codes never reach the hardware, the compiler refuses them; the cost model still sizes them)
+    return next((b for b in STORAGE_WIDTHS if layer.weight_bits <= b), layer.weight_bits)
+
+
+# -- packed MACs (§3) --------------------------------------------------------------------------
+
+#: Dense weight storage widths on the bus (W8.hex): the narrowest that holds the codes.
+STORAGE_WIDTHS = (2, 4, 8)
+#: Bits of one product field of the packed multiplier: mode 2 splits P at bit 18, mode 4 at 9, 18, 27.
+PACKED_FIELD_BITS = {2: 18, 4: 9}
+
+
+def _field_fits(lo: int, hi: int, bits: int) -> bool:
+    return -(1 << (bits - 1)) <= lo and hi <= (1 << (bits - 1)) - 1
+
+
+def allowed_packings(layer: Layer, d_range: tuple[int, int]) -> list[int]:
+    """Packing modes the PE can run `layer` in, from the weight codes' range and d = x − z_in's
+    (`d_range`): every product w·d must fit its field as a signed value (mode 2: 18 bits, which any
+    8-bit weight × 10-bit d does; mode 4: 9 bits, e.g. 4-bit weights × 5-bit d). Two channels share
+    one d, so a grouped conv packs channels only when pairs (2i, 2i+1) lie in one convolution
+    group (out_ch/groups even); a depthwise conv runs in mode 1."""
+    codes = layer.codebook if layer.is_codebook else layer.weights
+    w_lo, w_hi = int(np.min(codes, initial=0)), int(np.max(codes, initial=0))
+    if not layer.is_codebook:   # the declared width bounds the codes (a layer is costed by its width)
+        w_lo, w_hi = -(1 << (layer.weight_bits - 1)), (1 << (layer.weight_bits - 1)) - 1
+    corners = [w * d for w in (w_lo, w_hi) for d in d_range]
+    if layer.groups > 1 and (layer.out_ch // layer.groups) % 2:
+        return [1]
+    modes = [1]
+    for mode, bits in PACKED_FIELD_BITS.items():
+        if _field_fits(min(corners), max(corners), bits):
+            modes.append(mode)
+    return modes
+
+
+def packed_cycles(layer: Layer, config: AccelConfig) -> int:
+    """Weights (exposed, §5) + compute + drain of a conv layer in its current packing mode, without
+    zero skipping: the figure the compiler minimises over the allowed modes."""
+    groups, busy = channel_groups(layer, config), pixel_passes(layer) * term_blocks(layer, config) + 1
+    load = math.ceil(weight_buffer_entries(layer, config) * storage_bits(layer) / config.bus_bits)
+    return load + (groups - 1) * max(0, load - busy) + groups * busy
+
+
+def choose_packing(layer: Layer, d_range: tuple[int, int], config: AccelConfig) -> int:
+    """The allowed mode (whose channel group fits the weight buffer) with the fewest cycles; ties go
+    to the narrower packing (fewer idle product slots, e.g. mode 4 on a one-pixel layer). A weight-bound layer (little compute per group to hide the next group's
+    load under) can be faster in mode 1: its groups are half as large, so more of each load overlaps."""
+    best = None
+    for mode in sorted(allowed_packings(layer, d_range)):
+        layer.packing = mode
+        if weight_buffer_entries(layer, config) > config.weight_buffer_entries and mode > 1:
+            continue
+        cycles = packed_cycles(layer, config)
+        if best is None or cycles < best[0]:
+            best = (cycles, mode)
+    layer.packing = best[1]
+    return layer.packing
+
+
+def array_lanes(program: Program) -> tuple[int, int]:
+    """(channel lanes, pixel lanes) the PE array is built with: the most any conv layer's packing
+    mode uses (§3). Each doubles the accumulators and requant units per row."""
+    convs = [layer for layer in program.layers if layer.kind == "conv"]
+    return (max((layer.channel_lanes for layer in convs), default=1),
+            max((layer.pixel_lanes for layer in convs), default=1))

@@ -1,16 +1,20 @@
 """Resource model of the accelerator of docs/hardware.md for one `Program`: DSP48E2, BRAM18 and a
 rough LUT/FF figure, per layer and in total (docs/hardware.md "Cost model" states every assumption).
 
-- **DSPs of the PE array.** The R×C multipliers are packed into DSP48E2 slices at the rate of
-  DeepBurning-MixQ's DSP packing tables ("ops per DSP48E2", transcribed below as data): a layer
-  with w-bit weights and a-bit activations needs ⌈R·C / ops_per_dsp(w, a, kernel)⌉ DSPs. A 2-bit
-  codebook layer needs none (the CLIP-Q accelerator's trick: multiply each activation by the four codebook values
-  once per column, then every PE selects one of the four products). The array is shared by all
-  layers, so it is built for the most demanding one: array DSPs = max over layers.
-- **DSPs of the requant units.** One 32×32 signed multiplier per row, tiled from 27×18 signed
-  multipliers: 2×2 = 4 DSPs each.
-- **DSPs of the pool-lane multipliers.** Only when the program has an Add layer: one 10×16-bit
-  signed multiplier per lane ((x − z) times m_a or m_b), one DSP48E2 each.
+- **DSPs of the PE array**: what the generated RTL has and Yosys `synth_xilinx` infers: one
+  DSP48E2 per PE, R·C, whatever the layers' precision. Each PE is one signed 27×18 multiplier that
+  packs two or four low-bit products (docs/hardware.md §3 "Packed MACs"); a narrower layer runs in
+  fewer cycles, not on fewer DSPs. (Tested against Yosys on small arrays: tests/rtl/test_synth_dsp.py.)
+- **DeepBurning-MixQ's DSP packing tables** ("ops per DSP48E2", transcribed below as data) stay as
+  the precision-dependent figure of a dataflow design: `layer_cost`'s per-layer `dsp` =
+  ⌈R·C / ops_per_dsp(w, a, kernel)⌉ (0 for a 2-bit codebook layer: the CLIP-Q select trick), which
+  `bitsmith.accel.precision` and the mixed-precision search read; `cost_report` gives their maximum
+  as `dsp["mixq_array"]`, beside the RTL's `dsp["array"]`.
+- **DSPs of the requant units**: one 32×32 signed multiplier per accumulator lane, tiled from
+  27×18 signed multipliers: 2×2 = 4 DSPs each; R·(channel lanes)·(pixel lanes) units (R without
+  packing, 2R with mode 2, 4R with mode 4, `compiler.array_lanes`).
+- **DSPs of the pool-lane multipliers**: one 10×16-bit signed multiplier per lane ((x − z) times
+  m, used by Add and average pools), one DSP48E2 each; the RTL builds them for every program.
 - **BRAM18** with FINN's BRAM18 depth/width formula for the on-chip memories of this design,
   plus, per layer, the weight memory a FINN dataflow layer with the same folding would need.
 - **Weight memory, dense vs compressed**: per conv layer the bits of its codes stored densely at
@@ -30,6 +34,7 @@ from ..errors import AcceleratorError, ConfigError
 from ..integer import sparse
 from .config import (ACC_BITS, CODEBOOK_INDEX_BITS, DESCRIPTOR_WORDS, LANE_MULTIPLIER_BITS, MAX_WEIGHT_BITS,
                      MULTIPLIER_BITS)
+from .compiler import array_lanes
 from .program import Layer, Program
 from .timing import WEIGHT_BANKS
 
@@ -190,7 +195,7 @@ def layer_cost(layer: Layer, pe: int, simd: int, bus_bits: int = 64) -> dict:
     stored_bits = CODEBOOK_INDEX_BITS if layer.is_codebook else layer.weight_bits
     blocks = math.ceil(layer.terms / simd)
     depth, width = finn_weight_memory(layer, pe, simd, stored_bits)
-    row.update(weight_buffer_entries=pe * blocks * simd,  # one channel group, R·T·C (docs/hardware.md §4)
+    row.update(weight_buffer_entries=pe * layer.channel_lanes * blocks * simd,  # one channel group, R'·T·C (§4)
                finn_weight_depth=depth, finn_weight_width=width, finn_bram18=bram18(depth, width))
     if layer.is_codebook:
         return row  # the codebook select trick: 0 multiplier DSPs
@@ -258,7 +263,9 @@ LOGIC_UNITS: dict[str, tuple[int, int, str]] = {
 def logic_estimate(program: Program, array_dsp: int) -> dict:
     cfg = program.config
     r, c = cfg.pe, cfg.simd
-    counts = {"pe": r * c, "column": c, "requant": r, "accumulator": r, "controller": 1, "bus_interface": cfg.bus_bits}
+    units = rtl_dsps(program)["requant_units"]   # one accumulator and requant unit per (row, lane)
+    counts = {"pe": r * c, "column": c, "requant": units, "accumulator": units, "controller": 1,
+              "bus_interface": cfg.bus_bits}
     if any(l.is_codebook for l in program.layers):
         if array_dsp > 0:   # dense layers too: the decoder feeds codebook values to the DSP array
             counts["codebook_decoder"] = r * c
@@ -276,6 +283,18 @@ def logic_estimate(program: Program, array_dsp: int) -> dict:
 
 # --- the report -------------------------------------------------------------------------------
 
+def rtl_dsps(program: Program) -> dict:
+    """DSP48E2 slices of the generated RTL for `program`, as Yosys synth_xilinx maps it: the PE array
+    (one per PE), the requant units (one per accumulator lane: R·lanes), the pool lanes (one each)."""
+    cfg = program.config
+    channels, pixels = array_lanes(program)
+    units = cfg.pe * channels * pixels
+    dsp = {"array": cfg.pe * cfg.simd, "requant": units * REQUANT_DSPS, "lanes": cfg.pe * LANE_DSPS,
+           "requant_units": units}
+    dsp["total"] = dsp["array"] + dsp["requant"] + dsp["lanes"]
+    return dsp
+
+
 def cost_report(program: Program) -> dict:
     """Per-layer and total resources of the accelerator instance that runs `program`."""
     cfg = program.config
@@ -283,20 +302,18 @@ def cost_report(program: Program) -> dict:
         raise AcceleratorError("cost report: the program has no layers")
     layers = [layer_cost(l, cfg.pe, cfg.simd, cfg.bus_bits) for l in program.layers]
     stored = [row["weight_memory"] for row in layers if row["weight_memory"] is not None]
-    array_dsp = max(row["dsp"] for row in layers)
-    requant_dsp = cfg.pe * REQUANT_DSPS
-    lane_dsp = cfg.pe * LANE_DSPS if any(l.kind == "add" for l in program.layers) else 0
+    dsp = rtl_dsps(program)
+    mixq = max(row["dsp"] for row in layers)
     mems = memories(program)
     return {
         "config": cfg.to_json(),
         "layers": layers,
-        "dsp": {"array": array_dsp, "requant": requant_dsp, "lanes": lane_dsp,
-                "total": array_dsp + requant_dsp + lane_dsp,
-                "array_layer": next(row["name"] for row in layers if row["dsp"] == array_dsp) if array_dsp else None},
+        "dsp": dsp | {"mixq_array": mixq,
+                      "array_layer": next(row["name"] for row in layers if row["dsp"] == mixq) if mixq else None},
         "memories": mems,
         "bram18": {"total": sum(m["bram18"] for m in mems), **{m["name"]: m["bram18"] for m in mems}},
         "finn_bram18": sum(row["finn_bram18"] for row in layers),
         "weight_memory": {key: sum(m[key] for m in stored) for key in
                           ("dense_bits", "stored_bits", "index_bits", "nnz", "dense_bram18", "stored_bram18")},
-        "logic": logic_estimate(program, array_dsp),
+        "logic": logic_estimate(program, dsp["array"]),
     }

@@ -30,11 +30,11 @@ from bitsmith.storage import read_json, sha256_file, write_bytes_atomic, write_j
 from bitsmith.integer import engine
 from bitsmith.integer import sparse
 
-from .compiler import channel_groups, compile_graph, term_blocks
+from .compiler import channel_groups, compile_graph, group_channels, storage_bits, term_blocks
 from .config import (ACC_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS, DESCRIPTOR_WORDS, MAX_ACT_BITS,
                      PARAM_WORD_BITS, PARAM_WORDS_PER_CHANNEL, AccelConfig)
-from .program import KINDS, REQUANT_KINDS, Layer, Program
-from .timing import group_weight_cycles, program_cycles, storage_bits
+from .program import KINDS, PACKINGS, REQUANT_KINDS, Layer, Program
+from .timing import group_weight_cycles, program_cycles
 
 FORMAT = "bitsmith.accel_images"   # the on-disk format name in program.json (unchanged since version 1)
 VERSION = 1
@@ -112,8 +112,9 @@ def unpack_elements(words: list[int], elem_bits: int, word_bits: int, count: int
 
 
 def group_weights(layer: Layer, config: AccelConfig, g: int) -> np.ndarray:
-    """The R·T·C weight-buffer entries of channel group g in order [r][t] (zeros beyond out_ch / K)."""
-    R, C, T, K = config.pe, config.simd, term_blocks(layer, config), layer.terms
+    """The (R·channel lanes)·T·C weight-buffer entries of channel group g in order [channel][t]
+    (zeros beyond out_ch / K)."""
+    R, C, T, K = group_channels(layer, config), config.simd, term_blocks(layer, config), layer.terms
     block = np.zeros((R, T * C), dtype=np.int64)
     rows = layer.weights[g * R : (g + 1) * R]
     block[: rows.shape[0], :K] = rows
@@ -137,7 +138,7 @@ def descriptor(layer: Layer, weight_base: int, param_base: int, codebook_base: i
     words = [
         word0, layer.in_ch, layer.in_h, layer.in_w, layer.out_ch, layer.out_h, layer.out_w,
         layer.kh | layer.kw << 8 | layer.sh << 16 | layer.sw << 24,
-        layer.ph | layer.pw << 8 | layer.weight_bits << 16,
+        layer.ph | layer.pw << 8 | layer.weight_bits << 16 | layer.packing << 24,
         _twos(layer.z_in), _twos(layer.z_out), _twos(layer.clamp_lo), _twos(layer.clamp_hi),
         weight_base, param_base, codebook_base,
         layer.in_base, layer.in2_base, layer.out_base, _twos(layer.z_in2), m0 | m1 << LANE_M_SHIFT, layer.groups,
@@ -350,7 +351,7 @@ def _layer_json(layer: Layer, memory: MemoryImage, i: int) -> dict:
         "in_bits": layer.in_bits, "in_signed": layer.in_signed, "out_bits": layer.out_bits,
         "out_signed": layer.out_signed, "z_in": layer.z_in, "z_out": layer.z_out,
         "clamp": [layer.clamp_lo, layer.clamp_hi], "raw_output": layer.raw_output,
-        "weight_bits": layer.weight_bits,
+        "weight_bits": layer.weight_bits, "packing": layer.packing,
         "codebook": None if layer.codebook is None else [int(v) for v in layer.codebook],
         "weight_base": memory.weight_base[i], "param_base": memory.param_base[i],
         "codebook_base": memory.codebook_base[i], "macs": layer.macs,
@@ -482,6 +483,7 @@ def _conv_layer_from_json(info: dict) -> Layer:
     return Layer(index=info["index"], name=info["name"], kind="conv", in_ch=in_ch, in_h=in_h, in_w=in_w,
                  out_ch=out_ch, out_h=out_h, out_w=out_w, kh=kh, kw=kw, groups=info["groups"],
                  weight_bits=info["weight_bits"], weight_storage=info.get("weight_storage", "dense"),
+                 packing=info.get("packing", 1),
                  storage_fields=info.get("storage_fields", {}))
 
 
@@ -516,6 +518,8 @@ def decode_descriptor(words: list[int]) -> dict:
     w0 = words[0]
     if (w0 & 0xFF) >= len(KINDS):
         raise DataError(f"descriptor kind {w0 & 0xFF} is not one of {KINDS}")
+    if (words[8] >> 24 & 0xFF) not in PACKINGS:
+        raise DataError(f"descriptor packing mode {words[8] >> 24 & 0xFF} is not one of {sorted(PACKINGS)}")
     return {
         "kind": KINDS[w0 & 0xFF], "codebook": bool(w0 & FLAG_CODEBOOK), "raw_output": bool(w0 & FLAG_RAW),
         "in_signed": bool(w0 & FLAG_IN_SIGNED), "out_signed": bool(w0 & FLAG_OUT_SIGNED),
@@ -524,6 +528,7 @@ def decode_descriptor(words: list[int]) -> dict:
         "out_ch": words[4], "out_h": words[5], "out_w": words[6],
         "kh": words[7] & 0xFF, "kw": words[7] >> 8 & 0xFF, "sh": words[7] >> 16 & 0xFF, "sw": words[7] >> 24 & 0xFF,
         "ph": words[8] & 0xFF, "pw": words[8] >> 8 & 0xFF, "weight_bits": words[8] >> 16 & 0xFF,
+        "packing": words[8] >> 24 & 0xFF,
         "z_in": _signed(words[9]), "z_out": _signed(words[10]),
         "clamp_lo": _signed(words[11]), "clamp_hi": _signed(words[12]),
         "weight_base": words[13], "param_base": words[14], "codebook_base": words[15],
@@ -564,6 +569,7 @@ def read_program(out_dir: str | os.PathLike) -> Program:
                       in_base=d["in_base"], in2_base=d["in2_base"], out_base=d["out_base"],
                       in2_bits=info.get("in2_bits", 0), in2_signed=d["in2_signed"], z_in2=d["z_in2"],
                       lane_multipliers=d["lane_multipliers"], weight_storage=info.get("weight_storage", "dense"),
+                      packing=d["packing"] if d["kind"] == "conv" else 1,
                       storage_fields=info.get("storage_fields", {}))
         if d["codebook"]:
             cb = memory.cb8[d["codebook_base"] : d["codebook_base"] + CODEBOOK_SIZE]
@@ -584,7 +590,7 @@ def read_layer_weights(layer: Layer, config: AccelConfig, words: list[int], base
     `stream` from its WS.hex record at word `base` (in the layer's weight_storage format)."""
     if stream:
         return decode_weight_record(layer, words, base, config.bus_bits)
-    R, T, C, K = config.pe, term_blocks(layer, config), config.simd, layer.terms
+    R, T, C, K = group_channels(layer, config), term_blocks(layer, config), config.simd, layer.terms
     per_group = group_weight_cycles(layer, config)
     bits = storage_bits(layer)
     groups = []

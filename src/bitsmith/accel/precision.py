@@ -19,10 +19,10 @@ Conv2d and Linear, in program order), weight bits w and input-activation bits a:
   **bram18**: the BRAM18 blocks of those weights in FINN-style per-layer weight memories
   (`cost.layer_cost`'s `finn_bram18` at PE = R, SIMD = C).
 - **cycles**: the accelerator's timing model (`timing.program_cycles`) for the program with these
-  widths: exactly what the cycle model and the RTL count when the graph runs. In this (v1)
-  accelerator every weight is stored in a byte and every PE multiplies 8×8 bits, so cycles do not
-  depend on the widths; the search still reads them from here, so packed low-bit MACs change
-  the search's latency term without touching it.
+  widths: exactly what the cycle model and the RTL count when the graph runs. The program keeps
+  the packing modes it was compiled with (docs/hardware.md §3), so here the widths change only
+  the weight loads (stored at 2, 4 or 8 bits); a graph compiled at its own widths also gets the
+  packing modes they allow.
 
 Every figure is a sum of per-layer terms (array_dsp a maximum), so the search's differentiable
 form is the expectation of each layer's table under its softmax weights (`cost_tables`).

@@ -25,6 +25,8 @@ KINDS = ("conv", "maxpool", "avgpool", "add", "reorg", "concat", "requant")
 REQUANT_KINDS = ("conv", "avgpool", "add", "requant")
 #: Kinds the pool lanes run in max mode (no requant: codes out on the input's grid).
 MAX_KINDS = ("maxpool", "reorg", "concat")
+#: Packing modes of a conv layer (docs/hardware.md §3): (output channels, output pixels) per PE product.
+PACKINGS = {1: (1, 1), 2: (2, 1), 4: (2, 2)}
 
 
 @dataclass
@@ -75,6 +77,8 @@ class Layer:
     weight_storage: str = "dense"   # conv: the IR's weight_storage, a bitsmith.integer.sparse format; the
                               # compressed weight stream (docs/hardware.md §6) stores the codes in it
     storage_fields: dict = field(default_factory=dict)   # its field width: {"run_bits": r} / {"index_bits": k}
+    packing: int = 1          # conv: products per PE multiplier per cycle (docs/hardware.md §3 "Packed MACs"):
+                              # 1, 2 (two output channels share d) or 4 (two channels × two pixels); one of PACKINGS
 
     @property
     def terms(self) -> int:
@@ -99,6 +103,16 @@ class Layer:
     def macs(self) -> int:
         """Useful multiply-accumulates per image (conv); 0 for pools."""
         return self.out_ch * self.pixels * self.terms if self.kind == "conv" else 0
+
+    @property
+    def channel_lanes(self) -> int:
+        """Output channels each PE row serves per cycle (2 in packing modes 2 and 4; pool kinds 1)."""
+        return PACKINGS[self.packing][0] if self.kind == "conv" else 1
+
+    @property
+    def pixel_lanes(self) -> int:
+        """Output pixels each pass of the pixel loop covers (2 in packing mode 4)."""
+        return PACKINGS[self.packing][1] if self.kind == "conv" else 1
 
     @property
     def weight_codes(self) -> np.ndarray:

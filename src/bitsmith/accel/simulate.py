@@ -36,10 +36,11 @@ import torch.nn.functional as F
 
 from bitsmith.errors import AcceleratorError
 
+from .compiler import STORAGE_WIDTHS
 from .config import (ACC_BITS, ACC_MAX, ACC_MIN, CODEBOOK_INDEX_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS,
-                     DESCRIPTOR_WORDS, MAX_ACT_BITS, WEIGHT_BYTE_BITS)
+                     DESCRIPTOR_WORDS, MAX_ACT_BITS)
 from .memory import MemoryImage, build_memory, channel_table, decode_descriptor
-from .program import MAX_KINDS, Program
+from .program import MAX_KINDS, PACKINGS, Program
 from .timing import FINISH_CYCLES, PHASES
 
 #: Elements per image chunk of the im2col columns [images, T·C, P]: bounds memory (~64 MB float64).
@@ -180,13 +181,19 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
     dense conv, one per convolution group for a grouped one: row o reads the in_ch/groups channels
     starting at its channel-map address) and image chunk.
     """
-    R, C, bus = config.pe, config.simd, config.bus_bits
+    # Packing (§3): a group is R·(channel lanes) output channels; the pixel loop advances
+    # (pixel lanes) pixels a pass. The packed products are exact (the compiler checked every field
+    # holds its product), so the values are the plain sums; only the schedule changes.
+    lanes, pixel_lanes = PACKINGS[d["packing"]]
+    R, C, bus = config.pe * lanes, config.simd, config.bus_bits
     kin = d["in_ch"] // d["groups"]
     K = kin * d["kh"] * d["kw"]
     T = math.ceil(K / C)
     P = d["out_h"] * d["out_w"]
+    passes = math.ceil(P / pixel_lanes)
     out_ch, n_images = d["out_ch"], act.shape[0]
-    bits = CODEBOOK_INDEX_BITS if d["codebook"] else WEIGHT_BYTE_BITS
+    bits = (CODEBOOK_INDEX_BITS if d["codebook"]
+            else next(b for b in STORAGE_WIDTHS if d["weight_bits"] <= b))   # storage width on the bus (§6)
     words_per_group = math.ceil(R * T * C * bits / bus)
     words_of = memory.w2 if d["codebook"] else memory.w8
     weight_rows = []
@@ -203,7 +210,7 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
         elif config.zero_skip != "both":
             counter.tick("weights", max(0, words_per_group - previous_busy))
         entries = _unpack(words, bits, bus)[: R * T * C]
-        wbuf = codebook[entries] if d["codebook"] else _signed(entries, WEIGHT_BYTE_BITS)  # codebook decoder / int8
+        wbuf = codebook[entries] if d["codebook"] else _signed(entries, bits)  # codebook decoder / sign extension
         weight_rows.append(wbuf.reshape(R, T * C)[: min(R, out_ch - g * R)])  # rows with o < out_ch
         # COMPUTE: P pixels × T cycles (C terms per row per cycle), fewer with zero skipping (the
         # weight part known from the buffer just loaded); DRAIN: each pixel's write shares the next
@@ -211,13 +218,13 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
         # one with no compute cycle) takes a cycle of its own.
         drain = 1
         if config.zero_skip == "none":
-            compute = P * T
+            compute = passes * T
         elif config.zero_skip == "weights":
             # Padded entries (rows o ≥ out_ch, terms t ≥ K) never count: a codebook layer's hold
             # codebook[0], which may be non-zero.
             real = wbuf.reshape(R, T * C)[: min(R, out_ch - g * R), :K] != 0
-            compute = P * int(np.pad(real, ((0, 0), (0, T * C - K))).reshape(-1, T, C).any(axis=(0, 2)).sum())
-            drain = 1 if compute else P
+            compute = passes * int(np.pad(real, ((0, 0), (0, T * C - K))).reshape(-1, T, C).any(axis=(0, 2)).sum())
+            drain = 1 if compute else passes
         else:
             compute = drain = 0   # "both": counted per image below
         counter.tick("compute", compute)
@@ -246,7 +253,7 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
         return patches
 
     if config.zero_skip == "both":
-        pixel_compute = _skip_both(weights != 0, row_base, act, d, columns, R, C, T, P)   # [N, G, P]
+        pixel_compute = _skip_both(weights != 0, row_base, act, d, columns, R, C, T, P, pixel_lanes)   # [N, G, passes]
         group_busy = pixel_compute.sum(axis=2) + 1 + (pixel_compute[:, :, 1:] == 0).sum(axis=2)
         counter.tick_images("compute", pixel_compute.sum(axis=(1, 2)))
         counter.tick_images("drain", (group_busy - pixel_compute.sum(axis=2)).sum(axis=1))
@@ -283,11 +290,11 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
 
 
 def _skip_both(nonzero: np.ndarray, row_base: np.ndarray, act: np.ndarray, d: dict, columns, R: int, C: int,
-               T: int, P: int) -> np.ndarray:
-    """Compute cycles [N, G, P] per image, channel group and pixel under zero_skip "both": Σ over blocks j of
-    [some row r of g and column c have w[r][j·C+c] ≠ 0 and d_r(j·C+c) ≠ 0 at p]. Rows reading the
-    same input (a dense conv: all) see the same d, so per group and input only the OR of their
-    weight masks over rows matters."""
+               T: int, P: int, pixel_lanes: int = 1) -> np.ndarray:
+    """Compute cycles [N, G, passes] per image, channel group and pixel pass under zero_skip "both": Σ
+    over blocks j of [some row r of g and column c have w[r][j·C+c] ≠ 0 and d_r(j·C+c) ≠ 0 at a
+    pixel of the pass]. Rows reading the same input (a dense conv: all) see the same d, so per group
+    and input only the OR of their weight masks over rows matters."""
     n_images, kin = act.shape[0], d["in_ch"] // d["groups"]
     group_of = np.arange(nonzero.shape[0]) // R
     live = np.zeros((n_images, int(group_of.max(initial=-1)) + 1, T, P), dtype=bool)
@@ -301,6 +308,9 @@ def _skip_both(nonzero: np.ndarray, row_base: np.ndarray, act: np.ndarray, d: di
             active = (columns(x[n0 : n0 + chunk], kin)[:, 0] != 0).to(torch.float64).reshape(-1, T, C, P)
             for g, mask in masks.items():
                 live[n0 : n0 + chunk, g] |= (torch.einsum("tc,ntcp->ntp", mask, active) > 0).numpy()
+    if pixel_lanes > 1:   # a pass computes a block when either of its pixels needs it
+        pad = (-P) % pixel_lanes
+        live = np.pad(live, ((0, 0), (0, 0), (0, 0), (0, pad))).reshape(*live.shape[:3], -1, pixel_lanes).any(axis=4)
     return live.sum(axis=2).astype(np.int64)
 
 

@@ -5,8 +5,9 @@ resources (cost), a sweep over R, C and weight modes, its Pareto front and plot
 Weight modes, all of the same network:
 
 - `int8`     every conv layer dense with 8-bit weights (codebook layers expanded to their values);
-- `int4`     the `int8` program with `weight_bits = 4` — for the DSP table only: the weights are not
-             re-quantized, and the cycles are the int8 ones (W8.hex keeps 8 bits per dense weight);
+- `int4`     the `int8` program with `weight_bits = 4`: the weights are not re-quantized and the
+             packing modes stay the compiled ones, so only the MixQ-table DSPs and the weight loads
+             (4-bit storage, half the bus words) differ from int8;
 - `codebook2` the compiled CLIP-Q program (2-bit codebook layers, dense layers as they are), when
              the graph has codebook layers or a CLIP-Q graph of the same network is given.
 """
@@ -251,8 +252,9 @@ def design_tables(design: dict, title: str):
     rows = [("cycles per image", f"{design['cycles']:,}"),
             ("FPS", f"{design['fps']:,.0f} at {design['config']['clock_mhz']:g} MHz"),
             ("utilisation", f"{design['utilisation']:.1%}"),
-            ("DSP48E2", f"{dsp['total']} = array {dsp['array']}" + (f" (set by {dsp['array_layer']})" if dsp["array_layer"] else "")
-             + f" + requant {dsp['requant']}" + (f" + pool-lane multipliers {dsp['lanes']}" if dsp["lanes"] else "")),
+            ("DSP48E2", f"{dsp['total']} = array {dsp['array']} (one per PE) + requant {dsp['requant']}"
+             + f" ({dsp['requant_units']} units)" + (f" + pool-lane multipliers {dsp['lanes']}" if dsp["lanes"] else "")
+             + f"; a MixQ dataflow array: {dsp['mixq_array']}" + (f" (set by {dsp['array_layer']})" if dsp["array_layer"] else "")),
             *[(f"BRAM18 {m['name']}", f"{m['bram18']}  ({m['depth']:,} × {m['width']} bits)") for m in design["memories"]],
             ("BRAM18 total", str(design["bram18"]["total"])),
             ("BRAM18 FINN dataflow (sum of layers)", str(design["finn_bram18"])),

@@ -38,8 +38,8 @@ import numpy as np
 
 from bitsmith.errors import ConfigError
 
-from .compiler import channel_groups, term_blocks
-from .config import CODEBOOK_INDEX_BITS, CODEBOOK_SIZE, DESCRIPTOR_WORDS, MAX_ACT_BITS, WEIGHT_BYTE_BITS, AccelConfig
+from .compiler import channel_groups, group_channels, pixel_passes, storage_bits, term_blocks, weight_buffer_entries
+from .config import CODEBOOK_SIZE, DESCRIPTOR_WORDS, MAX_ACT_BITS, AccelConfig
 from .program import Layer, Program
 
 PHASES = ("param", "codebook", "input", "weights", "compute", "drain", "next")
@@ -47,11 +47,6 @@ FINISH_CYCLES = 1
 CODEBOOK_CYCLES = CODEBOOK_SIZE   # one codebook value per cycle
 NEXT_LAYER_CYCLES = 1
 WEIGHT_BANKS = 2                  # the double-buffered weight buffer (module docstring)
-
-
-def storage_bits(layer: Layer) -> int:
-    """Bits per weight in external memory: 8 (W8.hex, any dense width) or 2 (W2.hex indices)."""
-    return CODEBOOK_INDEX_BITS if layer.is_codebook else WEIGHT_BYTE_BITS
 
 
 def param_cycles(layer: Layer) -> int:
@@ -67,23 +62,23 @@ def input_cycles(layer: Layer, config: AccelConfig) -> int:
 
 
 def group_weight_cycles(layer: Layer, config: AccelConfig) -> int:
-    """Loading one channel group's R·T·C weights (conv only)."""
+    """Loading one channel group's (R·channel lanes)·T·C weights at their storage width (conv only)."""
     if layer.kind != "conv":
         return 0
-    entries = config.pe * term_blocks(layer, config) * config.simd
-    return math.ceil(entries * storage_bits(layer) / config.bus_bits)
+    return math.ceil(weight_buffer_entries(layer, config) * storage_bits(layer) / config.bus_bits)
 
 
 def group_compute_cycles(layer: Layer, config: AccelConfig) -> int:
-    """P·T (conv) or P·(window elements) on the pool lanes (pools kh·kw, add 2, reorg / concat /
-    requant 1) for one channel group, without zero skipping."""
-    return layer.pixels * term_blocks(layer, config)
+    """(pixel passes)·T (conv: P·T, ⌈P/2⌉·T in packing mode 4) or P·(window elements) on the pool
+    lanes (pools kh·kw, add 2, reorg / concat / requant 1) for one channel group, without zero skipping."""
+    return pixel_passes(layer) * term_blocks(layer, config)
 
 
 def weight_blocks(layer: Layer, config: AccelConfig) -> np.ndarray:
     """[G, T, R, C] bool: which weight-buffer entries of each channel group hold a non-zero weight
-    (a codebook layer's looked-up values; padded rows and terms are zero)."""
-    R, C, T, G = config.pe, config.simd, term_blocks(layer, config), channel_groups(layer, config)
+    (a codebook layer's looked-up values; padded rows and terms are zero); R here is the group's
+    channels, R·(channel lanes)."""
+    R, C, T, G = group_channels(layer, config), config.simd, term_blocks(layer, config), channel_groups(layer, config)
     nonzero = np.zeros((G * R, T * C), dtype=bool)
     nonzero[: layer.out_ch, : layer.terms] = layer.weight_codes != 0
     return nonzero.reshape(G, R, T, C).transpose(0, 2, 1, 3)
@@ -101,7 +96,7 @@ def live_terms(layer: Layer, config: AccelConfig) -> np.ndarray:
     once per distinct row input (a grouped conv's rows of different convolution groups read
     different values)."""
     nonzero = weight_blocks(layer, config)            # [G, T, R, C]
-    R, G = config.pe, channel_groups(layer, config)
+    R, G = group_channels(layer, config), channel_groups(layer, config)
     inputs = np.full(G * R, -1, dtype=np.int64)        # padded rows: no input (their weights are 0)
     inputs[: layer.out_ch] = layer.channel_map if layer.channel_map is not None else 0
     inputs = inputs.reshape(G, R)
@@ -120,12 +115,13 @@ def group_computes(layer: Layer, config: AccelConfig, activation_density: float 
     groups = channel_groups(layer, config)
     if layer.kind != "conv" or config.zero_skip == "none":
         return np.full(groups, float(group_compute_cycles(layer, config)))
+    passes = pixel_passes(layer)
     if config.zero_skip == "weights" or activation_density is None:
-        return layer.pixels * live_blocks(layer, config).sum(axis=1).astype(np.float64)
+        return passes * live_blocks(layer, config).sum(axis=1).astype(np.float64)
     if not 0.0 <= activation_density <= 1.0:
         raise ConfigError(f"layer {layer.name}: activation density {activation_density!r} outside [0, 1]")
-    m = live_terms(layer, config)
-    return layer.pixels * np.where(m > 0, 1.0 - (1.0 - activation_density) ** m, 0.0).sum(axis=1)
+    m = live_terms(layer, config) * layer.pixel_lanes   # a pass of two pixels is skipped only if both are
+    return passes * np.where(m > 0, 1.0 - (1.0 - activation_density) ** m, 0.0).sum(axis=1)
 
 
 def compute_cycles(layer: Layer, config: AccelConfig, activation_density: float | None = None) -> int:
@@ -142,11 +138,12 @@ def group_drains(layer: Layer, config: AccelConfig, activation_density: float | 
     groups = channel_groups(layer, config)
     if layer.kind != "conv" or config.zero_skip == "none":
         return np.ones(groups)
+    passes = pixel_passes(layer)
     if config.zero_skip == "weights" or activation_density is None:
-        return np.where(live_blocks(layer, config).any(axis=1), 1.0, float(layer.pixels))
-    m = live_terms(layer, config)
+        return np.where(live_blocks(layer, config).any(axis=1), 1.0, float(passes))
+    m = live_terms(layer, config) * layer.pixel_lanes
     all_skipped = np.where(m > 0, (1.0 - activation_density) ** m, 1.0).prod(axis=1)
-    return 1.0 + (layer.pixels - 1) * all_skipped
+    return 1.0 + (passes - 1) * all_skipped
 
 
 def exposed_weight_cycles(layer: Layer, config: AccelConfig, group_busy) -> int:
@@ -179,7 +176,9 @@ def layer_cycles(layer: Layer, config: AccelConfig, first: bool,
 def program_cycles(program: Program, activation_density: Mapping[str, float] | None = None) -> dict:
     """Per-layer rows, phase totals, `total` (finish included), network `utilisation` and `fps`.
 
-    Row utilisation = useful MACs / (R·C·compute cycles) (None for pools); `share` = the
+    Row utilisation = useful MACs / (R·C·packing·compute cycles), the share of the packed
+    multipliers' product slots that do useful work (None for pools); network `utilisation` = useful
+    MACs / (R·C·total cycles), MACs per PE and cycle (above 1 is possible with packing); `share` = the
     layer's fraction of the total cycles. `activation_density` ({layer name: ρ}, see
     `layer_densities`) feeds the estimate of zero_skip "both"; `zero_skip` in the result says which
     count it is: "none", "weights" (exact), "both (estimate)" or "both (no activation densities:
@@ -199,7 +198,10 @@ def program_cycles(program: Program, activation_density: Mapping[str, float] | N
             "index": layer.index, "name": layer.name, "kind": layer.kind,
             "groups": channel_groups(layer, config), "term_blocks": term_blocks(layer, config),
             **phases, "cycles": cycles, "macs": layer.macs,
-            "utilisation": layer.macs / (lanes * phases["compute"]) if layer.kind == "conv" and phases["compute"] else None,
+            "packing": layer.packing if layer.kind == "conv" else None,
+            # product slots: R·C multipliers × the products each packs (docs/hardware.md §5)
+            "utilisation": (layer.macs / (lanes * layer.packing * phases["compute"])
+                            if layer.kind == "conv" and phases["compute"] else None),
         })
     total = sum(r["cycles"] for r in rows) + FINISH_CYCLES
     for r in rows:

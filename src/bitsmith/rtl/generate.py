@@ -16,6 +16,7 @@ from pathlib import Path
 from bitsmith.accel.config import (ACC_BITS, CODEBOOK_INDEX_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS,
                                    DESCRIPTOR_WORDS, MAX_ACT_BITS, MULTIPLIER_BITS, PARAM_WORD_BITS,
                                    SHIFT_FIELD_BITS, WEIGHT_BYTE_BITS)
+from bitsmith.accel.compiler import array_lanes
 from bitsmith.accel.memory import PROGRAM_FILE, expected_file, verify_memory_folder
 from bitsmith.accel.program import Program
 from bitsmith.accel.timing import group_weight_cycles, input_cycles, program_cycles, storage_bits
@@ -110,6 +111,13 @@ def memory_sizes(program: Program, memory_dir: str | os.PathLike) -> dict[str, i
     }
 
 
+def packing_lanes(program: Program) -> dict[str, int]:
+    """PCH, PPX of the top: the channel and pixel lanes the program's packing modes need (docs/hardware.md
+    §3, `compiler.array_lanes`); 2 builds a second accumulator (and requant unit) per row for each."""
+    channels, pixels = array_lanes(program)
+    return {"PCH": channels, "PPX": pixels}
+
+
 def activation_bytes(program: Program) -> int:
     """Bytes of the activation memory the program touches: what its allocation needs (program.json's
     `activation_memory`), or, for a hand-built program, the highest map end its descriptors address."""
@@ -174,6 +182,7 @@ def generate_rtl(program: Program, out_dir: str | os.PathLike, images: int = 1, 
         raise DataError(f"{memory_dir / 'In8.hex'} holds {available} image(s); the testbench needs {images}")
     sizes = memory_sizes(program, memory_dir)
     fields = {"R": config.pe, "C": config.simd, "BUS": config.bus_bits, **sizes, "DESCRIPTOR_WORDS": DESCRIPTOR_WORDS,
+              **packing_lanes(program),
               "FAULT_SHIFT": 0, "FAULT_DROP_BIAS": 0, "FAULT_NO_ZIN": 0,
               "READMEMH": _readmemh_lines(memory_dir, relative_to),
               "PROGRAM_NAME": f"{len(program.layers)} layers, {config.pe}x{config.simd} PEs, bus {config.bus_bits}"

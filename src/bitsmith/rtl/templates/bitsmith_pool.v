@@ -25,11 +25,16 @@ module bitsmith_pool #(
             wire [7:0]         code = codes[r*8 +: 8];
             wire signed [31:0] x = in_signed ? {{24{code[7]}}, code} : {24'd0, code};
             wire signed [31:0] sum_in = first ? $signed(start[r*32 +: 32]) : acc_q;
-            wire signed [31:0] term = (x - z_in) * $signed({16'd0, m});   // |x - z| < 2^9, m < 2^15: fits
+            // |x - z| <= 255 (a code and a zero point of one 8-bit range): bits 9:0 of the difference
+            // hold it, so the product is 10 x 16 bits signed (m < 2^15), one DSP48E2 as the cost model counts.
+            /* verilator lint_off UNUSEDSIGNAL */
+            wire signed [31:0] diff = x - z_in;
+            /* verilator lint_on UNUSEDSIGNAL */
+            wire signed [25:0] term = $signed(diff[9:0]) * $signed(m);
             always @(posedge clk)
                 if (enable) begin
                     if (is_max) acc_q <= (first || x > acc_q) ? x : acc_q;
-                    else        acc_q <= sum_in + term;
+                    else        acc_q <= sum_in + {{6{term[25]}}, term};
                 end
             assign acc[r*32 +: 32] = acc_q;
         end

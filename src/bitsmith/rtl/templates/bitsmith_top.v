@@ -10,6 +10,8 @@
 module bitsmith_top #(
     parameter R            = @@R@@,            // PE rows
     parameter C            = @@C@@,            // PE columns
+    parameter PCH          = @@PCH@@,          // channel lanes per PE row: 2 if a layer packs two channels (§3)
+    parameter PPX          = @@PPX@@,          // pixel lanes: 2 if a layer packs two pixels (mode 4)
     parameter BUS          = @@BUS@@,          // external word, bits per cycle
     parameter ACT_DEPTH    = @@ACT_DEPTH@@,    // bytes of the activation memory (what the program's allocation needs)
     parameter WBUF_DEPTH   = @@WBUF_DEPTH@@,   // weight buffer entries per bank (largest group, rounded up to a word)
@@ -42,8 +44,10 @@ module bitsmith_top #(
     // State 7 (NEXT_GROUP in §5) is never occupied: it is the transition on the last drain cycle of a
     // group, so it has no code here.
     localparam DESC_WORDS = @@DESCRIPTOR_WORDS@@;   // words per layer descriptor (bitsmith.accel.config)
-    localparam E8 = BUS / 8;   // dense weights / input bytes per bus word
-    localparam E2 = BUS / 2;   // codebook indices per bus word
+    localparam E8 = BUS / 8;   // 8-bit weights / input bytes per bus word
+    localparam E4 = BUS / 4;   // 4-bit weights per bus word
+    localparam E2 = BUS / 2;   // 2-bit weights or codebook indices per bus word
+    localparam NL = PCH * PPX; // accumulators (and requant units) per PE row
 
     // ---------------------------------------------------------------- memories (§6 images, §3 buffers)
     reg [31:0]     param_mem [0:PARAM_DEPTH-1];
@@ -52,7 +56,7 @@ module bitsmith_top #(
     reg [7:0]      cb8_mem   [0:CB_DEPTH-1];
     reg [BUS-1:0]  in8_mem   [0:IN8_DEPTH-1];
     reg [7:0]      act       [0:ACT_DEPTH-1];   // the activation memory: every map, CHW, one byte per code
-    reg [7:0]      wbuf      [0:2*WBUF_DEPTH-1]; // two banks: 8-bit weights, or 2-bit indices in the low bits
+    reg [7:0]      wbuf      [0:2*WBUF_DEPTH-1]; // two banks: weights sign-extended to 8 bits, or 2-bit indices in the low bits
     reg [31:0]     out32     [0:OUT32_DEPTH-1];  // raw accumulators of a last layer without requant
     reg signed [31:0] bias_t  [0:MAXCH-1];
     reg signed [31:0] mult_t  [0:MAXCH-1];
@@ -66,6 +70,8 @@ module bitsmith_top #(
     reg [31:0] nlayers;
     reg [2:0]  kind;               // 0 conv, 1 maxpool, 2 avgpool, 3 add, 4 reorg, 5 concat, 6 requant
     reg        is_cb, raw, in_signed, in2_signed, has_map;
+    reg        pair, quad;         // packing mode (§3): 2 or 4 (pair: two channels per row), 4 (quad: two pixels)
+    reg [7:0]  wbits;              // weight code width: its storage width on the bus is 2, 4 or 8 bits (§6)
     reg signed [31:0] in_ch, in_h, in_w, out_ch, out_h, out_w, kh, kw, sh, sw, ph, pw;   // ph, pw: top, left
     reg signed [31:0] z_in, z_out, lo, hi, wbase, pbase, cbbase;
     reg signed [31:0] in_base, in2_base, out_base, z_in2, groups;
@@ -82,10 +88,13 @@ module bitsmith_top #(
     wire signed [31:0] T       = is_conv ? (K + C - 1) / C : KHKW;      // term blocks (cycles) per pixel
     wire signed [31:0] TC      = T * C;
     wire signed [31:0] P       = out_h * out_w;
+    wire signed [31:0] GRP     = pair ? 2 * R : R;                 // output channels per channel group
+    wire signed [31:0] NPX     = quad ? 2 : 1;                     // pixels per pass
+    wire signed [31:0] EPW     = (is_cb || wbits <= 8'd2) ? E2 : (wbits <= 8'd4) ? E4 : E8;  // weights per bus word
     wire signed [31:0] IN_BYTES = in_ch * HW;
     wire signed [31:0] IN_WORDS = (IN_BYTES + E8 - 1) / E8;
-    wire signed [31:0] W_ENTRIES = R * TC;
-    wire signed [31:0] W_WORDS = is_cb ? (W_ENTRIES + E2 - 1) / E2 : (W_ENTRIES + E8 - 1) / E8;
+    wire signed [31:0] W_ENTRIES = GRP * TC;
+    wire signed [31:0] W_WORDS = (W_ENTRIES + EPW - 1) / EPW;
     wire signed [31:0] STEP_X  = in_w - kw;            // address step when kx wraps into the next row
     wire signed [31:0] STEP_Y  = HW - kh * in_w;       // ... when ky wraps into the next channel
     wire signed [31:0] ROW_STEP = sh * in_w;
@@ -105,12 +114,14 @@ module bitsmith_top #(
     reg signed [31:0] lch;                 // first channel of the group being loaded
     reg        lbank, cbank;               // bank being loaded, bank being computed from
     wire       lready = !lbusy || lcnt == W_WORDS - 1;   // the loaded group is complete after this cycle
-    reg signed [31:0] gch;                 // first channel of the group (g*R)
-    reg signed [31:0] gbase_in, gbase_out; // g*R*HW, g*R*P
-    reg signed [31:0] oy, ox, pix;         // output pixel, raster order
+    reg signed [31:0] gch;                 // first channel of the group (g*GRP)
+    reg signed [31:0] gbase_in, gbase_out; // g*R*HW (pool lanes), g*GRP*P
+    reg signed [31:0] pix;                 // the pass's (first) output pixel, raster order
+    // The pass's second pixel (mode 4; otherwise the next pass's): column, oxb*sw - pw, oyb*sh - ph, (oyb*sh - ph)*in_w
+    reg signed [31:0] oxb, ix0b, iy0b, row_baseb;
     reg               dpend;               // this cycle also drains pixel dpix (the previous one)
     reg signed [31:0] dpix;                // pixel whose outputs are written (DRAIN, or dpend)
-    reg signed [31:0] iy0, ix0, row_base;  // oy*sh - ph, ox*sw - pw, (oy*sh - ph)*in_w
+    reg signed [31:0] iy0, ix0, row_base;  // the pass's first pixel: oy*sh - ph, ox*sw - pw, (oy*sh - ph)*in_w
     reg signed [31:0] j, jc;               // term block, j*C
     reg signed [31:0] bci, bky, bkx, boff; // term j*C as (ci, ky, kx) and its address offset
     reg signed [31:0] wy, wx, woff;        // pools: window element and its offset
@@ -121,30 +132,52 @@ module bitsmith_top #(
     wire [31:0] pword = param_mem[paddr];
     wire [BUS-1:0] in8_word = in8_mem[in_addr];
     wire [BUS-1:0] w8_word = w8_mem[waddr];
+    // zero-extended so that every entry position of the widest unpacking (E2 8-bit slots) is in range;
+    // the bits above BUS are never selected for an entry that is written (i < EPW)
+    /* verilator lint_off UNUSEDSIGNAL */
+    wire [4*BUS-1:0] w8_wide = {{3*BUS{1'b0}}, w8_word};
+    /* verilator lint_on UNUSEDSIGNAL */
     wire [BUS-1:0] w2_word = w2_mem[waddr];
     wire [1:0] first_field = has_table ? 2'd0 : 2'd3;
     wire [1:0] last_field  = has_map ? 2'd3 : 2'd2;
     wire param_last = (cnt >= DESC_WORDS) ? (pch == out_ch - 1 && pfield == last_field)
                                       : (cnt == DESC_WORDS - 1 && !has_table && !has_map);
 
+    // ---------------------------------------------------------------- pixel passes
+    // The pixels after the pass's second one, in raster order: the next pass starts at the second
+    // pixel (one pixel a pass) or at the one after it (mode 4: c), whose successor is d.
+    wire               wrap_b    = (oxb == out_w - 1);
+    wire signed [31:0] oxc       = wrap_b ? 32'sd0 : oxb + 1;
+    wire signed [31:0] ix0c      = wrap_b ? -pw : ix0b + sw;
+    wire signed [31:0] iy0c      = wrap_b ? iy0b + sh : iy0b;
+    wire signed [31:0] row_basec = wrap_b ? row_baseb + ROW_STEP : row_baseb;
+    wire               wrap_c    = (oxc == out_w - 1);
+    wire signed [31:0] oxd       = wrap_c ? 32'sd0 : oxc + 1;
+    wire signed [31:0] ix0d      = wrap_c ? -pw : ix0c + sw;
+    wire signed [31:0] iy0d      = wrap_c ? iy0c + sh : iy0c;
+    wire signed [31:0] row_based = wrap_c ? row_basec + ROW_STEP : row_basec;
+    wire               wrap_0    = (out_w == 1);   // the second pixel of a group (reset_pixels)
+
     // ---------------------------------------------------------------- operand fetch (combinational)
     // Term t = j*C + c is (ci, ky, kx) in OIHW order. Instead of dividing, column c adds the fixed
     // decomposition of c (dec(c), a chain of increments that depends only on kh, kw) to the block's
     // base (bci, bky, bkx) with one carry per digit, and its address offset ci*HW + ky*in_w + kx
-    // the same way; the base advances by dec(C) per block (nxt_*). Row r reads its terms from its
-    // input address: in_base (dense conv: every row the same terms), or the channel map's word for
-    // channel g*R + r (grouped conv). Row r's weights are entries r*T*C + j*C + c of the weight
-    // buffer; pool lane r reads channel g*R + r at window element (wy, wx) (add: element 0 from
-    // input a, element 1 from input b; reorg, concat: from its channel-map address). One process
-    // computes every operand, so each operand vector changes once per cycle (the same logic as
-    // per-column assigns, and far cheaper for an event-driven simulator).
-    reg [R*C*10-1:0] pe_data;         // row r, column c at [(r*C+c)*10 +: 10]: x - z_in, or 0
-    reg [R*C*8-1:0]  raw_weights;     // weight buffer entries of this term block
-    reg [R*C*2-1:0]  cb_indices;      // their low 2 bits, for the codebook decoder
-    reg [R*32-1:0]   row_bias, row_mult, out_addr;
-    reg [R*6-1:0]    row_shift;
-    reg [R*8-1:0]    pool_codes;
-    reg [R-1:0]      row_valid;       // channel g*R + r exists (the last group may be partial)
+    // the same way; the base advances by dec(C) per block (nxt_*). PE row r serves channel lane k
+    // = channel gch + i, i = 2r + k when the layer packs channel pairs (pair), else i = r (k = 0);
+    // it reads its terms from its input address: in_base (dense conv: every row the same terms), or
+    // the channel map's word for its channel i (grouped conv; pairs lie in one convolution group),
+    // at the pass's pixel p and, in mode 4, at its second pixel q. Its weights are entries i*T*C +
+    // j*C + c of the weight buffer. Pool lane r reads channel gch + r at window element (wy, wx)
+    // (add: element 0 from input a, element 1 from input b; reorg, concat: from its channel-map
+    // address). One process computes every operand, so each operand vector changes once per cycle
+    // (the same logic as per-column assigns, and far cheaper for an event-driven simulator).
+    reg [R*C*PPX*10-1:0] pe_data;     // row r, column c, pixel lane q at [((r*C+c)*PPX+q)*10 +: 10]: x - z_in, or 0
+    reg [R*C*PCH*8-1:0]  raw_weights; // weight buffer entries of this term block, channel lane k at [((r*C+c)*PCH+k)*8 +: 8]
+    reg [R*C*PCH*2-1:0]  cb_indices;  // their low 2 bits, for the codebook decoder
+    reg [R*NL*32-1:0]    row_bias, row_mult, out_addr;   // per accumulator lane u = r*NL + k*PPX + q
+    reg [R*NL*6-1:0]     row_shift;
+    reg [R*NL-1:0]       lane_valid;  // lane u writes: its channel exists, its pixel exists, the layer uses it
+    reg [R*8-1:0]        pool_codes;
     reg signed [31:0] nxt_ci, nxt_ky, nxt_kx, nxt_off;
     // Every input of this logic is state updated on the rising edge, so simulation evaluates it once
     // per cycle on the falling edge (the same values reach the next rising edge, without waking it
@@ -159,25 +192,29 @@ module bitsmith_top #(
 `else
     always @(negedge clk) if (state == S_COMPUTE || state == S_DRAIN) begin : fetch
 `endif
-        integer c, r;
+        integer c, r, k, q, u;
         reg signed [31:0] dci, dky, dkx, doff, sx, sy, kx_t, ky_t, ci_t, off_t, iy, ix, addr, ch, rin;
-        reg signed [31:0] wrow, lane_in, lane_out, bank;
-        reg cx, cy, valid;
+        reg signed [31:0] iyq, ixq, addrq, rch, wrow, wlane, lane_in, lane_out, olane, bank;
+        reg cx, cy, valid, validq, chan_ok;
         reg [7:0] code;
-        reg [9:0] x, dval;
-        reg [R*C*10-1:0] data_f;
-        reg [R*C*8-1:0]  weights_f;
-        reg [R*C*2-1:0]  indices_f;
-        reg [R*32-1:0]   bias_f, mult_f, out_addr_f;
-        reg [R*6-1:0]    shift_f;
-        reg [R*8-1:0]    codes_f;
-        reg [R-1:0]      valid_f;
+        reg [9:0] x, dval, dvalq;
+        reg [R*C*PPX*10-1:0] data_f;
+        reg [R*C*PCH*8-1:0]  weights_f;
+        reg [R*C*PCH*2-1:0]  indices_f;
+        reg [R*NL*32-1:0]    bias_f, mult_f, out_addr_f;
+        reg [R*NL*6-1:0]     shift_f;
+        reg [R*NL-1:0]       valid_f;
+        reg [R*8-1:0]        codes_f;
         reg signed [31:0] nci_f, nky_f, nkx_f, noff_f;
         dci = 0; dky = 0; dkx = 0; doff = 0;
         nci_f = 0; nky_f = 0; nkx_f = 0; noff_f = 0;
         // Written before they are read, but only on the paths that read them: defaults keep a
         // combinational-process check (Verilator's LATCH) from seeing a latch.
-        rin = 0; code = 8'd0; x = 10'd0; dval = 10'd0;
+        rin = 0; code = 8'd0; x = 10'd0; dval = 10'd0; dvalq = 10'd0; rch = 0; addrq = 0; iyq = 0; ixq = 0;
+        validq = 1'b0; iy = 0; ix = 0; valid = 1'b0; addr = 0; wrow = 0; lane_in = 0; lane_out = 0; bank = 0;
+        ch = 0; wlane = 0; olane = 0; chan_ok = 1'b0; u = 0; sx = 0; sy = 0; cx = 1'b0; cy = 1'b0;
+        kx_t = 0; ky_t = 0; ci_t = 0; off_t = 0;
+        data_f = {R*C*PPX*10{1'b0}};
         for (c = 0; c <= C; c = c + 1) begin        // c = C: the next block's base
             sx = bkx + dkx;
             cx = (sx >= kw);
@@ -195,17 +232,38 @@ module bitsmith_top #(
                 // t >= K (ci >= in_ch / groups) and padded positions read nothing and contribute d = 0.
                 valid = (ci_t < KIN) && (iy >= 0) && (iy < in_h) && (ix >= 0) && (ix < in_w);
                 addr = row_base + ix0 + off_t;
-                if (!has_map) begin              // dense: one read per column, the same terms in every row
+                if (PPX == 2) begin              // the pass's second pixel (mode 4; none past the last)
+                    iyq = iy0b + ky_t;
+                    ixq = ix0b + kx_t;
+                    validq = quad && (pix + 1 < P) && (ci_t < KIN) && (iyq >= 0) && (iyq < in_h)
+                             && (ixq >= 0) && (ixq < in_w);
+                    addrq = row_baseb + ix0b + off_t;
+                end
+                if (!has_map) begin              // dense: one read per column and pixel, the same terms in every row
                     code = valid ? act[in_base + addr] : 8'd0;
                     x = in_signed ? {{2{code[7]}}, code} : {2'b00, code};
                     dval = valid ? x - (FAULT_NO_ZIN ? 10'd0 : z_in[9:0]) : 10'd0;
-                    for (r = 0; r < R; r = r + 1) data_f[(r*C+c)*10 +: 10] = dval;
+                    if (PPX == 2) begin
+                        code = validq ? act[in_base + addrq] : 8'd0;
+                        x = in_signed ? {{2{code[7]}}, code} : {2'b00, code};
+                        dvalq = validq ? x - (FAULT_NO_ZIN ? 10'd0 : z_in[9:0]) : 10'd0;
+                    end
+                    for (r = 0; r < R; r = r + 1) begin
+                        data_f[((r*C+c)*PPX)*10 +: 10] = dval;
+                        if (PPX == 2) data_f[((r*C+c)*PPX+PPX-1)*10 +: 10] = dvalq;
+                    end
                 end else begin                   // grouped: each row from its group's channels
                     for (r = 0; r < R; r = r + 1) begin
-                        rin = (gch + r < out_ch) ? $signed(map_t[gch + r]) : in_base;
+                        rch = pair ? gch + 2 * r : gch + r;
+                        rin = (rch < out_ch) ? $signed(map_t[rch]) : in_base;
                         code = valid ? act[rin + addr] : 8'd0;
                         x = in_signed ? {{2{code[7]}}, code} : {2'b00, code};
-                        data_f[(r*C+c)*10 +: 10] = valid ? x - (FAULT_NO_ZIN ? 10'd0 : z_in[9:0]) : 10'd0;
+                        data_f[((r*C+c)*PPX)*10 +: 10] = valid ? x - (FAULT_NO_ZIN ? 10'd0 : z_in[9:0]) : 10'd0;
+                        if (PPX == 2) begin
+                            code = validq ? act[rin + addrq] : 8'd0;
+                            x = in_signed ? {{2{code[7]}}, code} : {2'b00, code};
+                            data_f[((r*C+c)*PPX+PPX-1)*10 +: 10] = validq ? x - (FAULT_NO_ZIN ? 10'd0 : z_in[9:0]) : 10'd0;
+                        end
                     end
                 end
             end
@@ -220,60 +278,75 @@ module bitsmith_top #(
                 doff = doff + 1;
             end
         end
-        wrow = 0; lane_in = 0; lane_out = 0;         // r*T*C, r*HW, r*P
+        wrow = 0; lane_in = 0; lane_out = 0;         // i*T*C, r*HW, i*P (i: the row's first channel)
         bank = cbank ? WBUF_DEPTH : 0;
+        ch = gch;                                    // the row's first channel
         for (r = 0; r < R; r = r + 1) begin
-            ch = gch + r;
-            valid_f[r] = (ch < out_ch);
-            for (c = 0; c < C; c = c + 1) begin   // (indices held at 0 in dense layers: idle decoders)
-                weights_f[(r*C+c)*8 +: 8] = wbuf[bank + wrow + jc + c];
-                indices_f[(r*C+c)*2 +: 2] = is_cb ? wbuf[bank + wrow + jc + c][1:0] : 2'd0;
+            for (k = 0; k < PCH; k = k + 1) begin
+                wlane = wrow + (k == 1 ? TC : 0);
+                for (c = 0; c < C; c = c + 1) begin   // (indices held at 0 in dense layers: idle decoders)
+                    weights_f[((r*C+c)*PCH+k)*8 +: 8] = (k == 0 || pair) ? wbuf[bank + wlane + jc + c] : 8'd0;
+                    indices_f[((r*C+c)*PCH+k)*2 +: 2] = (is_cb && (k == 0 || pair)) ? wbuf[bank + wlane + jc + c][1:0] : 2'd0;
+                end
+                chan_ok = (k == 0 || pair) && (ch + k < out_ch);
+                olane = lane_out + (k == 1 ? P : 0);
+                for (q = 0; q < PPX; q = q + 1) begin
+                    u = r * NL + k * PPX + q;
+                    valid_f[u] = chan_ok && (q == 0 || (quad && dpix + 1 < P));
+                    bias_f[u*32 +: 32]  = (chan_ok && !FAULT_DROP_BIAS) ? bias_t[ch + k] : 32'd0;
+                    mult_f[u*32 +: 32]  = chan_ok ? mult_t[ch + k] : 32'd0;
+                    shift_f[u*6 +: 6]   = chan_ok ? shift_t[ch + k] : 6'd0;
+                    out_addr_f[u*32 +: 32] = out_base + gbase_out + olane + dpix + q;
+                end
             end
-            bias_f[r*32 +: 32]  = (valid_f[r] && !FAULT_DROP_BIAS) ? bias_t[ch] : 32'd0;
-            mult_f[r*32 +: 32]  = valid_f[r] ? mult_t[ch] : 32'd0;
-            shift_f[r*6 +: 6]   = valid_f[r] ? shift_t[ch] : 6'd0;
             if (is_add)                                          // element wx of input a (0) or b (1)
                 addr = (wx == 0 ? in_base : in2_base) + gbase_in + lane_in + row_base + ix0;
             else if (has_map)                                    // reorg, concat: the channel map
-                addr = (valid_f[r] ? $signed(map_t[ch]) : 0) + row_base + ix0 + woff;
+                addr = ((gch + r < out_ch) ? $signed(map_t[gch + r]) : 0) + row_base + ix0 + woff;
             else                                                 // pools, requant (no padding)
                 addr = in_base + gbase_in + lane_in + row_base + ix0 + woff;
-            codes_f[r*8 +: 8]  = valid_f[r] ? act[addr] : 8'd0;
-            out_addr_f[r*32 +: 32]  = out_base + gbase_out + lane_out + dpix;
-            wrow = wrow + TC; lane_in = lane_in + HW; lane_out = lane_out + P;
+            codes_f[r*8 +: 8]  = (gch + r < out_ch) ? act[addr] : 8'd0;
+            wrow = wrow + (pair ? 2 * TC : TC); lane_in = lane_in + HW; lane_out = lane_out + (pair ? 2 * P : P);
+            ch = ch + (pair ? 2 : 1);
         end
 `ifdef SYNTHESIS
-        pe_data = data_f; raw_weights = weights_f; cb_indices = indices_f; row_valid = valid_f;
+        pe_data = data_f; raw_weights = weights_f; cb_indices = indices_f; lane_valid = valid_f;
         row_bias = bias_f; row_mult = mult_f; row_shift = shift_f; pool_codes = codes_f; out_addr = out_addr_f;
         nxt_ci = nci_f; nxt_ky = nky_f; nxt_kx = nkx_f; nxt_off = noff_f;
 `else
-        pe_data <= data_f; raw_weights <= weights_f; cb_indices <= indices_f; row_valid <= valid_f;
+        pe_data <= data_f; raw_weights <= weights_f; cb_indices <= indices_f; lane_valid <= valid_f;
         row_bias <= bias_f; row_mult <= mult_f; row_shift <= shift_f; pool_codes <= codes_f; out_addr <= out_addr_f;
         nxt_ci <= nci_f; nxt_ky <= nky_f; nxt_kx <= nkx_f; nxt_off <= noff_f;
 `endif
     end
 
     // ---------------------------------------------------------------- datapath
-    wire [R*C*8-1:0]  cb_weights;      // the same entries through the codebook decoder
-    wire [R*32-1:0]   pe_acc, pool_acc, requant_y;
-    genvar gr;
+    wire [R*C*PCH*8-1:0] cb_weights;   // the same entries through the codebook decoder
+    wire [R*NL*32-1:0]   pe_acc, requant_y;
+    wire [R*32-1:0]      pool_acc, pool_start;
+    genvar gr, gl;
     generate
         for (gr = 0; gr < R; gr = gr + 1) begin : row
-            bitsmith_requant #(.FAULT_SHIFT(FAULT_SHIFT)) requant (
-                .acc(is_conv ? pe_acc[gr*32 +: 32] : pool_acc[gr*32 +: 32]),
-                .m(row_mult[gr*32 +: 32]), .s(row_shift[gr*6 +: 6]),
-                .z_out(z_out), .lo(lo), .hi(hi),
-                .y(requant_y[gr*32 +: 32])
-            );
+            // Row gr's accumulator lanes (channel lane k, pixel lane q) each have a requant unit; the pool
+            // lane of the row uses lane 0's.
+            for (gl = 0; gl < NL; gl = gl + 1) begin : lane
+                bitsmith_requant #(.FAULT_SHIFT(FAULT_SHIFT)) requant (
+                    .acc(is_conv ? pe_acc[(gr*NL+gl)*32 +: 32] : (gl == 0 ? pool_acc[gr*32 +: 32] : 32'd0)),
+                    .m(row_mult[(gr*NL+gl)*32 +: 32]), .s(row_shift[(gr*NL+gl)*6 +: 6]),
+                    .z_out(z_out), .lo(lo), .hi(hi),
+                    .y(requant_y[(gr*NL+gl)*32 +: 32])
+                );
+            end
+            assign pool_start[gr*32 +: 32] = row_bias[gr*NL*32 +: 32];
         end
     endgenerate
 
-    bitsmith_codebook #(.N(R*C)) codebook (
+    bitsmith_codebook #(.N(R*C*PCH)) codebook (
         .clk(clk), .load(state == S_CODEBOOK), .load_index(cnt[1:0]), .load_value(cb8_mem[cbbase + cnt]),
         .indices(cb_indices), .values(cb_weights)
     );
-    bitsmith_pe_array #(.R(R), .C(C)) pe_array (
-        .clk(clk), .enable(state == S_COMPUTE && is_conv), .clear(j == 0),
+    bitsmith_pe_array #(.R(R), .C(C), .PCH(PCH), .PPX(PPX)) pe_array (
+        .clk(clk), .enable(state == S_COMPUTE && is_conv), .clear(j == 0), .quad(quad),
         .weights(is_cb ? cb_weights : raw_weights), .data(pe_data), .bias(row_bias), .acc(pe_acc)
     );
     wire second = is_add && (wx != 0);   // an add's element 1: the second input's grid and multiplier
@@ -281,7 +354,7 @@ module bitsmith_top #(
         .clk(clk), .enable(state == S_COMPUTE && !is_conv), .first(j == 0), .is_max(is_maxp),
         .in_signed(second ? in2_signed : in_signed),
         .z_in(FAULT_NO_ZIN ? 32'sd0 : (second ? z_in2 : z_in)), .m(second ? m1 : m0),
-        .codes(pool_codes), .start(row_bias), .acc(pool_acc)
+        .codes(pool_codes), .start(pool_start), .acc(pool_acc)
     );
 
     // ---------------------------------------------------------------- controller FSM (§5)
@@ -290,19 +363,23 @@ module bitsmith_top #(
             j <= 0; jc <= 0; bci <= 0; bky <= 0; bkx <= 0; boff <= 0; wy <= 0; wx <= 0; woff <= 0;
         end
     endtask
-    task reset_pixels;   // first pixel of a group
+    task reset_pixels;   // first pass of a group: pixel 0 and the pixel after it
         begin
-            oy <= 0; ox <= 0; pix <= 0; iy0 <= -ph; ix0 <= -pw; row_base <= ROW_START;
+            pix <= 0; iy0 <= -ph; ix0 <= -pw; row_base <= ROW_START;
+            oxb <= wrap_0 ? 32'sd0 : 32'sd1; ix0b <= wrap_0 ? -pw : sw - pw;
+            iy0b <= wrap_0 ? sh - ph : -ph; row_baseb <= wrap_0 ? ROW_START + ROW_STEP : ROW_START;
             reset_block;
         end
     endtask
-    task next_pixel;     // raster order; the same group
+    task next_pixel;     // the next pass, raster order, the same group: NPX pixels on
         begin
-            pix <= pix + 1;
-            if (ox == out_w - 1) begin
-                ox <= 0; oy <= oy + 1; ix0 <= -pw; iy0 <= iy0 + sh; row_base <= row_base + ROW_STEP;
+            pix <= pix + NPX;
+            if (quad) begin
+                ix0 <= ix0c; iy0 <= iy0c; row_base <= row_basec;
+                oxb <= oxd; ix0b <= ix0d; iy0b <= iy0d; row_baseb <= row_based;
             end else begin
-                ox <= ox + 1; ix0 <= ix0 + sw;
+                ix0 <= ix0b; iy0 <= iy0b; row_base <= row_baseb;
+                oxb <= oxc; ix0b <= ix0c; iy0b <= iy0c; row_baseb <= row_basec;
             end
         end
     endtask
@@ -316,7 +393,7 @@ module bitsmith_top #(
     task handover;       // the array takes the bank just loaded; the loader starts on the next group
         begin
             cbank <= lbank;
-            if (lch + R < out_ch) start_load(lch + R, !lbank);
+            if (lch + GRP < out_ch) start_load(lch + GRP, !lbank);
         end
     endtask
     task start_groups;   // first channel group of the layer (conv: its load is exposed)
@@ -343,7 +420,7 @@ module bitsmith_top #(
             dpend <= 1'b0;
             if (state != S_IDLE) cycles <= cycles + 1;
             if (lbusy) begin              // the loader: one bus word per cycle (handover may restart it)
-                lcnt <= lcnt + 1; waddr <= waddr + 1; wentry <= wentry + (is_cb ? E2 : E8);
+                lcnt <= lcnt + 1; waddr <= waddr + 1; wentry <= wentry + EPW;
                 if (lcnt == W_WORDS - 1) lbusy <= 1'b0;
             end
             case (state)
@@ -367,7 +444,8 @@ module bitsmith_top #(
                     5'd6: out_w <= pword;
                     5'd7: begin kh <= {24'd0, pword[7:0]}; kw <= {24'd0, pword[15:8]};
                                 sh <= {24'd0, pword[23:16]}; sw <= {24'd0, pword[31:24]}; end
-                    5'd8: begin ph <= {24'd0, pword[7:0]}; pw <= {24'd0, pword[15:8]}; end
+                    5'd8: begin ph <= {24'd0, pword[7:0]}; pw <= {24'd0, pword[15:8]}; wbits <= pword[23:16];
+                                pair <= pword[26] || pword[25]; quad <= pword[26]; end   // packing 1, 2 or 4
                     5'd9: z_in <= pword;
                     5'd10: z_out <= pword;
                     5'd11: lo <= pword;
@@ -418,7 +496,7 @@ module bitsmith_top #(
             S_COMPUTE: begin              // one term block (conv) or window element (pool) per cycle
                 if (j == T - 1) begin     // the pixel's last: its outputs are written next cycle
                     dpix <= pix;
-                    if (pix == P - 1) state <= S_DRAIN;   // the group's last pixel drains on its own
+                    if (pix + NPX >= P) state <= S_DRAIN;   // the group's last pass drains on its own
                     else begin            // ... the others in the next pixel's first compute cycle
                         dpend <= 1'b1;
                         reset_block;
@@ -433,9 +511,9 @@ module bitsmith_top #(
             end
             S_DRAIN: begin                // the group's last pixel: requant + write (memory block below)
                 reset_block;
-                if (gch + R >= out_ch) state <= S_NEXT_LAYER;
+                if (gch + GRP >= out_ch) state <= S_NEXT_LAYER;
                 else begin                // NEXT_GROUP: a transition, not a cycle
-                    gch <= gch + R; gbase_in <= gbase_in + R * HW; gbase_out <= gbase_out + R * P;
+                    gch <= gch + GRP; gbase_in <= gbase_in + R * HW; gbase_out <= gbase_out + GRP * P;
                     cnt <= 0;
                     reset_pixels;
                     if (!is_conv) state <= S_COMPUTE;
@@ -461,20 +539,22 @@ module bitsmith_top #(
         if (!rst && state == S_INPUT)
             for (i = 0; i < E8; i = i + 1)
                 if (ibyte + i < IN_BYTES) act[in_base + ibyte + i] <= in8_word[i*8 +: 8];
-        if (!rst && lbusy) begin
-            if (is_cb) begin
-                for (i = 0; i < E2; i = i + 1)
-                    if (wentry + i < WBUF_DEPTH) wbuf[lbank_base + wentry + i] <= {6'd0, w2_word[i*2 +: 2]};
-            end else begin
-                for (i = 0; i < E8; i = i + 1)
-                    if (wentry + i < WBUF_DEPTH) wbuf[lbank_base + wentry + i] <= w8_word[i*8 +: 8];
-            end
-        end
+        // One write port per entry position i of a bus word (E2, the most entries a word holds):
+        // EPW entries of the word, each sign-extended from its storage width to the buffer's 8 bits
+        // (a codebook index zero-extended). A port per width would multiply the write decoders.
+        if (!rst && lbusy)
+            for (i = 0; i < E2; i = i + 1)
+                if (i < EPW && wentry + i < WBUF_DEPTH)
+                    wbuf[lbank_base + wentry + i] <= is_cb ? {6'd0, w2_word[i*2 +: 2]}
+                                                   : (EPW == E2) ? {{6{w8_wide[i*2+1]}}, w8_wide[i*2 +: 2]}
+                                                   : (EPW == E4) ? {{4{w8_wide[i*4+3]}}, w8_wide[i*4 +: 4]}
+                                                   : w8_wide[i*8 +: 8];
+        // every accumulator lane u = r*NL + l of a pass: row r's pool lane is its lane 0
         if (!rst && (state == S_DRAIN || dpend))
-            for (k = 0; k < R; k = k + 1)
-                if (row_valid[k]) begin
+            for (k = 0; k < R * NL; k = k + 1)
+                if (lane_valid[k] && (is_conv || k % NL == 0)) begin
                     if (raw) out32[out_addr[k*32 +: 32] - out_base] <= pe_acc[k*32 +: 32];
-                    else     act[out_addr[k*32 +: 32]] <= is_maxp ? pool_acc[k*32 +: 8] : requant_y[k*32 +: 8];
+                    else     act[out_addr[k*32 +: 32]] <= is_maxp ? pool_acc[(k / NL)*32 +: 8] : requant_y[k*32 +: 8];
                 end
     end
 endmodule

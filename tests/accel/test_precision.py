@@ -80,7 +80,7 @@ def test_lower_widths_never_cost_more_dsps_or_memory():
         if previous is not None:
             assert cost["dsp"] <= previous["dsp"] and cost["weight_bits"] < previous["weight_bits"]
             assert cost["bitops"] < previous["bitops"]
-            # the compiled packing modes stay; only the bus loads shrink, when the storage width (8, 4, 2) does
+            # cycles drop where the storage width (8, 4, 2) or the packing mode (4 from 4 bits) does
             if bits in (4, 2):
                 assert cost["cycles"] < previous["cycles"]
             else:
@@ -145,3 +145,28 @@ def test_hw_report_and_hls_export_use_the_same_cost_function(tmp_path):
     for row in cost["layers"]:  # the export's own folding, packed by the same tables
         assert row["multipliers"] == layers[row["name"]].pe * layers[row["name"]].simd
     assert cost["dsp"] == sum(r["dsp"] for r in cost["layers"]) and cost["cycles"] == exact["cycles"]
+
+
+def test_widths_are_priced_in_the_packing_modes_they_allow():
+    """A 4-bit program priced at 8 bits may not keep mode 4 (8-bit weights need 18-bit fields), and
+    an 8-bit program priced at 4 bits gets it: each costs what compiling at those widths gives."""
+    from bitsmith.accel.timing import program_cycles
+
+    config = AccelConfig()
+    w4, w8 = compile_graph(golden("lenet5_w4a4_pc"), config), compile_graph(golden("lenet5_w8a8"), config)
+    n = len(weighted_layers(w8))
+    assert assignment_cost(w4, [8] * n, [8] * n)["cycles"] == program_cycles(w8)["total"] > program_cycles(w4)["total"]
+    assert assignment_cost(w8, [4] * n, [4] * n)["cycles"] == program_cycles(w4)["total"]
+
+
+def test_a_packing_mode_the_fields_cannot_hold_is_refused():
+    from bitsmith.accel.compiler import check_packing
+    from bitsmith.errors import AcceleratorError
+
+    program = compile_graph(golden("lenet5_w8a8"), AccelConfig())
+    conv1 = program.layers[0]
+    conv1.packing = 4  # 8-bit weights × 10-bit d do not fit mode 4's 9-bit fields
+    with pytest.raises(AcceleratorError, match="packing mode 4"):
+        check_packing(conv1)
+    with pytest.raises(AcceleratorError, match="packing mode 4"):
+        simulate(program, torch.zeros(1, 1, 32, 32, dtype=torch.int64))

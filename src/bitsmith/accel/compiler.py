@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from bitsmith.errors import AcceleratorError
+from bitsmith.integer.arithmetic import int_range
 from bitsmith.integer.chain import ChainStep, layer_steps
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
 from bitsmith.integer.ops import Emitters, as_pads, as_pair, weight_format, weight_storage
@@ -61,7 +62,7 @@ def compile_graph(graph: IntegerGraph, config: AccelConfig) -> Program:
             continue
         emitted = EMIT.lookup(step.node)(graph, step, len(layers))
         if emitted.layer.kind == "conv":
-            choose_packing(emitted.layer, emitted.d_range, config)
+            choose_packing(emitted.layer, d_range(emitted.layer), config)
         _check_limits(emitted.layer, step.node.name, config)
         layers.append(emitted.layer)
         sources.append(emitted.map_sources)
@@ -93,7 +94,6 @@ class Emitted:
     # A channel map is written relative to its sources: rows [first, end) add the address of `tensor`
     # once the allocation is known.
     map_sources: list[tuple[str, int, int]] = field(default_factory=list)
-    d_range: tuple[int, int] | None = None   # conv: (min, max) of d = x − z_in, for choose_packing
 
 
 #: The ops the accelerator computes; QuantizeInput (host), a fused Requant and Flatten (free) are the
@@ -237,7 +237,7 @@ def _conv_layer(graph: IntegerGraph, node: Node, requant: Node | None, index: in
                                f"{layer.terms}·{int(np.abs(codes).max(initial=0))}·{_max_centered(x)}"
                                f"+{int(np.abs(bias).max(initial=0))} = {bound} exceeds the 32-bit accumulator "
                                f"(max {ACC_MAX})")
-    return Emitted(layer, sources, d_range=(x.qmin - x.zero_point, x.qmax - x.zero_point))
+    return Emitted(layer, sources)
 
 
 def _kernel(graph: IntegerGraph, node: Node) -> list[int]:
@@ -372,6 +372,7 @@ def _check_limits(layer: Layer, name: str, config: AccelConfig) -> None:
     (`allocate` checks the maps that are live together)."""
     if max(layer.kh, layer.kw) > config.max_kernel:
         raise AcceleratorError(f"layer {name}: kernel {layer.kh}x{layer.kw} exceeds max_kernel={config.max_kernel}")
+    check_packing(layer)
     maps = [("input", layer.in_ch, layer.in_h, layer.in_w)]
     if not layer.raw_output:  # raw accumulators go to the separate output memory
         maps.append(("output", layer.out_ch, layer.out_h, layer.out_w))
@@ -559,9 +560,24 @@ def _field_fits(lo: int, hi: int, bits: int) -> bool:
     return -(1 << (bits - 1)) <= lo and hi <= (1 << (bits - 1)) - 1
 
 
-def allowed_packings(layer: Layer, d_range: tuple[int, int]) -> list[int]:
+def d_range(layer: Layer) -> tuple[int, int]:
+    """(min, max) of d = x − z_in over the layer's input codes."""
+    lo, hi = int_range(layer.in_bits, layer.in_signed)
+    return lo - layer.z_in, hi - layer.z_in
+
+
+def check_packing(layer: Layer) -> None:
+    """Refuse a packing mode the PE cannot run `layer` in exactly (a program edited or read back
+    from files: the cycle model would not notice, the RTL's fields would overflow)."""
+    allowed = allowed_packings(layer, d_range(layer)) if layer.kind == "conv" else [1]
+    if layer.packing not in allowed:
+        raise AcceleratorError(f"layer {layer.name}: packing mode {layer.packing} is not exact for its widths "
+                               f"({layer.weight_bits}-bit weights, d in {list(d_range(layer))}); allowed: {allowed}")
+
+
+def allowed_packings(layer: Layer, d_bounds: tuple[int, int]) -> list[int]:
     """Packing modes the PE can run `layer` in, from the weight codes' range and d = x − z_in's
-    (`d_range`): every product w·d must fit its field as a signed value (mode 2: 18 bits, which any
+    (`d_bounds`): every product w·d must fit its field as a signed value (mode 2: 18 bits, which any
     8-bit weight × 10-bit d does; mode 4: 9 bits, e.g. 4-bit weights × 5-bit d). Two channels share
     one d, so a grouped conv packs channels only when pairs (2i, 2i+1) lie in one convolution
     group (out_ch/groups even); a depthwise conv runs in mode 1."""
@@ -569,7 +585,7 @@ def allowed_packings(layer: Layer, d_range: tuple[int, int]) -> list[int]:
     w_lo, w_hi = int(np.min(codes, initial=0)), int(np.max(codes, initial=0))
     if not layer.is_codebook:   # the declared width bounds the codes (a layer is costed by its width)
         w_lo, w_hi = -(1 << (layer.weight_bits - 1)), (1 << (layer.weight_bits - 1)) - 1
-    corners = [w * d for w in (w_lo, w_hi) for d in d_range]
+    corners = [w * d for w in (w_lo, w_hi) for d in d_bounds]
     if layer.groups > 1 and (layer.out_ch // layer.groups) % 2:
         return [1]
     modes = [1]
@@ -587,12 +603,12 @@ def packed_cycles(layer: Layer, config: AccelConfig) -> int:
     return load + (groups - 1) * max(0, load - busy) + groups * busy
 
 
-def choose_packing(layer: Layer, d_range: tuple[int, int], config: AccelConfig) -> int:
+def choose_packing(layer: Layer, d_bounds: tuple[int, int], config: AccelConfig) -> int:
     """The allowed mode (whose channel group fits the weight buffer) with the fewest cycles; ties go
     to the narrower packing (fewer idle product slots, e.g. mode 4 on a one-pixel layer). A weight-bound layer (little compute per group to hide the next group's
     load under) can be faster in mode 1: its groups are half as large, so more of each load overlaps."""
     best = None
-    for mode in sorted(allowed_packings(layer, d_range)):
+    for mode in sorted(allowed_packings(layer, d_bounds)):
         layer.packing = mode
         if weight_buffer_entries(layer, config) > config.weight_buffer_entries and mode > 1:
             continue

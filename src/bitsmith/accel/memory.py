@@ -30,7 +30,7 @@ from bitsmith.storage import read_json, sha256_file, write_bytes_atomic, write_j
 from bitsmith.integer import engine
 from bitsmith.integer import sparse
 
-from .compiler import channel_groups, compile_graph, group_channels, storage_bits, term_blocks
+from .compiler import channel_groups, check_packing, compile_graph, group_channels, storage_bits, term_blocks
 from .config import (ACC_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS, DESCRIPTOR_WORDS, MAX_ACT_BITS,
                      PARAM_WORD_BITS, PARAM_WORDS_PER_CHANNEL, AccelConfig)
 from .program import KINDS, PACKINGS, REQUANT_KINDS, Layer, Program
@@ -580,6 +580,7 @@ def read_program(out_dir: str | os.PathLike) -> Program:
         if layer.kind == "conv":
             layer.weights = read_layer_weights(layer, config, memory.w2 if layer.is_codebook else memory.w8,
                                                d["weight_base"])
+        check_packing(layer)
         layers.append(layer)
     return Program(config=config, layers=layers, input_name=doc["input_name"], metadata=doc.get("metadata", {}))
 

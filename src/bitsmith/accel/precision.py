@@ -19,10 +19,9 @@ Conv2d and Linear, in program order), weight bits w and input-activation bits a:
   **bram18**: the BRAM18 blocks of those weights in FINN-style per-layer weight memories
   (`cost.layer_cost`'s `finn_bram18` at PE = R, SIMD = C).
 - **cycles**: the accelerator's timing model (`timing.program_cycles`) for the program with these
-  widths: exactly what the cycle model and the RTL count when the graph runs. The program keeps
-  the packing modes it was compiled with (docs/hardware.md §3), so here the widths change only
-  the weight loads (stored at 2, 4 or 8 bits); a graph compiled at its own widths also gets the
-  packing modes they allow.
+  widths: exactly what the cycle model and the RTL count when the graph runs. Each layer takes
+  the packing mode the compiler would pick at those widths (docs/hardware.md §3: mode 4 needs
+  ≤ 4-bit weights and a narrow d), and its weights load at their storage width (2, 4 or 8 bits).
 
 Every figure is a sum of per-layer terms (array_dsp a maximum), so the search's differentiable
 form is the expectation of each layer's table under its softmax weights (`cost_tables`).
@@ -36,6 +35,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import ConfigError
+from .compiler import choose_packing, d_range
 from .config import AccelConfig
 from .cost import TABLE_BITS, bram18, dsps_for, finn_weight_memory, layer_cost, table_kernel
 from .program import Layer, Program
@@ -82,6 +82,7 @@ def layer_figures(layer: Layer, w_bits: int, a_bits: int, config: AccelConfig, i
         raise ConfigError(f"layer {layer.name} is a codebook (CLIP-Q) layer: its weights are indices, not a bit "
                           "width; mixed precision prices dense layers only")
     sized = replace(layer, weight_bits=w_bits, in_bits=a_bits)
+    choose_packing(sized, d_range(sized), config)  # the modes these widths allow, as the compiler picks
     weights = layer.out_ch * layer.terms
     row = {"name": layer.name, "w_bits": w_bits, "a_bits": a_bits, "macs": layer.macs, "weights": weights,
            "kernel": [layer.kh, layer.kw], "table_kernel": table_kernel(min(layer.kh, layer.kw)),

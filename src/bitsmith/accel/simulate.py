@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from bitsmith.errors import AcceleratorError
 
-from .compiler import STORAGE_WIDTHS
+from .compiler import STORAGE_WIDTHS, check_packing
 from .config import (ACC_BITS, ACC_MAX, ACC_MIN, CODEBOOK_INDEX_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS,
                      DESCRIPTOR_WORDS, MAX_ACT_BITS)
 from .memory import MemoryImage, build_memory, channel_table, decode_descriptor
@@ -104,6 +104,8 @@ def simulate(program: Program, codes, memory: MemoryImage | None = None) -> SimR
     `program`; the program itself only supplies names, output shapes and the configuration.
     """
     config = program.config
+    for layer in program.layers:
+        check_packing(layer)  # the packed products are exact only in the modes the fields allow (§3)
     codes = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
     codes = codes.astype(np.int64)
     n_images = int(codes.shape[0])
@@ -182,8 +184,8 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
     starting at its channel-map address) and image chunk.
     """
     # Packing (§3): a group is R·(channel lanes) output channels; the pixel loop advances
-    # (pixel lanes) pixels a pass. The packed products are exact (the compiler checked every field
-    # holds its product), so the values are the plain sums; only the schedule changes.
+    # (pixel lanes) pixels a pass. The packed products are exact (check_packing: every field holds
+    # its product), so the values are the plain sums; only the schedule changes.
     lanes, pixel_lanes = PACKINGS[d["packing"]]
     R, C, bus = config.pe * lanes, config.simd, config.bus_bits
     kin = d["in_ch"] // d["groups"]

@@ -24,7 +24,7 @@ from .. import progress
 from ..errors import AcceleratorError, ConfigError
 from ..integer.graph import IntegerGraph
 from ..storage import write_bytes_atomic, write_json_atomic
-from .compiler import compile_graph
+from .compiler import choose_packing, compile_graph, d_range
 from .config import AccelConfig
 from .cost import cost_report
 from .precision import assignment_cost, weighted_layers
@@ -87,6 +87,7 @@ def dense_program(program: Program, weight_bits: int) -> Program:
         if layer.kind == "conv":
             weights = layer.codebook[layer.weights] if layer.is_codebook else layer.weights
             layer = dataclasses.replace(layer, weight_bits=weight_bits, codebook=None, weights=weights)
+            choose_packing(layer, d_range(layer), program.config)  # the modes this width allows
         layers.append(layer)
     return dataclasses.replace(program, layers=layers)
 

@@ -151,8 +151,9 @@ def _dnas(run, space: SearchSpace, metric: str, cd: float, epochs: int, train_ds
     tables, constant = space.tables(metric, normalise=True)
     if all(float(t.max() - t.min()) == 0.0 for t in tables):
         warnings.warn(f"--cost {next(k for k, v in COSTS.items() if v == metric)}: no layer's cost depends on its "
-                      "widths on this accelerator (it stores every weight in a byte and multiplies 8×8 bits, so "
-                      "cycles are the same at every width); the search will trade nothing against accuracy. "
+                      "widths on this accelerator configuration (e.g. cycles of layers whose packing mode and "
+                      "weight storage are the same at every candidate width); the search will trade nothing "
+                      "against accuracy. "
                       "Use --cost dsp, bitops or memory (docs/mixed-precision.md, Cost).", BitsmithWarning,
                       stacklevel=2)
     config = DNASConfig(epochs=epochs, cd=cd, seed=seed)

@@ -542,10 +542,15 @@ def weight_buffer_entries(layer: Layer, config: AccelConfig) -> int:
 def storage_bits(layer: Layer) -> int:
     """Bits per weight in external memory and on the bus (§6): a codebook layer's 2-bit indices,
     else the narrowest of 2, 4, 8 bits that holds the layer's weight codes."""
-    if layer.is_codebook:
+    return storage_width(layer.weight_bits, layer.is_codebook)
+
+
+def storage_width(weight_bits: int, codebook: bool) -> int:
+    """`storage_bits` from a layer's weight width and kind (what a descriptor carries)."""
+    if codebook:
         return CODEBOOK_INDEX_BITS
     # (wider codes never reach the hardware, the compiler refuses them; the cost model still sizes them)
-    return next((b for b in STORAGE_WIDTHS if layer.weight_bits <= b), layer.weight_bits)
+    return next((b for b in STORAGE_WIDTHS if weight_bits <= b), weight_bits)
 
 
 # -- packed MACs (§3) --------------------------------------------------------------------------

@@ -215,8 +215,9 @@ def param_words(program: Program) -> int:
 
 
 def weight_storage_bits(program: Program) -> int:
-    """Bits per weight-buffer entry: 8 when any layer is dense (W8.hex keeps 8 bits for 2–8-bit
-    weights, §6), 2 when every conv layer is a codebook layer (only indices are stored)."""
+    """Bits per weight-buffer entry: 8 when any layer is dense (the loader sign-extends 2-, 4- and
+    8-bit W8.hex codes into 8-bit entries, §6), 2 when every conv layer is a codebook layer (only
+    indices are stored)."""
     convs = [l for l in program.layers if l.kind == "conv"]
     return CODEBOOK_INDEX_BITS if convs and all(l.is_codebook for l in convs) else MAX_WEIGHT_BITS
 

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 
 from bitsmith.errors import AcceleratorError
 
-from .compiler import STORAGE_WIDTHS, check_packing
-from .config import (ACC_BITS, ACC_MAX, ACC_MIN, CODEBOOK_INDEX_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS,
+from .compiler import check_packing, storage_width
+from .config import (ACC_BITS, ACC_MAX, ACC_MIN, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS,
                      DESCRIPTOR_WORDS, MAX_ACT_BITS)
 from .memory import MemoryImage, build_memory, channel_table, decode_descriptor
 from .program import MAX_KINDS, PACKINGS, Program
@@ -194,8 +194,7 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
     P = d["out_h"] * d["out_w"]
     passes = math.ceil(P / pixel_lanes)
     out_ch, n_images = d["out_ch"], act.shape[0]
-    bits = (CODEBOOK_INDEX_BITS if d["codebook"]
-            else next(b for b in STORAGE_WIDTHS if d["weight_bits"] <= b))   # storage width on the bus (§6)
+    bits = storage_width(d["weight_bits"], d["codebook"])   # on the bus (§6)
     words_per_group = math.ceil(R * T * C * bits / bus)
     words_of = memory.w2 if d["codebook"] else memory.w8
     weight_rows = []

@@ -201,7 +201,7 @@ class _Builder:
     def __init__(self, compiler):
         self.c = compiler
         self.g: IntegerGraph = compiler.g
-        self.buffers: dict[str, np.ndarray] = {}  # float32 [C, H, W] per tensor
+        self.buffers: dict[str, np.ndarray] = {}  # [C, H, W] per tensor, float32 or float64
         self.steps: list[Callable[[], object]] = []
         self.needs_check = any(step.check is not None for step in compiler.steps)
 

@@ -183,6 +183,7 @@ def generate_rtl(program: Program, out_dir: str | os.PathLike, images: int = 1, 
     sizes = memory_sizes(program, memory_dir)
     fields = {"R": config.pe, "C": config.simd, "BUS": config.bus_bits, **sizes, "DESCRIPTOR_WORDS": DESCRIPTOR_WORDS,
               **packing_lanes(program),
+              "MAPPED_CONV": int(any(layer.kind == "conv" and layer.has_map for layer in program.layers)),
               "FAULT_SHIFT": 0, "FAULT_DROP_BIAS": 0, "FAULT_NO_ZIN": 0,
               "READMEMH": _readmemh_lines(memory_dir, relative_to),
               "PROGRAM_NAME": f"{len(program.layers)} layers, {config.pe}x{config.simd} PEs, bus {config.bus_bits}"

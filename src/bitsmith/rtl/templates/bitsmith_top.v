@@ -12,6 +12,7 @@ module bitsmith_top #(
     parameter C            = @@C@@,            // PE columns
     parameter PCH          = @@PCH@@,          // channel lanes per PE row: 2 if a layer packs two channels (§3)
     parameter PPX          = @@PPX@@,          // pixel lanes: 2 if a layer packs two pixels (mode 4)
+    parameter MAPPED_CONV  = @@MAPPED_CONV@@,  // 1 if a conv layer reads through a channel map (grouped): per-row reads
     parameter BUS          = @@BUS@@,          // external word, bits per cycle
     parameter ACT_DEPTH    = @@ACT_DEPTH@@,    // bytes of the activation memory (what the program's allocation needs)
     parameter WBUF_DEPTH   = @@WBUF_DEPTH@@,   // weight buffer entries per bank (largest group, rounded up to a word)
@@ -48,6 +49,8 @@ module bitsmith_top #(
     localparam E4 = BUS / 4;   // 4-bit weights per bus word
     localparam E2 = BUS / 2;   // 2-bit weights or codebook indices per bus word
     localparam NL = PCH * PPX; // accumulators (and requant units) per PE row
+    // weight bank entries: whole words at every storage width, at least two (so that a push keeps a part)
+    localparam WD = (WBUF_DEPTH > E2) ? ((WBUF_DEPTH + E2 - 1) / E2) * E2 : 2 * E2;
 
     // ---------------------------------------------------------------- memories (§6 images, §3 buffers)
     reg [31:0]     param_mem [0:PARAM_DEPTH-1];
@@ -56,8 +59,15 @@ module bitsmith_top #(
     reg [7:0]      cb8_mem   [0:CB_DEPTH-1];
     reg [BUS-1:0]  in8_mem   [0:IN8_DEPTH-1];
     reg [7:0]      act       [0:ACT_DEPTH-1];   // the activation memory: every map, CHW, one byte per code
-    reg [7:0]      wbuf      [0:2*WBUF_DEPTH-1]; // two banks: weights sign-extended to 8 bits, or 2-bit indices in the low bits
     reg [31:0]     out32     [0:OUT32_DEPTH-1];  // raw accumulators of a last layer without requant
+    // The weight buffer: two banks of WD entries, each entry a weight sign-extended to 8 bits or a
+    // 2-bit codebook index in the low bits. A bank is a shift register, not an addressed array: the
+    // loader pushes a bus word's EPW entries in at the top (entry WD-1) and every older entry moves
+    // EPW down, so a group's entry e ends at WOFF + e, WOFF = WD - W_WORDS*EPW. An addressed array
+    // would need a write port per entry position of a bus word (E2 of them), each decoding every
+    // entry: tens of thousands of LUTs at any size.
+    reg [WD*8-1:0] wbank0, wbank1;
+    wire [WD*8-1:0] wcompute = cbank ? wbank1 : wbank0;   // the bank the array computes from
     reg signed [31:0] bias_t  [0:MAXCH-1];
     reg signed [31:0] mult_t  [0:MAXCH-1];
     reg        [5:0]  shift_t [0:MAXCH-1];
@@ -95,6 +105,7 @@ module bitsmith_top #(
     wire signed [31:0] IN_WORDS = (IN_BYTES + E8 - 1) / E8;
     wire signed [31:0] W_ENTRIES = GRP * TC;
     wire signed [31:0] W_WORDS = (W_ENTRIES + EPW - 1) / EPW;
+    wire signed [31:0] WOFF    = WD - W_WORDS * EPW;      // a group's first entry in its bank
     wire signed [31:0] STEP_X  = in_w - kw;            // address step when kx wraps into the next row
     wire signed [31:0] STEP_Y  = HW - kh * in_w;       // ... when ky wraps into the next channel
     wire signed [31:0] ROW_STEP = sh * in_w;
@@ -110,7 +121,7 @@ module bitsmith_top #(
     // lch while the array computes from bank cbank; WEIGHTS is the state that waits for it.
     reg        lbusy;                      // loading (one bus word per cycle)
     reg [31:0] lcnt;                       // word of the group being loaded
-    reg [31:0] waddr, wentry;              // its W8/W2 word, first entry it fills
+    reg [31:0] waddr;                      // its W8/W2 word
     reg signed [31:0] lch;                 // first channel of the group being loaded
     reg        lbank, cbank;               // bank being loaded, bank being computed from
     wire       lready = !lbusy || lcnt == W_WORDS - 1;   // the loaded group is complete after this cycle
@@ -132,11 +143,6 @@ module bitsmith_top #(
     wire [31:0] pword = param_mem[paddr];
     wire [BUS-1:0] in8_word = in8_mem[in_addr];
     wire [BUS-1:0] w8_word = w8_mem[waddr];
-    // zero-extended so that every entry position of the widest unpacking (E2 8-bit slots) is in range;
-    // the bits above BUS are never selected for an entry that is written (i < EPW)
-    /* verilator lint_off UNUSEDSIGNAL */
-    wire [4*BUS-1:0] w8_wide = {{3*BUS{1'b0}}, w8_word};
-    /* verilator lint_on UNUSEDSIGNAL */
     wire [BUS-1:0] w2_word = w2_mem[waddr];
     wire [1:0] first_field = has_table ? 2'd0 : 2'd3;
     wire [1:0] last_field  = has_map ? 2'd3 : 2'd2;
@@ -194,7 +200,8 @@ module bitsmith_top #(
 `endif
         integer c, r, k, q, u;
         reg signed [31:0] dci, dky, dkx, doff, sx, sy, kx_t, ky_t, ci_t, off_t, iy, ix, addr, ch, rin;
-        reg signed [31:0] iyq, ixq, addrq, rch, wrow, wlane, lane_in, lane_out, olane, bank;
+        reg signed [31:0] iyq, ixq, addrq, rch, wrow, lane_in, lane_out, olane, went;
+        reg [C*8-1:0] wblock;
         reg cx, cy, valid, validq, chan_ok;
         reg [7:0] code;
         reg [9:0] x, dval, dvalq;
@@ -211,8 +218,8 @@ module bitsmith_top #(
         // Written before they are read, but only on the paths that read them: defaults keep a
         // combinational-process check (Verilator's LATCH) from seeing a latch.
         rin = 0; code = 8'd0; x = 10'd0; dval = 10'd0; dvalq = 10'd0; rch = 0; addrq = 0; iyq = 0; ixq = 0;
-        validq = 1'b0; iy = 0; ix = 0; valid = 1'b0; addr = 0; wrow = 0; lane_in = 0; lane_out = 0; bank = 0;
-        ch = 0; wlane = 0; olane = 0; chan_ok = 1'b0; u = 0; sx = 0; sy = 0; cx = 1'b0; cy = 1'b0;
+        validq = 1'b0; iy = 0; ix = 0; valid = 1'b0; addr = 0; wrow = 0; lane_in = 0; lane_out = 0; went = 0;
+        ch = 0; wblock = {C*8{1'b0}}; olane = 0; chan_ok = 1'b0; u = 0; sx = 0; sy = 0; cx = 1'b0; cy = 1'b0;
         kx_t = 0; ky_t = 0; ci_t = 0; off_t = 0;
         data_f = {R*C*PPX*10{1'b0}};
         for (c = 0; c <= C; c = c + 1) begin        // c = C: the next block's base
@@ -239,7 +246,7 @@ module bitsmith_top #(
                              && (ixq >= 0) && (ixq < in_w);
                     addrq = row_baseb + ix0b + off_t;
                 end
-                if (!has_map) begin              // dense: one read per column and pixel, the same terms in every row
+                if (MAPPED_CONV == 0 || !has_map) begin  // dense: one read per column and pixel, the same terms in every row
                     code = valid ? act[in_base + addr] : 8'd0;
                     x = in_signed ? {{2{code[7]}}, code} : {2'b00, code};
                     dval = valid ? x - (FAULT_NO_ZIN ? 10'd0 : z_in[9:0]) : 10'd0;
@@ -279,14 +286,16 @@ module bitsmith_top #(
             end
         end
         wrow = 0; lane_in = 0; lane_out = 0;         // i*T*C, r*HW, i*P (i: the row's first channel)
-        bank = cbank ? WBUF_DEPTH : 0;
         ch = gch;                                    // the row's first channel
         for (r = 0; r < R; r = r + 1) begin
             for (k = 0; k < PCH; k = k + 1) begin
-                wlane = wrow + (k == 1 ? TC : 0);
+                // the lane's C entries of this block are consecutive: one C-entry read, not C reads
+                went = WOFF + wrow + (k == 1 ? TC : 0) + jc;
+                wblock = (k == 0 || pair) ? wcompute[went*8 +: C*8] : {C*8{1'b0}};
                 for (c = 0; c < C; c = c + 1) begin   // (indices held at 0 in dense layers: idle decoders)
-                    weights_f[((r*C+c)*PCH+k)*8 +: 8] = (k == 0 || pair) ? wbuf[bank + wlane + jc + c] : 8'd0;
-                    indices_f[((r*C+c)*PCH+k)*2 +: 2] = (is_cb && (k == 0 || pair)) ? wbuf[bank + wlane + jc + c][1:0] : 2'd0;
+                    weights_f[((r*C+c)*PCH+k)*8 +: 8] = wblock[c*8 +: 8];
+                    // a codebook layer's entries are indices: the same read, its low 2 bits
+                    indices_f[((r*C+c)*PCH+k)*2 +: 2] = is_cb ? wblock[c*8 +: 2] : 2'd0;
                 end
                 chan_ok = (k == 0 || pair) && (ch + k < out_ch);
                 olane = lane_out + (k == 1 ? P : 0);
@@ -387,7 +396,7 @@ module bitsmith_top #(
         input signed [31:0] first;
         input into;
         begin
-            lbusy <= 1'b1; lcnt <= 0; wentry <= 0; lch <= first; lbank <= into;
+            lbusy <= 1'b1; lcnt <= 0; lch <= first; lbank <= into;
         end
     endtask
     task handover;       // the array takes the bank just loaded; the loader starts on the next group
@@ -420,7 +429,7 @@ module bitsmith_top #(
             dpend <= 1'b0;
             if (state != S_IDLE) cycles <= cycles + 1;
             if (lbusy) begin              // the loader: one bus word per cycle (handover may restart it)
-                lcnt <= lcnt + 1; waddr <= waddr + 1; wentry <= wentry + EPW;
+                lcnt <= lcnt + 1; waddr <= waddr + 1;
                 if (lcnt == W_WORDS - 1) lbusy <= 1'b0;
             end
             case (state)
@@ -534,27 +543,57 @@ module bitsmith_top #(
 
     // ---------------------------------------------------------------- memory writes
     integer i, k;
-    wire [31:0] lbank_base = lbank ? WBUF_DEPTH : 0;
+    localparam AW = (E8 > R * NL) ? E8 : R * NL;   // activation write ports
+    reg [AW-1:0]    act_we;
+    reg [AW*32-1:0] act_wa;
+    reg [AW*8-1:0]  act_wd;
+    /* verilator lint_off UNUSEDSIGNAL */
+    wire [(AW+E8)*8-1:0] in_bytes = {{AW*8{1'b0}}, in8_word};   // zero-extended: ports past E8 never write
+    /* verilator lint_on UNUSEDSIGNAL */
+    always @* begin : act_write
+        integer p;
+        for (p = 0; p < AW; p = p + 1) begin
+            if (state == S_INPUT) begin
+                act_we[p] = (p < E8) && (ibyte + p < IN_BYTES);
+                act_wa[p*32 +: 32] = in_base + ibyte + p;
+                act_wd[p*8 +: 8] = in_bytes[p*8 +: 8];
+            end else begin
+                act_we[p] = (p < R * NL) && (state == S_DRAIN || dpend) && !raw && lane_valid[p % (R * NL)]
+                            && (is_conv || p % NL == 0);
+                act_wa[p*32 +: 32] = out_addr[(p % (R * NL))*32 +: 32];
+                act_wd[p*8 +: 8] = is_maxp ? pool_acc[((p % (R * NL)) / NL)*32 +: 8] : requant_y[(p % (R * NL))*32 +: 8];
+            end
+        end
+    end
+    // The bus word's entries at each storage width, sign-extended to the buffer's 8 bits (a codebook
+    // index zero-extended).
+    reg  [E2*8-1:0] entries2;
+    reg  [E4*8-1:0] entries4;
+    always @* begin : unpack
+        integer e;
+        for (e = 0; e < E2; e = e + 1)
+            entries2[e*8 +: 8] = is_cb ? {6'd0, w2_word[e*2 +: 2]} : {{6{w8_word[e*2+1]}}, w8_word[e*2 +: 2]};
+        for (e = 0; e < E4; e = e + 1)
+            entries4[e*8 +: 8] = {{4{w8_word[e*4+3]}}, w8_word[e*4 +: 4]};
+    end
     always @(posedge clk) begin
-        if (!rst && state == S_INPUT)
-            for (i = 0; i < E8; i = i + 1)
-                if (ibyte + i < IN_BYTES) act[in_base + ibyte + i] <= in8_word[i*8 +: 8];
-        // One write port per entry position i of a bus word (E2, the most entries a word holds):
-        // EPW entries of the word, each sign-extended from its storage width to the buffer's 8 bits
-        // (a codebook index zero-extended). A port per width would multiply the write decoders.
-        if (!rst && lbusy)
-            for (i = 0; i < E2; i = i + 1)
-                if (i < EPW && wentry + i < WBUF_DEPTH)
-                    wbuf[lbank_base + wentry + i] <= is_cb ? {6'd0, w2_word[i*2 +: 2]}
-                                                   : (EPW == E2) ? {{6{w8_wide[i*2+1]}}, w8_wide[i*2 +: 2]}
-                                                   : (EPW == E4) ? {{4{w8_wide[i*4+3]}}, w8_wide[i*4 +: 4]}
-                                                   : w8_wide[i*8 +: 8];
-        // every accumulator lane u = r*NL + l of a pass: row r's pool lane is its lane 0
-        if (!rst && (state == S_DRAIN || dpend))
+        // The loader pushes the bus word's EPW entries into bank lbank (see wbank0).
+        if (!rst && lbusy) begin
+            if (EPW == E2) begin
+                if (lbank) wbank1 <= {entries2, wbank1[WD*8-1 : E2*8]}; else wbank0 <= {entries2, wbank0[WD*8-1 : E2*8]};
+            end else if (EPW == E4) begin
+                if (lbank) wbank1 <= {entries4, wbank1[WD*8-1 : E4*8]}; else wbank0 <= {entries4, wbank0[WD*8-1 : E4*8]};
+            end else begin
+                if (lbank) wbank1 <= {w8_word, wbank1[WD*8-1 : E8*8]};  else wbank0 <= {w8_word, wbank0[WD*8-1 : E8*8]};
+            end
+        end
+        // Activation writes: AW ports, shared by the input load (E8 bytes a cycle) and the drain (every
+        // accumulator lane u = r*NL + l of a pass; row r's pool lane is its lane 0), which never
+        // write in one cycle: a port per source would double the write decoders of every byte.
+        for (i = 0; i < AW; i = i + 1)
+            if (!rst && act_we[i]) act[act_wa[i*32 +: 32]] <= act_wd[i*8 +: 8];
+        if (!rst && (state == S_DRAIN || dpend) && raw)
             for (k = 0; k < R * NL; k = k + 1)
-                if (lane_valid[k] && (is_conv || k % NL == 0)) begin
-                    if (raw) out32[out_addr[k*32 +: 32] - out_base] <= pe_acc[k*32 +: 32];
-                    else     act[out_addr[k*32 +: 32]] <= is_maxp ? pool_acc[(k / NL)*32 +: 8] : requant_y[k*32 +: 8];
-                end
+                if (lane_valid[k] && (is_conv || k % NL == 0)) out32[out_addr[k*32 +: 32] - out_base] <= pe_acc[k*32 +: 32];
     end
 endmodule

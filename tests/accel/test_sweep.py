@@ -81,12 +81,15 @@ def test_all_codebook_program_needs_no_dataflow_array_dsps(lenet_graphs):
     # MixQ / CLIP-Q select trick: no array multipliers; the RTL: 64 DSP48E2 PEs, 16 requant units (mode 2)
     assert report["dsp"] == {"array": 64, "requant": 64, "lanes": 8, "requant_units": 16, "total": 136,
                              "mixq_array": 0, "array_layer": None}
-    # two banks of 1024 deep × 128 bits (2-bit indices): ⌈2048/1024⌉·⌈128/18⌉
-    assert report["bram18"]["weight buffer"] == 16
+    # the RTL's ROMs: W2.hex 1,958 words × 64 bits (2-bit indices) → 4 RAMB36E2 at 2048 × 18 = 8 BRAM18,
+    # param.hex 863 × 32 → one RAMB36E2; the weight buffer is flip-flops (multi-ported), no BRAM
+    assert report["bram18"]["W2 memory"] == 8 and report["bram18"]["total"] == 10
+    assert report["bram18"]["weight buffer"] == 0
     # expanded to dense 8-bit, the same program needs the full int8 array and an 8-bit weight buffer
     dense = dense_program(program, 8)
     assert not any(l.is_codebook for l in dense.layers)
-    assert evaluate_design(dense)["dsp"]["mixq_array"] == 32 and cost_report(dense)["bram18"]["weight buffer"] == 2 * 29
+    # ... and its W8.hex holds 4× the words of W2.hex: 7,832 × 64 bits → 29 RAMB18E2
+    assert evaluate_design(dense)["dsp"]["mixq_array"] == 32 and cost_report(dense)["bram18"]["W8 memory"] == 29
 
 
 def test_configs_that_do_not_fit_are_recorded(lenet_graphs):

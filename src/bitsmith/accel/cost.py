@@ -15,8 +15,15 @@ rough LUT/FF figure, per layer and in total (docs/hardware.md "Cost model" state
   packing, 2R with mode 2, 4R with mode 4, `compiler.array_lanes`).
 - **DSPs of the pool-lane multipliers**: one 10×16-bit signed multiplier per lane ((x − z) times
   m, used by Add and average pools), one DSP48E2 each; the RTL builds them for every program.
-- **BRAM18** with FINN's BRAM18 depth/width formula for the on-chip memories of this design,
-  plus, per layer, the weight memory a FINN dataflow layer with the same folding would need.
+- **Memories of the generated RTL** (`memories`), at the depths `bitsmith.rtl.generate` gives them:
+  the five ROMs (param, W8, W2, codebook, input; one synchronous read each) with the block RAMs
+  Yosys infers for them (`rom_mapping`: memory_libmap's geometry choice for synth_xilinx -family
+  xcup, RAMB18E2 / RAMB36E2 = 2 BRAM18, or LUTs below its threshold; DP16KD for synth_ecp5;
+  tested against Yosys in tests/rtl/test_synth_bram.py), and the multi-ported arrays (activation
+  memory, weight buffer, per-channel tables, raw output memory) as what they are, flip-flop
+  arrays: bram18 = 0, their bits counted as registers.
+- **FINN's BRAM18 formula** (`bram18`), per layer, for the weight memory a FINN dataflow layer
+  with the same folding would need (the FINN comparison, and the mixed-precision search's figure).
 - **Weight memory, dense vs compressed**: per conv layer the bits of its codes stored densely at
   weight_bits and in its IR storage format (`Layer.weight_storage`: payload incl. every index,
   mask, pointer and filler, plus the 160-bit sparse header), each with the BRAM18 of a ROM of
@@ -28,15 +35,17 @@ rough LUT/FF figure, per layer and in total (docs/hardware.md "Cost model" state
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 
 from ..errors import AcceleratorError, ConfigError
 from ..integer import sparse
-from .config import (ACC_BITS, CODEBOOK_INDEX_BITS, DESCRIPTOR_WORDS, LANE_MULTIPLIER_BITS, MAX_WEIGHT_BITS,
-                     MULTIPLIER_BITS)
-from .compiler import array_lanes
+from .config import (ACC_BITS, CODEBOOK_INDEX_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS, DESCRIPTOR_WORDS,
+                     LANE_MULTIPLIER_BITS, MAX_ACT_BITS, MAX_WEIGHT_BITS, MULTIPLIER_BITS, PARAM_WORD_BITS,
+                     SHIFT_FIELD_BITS, WEIGHT_BYTE_BITS)
+from .compiler import array_lanes, channel_groups
 from .program import Layer, Program
-from .timing import WEIGHT_BANKS
+from .timing import WEIGHT_BANKS, group_weight_cycles, input_cycles, storage_bits
 
 # ops per DSP48E2, DeepBurning-MixQ's DSP packing tables: OPS_PER_DSP[kernel][w_bits] = (a = 2, 3, 4, 5, 6, 7, 8).
 OPS_PER_DSP: dict[int, dict[int, tuple[float, ...]]] = {
@@ -133,11 +142,6 @@ def bram18(depth: int, width: int) -> int:
     return math.ceil(depth / 512) * math.ceil(width / 36)
 
 
-def memory(name: str, depth: int, width: int, note: str) -> dict:
-    return {"name": name, "depth": depth, "width": width, "bits": depth * width,
-            "bram18": bram18(depth, width), "note": note}
-
-
 # --- per layer --------------------------------------------------------------------------------
 
 def layer_precision(layer: Layer) -> tuple[int, int]:
@@ -206,7 +210,7 @@ def layer_cost(layer: Layer, pe: int, simd: int, bus_bits: int = 64) -> dict:
     return row
 
 
-# --- on-chip memories -------------------------------------------------------------------------
+# --- on-chip memories: what the generated RTL has -------------------------------------------
 
 def param_words(program: Program) -> int:
     """Words of param.hex (docs/hardware.md §6): count, descriptors, per-channel tables."""
@@ -214,32 +218,190 @@ def param_words(program: Program) -> int:
     return 1 + DESCRIPTOR_WORDS * len(program.layers) + tables
 
 
-def weight_storage_bits(program: Program) -> int:
-    """Bits per weight-buffer entry: 8 when any layer is dense (the loader sign-extends 2-, 4- and
-    8-bit W8.hex codes into 8-bit entries, §6), 2 when every conv layer is a codebook layer (only
-    indices are stored)."""
-    convs = [l for l in program.layers if l.kind == "conv"]
-    return CODEBOOK_INDEX_BITS if convs and all(l.is_codebook for l in convs) else MAX_WEIGHT_BITS
+@dataclass(frozen=True)
+class BlockRam:
+    """One block-RAM geometry of a Yosys memory library (share/xilinx/brams_xc4v.txt with
+    HAS_SIZE_36, share/lattice/brams_16kd.txt): the cell it becomes, its BRAM18 equivalents, its
+    address bits at width 1, its data widths (each at half the depth of the one before) and the
+    library's cost."""
+
+    primitive: str
+    bram18: int
+    abits: int
+    widths: tuple[int, ...]
+    cost: int
 
 
-def memories(program: Program) -> list[dict]:
+#: The candidates memory_libmap weighs for a ROM (LUT RAMs refuse ROMs, `prune_rom`; UltraRAM has
+#: no initial contents), in the library's order, which settles ties.
+BLOCK_RAMS: dict[str, tuple[BlockRam, ...]] = {
+    "xcup": (BlockRam("RAMB36E2", 2, 15, (1, 2, 4, 9, 18, 36), 257),        # true dual port, 36 Kb
+             BlockRam("RAMB18E2", 1, 14, (1, 2, 4, 9, 18), 129),            # true dual port, 18 Kb
+             BlockRam("RAMB36E2", 2, 15, (1, 2, 4, 9, 18, 36, 72), 257),    # simple dual port
+             BlockRam("RAMB18E2", 1, 14, (1, 2, 4, 9, 18, 36), 129)),
+    "ecp5": (BlockRam("DP16KD", 1, 14, (1, 2, 4, 9, 18), 128),              # true dual port
+             BlockRam("DP16KD", 1, 14, (1, 2, 4, 9, 18, 36), 128)),         # PDPW16KD: 36-bit read
+}
+#: memory_libmap's cost of one ROM bit in soft logic: synth_xilinx passes -logic-cost-rom 1/64,
+#: synth_ecp5 keeps the default 1/16.
+LOGIC_COST_ROM = {"xcup": 1 / 64, "ecp5": 1 / 16}
+ROM_PORT_COST = 2       # a read port of its own (not shared with a write port): score 1, factor 2
+ROM_MUX_COST = 0.5      # per output bit per extra block of addresses (the read multiplexer)
+
+
+def rom_mapping(depth: int, width: int, target: str = "xcup") -> dict:
+    """What Yosys 0.70's memory_libmap makes of a ROM of `depth` words × `width` bits with one
+    synchronous read port (the generated top's ROMs), for `target` "xcup" (synth_xilinx -family
+    xcup) or "ecp5" (synth_ecp5).
+
+    Its rule, found by experiment and by reading the pass: for every block geometry and every data
+    width w it offers (depth 2^(abits − log2 index) words at that width), the ROM needs s =
+    ⌈depth / words⌉ blocks of addresses and n = ⌈s·width / w⌉ blocks (the address slices share a
+    block's columns); it costs n·cost + 0.5·(s − 1)·width (the read multiplexer) + 2 (the port).
+    The cheapest width of each geometry (a later one only if cheaper than the earlier's cost
+    truncated to an integer), then the cheapest geometry (the first on a tie), is used if it costs
+    less than the soft-logic cost depth·width·LOGIC_COST_ROM truncated to an integer; otherwise the
+    ROM becomes LUTs. Returns the primitive ("LUT" for logic), its count `blocks`, `bram18`
+    (RAMB36E2 = 2, RAMB18E2 = 1; DP16KD = 1 block of 18 Kb) and both costs."""
+    if target not in BLOCK_RAMS:
+        raise ConfigError(f"rom_mapping: unknown target {target!r}; choose one of {', '.join(BLOCK_RAMS)}")
+    if depth < 1 or width < 1:
+        raise ConfigError(f"ROM depth and width must be ≥ 1, got depth={depth}, width={width}")
+    logic = int(depth * width * LOGIC_COST_ROM[target])
+    chosen: tuple[float, int, BlockRam] | None = None
+    for ram in BLOCK_RAMS[target]:
+        best: tuple[float, int] | None = None
+        for i, w in enumerate(ram.widths):
+            slices = -(-depth // (1 << (ram.abits - i)))
+            blocks = -(-(slices * width) // w)
+            cost = ram.cost * blocks + ROM_MUX_COST * (slices - 1) * width + ROM_PORT_COST
+            if best is None or cost < int(best[0]):
+                best = (cost, blocks)
+        if chosen is None or best[0] < chosen[0]:
+            chosen = (best[0], best[1], ram)
+    cost, blocks, ram = chosen
+    if cost < logic:
+        return {"primitive": ram.primitive, "blocks": blocks, "bram18": blocks * ram.bram18,
+                "cost": cost, "logic_cost": logic}
+    return {"primitive": "LUT", "blocks": 0, "bram18": 0, "cost": cost, "logic_cost": logic}
+
+
+def weight_rom_words(program: Program, codebook: bool) -> int:
+    """Words of W8.hex (dense conv layers) or W2.hex (codebook layers): every channel group's
+    weights at their storage width, one bus word per load cycle (docs/hardware.md §6)."""
+    return sum(channel_groups(l, program.config) * group_weight_cycles(l, program.config)
+               for l in program.layers if l.kind == "conv" and l.is_codebook == codebook)
+
+
+def activation_bytes(program: Program) -> int:
+    """Bytes of the activation memory (the generator's ACT_DEPTH): what the program's allocation
+    needs, or, for a hand-built program, the highest map end its descriptors address."""
+    alloc = program.metadata.get("activation_memory")
+    if alloc:
+        return max(1, int(alloc["bytes"]))
+    ends = [1]
+    for layer in program.layers:
+        ends.append(layer.in_base + layer.in_elems)
+        if layer.kind == "add":
+            ends.append(layer.in2_base + layer.in_elems)
+        if not layer.raw_output:
+            ends.append(layer.out_base + layer.out_elems)
+        if layer.channel_map is not None and len(layer.channel_map):
+            ends.append(int(layer.channel_map.max()) + layer.in_elems)
+    return max(ends)
+
+
+def rtl_memory_depths(program: Program, images: int = 1) -> dict[str, int]:
+    """The depths bitsmith.rtl.generate gives the top's memories (its `memory_sizes`, which reads
+    the ROMs' depths from the memory files): here from the program, with In8.hex holding `images`
+    images. tests/rtl/test_synth_bram.py checks that the two agree."""
     cfg = program.config
-    rc = cfg.pe * cfg.simd
-    b = weight_storage_bits(program)
-    mems = [
-        # Two banks (docs/hardware.md §5): the loader fills one while the array reads the other.
-        memory("weight buffer", WEIGHT_BANKS * math.ceil(cfg.weight_buffer_entries / rc), rc * b,
-               f"{WEIGHT_BANKS} banks of weight_buffer_entries={cfg.weight_buffer_entries} weights, R·C = {rc} "
-               f"read per cycle, {b} bits each"),
-        memory("activation memory", math.ceil(cfg.act_buffer_bytes / cfg.simd), 8 * cfg.simd,
-               f"act_buffer_bytes={cfg.act_buffer_bytes} (every live map, allocated), C = {cfg.simd} codes read "
-               "per cycle"),
-        memory("param memory", param_words(program), 32, "param.hex: descriptors and per-channel bias, m, s"),
+    wbuf = 1
+    for layer in program.layers:
+        if layer.kind == "conv":
+            wbuf = max(wbuf, group_weight_cycles(layer, cfg) * (cfg.bus_bits // storage_bits(layer)))
+    raw = [layer.out_elems for layer in program.layers if layer.raw_output]
+    return {
+        "ACT_DEPTH": activation_bytes(program),
+        "WBUF_DEPTH": wbuf,
+        "MAXCH": max(layer.out_ch for layer in program.layers),
+        "PARAM_DEPTH": param_words(program),
+        "W8_DEPTH": max(1, weight_rom_words(program, codebook=False)),
+        "W2_DEPTH": max(1, weight_rom_words(program, codebook=True)),
+        "CB_DEPTH": max(1, CODEBOOK_SIZE * sum(l.is_codebook for l in program.layers)),
+        "IN8_DEPTH": max(1, images * input_cycles(program.layers[0], cfg)),
+        "OUT32_DEPTH": max(raw) if raw else 1,
+    }
+
+
+def weight_bank_entries(wbuf_depth: int, bus_bits: int) -> int:
+    """Entries of one weight-buffer bank in the RTL (its WD): WBUF_DEPTH rounded up to whole bus words
+    of 2-bit entries, at least two such words (a push must keep part of the bank)."""
+    per_word = bus_bits // CODEBOOK_INDEX_BITS
+    return -(-wbuf_depth // per_word) * per_word if wbuf_depth > per_word else 2 * per_word
+
+
+#: Bits per entry of the per-channel tables: bias, multiplier, shift, channel map (input address).
+CHANNEL_TABLE_BITS = ACC_BITS + MULTIPLIER_BITS + SHIFT_FIELD_BITS + PARAM_WORD_BITS
+
+
+#: Kinds of memory in the top: a ROM (block RAM or LUTs, `rom_mapping`); a multi-ported array with
+#: several write ports (flip-flops: no RAM primitive has more than two write ports); one with a
+#: single write port and many asynchronous reads (Yosys builds LUT RAM, one copy per few read ports,
+#: or flip-flops where its cost model finds them cheaper). None of them is block RAM.
+MEMORY_KINDS = ("rom", "registers", "lutram")
+
+
+def rom(name: str, rtl: str, depth: int, width: int, note: str) -> dict:
+    """A ROM of the top ($readmemh, one synchronous read): its Yosys mapping."""
+    x, e = rom_mapping(depth, width, "xcup"), rom_mapping(depth, width, "ecp5")
+    where = (f"{x['blocks']} {x['primitive']}" if x["blocks"] else
+             f"LUTs (memory_libmap's cost: a block {x['cost']:g} ≥ logic {x['logic_cost']})")
+    return {"name": name, "rtl": rtl, "kind": "rom", "depth": depth, "width": width, "bits": depth * width,
+            "bram18": x["bram18"], "primitive": x["primitive"], "blocks": x["blocks"],
+            "ecp5_dp16kd": e["blocks"], "note": f"{note}; {where}"}
+
+
+def multiported(name: str, rtl: str, kind: str, depth: int, width: int, note: str) -> dict:
+    """A multi-ported array of the top (kind "registers" or "lutram"): no block RAM."""
+    return {"name": name, "rtl": rtl, "kind": kind, "depth": depth, "width": width, "bits": depth * width,
+            "bram18": 0, "primitive": "FF" if kind == "registers" else "LUTRAM", "blocks": 0, "ecp5_dp16kd": 0,
+            "note": note}
+
+
+def memories(program: Program, images: int = 1) -> list[dict]:
+    """The generated top's memories (bitsmith.rtl.generate, templates/bitsmith_top.v) at its depths:
+    the ROMs with the block RAMs Yosys infers, the multi-ported arrays as flip-flops or LUT RAM
+    (MEMORY_KINDS). `images`: the images In8.hex holds (the input ROM's depth; a run reads one)."""
+    cfg = program.config
+    d = rtl_memory_depths(program, images)
+    r, c, bus = cfg.pe, cfg.simd, cfg.bus_bits
+    lanes = r * math.prod(array_lanes(program))
+    return [
+        rom("param memory", "param_mem", d["PARAM_DEPTH"], PARAM_WORD_BITS,
+            "param.hex: layer count, descriptors, per-channel bias / m / s / input address"),
+        rom("W8 memory", "w8_mem", d["W8_DEPTH"], bus, "W8.hex: the dense layers' weights, one bus word per load cycle"),
+        rom("W2 memory", "w2_mem", d["W2_DEPTH"], bus, "W2.hex: the codebook layers' 2-bit indices"),
+        rom("codebook memory", "cb8_mem", d["CB_DEPTH"], CODEBOOK_VALUE_BITS, "CB8.hex: four values per codebook layer"),
+        rom("input memory", "in8_mem", d["IN8_DEPTH"], bus,
+            f"In8.hex: {images} image(s) of {input_cycles(program.layers[0], cfg)} bus words"),
+        multiported("activation memory", "act", "registers", d["ACT_DEPTH"], MAX_ACT_BITS,
+                    f"every map, one byte per code; up to C·(pixel lanes) + R + 1 reads (+ R·C·(pixel lanes) with "
+                    f"grouped convs; R·C = {r * c}) and max({bus // 8} input bytes, {lanes} outputs) writes in one "
+                    "cycle: flip-flops and multiplexers (a block RAM has two ports, and a synchronous read)"),
+        multiported("weight buffer", "wbank0, wbank1", "registers", WEIGHT_BANKS * weight_bank_entries(d["WBUF_DEPTH"], bus),
+                    WEIGHT_BYTE_BITS,
+                    f"{WEIGHT_BANKS} shift-register banks of {weight_bank_entries(d['WBUF_DEPTH'], bus):,} 8-bit entries "
+                    f"(the loader pushes up to {bus // 2} a cycle); R·(channel lanes) slices of C entries read in one "
+                    "cycle: flip-flops and multiplexers"),
+        multiported("channel tables", "bias_t, mult_t, shift_t, map_t", "lutram", d["MAXCH"], CHANNEL_TABLE_BITS,
+                    f"per output channel: bias, multiplier, shift, input address; one write port each (PARAM) and "
+                    f"a read for each of the {lanes} accumulator lanes and R pool lanes in the same cycle, "
+                    "asynchronous: no block RAM; Yosys makes LUT RAM (RAM64M8, one copy per few read ports) or flip-flops"),
+        multiported("output memory", "out32", "registers", d["OUT32_DEPTH"], ACC_BITS,
+                    f"raw 32-bit outputs of a last layer without requant, {lanes} writes in one cycle and the host "
+                    "port: flip-flops" + ("" if any(l.raw_output for l in program.layers) else "; one unused word")),
     ]
-    last = program.layers[-1] if program.layers else None
-    if last is not None and last.raw_output:
-        mems.append(memory("output memory", last.out_elems, ACC_BITS, f"raw 32-bit outputs of {last.name}"))
-    return mems
 
 
 # --- rough logic ------------------------------------------------------------------------------
@@ -296,8 +458,9 @@ def rtl_dsps(program: Program) -> dict:
     return dsp
 
 
-def cost_report(program: Program) -> dict:
-    """Per-layer and total resources of the accelerator instance that runs `program`."""
+def cost_report(program: Program, images: int = 1) -> dict:
+    """Per-layer and total resources of the accelerator instance that runs `program` (`images`: the
+    images its input ROM holds, `memories`)."""
     cfg = program.config
     if not program.layers:
         raise AcceleratorError("cost report: the program has no layers")
@@ -305,7 +468,7 @@ def cost_report(program: Program) -> dict:
     stored = [row["weight_memory"] for row in layers if row["weight_memory"] is not None]
     dsp = rtl_dsps(program)
     mixq = max(row["dsp"] for row in layers)
-    mems = memories(program)
+    mems = memories(program, images)
     return {
         "config": cfg.to_json(),
         "layers": layers,
@@ -313,6 +476,9 @@ def cost_report(program: Program) -> dict:
                       "array_layer": next(row["name"] for row in layers if row["dsp"] == mixq) if mixq else None},
         "memories": mems,
         "bram18": {"total": sum(m["bram18"] for m in mems), **{m["name"]: m["bram18"] for m in mems}},
+        "ecp5_dp16kd": sum(m["ecp5_dp16kd"] for m in mems),
+        "register_bits": sum(m["bits"] for m in mems if m["kind"] == "registers"),
+        "lutram_bits": sum(m["bits"] for m in mems if m["kind"] == "lutram"),
         "finn_bram18": sum(row["finn_bram18"] for row in layers),
         "weight_memory": {key: sum(m[key] for m in stored) for key in
                           ("dense_bits", "stored_bits", "index_bits", "nnz", "dense_bram18", "stored_bram18")},

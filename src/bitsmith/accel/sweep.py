@@ -62,6 +62,7 @@ def evaluate_design(program: Program, activation_density: dict[str, float] | Non
         "cycles": cycles["total"], "fps": cycles["fps"], "utilisation": cycles["utilisation"], "macs": cycles["macs"],
         "compute": cycles["phases"]["compute"], "zero_skip": skipping,
         "dsp": cost["dsp"], "bram18": cost["bram18"], "memories": cost["memories"],
+        "ecp5_dp16kd": cost["ecp5_dp16kd"], "register_bits": cost["register_bits"], "lutram_bits": cost["lutram_bits"],
         "finn_bram18": cost["finn_bram18"], "weight_memory": cost["weight_memory"], "logic": cost["logic"],
     }
 
@@ -256,8 +257,9 @@ def design_tables(design: dict, title: str):
             ("DSP48E2", f"{dsp['total']} = array {dsp['array']} (one per PE) + requant {dsp['requant']}"
              + f" ({dsp['requant_units']} units)" + (f" + pool-lane multipliers {dsp['lanes']}" if dsp["lanes"] else "")
              + f"; a MixQ dataflow array: {dsp['mixq_array']}" + (f" (set by {dsp['array_layer']})" if dsp["array_layer"] else "")),
-            *[(f"BRAM18 {m['name']}", f"{m['bram18']}  ({m['depth']:,} × {m['width']} bits)") for m in design["memories"]],
-            ("BRAM18 total", str(design["bram18"]["total"])),
+            *[(f"BRAM18 {m['name']}", _memory_cell(m)) for m in design["memories"]],
+            ("BRAM18 total", f"{design['bram18']['total']} (ECP5: {design['ecp5_dp16kd']} DP16KD)"),
+            ("memory bits in flip-flops / LUT RAM", f"{design['register_bits']:,} / {design['lutram_bits']:,}"),
             ("BRAM18 FINN dataflow (sum of layers)", str(design["finn_bram18"])),
             *_weight_memory_rows(design.get("weight_memory")),
             *_zero_skip_rows(design),
@@ -272,6 +274,14 @@ def design_tables(design: dict, title: str):
     for key, value in rows:
         totals.add_row(key, value)
     return layers, totals
+
+
+def _memory_cell(m: dict) -> str:
+    """One memory of the RTL: its BRAM18 and what Yosys builds it from (cost.memories)."""
+    size = f"{m['depth']:,} × {m['width']} bits"
+    if m["kind"] == "rom":
+        return f"{m['bram18']}  ({m['blocks']} {m['primitive']}; {size})" if m["blocks"] else f"0  (ROM in LUTs; {size})"
+    return f"0  ({'flip-flops' if m['kind'] == 'registers' else 'LUT RAM'}, multi-ported; {size})"
 
 
 def _weight_memory_rows(m: dict | None) -> list[tuple[str, str]]:

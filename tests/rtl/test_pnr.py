@@ -110,8 +110,6 @@ def cpu_seconds() -> float:
 
 @pytest.mark.slow
 @needs_wheels
-@pytest.mark.xfail(strict=True, reason="issue 16, open: the packed-MAC top synthesises to 102,956 LUT4 at 4x4, more "
-                                       "than the LFE5U-85F's 83,640 (v1: 46,132); docs/benchmarks.md")
 def test_lenet5_w8a8_4x4_places_and_routes_on_ecp5_85k(tmp_path):
     started, cpu_started = time.perf_counter(), cpu_seconds()
     result = invoke("rtl", golden_path("lenet5_w8a8"), "--pe", "4", "--simd", "4", "--pnr", "ecp5-85k",

@@ -17,9 +17,10 @@ from bitsmith.accel.config import (ACC_BITS, CODEBOOK_INDEX_BITS, CODEBOOK_SIZE,
                                    DESCRIPTOR_WORDS, MAX_ACT_BITS, MULTIPLIER_BITS, PARAM_WORD_BITS,
                                    SHIFT_FIELD_BITS, WEIGHT_BYTE_BITS)
 from bitsmith.accel.compiler import array_lanes
+from bitsmith.accel.cost import rtl_memory_depths
 from bitsmith.accel.memory import PROGRAM_FILE, expected_file, verify_memory_folder
 from bitsmith.accel.program import Program
-from bitsmith.accel.timing import group_weight_cycles, input_cycles, program_cycles, storage_bits
+from bitsmith.accel.timing import input_cycles, program_cycles
 from bitsmith.errors import ConfigError, DataError
 from bitsmith.storage import write_bytes_atomic
 
@@ -88,26 +89,20 @@ def _verilog_path(path: Path, relative_to: Path | None = None) -> str:
 
 def memory_sizes(program: Program, memory_dir: str | os.PathLike) -> dict[str, int]:
     """Depths of every memory of the top: the image files' lengths, and the largest activation map,
-    weight group and channel table of the program (buffers sized to what the program needs)."""
-    config = program.config
+    weight group and channel table of the program (buffers sized to what the program needs; the
+    cost model's `rtl_memory_depths`, which this takes them from)."""
     memory_dir = Path(memory_dir)
-    act = activation_bytes(program)
-    wbuf = 1
-    for layer in program.layers:
-        if layer.kind == "conv":
-            per_word = config.bus_bits // storage_bits(layer)
-            wbuf = max(wbuf, group_weight_cycles(layer, config) * per_word)
-    raw = [layer.out_elems for layer in program.layers if layer.raw_output]
+    depths = rtl_memory_depths(program)
     return {
-        "ACT_DEPTH": act,
-        "WBUF_DEPTH": wbuf,
-        "MAXCH": max(layer.out_ch for layer in program.layers),
+        "ACT_DEPTH": depths["ACT_DEPTH"],
+        "WBUF_DEPTH": depths["WBUF_DEPTH"],
+        "MAXCH": depths["MAXCH"],
         "PARAM_DEPTH": max(1, _hex_lines(memory_dir / "param.hex")),
         "W8_DEPTH": max(1, _hex_lines(memory_dir / "W8.hex")),
         "W2_DEPTH": max(1, _hex_lines(memory_dir / "W2.hex")),
         "CB_DEPTH": max(1, _hex_lines(memory_dir / "CB8.hex")),
         "IN8_DEPTH": max(1, _hex_lines(memory_dir / "In8.hex")),
-        "OUT32_DEPTH": max(raw) if raw else 1,
+        "OUT32_DEPTH": depths["OUT32_DEPTH"],
     }
 
 
@@ -116,24 +111,6 @@ def packing_lanes(program: Program) -> dict[str, int]:
     §3, `compiler.array_lanes`); 2 builds a second accumulator (and requant unit) per row for each."""
     channels, pixels = array_lanes(program)
     return {"PCH": channels, "PPX": pixels}
-
-
-def activation_bytes(program: Program) -> int:
-    """Bytes of the activation memory the program touches: what its allocation needs (program.json's
-    `activation_memory`), or, for a hand-built program, the highest map end its descriptors address."""
-    alloc = program.metadata.get("activation_memory")
-    if alloc:
-        return max(1, int(alloc["bytes"]))
-    ends = [1]
-    for layer in program.layers:
-        ends.append(layer.in_base + layer.in_elems)
-        if layer.kind == "add":
-            ends.append(layer.in2_base + layer.in_elems)
-        if not layer.raw_output:
-            ends.append(layer.out_base + layer.out_elems)
-        if layer.channel_map is not None and len(layer.channel_map):
-            ends.append(int(layer.channel_map.max()) + layer.in_elems)
-    return max(ends)
 
 
 def _readmemh_lines(memory_dir: Path, relative_to: Path | None = None) -> str:

@@ -20,8 +20,8 @@ rough LUT/FF figure, per layer and in total (docs/hardware.md "Cost model" state
   Yosys infers for them (`rom_mapping`: memory_libmap's geometry choice for synth_xilinx -family
   xcup, RAMB18E2 / RAMB36E2 = 2 BRAM18, or LUTs below its threshold; DP16KD for synth_ecp5;
   tested against Yosys in tests/rtl/test_synth_bram.py), and the multi-ported arrays (activation
-  memory, weight buffer, per-channel tables, raw output memory) as what they are, flip-flop
-  arrays: bram18 = 0, their bits counted as registers.
+  memory, weight buffer, raw output memory: flip-flops; the per-channel tables: LUT RAM or
+  flip-flops) as what they are: bram18 = 0, their bits counted as `register_bits` / `lutram_bits`.
 - **FINN's BRAM18 formula** (`bram18`), per layer, for the weight memory a FINN dataflow layer
   with the same folding would need (the FINN comparison, and the mixed-precision search's figure).
 - **Weight memory, dense vs compressed**: per conv layer the bits of its codes stored densely at
@@ -255,7 +255,7 @@ def rom_mapping(depth: int, width: int, target: str = "xcup") -> dict:
     xcup) or "ecp5" (synth_ecp5).
 
     Its rule, found by experiment and by reading the pass: for every block geometry and every data
-    width w it offers (depth 2^(abits − log2 index) words at that width), the ROM needs s =
+    width w it offers (the i-th of its widths holds 2^(abits − i) words), the ROM needs s =
     ⌈depth / words⌉ blocks of addresses and n = ⌈s·width / w⌉ blocks (the address slices share a
     block's columns); it costs n·cost + 0.5·(s − 1)·width (the read multiplexer) + 2 (the port).
     The cheapest width of each geometry (a later one only if cheaper than the earlier's cost

@@ -227,5 +227,5 @@ def synthesize(rtl_dir: str | os.PathLike, config: AccelConfig, top: bool = Fals
         result["top"]["note"] = ("whole top with the multi-ported arrays shrunk to "
                                  + ", ".join(f"{k}={v}" for k, v in TOP_SMALL_MEMORIES.items())
                                  + " (they become flip-flops and multiplexers, not BRAM); the ROMs keep their "
-                                 "depths and become block RAM (`bram`), or LUTs when small")
+                                 "depths and become block RAM (`bram` cells, `bram18`), or LUTs when small")
     return result

@@ -1,7 +1,8 @@
 """The cost model's DSP48E2 count equals what Yosys synth_xilinx infers for the generated RTL
 (docs/hardware.md §3 "Packed MACs", "Cost model"): one DSP48E2 per PE whatever the packing mode (the
 27×18 product must not be split), one requant unit of 4 DSPs per accumulator lane, one DSP per pool
-lane. Small arrays so that synthesis takes seconds."""
+lane. The unit counts themselves are read from the elaborated top (`synth.unit_instances`), so a
+wrong number of requant units is caught too. Small arrays so that synthesis takes seconds."""
 
 import shutil
 import sys
@@ -15,7 +16,8 @@ from bitsmith.accel.cost import cost_report
 from bitsmith.accel.memory import write_memory
 from bitsmith.integer import engine
 from bitsmith.rtl.generate import generate_rtl
-from bitsmith.rtl.synth import synthesize
+from bitsmith.rtl.generate import DESIGN_FILES
+from bitsmith.rtl.synth import TOP_SMALL_MEMORIES, synthesize, unit_instances
 from bitsmith.verify import verification_inputs
 from tests.helpers import golden
 
@@ -42,6 +44,10 @@ def test_cost_model_dsps_equal_yosys(tmp_path, case):
     synth = synthesize(tmp_path / "rtl", program.config, program=program, timeout=600)
     dsp = cost_report(program)["dsp"]
     assert dsp["requant_units"] == pe * lanes[0] * lanes[1]
+    # the units the generated top really instantiates: the per-unit figures below are multiplied by these
+    units = unit_instances([tmp_path / "rtl" / f for f in DESIGN_FILES], "bitsmith_top", TOP_SMALL_MEMORIES)
+    assert units["bitsmith_requant"] == dsp["requant_units"]
+    assert units["bitsmith_pe"] == pe * simd and units["bitsmith_pool"] == 1
     # one DSP48E2 per PE: the packed 27×18 product maps to exactly one slice
     assert synth["units"]["pe_array"]["dsp"] == dsp["array"] == pe * simd
     assert synth["units"]["requant"]["dsp"] * dsp["requant_units"] == dsp["requant"]

@@ -126,6 +126,46 @@ def synth_module(sources: list[Path], top: str, parameters: dict | None = None, 
                 "wall_s": time.perf_counter() - t0}
 
 
+def unit_instances(sources: list[Path], top: str, parameters: dict | None = None,
+                   timeout: float | None = 600) -> dict[str, int]:
+    """How many instances of each bitsmith unit module (bitsmith_pe, bitsmith_requant, ...) the
+    elaborated `top` holds, through every level of its hierarchy: Yosys `hierarchy` + `stat`, no
+    synthesis (seconds). It is the count the cost model's per-unit figures are multiplied by."""
+    with tempfile.TemporaryDirectory(prefix="bitsmith_synth_") as tmp:
+        names = stage_sources(sources, Path(tmp))
+        chparam = "".join(f" -set {k} {v}" for k, v in (parameters or {}).items())
+        script = (f"{READ_VERILOG} {' '.join(names)}; "
+                  + (f"chparam{chparam} {top}; " if chparam else "")
+                  + f"hierarchy -top {top}; proc; tee -q -o stat.json stat -json")
+        try:
+            proc = subprocess.run(yosys_command() + ["-q", "-p", script], capture_output=True, text=True,
+                                  timeout=timeout, cwd=tmp)
+        except subprocess.TimeoutExpired:
+            raise SimulationError(f"yosys hierarchy of {top} did not finish within {timeout:g} s") from None
+        stat_file = Path(tmp) / "stat.json"
+        if proc.returncode != 0 or not stat_file.is_file():
+            raise SimulationError(f"yosys hierarchy of {top} failed (exit {proc.returncode}):\n"
+                                  + (proc.stdout + proc.stderr)[-3000:])
+        # module names carry Yosys's leading backslash; instance cell types do not
+        modules = {name.removeprefix("\\"): stat for name, stat in json.loads(stat_file.read_text())["modules"].items()}
+
+    def unit(name: str) -> str | None:
+        match = re.search(r"bitsmith_\w+", name)
+        return match.group(0) if match else None
+
+    def count(module: str) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for cell, n in modules[module].get("num_cells_by_type", {}).items():
+            if cell in modules:                      # an instance of one of the design's modules
+                total[unit(cell)] = total.get(unit(cell), 0) + n
+                for sub, m in count(cell).items():
+                    total[sub] = total.get(sub, 0) + n * m
+        return total
+
+    top_name = next(name for name in modules if unit(name) == top)
+    return count(top_name)
+
+
 def synth_block_rams(sources: list[Path], top: str, parameters: dict | None = None, target: str = "xcup",
                      timeout: float | None = 1800) -> dict:
     """The block RAMs Yosys infers for each memory of `top`, for `target` "xcup" (synth_xilinx

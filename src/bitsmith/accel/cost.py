@@ -377,6 +377,7 @@ def memories(program: Program, images: int = 1) -> list[dict]:
     d = rtl_memory_depths(program, images)
     r, c, bus = cfg.pe, cfg.simd, cfg.bus_bits
     lanes = r * math.prod(array_lanes(program))
+    bank = weight_bank_entries(d["WBUF_DEPTH"], bus)
     return [
         rom("param memory", "param_mem", d["PARAM_DEPTH"], PARAM_WORD_BITS,
             "param.hex: layer count, descriptors, per-channel bias / m / s / input address"),
@@ -389,9 +390,8 @@ def memories(program: Program, images: int = 1) -> list[dict]:
                     f"every map, one byte per code; up to C·(pixel lanes) + R + 1 reads (+ R·C·(pixel lanes) with "
                     f"grouped convs; R·C = {r * c}) and max({bus // 8} input bytes, {lanes} outputs) writes in one "
                     "cycle: flip-flops and multiplexers (a block RAM has two ports, and a synchronous read)"),
-        multiported("weight buffer", "wbank0, wbank1", "registers", WEIGHT_BANKS * weight_bank_entries(d["WBUF_DEPTH"], bus),
-                    WEIGHT_BYTE_BITS,
-                    f"{WEIGHT_BANKS} shift-register banks of {weight_bank_entries(d['WBUF_DEPTH'], bus):,} 8-bit entries "
+        multiported("weight buffer", "wbank0, wbank1", "registers", WEIGHT_BANKS * bank, WEIGHT_BYTE_BITS,
+                    f"{WEIGHT_BANKS} shift-register banks of {bank:,} 8-bit entries "
                     f"(the loader pushes up to {bus // 2} a cycle); R·(channel lanes) slices of C entries read in one "
                     "cycle: flip-flops and multiplexers"),
         multiported("channel tables", "bias_t, mult_t, shift_t, map_t", "lutram", d["MAXCH"], CHANNEL_TABLE_BITS,

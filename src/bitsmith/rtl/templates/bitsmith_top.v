@@ -50,7 +50,8 @@ module bitsmith_top #(
     localparam E4 = BUS / 4;   // 4-bit weights per bus word
     localparam E2 = BUS / 2;   // 2-bit weights or codebook indices per bus word
     localparam NL = PCH * PPX; // accumulators (and requant units) per PE row
-    // weight bank entries: whole words at every storage width, at least two (so that a push keeps a part)
+    // weight bank entries: whole words at every storage width, at least two (so that a push keeps a
+    // part); bitsmith.accel.cost.weight_bank_entries counts them the same way
     localparam WD = (WBUF_DEPTH > E2) ? ((WBUF_DEPTH + E2 - 1) / E2) * E2 : 2 * E2;
 
     // ---------------------------------------------------------------- memories (§6 images, §3 buffers)
@@ -568,17 +569,18 @@ module bitsmith_top #(
     wire [(AW+E8)*8-1:0] in_bytes = {{AW*8{1'b0}}, in8_word};   // zero-extended: ports past E8 never write
     /* verilator lint_on UNUSEDSIGNAL */
     always @* begin : act_write
-        integer p;
+        integer p, u;
+        u = 0;
         for (p = 0; p < AW; p = p + 1) begin
             if (state == S_INPUT) begin
                 act_we[p] = (p < E8) && (ibyte + p < IN_BYTES);
                 act_wa[p*32 +: 32] = in_base + ibyte + p;
                 act_wd[p*8 +: 8] = in_bytes[p*8 +: 8];
-            end else begin
-                act_we[p] = (p < R * NL) && (state == S_DRAIN || dpend) && !raw && lane_valid[p % (R * NL)]
-                            && (is_conv || p % NL == 0);
-                act_wa[p*32 +: 32] = out_addr[(p % (R * NL))*32 +: 32];
-                act_wd[p*8 +: 8] = is_maxp ? pool_acc[((p % (R * NL)) / NL)*32 +: 8] : requant_y[(p % (R * NL))*32 +: 8];
+            end else begin                      // accumulator lane u = p (ports past R*NL never write)
+                u = p % (R * NL);
+                act_we[p] = (p < R * NL) && (state == S_DRAIN || dpend) && !raw && lane_valid[u] && (is_conv || u % NL == 0);
+                act_wa[p*32 +: 32] = out_addr[u*32 +: 32];
+                act_wd[p*8 +: 8] = is_maxp ? pool_acc[(u / NL)*32 +: 8] : requant_y[u*32 +: 8];
             end
         end
     end
@@ -593,16 +595,19 @@ module bitsmith_top #(
         for (e = 0; e < E4; e = e + 1)
             entries4[e*8 +: 8] = {{4{w8_word[e*4+3]}}, w8_word[e*4 +: 4]};
     end
+    // A bank after the push of this word's EPW entries: they enter at the top, the rest moves down
+    // (its lowest entries leave the bank, so they are never read: the waiver).
+    /* verilator lint_off UNUSEDSIGNAL */
+    function [WD*8-1:0] pushed(input [WD*8-1:0] bank);
+        pushed = (EPW == E2) ? {entries2, bank[WD*8-1 : E2*8]}
+               : (EPW == E4) ? {entries4, bank[WD*8-1 : E4*8]} : {w8_word, bank[WD*8-1 : E8*8]};
+    endfunction
+    /* verilator lint_on UNUSEDSIGNAL */
     always @(posedge clk) begin
         // The loader pushes the bus word's EPW entries into bank lbank (see wbank0).
         if (!rst && lbusy) begin
-            if (EPW == E2) begin
-                if (lbank) wbank1 <= {entries2, wbank1[WD*8-1 : E2*8]}; else wbank0 <= {entries2, wbank0[WD*8-1 : E2*8]};
-            end else if (EPW == E4) begin
-                if (lbank) wbank1 <= {entries4, wbank1[WD*8-1 : E4*8]}; else wbank0 <= {entries4, wbank0[WD*8-1 : E4*8]};
-            end else begin
-                if (lbank) wbank1 <= {w8_word, wbank1[WD*8-1 : E8*8]};  else wbank0 <= {w8_word, wbank0[WD*8-1 : E8*8]};
-            end
+            if (lbank) wbank1 <= pushed(wbank1);
+            else       wbank0 <= pushed(wbank0);
         end
         // Activation writes: AW ports, shared by the input load (E8 bytes a cycle) and the drain (every
         // accumulator lane u = r*NL + l of a pass; row r's pool lane is its lane 0), which never

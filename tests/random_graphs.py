@@ -70,16 +70,17 @@ class GraphMaker:
 
     # -- layers -------------------------------------------------------------------------------
 
-    def input(self, shape) -> TensorSpec:
+    def input(self, shape, bits: int | None = None) -> TensorSpec:
         x = TensorSpec("input", tuple(shape), "float32")
         self.tensors["input"] = x
-        codes = self.grid("codes", shape)
+        codes = self.grid("codes", shape, bits)
         codes.scale = 6.0 / (codes.qmax - codes.qmin)  # standard-normal images span the range
         codes.zero_point = (codes.qmin + codes.qmax + 1) // 2
         return self._node("QuantizeInput", [x], codes)
 
     def conv(self, x: TensorSpec, out_ch: int, kernel: int, stride: int = 1, pads=None, groups: int = 1,
-             clamp: str = "relu", weight_bits: int = 8, bias: bool = True, requant: bool = True) -> TensorSpec:
+             clamp: str = "relu", weight_bits: int = 8, bias: bool = True, requant: bool = True,
+             out_bits: int | None = None) -> TensorSpec:
         c, h, w = x.shape
         pads = pads if pads is not None else [kernel // 2] * 2
         top, left, bottom, right = pads if len(pads) == 4 else (pads[0], pads[1], pads[0], pads[1])
@@ -98,7 +99,7 @@ class GraphMaker:
         acc = self._node("Conv2d", [x], acc, attrs, params)
         if not requant:
             return acc
-        out = self.grid(name, acc.shape)
+        out = self.grid(name, acc.shape, out_bits)
         return self.requant(acc, out, self._gain(terms, hi, x, out), clamp)
 
     def _gain(self, terms: int, wmax: int, x: TensorSpec, out: TensorSpec) -> float:

@@ -62,6 +62,25 @@ def _asymmetric():
     return gm.graph(gm.conv(y, 2, 3, pads=[1, 2, 3, 0], clamp="none"))
 
 
+def _packed_odd_width(height: int):
+    """4-bit convs in packing mode 4 (two output pixels a pass) on maps of odd width: a pass's
+    second pixel starts the next row, and with an odd pixel count the last pass has one pixel."""
+    gm = GraphMaker(21)
+    x = gm.input((3, height, 7), bits=4)
+    y = gm.conv(x, 6, 3, weight_bits=4, out_bits=4)                         # height x 7
+    y = gm.conv(y, 5, 3, pads=[0, 0], weight_bits=4, out_bits=4)            # (height-2) x 5
+    return gm.graph(gm.conv(y, 4, 3, pads=[0, 0], weight_bits=4, clamp="none"))   # (height-4) x 3
+
+
+@pytest.mark.parametrize("height", [5, 6])   # odd and even pixel counts on every layer
+def test_packed_mode_4_on_odd_widths_bit_exact_in_icarus(height):
+    graph = _packed_odd_width(height)
+    layers = compile_graph(graph, SMALL).layers
+    assert [(l.packing, l.out_w % 2) for l in layers] == [(4, 1)] * 3
+    assert [l.pixels % 2 for l in layers] == ([1, 1, 1] if height == 5 else [0, 0, 0])
+    assert_exact(run(graph))
+
+
 CASES = {"depthwise": _depthwise, "residual": _residual, "concat_reorg_requant": _concat_reorg_requant,
          "asymmetric_padding": _asymmetric}
 

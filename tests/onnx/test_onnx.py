@@ -83,6 +83,32 @@ def test_integer_model_equals_engine(case, tmp_path):
     assert len(np.unique(codes[g.outputs[0]].numpy())) > 1  # a constant output would prove nothing
 
 
+
+@pytest.mark.parametrize("op", ["conv", "linear"])
+@pytest.mark.parametrize("signed", [False, True])
+def test_integer_model_is_exact_at_the_extreme_codes(op, signed, tmp_path):
+    """Codes at both ends of their range times weights of −128 and 127 over 64 terms: a pair of
+    products 255·(−128) + 255·(−128) is below −2^15, where ONNX Runtime's uint8 × int8 kernels
+    saturate on CPUs without VNNI (the export moves unsigned codes to int8; see
+    `bitsmith.onnx.integer._mac_input`). Every accumulator must equal the engine's on any CPU."""
+    gm = GraphMaker(3)
+    x = gm.input((16, 2, 2), bits=8)
+    x.signed, x.zero_point = signed, 0
+    if op == "conv":
+        out = gm.conv(x, 4, 2, pads=[0, 0], bias=False, requant=False)
+    else:
+        out = gm.linear(gm.flatten(x), 4, requant=False)
+    g = gm.graph(out)
+    node = g.nodes[-1]
+    weight = g.params[node.params["weight"]]
+    weight.view(weight.shape[0], -1)[:] = torch.tensor([[-128], [127], [-128], [127]], dtype=torch.int8)
+    weight.view(weight.shape[0], -1)[2, 1::2] = 127     # mixed signs within a pair
+    images = torch.tensor([1e6, -1e6, 0.0]).reshape(3, 1, 1, 1).expand(3, 16, 2, 2).contiguous()
+    path = export_onnx(g, tmp_path / "m.onnx")
+    assert_bit_exact(g, path, images)
+    codes = engine.run(g, images, return_all=True)[g.nodes[0].output]
+    assert int(codes.max()) == x.qmax and int(codes.min()) == x.qmin     # the extremes were reached
+
 # Zoo models calibrate activations symmetrically (zero point 0; vgg_tiny_bn's input aside, it is
 # asymmetric); these graphs move zero points off 0 (or elsewhere) so that ConvInteger's zero-point padding, the AvgPool sum of q − z and the requantizer's
 # input/output zero points are exercised. The engine defines what the changed graph computes.

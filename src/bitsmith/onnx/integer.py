@@ -24,14 +24,15 @@ from bitsmith.onnx.builder import OnnxBuilder
 
 EMIT = Emitters("ONNX integer export")
 
-#: Widest codes ConvInteger / MatMulInteger take (uint8 or int8).
+#: Widest codes ConvInteger / MatMulInteger take (as int8).
 MAC_BITS = 8
 #: The offset that makes the requantizer's product non-negative before the unsigned shift.
 OFFSET_LOG2 = 62
 INT32_MAX = (1 << 31) - 1
 INT64_MAX = (1 << 63) - 1
 
-_CODE_TYPE = {(True, 8): (TensorProto.INT8, np.int8), (False, 8): (TensorProto.UINT8, np.uint8)}
+#: What unsigned 8-bit codes are moved down by to travel as int8 (`_mac_input`).
+UINT8_SHIFT = 128
 
 
 def build(graph: IntegerGraph, b: OnnxBuilder) -> None:
@@ -49,13 +50,23 @@ def _too_wide(node: Node, what: str, bits: int) -> ConfigError:
 
 
 def _mac_input(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> tuple[str, str]:
-    """The node's input as int8/uint8 codes plus its zero point: what ConvInteger/MatMulInteger read."""
+    """The node's input as int8 codes plus its zero point: what ConvInteger/MatMulInteger read.
+
+    Unsigned codes are moved down by 128 (codes and zero point alike, so q − z is unchanged):
+    ONNX Runtime multiplies uint8 × int8 on CPUs without VNNI with `vpmaddubsw`, which saturates
+    each pair of products at 16 bits (measured: MatMulInteger 255 × −128 summed over 64 terms gives
+    −1,048,576 instead of −2,088,960 on an AVX2 EPYC), while its int8 × int8 kernels widen to 16
+    bits first and are exact."""
     spec = graph.tensors[node.inputs[0]]
     if spec.bits > MAC_BITS:
         raise _too_wide(node, f"its input {spec.name!r} has", spec.bits)
-    onnx_type, np_type = _CODE_TYPE[(spec.signed, MAC_BITS)]
-    x8 = b.op("Cast", [node.inputs[0]], f"{node.name}/x_8bit", to=onnx_type)  # exact: codes fit 8 bits
-    zp = b.const(f"{node.name}/x_zero_point", np.array(spec.zero_point, dtype=np_type))
+    codes, zero_point = node.inputs[0], spec.zero_point
+    if not spec.signed:
+        codes = b.op("Sub", [codes, b.const(f"{node.name}/x_shift", np.array(UINT8_SHIFT, dtype=np.int64))],
+                     f"{node.name}/x_shifted")
+        zero_point -= UINT8_SHIFT
+    x8 = b.op("Cast", [codes], f"{node.name}/x_8bit", to=TensorProto.INT8)  # exact: codes fit 8 bits
+    zp = b.const(f"{node.name}/x_zero_point", np.array(zero_point, dtype=np.int8))
     return x8, zp
 
 
@@ -223,7 +234,7 @@ def _maxpool(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> None:
     """Max of each window on codes cast to a type that holds them exactly (a max does no arithmetic)."""
     spec = graph.tensors[node.inputs[0]]
     if spec.bits <= MAC_BITS:
-        onnx_type = _CODE_TYPE[(spec.signed, MAC_BITS)][0]
+        onnx_type = TensorProto.INT8 if spec.signed else TensorProto.UINT8
     else:  # every integer below 2^24 (2^53) is a float32 (float64) value
         onnx_type = TensorProto.FLOAT if spec.bits <= 24 else TensorProto.DOUBLE
     x = b.op("Cast", [node.inputs[0]], f"{node.name}/cast_in", to=onnx_type)

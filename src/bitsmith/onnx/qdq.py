@@ -2,10 +2,11 @@
 
 Every IntegerGraph tensor becomes the float value of its real numbers, S · (q − z), under the
 tensor's own name. Activations pass through QuantizeLinear → DequantizeLinear on the graph's
-grids (uint8/int8, or 16-bit types for wider codes), weights are int8/int16 codes behind a
-DequantizeLinear (per tensor or per output channel, zero point 0) and biases int32 codes at
+grids (uint8/int8, or 16-bit types for wider codes), weights are uint8 (zero point 128, see
+`UINT8_WEIGHT_ZERO`) or int16 (zero point 0) codes behind a DequantizeLinear (per tensor or per
+output channel) and biases int32 codes at
 scale S_w · S_in. A residual Add dequantizes each input's codes at S_acc · m (its integer
-multiplier) and adds the floats. Runtimes that understand QDQ (onnxruntime, TensorRT, …) turn this
+multiplier) and adds the floats. Runtimes that understand QDQ (onnxruntime, …) turn this
 into their own integer kernels; their rounding differs from docs/arithmetic.md, so this model is
 close to the integer graph, not bit-exact.
 """
@@ -33,6 +34,15 @@ _Q_TYPES = {
     (True, 16): (TensorProto.INT16, np.int16),
     (False, 16): (TensorProto.UINT16, np.uint16),
 }
+
+
+#: 8-bit weight codes travel as uint8 with this zero point (the same real values). On CPUs without
+#: VNNI, ONNX Runtime's kernels for int8 weights saturate pairs of products at 16 bits
+#: (`vpmaddubsw`): measured on an AVX2 EPYC, LeNet-5's QDQ outputs were off by 7% of their range with
+#: int8 weights, whether the activations were uint8 or (the first layer) int8; with uint8 weights
+#: they are within the usual requantization differences. Moving the activations to int8 instead
+#: would trip its QDQ propagation around MaxPool (`export._check_onnxruntime_loads`).
+UINT8_WEIGHT_ZERO = 128
 
 
 def build(graph: IntegerGraph, b: OnnxBuilder) -> None:
@@ -92,10 +102,13 @@ def _weight_and_bias(graph: IntegerGraph, node: Node, b: OnnxBuilder) -> list[st
     # S_acc = S_w · S_in was formed in float64 from two float32 numbers, so this division is exact.
     s_w = (s_acc / x.scale).astype(np.float32)
     w_type = _storage(node, node.attrs["weight_bits"], True, "weights are")[1]
-    codes = graph.weight_codes(node).numpy().astype(w_type)  # codebooks expanded
+    codes, zero = graph.weight_codes(node).numpy().astype(np.int64), 0  # codebooks expanded
+    if w_type is np.int8:   # see UINT8_WEIGHT_ZERO
+        w_type, zero = np.uint8, UINT8_WEIGHT_ZERO
+    codes = (codes + zero).astype(w_type)
     axis = {"axis": 0} if per_axis else {}
     w = b.op("DequantizeLinear", [b.const(f"{n}/weight_codes", codes), b.const(f"{n}/weight_scale", s_w),
-                                  b.const(f"{n}/weight_zero_point", np.zeros(s_w.shape, dtype=w_type))],
+                                  b.const(f"{n}/weight_zero_point", np.full(s_w.shape, zero, dtype=w_type))],
              f"{n}/weight", name=f"{n}/dequantize_weight", **axis)
     if "bias" not in node.params:
         return [w]

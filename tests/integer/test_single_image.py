@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bitsmith.errors import AccumulatorOverflowError, GraphError
-from bitsmith.integer import engine
+from bitsmith.integer import engine, single_image
 from bitsmith.integer.arithmetic import quantize_multiplier
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
 from bitsmith.models import MODEL_NAMES
@@ -51,6 +51,20 @@ def test_random_graphs_run_single_images_exactly(seed):
     g = random_graph(seed)  # signed codes, zero points, asymmetric pads, groups, Add, Concat, AvgPool, Reorg
     assert single(g) is not None
     assert_single_equals_literal(g, [torch.randn(1, *g.input_spec.shape) * 2 for _ in range(2)])
+
+
+@pytest.mark.parametrize("case", [f"random{seed}" for seed in range(8)] + ["lenet5_wide"])
+def test_convolutions_as_one_conv2d_call_are_exact(case, monkeypatch):
+    """Every convolution with symmetric padding through `direct_conv` (F.conv2d of the centred codes;
+    by default only those of DIRECT_CONV_MACS and more): zero points, groups, strides, float64 sums."""
+    monkeypatch.setattr(single_image, "DIRECT_CONV_MACS", 0)
+    if case == "lenet5_wide":
+        g, shape = graph("lenet5", WIDE, bias=True)   # conv2's sums exceed 2^24: float64
+    else:
+        g = random_graph(int(case.removeprefix("random")))
+        shape = g.input_spec.shape
+    assert single(g) is not None
+    assert_single_equals_literal(g, [torch.randn(1, *shape) * 2 for _ in range(2)])
 
 
 def test_wide_accumulators_take_float64_buffers():

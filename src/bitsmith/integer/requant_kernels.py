@@ -110,12 +110,29 @@ def _pool_requant_strided(acc, kh, kw, sh, sw, z_in, scale, offset, v_min, v_max
                     out[n, oh, ow, c] = np.uint8(q + code_offset)
 
 
+def _requant_planes(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset, out):
+    """acc [N, C, P] (an NCHW tensor) → out [N, P, C] (its channels-last codes); the parameters
+    are per channel. Reads whole channel planes, so an NCHW accumulator needs no layout copy."""
+    n_images, channels, pixels = acc.shape
+    for n in range(n_images):
+        for c in range(channels):
+            src, dst = acc[n, c], out[n, :, c]
+            s, o, a, b = scale[c], offset[c], v_min[c], v_max[c]
+            if clamped:
+                for p in range(pixels):
+                    dst[p] = np.uint8(requant_value(src[p], z_in, s, o, a, b, True, lo, hi) + code_offset)
+            else:
+                for p in range(pixels):
+                    dst[p] = np.uint8(requant_value(src[p], z_in, s, o, 0.0, 0.0, False, lo, hi) + code_offset)
+
+
 # One thread per call: the engine runs chunks side by side on its own workers instead. (numba's
 # OpenMP layer would also make a process that used it unable to fork: a DataLoader worker would
 # be terminated.)
 _REQUANT = numba.njit(**COMPILE)(_requant_rows)
 _POOL_REQUANT = numba.njit(**COMPILE)(_pool_requant_rows)
 _POOL_REQUANT_STRIDED = numba.njit(**COMPILE)(_pool_requant_strided)
+_REQUANT_PLANES = numba.njit(**COMPILE)(_requant_planes)
 
 
 #: Elements per row of `_requant_rows`: rows this long keep the vector loop busy.
@@ -153,6 +170,9 @@ class CodeRequant:
         self.args = (float(z_in), tiled(requant.scale), tiled(requant.offset),
                      tiled(requant.v_min) if self.clamped else zeros, tiled(requant.v_max) if self.clamped else zeros,
                      self.clamped, float(requant.lo), float(requant.hi), int(code_offset))
+        # per channel (the first `channels` of each tiled row), for `_requant_planes`
+        self.channel_args = (self.args[0], *(np.ascontiguousarray(t[:channels]) for t in self.args[1:5]),
+                             *self.args[5:])
 
     def __call__(self, acc: torch.Tensor) -> torch.Tensor:
         """Codes of accumulators [N, *shape] (any layout); 4-d results are channels-last."""
@@ -162,6 +182,13 @@ class CodeRequant:
             out = torch.empty((n, self.shape[0], *self.out_hw), dtype=torch.uint8, memory_format=torch.channels_last)
             _POOL_REQUANT_STRIDED(acc.permute(0, 2, 3, 1).numpy(), kh, kw, sh, sw, *self.args,
                                             out.permute(0, 2, 3, 1).numpy())
+            return out
+        if self.pool is None and acc.dim() == 4 and not acc.is_contiguous(memory_format=torch.channels_last) \
+                and acc.is_contiguous():
+            # NCHW (oneDNN's choice for a one-channel input): read by planes, no transposing copy
+            out = torch.empty(acc.shape, dtype=torch.uint8, memory_format=torch.channels_last)
+            _REQUANT_PLANES(acc.reshape(n, self.shape[0], -1).numpy(), *self.channel_args,
+                            out.permute(0, 2, 3, 1).reshape(n, -1, self.shape[0]).numpy())
             return out
         if acc.dim() == 4:
             acc = acc.contiguous(memory_format=torch.channels_last)

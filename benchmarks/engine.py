@@ -37,7 +37,7 @@ import onnxruntime as ort
 import torch
 
 from bitsmith.data import iterate_batches, load_dataset
-from bitsmith.integer import engine, load
+from bitsmith.integer import engine, int8_gemm, load
 from bitsmith.integer.reference import run_reference
 from bitsmith.onnx import export_onnx
 from bitsmith.pipeline import quantize_run
@@ -191,7 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
             "latency_le_ort_integer": ratios["engine_latency_vs_ort_integer"] <= 1.0,
             "bit_identical_to_literal": r["exactness"]["fast_vs_literal_mismatches"] == 0,
         }
-    return {"benchmark": "engine", "results": results, "acceptance": acceptance, "machine": machine(),
+    # The engine's int8 program needs VNNI/AMX (exact int8 sums); without it the float program runs.
+    hardware = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "engine_int8_program": int8_gemm.available()}
+    return {"benchmark": "engine", "results": results, "acceptance": acceptance, "machine": machine() | hardware,
             "seconds": round(time.perf_counter() - start, 1)}
 
 

@@ -99,7 +99,13 @@ def test_every_method_lowers_exactly(method, fp_model):
     int_logits = engine.predict(graph, x)
     assert torch.equal(fq_logits, int_logits)
     assert len(torch.unique(int_logits.argmax(1))) > 1  # the comparison could fail
-    torch.testing.assert_close(float_logits, int_logits, rtol=1e-3, atol=1e-3)
+    # The float fake-quant path equals the integers up to float rounding, except where that rounding
+    # lands an intermediate value on the other side of a code boundary: then the flipped code moves
+    # the logits downstream by several output steps. Which values flip depends on the CPU's float
+    # kernels (seen: 9 of 720 logits, pact on one machine, oaq on another); most must agree.
+    close = torch.isclose(float_logits, int_logits, rtol=1e-3, atol=1e-3)
+    assert close.float().mean() >= 0.97, f"{method}: {int((~close).sum())} of {close.numel()} logits differ"
+    assert (float_logits.argmax(1) == int_logits.argmax(1)).float().mean() >= 0.95
 
 
 @pytest.mark.parametrize("method", ["lsq", "pact", "hwgq", "ternary"])

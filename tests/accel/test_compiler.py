@@ -272,8 +272,7 @@ def test_descriptor_words_of_the_first_layer(tmp_path):
     assert d[13] == 0 and d[14] == 1 + 22 * 7 and d[15] == 0
     # activation addresses: the input codes and conv1's output are live together and do not overlap
     conv1 = program.layers[0]
-    assert d[16:19] == [conv1.in_base, 0, conv1.out_base] and d[19:21] == [0, 0]
-    assert d[21] == 1 | 1 << 16             # one group of one input channel (the RTL reads in_ch / groups here)
+    assert d[16:19] == [conv1.in_base, 0, conv1.out_base] and d[19:22] == [0, 0, 1]
     assert {conv1.in_base, conv1.out_base} == {0, 6 * 28 * 28}
     assert param[23] == 1                   # pool1: maxpool, no flags
     last = param[1 + 22 * 6 : 1 + 22 * 7]

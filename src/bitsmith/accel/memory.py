@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitsmith.errors import AcceleratorError, BitsmithError, BitsmithWarning, ConfigError, DataError
+from bitsmith.errors import BitsmithError, BitsmithWarning, ConfigError, DataError
 from bitsmith.storage import read_json, sha256_file, write_bytes_atomic, write_json_atomic
 from bitsmith.integer import engine
 from bitsmith.integer import sparse
@@ -61,9 +61,6 @@ FLAG_OUT_SIGNED = 1 << 11
 FLAG_IN2_SIGNED = 1 << 12
 FLAG_MAP = 1 << 13
 LANE_M_SHIFT = 16   # word 20: m_0 | m_1 << 16
-#: word 21: groups | (in_ch / groups) << 16. The RTL reads a convolution group's input channels
-#: from here instead of dividing in_ch by groups (that divider was the top's critical path).
-GROUP_INPUTS_SHIFT = 16
 
 
 @dataclass
@@ -144,20 +141,10 @@ def descriptor(layer: Layer, weight_base: int, param_base: int, codebook_base: i
         layer.ph | layer.pw << 8 | layer.weight_bits << 16 | layer.packing << 24,
         _twos(layer.z_in), _twos(layer.z_out), _twos(layer.clamp_lo), _twos(layer.clamp_hi),
         weight_base, param_base, codebook_base,
-        layer.in_base, layer.in2_base, layer.out_base, _twos(layer.z_in2), m0 | m1 << LANE_M_SHIFT,
-        _groups_word(layer),
+        layer.in_base, layer.in2_base, layer.out_base, _twos(layer.z_in2), m0 | m1 << LANE_M_SHIFT, layer.groups,
     ]
     assert len(words) == DESCRIPTOR_WORDS
     return words
-
-
-def _groups_word(layer: Layer) -> int:
-    """Descriptor word 21: groups and the input channels of one convolution group, 16 bits each."""
-    group_inputs = layer.in_ch // layer.groups
-    if not (0 < layer.groups < 1 << GROUP_INPUTS_SHIFT and group_inputs < 1 << GROUP_INPUTS_SHIFT):
-        raise AcceleratorError(f"layer {layer.name}: {layer.groups} groups of {group_inputs} input channels do not "
-                               f"fit descriptor word 21 ({GROUP_INPUTS_SHIFT} bits each)")
-    return layer.groups | group_inputs << GROUP_INPUTS_SHIFT
 
 
 def build_memory(program: Program, codes=None) -> MemoryImage:
@@ -546,7 +533,7 @@ def decode_descriptor(words: list[int]) -> dict:
         "clamp_lo": _signed(words[11]), "clamp_hi": _signed(words[12]),
         "weight_base": words[13], "param_base": words[14], "codebook_base": words[15],
         "in_base": words[16], "in2_base": words[17], "out_base": words[18], "z_in2": _signed(words[19]),
-        "lane_multipliers": (words[20] & 0xFFFF, words[20] >> LANE_M_SHIFT & 0xFFFF), "groups": words[21] & ((1 << GROUP_INPUTS_SHIFT) - 1), "group_inputs": words[21] >> GROUP_INPUTS_SHIFT,
+        "lane_multipliers": (words[20] & 0xFFFF, words[20] >> LANE_M_SHIFT & 0xFFFF), "groups": words[21],
     }
 
 

@@ -188,7 +188,7 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
     # its product), so the values are the plain sums; only the schedule changes.
     lanes, pixel_lanes = PACKINGS[d["packing"]]
     R, C, bus = config.pe * lanes, config.simd, config.bus_bits
-    kin = d["group_inputs"]   # descriptor word 21, as the RTL reads it
+    kin = d["in_ch"] // d["groups"]
     K = kin * d["kh"] * d["kw"]
     T = math.ceil(K / C)
     P = d["out_h"] * d["out_w"]
@@ -296,7 +296,7 @@ def _skip_both(nonzero: np.ndarray, row_base: np.ndarray, act: np.ndarray, d: di
     over blocks j of [some row r of g and column c have w[r][j·C+c] ≠ 0 and d_r(j·C+c) ≠ 0 at a
     pixel of the pass]. Rows reading the same input (a dense conv: all) see the same d, so per group
     and input only the OR of their weight masks over rows matters."""
-    n_images, kin = act.shape[0], d["group_inputs"]
+    n_images, kin = act.shape[0], d["in_ch"] // d["groups"]
     group_of = np.arange(nonzero.shape[0]) // R
     live = np.zeros((n_images, int(group_of.max(initial=-1)) + 1, T, P), dtype=bool)
     chunk = max(1, CHUNK_ELEMENTS // max(1, T * C * P))

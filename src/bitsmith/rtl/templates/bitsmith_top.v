@@ -86,8 +86,7 @@ module bitsmith_top #(
     reg [7:0]  wbits;              // weight code width: its storage width on the bus is 2, 4 or 8 bits (§6)
     reg signed [31:0] in_ch, in_h, in_w, out_ch, out_h, out_w, kh, kw, sh, sw, ph, pw;   // ph, pw: top, left
     reg signed [31:0] z_in, z_out, lo, hi, wbase, pbase, cbbase;
-    reg signed [31:0] in_base, in2_base, out_base, z_in2;
-    reg signed [31:0] KIN;             // input channels per convolution group (descriptor word 21: no divider)
+    reg signed [31:0] in_base, in2_base, out_base, z_in2, groups;
     reg        [15:0] m0, m1;          // pool-lane multipliers of window elements 0 and 1
 
     wire is_conv = (kind == 3'd0);
@@ -96,6 +95,7 @@ module bitsmith_top #(
     wire has_table = (kind == 3'd0) || (kind == 3'd2) || (kind == 3'd3) || (kind == 3'd6);  // bias, m, s
     wire signed [31:0] HW      = in_h * in_w;
     wire signed [31:0] KHKW    = kh * kw;
+    wire signed [31:0] KIN     = in_ch / groups;                   // input channels per convolution group
     wire signed [31:0] K       = is_conv ? KIN * KHKW : KHKW;
     // Quotients by constants on unsigned operands (every one is ≥ 0): a power-of-two divisor is a shift
     // in synthesis, where a signed or variable divisor is a whole divider on every layer's path.
@@ -485,7 +485,7 @@ module bitsmith_top #(
                     5'd18: out_base <= pword;
                     5'd19: z_in2 <= pword;
                     5'd20: begin m0 <= pword[15:0]; m1 <= pword[31:16]; end
-                    default: KIN <= {16'd0, pword[31:16]};   // word 21: groups | in_ch/groups << 16
+                    default: groups <= pword;   // word 21
                     endcase
                     if (cnt == DESC_WORDS - 1) pfield <= first_field;   // the table starts (kind is known)
                 end else begin

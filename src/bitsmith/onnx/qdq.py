@@ -38,11 +38,11 @@ _Q_TYPES = {
 
 #: 8-bit weight codes travel as uint8 with this zero point (the same real values). On CPUs without
 #: VNNI, ONNX Runtime's kernels for int8 weights saturate pairs of products at 16 bits
-#: (`vpmaddubsw`): on an AVX2 EPYC, the QDQ model of tests/golden/lenet5_bias_w8a8 (int8
-#: activations) was off by 7% of its output range with int8 weights, and uint8 × int8 MatMulInteger
-#: saturates there too; with uint8 weights the outputs are within the usual requantization
-#: differences. Moving the activations to int8 instead would trip its QDQ propagation around
-#: MaxPool (`export._check_onnxruntime_loads`).
+#: (`vpmaddubsw`): on an AVX2 EPYC, the QDQ model of tests/golden/lenet5_bias_w8a8 was off by 7% of
+#: its output range with int8 weights. uint8 weights only where the activations are uint8 left the
+#: same error; uint8 weights on every layer (the first one's activations are int8) removed it, so
+#: int8 × int8 saturates there as well as uint8 × int8. Moving the activations to int8 instead
+#: would trip ORT's QDQ propagation around MaxPool (`export._check_onnxruntime_loads`).
 UINT8_WEIGHT_ZERO = 128
 
 

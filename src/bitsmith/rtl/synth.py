@@ -13,6 +13,7 @@ synth_ecp5), which the cost model predicts (bitsmith.accel.cost.rom_mapping).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -103,27 +104,36 @@ _BLOCK_CELL = re.compile(r"^[^/]+/(.+)\.\d+\.\d+$")
 _LIBMAP_LINE = re.compile(r"^(?:mapping memory [^.]+\.(\S+) via (\S+)|using FF mapping for memory [^.]+\.(\S+))$")
 
 
-def synth_module(sources: list[Path], top: str, parameters: dict | None = None, timeout: float | None = 1800) -> dict:
-    """synth_xilinx one module; returns DSP/LUT/FF/CARRY/BRAM counts, all cells and the wall time."""
+@contextlib.contextmanager
+def _yosys_run(sources: list[Path], top: str, parameters: dict | None, steps: str, what: str,
+               outputs: list[str], timeout: float | None, log: bool = False):
+    """Stage `sources`, set `parameters` on `top`, run the Yosys `steps` and yield the working folder
+    (while it exists) once every file of `outputs` is there; a failure or timeout is a
+    SimulationError naming `what`."""
     with tempfile.TemporaryDirectory(prefix="bitsmith_synth_") as tmp:
         names = stage_sources(sources, Path(tmp))
-        stat = Path(tmp) / "stat.json"
         chparam = "".join(f" -set {k} {v}" for k, v in (parameters or {}).items())
         script = (f"{READ_VERILOG} {' '.join(names)}; "
-                  + (f"chparam{chparam} {top}; " if chparam else "")
-                  + f"synth_xilinx -family {FAMILY} -top {top}; tee -q -o stat.json stat -json")
-        t0 = time.perf_counter()
+                  + (f"chparam{chparam} {top}; " if chparam else "") + steps)
         try:
-            proc = subprocess.run(yosys_command() + ["-q", "-p", script], capture_output=True, text=True,
-                                  timeout=timeout, cwd=tmp)
+            proc = subprocess.run(yosys_command() + ["-q"] + (["-l", "yosys.log"] if log else []) + ["-p", script],
+                                  capture_output=True, text=True, timeout=timeout, cwd=tmp)
         except subprocess.TimeoutExpired:
-            raise SimulationError(f"yosys synth_xilinx of {top} did not finish within {timeout:g} s") from None
-        if proc.returncode != 0 or not stat.is_file():
-            raise SimulationError(f"yosys synth_xilinx of {top} failed (exit {proc.returncode}):\n"
+            raise SimulationError(f"yosys {what} of {top} did not finish within {timeout:g} s") from None
+        if proc.returncode != 0 or not all((Path(tmp) / name).is_file() for name in outputs):
+            raise SimulationError(f"yosys {what} of {top} failed (exit {proc.returncode}):\n"
                                   + (proc.stdout + proc.stderr)[-3000:])
-        design = json.loads(stat.read_text())["design"]
-        return {"top": top, "parameters": parameters or {}, **_summarise(design.get("num_cells_by_type", {})),
-                "wall_s": time.perf_counter() - t0}
+        yield Path(tmp)
+
+
+def synth_module(sources: list[Path], top: str, parameters: dict | None = None, timeout: float | None = 1800) -> dict:
+    """synth_xilinx one module; returns DSP/LUT/FF/CARRY/BRAM counts, all cells and the wall time."""
+    t0 = time.perf_counter()
+    steps = f"synth_xilinx -family {FAMILY} -top {top}; tee -q -o stat.json stat -json"
+    with _yosys_run(sources, top, parameters, steps, "synth_xilinx", ["stat.json"], timeout) as folder:
+        design = json.loads((folder / "stat.json").read_text())["design"]
+    return {"top": top, "parameters": parameters or {}, **_summarise(design.get("num_cells_by_type", {})),
+            "wall_s": time.perf_counter() - t0}
 
 
 def unit_instances(sources: list[Path], top: str, parameters: dict | None = None,
@@ -131,23 +141,11 @@ def unit_instances(sources: list[Path], top: str, parameters: dict | None = None
     """How many instances of each bitsmith unit module (bitsmith_pe, bitsmith_requant, ...) the
     elaborated `top` holds, through every level of its hierarchy: Yosys `hierarchy` + `stat`, no
     synthesis (seconds). It is the count the cost model's per-unit figures are multiplied by."""
-    with tempfile.TemporaryDirectory(prefix="bitsmith_synth_") as tmp:
-        names = stage_sources(sources, Path(tmp))
-        chparam = "".join(f" -set {k} {v}" for k, v in (parameters or {}).items())
-        script = (f"{READ_VERILOG} {' '.join(names)}; "
-                  + (f"chparam{chparam} {top}; " if chparam else "")
-                  + f"hierarchy -top {top}; proc; tee -q -o stat.json stat -json")
-        try:
-            proc = subprocess.run(yosys_command() + ["-q", "-p", script], capture_output=True, text=True,
-                                  timeout=timeout, cwd=tmp)
-        except subprocess.TimeoutExpired:
-            raise SimulationError(f"yosys hierarchy of {top} did not finish within {timeout:g} s") from None
-        stat_file = Path(tmp) / "stat.json"
-        if proc.returncode != 0 or not stat_file.is_file():
-            raise SimulationError(f"yosys hierarchy of {top} failed (exit {proc.returncode}):\n"
-                                  + (proc.stdout + proc.stderr)[-3000:])
-        # module names carry Yosys's leading backslash; instance cell types do not
-        modules = {name.removeprefix("\\"): stat for name, stat in json.loads(stat_file.read_text())["modules"].items()}
+    steps = f"hierarchy -top {top}; proc; tee -q -o stat.json stat -json"
+    with _yosys_run(sources, top, parameters, steps, "hierarchy", ["stat.json"], timeout) as folder:
+        stats = json.loads((folder / "stat.json").read_text())["modules"]
+    # module names carry Yosys's leading backslash; instance cell types do not
+    modules = {name.removeprefix("\\"): stat for name, stat in stats.items()}
 
     def unit(name: str) -> str | None:
         match = re.search(r"bitsmith_\w+", name)
@@ -180,31 +178,20 @@ def synth_block_rams(sources: list[Path], top: str, parameters: dict | None = No
     if target not in BLOCK_RAM_CELLS:
         raise ConfigError(f"unknown synthesis target {target!r}; choose one of {', '.join(BLOCK_RAM_CELLS)}")
     cells = BLOCK_RAM_CELLS[target]
-    with tempfile.TemporaryDirectory(prefix="bitsmith_synth_") as tmp:
-        names = stage_sources(sources, Path(tmp))
-        chparam = "".join(f" -set {k} {v}" for k, v in (parameters or {}).items())
-        script = (f"{READ_VERILOG} {' '.join(names)}; "
-                  + (f"chparam{chparam} {top}; " if chparam else "")
-                  + f"{SYNTH_SCRIPTS[target]} -top {top} -run :map_ffram; "
-                  + "; ".join(f"tee -q -o {cell}.txt select -list t:{cell}" for cell in cells))
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.run(yosys_command() + ["-q", "-l", "yosys.log", "-p", script], capture_output=True,
-                                  text=True, timeout=timeout, cwd=tmp)
-        except subprocess.TimeoutExpired:
-            raise SimulationError(f"yosys {SYNTH_SCRIPTS[target]} of {top} did not finish within {timeout:g} s") from None
-        if proc.returncode != 0 or not all((Path(tmp) / f"{cell}.txt").is_file() for cell in cells):
-            raise SimulationError(f"yosys {SYNTH_SCRIPTS[target]} of {top} failed (exit {proc.returncode}):\n"
-                                  + (proc.stdout + proc.stderr)[-3000:])
+    t0 = time.perf_counter()
+    steps = (f"{SYNTH_SCRIPTS[target]} -top {top} -run :map_ffram; "
+             + "; ".join(f"tee -q -o {cell}.txt select -list t:{cell}" for cell in cells))
+    with _yosys_run(sources, top, parameters, steps, SYNTH_SCRIPTS[target], [f"{cell}.txt" for cell in cells],
+                    timeout, log=True) as folder:
         memories: dict[str, dict[str, int]] = {}
         for cell in cells:
-            for line in (Path(tmp) / f"{cell}.txt").read_text().splitlines():
+            for line in (folder / f"{cell}.txt").read_text().splitlines():
                 match = _BLOCK_CELL.match(line.strip())
                 if match:
                     count = memories.setdefault(match.group(1), {})
                     count[cell] = count.get(cell, 0) + 1
         mapping = {}
-        for line in (Path(tmp) / "yosys.log").read_text().splitlines():
+        for line in (folder / "yosys.log").read_text().splitlines():
             match = _LIBMAP_LINE.match(line.strip())
             if match:
                 mapping[match.group(1) or match.group(3)] = match.group(2) or "FF"

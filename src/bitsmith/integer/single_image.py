@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from bitsmith.errors import GraphError
 from bitsmith.integer.exactness import FLOAT32_EXACT
 from bitsmith.integer.graph import IntegerGraph
-from bitsmith.integer.ops import as_pads
+from bitsmith.integer.ops import as_pads, symmetric_padding
 from bitsmith.integer.reference import require_finite
 from bitsmith.integer.ops import as_pair as _pair
 from bitsmith.integer.requant_kernels import COMPILE, INLINE, requant_value
@@ -312,11 +312,12 @@ class _Builder:
             a = node.attrs
             kh, kw = w.shape[2:]
             (sh, sw), (dh, dw) = _pair(a["stride"]), _pair(a["dilation"])
-            top, left, bottom, right = as_pads(a["padding"])
-            if w[0].numel() * out.size >= DIRECT_CONV_MACS and (top, left) == (bottom, right):
-                self.direct_conv(x, z, w.to(dtype), torch.tensor(bias, dtype=dtype), out, (sh, sw), (top, left),
+            symmetric = symmetric_padding(a["padding"])
+            if w[0].numel() * out.size >= DIRECT_CONV_MACS and symmetric is not None:
+                self.direct_conv(x, z, w.to(dtype), torch.tensor(bias, dtype=dtype), out, (sh, sw), symmetric,
                                  (dh, dw), a["groups"])
                 return
+            top, left, _, _ = as_pads(a["padding"])
             geometry = (kh, kw, sh, sw, top, left, dh, dw, out.shape[1], out.shape[2])
         # a grouped conv's im2col rows are its groups one after the other: one batched GEMM
         groups = node.attrs["groups"] if node.op == "Conv2d" else 1

@@ -690,7 +690,7 @@ _SIMD = typer.Option(8, "--simd", help="C: PE columns (input terms per row per c
 _BUS = typer.Option(64, help="external memory word, bits per cycle")
 _ACT = typer.Option(None, help="size of the activation memory in bytes, which holds every live map "
                                "(default 131072; docs/hardware.md §6)")
-_WBUF = typer.Option(65536, help="weight buffer size in weights")
+_WBUF = typer.Option(65536, help="weight ring size in 8-bit entries")
 _KMAX = typer.Option(7, help="largest kernel or pool window side (a global average pool over H x W needs max(H, W))")
 _CLOCK = typer.Option(200.0, help="clock for the FPS figure")
 _DATA = typer.Option(None, help="input images: a data set name (default: the graph's, else fashion-mnist), "
@@ -813,7 +813,7 @@ def hw_report_cmd(graph: Path = typer.Argument(..., help="integer graph folder")
                   simd: int = typer.Option(8, "--simd", help="C: PE columns (input terms per row per cycle)"),
                   bus_bits: int = typer.Option(64, help="external memory word, bits per cycle"),
                   act_buffer_bytes: Optional[int] = typer.Option(None, help="size of the activation memory in bytes (default 131072)"),
-                  weight_buffer_entries: int = typer.Option(65536, help="weight buffer size in weights"),
+                  weight_buffer_entries: int = typer.Option(65536, help="weight ring size in 8-bit entries"),
                   clock_mhz: float = typer.Option(200.0, help="clock for the FPS figure"),
                   zero_skip: str = _ZERO_SKIP,
                   activations: int = typer.Option(0, min=0, help="zero-skip both: estimate from the activation "
@@ -855,7 +855,7 @@ def hw_sweep_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
                  sizes: str = typer.Option("1,2,4,8,16,32", help="values of R and of C to try"),
                  bus_bits: int = typer.Option(64, help="external memory word, bits per cycle"),
                  act_buffer_bytes: Optional[int] = typer.Option(None, help="size of the activation memory in bytes (default 131072)"),
-                 weight_buffer_entries: int = typer.Option(65536, help="weight buffer size in weights"),
+                 weight_buffer_entries: int = typer.Option(65536, help="weight ring size in 8-bit entries"),
                  clock_mhz: float = typer.Option(200.0, help="clock for the FPS figures"),
                  force: bool = _force(),
                  as_json: bool = typer.Option(False, "--json", help="print one JSON object")):

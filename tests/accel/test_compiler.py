@@ -1,13 +1,14 @@
 """The accelerator compiler, the §5 cycle formulas and the §6 memory files (docs/hardware.md)."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from bitsmith.accel import AccelConfig
-from bitsmith.accel.compiler import compile_graph
+from bitsmith.accel.compiler import check_weight_ring, compile_graph
 from bitsmith.accel.memory import (export_memory, pack_elements, read_expected, read_hex, read_input_codes,
                                    read_program, unpack_elements, write_memory)
 from bitsmith.accel.program import Layer, Program
@@ -77,9 +78,9 @@ def test_requantized_output_and_asymmetric_codes():
      r"layer q_conv1_acc: output map 6x28x28 = 4704 bytes does not fit act_buffer_bytes=4096"),
     (AccelConfig(act_buffer_bytes=1000),
      r"layer q_conv1_acc: input map 1x32x32 = 1024 bytes does not fit act_buffer_bytes=1000"),
-    (AccelConfig(weight_buffer_entries=256),
-     r"layer q_conv2_acc: one channel group needs R·T·C = 8·19·8 = 1216 weights, does not fit "
-     r"weight_buffer_entries=256"),
+    (AccelConfig(weight_buffer_entries=2048),
+     r"layer q_conv3: one channel group is T = 50 term blocks, more than the weight ring's 32 words "
+     r"\(weight_buffer_entries=2048, 64 entries a word\)"),
     (AccelConfig(max_kernel=3), r"layer q_conv1_acc: kernel 5x5 exceeds max_kernel=3"),
 ])
 def test_buffers_and_kernel_limits(config, message):
@@ -165,46 +166,73 @@ def _tiny_layer(**kw):
 
 def test_cycles_of_a_tiny_layer_by_hand():
     config = AccelConfig(pe=4, simd=8, bus_bits=64)
-    # R=4, C=8: T = ceil(27/8) = 4, G = ceil(10/4) = 3, P = 9.
+    # R=4, C=8: T = ceil(27/8) = 4, G = ceil(10/4) = 3, P = 9; a term block is 4·8 bytes = 4 bus words.
+    # Alone, the loader starts with the layer: its 12 blocks (48 words) are in long before the 52 param
+    # cycles and the 10 input cycles end, so the array never waits.
     assert layer_cycles(_tiny_layer(), config, first=True) == {
         "param": 22 + 3 * 10, "codebook": 0, "input": math.ceil(75 * 8 / 64),    # 10 words of 8 bytes
-        "weights": 4 * 4 * 8 * 8 // 64,    # 16 words per group: group 0's load is exposed; groups
-                                           # 1 and 2 load during the previous group's 36 + 9 cycles
-        "compute": 3 * 9 * 4, "drain": 3, "next": 1}   # a pixel drains in the next one's first cycle
+        "weights": 0, "compute": 3 * 9 * 4, "drain": 3, "next": 1}   # a pixel drains in the next one's first cycle
     codebook = _tiny_layer(codebook=np.array([-3, -1, 0, 2]))
     c = layer_cycles(codebook, config, first=False)
-    assert (c["input"], c["codebook"], c["weights"]) == (0, 4, 4 * 4 * 8 * 2 // 64)
+    assert (c["input"], c["codebook"], c["weights"]) == (0, 4, 0)
     pool = Layer(index=1, name="p", kind="maxpool", in_ch=10, in_h=3, in_w=3, out_ch=10, out_h=1, out_w=1, kh=3, kw=3)
     assert layer_cycles(pool, config, first=False) == {
         "param": 22, "codebook": 0, "input": 0, "weights": 0, "compute": 3 * 1 * 9, "drain": 3, "next": 1}
     total = program_cycles(Program(config, [_tiny_layer(), pool], "in"))
-    assert total["total"] == (52 + 10 + 16 + 108 + 3 + 1) + (22 + 27 + 3 + 1) + 1 == 244
+    assert total["total"] == (52 + 10 + 0 + 108 + 3 + 1) + (22 + 27 + 3 + 1) + 1 == 228
     assert total["layers"][0]["utilisation"] == pytest.approx(10 * 9 * 27 / (4 * 8 * 108))
-    assert total["utilisation"] == pytest.approx(10 * 9 * 27 / (4 * 8 * 244))
-    assert total["fps"] == pytest.approx(200e6 / 244)
-    assert sum(r["share"] for r in total["layers"]) == pytest.approx(1 - 1 / 244)
+    assert total["utilisation"] == pytest.approx(10 * 9 * 27 / (4 * 8 * 228))
+    assert total["fps"] == pytest.approx(200e6 / 228)
+    assert sum(r["share"] for r in total["layers"]) == pytest.approx(1 - 1 / 228)
 
 
-def test_double_buffered_weights_expose_only_what_outlasts_the_previous_group():
-    c = {r["name"]: r for r in program_cycles(compile_graph(golden("lenet5_w8a8"), AccelConfig()))["layers"]}
-    # q_conv2 runs packed (mode 2): one group of 2R = 16 channels, a load of 16·19·8 bytes = 304 words,
-    # all exposed (nothing computes before it).
-    assert c["q_conv2"]["packing"] == 2 and c["q_conv2"]["weights"] == 304
-    # q_conv3, fc1 are weight bound: mode 1 (half-size groups, more of each load hidden) is faster.
-    assert c["q_conv3"]["packing"] == c["q_fc1"]["packing"] == 1
-    # q_conv3: G = 15, 8·50·8 bytes = 400 words per group against 50 + 1 cycles of compute and drain
-    # (P = 1): the array waits 400 − 51 for each of groups 1..14.
-    assert c["q_conv3"]["weights"] == 400 + 14 * (400 - 51)
-    # fc1: G = 11, 8·15·8 / 8 = 120 words, 15 + 1 cycles per group.
-    assert c["q_fc1"]["weights"] == 120 + 10 * (120 - 16)
+def test_a_ring_of_one_group_waits_for_every_later_load():
+    # weight_buffer_entries=128: a ring of 128 / 32 = 4 words, one group (T = 4). Blocks 0-3 load in
+    # cycles 0-15; group 0 computes from cycle 52 (after PARAM) for 36 + 1 cycles, to 89. Only then are
+    # its words free: blocks 4-7 load in 89-104, group 1 waits 16 cycles and runs 105-141; blocks 8-11
+    # load in 142-157, group 2 waits 16 and runs 158-194.
+    small = AccelConfig(pe=4, simd=8, bus_bits=64, weight_buffer_entries=128)
+    assert layer_cycles(_tiny_layer(), small, first=False)["weights"] == 2 * 16
+    # Two groups' words (256 entries): blocks 8-11 load while group 1 computes, as soon as group 0 frees its
+    # words at 89 (89-104), before group 1 ends at 126: no wait.
+    assert layer_cycles(_tiny_layer(), replace(small, weight_buffer_entries=256), first=False)["weights"] == 0
+    # Not even one group fits: the compiler says so.
+    with pytest.raises(AcceleratorError, match=r"T = 4 term blocks, more than the weight ring's 2 words"):
+        program = Program(replace(small, weight_buffer_entries=64), [_tiny_layer()], "in")
+        check_weight_ring(program)
+
+
+def test_the_loader_pauses_while_the_image_loads():
+    # 6x5x5 -> 4x3x3 on a 32-bit bus: T = ceil(54/8) = 7 blocks of 32 bytes = 8 words, one group.
+    # PARAM takes 22 + 12 = 34 cycles (words 0-33: blocks 0-3 and two words of block 4), INPUT
+    # ceil(150·8/32) = 38 cycles (34-71) holds the bus; block 4's other six words load in 72-77, blocks 5
+    # and 6 in 78-93, so the array, ready at 72, waits 22 cycles.
+    layer = _tiny_layer(in_ch=6, out_ch=4, weights=np.zeros((4, 54), dtype=np.int64), bias=np.zeros(4, dtype=np.int64),
+                        multiplier=np.ones(4, dtype=np.int64), shift=np.zeros(4, dtype=np.int64))
+    c = layer_cycles(layer, AccelConfig(pe=4, simd=8, bus_bits=32), first=True)
+    assert (c["param"], c["input"], c["weights"], c["compute"]) == (34, 38, 22, 9 * 7)
+
+
+def test_the_weight_ring_hides_lenets_loads():
+    c = program_cycles(compile_graph(golden("lenet5_w8a8"), AccelConfig()))
+    rows = {r["name"]: r for r in c["layers"]}
+    # The loader runs ahead through conv1, the pools and conv2 (4,500 cycles of compute) and fills the
+    # ring (512 words of one 16-channel block) with conv3's 400 blocks: conv3, fully packed (mode 2),
+    # never waits; fc1's 90 blocks (15 words each) only start once conv3's groups free their words.
+    assert [rows[n]["packing"] for n in ("q_conv2", "q_conv3", "q_fc1")] == [2, 2, 2]
+    assert [rows[n]["weights"] for n in ("q_conv1", "q_conv2", "q_conv3")] == [0, 0, 0]
+    assert rows["q_fc1"]["weights"] > 0 and c["total"] == 8494
+    # With a ring of a quarter of that, conv3 waits for most of its loads.
+    small = program_cycles(compile_graph(golden("lenet5_w8a8"), AccelConfig(weight_buffer_entries=16384)))
+    assert small["layers"][4]["weights"] > 3000 and small["total"] > c["total"]
 
 
 def test_lenet_cycles_formula():
     p = compile_graph(golden("lenet5_w8a8"), AccelConfig())
     c = program_cycles(p)
-    conv1 = c["layers"][0]  # 1x32x32 -> 6x28x28, 5x5: K=25, T=4, G=1, P=784
+    conv1 = c["layers"][0]  # 1x32x32 -> 6x28x28, 5x5: K=25, T=4, G=1, P=784; its 32 words load during PARAM
     assert (conv1["param"], conv1["input"], conv1["weights"], conv1["compute"], conv1["drain"]) == (
-        22 + 18, 1024 * 8 // 64, 8 * 4 * 8 * 8 // 64, 784 * 4, 1)   # drain: the last pixel's write
+        22 + 18, 1024 * 8 // 64, 0, 784 * 4, 1)   # drain: the last pixel's write
     assert c["total"] == sum(r["cycles"] for r in c["layers"]) + 1
     assert c["macs"] == 6 * 784 * 25 + 16 * 100 * 150 + 120 * 400 + 84 * 120 + 10 * 84
 
@@ -307,38 +335,38 @@ def test_the_compiler_picks_the_fastest_allowed_mode():
     from bitsmith.accel.compiler import choose_packing, packed_cycles
     config = AccelConfig()
     program = compile_graph(golden("lenet5_w4a4_pc"), config)
-    assert [l.packing for l in program.layers if l.kind == "conv"] == [4, 4, 1, 1, 1]
+    assert [l.packing for l in program.layers if l.kind == "conv"] == [4, 4, 2, 2, 2]
     for layer in (l for l in program.layers if l.kind == "conv"):
         chosen = layer.packing
         cycles = {}
         for mode in (1, 2, 4):
             layer.packing = mode
             cycles[mode] = packed_cycles(layer, config)
-            # the compiler's figure is the §5 formula's weights + compute + drain
+            # the compiler's figure is the §5 compute + drain (the loads overlap across layers)
             phases = layer_cycles(layer, config, first=False)
-            assert cycles[mode] == phases["weights"] + phases["compute"] + phases["drain"]
+            assert cycles[mode] == phases["compute"] + phases["drain"]
         layer.packing = chosen
         assert cycles[chosen] == min(cycles.values())
         assert choose_packing(layer, (-8, 7), config) == chosen
-    # q_conv3 (one pixel, 400 terms) is weight bound: mode 1's smaller groups hide more of each load
+    # q_conv3 (one pixel, 400 terms): mode 4 packs no second pixel, so mode 2 (the narrower) wins the tie
     conv3 = next(l for l in program.layers if l.name == "q_conv3")
-    conv3.packing = 2
-    slower = packed_cycles(conv3, config)
-    conv3.packing = 1
-    assert packed_cycles(conv3, config) < slower
+    conv3.packing = 4
+    assert packed_cycles(conv3, config) == packed_cycles(replace(conv3, packing=2), config)
 
 
 def test_weights_are_stored_at_their_width_and_read_back(tmp_path):
     from bitsmith.accel.compiler import storage_bits
     from bitsmith.accel.memory import read_program
-    from bitsmith.accel.timing import group_weight_cycles
+    from bitsmith.accel.compiler import block_words
     g = golden("lenet5_mixed")    # weight widths 2, 5, 3, 7, 8
     config = AccelConfig(pe=4, simd=4)
     program = compile_graph(g, config)
     convs = [l for l in program.layers if l.kind == "conv"]
     assert [storage_bits(l) for l in convs] == [2, 8, 4, 8, 8]
-    # a group of R'·T·C weights at b bits: conv1 (2-bit, mode 2 at 4×4: 8 channels, T = 7) = 8·7·4·2 / 64
-    assert convs[0].packing == 2 and group_weight_cycles(convs[0], config) == math.ceil(8 * 7 * 4 * 2 / 64)
+    # a term block of R'·C weights at b bits, whole bus words: conv1 (2-bit, mode 2 at 4×4: 8 channels)
+    # 8·4·2 = 64 bits, one word; conv2 (8-bit storage, mode 4: 8 channels) 256 bits, four words
+    assert convs[0].packing == 2 and block_words(convs[0], config) == 1
+    assert convs[1].packing == 4 and block_words(convs[1], config) == 4
     x = torch.rand(2, 1, 32, 32)
     export_memory(g, x, tmp_path, config)
     back = read_program(tmp_path)

@@ -178,12 +178,15 @@ def test_tiny_program_by_hand():
     #      conv_a K=75: 15·2 = 30 × 60 bits → ⌈60/36⌉ = 2;  conv_cb K=72: 15·2 = 30 × 40 (2-bit) → 2;
     #      fc K=96: 20·3 = 60 × 80 bits → ⌈80/36⌉ = 3.  Sum 7.
     # Memories of the RTL (bus 64): param.hex 1 + 22·4 + 3·(8 + 6 + 10) = 161 words × 32 bits;
-    #      W8.hex conv_a (4-bit storage) 2 groups × ⌈4·15·5·4/64⌉ = 19 words + fc 3 groups × ⌈4·20·5·4/64⌉
-    #      = 25 words: 38 + 75 = 113 × 64; W2.hex conv_cb 2 groups × ⌈300·2/64⌉ = 10: 20 × 64; CB8 4 × 8;
-    #      In8 ⌈432/8⌉ = 54 × 64. xcup: all in LUTs (161·32/64 = 80 < 131 for a RAMB18E2; 113 < 259 for
-    #      a RAMB36E2), 0 BRAM18; ECP5 (logic /16): param 322 ≥ 130 → 1 DP16KD, W8 452 ≥ 258 → 2.
-    #      Activation memory: the highest map end (every base 0 here) 512 bytes; weight buffer 2 banks of
-    #      max(19·16, 10·32, 25·16) = 400 entries, 416 in the RTL (whole words of 32 2-bit entries); tables 10 channels × 102 bits; raw output 10 × 32.
+    #      W8.hex, block by block (a block: R·C = 20 weights, each block on whole words): conv_a (4-bit
+    #      storage, 80 bits: 2 words) 2 groups × 15 blocks × 2 = 60 words + fc (4-bit) 3 groups × 20 blocks
+    #      × 2 = 120: 180 × 64; W2.hex conv_cb (40 bits: 1 word) 2 × 15 = 30 × 64; CB8 4 × 8; In8 ⌈432/8⌉ =
+    #      54 × 64; LS.hex 3 conv layers + the end = 4 × 64. xcup: all in LUTs (161·32/64 = 80 < 131 for a
+    #      RAMB18E2; 180 < 259 for a RAMB36E2), 0 BRAM18; ECP5 (logic /16): param 322 ≥ 130 → 1 DP16KD,
+    #      W8 720 ≥ 258 → 2. Weight ring: words of 20 entries rounded up to a bus word of 2-bit entries,
+    #      32 × 8 = 256 bits; 2000 // 32 = 62 → 32 words (a power of two): LUT RAM on both targets (19
+    #      RAM32M16 on xcup, 128 TRELLIS_DPR16X4 on ECP5; ram_mapping). Activation memory: the highest map end (every base 0 here)
+    #      512 bytes; tables 10 channels × 102 bits; raw output 10 × 32.
     report = cost_report(_tiny_program())
     assert [row["dsp"] for row in report["layers"]] == [6, 0, 0, 4]
     assert [row["table_kernel"] for row in report["layers"]] == [5, None, None, 1]
@@ -195,15 +198,15 @@ def test_tiny_program_by_hand():
     assert [r["weight_buffer_entries"] for r in report["layers"]] == [4 * 15 * 5, 0, 4 * 15 * 5, 4 * 20 * 5]
     assert param_words(_tiny_program()) == 161
     mems = {m["name"]: (m["kind"], m["depth"], m["width"], m["bram18"], m["ecp5_dp16kd"]) for m in report["memories"]}
-    assert mems == {"param memory": ("rom", 161, 32, 0, 1), "W8 memory": ("rom", 113, 64, 0, 2),
-                    "W2 memory": ("rom", 20, 64, 0, 0), "codebook memory": ("rom", 4, 8, 0, 0),
+    assert mems == {"param memory": ("rom", 161, 32, 0, 1), "W8 memory": ("rom", 180, 64, 0, 2),
+                    "W2 memory": ("rom", 30, 64, 0, 0), "codebook memory": ("rom", 4, 8, 0, 0),
                     "input memory": ("rom", 54, 64, 0, 0), "activation memory": ("registers", 512, 8, 0, 0),
-                    "weight buffer": ("registers", 832, 8, 0, 0), "channel tables": ("lutram", 10, 102, 0, 0),
-                    "output memory": ("registers", 10, 32, 0, 0)}
-    assert report["bram18"]["total"] == 0 and report["ecp5_dp16kd"] == 3
-    assert report["register_bits"] == 512 * 8 + 832 * 8 + 10 * 32 and report["lutram_bits"] == 1020
+                    "weight ring": ("lutram", 32, 256, 0, 0), "load schedule": ("rom", 4, 64, 0, 0),
+                    "channel tables": ("lutram", 10, 102, 0, 0), "output memory": ("registers", 10, 32, 0, 0)}
+    assert report["bram18"]["total"] == 0 and report["ecp5_dp16kd"] == 1 + 2
+    assert report["register_bits"] == 512 * 8 + 10 * 32 and report["lutram_bits"] == 32 * 256 + 1020
     assert [m["rtl"] for m in report["memories"]] == ["param_mem", "w8_mem", "w2_mem", "cb8_mem", "in8_mem", "act",
-                                                      "wbank0, wbank1", "bias_t, mult_t, shift_t, map_t", "out32"]
+                                                      "wring", "ls_mem", "bias_t, mult_t, shift_t, map_t", "out32"]
     # three images in In8.hex: 162 words × 64, still LUTs on xcup (162 < 259), 2 DP16KD on ECP5
     three = {m["name"]: m for m in cost_report(_tiny_program(), images=3)["memories"]}
     assert three["input memory"]["depth"] == 162 and three["input memory"]["ecp5_dp16kd"] == 2
@@ -221,11 +224,11 @@ def test_codebook_only_program_needs_no_dataflow_array_dsps():
     # are DSP48E2 multipliers all the same
     assert report["dsp"] == {"array": 20, "requant": 16, "lanes": 4, "requant_units": 4, "total": 40,
                              "mixq_array": 0, "array_layer": None}
-    # every weight in W2.hex (conv_a 2 × ⌈300·2/64⌉ = 20, conv_cb 20, fc 3 × ⌈400·2/64⌉ = 39 words), none in
-    # W8.hex (one unused word); the weight buffer keeps 8-bit entries (2 banks of max(10·32, 13·32) = 416)
+    # every weight in W2.hex, one word per block of 20 2-bit indices (conv_a 2 × 15 = 30, conv_cb 30, fc
+    # 3 × 20 = 60 words), none in W8.hex (one unused word); the ring keeps 8-bit entries (32 × 32 × 8)
     mems = {m["name"]: m for m in report["memories"]}
-    assert mems["W2 memory"]["depth"] == 79 and mems["W8 memory"]["depth"] == 1
-    assert (mems["weight buffer"]["depth"], mems["weight buffer"]["width"]) == (832, 8)
+    assert mems["W2 memory"]["depth"] == 120 and mems["W8 memory"]["depth"] == 1
+    assert (mems["weight ring"]["depth"], mems["weight ring"]["width"]) == (32, 256)
     assert report["bram18"]["total"] == 0
     units = {u["unit"]: u["count"] for u in report["logic"]["units"]}
     # the RTL decodes indices into codebook values for its DSP PEs

@@ -24,6 +24,12 @@ from bitsmith.verify import verification_inputs, verify
 from tests.helpers import golden, invoke
 
 
+#: LeNet-5 W8A8 at 8×8 on a 256-bit bus: the weight loads hide under the compute (7,443 cycles, of which
+#: 6,541 compute and drain), so a skipped compute cycle is a cycle saved. On the default 64-bit bus the
+#: loader needs about 7,800 of the 8,494 cycles, so skipped compute mostly turns into waiting for
+#: weights (test_on_a_bus_bound_design_skipping_saves_little).
+COMPUTE_BOUND = AccelConfig(bus_bits=256)
+
 def _tiny(zero_skip: str) -> Program:
     """One raw-output conv on R×C = 2×4: 2 input channels of 3×3, a 2×2 kernel, 3 output channels.
     K = 2·2·2 = 8 terms (t = ci·4 + ky·2 + kx), T = 2 blocks of C = 4, G = ⌈3/2⌉ = 2 groups, P = 2·2."""
@@ -46,20 +52,20 @@ def _tiny_codes() -> np.ndarray:
 
 
 def test_a_hand_computed_layer():
-    # Fixed phases: param 22 + 3·3 = 31; input ⌈18 bytes·8 / 64⌉ = 3; weights ⌈2·2·4·8 / 64⌉ = 2 for
-    # group 0 (group 1 loads during group 0's compute + drain, which last at least P = 4 ≥ 2 cycles);
-    # next 1; finish 1 → 38 without compute and drain. A pixel drains during the next pixel's first
+    # Fixed phases: param 22 + 3·3 = 31; input ⌈18 bytes·8 / 64⌉ = 3; weights 0 (four term blocks of
+    # 2·4 bytes, one bus word each, load in cycles 0-3, during PARAM); next 1; finish 1 → 36 without
+    # compute and drain. A pixel drains during the next pixel's first
     # compute cycle; the group's last pixel, and a pixel q ≥ 1 with no compute cycle, on its own.
-    # none:    compute = G·P·T = 2·4·2 = 16, drain 1 + 1                          → 56
+    # none:    compute = G·P·T = 2·4·2 = 16, drain 1 + 1                          → 54
     # weights: group 0 has a non-zero only in block 0, group 1 only in block 1:
-    #          compute = P·(1 + 1) = 8, drain 1 + 1                               → 48
+    #          compute = P·(1 + 1) = 8, drain 1 + 1                               → 46
     # both, image 0: group 0 (w at ci 0, (0,0)) reads x0[oy][ox] = 5, 0, 0, 7 at the 4 pixels → 2 cycles
     #          (pixels 1, 2 compute nothing: drain 1 + 2);
     #          group 1 (w at ci 1, (1,0)) reads x1[oy+1][ox] = 3, 0, 0, 0            → 1 cycle (drain 1 + 3);
-    #          compute = 3, drain 7                                               → 48
-    # both, image 1 (all zero): compute = 0, drain 4 + 4                          → 46
+    #          compute = 3, drain 7                                               → 46
+    # both, image 1 (all zero): compute = 0, drain 4 + 4                          → 44
     codes = _tiny_codes()
-    want = {"none": [56, 56], "weights": [48, 48], "both": [48, 46]}
+    want = {"none": [54, 54], "weights": [46, 46], "both": [46, 44]}
     outputs = None
     for mode, cycles in want.items():
         program = _tiny(mode)
@@ -76,7 +82,7 @@ def test_a_hand_computed_layer():
     both = simulate(_tiny("both"), codes).cycles["layers"][0]
     assert both["compute_images"] == [3, 0] and both["compute"] == 1.5
     assert both["drain_images"] == [7, 8] and both["drain"] == 7.5
-    assert sum(both[p] for p in PHASES) + 1 == 47
+    assert sum(both[p] for p in PHASES) + 1 == 45
 
 
 def test_the_estimate_of_both_on_the_hand_computed_layer():
@@ -139,7 +145,7 @@ def test_pruned_lenet_outputs_equal_the_engine_and_cycles_fall(images, by_input_
     outputs = engine.run(g, images, return_all=True)
     totals = {}
     for mode in ("none", "weights", "both"):
-        program = compile_graph(g, AccelConfig(zero_skip=mode))
+        program = compile_graph(g, dataclasses.replace(COMPUTE_BOUND, zero_skip=mode))
         result = simulate(program, outputs[program.input_name])
         for layer in program.layers:
             np.testing.assert_array_equal(result.outputs[layer.name], outputs[layer.name].numpy(),
@@ -150,7 +156,7 @@ def test_pruned_lenet_outputs_equal_the_engine_and_cycles_fall(images, by_input_
                 assert {p: counted[p] for p in PHASES} == {p: row[p] for p in PHASES}
             assert result.total_cycles == formula["total"]
         totals[mode] = result.cycles["images"]
-    assert totals["none"] == [14934] * len(images)   # docs/hardware.md's figure for LeNet-5 W8A8
+    assert totals["none"] == [7443] * len(images)   # docs/hardware.md's figure for LeNet-5 W8A8 on 256 bits
     assert all(b <= w <= n for n, w, b in zip(totals["none"], totals["weights"], totals["both"]))
     assert max(totals["both"]) < totals["none"][0]
     if by_input_channel:   # whole term blocks are zero: the weights alone save cycles
@@ -159,9 +165,23 @@ def test_pruned_lenet_outputs_equal_the_engine_and_cycles_fall(images, by_input_
         assert totals["weights"][0] > totals["none"][0] - 100
 
 
+def test_on_a_bus_bound_design_skipping_saves_little(images):
+    g = _prune(golden("lenet5_w8a8"), 0.8, by_input_channel=True)
+    codes = engine.run(g, images, return_all=True)
+    totals, waits = {}, {}
+    for mode in ("none", "both"):
+        program = compile_graph(g, AccelConfig(zero_skip=mode))
+        result = simulate(program, codes[program.input_name])
+        totals[mode] = result.cycles["images"]
+        waits[mode] = sum(layer["weights"] for layer in result.cycles["layers"])
+    # the skipped compute cycles reappear as weight waits
+    assert waits["both"] > waits["none"] + 1000
+    assert totals["none"][0] == 8494 and all(0 <= 8494 - b < 100 for b in totals["both"])
+
+
 def test_the_report_estimates_both_from_activation_densities(images):
     g = _prune(golden("lenet5_w8a8"), 0.8, by_input_channel=False)
-    program = compile_graph(g, AccelConfig())
+    program = compile_graph(g, COMPUTE_BOUND)
     densities = layer_densities(g, program, activation_sparsity(g, images))
     convs = [layer.name for layer in program.layers if layer.kind == "conv"]
     assert sorted(densities) == sorted(convs) and all(0 < d <= 1 for d in densities.values())
@@ -169,7 +189,7 @@ def test_the_report_estimates_both_from_activation_densities(images):
     assert design["zero_skip"]["both"]["count"] == "both (estimate)"
     assert design["zero_skip"]["both"]["cycles"] < design["zero_skip"]["weights"]["cycles"] <= design["cycles"]
     assert evaluate_design(program)["zero_skip"]["both"] is None
-    exact = simulate(dataclasses.replace(program, config=AccelConfig(zero_skip="both")),
+    exact = simulate(dataclasses.replace(program, config=dataclasses.replace(COMPUTE_BOUND, zero_skip="both")),
                      engine.run(g, images, return_all=True)[program.input_name])
     # independent zeros are an assumption: the estimate is near the exact mean, not equal to it
     assert design["zero_skip"]["both"]["cycles"] == pytest.approx(exact.total_cycles, rel=0.15)
@@ -271,21 +291,21 @@ def test_the_plain_figures_do_not_depend_on_the_programs_zero_skip(images):
     densities = None
     designs = {}
     for mode in ("none", "both"):
-        program = compile_graph(g, AccelConfig(zero_skip=mode))
+        program = compile_graph(g, dataclasses.replace(COMPUTE_BOUND, zero_skip=mode))
         densities = densities or layer_densities(g, program, activation_sparsity(g, images))
         designs[mode] = evaluate_design(program, densities)
-    assert designs["none"]["cycles"] == designs["both"]["cycles"] == 14934
+    assert designs["none"]["cycles"] == designs["both"]["cycles"] == 7443
     assert designs["none"]["zero_skip"] == designs["both"]["zero_skip"]
 
 
 def test_verify_counts_data_dependent_cycles_per_image_and_rtl_refuses_zero_skip(tmp_path):
     g = _prune(golden("lenet5_w8a8"), 0.8, by_input_channel=True)
     inputs = verification_inputs(g, 3, "fashion-mnist")
-    report = verify(g, "accel", inputs, config=AccelConfig(zero_skip="both"))
+    report = verify(g, "accel", inputs, config=dataclasses.replace(COMPUTE_BOUND, zero_skip="both"))
     assert report.passed and report.mismatches == 0 and report.cycles_equal is None
-    assert len(report.cycles_per_image) == report.images and max(report.cycles_per_image) < 14934
+    assert len(report.cycles_per_image) == report.images and max(report.cycles_per_image) < 7443
     assert any("depend on the activations" in note for note in report.notes)
-    weights = verify(g, "accel", inputs, config=AccelConfig(zero_skip="weights"))
+    weights = verify(g, "accel", inputs, config=dataclasses.replace(COMPUTE_BOUND, zero_skip="weights"))
     assert weights.passed and weights.cycles_equal is True                # exact: equal to the formula
     with pytest.raises(ConfigError, match="does not skip zeros"):
         rtl_generate.testbench(compile_graph(g, AccelConfig(zero_skip="weights")), tmp_path, 1, 1)
@@ -294,11 +314,13 @@ def test_verify_counts_data_dependent_cycles_per_image_and_rtl_refuses_zero_skip
 def test_the_commands_take_zero_skip(tmp_path):
     g = _prune(golden("lenet5_w8a8"), 0.8, by_input_channel=True)
     g.save(tmp_path / "g")
-    result = invoke("hw", "report", str(tmp_path / "g"), "--zero-skip", "both", "--activations", "5", "--json")
+    result = invoke("hw", "report", str(tmp_path / "g"), "--zero-skip", "both", "--activations", "5",
+                    "--bus-bits", "256", "--json")
     assert result.exit_code == 0, result.output
     design = json.loads(result.output)
-    assert design["cycles"] == 14934 and design["zero_skip"]["both"]["cycles"] < design["zero_skip"]["weights"]["cycles"]
-    sim = invoke("hw", "simulate", str(tmp_path / "g"), "--zero-skip", "weights", "--images", "2", "--json")
+    assert design["cycles"] == 7443 and design["zero_skip"]["both"]["cycles"] < design["zero_skip"]["weights"]["cycles"]
+    sim = invoke("hw", "simulate", str(tmp_path / "g"), "--zero-skip", "weights", "--images", "2",
+                 "--bus-bits", "256", "--json")
     assert sim.exit_code == 0, sim.output
     assert json.loads(sim.output)["total_cycles"] == design["zero_skip"]["weights"]["cycles"]
     bad = invoke("hw", "report", str(tmp_path / "g"), "--activations", "5")

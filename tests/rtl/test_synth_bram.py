@@ -17,7 +17,7 @@ import pytest
 
 from bitsmith.accel.compiler import compile_graph
 from bitsmith.accel.config import AccelConfig
-from bitsmith.accel.cost import cost_report, memories, rom_mapping, rtl_memory_depths, weight_bank_entries
+from bitsmith.accel.cost import cost_report, memories, ram_mapping, rom_mapping, rtl_memory_depths
 from bitsmith.accel.memory import write_memory
 from bitsmith.integer import engine
 from bitsmith.rtl.generate import DESIGN_FILES, generate_rtl
@@ -62,10 +62,10 @@ def test_cost_model_memories_have_the_generated_depths(tmp_path, name):
     assert rtl_memory_depths(program, images) == manifest["sizes"]
     mems = {m["name"]: m for m in memories(program, images)}
     sizes = manifest["sizes"]
-    assert mems["weight buffer"]["depth"] == 2 * weight_bank_entries(sizes["WBUF_DEPTH"], config.bus_bits)
+    assert mems["weight ring"]["depth"] == sizes["RING_DEPTH"] and mems["load schedule"]["depth"] == sizes["LS_DEPTH"]
     assert mems["activation memory"]["depth"] == sizes["ACT_DEPTH"]
     assert mems["input memory"]["depth"] == sizes["IN8_DEPTH"]
-    assert all(m["bram18"] == 0 for m in mems.values() if m["kind"] != "rom")
+    assert all(m["bram18"] == 0 for m in mems.values() if m["kind"] not in ("rom", "ram"))
 
 
 # name -> (golden graph, configuration): the W8A8 top (param.hex 863 × 32 in a RAMB36E2, W8.hex 7712 × 64
@@ -89,13 +89,17 @@ def _cases(names):
 
 
 def _model_cells(program, target):
-    """{memory: {cell: count}} of the cost model's ROMs that get block RAM."""
+    """{memory: {cell: count}} of the cost model's ROMs and RAMs (the weight ring) that get block RAM."""
     cells = {}
     for m in memories(program):
-        if m["kind"] == "rom":
-            mapped = rom_mapping(m["depth"], m["width"], target)
-            if mapped["blocks"]:
-                cells[m["rtl"]] = {mapped["primitive"]: mapped["blocks"]}
+        if m["rtl"] == "wring":
+            mapped = ram_mapping(m["depth"], m["width"], target)
+        elif m["kind"] == "rom":
+            mapped = rom_mapping(m["depth"], m["used_width"], target)
+        else:
+            continue
+        if mapped["blocks"] and mapped["bram18"]:   # block RAM (not the ring's LUT RAM)
+            cells[m["rtl"]] = {mapped["primitive"]: mapped["blocks"]}
     return cells
 
 
@@ -116,11 +120,11 @@ def test_cost_model_brams_equal_yosys_synth_xilinx(tmp_path, case):
     # tables. (A one-word ROM, a program's absent W2.hex or CB8.hex, is a constant before it gets there.)
     for m in report["memories"]:
         for rtl in m["rtl"].split(", "):
-            if rtl not in got["mapping"]:   # the weight banks are shift registers: no memory to Yosys
-                assert (m["kind"] == "rom" and m["depth"] == 1) or rtl.startswith("wbank"), rtl
+            if rtl not in got["mapping"]:   # a one-word ROM is a constant before memory mapping
+                assert m["kind"] == "rom" and m["depth"] == 1, rtl
                 continue
             choice = got["mapping"][rtl]
-            if m["kind"] == "rom":
+            if m["kind"] in ("rom", "ram"):
                 assert choice.startswith("$__XILINX_BLOCKRAM_") == (m["blocks"] > 0), (rtl, choice)
                 assert (choice == "FF") == (m["blocks"] == 0), (rtl, choice)
             elif m["kind"] == "registers":
@@ -137,9 +141,10 @@ def test_cost_model_ebrs_equal_yosys_synth_ecp5(tmp_path, case):
     got = synth_block_rams([tmp_path / "rtl" / f for f in DESIGN_FILES], "bitsmith_top", TOP_SMALL_MEMORIES, "ecp5",
                            timeout=7200)
     assert got["memories"] == _model_cells(program, "ecp5")
-    # param.hex 863 × 32 in 2, W8.hex (7712 to 7832) × 64 in 29, In8.hex 128 × 64 in 2 (LUTs on xcup)
-    assert got["memories"]["in8_mem"] == {"DP16KD": 2}
-    assert got["cells"]["DP16KD"] == cost_report(program)["ecp5_dp16kd"] == 33
+    # param.hex 863 × 32 in 2, W8.hex (7,712 to 8,352) × 64 in 29 to 32, In8.hex 128 × 64 in 2 (LUTs on
+    # xcup), the weight ring (2048 × 256 at 2×2 and 4×4, 512 × 1024 at 8×8) in 29
+    assert got["memories"]["in8_mem"] == {"DP16KD": 2} and got["memories"]["wring"] == {"DP16KD": 29}
+    assert got["cells"]["DP16KD"] == cost_report(program)["ecp5_dp16kd"] in (62, 65)
 
 
 # ROMs on either side of the rule's edges (tests/accel/test_cost.py has the whole sweep): the LUT

@@ -81,9 +81,11 @@ def compile_graph(graph: IntegerGraph, config: AccelConfig) -> Program:
                 layer.channel_map[first:end] += alloc.address[tensor]
     # The engine's shape of each layer's tensor (a Linear's is 1-D), so back ends can compare.
     shapes = {layer.name: list(graph.tensors[layer.name].shape) for layer in layers}
-    return Program(config=config, layers=layers, input_name=input_name,
-                   metadata={"graph_output": graph.outputs[0], "tensor_shapes": shapes,
-                             "activation_memory": alloc.to_json()})
+    program = Program(config=config, layers=layers, input_name=input_name,
+                      metadata={"graph_output": graph.outputs[0], "tensor_shapes": shapes,
+                                "activation_memory": alloc.to_json()})
+    fit_weight_ring(program)
+    return program
 
 
 # -- one layer per step ---------------------------------------------------------------------
@@ -368,8 +370,8 @@ def _max_centered(x: TensorSpec) -> int:
 
 
 def _check_limits(layer: Layer, name: str, config: AccelConfig) -> None:
-    """§2 kernel size, §4 weight buffer, and every map on its own against the activation memory
-    (`allocate` checks the maps that are live together)."""
+    """§2 kernel size and every map on its own against the activation memory (`allocate` checks the
+    maps that are live together; `check_weight_ring` the weight ring, which depends on every layer)."""
     if max(layer.kh, layer.kw) > config.max_kernel:
         raise AcceleratorError(f"layer {name}: kernel {layer.kh}x{layer.kw} exceeds max_kernel={config.max_kernel}")
     check_packing(layer)
@@ -380,13 +382,6 @@ def _check_limits(layer: Layer, name: str, config: AccelConfig) -> None:
         if c * h * w > config.act_buffer_bytes:
             raise AcceleratorError(f"layer {name}: {what} map {c}x{h}x{w} = {c * h * w} bytes does not fit "
                                    f"act_buffer_bytes={config.act_buffer_bytes}")
-    if layer.kind == "conv":
-        entries = weight_buffer_entries(layer, config)
-        if entries > config.weight_buffer_entries:
-            raise AcceleratorError(
-                f"layer {name}: one channel group needs {'2R' if layer.channel_lanes == 2 else 'R'}·T·C = "
-                f"{group_channels(layer, config)}·{term_blocks(layer, config)}·"
-                f"{config.simd} = {entries} weights, does not fit weight_buffer_entries={config.weight_buffer_entries}")
 
 
 # -- the activation memory (§6) ---------------------------------------------------------------
@@ -539,6 +534,83 @@ def weight_buffer_entries(layer: Layer, config: AccelConfig) -> int:
     return group_channels(layer, config) * term_blocks(layer, config) * config.simd if layer.kind == "conv" else 0
 
 
+# -- the weight ring (§4, §5): one word per term block ------------------------------------------
+
+#: Load-schedule word (LS.hex, §6, 64 bits): blocks of the layer, bus words per block, storage width, codebook.
+SCHEDULE_WORD_BITS = 64
+SCHEDULE_BLOCK_BITS = 32               # bits 0-31: term blocks of the layer, G·T
+SCHEDULE_WORDS_BITS = 16               # bits 32-47: bus words per block
+SCHEDULE_STORAGE_SHIFT = 48            # bits 48-49: storage width code
+SCHEDULE_CODEBOOK_SHIFT = 50           # bit 50: 2-bit codebook indices (from W2.hex)
+SCHEDULE_STORAGE = {8: 0, 4: 1, 2: 2}  # storage width -> its code
+
+
+def block_words(layer: Layer, config: AccelConfig) -> int:
+    """Bus words of one term block of a conv layer: its R·(channel lanes)·C weights at their storage
+    width, the block padded to whole words (so every block starts on a word, §6)."""
+    if layer.kind != "conv":
+        return 0
+    return math.ceil(group_channels(layer, config) * config.simd * storage_bits(layer) / config.bus_bits)
+
+
+def ring_word_entries(program: Program) -> int:
+    """Entries (8-bit weights or 2-bit indices, one byte each) of one weight-ring word: a term block
+    of R·(channel lanes of the array)·C weights, rounded up to whole bus words of 2-bit entries (the
+    loader assembles a block by pushing up to bus_bits/2 entries a cycle into a register this wide)."""
+    config = program.config
+    per_push = config.bus_bits // CODEBOOK_INDEX_BITS
+    block = config.pe * array_lanes(program)[0] * config.simd
+    return -(-block // per_push) * per_push
+
+
+def ring_depth(program: Program) -> int:
+    """D: words of the weight ring, the largest power of two (so that its addresses wrap for free)
+    whose words hold at most weight_buffer_entries 8-bit entries, and no more than the program's
+    blocks need (the power of two at or above them, at least 2): a ring that holds every block of an
+    image never makes the loader wait, so a larger one would change no cycle. A word is
+    `ring_word_entries` wide, which on a small array (R·PCH·C below bus_bits/2) is more than a
+    block: such a ring holds fewer weights than its size."""
+    words = program.config.weight_buffer_entries // ring_word_entries(program)
+    if words < 1:
+        raise AcceleratorError(f"weight_buffer_entries={program.config.weight_buffer_entries} does not hold one "
+                               f"weight-ring word of {ring_word_entries(program)} entries (one term block)")
+    blocks = sum(channel_groups(l, program.config) * term_blocks(l, program.config)
+                 for l in program.layers if l.kind == "conv")
+    return min(1 << (words.bit_length() - 1), max(2, 1 << (blocks - 1).bit_length()))
+
+
+def fit_weight_ring(program: Program) -> Program:
+    """Check the weight ring (`check_weight_ring`) after the packing modes are chosen. Packing channel
+    pairs doubles a block and so halves the blocks the ring holds: when a layer's group then no longer
+    fits, every layer runs in mode 1 (one channel lane) instead, which may fit. Returns `program`."""
+    convs = [layer for layer in program.layers if layer.kind == "conv"]
+    if array_lanes(program)[0] == 2 and any(term_blocks(l, program.config) > ring_depth(program) for l in convs):
+        for layer in convs:
+            layer.packing = 1
+    check_weight_ring(program)
+    return program
+
+
+def check_weight_ring(program: Program) -> None:
+    """Every conv layer's channel group (T blocks) must fit the ring at once, and its load schedule
+    its LS.hex word (§6)."""
+    config = program.config
+    depth = ring_depth(program)
+    for layer in program.layers:
+        if layer.kind != "conv":
+            continue
+        T, blocks = term_blocks(layer, config), channel_groups(layer, config) * term_blocks(layer, config)
+        if T > depth:
+            raise AcceleratorError(
+                f"layer {layer.name}: one channel group is T = {T} term blocks, more than the weight ring's "
+                f"{depth} words (weight_buffer_entries={config.weight_buffer_entries}, "
+                f"{ring_word_entries(program)} entries a word)")
+        if blocks >= 1 << SCHEDULE_BLOCK_BITS or block_words(layer, config) >= 1 << SCHEDULE_WORDS_BITS:  # pragma: no cover
+            raise AcceleratorError(
+                f"layer {layer.name}: {blocks} term blocks of {block_words(layer, config)} bus words do not fit its "
+                f"load-schedule word (fewer than 2^{SCHEDULE_BLOCK_BITS} blocks, 2^{SCHEDULE_WORDS_BITS} words each)")
+
+
 def storage_bits(layer: Layer) -> int:
     """Bits per weight in external memory and on the bus (§6): a codebook layer's 2-bit indices,
     else the narrowest of 2, 4, 8 bits that holds the layer's weight codes."""
@@ -601,22 +673,20 @@ def allowed_packings(layer: Layer, d_bounds: tuple[int, int]) -> list[int]:
 
 
 def packed_cycles(layer: Layer, config: AccelConfig) -> int:
-    """Weights (exposed, §5) + compute + drain of a conv layer in its current packing mode, without
-    zero skipping: the figure the compiler minimises over the allowed modes."""
-    groups, busy = channel_groups(layer, config), pixel_passes(layer) * term_blocks(layer, config) + 1
-    load = math.ceil(weight_buffer_entries(layer, config) * storage_bits(layer) / config.bus_bits)
-    return load + (groups - 1) * max(0, load - busy) + groups * busy
+    """Compute + drain of a conv layer in its current packing mode, without zero skipping: the
+    figure the compiler minimises over the allowed modes. Weight loads do not enter it: the loader
+    streams every layer's blocks through the weight ring ahead of the array (§5), and a layer's bus
+    words are the same in every mode (a mode-2 block holds twice the weights of a mode-1 block, and
+    there are half as many)."""
+    return channel_groups(layer, config) * (pixel_passes(layer) * term_blocks(layer, config) + 1)
 
 
 def choose_packing(layer: Layer, d_bounds: tuple[int, int], config: AccelConfig) -> int:
-    """The allowed mode (whose channel group fits the weight buffer) with the fewest cycles; ties go
-    to the narrower packing (fewer idle product slots, e.g. mode 4 on a one-pixel layer). A weight-bound layer (little compute per group to hide the next group's
-    load under) can be faster in mode 1: its groups are half as large, so more of each load overlaps."""
+    """The allowed mode with the fewest cycles (`packed_cycles`); ties go to the narrower packing
+    (fewer idle product slots, e.g. mode 4 on a one-pixel layer)."""
     best = None
     for mode in sorted(allowed_packings(layer, d_bounds)):
         layer.packing = mode
-        if weight_buffer_entries(layer, config) > config.weight_buffer_entries and mode > 1:
-            continue
         cycles = packed_cycles(layer, config)
         if best is None or cycles < best[0]:
             best = (cycles, mode)

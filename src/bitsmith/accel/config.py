@@ -14,7 +14,7 @@ from bitsmith.integer.arithmetic import MULTIPLIER_BITS as IR_MULTIPLIER_BITS
 # Where the IR has its own limit (bitsmith.integer.arithmetic) the hardware must hold it, checked below.
 MAX_WEIGHT_BITS = 8          # widest dense weight; W8.hex stores every dense weight in one byte
 MAX_ACT_BITS = 8             # widest activation code; the activation memory holds one byte per code
-WEIGHT_BYTE_BITS = 8         # bits per dense weight in W8.hex and the weight buffer
+WEIGHT_BYTE_BITS = 8         # bits per dense weight in W8.hex and per weight-ring entry
 ACC_BITS = 32                # the PE rows' accumulators and raw (no-requant) outputs
 MULTIPLIER_BITS = 32         # the requant unit's signed multiplier register (m ≥ 0, so m < 2^31)
 SHIFT_FIELD_BITS = 6         # the requant unit's shift field: it can hold 0..63; the IR's limit
@@ -52,7 +52,7 @@ class AccelConfig:
     bus_bits: int = 64                  # external memory word, bits per cycle
     act_buffer_bytes: int = 131072      # the one activation memory (every live map, §6); the
                                         # two 64 KiB ping-pong buffers it replaced held as much
-    weight_buffer_entries: int = 65536  # weights of one channel group
+    weight_buffer_entries: int = 65536  # the weight ring, in 8-bit entries (§4, §5)
     max_kernel: int = 7
     clock_mhz: float = 200.0
     zero_skip: str = "none"             # one of ZERO_SKIP; changes cycles only, never a value

@@ -16,12 +16,13 @@ rough LUT/FF figure, per layer and in total (docs/hardware.md "Cost model" state
 - **DSPs of the pool-lane multipliers**: one 10×16-bit signed multiplier per lane ((x − z) times
   m, used by Add and average pools), one DSP48E2 each; the RTL builds them for every program.
 - **Memories of the generated RTL** (`memories`), at the depths `bitsmith.rtl.generate` gives them:
-  the five ROMs (param, W8, W2, codebook, input; one synchronous read each) with the block RAMs
-  Yosys infers for them (`rom_mapping`: memory_libmap's geometry choice for synth_xilinx -family
-  xcup, RAMB18E2 / RAMB36E2 = 2 BRAM18, or LUTs below its threshold; DP16KD for synth_ecp5;
-  tested against Yosys in tests/rtl/test_synth_bram.py), and the multi-ported arrays (activation
-  memory, weight buffer, raw output memory: flip-flops; the per-channel tables: LUT RAM or
-  flip-flops) as what they are: bram18 = 0, their bits counted as `register_bits` / `lutram_bits`.
+  the six ROMs (param, W8, W2, codebook, input, load schedule; one synchronous read each) with the
+  block RAMs Yosys infers for them (`rom_mapping`: memory_libmap's geometry choice for synth_xilinx
+  -family xcup, RAMB18E2 / RAMB36E2 = 2 BRAM18, or LUTs below its threshold; DP16KD for synth_ecp5;
+  tested against Yosys in tests/rtl/test_synth_bram.py), the weight ring (one write, one
+  synchronous read: `ram_mapping`), and the multi-ported arrays (activation memory, raw output
+  memory: flip-flops; the per-channel tables: LUT RAM or flip-flops) as what they are: bram18 = 0,
+  their bits counted as `register_bits` / `lutram_bits`.
 - **FINN's BRAM18 formula** (`bram18`), per layer, for the weight memory a FINN dataflow layer
   with the same folding would need (the FINN comparison, and the mixed-precision search's figure).
 - **Weight memory, dense vs compressed**: per conv layer the bits of its codes stored densely at
@@ -43,9 +44,10 @@ from ..integer import sparse
 from .config import (ACC_BITS, CODEBOOK_INDEX_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS, DESCRIPTOR_WORDS,
                      LANE_MULTIPLIER_BITS, MAX_ACT_BITS, MAX_WEIGHT_BITS, MULTIPLIER_BITS, PARAM_WORD_BITS,
                      SHIFT_FIELD_BITS, WEIGHT_BYTE_BITS)
-from .compiler import array_lanes, channel_groups
+from .compiler import (SCHEDULE_WORD_BITS, array_lanes, block_words, channel_groups, group_channels, ring_depth,
+                       ring_word_entries, storage_bits, term_blocks)
 from .program import Layer, Program
-from .timing import WEIGHT_BANKS, group_weight_cycles, input_cycles, storage_bits
+from .timing import input_cycles
 
 # ops per DSP48E2, DeepBurning-MixQ's DSP packing tables: OPS_PER_DSP[kernel][w_bits] = (a = 2, 3, 4, 5, 6, 7, 8).
 OPS_PER_DSP: dict[int, dict[int, tuple[float, ...]]] = {
@@ -286,11 +288,118 @@ def rom_mapping(depth: int, width: int, target: str = "xcup") -> dict:
     return {"primitive": "LUT", "blocks": 0, "bram18": 0, "cost": cost, "logic_cost": logic}
 
 
+#: The candidates memory_libmap weighs for a RAM with one write port and one synchronous read port of
+#: its own (the weight ring), by kind, each in the library's order (which settles ties). Block RAMs:
+#: (geometry, its narrowest usable data width). The write and the read take a port each (the write
+#: and read addresses differ, so they cannot share one): on a true-dual-port block A writes and B
+#: reads, at any widths; synth_xilinx -family xcup passes -D HAS_MIXWIDTH_SDP, so the simple-dual-port
+#: RAMB36E2/RAMB18E2 (`$__XILINX_BLOCKRAM_SDP_`) take any of their widths too; ECP5's PDPW16KD writes
+#: 36 bits at once, which memory_libmap narrows by write enables down to its 9-bit byte, not below.
+RAM_BLOCK_RAMS: dict[str, tuple[tuple[BlockRam, int], ...]] = {
+    "xcup": tuple((ram, 1) for ram in BLOCK_RAMS["xcup"]),
+    "ecp5": ((BLOCK_RAMS["ecp5"][0], 1), (BLOCK_RAMS["ecp5"][1], 9)),
+}
+#: The LUT RAMs that can win for one write and one (synchronous, emulated by a register after the
+#: asynchronous read) read port: xcup's `$__XILINX_LUTRAM_SDP_` at ABITS 6 (RAM64M8: 64 words × 7
+#: bits) and ABITS 5 (RAM32M16: 32 × 14), share/xilinx/lutrams_xcu.txt, cost 16 and `widthscale`d;
+#: ECP5's TRELLIS_DPR16X4 (16 × 4, cost 4, share/lattice/lutrams_trellis.txt). xcup's other LUT RAMs
+#: for this port pair (the DP, QP and OP RAMs, which spend a read-write port on the write, and
+#: RAM32X16DR8, which reads 7 of its 14 written bits) hold fewer bits per cell at the same or a
+#: smaller depth and always cost more; the single-port ones cannot take two addresses.
+LUT_RAMS: dict[str, tuple[BlockRam, ...]] = {
+    "xcup": (BlockRam("RAM64M8", 0, 6, (7,), 16), BlockRam("RAM32M16", 0, 5, (14,), 16)),
+    "ecp5": (BlockRam("TRELLIS_DPR16X4", 0, 4, (4,), 4),),
+}
+#: A `widthscale`d cell costs its cost per word bit it stores, cost·W/w per block of addresses
+#: (mem.width / unit width, not rounded up); the others cost per cell.
+LUT_RAM_WIDTHSCALE = {"xcup": True, "ecp5": False}
+RAM_BYTE_BITS = 9       # both targets' block RAMs write in 9-bit bytes: a word is padded to whole bytes
+LOGIC_COST_RAM = 1.0    # memory_libmap's cost of one RAM bit in flip-flops: its default, kept by both scripts
+RAM_DEMUX_COST = 0.5    # per block of addresses, when there are several (the write-enable decoder)
+
+
+def ram_mapping(depth: int, width: int, target: str = "xcup") -> dict:
+    """What Yosys 0.70's memory_libmap makes of a RAM of `depth` words × `width` bits with one write
+    port (rising edge, one write enable for the whole word) and one synchronous read port of its own
+    (falling edge: the weight ring), for `target` "xcup" (synth_xilinx -family xcup) or "ecp5"
+    (synth_ecp5). The mixed clock edges map: on xcup the block RAM's read clock gets an inverter
+    (a `$not`), on ECP5 the port's clock polarity is a parameter; and with the two ports on opposite
+    edges memory_libmap has no read-during-write behaviour to honour.
+
+    Its rule, found by experiment and by reading the pass: for every geometry and every data width w
+    it offers (the i-th of a block's widths holds 2^(abits − i) words; LUT RAMs have one), the RAM
+    needs s = ⌈depth / words⌉ blocks of addresses; its word is padded to whole bytes of b =
+    min(9, w) bits on a block RAM (b = w on a LUT RAM), and it needs n = ⌈s·⌈width/b⌉·b / w⌉ cells.
+    It costs n·cost (xcup's LUT RAMs: 16·s·width / w, their `widthscale`), plus 0.5·(s − 1)·width
+    (the read multiplexer), plus 0.5·s when s > 1 (the write-enable decoder), plus 2 (the read port
+    of its own). The cheapest width of each geometry (a later one only if cheaper than the earlier's
+    cost truncated to an integer), then the cheapest LUT RAM and the cheapest block RAM (the first on
+    a tie) are weighed against flip-flops, at cost depth·width: the LUT RAM, then the block RAM,
+    replaces the choice so far if it costs less than that choice's cost truncated to an integer.
+
+    Returns the primitive (RAMB36E2, RAMB18E2, DP16KD; RAM64M8, RAM32M16, TRELLIS_DPR16X4 for LUT
+    RAM; "FF" for flip-flops), its count `blocks` (0 for flip-flops), `bram18` (RAMB36E2 = 2,
+    RAMB18E2 = 1, DP16KD = 1, LUT RAM 0), the chosen candidate's `cost` (the cheapest RAM's for
+    flip-flops) and `logic_cost`."""
+    if target not in RAM_BLOCK_RAMS:
+        raise ConfigError(f"ram_mapping: unknown target {target!r}; choose one of {', '.join(RAM_BLOCK_RAMS)}")
+    if depth < 1 or width < 1:
+        raise ConfigError(f"RAM depth and width must be ≥ 1, got depth={depth}, width={width}")
+
+    def geometry(ram: BlockRam, narrowest: int, byte: int, scaled: bool) -> tuple[float, int] | None:
+        best: tuple[float, int] | None = None
+        for i, w in enumerate(ram.widths):
+            if w < narrowest:
+                continue
+            slices = -(-depth // (1 << (ram.abits - i)))
+            b = min(byte, w) if byte else w
+            padded = -(-width // b) * b
+            cells = -(-(slices * padded) // w)
+            cost = (ram.cost * slices * width / w if scaled else ram.cost * cells) \
+                + ROM_MUX_COST * (slices - 1) * width + (RAM_DEMUX_COST * slices if slices > 1 else 0) + ROM_PORT_COST
+            if best is None or cost < int(best[0]):
+                best = (cost, cells)
+        return best
+
+    kinds = ([(ram, 1, 0, LUT_RAM_WIDTHSCALE[target]) for ram in LUT_RAMS[target]],
+             [(ram, narrowest, RAM_BYTE_BITS, False) for ram, narrowest in RAM_BLOCK_RAMS[target]])
+    logic = int(depth * width * LOGIC_COST_RAM)
+    chosen: tuple[float, int, BlockRam] | None = None
+    cheapest: float | None = None
+    limit = logic
+    for candidates in kinds:
+        best: tuple[float, int, BlockRam] | None = None
+        for ram, narrowest, byte, scaled in candidates:
+            found = geometry(ram, narrowest, byte, scaled)
+            if found is not None and (best is None or found[0] < best[0]):
+                best = (found[0], found[1], ram)
+        if best is None:
+            continue
+        cheapest = best[0] if cheapest is None else min(cheapest, best[0])
+        if best[0] < limit:
+            chosen, limit = best, int(best[0])
+    if chosen is None:
+        return {"primitive": "FF", "blocks": 0, "bram18": 0, "cost": cheapest, "logic_cost": logic}
+    cost, blocks, ram = chosen
+    return {"primitive": ram.primitive, "blocks": blocks, "bram18": blocks * ram.bram18, "cost": cost,
+            "logic_cost": logic}
+
+
 def weight_rom_words(program: Program, codebook: bool) -> int:
     """Words of W8.hex (dense conv layers) or W2.hex (codebook layers): every channel group's
     weights at their storage width, one bus word per load cycle (docs/hardware.md §6)."""
-    return sum(channel_groups(l, program.config) * group_weight_cycles(l, program.config)
+    cfg = program.config
+    return sum(channel_groups(l, cfg) * term_blocks(l, cfg) * block_words(l, cfg)
                for l in program.layers if l.kind == "conv" and l.is_codebook == codebook)
+
+
+def weight_rom_width(program: Program, codebook: bool) -> int:
+    """The bits of a W8.hex (W2.hex) word that some word uses: every term block starts on a word
+    (§6), so when every layer's block fits one word (a small array) the words' top bits are always 0."""
+    cfg = program.config
+    used = [cfg.bus_bits if block_words(l, cfg) > 1 else group_channels(l, cfg) * cfg.simd * storage_bits(l)
+            for l in program.layers if l.kind == "conv" and l.is_codebook == codebook]
+    return max(used, default=cfg.bus_bits)
 
 
 def activation_bytes(program: Program) -> int:
@@ -316,29 +425,19 @@ def rtl_memory_depths(program: Program, images: int = 1) -> dict[str, int]:
     the ROMs' depths from the memory files): here from the program, with In8.hex holding `images`
     images. tests/rtl/test_synth_bram.py checks that the two agree."""
     cfg = program.config
-    wbuf = 1
-    for layer in program.layers:
-        if layer.kind == "conv":
-            wbuf = max(wbuf, group_weight_cycles(layer, cfg) * (cfg.bus_bits // storage_bits(layer)))
     raw = [layer.out_elems for layer in program.layers if layer.raw_output]
     return {
         "ACT_DEPTH": activation_bytes(program),
-        "WBUF_DEPTH": wbuf,
+        "RING_DEPTH": ring_depth(program),
         "MAXCH": max(layer.out_ch for layer in program.layers),
         "PARAM_DEPTH": param_words(program),
         "W8_DEPTH": max(1, weight_rom_words(program, codebook=False)),
         "W2_DEPTH": max(1, weight_rom_words(program, codebook=True)),
         "CB_DEPTH": max(1, CODEBOOK_SIZE * sum(l.is_codebook for l in program.layers)),
         "IN8_DEPTH": max(1, images * input_cycles(program.layers[0], cfg)),
+        "LS_DEPTH": 1 + sum(layer.kind == "conv" for layer in program.layers),
         "OUT32_DEPTH": max(raw) if raw else 1,
     }
-
-
-def weight_bank_entries(wbuf_depth: int, bus_bits: int) -> int:
-    """Entries of one weight-buffer bank in the RTL (its WD): WBUF_DEPTH rounded up to whole bus words
-    of 2-bit entries, at least two such words (a push must keep part of the bank)."""
-    per_word = bus_bits // CODEBOOK_INDEX_BITS
-    return -(-wbuf_depth // per_word) * per_word if wbuf_depth > per_word else 2 * per_word
 
 
 #: Bits per entry of the per-channel tables: bias, multiplier, shift, channel map (input address).
@@ -349,17 +448,32 @@ CHANNEL_TABLE_BITS = ACC_BITS + MULTIPLIER_BITS + SHIFT_FIELD_BITS + PARAM_WORD_
 #: several write ports (flip-flops: no RAM primitive has more than two write ports); one with a
 #: single write port and many asynchronous reads (Yosys builds LUT RAM, one copy per few read ports,
 #: or flip-flops where its cost model finds them cheaper). None of them is block RAM.
-MEMORY_KINDS = ("rom", "registers", "lutram")
+MEMORY_KINDS = ("rom", "ram", "registers", "lutram")
 
 
-def rom(name: str, rtl: str, depth: int, width: int, note: str) -> dict:
-    """A ROM of the top ($readmemh, one synchronous read): its Yosys mapping."""
-    x, e = rom_mapping(depth, width, "xcup"), rom_mapping(depth, width, "ecp5")
+def rom(name: str, rtl: str, depth: int, width: int, note: str, used_width: int | None = None) -> dict:
+    """A ROM of the top ($readmemh, one synchronous read): its Yosys mapping. `used_width`: the bits
+    of a word that are not 0 in every word (Yosys drops the others before it maps the memory)."""
+    used = width if used_width is None else used_width
+    x, e = rom_mapping(depth, used, "xcup"), rom_mapping(depth, used, "ecp5")
     where = (f"{x['blocks']} {x['primitive']}" if x["blocks"] else
              f"LUTs (memory_libmap's cost: a block {x['cost']:g} ≥ logic {x['logic_cost']})")
-    return {"name": name, "rtl": rtl, "kind": "rom", "depth": depth, "width": width, "bits": depth * width,
-            "bram18": x["bram18"], "primitive": x["primitive"], "blocks": x["blocks"],
+    if used != width:
+        where += f" (the words' top {width - used} bits are 0 in every word)"
+    return {"name": name, "rtl": rtl, "kind": "rom", "depth": depth, "width": width, "used_width": used,
+            "bits": depth * width, "bram18": x["bram18"], "primitive": x["primitive"], "blocks": x["blocks"],
             "ecp5_dp16kd": e["blocks"], "note": f"{note}; {where}"}
+
+
+def ram(name: str, rtl: str, depth: int, width: int, note: str) -> dict:
+    """A RAM of the top with one write and one synchronous read port: its Yosys mapping."""
+    x, e = ram_mapping(depth, width, "xcup"), ram_mapping(depth, width, "ecp5")
+    # Small RAMs become LUT RAM (or flip-flops): their bits count there, as the arrays' do.
+    kind = "ram" if x["bram18"] else "registers" if x["primitive"] == "FF" else "lutram"
+    return {"name": name, "rtl": rtl, "kind": kind, "depth": depth, "width": width, "bits": depth * width,
+            "bram18": x["bram18"], "primitive": x["primitive"], "blocks": x["blocks"],
+            "ecp5_dp16kd": e["blocks"] if e["primitive"] == "DP16KD" else 0,
+            "note": f"{note}; {x['blocks']} {x['primitive']}" if x["blocks"] else f"{note}; flip-flops"}
 
 
 def multiported(name: str, rtl: str, kind: str, depth: int, width: int, note: str) -> dict:
@@ -377,12 +491,13 @@ def memories(program: Program, images: int = 1) -> list[dict]:
     d = rtl_memory_depths(program, images)
     r, c, bus = cfg.pe, cfg.simd, cfg.bus_bits
     lanes = r * math.prod(array_lanes(program))
-    bank = weight_bank_entries(d["WBUF_DEPTH"], bus)
     return [
         rom("param memory", "param_mem", d["PARAM_DEPTH"], PARAM_WORD_BITS,
             "param.hex: layer count, descriptors, per-channel bias / m / s / input address"),
-        rom("W8 memory", "w8_mem", d["W8_DEPTH"], bus, "W8.hex: the dense layers' weights, one bus word per load cycle"),
-        rom("W2 memory", "w2_mem", d["W2_DEPTH"], bus, "W2.hex: the codebook layers' 2-bit indices"),
+        rom("W8 memory", "w8_mem", d["W8_DEPTH"], bus, "W8.hex: the dense layers' weights, one bus word per load cycle",
+            weight_rom_width(program, codebook=False)),
+        rom("W2 memory", "w2_mem", d["W2_DEPTH"], bus, "W2.hex: the codebook layers' 2-bit indices",
+            weight_rom_width(program, codebook=True)),
         rom("codebook memory", "cb8_mem", d["CB_DEPTH"], CODEBOOK_VALUE_BITS, "CB8.hex: four values per codebook layer"),
         rom("input memory", "in8_mem", d["IN8_DEPTH"], bus,
             f"In8.hex: {images} image(s) of {input_cycles(program.layers[0], cfg)} bus words"),
@@ -390,10 +505,11 @@ def memories(program: Program, images: int = 1) -> list[dict]:
                     f"every map, one byte per code; up to C·(pixel lanes) + R + 1 reads (+ R·C·(pixel lanes) with "
                     f"grouped convs; R·C = {r * c}) and max({bus // 8} input bytes, {lanes} outputs) writes in one "
                     "cycle: flip-flops and multiplexers (a block RAM has two ports, and a synchronous read)"),
-        multiported("weight buffer", "wbank0, wbank1", "registers", WEIGHT_BANKS * bank, WEIGHT_BYTE_BITS,
-                    f"{WEIGHT_BANKS} shift-register banks of {bank:,} 8-bit entries "
-                    f"(the loader pushes up to {bus // 2} a cycle); R·(channel lanes) slices of C entries read in one "
-                    "cycle: flip-flops and multiplexers"),
+        ram("weight ring", "wring", d["RING_DEPTH"], ring_word_entries(program) * WEIGHT_BYTE_BITS,
+            f"{d['RING_DEPTH']} words of one term block ({ring_word_entries(program)} 8-bit entries): one write "
+            "(the loader's assembled block) and one synchronous read a cycle"),
+        rom("load schedule", "ls_mem", d["LS_DEPTH"], SCHEDULE_WORD_BITS,
+            "LS.hex: one word per conv layer (blocks, bus words per block, storage width), then 0"),
         multiported("channel tables", "bias_t, mult_t, shift_t, map_t", "lutram", d["MAXCH"], CHANNEL_TABLE_BITS,
                     f"per output channel: bias, multiplier, shift, input address; one write port each (PARAM) and "
                     f"a read for each of the {lanes} accumulator lanes and R pool lanes in the same cycle, "

@@ -30,17 +30,21 @@ from bitsmith.storage import read_json, sha256_file, write_bytes_atomic, write_j
 from bitsmith.integer import engine
 from bitsmith.integer import sparse
 
-from .compiler import channel_groups, check_packing, compile_graph, group_channels, storage_bits, term_blocks
+from .compiler import (SCHEDULE_BLOCK_BITS, SCHEDULE_CODEBOOK_SHIFT, SCHEDULE_STORAGE, SCHEDULE_STORAGE_SHIFT,
+                       SCHEDULE_WORD_BITS,
+                       block_words, channel_groups, check_packing, compile_graph, group_channels, storage_bits,
+                       term_blocks)
 from .config import (ACC_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS, DESCRIPTOR_WORDS, MAX_ACT_BITS,
                      PARAM_WORD_BITS, PARAM_WORDS_PER_CHANNEL, AccelConfig)
 from .program import KINDS, PACKINGS, REQUANT_KINDS, Layer, Program
-from .timing import group_weight_cycles, program_cycles
+from .timing import program_cycles
 
 FORMAT = "bitsmith.accel_images"   # the on-disk format name in program.json (unchanged since version 1)
-VERSION = 1
+VERSION = 2   # 2: W8 / W2 words block by block (the weight ring) and LS.hex; version 1 folders are refused
 PARAM_BITS = PARAM_WORD_BITS
 CODEBOOK_BITS = CODEBOOK_VALUE_BITS
 PROGRAM_FILE = "program.json"
+SCHEDULE_FILE = "LS.hex"   # the weight loader's schedule (§6)
 SHA256_FIELD = "sha256"  # program.json: {file name: sha256 of its bytes} for every file it lists
 
 #: The compressed weight stream (§6): per dense conv layer a record of RECORD_HEADER_BYTES (magic |
@@ -73,6 +77,7 @@ class MemoryImage:
     cb8: list[int]
     inputs: list[int] = field(default_factory=list)
     ws: list[int] = field(default_factory=list)   # the compressed weight stream (WS.hex), when written
+    schedule: list[int] = field(default_factory=list)   # LS.hex: the weight loader's schedule
     weight_base: list[int] = field(default_factory=list)
     param_base: list[int] = field(default_factory=list)
     codebook_base: list[int] = field(default_factory=list)
@@ -111,14 +116,37 @@ def unpack_elements(words: list[int], elem_bits: int, word_bits: int, count: int
     return v
 
 
-def group_weights(layer: Layer, config: AccelConfig, g: int) -> np.ndarray:
-    """The (R·channel lanes)·T·C weight-buffer entries of channel group g in order [channel][t]
-    (zeros beyond out_ch / K)."""
-    R, C, T, K = group_channels(layer, config), config.simd, term_blocks(layer, config), layer.terms
-    block = np.zeros((R, T * C), dtype=np.int64)
-    rows = layer.weights[g * R : (g + 1) * R]
-    block[: rows.shape[0], :K] = rows
-    return block
+def block_weights(layer: Layer, config: AccelConfig) -> np.ndarray:
+    """[G, T, R'·C] weight-ring entries of a conv layer (R' = R·channel lanes): term block j of channel
+    group g holds weight[g·R' + i][j·C + c] at entry i·C + c (zeros beyond out_ch and K)."""
+    R, C, T, G = group_channels(layer, config), config.simd, term_blocks(layer, config), channel_groups(layer, config)
+    padded = np.zeros((G * R, T * C), dtype=np.int64)
+    padded[: layer.out_ch, : layer.terms] = layer.weights
+    return padded.reshape(G, R, T, C).transpose(0, 2, 1, 3).reshape(G, T, R * C)
+
+
+def layer_weight_words(layer: Layer, config: AccelConfig) -> list[int]:
+    """A conv layer's W8 (W2) words (§6): its term blocks in load order (group by group, block by
+    block), each at the storage width and padded to `block_words` whole bus words."""
+    bits, per_word = storage_bits(layer), config.bus_bits // storage_bits(layer)
+    blocks = block_weights(layer, config)
+    padded = np.zeros((blocks.shape[0] * blocks.shape[1], block_words(layer, config) * per_word), dtype=np.int64)
+    padded[:, : blocks.shape[2]] = blocks.reshape(-1, blocks.shape[2])
+    return pack_elements(padded, bits, config.bus_bits)
+
+
+def schedule_words(program: Program) -> list[int]:
+    """LS.hex (§6): per conv layer, in program order, one word for the weight loader: its term blocks
+    (G·T), bus words per block, storage width code, codebook flag; then a 0 word (the end)."""
+    config = program.config
+    words = []
+    for layer in program.layers:
+        if layer.kind == "conv":
+            blocks = channel_groups(layer, config) * term_blocks(layer, config)
+            words.append(blocks | block_words(layer, config) << SCHEDULE_BLOCK_BITS
+                         | SCHEDULE_STORAGE[storage_bits(layer)] << SCHEDULE_STORAGE_SHIFT
+                         | int(layer.is_codebook) << SCHEDULE_CODEBOOK_SHIFT)
+    return words + [0]
 
 
 def _twos(value: int, bits: int = PARAM_BITS) -> int:
@@ -161,11 +189,7 @@ def build_memory(program: Program, codes=None) -> MemoryImage:
         memory.weight_base.append(len(target) if layer.kind == "conv" else 0)
         memory.codebook_base.append(len(cb8) if layer.is_codebook else 0)
         if layer.kind == "conv":
-            bits = storage_bits(layer)
-            for g in range(channel_groups(layer, config)):
-                words = pack_elements(group_weights(layer, config, g), bits, config.bus_bits)
-                assert len(words) == group_weight_cycles(layer, config)
-                target.extend(words)
+            target.extend(layer_weight_words(layer, config))
         if layer.is_codebook:
             cb8.extend(_twos(v, CODEBOOK_BITS) for v in layer.codebook)
         if layer.table_words:
@@ -181,6 +205,7 @@ def build_memory(program: Program, codes=None) -> MemoryImage:
     for i, layer in enumerate(program.layers):
         memory.param += descriptor(layer, memory.weight_base[i], memory.param_base[i], memory.codebook_base[i])
     memory.param += tables
+    memory.schedule = schedule_words(program)
     if codes is not None:
         memory.inputs = pack_inputs(program, codes)
     return memory
@@ -299,7 +324,8 @@ def write_memory(program: Program, codes, out_dir: str | os.PathLike, expected: 
         raise DataError(f"input codes of shape {list(codes.shape)} do not match the first layer's input "
                         f"{program.layers[0].in_ch}x{program.layers[0].in_h}x{program.layers[0].in_w}")
     memory = build_memory(program, codes)
-    files = {"param.hex": (memory.param, PARAM_BITS), "In8.hex": (memory.inputs, config.bus_bits)}
+    files = {"param.hex": (memory.param, PARAM_BITS), "In8.hex": (memory.inputs, config.bus_bits),
+             SCHEDULE_FILE: (memory.schedule, SCHEDULE_WORD_BITS)}
     records: dict[int, dict] = {}
     if weight_stream:
         memory.ws, records = build_weight_stream(program)
@@ -412,6 +438,10 @@ def _read_program_json(out: Path) -> dict:
     doc = read_json(out / PROGRAM_FILE, "accelerator program")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise DataError(f"{out / PROGRAM_FILE}: not a bitsmith accelerator memory folder")
+    if doc.get("version") != VERSION:
+        raise DataError(f"{out / PROGRAM_FILE}: memory-folder version {doc.get('version')!r}, this bitsmith reads "
+                        f"version {VERSION} (its weight words are laid out for the weight ring). Re-create the "
+                        "folder with bitsmith hw compile.")
     return doc
 
 
@@ -469,7 +499,8 @@ def read_memory(out_dir: str | os.PathLike) -> tuple[dict, MemoryImage]:
     check_file(out, doc, "param.hex")
     memory = MemoryImage(param=read_hex(out / "param.hex", PARAM_BITS), w8=optional("W8.hex", bus),
                           w2=optional("W2.hex", bus), cb8=optional("CB8.hex", CODEBOOK_BITS),
-                          inputs=optional("In8.hex", bus), ws=optional(WEIGHT_STREAM_FILE, bus))
+                          inputs=optional("In8.hex", bus), ws=optional(WEIGHT_STREAM_FILE, bus),
+                          schedule=optional(SCHEDULE_FILE, SCHEDULE_WORD_BITS))
     if doc.get("weight_stream"):
         if memory.w8:
             raise DataError(f"{out}: holds both W8.hex and {WEIGHT_STREAM_FILE}; a folder has one weight memory")
@@ -500,9 +531,7 @@ def dense_words_from_stream(doc: dict, ws: list[int]) -> list[int]:
             raise DataError(f"program.json: conv layer {info['index']} ({info['name']}) has no weight_stream record")
         layer = _conv_layer_from_json(info)
         layer.weights = decode_weight_record(layer, ws, record["base"], config.bus_bits, record["words"])
-        words = [w for g in range(channel_groups(layer, config))
-                 for w in pack_elements(group_weights(layer, config, g), storage_bits(layer), config.bus_bits)]
-        placed.append((info["weight_base"], words))
+        placed.append((info["weight_base"], layer_weight_words(layer, config)))
     w8 = [0] * max((base + len(words) for base, words in placed), default=0)
     for base, words in placed:
         w8[base : base + len(words)] = words
@@ -591,16 +620,12 @@ def read_layer_weights(layer: Layer, config: AccelConfig, words: list[int], base
     `stream` from its WS.hex record at word `base` (in the layer's weight_storage format)."""
     if stream:
         return decode_weight_record(layer, words, base, config.bus_bits)
-    R, T, C, K = group_channels(layer, config), term_blocks(layer, config), config.simd, layer.terms
-    per_group = group_weight_cycles(layer, config)
-    bits = storage_bits(layer)
-    groups = []
-    for g in range(channel_groups(layer, config)):
-        start = base + g * per_group
-        block = unpack_elements(words[start : start + per_group], bits, config.bus_bits, R * T * C,
-                                signed=not layer.is_codebook).reshape(R, T * C)
-        groups.append(block[:, :K])
-    return np.concatenate(groups)[: layer.out_ch]
+    R, T, C, G = group_channels(layer, config), term_blocks(layer, config), config.simd, channel_groups(layer, config)
+    bits, n_words = storage_bits(layer), G * T * block_words(layer, config)
+    per_block = block_words(layer, config) * (config.bus_bits // bits)
+    entries = unpack_elements(words[base : base + n_words], bits, config.bus_bits, G * T * per_block,
+                              signed=not layer.is_codebook).reshape(G, T, per_block)[:, :, : R * C]
+    return entries.reshape(G, T, R, C).transpose(0, 2, 1, 3).reshape(G * R, T * C)[: layer.out_ch, : layer.terms]
 
 
 def read_input_codes(out_dir: str | os.PathLike) -> np.ndarray:

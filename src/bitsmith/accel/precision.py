@@ -23,8 +23,15 @@ Conv2d and Linear, in program order), weight bits w and input-activation bits a:
   the packing mode the compiler would pick at those widths (docs/hardware.md §3: mode 4 needs
   ≤ 4-bit weights and a narrow d), and its weights load at their storage width (2, 4 or 8 bits).
 
-Every figure is a sum of per-layer terms (array_dsp a maximum), so the search's differentiable
-form is the expectation of each layer's table under its softmax weights (`cost_tables`).
+Every figure but cycles is a sum of per-layer terms (array_dsp a maximum), so the search's
+differentiable form is the expectation of each layer's table under its softmax weights
+(`cost_tables`). Cycles are not quite a sum: the weight loader runs ahead across layers
+(docs/hardware.md §5), so what a layer waits for depends on the layers before it. A layer's row
+prices it run alone (`timing.layer_cycles`: the loader starts with the layer, on an empty ring),
+which is never less than what it costs in the program: when the program reaches the layer every
+earlier block is loaded and freed, so its loader is at least as far along. The tables' sum is
+therefore an upper bound of the exact `cycles` total `assignment_cost` reports (equal when no layer
+waits for weights), and a cycle budget the search meets is met.
 """
 
 from __future__ import annotations
@@ -35,11 +42,11 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import ConfigError
-from .compiler import choose_packing, d_range
+from .compiler import choose_packing, d_range, fit_weight_ring
 from .config import AccelConfig
 from .cost import TABLE_BITS, bram18, dsps_for, finn_weight_memory, layer_cost, table_kernel
 from .program import Layer, Program
-from .timing import FINISH_CYCLES, layer_cycles
+from .timing import FINISH_CYCLES, layer_cycles, program_cycles
 
 #: Widths a cost can be asked for (what QuantConfig allows); the DSP tables cover 2..8.
 COST_BITS = range(2, 17)
@@ -127,11 +134,8 @@ def assignment_cost(program: Program, wbits=None, abits=None, multipliers: dict[
     rows = [layer_figures(layer, w, a, config, interval, first=layer is program.layers[0],
                           multipliers=multipliers.get(layer.name))
             for layer, w, a in zip(layers, wbits, abits)]
-    weighted = {id(layer) for layer in layers}
-    other_cycles = sum(sum(layer_cycles(layer, config, first=i == 0).values())
-                       for i, layer in enumerate(program.layers) if id(layer) not in weighted)
     totals = {m: sum(row[m] for row in rows) for m in METRICS}
-    totals["cycles"] += other_cycles + FINISH_CYCLES
+    totals["cycles"] = program_cycles(sized_program(program, wbits, abits))["total"]
     array = [row["array_dsp"] for row in rows]
     return {"layers": rows, "interval": interval, "pe": config.pe, "simd": config.simd,
             "wbits": wbits, "abits": abits, **totals,
@@ -161,6 +165,21 @@ def cost_tables(program: Program, candidates_w: list[list[int]], candidates_a: l
                                 for w in ws], dtype=np.float64))
     if metric != "cycles":
         return tables, 0.0
-    own = assignment_cost(program)
-    constant = own["cycles"] - sum(row["cycles"] for row in own["layers"])
+    weighted = {id(layer) for layer in layers}
+    constant = FINISH_CYCLES + sum(sum(layer_cycles(layer, config, first=i == 0).values())
+                                   for i, layer in enumerate(program.layers) if id(layer) not in weighted)
     return tables, float(constant)
+
+
+def sized_program(program: Program, wbits: list[int], abits: list[int]) -> Program:
+    """`program` with its layers with weights at these widths, each in the packing mode the compiler
+    would pick for them (the other layers as they are)."""
+    widths = {id(layer): (w, a) for layer, w, a in zip(weighted_layers(program), wbits, abits)}
+    layers = []
+    for layer in program.layers:
+        if id(layer) in widths:
+            w, a = widths[id(layer)]
+            layer = replace(layer, weight_bits=w, in_bits=a)
+            choose_packing(layer, d_range(layer), program.config)
+        layers.append(layer)
+    return fit_weight_ring(replace(program, layers=layers))

@@ -2,15 +2,15 @@
 
 `simulate(program, codes)` packs the program and the input codes into the §6 memory words
 (`memory.build_memory`) and then runs the controller FSM from those words only: it decodes each
-descriptor and per-channel table from `param.hex` words, loads every channel group's weight buffer
-from the packed W8 / W2 bus words (a packing bug shows up as a wrong output), keeps the one
+descriptor and per-channel table from `param.hex` words, decodes every term block of the weight
+ring from the packed W8 / W2 bus words (a packing bug shows up as a wrong output), keeps the one
 activation memory as bytes (two's complement when signed) and reads and writes every map at the
 addresses the descriptors and channel maps give (an allocation bug shows up as a wrong output),
 and advances a cycle counter phase by phase as the FSM does.
 
 What is vectorised (and why it keeps the semantics): all images of the batch run at once, and a
 conv layer's arithmetic runs as one product over all pixels and channel groups after the FSM
-loop has loaded (decoded) every group's weight buffer and counted its cycles; the pool lanes
+loop has decoded every group's term blocks and counted its cycles; the pool lanes
 gather every window element of every lane at once. No output depends on another pixel, group or
 image, and a layer's output never overlaps its inputs (§6), so the order does not change a value. Overflow keeps its
 per-cycle meaning: the register after cycle j of a pixel is bias + the first j term blocks of C
@@ -19,7 +19,7 @@ running sums are formed cycle by cycle and every wrap is counted where it happen
 is the register's wrapped value.
 
 Zero skipping (`config.zero_skip`, docs/hardware.md §5): "weights" counts P cycles per term block
-of a group with a non-zero weight in the decoded weight buffer; "both" counts, per image and pixel,
+of a group with a non-zero weight in the decoded ring words; "both" counts, per image and pixel,
 the blocks where some non-zero weight meets a non-zero d = x − z_in (padding reads d = 0) — exact
 from the data, so cycles differ per image: `cycles["images"]` holds each image's total, and the
 per-layer phases and `total` are the batch means. Outputs never depend on it.
@@ -34,14 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitsmith.errors import AcceleratorError
+from bitsmith.errors import AcceleratorError, DataError
 
 from .compiler import check_packing, storage_width
 from .config import (ACC_BITS, ACC_MAX, ACC_MIN, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS,
                      DESCRIPTOR_WORDS, MAX_ACT_BITS)
-from .memory import MemoryImage, build_memory, channel_table, decode_descriptor
+from .memory import MemoryImage, build_memory, channel_table, decode_descriptor, schedule_words
 from .program import MAX_KINDS, PACKINGS, Program
-from .timing import FINISH_CYCLES, PHASES
+from .timing import FINISH_CYCLES, PHASES, ring_waits
 
 #: Elements per image chunk of the im2col columns [images, T·C, P]: bounds memory (~64 MB float64).
 CHUNK_ELEMENTS = 1 << 23
@@ -73,14 +73,14 @@ class _Counter:
     def start_layer(self, index: int, name: str, kind: str) -> None:
         self.layers.append({"index": index, "name": name, "kind": kind, **{p: 0 for p in PHASES}})
 
-    def tick(self, phase: str, cycles: int = 1) -> None:
+    def tick(self, phase: str, cycles: int = 1, layer_index: int = -1) -> None:
         if phase != "finish":
-            self.layers[-1][phase] += cycles
+            self.layers[layer_index][phase] += cycles
         self.total += cycles
 
-    def tick_images(self, phase: str, cycles: np.ndarray) -> None:
-        """Cycles of `phase` that differ per image, [N]."""
-        layer = self.layers[-1]
+    def tick_images(self, phase: str, cycles: np.ndarray, layer_index: int = -1) -> None:
+        """Cycles of `phase` that differ per image, [N] (of the current layer, or of `layer_index`)."""
+        layer = self.layers[layer_index]
         layer[f"{phase}_images"] = (np.asarray(layer.get(f"{phase}_images", 0)) + cycles).tolist()
         self.per_image += cycles
         self.data_dependent = True
@@ -118,6 +118,9 @@ def simulate(program: Program, codes, memory: MemoryImage | None = None) -> SimR
     outputs: dict[str, np.ndarray] = {}
     overflows: list[str] = []
     n_layers = memory.param[0]
+    if memory.schedule and memory.schedule != schedule_words(program):
+        raise DataError("LS.hex (the weight loader's schedule) does not match the program's conv layers")
+    busy = []   # per layer: compute + drain per channel group (conv), or in total (pool lanes)
     for i in range(n_layers):
         name = program.layers[i].name
         # PARAM: the descriptor, then the per-channel table, one 32-bit word per cycle.
@@ -143,11 +146,14 @@ def simulate(program: Program, codes, memory: MemoryImage | None = None) -> SimR
                 act[n, d["in_base"] : d["in_base"] + in_bytes] = _unpack(words, MAX_ACT_BITS, bus)[:in_bytes]
             counter.tick("input", per_image)
         if d["kind"] == "conv":
-            raw, wraps = _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, config, counter)
+            raw, wraps, groups_busy = _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map,
+                                                config, counter)
+            busy.append(groups_busy)
             if wraps:
                 overflows.append(f"layer {name}: 32-bit accumulator wrapped in {wraps} output values")
         else:
             raw = _run_lanes(d, act, bias, multiplier, shift, channel_map, config.pe, counter)
+            busy.append(counter.layers[-1]["compute"] + counter.layers[-1]["drain"])
         out_bytes = d["out_ch"] * d["out_h"] * d["out_w"]
         if raw is not None:
             y = raw
@@ -158,6 +164,13 @@ def simulate(program: Program, codes, memory: MemoryImage | None = None) -> SimR
         shape = shapes.get(name, [d["out_ch"], d["out_h"], d["out_w"]])
         outputs[name] = y.reshape(n_images, *shape)
         counter.tick("next")
+    # WEIGHTS: what the array waited for the loader, which streams every layer's blocks through the
+    # weight ring ahead of it (§5); it depends on every layer's busy cycles, so it is counted last.
+    for i, wait in enumerate(ring_waits(program, busy)):
+        if np.ndim(wait):
+            counter.tick_images("weights", wait, layer_index=i)
+        else:
+            counter.tick("weights", wait, layer_index=i)
     counter.tick("finish", FINISH_CYCLES)
     cycles = counter.result() | {"zero_skip": config.zero_skip}
     return SimResult(outputs=outputs, cycles=cycles, overflows=overflows, images=n_images)
@@ -176,9 +189,10 @@ def _read_map(act: np.ndarray, base: int, channels: int, h: int, w: int, signed:
 # -- conv -----------------------------------------------------------------------------------
 
 def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, config, counter):
-    """All channel groups of a conv layer; returns (raw 32-bit outputs or None, wrap count).
+    """All channel groups of a conv layer; returns (raw 32-bit outputs or None, wrap count, each
+    group's compute + drain cycles: [G], or [G, N] under zero_skip "both").
 
-    The FSM loop (weights, compute, drain per group) decodes every group's weight buffer and
+    The FSM loop (compute, drain per group) decodes every group's term blocks and
     counts its cycles; the arithmetic then runs as one exact product per input base (one for a
     dense conv, one per convolution group for a grouped one: row o reads the in_ch/groups channels
     starting at its channel-map address) and image chunk.
@@ -195,26 +209,21 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
     passes = math.ceil(P / pixel_lanes)
     out_ch, n_images = d["out_ch"], act.shape[0]
     bits = storage_width(d["weight_bits"], d["codebook"])   # on the bus (§6)
-    words_per_group = math.ceil(R * T * C * bits / bus)
-    words_of = memory.w2 if d["codebook"] else memory.w8
+    words_per_block = math.ceil(R * C * bits / bus)
+    per_block = words_per_block * (bus // bits)
+    groups = math.ceil(out_ch / R)
+    # The layer's words, block by block (§6): the loader writes each into a weight-ring word, where
+    # block j of group g holds row i's C entries at i·C (codebook decoder / sign extension on read).
+    words = (memory.w2 if d["codebook"] else memory.w8)[d["weight_base"] : d["weight_base"] + groups * T * words_per_block]
+    entries = _unpack(words, bits, bus)[: groups * T * per_block].reshape(groups, T, per_block)[:, :, : R * C]
+    ring = codebook[entries] if d["codebook"] else _signed(entries, bits)
     weight_rows = []
-    previous_busy = 0   # compute + drain of the previous group, which the loader of this one overlaps
-    for g in range(math.ceil(out_ch / R)):
-        # WEIGHTS: the group's bus words into the idle bank of the double-buffered weight buffer,
-        # decoded [r][t]. Group 0's load is exposed; group g's runs alongside group g−1's compute and
-        # drain, so the array waits only for what outlasts them (under "both" that is data dependent:
-        # counted per image below).
-        base = d["weight_base"] + g * words_per_group
-        words = words_of[base : base + words_per_group]
-        if g == 0:
-            counter.tick("weights", words_per_group)
-        elif config.zero_skip != "both":
-            counter.tick("weights", max(0, words_per_group - previous_busy))
-        entries = _unpack(words, bits, bus)[: R * T * C]
-        wbuf = codebook[entries] if d["codebook"] else _signed(entries, bits)  # codebook decoder / sign extension
+    groups_busy = []   # compute + drain of each group, which the loader's next blocks overlap
+    for g in range(groups):
+        wbuf = ring[g].reshape(T, R, C).transpose(1, 0, 2)   # [row, block, column]
         weight_rows.append(wbuf.reshape(R, T * C)[: min(R, out_ch - g * R)])  # rows with o < out_ch
         # COMPUTE: P pixels × T cycles (C terms per row per cycle), fewer with zero skipping (the
-        # weight part known from the buffer just loaded); DRAIN: each pixel's write shares the next
+        # weight part known from the ring words); DRAIN: each pixel's write shares the next
         # pixel's first compute cycle, so only the group's last pixel (and, skipping, a pixel after
         # one with no compute cycle) takes a cycle of its own.
         drain = 1
@@ -230,7 +239,7 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
             compute = drain = 0   # "both": counted per image below
         counter.tick("compute", compute)
         counter.tick("drain", drain)
-        previous_busy = compute + drain
+        groups_busy.append(compute + drain)
     weights = np.concatenate(weight_rows)                      # [out_ch, T·C], zeros for t ≥ K
     row_base = channel_map if channel_map is not None else np.full(out_ch, d["in_base"], dtype=np.int64)
     acc = np.empty((n_images, out_ch, P), dtype=np.int64)
@@ -258,7 +267,7 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
         group_busy = pixel_compute.sum(axis=2) + 1 + (pixel_compute[:, :, 1:] == 0).sum(axis=2)
         counter.tick_images("compute", pixel_compute.sum(axis=(1, 2)))
         counter.tick_images("drain", (group_busy - pixel_compute.sum(axis=2)).sum(axis=1))
-        counter.tick_images("weights", np.maximum(0, words_per_group - group_busy[:, :-1]).sum(axis=1))
+        groups_busy = group_busy.T   # [G, N]
 
     bases = np.unique(row_base)
     step = kin * H * W
@@ -285,9 +294,9 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
             acc[n0 : n0 + chunk, rows] = values
             wraps += chunk_wraps
     if d["raw_output"]:
-        return acc, wraps
+        return acc, wraps, groups_busy
     _write(act, d["out_base"], _requant(acc, multiplier, shift, d), 0, P)
-    return None, wraps
+    return None, wraps, groups_busy
 
 
 def _skip_both(nonzero: np.ndarray, row_base: np.ndarray, act: np.ndarray, d: dict, columns, R: int, C: int,

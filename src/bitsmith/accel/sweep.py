@@ -24,7 +24,7 @@ from .. import progress
 from ..errors import AcceleratorError, ConfigError
 from ..integer.graph import IntegerGraph
 from ..storage import write_bytes_atomic, write_json_atomic
-from .compiler import choose_packing, compile_graph, d_range
+from .compiler import choose_packing, compile_graph, d_range, fit_weight_ring
 from .config import AccelConfig
 from .cost import cost_report
 from .precision import assignment_cost, weighted_layers
@@ -90,7 +90,7 @@ def dense_program(program: Program, weight_bits: int) -> Program:
             layer = dataclasses.replace(layer, weight_bits=weight_bits, codebook=None, weights=weights)
             choose_packing(layer, d_range(layer), program.config)  # the modes this width allows
         layers.append(layer)
-    return dataclasses.replace(program, layers=layers)
+    return fit_weight_ring(dataclasses.replace(program, layers=layers))
 
 
 def mode_programs(graph: IntegerGraph, config: AccelConfig, codebook_graph: IntegerGraph | None = None) -> dict[str, Program]:
@@ -240,7 +240,7 @@ def design_tables(design: dict, title: str):
 
     layers = Table(title=title)
     for col in ("#", "layer", "kind", "in → out", "k", "w/a bits", "MACs", "cycles", "util", "DSP",
-                "wbuf entries", "FINN BRAM18"):
+                "group weights", "FINN BRAM18"):
         layers.add_column(col, justify="left" if col in ("layer", "kind", "in → out", "k") else "right")
     for r in design["layers"]:
         bits = ("cb2" if r["codebook"] else str(r["w_bits"])) if r["kind"] == "conv" else "-"

@@ -2,12 +2,16 @@
 
     cycles = Σ_layers (param + codebook + input + weights + Σ_groups (compute + drain) + 1) + 1
 
-The weight buffer has two banks: while the array computes channel group g from one, the loader
-fills the other with group g+1's weights (the external bus is idle during compute), so only the
-first group's load and, for later groups, the part of the load that outlasts the previous group's
-compute + drain are exposed ("weights" = cycles the array waits for weights):
+The weights do not wait for the array: a loader streams every conv layer's term blocks, in program
+order, one bus word a cycle, into the weight ring (D words of one term block each) whenever it has
+a free word, from the image's first cycle on (it pauses during INPUT, which holds the bus). A
+channel group's T words are freed when its last drain cycle ends. So the loader runs ahead through
+pools, parameter loads and compute-bound layers and fills the ring with the weights of the layers
+to come; the array waits ("weights") only when a group's last block is not in yet:
 
-    weights = W + Σ_{g < G−1} max(0, W − (compute_g + drain_g)),   W = ⌈R·T·C·b / bus_bits⌉
+    start_g = max(t_g, loaded(last block of g)),   weights = Σ_g (start_g − t_g)
+
+with t_g the cycle the FSM reaches group g. `ring_waits` runs this recurrence exactly.
 
 The drain (requant + write) of a pixel runs in the first compute cycle of the next pixel, which
 reads the accumulators only after they have been written out; only each group's last pixel drains
@@ -38,7 +42,8 @@ import numpy as np
 
 from bitsmith.errors import ConfigError
 
-from .compiler import channel_groups, group_channels, pixel_passes, storage_bits, term_blocks, weight_buffer_entries
+from .compiler import (block_words, channel_groups, check_weight_ring, group_channels, pixel_passes, ring_depth,
+                       term_blocks)
 from .config import CODEBOOK_SIZE, DESCRIPTOR_WORDS, MAX_ACT_BITS, AccelConfig
 from .program import Layer, Program
 
@@ -46,7 +51,6 @@ PHASES = ("param", "codebook", "input", "weights", "compute", "drain", "next")
 FINISH_CYCLES = 1
 CODEBOOK_CYCLES = CODEBOOK_SIZE   # one codebook value per cycle
 NEXT_LAYER_CYCLES = 1
-WEIGHT_BANKS = 2                  # the double-buffered weight buffer (module docstring)
 
 
 def param_cycles(layer: Layer) -> int:
@@ -59,13 +63,6 @@ def input_cycles(layer: Layer, config: AccelConfig) -> int:
     """The image from external memory into the activation memory (at the first layer's input
     address): one code per byte, bus_bits per cycle."""
     return math.ceil(layer.in_elems * MAX_ACT_BITS / config.bus_bits)
-
-
-def group_weight_cycles(layer: Layer, config: AccelConfig) -> int:
-    """Loading one channel group's (R·channel lanes)·T·C weights at their storage width (conv only)."""
-    if layer.kind != "conv":
-        return 0
-    return math.ceil(weight_buffer_entries(layer, config) * storage_bits(layer) / config.bus_bits)
 
 
 def group_compute_cycles(layer: Layer, config: AccelConfig) -> int:
@@ -146,27 +143,83 @@ def group_drains(layer: Layer, config: AccelConfig, activation_density: float | 
     return 1.0 + (passes - 1) * all_skipped
 
 
-def exposed_weight_cycles(layer: Layer, config: AccelConfig, group_busy) -> int:
-    """The weight-load cycles the array waits for (module docstring): the first group's load, then
-    per later group what its load (started with the previous group's first compute cycle) takes
-    beyond the previous group's compute + drain `group_busy[g − 1]`."""
-    load = group_weight_cycles(layer, config)
-    if load == 0:
-        return 0
-    busy = np.rint(np.asarray(group_busy, dtype=np.float64)[:-1]).astype(np.int64)
-    return load + int(np.maximum(0, load - busy).sum())
+def ring_waits(program: Program, busy: list) -> list:
+    """Per layer, the cycles the array waits for weights (module docstring), from `busy[i]`: for a
+    conv layer its groups' compute + drain cycles, [G] (or [G, N] when they differ per image), for
+    any other layer its total compute + drain (a number, or [N]). Waits are ints, or [N] arrays."""
+    check_weight_ring(program)   # a hand-built program may not have been through the compiler
+    return _ring_waits(program.layers, program.config, ring_depth(program), busy)
+
+
+def _ring_waits(layers: list[Layer], config: AccelConfig, depth: int, busy: list, first_reads_input: bool = True) -> list:
+    first = layers[0]
+    pause_start = param_cycles(first) + (CODEBOOK_CYCLES if first.is_codebook else 0)
+    pause_end = pause_start + (input_cycles(first, config) if first_reads_input else 0)
+    t = np.int64(0)        # the FSM's cycle (0: the image's first PARAM cycle)
+    loader = np.int64(0)   # the first cycle the loader is free for the next block
+    freed: list = []       # per loaded block: the first cycle its ring word may be reused
+    waits = []
+    for i, layer in enumerate(layers):
+        t = t + param_cycles(layer) + (CODEBOOK_CYCLES if layer.is_codebook else 0)
+        t = t + (pause_end - pause_start if i == 0 else 0)
+        if layer.kind != "conv":
+            waits.append(0)
+            t = t + np.sum(busy[i], axis=0) + NEXT_LAYER_CYCLES
+            continue
+        blocks, words = term_blocks(layer, config), block_words(layer, config)
+        wait = 0
+        for group_busy in np.asarray(busy[i]):
+            k = len(freed)     # the group's first block
+            loader = _load_blocks(loader, [freed[j - depth] if j >= depth else None for j in range(k, k + blocks)],
+                                  words, pause_start, pause_end)
+            start = np.maximum(t, loader)
+            wait = wait + (start - t)
+            t = start + group_busy
+            freed.extend([t] * blocks)
+        waits.append(wait)
+        t = t + NEXT_LAYER_CYCLES
+    return [w if np.ndim(w) else int(w) for w in waits]
+
+
+def _load_blocks(loader, free_at: list, words: int, pause_start: int, pause_end: int):
+    """The loader's next free cycle after loading blocks that may each start no earlier than
+    `free_at[j]` (None: at once), `words` cycles each, none during [pause_start, pause_end)."""
+    if np.all(loader >= pause_end):   # past INPUT: end = max(loader + n·w, max_j free_j + (n − j)·w)
+        end = loader + len(free_at) * words
+        for j, free in enumerate(free_at):
+            if free is not None:
+                end = np.maximum(end, free + (len(free_at) - j) * words)
+        return end
+    for free in free_at:
+        start = loader if free is None else np.maximum(loader, free)
+        end = start + words
+        end = np.where(start >= pause_end, end,
+                       np.where(start >= pause_start, pause_end + words,
+                                np.where(end > pause_start, end + (pause_end - pause_start), end)))
+        loader = end
+    return loader
+
+
+def group_busy(layer: Layer, config: AccelConfig, activation_density: float | None = None) -> np.ndarray:
+    """[G]: compute + drain of each channel group for one image (what the ring's loader overlaps)."""
+    return group_computes(layer, config, activation_density) + group_drains(layer, config, activation_density)
 
 
 def layer_cycles(layer: Layer, config: AccelConfig, first: bool,
                  activation_density: float | None = None) -> dict[str, int]:
-    """Cycles of each §5 phase for one layer and one image (groups summed)."""
+    """Cycles of each §5 phase for one layer and one image (groups summed), the layer run on its
+    own: the loader starts with the layer's first cycle and an empty ring, so no earlier layer hides
+    its first loads (in a program they usually are: `program_cycles`)."""
     computes = group_computes(layer, config, activation_density)
     drains = group_drains(layer, config, activation_density)
+    alone = Program(config=config, layers=[layer], input_name="")
+    check_weight_ring(alone)
+    wait = _ring_waits([layer], config, ring_depth(alone), [computes + drains], first_reads_input=first)[0]
     return {
         "param": param_cycles(layer),
         "codebook": CODEBOOK_CYCLES if layer.is_codebook else 0,
         "input": input_cycles(layer, config) if first else 0,
-        "weights": exposed_weight_cycles(layer, config, computes + drains),
+        "weights": round(float(wait)),
         "compute": round(float(computes.sum())),
         "drain": round(float(drains.sum())),
         "next": NEXT_LAYER_CYCLES,
@@ -191,8 +244,19 @@ def program_cycles(program: Program, activation_density: Mapping[str, float] | N
     if unknown:
         raise ConfigError(f"activation densities for {unknown[0]!r}, which is not a layer of the program")
     rows = []
+    busy = [group_busy(layer, config, density.get(layer.name)) for layer in program.layers]
+    waits = ring_waits(program, busy)
     for i, layer in enumerate(program.layers):
-        phases = layer_cycles(layer, config, first=i == 0, activation_density=density.get(layer.name))
+        computes = group_computes(layer, config, density.get(layer.name))
+        phases = {
+            "param": param_cycles(layer),
+            "codebook": CODEBOOK_CYCLES if layer.is_codebook else 0,
+            "input": input_cycles(layer, config) if i == 0 else 0,
+            "weights": round(float(waits[i])),
+            "compute": round(float(computes.sum())),
+            "drain": round(float(busy[i].sum() - computes.sum())),
+            "next": NEXT_LAYER_CYCLES,
+        }
         cycles = sum(phases.values())
         rows.append({
             "index": layer.index, "name": layer.name, "kind": layer.kind,

@@ -18,7 +18,7 @@ from bitsmith.accel.config import (ACC_BITS, CODEBOOK_INDEX_BITS, CODEBOOK_SIZE,
                                    SHIFT_FIELD_BITS, WEIGHT_BYTE_BITS)
 from bitsmith.accel.compiler import array_lanes
 from bitsmith.accel.cost import rtl_memory_depths
-from bitsmith.accel.memory import PROGRAM_FILE, expected_file, verify_memory_folder
+from bitsmith.accel.memory import PROGRAM_FILE, SCHEDULE_FILE, expected_file, verify_memory_folder
 from bitsmith.accel.program import Program
 from bitsmith.accel.timing import input_cycles, program_cycles
 from bitsmith.errors import ConfigError, DataError
@@ -95,13 +95,14 @@ def memory_sizes(program: Program, memory_dir: str | os.PathLike) -> dict[str, i
     depths = rtl_memory_depths(program)
     return {
         "ACT_DEPTH": depths["ACT_DEPTH"],
-        "WBUF_DEPTH": depths["WBUF_DEPTH"],
+        "RING_DEPTH": depths["RING_DEPTH"],
         "MAXCH": depths["MAXCH"],
         "PARAM_DEPTH": max(1, _hex_lines(memory_dir / "param.hex")),
         "W8_DEPTH": max(1, _hex_lines(memory_dir / "W8.hex")),
         "W2_DEPTH": max(1, _hex_lines(memory_dir / "W2.hex")),
         "CB_DEPTH": max(1, _hex_lines(memory_dir / "CB8.hex")),
         "IN8_DEPTH": max(1, _hex_lines(memory_dir / "In8.hex")),
+        "LS_DEPTH": max(1, _hex_lines(memory_dir / SCHEDULE_FILE)),
         "OUT32_DEPTH": depths["OUT32_DEPTH"],
     }
 
@@ -120,7 +121,7 @@ def _readmemh_lines(memory_dir: Path, relative_to: Path | None = None) -> str:
     lines = []
     for name, mem, zero in (("param.hex", "param_mem", "32'd0"), ("W8.hex", "w8_mem", "{BUS{1'b0}}"),
                             ("W2.hex", "w2_mem", "{BUS{1'b0}}"), ("CB8.hex", "cb8_mem", "8'd0"),
-                            ("In8.hex", "in8_mem", "{BUS{1'b0}}")):
+                            ("In8.hex", "in8_mem", "{BUS{1'b0}}"), (SCHEDULE_FILE, "ls_mem", "64'd0")):
         if (memory_dir / name).is_file():
             lines.append(f'        $readmemh("{_verilog_path(memory_dir / name, relative_to)}", {mem});')
         else:

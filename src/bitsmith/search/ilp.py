@@ -9,7 +9,8 @@ weight width i, activation width j). With one binary x_l,k per layer and choice 
                x_l,k ∈ {0, 1}
 
 where cost^m_l,k is the exact cost of layer l at choice k in metric m ("dsp", "cycles", "kb", ...)
-and C^m that of everything not searched. `scipy.optimize.milp` (HiGHS, branch and bound) solves it
+and C^m that of everything not searched (for "cycles", layer l run alone: an upper bound of its part
+of the program's exact total, bitsmith.accel.precision, so a met cycle budget holds exactly too). `scipy.optimize.milp` (HiGHS, branch and bound) solves it
 with relative gap 0.
 
 **Conditioning.** Sensitivities span 1e-9..1e-3 and cycle counts reach 1e6, while HiGHS's

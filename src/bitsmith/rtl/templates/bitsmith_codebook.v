@@ -1,5 +1,5 @@
 // Codebook decoder (docs/hardware.md §3): four signed 8-bit registers loaded once per layer; each of
-// the N 2-bit indices read from the weight buffer selects one of them (00 most negative, 01 other
+// the N 2-bit indices read from the weight ring selects one of them (00 most negative, 01 other
 // negative, 10 zero, 11 positive in the source's order; any four values work).
 `timescale 1ns/1ps
 module bitsmith_codebook #(

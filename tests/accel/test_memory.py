@@ -71,3 +71,15 @@ def test_program_json_without_digests_reads_with_a_warning(tmp_path):
     (tmp_path / "m" / PROGRAM_FILE).write_text(json.dumps(doc))
     with pytest.warns(BitsmithWarning, match="records no sha256"):
         read_program(tmp_path / "m")
+
+
+def test_a_folder_of_the_layout_before_the_weight_ring_is_refused(tmp_path):
+    """Version 1 laid W8.hex out group by group and had no LS.hex: read as version 2 its weights
+    would come back scrambled, so it is refused with the way out."""
+    _compile("single_layer", tmp_path / "m")
+    doc = json.loads((tmp_path / "m" / PROGRAM_FILE).read_text())
+    assert doc["version"] == 2 and "LS.hex" in doc["files"]
+    doc["version"] = 1
+    (tmp_path / "m" / PROGRAM_FILE).write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"memory-folder version 1, .*version 2.*Re-create the folder with bitsmith hw compile"):
+        read_program(tmp_path / "m")

@@ -200,28 +200,29 @@ def _load_blocks(loader, free_at: list, words: int, pause_start: int, pause_end:
     return loader
 
 
-def group_busy(layer: Layer, config: AccelConfig, activation_density: float | None = None) -> np.ndarray:
-    """[G]: compute + drain of each channel group for one image (what the ring's loader overlaps)."""
-    return group_computes(layer, config, activation_density) + group_drains(layer, config, activation_density)
-
-
 def layer_cycles(layer: Layer, config: AccelConfig, first: bool,
                  activation_density: float | None = None) -> dict[str, int]:
     """Cycles of each §5 phase for one layer and one image (groups summed), the layer run on its
     own: the loader starts with the layer's first cycle and an empty ring, so no earlier layer hides
     its first loads (in a program they usually are: `program_cycles`)."""
     computes = group_computes(layer, config, activation_density)
-    drains = group_drains(layer, config, activation_density)
+    busy = computes + group_drains(layer, config, activation_density)
     alone = Program(config=config, layers=[layer], input_name="")
     check_weight_ring(alone)
-    wait = _ring_waits([layer], config, ring_depth(alone), [computes + drains], first_reads_input=first)[0]
+    wait = _ring_waits([layer], config, ring_depth(alone), [busy], first_reads_input=first)[0]
+    return _phases(layer, config, first, computes, busy, wait)
+
+
+def _phases(layer: Layer, config: AccelConfig, first: bool, computes: np.ndarray, busy: np.ndarray,
+            wait) -> dict[str, int]:
+    """The §5 phases of one layer from its groups' compute and compute + drain cycles and its wait."""
     return {
         "param": param_cycles(layer),
         "codebook": CODEBOOK_CYCLES if layer.is_codebook else 0,
         "input": input_cycles(layer, config) if first else 0,
         "weights": round(float(wait)),
         "compute": round(float(computes.sum())),
-        "drain": round(float(drains.sum())),
+        "drain": round(float(busy.sum() - computes.sum())),
         "next": NEXT_LAYER_CYCLES,
     }
 
@@ -244,19 +245,11 @@ def program_cycles(program: Program, activation_density: Mapping[str, float] | N
     if unknown:
         raise ConfigError(f"activation densities for {unknown[0]!r}, which is not a layer of the program")
     rows = []
-    busy = [group_busy(layer, config, density.get(layer.name)) for layer in program.layers]
+    computes = [group_computes(layer, config, density.get(layer.name)) for layer in program.layers]
+    busy = [c + group_drains(layer, config, density.get(layer.name)) for c, layer in zip(computes, program.layers)]
     waits = ring_waits(program, busy)
     for i, layer in enumerate(program.layers):
-        computes = group_computes(layer, config, density.get(layer.name))
-        phases = {
-            "param": param_cycles(layer),
-            "codebook": CODEBOOK_CYCLES if layer.is_codebook else 0,
-            "input": input_cycles(layer, config) if i == 0 else 0,
-            "weights": round(float(waits[i])),
-            "compute": round(float(computes.sum())),
-            "drain": round(float(busy[i].sum() - computes.sum())),
-            "next": NEXT_LAYER_CYCLES,
-        }
+        phases = _phases(layer, config, i == 0, computes[i], busy[i], waits[i])
         cycles = sum(phases.values())
         rows.append({
             "index": layer.index, "name": layer.name, "kind": layer.kind,

@@ -386,8 +386,8 @@ def ram_mapping(depth: int, width: int, target: str = "xcup") -> dict:
 
 
 def weight_rom_words(program: Program, codebook: bool) -> int:
-    """Words of W8.hex (dense conv layers) or W2.hex (codebook layers): every channel group's
-    weights at their storage width, one bus word per load cycle (docs/hardware.md §6)."""
+    """Words of W8.hex (dense conv layers) or W2.hex (codebook layers): every term block of every
+    channel group at its storage width on whole bus words, one word per load cycle (docs/hardware.md §6)."""
     cfg = program.config
     return sum(channel_groups(l, cfg) * term_blocks(l, cfg) * block_words(l, cfg)
                for l in program.layers if l.kind == "conv" and l.is_codebook == codebook)

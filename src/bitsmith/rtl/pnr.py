@@ -35,8 +35,9 @@ TOP = "bitsmith_top"
 #: and multiplexers: at their real depth, far more than an 85k part holds); "full": as generated.
 MEMORIES = ("shrunk", "full")
 #: nextpnr-ecp5's placers. "static" (electrostatic, then annealing refinement) is the default: on the
-#: LeNet-5 top at 4×4 it left 31% less wire than "heap" (nextpnr's own default) before refinement,
-#: and place and route took 719 s of CPU against 896 s (docs/hardware.md "Place and route (ECP5)").
+#: LeNet-5 top at 4×4 its placement had 31% less wire than "heap"'s (nextpnr's own default) at the
+#: same annealing iteration, and nextpnr took 719 s of CPU against 896 s (docs/hardware.md "Place and
+#: route (ECP5)").
 PLACERS = ("static", "heap", "sa")
 #: nextpnr report bel types -> the figures bitsmith reports.
 BEL_GROUPS = {"lut4": "TRELLIS_COMB", "ff": "TRELLIS_FF", "dsp": "MULT18X18D", "ebr": "DP16KD", "io": "TRELLIS_IO"}

@@ -550,7 +550,12 @@ def block_words(layer: Layer, config: AccelConfig) -> int:
     width, the block padded to whole words (so every block starts on a word, §6)."""
     if layer.kind != "conv":
         return 0
-    return math.ceil(group_channels(layer, config) * config.simd * storage_bits(layer) / config.bus_bits)
+    return words_per_block(group_channels(layer, config) * config.simd, storage_bits(layer), config.bus_bits)
+
+
+def words_per_block(entries: int, bits: int, bus_bits: int) -> int:
+    """Bus words of a term block of `entries` weights of `bits` each, padded to whole words (§6)."""
+    return -(-entries * bits // bus_bits)
 
 
 def ring_word_entries(program: Program) -> int:

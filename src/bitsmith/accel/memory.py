@@ -33,7 +33,7 @@ from bitsmith.integer import sparse
 from .compiler import (SCHEDULE_BLOCK_BITS, SCHEDULE_CODEBOOK_SHIFT, SCHEDULE_STORAGE, SCHEDULE_STORAGE_SHIFT,
                        SCHEDULE_WORD_BITS,
                        block_words, channel_groups, check_packing, compile_graph, group_channels, storage_bits,
-                       term_blocks)
+                       term_blocks, words_per_block)
 from .config import (ACC_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS, DESCRIPTOR_WORDS, MAX_ACT_BITS,
                      PARAM_WORD_BITS, PARAM_WORDS_PER_CHANNEL, AccelConfig)
 from .program import KINDS, PACKINGS, REQUANT_KINDS, Layer, Program
@@ -631,8 +631,9 @@ def unpack_blocks(words: list[int], base: int, bits: int, bus_bits: int, groups:
     """[groups·rows, blocks·simd]: a conv layer's weight-ring entries from its words at `base` (§6:
     `groups` channel groups of `blocks` term blocks, each block `rows`·`simd` entries of `bits` on
     whole bus words), back in [channel][term] order, padded rows and terms included."""
-    per_block = -(-rows * simd * bits // bus_bits) * (bus_bits // bits)
-    n_words = groups * blocks * per_block * bits // bus_bits
+    block_bus_words = words_per_block(rows * simd, bits, bus_bits)
+    per_block = block_bus_words * (bus_bits // bits)   # entries of a block, its padding included
+    n_words = groups * blocks * block_bus_words
     entries = unpack_elements(words[base : base + n_words], bits, bus_bits, groups * blocks * per_block, signed)
     entries = entries.reshape(groups, blocks, per_block)[:, :, : rows * simd]
     return entries.reshape(groups, blocks, rows, simd).transpose(0, 2, 1, 3).reshape(groups * rows, blocks * simd)

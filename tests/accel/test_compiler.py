@@ -428,3 +428,22 @@ def test_packed_fields_are_exact_wherever_the_compiler_allows_the_mode():
         # one step past the allowed range some field is wrong: the check is tight
         edge = _pe_fields(np.int64(-(1 << (bits - 1))), np.int64(0), np.int64(-widest - 1), np.int64(0), quad=True)
         assert edge[0] != (1 << (bits - 1)) * (widest + 1)
+
+
+def test_descriptor_fields_the_rtl_reads_narrow_are_checked():
+    """The RTL reads a map's height and width as 16-bit fields and a conv's input channels per group
+    as a 24-bit one (docs/hardware.md §6): a layer beyond them is refused, not silently truncated."""
+    from bitsmith.accel.compiler import MAX_GROUP_CHANNELS, MAX_MAP_SIDE, _check_limits
+    from bitsmith.accel.program import Layer
+
+    def conv(in_ch, side):
+        return Layer(index=0, name="x", kind="conv", in_ch=in_ch, in_h=1, in_w=side, out_ch=1, out_h=1, out_w=side,
+                     weight_bits=8, weights=np.zeros((1, 1), dtype=np.int64))
+
+    big = AccelConfig(act_buffer_bytes=1 << 26)
+    _check_limits(conv(1, MAX_MAP_SIDE), "x", big)
+    with pytest.raises(AcceleratorError, match="a map side above 65535 .*16-bit height and width"):
+        _check_limits(conv(1, MAX_MAP_SIDE + 1), "x", big)
+    _check_limits(conv(MAX_GROUP_CHANNELS, 1), "x", big)
+    with pytest.raises(AcceleratorError, match="16777216 input channels per group exceed 16777215"):
+        _check_limits(conv(MAX_GROUP_CHANNELS + 1, 1), "x", big)

@@ -186,7 +186,7 @@ def test_tiny_program_by_hand():
     #      W8 720 ≥ 258 → 2. Weight ring: words of 20 entries rounded up to a bus word of 2-bit entries,
     #      32 × 8 = 256 bits; 2000 // 32 = 62 → 32 words (a power of two): LUT RAM on both targets (19
     #      RAM32M16 on xcup, 128 TRELLIS_DPR16X4 on ECP5; ram_mapping). Activation memory: the highest map end (every base 0 here)
-    #      512 bytes; tables 10 channels × 102 bits; raw output 10 × 32.
+    #      512 bytes, in banks; tables 10 channels × 102 bits; raw output 10 × 32.
     report = cost_report(_tiny_program())
     assert [row["dsp"] for row in report["layers"]] == [6, 0, 0, 4]
     assert [row["table_kernel"] for row in report["layers"]] == [5, None, None, 1]
@@ -200,12 +200,16 @@ def test_tiny_program_by_hand():
     mems = {m["name"]: (m["kind"], m["depth"], m["width"], m["bram18"], m["ecp5_dp16kd"]) for m in report["memories"]}
     assert mems == {"param memory": ("rom", 161, 32, 0, 1), "W8 memory": ("rom", 180, 64, 0, 2),
                     "W2 memory": ("rom", 30, 64, 0, 0), "codebook memory": ("rom", 4, 8, 0, 0),
-                    "input memory": ("rom", 54, 64, 0, 0), "activation memory": ("registers", 512, 8, 0, 0),
+                    "input memory": ("rom", 54, 64, 0, 0), "activation memory": ("lutram", 64, 8, 0, 0),
                     "weight ring": ("lutram", 32, 256, 0, 0), "load schedule": ("rom", 4, 64, 0, 0),
                     "channel tables": ("lutram", 10, 102, 0, 0), "output memory": ("registers", 10, 32, 0, 0)}
     assert report["bram18"]["total"] == 0 and report["ecp5_dp16kd"] == 1 + 2
-    assert report["register_bits"] == 512 * 8 + 10 * 32 and report["lutram_bits"] == 32 * 256 + 1020
-    assert [m["rtl"] for m in report["memories"]] == ["param_mem", "w8_mem", "w2_mem", "cb8_mem", "in8_mem", "act",
+    # the activation memory: 512 bytes in 11 banks (no cycle touches two bytes of one bank) of 64 × 8
+    # bits, LUT RAM (bitsmith.accel.banks)
+    act = next(m for m in report["memories"] if m["name"] == "activation memory")
+    assert act["banks"] == 11 and act["bits"] == 11 * 64 * 8
+    assert report["register_bits"] == 10 * 32 and report["lutram_bits"] == 32 * 256 + 1020 + 11 * 64 * 8
+    assert [m["rtl"] for m in report["memories"]] == ["param_mem", "w8_mem", "w2_mem", "cb8_mem", "in8_mem", "act_bank[*].mem",
                                                       "wring", "ls_mem", "bias_t, mult_t, shift_t, map_t", "out32"]
     # three images in In8.hex: 162 words × 64, still LUTs on xcup (162 < 259), 2 DP16KD on ECP5
     three = {m["name"]: m for m in cost_report(_tiny_program(), images=3)["memories"]}

@@ -73,13 +73,15 @@ def test_program_json_without_digests_reads_with_a_warning(tmp_path):
         read_program(tmp_path / "m")
 
 
-def test_a_folder_of_the_layout_before_the_weight_ring_is_refused(tmp_path):
-    """Version 1 laid W8.hex out group by group and had no LS.hex: read as version 2 its weights
-    would come back scrambled, so it is refused with the way out."""
+@pytest.mark.parametrize("old", [1, 2])
+def test_a_folder_of_an_older_layout_is_refused(tmp_path, old):
+    """Version 1 laid W8.hex out group by group and had no LS.hex; version 2's descriptors held
+    groups in word 21 where version 3 holds in_ch / groups: read as version 3 either would come back
+    scrambled, so it is refused with the way out."""
     _compile("single_layer", tmp_path / "m")
     doc = json.loads((tmp_path / "m" / PROGRAM_FILE).read_text())
-    assert doc["version"] == 2 and "LS.hex" in doc["files"]
-    doc["version"] = 1
+    assert doc["version"] == 3 and "LS.hex" in doc["files"]
+    doc["version"] = old
     (tmp_path / "m" / PROGRAM_FILE).write_text(json.dumps(doc))
-    with pytest.raises(DataError, match=r"memory-folder version 1, .*version 2.*Re-create the folder with bitsmith hw compile"):
+    with pytest.raises(DataError, match=rf"memory-folder version {old}, .*version 3.*Re-create the folder with bitsmith hw compile"):
         read_program(tmp_path / "m")

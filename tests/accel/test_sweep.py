@@ -93,7 +93,9 @@ def test_all_codebook_program_needs_no_dataflow_array_dsps(lenet_graphs):
     assert w2 == sum(channel_groups(l, program.config) * term_blocks(l, program.config) * (4 if l.packing > 1 else 2)
                      for l in program.layers if l.kind == "conv") == 2088
     assert report["bram18"]["weight ring"] == 29 and report["bram18"]["param memory"] == 2
-    assert report["bram18"]["total"] == report["bram18"]["W2 memory"] + 2 + 29
+    # the activation memory: 5,880 bytes in 19 banks (bitsmith.accel.banks) of 368 × 8 bits, a RAMB18E2 each
+    assert report["bram18"]["activation memory"] == 19
+    assert report["bram18"]["total"] == report["bram18"]["W2 memory"] + 2 + 29 + 19
     # expanded to dense 8-bit, the same program needs the full int8 array
     dense = dense_program(program, 8)
     assert not any(l.is_codebook for l in dense.layers)

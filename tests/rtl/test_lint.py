@@ -74,12 +74,16 @@ def test_lint_reports_what_it_finds(tmp_path):
         lint_verilator(tmp_path, ["broken.v"], "broken")
 
 
-@pytest.mark.parametrize("sim", ["icarus", pytest.param("verilator", marks=[pytest.mark.slow, needs_verilator])])
-def test_the_synthesis_form_simulates_bit_and_cycle_exact(tmp_path, sim):
+@pytest.mark.parametrize("sim, name", [("icarus", "mixed_small_4x4"), ("icarus", "depthwise_1x3_bus32"),
+                                       ("icarus", "lenet5_mixed_bits"),
+                                       pytest.param("verilator", "mixed_small_4x4",
+                                                    marks=[pytest.mark.slow, needs_verilator])])
+def test_the_synthesis_form_simulates_bit_and_cycle_exact(tmp_path, sim, name):
     """The top as Yosys reads it (SYNTHESIS: the operand fetch an always @* process instead of the
-    falling-edge one) gives the same values and cycles as the form the tests simulate, on every
-    layer kind: the two forms of the fetch are one circuit."""
-    program, rtl = _generate(tmp_path, "mixed_small_4x4")
+    falling-edge one, the activation memory one RAM per bank with its own write and falling-edge
+    read) gives the same values and cycles as the form the tests simulate, on every layer kind, a
+    grouped conv (a port per row) and two pixel lanes (mode 4): the two forms are one circuit."""
+    program, rtl = _generate(tmp_path, name)
     result = run_testbench(program, tmp_path / "memory", rtl, images=1, sim=sim, defines=("SYNTHESIS",))
     assert result["timeout"] is None and result["summary"] == {"mismatches": 0, "images": 1}
     assert set(result["mismatches_per_layer"]) == set(range(len(program.layers)))

@@ -63,7 +63,10 @@ def test_cost_model_memories_have_the_generated_depths(tmp_path, name):
     mems = {m["name"]: m for m in memories(program, images)}
     sizes = manifest["sizes"]
     assert mems["weight ring"]["depth"] == sizes["RING_DEPTH"] and mems["load schedule"]["depth"] == sizes["LS_DEPTH"]
-    assert mems["activation memory"]["depth"] == sizes["ACT_DEPTH"]
+    act = mems["activation memory"]
+    assert (act["banks"], act["depth"]) == (sizes["ACT_BANKS"], sizes["ACT_BANK_DEPTH"])
+    # every byte has a word in its bank, and 2^shift ≤ banks keeps the placement one to one
+    assert (sizes["ACT_DEPTH"] - 1) >> sizes["ACT_SHIFT"] == act["depth"] - 1 and 1 << sizes["ACT_SHIFT"] <= act["banks"]
     assert mems["input memory"]["depth"] == sizes["IN8_DEPTH"]
     assert all(m["bram18"] == 0 for m in mems.values() if m["kind"] not in ("rom", "ram"))
 
@@ -92,6 +95,12 @@ def _model_cells(program, target):
     """{memory: {cell: count}} of the cost model's ROMs and RAMs (the weight ring) that get block RAM."""
     cells = {}
     for m in memories(program):
+        if "banks" in m:   # the activation memory: one RAM per bank
+            mapped = ram_mapping(m["depth"], m["width"], target)
+            if mapped["blocks"] and mapped["bram18"]:
+                cells.update({m["rtl"].replace("*", str(b)): {mapped["primitive"]: mapped["blocks"]}
+                              for b in range(m["banks"])})
+            continue
         if m["rtl"] == "wring":
             mapped = ram_mapping(m["depth"], m["width"], target)
         elif m["kind"] == "rom":
@@ -119,7 +128,8 @@ def test_cost_model_brams_equal_yosys_synth_xilinx(tmp_path, case):
     # soft logic for the small ROMs and the arrays with several write ports, LUT RAM or soft logic for the
     # tables. (A one-word ROM, a program's absent W2.hex or CB8.hex, is a constant before it gets there.)
     for m in report["memories"]:
-        for rtl in m["rtl"].split(", "):
+        names = [m["rtl"].replace("*", str(b)) for b in range(m["banks"])] if "banks" in m else m["rtl"].split(", ")
+        for rtl in names:
             if rtl not in got["mapping"]:   # a one-word ROM is a constant before memory mapping
                 assert m["kind"] == "rom" and m["depth"] == 1, rtl
                 continue
@@ -142,9 +152,10 @@ def test_cost_model_ebrs_equal_yosys_synth_ecp5(tmp_path, case):
                            timeout=7200)
     assert got["memories"] == _model_cells(program, "ecp5")
     # param.hex 863 × 32 in 2, W8.hex (7,712 to 8,352) × 64 in 29 to 32, In8.hex 128 × 64 in 2 (LUTs on
-    # xcup), the weight ring (2048 × 256 at 2×2 and 4×4, 512 × 1024 at 8×8) in 29
+    # xcup), the weight ring (2048 × 256 at 2×2 and 4×4, 512 × 1024 at 8×8) in 29, the activation
+    # memory's 5,880 bytes in 9 banks of 735 bytes (2×2, 4×4) or 19 of 368 (8×8), a DP16KD each
     assert got["memories"]["in8_mem"] == {"DP16KD": 2} and got["memories"]["wring"] == {"DP16KD": 29}
-    assert got["cells"]["DP16KD"] == cost_report(program)["ecp5_dp16kd"] in (62, 65)
+    assert got["cells"]["DP16KD"] == cost_report(program)["ecp5_dp16kd"] in (62 + 9, 65 + 19)
 
 
 # ROMs on either side of the rule's edges (tests/accel/test_cost.py has the whole sweep): the LUT

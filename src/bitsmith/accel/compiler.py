@@ -369,6 +369,12 @@ def _max_centered(x: TensorSpec) -> int:
     return max(x.qmax - x.zero_point, x.zero_point - x.qmin)
 
 
+#: Descriptor fields the RTL reads narrower than a word (docs/hardware.md §6): a map's height and width
+#: (16 bits), a conv's input channels per group (24 bits), so its address multipliers stay small.
+MAX_MAP_SIDE = (1 << 16) - 1
+MAX_GROUP_CHANNELS = (1 << 24) - 1
+
+
 def _check_limits(layer: Layer, name: str, config: AccelConfig) -> None:
     """§2 kernel size and every map on its own against the activation memory (`allocate` checks the
     maps that are live together; `check_weight_ring` the weight ring, which depends on every layer)."""
@@ -382,6 +388,12 @@ def _check_limits(layer: Layer, name: str, config: AccelConfig) -> None:
         if c * h * w > config.act_buffer_bytes:
             raise AcceleratorError(f"layer {name}: {what} map {c}x{h}x{w} = {c * h * w} bytes does not fit "
                                    f"act_buffer_bytes={config.act_buffer_bytes}")
+    if max(layer.in_h, layer.in_w, layer.out_h, layer.out_w) > MAX_MAP_SIDE:
+        raise AcceleratorError(f"layer {name}: a map side above {MAX_MAP_SIDE} (input {layer.in_h}x{layer.in_w}, "
+                               f"output {layer.out_h}x{layer.out_w}; the descriptor's 16-bit height and width)")
+    if layer.in_ch // layer.groups > MAX_GROUP_CHANNELS:
+        raise AcceleratorError(f"layer {name}: {layer.in_ch // layer.groups} input channels per group exceed "
+                               f"{MAX_GROUP_CHANNELS} (the descriptor's 24-bit field)")
 
 
 # -- the activation memory (§6) ---------------------------------------------------------------

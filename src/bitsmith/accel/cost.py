@@ -44,6 +44,7 @@ from ..integer import sparse
 from .config import (ACC_BITS, CODEBOOK_INDEX_BITS, CODEBOOK_SIZE, CODEBOOK_VALUE_BITS, DESCRIPTOR_WORDS,
                      LANE_MULTIPLIER_BITS, MAX_ACT_BITS, MAX_WEIGHT_BITS, MULTIPLIER_BITS, PARAM_WORD_BITS,
                      SHIFT_FIELD_BITS, WEIGHT_BYTE_BITS)
+from .banks import rtl_banking
 from .compiler import (SCHEDULE_WORD_BITS, array_lanes, block_words, channel_groups, group_channels, ring_depth,
                        ring_word_entries, storage_bits, term_blocks)
 from .program import Layer, Program
@@ -426,8 +427,10 @@ def rtl_memory_depths(program: Program, images: int = 1) -> dict[str, int]:
     images. tests/rtl/test_synth_bram.py checks that the two agree."""
     cfg = program.config
     raw = [layer.out_elems for layer in program.layers if layer.raw_output]
+    act = activation_bytes(program)
     return {
-        "ACT_DEPTH": activation_bytes(program),
+        "ACT_DEPTH": act,
+        **rtl_banking(program, act),
         "RING_DEPTH": ring_depth(program),
         "MAXCH": max(layer.out_ch for layer in program.layers),
         "PARAM_DEPTH": param_words(program),
@@ -476,6 +479,15 @@ def ram(name: str, rtl: str, depth: int, width: int, note: str) -> dict:
             "note": f"{note}; {x['blocks']} {x['primitive']}" if x["blocks"] else f"{note}; flip-flops"}
 
 
+def banked_ram(name: str, rtl: str, banks: int, depth: int, width: int, note: str) -> dict:
+    """`banks` RAMs of `depth` × `width`, each as `ram` maps it (the activation memory: Yosys sees
+    memories `rtl[0].mem` … `rtl[banks − 1].mem`); the counts are the whole memory's."""
+    one = ram(name, f"{rtl}[*].mem", depth, width, note)
+    return one | {"banks": banks, "bits": banks * one["bits"], "bram18": banks * one["bram18"],
+                  "blocks": banks * one["blocks"], "ecp5_dp16kd": banks * one["ecp5_dp16kd"],
+                  "note": f"{banks} × ({one['note']})"}
+
+
 def multiported(name: str, rtl: str, kind: str, depth: int, width: int, note: str) -> dict:
     """A multi-ported array of the top (kind "registers" or "lutram"): no block RAM."""
     return {"name": name, "rtl": rtl, "kind": kind, "depth": depth, "width": width, "bits": depth * width,
@@ -489,7 +501,7 @@ def memories(program: Program, images: int = 1) -> list[dict]:
     (MEMORY_KINDS). `images`: the images In8.hex holds (the input ROM's depth; a run reads one)."""
     cfg = program.config
     d = rtl_memory_depths(program, images)
-    r, c, bus = cfg.pe, cfg.simd, cfg.bus_bits
+    r, bus = cfg.pe, cfg.bus_bits
     lanes = r * math.prod(array_lanes(program))
     return [
         rom("param memory", "param_mem", d["PARAM_DEPTH"], PARAM_WORD_BITS,
@@ -501,10 +513,10 @@ def memories(program: Program, images: int = 1) -> list[dict]:
         rom("codebook memory", "cb8_mem", d["CB_DEPTH"], CODEBOOK_VALUE_BITS, "CB8.hex: four values per codebook layer"),
         rom("input memory", "in8_mem", d["IN8_DEPTH"], bus,
             f"In8.hex: {images} image(s) of {input_cycles(program.layers[0], cfg)} bus words"),
-        multiported("activation memory", "act", "registers", d["ACT_DEPTH"], MAX_ACT_BITS,
-                    f"every map, one byte per code; up to C·(pixel lanes) + R + 1 reads (+ R·C·(pixel lanes) with "
-                    f"grouped convs; R·C = {r * c}) and max({bus // 8} input bytes, {lanes} outputs) writes in one "
-                    "cycle: flip-flops and multiplexers (a block RAM has two ports, and a synchronous read)"),
+        banked_ram("activation memory", "act_bank", d["ACT_BANKS"], d["ACT_BANK_DEPTH"], MAX_ACT_BITS,
+                   f"every map, one byte per code ({d['ACT_DEPTH']} bytes), in {d['ACT_BANKS']} banks: byte a in "
+                   f"bank a mod {d['ACT_BANKS']} at word a >> {d['ACT_SHIFT']} (bitsmith.accel.banks); each bank one "
+                   "write and one synchronous read a cycle"),
         ram("weight ring", "wring", d["RING_DEPTH"], ring_word_entries(program) * WEIGHT_BYTE_BITS,
             f"{d['RING_DEPTH']} words of one term block ({ring_word_entries(program)} 8-bit entries): one write "
             "(the loader's assembled block) and one synchronous read a cycle"),

@@ -40,7 +40,8 @@ from .program import KINDS, PACKINGS, REQUANT_KINDS, Layer, Program
 from .timing import program_cycles
 
 FORMAT = "bitsmith.accel_images"   # the on-disk format name in program.json (unchanged since version 1)
-VERSION = 2   # 2: W8 / W2 words block by block (the weight ring) and LS.hex; version 1 folders are refused
+VERSION = 3   # 2: W8 / W2 words block by block (the weight ring) and LS.hex; 3: descriptor word 21 holds
+              # in_ch / groups (was groups); older folders are refused
 PARAM_BITS = PARAM_WORD_BITS
 CODEBOOK_BITS = CODEBOOK_VALUE_BITS
 PROGRAM_FILE = "program.json"
@@ -169,7 +170,7 @@ def descriptor(layer: Layer, weight_base: int, param_base: int, codebook_base: i
         layer.ph | layer.pw << 8 | layer.weight_bits << 16 | layer.packing << 24,
         _twos(layer.z_in), _twos(layer.z_out), _twos(layer.clamp_lo), _twos(layer.clamp_hi),
         weight_base, param_base, codebook_base,
-        layer.in_base, layer.in2_base, layer.out_base, _twos(layer.z_in2), m0 | m1 << LANE_M_SHIFT, layer.groups,
+        layer.in_base, layer.in2_base, layer.out_base, _twos(layer.z_in2), m0 | m1 << LANE_M_SHIFT, layer.in_ch // layer.groups,
     ]
     assert len(words) == DESCRIPTOR_WORDS
     return words
@@ -440,7 +441,8 @@ def _read_program_json(out: Path) -> dict:
         raise DataError(f"{out / PROGRAM_FILE}: not a bitsmith accelerator memory folder")
     if doc.get("version") != VERSION:
         raise DataError(f"{out / PROGRAM_FILE}: memory-folder version {doc.get('version')!r}, this bitsmith reads "
-                        f"version {VERSION} (its weight words are laid out for the weight ring). Re-create the "
+                        f"version {VERSION} (its weight words are laid out for the weight ring, its descriptors "
+                        "carry in_ch / groups). Re-create the "
                         "folder with bitsmith hw compile.")
     return doc
 
@@ -549,6 +551,8 @@ def decode_descriptor(words: list[int]) -> dict:
         raise DataError(f"descriptor kind {w0 & 0xFF} is not one of {KINDS}")
     if (words[8] >> 24 & 0xFF) not in PACKINGS:
         raise DataError(f"descriptor packing mode {words[8] >> 24 & 0xFF} is not one of {sorted(PACKINGS)}")
+    if not words[21] or words[1] % words[21]:
+        raise DataError(f"descriptor word 21 (input channels per group) {words[21]} does not divide in_ch {words[1]}")
     return {
         "kind": KINDS[w0 & 0xFF], "codebook": bool(w0 & FLAG_CODEBOOK), "raw_output": bool(w0 & FLAG_RAW),
         "in_signed": bool(w0 & FLAG_IN_SIGNED), "out_signed": bool(w0 & FLAG_OUT_SIGNED),
@@ -562,7 +566,8 @@ def decode_descriptor(words: list[int]) -> dict:
         "clamp_lo": _signed(words[11]), "clamp_hi": _signed(words[12]),
         "weight_base": words[13], "param_base": words[14], "codebook_base": words[15],
         "in_base": words[16], "in2_base": words[17], "out_base": words[18], "z_in2": _signed(words[19]),
-        "lane_multipliers": (words[20] & 0xFFFF, words[20] >> LANE_M_SHIFT & 0xFFFF), "groups": words[21],
+        "lane_multipliers": (words[20] & 0xFFFF, words[20] >> LANE_M_SHIFT & 0xFFFF),
+        "groups": words[1] // words[21],   # word 21: input channels per convolution group (in_ch / groups)
     }
 
 

@@ -31,8 +31,9 @@ DEFAULT_PACKAGE = "CABGA381"   # the one package all three parts come in
 DEFAULT_FREQ_MHZ = 50.0
 CLOCK_PORT = "clk"             # the top's only clock
 TOP = "bitsmith_top"
-#: "shrunk": the top's multi-ported behavioural arrays at TOP_SMALL_MEMORIES (they become flip-flops
-#: and multiplexers: at their real depth, far more than an 85k part holds); "full": as generated.
+#: "shrunk": the top's multi-ported behavioural arrays (the per-channel tables, the raw output memory)
+#: at TOP_SMALL_MEMORIES (they become LUT RAM, flip-flops and multiplexers); "full": as generated. The
+#: block memories (ROMs, weight ring, activation banks) keep their depths either way.
 MEMORIES = ("shrunk", "full")
 #: nextpnr-ecp5's placers. "static" (electrostatic, then annealing refinement) is the default: on the
 #: LeNet-5 top at 4×4 its placement had 31% less wire than "heap"'s (nextpnr's own default) at the

@@ -5,9 +5,10 @@ Each datapath unit is synthesised on its own (the PE array at R×C, one requant 
 decoder, the pool lanes) so its DSP/LUT/FF count can be read next to the cost model
 (bitsmith.accel.cost); the whole top can be added (`top=True`). Its six ROMs (param, W8, W2,
 codebook, input, load schedule; one synchronous read each) and its weight ring (one write, one
-synchronous read) become block RAM, or LUTs / LUT RAM when small; its activation memory,
-per-channel tables and raw output memory are multi-ported arrays, which Yosys turns into flip-flops
-and multiplexers: the top's LUT/FF figures describe those at shrunk depths.
+synchronous read) and the activation memory's banks (the same, bank by bank) become block RAM, or
+LUTs / LUT RAM when small; its per-channel tables and raw output memory are multi-ported arrays,
+which Yosys turns into flip-flops and multiplexers: the top's LUT/FF figures describe those at
+shrunk depths.
 `synth_block_rams` lists the block RAMs Yosys infers for each memory of a design (synth_xilinx or
 synth_ecp5), which the cost model predicts (bitsmith.accel.cost.rom_mapping, ram_mapping).
 """
@@ -33,11 +34,11 @@ from .generate import DESIGN_FILES
 from .simulators import SimulationError
 
 FAMILY = "xcup"
-# The top's behavioural multi-ported arrays (up to R·C + R + 1 read ports on the activation memory)
-# would become hundreds of thousands of flip-flops and multiplexer LUTs at their real depth; the
+# The top's behavioural multi-ported arrays (the per-channel tables: a read per accumulator lane and
+# pool lane; the raw output memory: a write per lane) become flip-flops and multiplexer LUTs; the
 # whole-top figure shrinks them to show the control, address and datapath logic. (The weight ring
-# keeps its depth: it is block RAM.)
-TOP_SMALL_MEMORIES = {"ACT_DEPTH": 64, "MAXCH": 8, "OUT32_DEPTH": 16}   # UltraScale+: DSP48E2, as the cost model assumes
+# and the activation memory's banks keep their depths: they are block RAM.)
+TOP_SMALL_MEMORIES = {"MAXCH": 8, "OUT32_DEPTH": 16}   # UltraScale+: DSP48E2, as the cost model assumes
 CELL_GROUPS = {
     "dsp": ("DSP48E2", "DSP48E1"),
     "lut": ("LUT1", "LUT2", "LUT3", "LUT4", "LUT5", "LUT6", "LUT6_2"),

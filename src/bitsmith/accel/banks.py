@@ -21,6 +21,7 @@ from ..errors import AcceleratorError
 from .compiler import channel_groups, group_channels, pixel_passes, term_blocks
 from .config import AccelConfig
 from .program import Layer, Program
+from .simulate import lane_addresses
 
 #: The most banks `choose_banks` tries before it gives up (every bank is at least one memory).
 MAX_BANKS = 1024
@@ -75,26 +76,11 @@ def conv_reads(layer: Layer, config: AccelConfig) -> np.ndarray:
 def lane_reads(layer: Layer, config: AccelConfig) -> np.ndarray:
     """[cycles, R]: the byte each pool lane reads per cycle of a pool-lane layer (group, pixel,
     window element), IDLE for lanes past out_ch."""
-    pe = config.pe
-    o = np.arange(channel_groups(layer, config) * pe)
-    live = o < layer.out_ch
-    oc = np.minimum(o, layer.out_ch - 1)
-    H, W = layer.in_h, layer.in_w
-    P = layer.pixels
-    pixel = np.arange(P)
-    if layer.kind == "add":
-        first = layer.in_base + oc[:, None] * H * W + pixel[None, :]
-        second = layer.in2_base + oc[:, None] * H * W + pixel[None, :]
-        reads = np.stack([first, second], axis=2)                                  # [lanes, P, 2]
-    else:
-        base = layer.channel_map[oc] if layer.channel_map is not None else layer.in_base + oc * H * W
-        oy, ox = pixel // layer.out_w, pixel % layer.out_w
-        ky, kx = np.arange(layer.kh).repeat(layer.kw), np.tile(np.arange(layer.kw), layer.kh)
-        rows = (oy * layer.sh - layer.ph)[:, None] + ky[None, :]
-        cols = (ox * layer.sw - layer.pw)[:, None] + kx[None, :]
-        reads = base[:, None, None] + (rows * W + cols)[None]                       # [lanes, P, E]
-    reads = np.where(live[:, None, None], reads, IDLE)
-    return reads.reshape(-1, pe, P * reads.shape[2]).transpose(0, 2, 1).reshape(-1, pe)
+    pe, groups = config.pe, channel_groups(layer, config)
+    reads = lane_addresses(vars(layer), layer.channel_map)                          # [out_ch, P, E], the cycle model's
+    idle = np.full((groups * pe - layer.out_ch, *reads.shape[1:]), IDLE, dtype=reads.dtype)
+    reads = np.concatenate([reads, idle])                                            # lanes past out_ch
+    return reads.reshape(groups, pe, -1).transpose(0, 2, 1).reshape(-1, pe)
 
 
 def drain_writes(layer: Layer, config: AccelConfig) -> np.ndarray:
@@ -106,7 +92,7 @@ def drain_writes(layer: Layer, config: AccelConfig) -> np.ndarray:
     pe = config.pe
     grp, chans, lanes = pe * layer.channel_lanes, layer.channel_lanes, layer.pixel_lanes
     P, passes = layer.pixels, pixel_passes(layer)
-    G = -(-layer.out_ch // grp)
+    G = channel_groups(layer, config)
     ch = np.arange(G)[:, None, None] * grp + np.arange(pe)[None, :, None] * chans + np.arange(chans)[None, None, :]
     pixel = np.arange(passes)[:, None] * lanes + np.arange(lanes)[None, :]          # [passes, lanes]
     writes = layer.out_base + ch[:, None, :, :, None] * P + pixel[None, :, None, None, :]

@@ -358,7 +358,7 @@ def _pe_chain(patches: torch.Tensor, weights: np.ndarray, bias: np.ndarray, C: i
 
 # -- the pool lanes -----------------------------------------------------------------------------
 
-def _lane_addresses(d: dict, channel_map) -> np.ndarray:
+def lane_addresses(d: dict, channel_map) -> np.ndarray:
     """[out_ch, P, E]: the activation address lane o reads for window element e of output pixel p.
 
     Element e = ky·kw + kx of pixel (oy, ox) is at row (oy·sh + ky), column (ox·sw + kx) of the
@@ -388,7 +388,7 @@ def _run_lanes(d, act, bias, multiplier, shift, channel_map, R, counter):
     E = d["kh"] * d["kw"]
     kind = d["kind"]
     is_max = kind in MAX_KINDS
-    addresses = _lane_addresses(d, channel_map)                    # [out_ch, P, E]
+    addresses = lane_addresses(d, channel_map)                    # [out_ch, P, E]
     if addresses.size and (addresses.min() < 0 or addresses.max() >= act.shape[1]):
         raise AcceleratorError(f"layer {kind}: a lane address runs past the activation memory ({act.shape[1]} bytes)")
     values = act[:, addresses].astype(np.int64)                    # [N, out_ch, P, E] codes

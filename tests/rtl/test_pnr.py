@@ -19,6 +19,8 @@ from tests.helpers import golden_path, invoke
 # The utilization and fmax objects of the report nextpnr-ecp5 0.11 wrote for LeNet-5 W8A8 at 4×4 (the
 # slow test's design; critical paths left out).
 RECORDED = Path(__file__).parent / "data" / "nextpnr_report_lenet5_4x4.json"
+# The utilisation table nextpnr-ecp5 0.11 printed after packing an 8×8 top that does not fit the 85k part.
+OVERFULL_LOG = Path(__file__).parent / "data" / "nextpnr_packed_overfull.log"
 
 
 def recorded() -> dict:
@@ -61,6 +63,40 @@ def test_report_picks_the_top_clock_and_refuses_reports_without_figures():
             pnr.parse_report(copy.deepcopy(broken))
     with pytest.raises(DataError, match="cycles per image must be positive"):
         pnr.parse_report(recorded(), cycles_per_image=0)
+
+
+def test_an_overfull_packing_stops_the_run_naming_the_overfull_cells():
+    watch = pnr.utilisation_watch("ecp5-85k")
+    lines = OVERFULL_LOG.read_text().splitlines()
+    table_end = lines.index("", 2)         # the blank line after the table
+    for line in lines[:table_end]:
+        watch(line)                         # the table is read to its end before judging
+    with pytest.raises(pnr.DesignDoesNotFitError, match=r"does not fit the ecp5-85k") as caught:
+        watch(lines[table_end])
+    message = str(caught.value)
+    assert "TRELLIS_COMB 99,917/83,640 (119%)" in message and "MULT18X18D 217/156 (139%)" in message
+    assert "DP16KD" not in message          # only the over-full types are named
+    assert caught.value.utilisation["DP16KD"] == (65, 208)
+
+
+def test_a_packing_that_fits_lets_the_run_go_on():
+    watch = pnr.utilisation_watch("ecp5-85k")
+    fitting = [line.replace("99917", "78299").replace("217/", "86/") for line in OVERFULL_LOG.read_text().splitlines()]
+    for line in fitting + ["Info: Device utilisation:", "Info: \t TRELLIS_COMB: 99999/ 10 100%", ""]:
+        watch(line)                         # a second table later in the log is not re-judged
+
+
+def test_a_watcher_error_stops_the_tool_at_once(tmp_path):
+    from bitsmith.rtl.simulators import run_tool
+
+    def stop(line):
+        if line == "full":
+            raise pnr.DesignDoesNotFitError("ecp5-25k", {"TRELLIS_COMB": (2, 1)})
+    script = "import time; print('packing', flush=True); print('full', flush=True); time.sleep(60)"
+    t0 = time.perf_counter()
+    with pytest.raises(pnr.DesignDoesNotFitError, match=r"TRELLIS_COMB 2/1 \(200%\)"):
+        run_tool([sys.executable, "-c", script], tmp_path, "sleeper", timeout=120, on_line=stop)
+    assert time.perf_counter() - t0 < 30    # killed, not waited for
 
 
 def test_bad_options_are_config_errors_naming_the_choices():

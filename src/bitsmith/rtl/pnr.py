@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bitsmith.errors import ConfigError, DataError
+from bitsmith.errors import BitsmithError, ConfigError, DataError
 
 from .generate import DESIGN_FILES
 from .simulators import run_tool
@@ -44,6 +44,19 @@ PLACERS = ("static", "heap", "sa")
 BEL_GROUPS = {"lut4": "TRELLIS_COMB", "ff": "TRELLIS_FF", "dsp": "MULT18X18D", "ebr": "DP16KD", "io": "TRELLIS_IO"}
 #: Netlist cell types (Yosys stat after synth_ecp5) next to the placed ones.
 NETLIST_CELLS = ("LUT4", "CCU2C", "TRELLIS_FF", "MULT18X18D", "ALU54B", "DP16KD", "TRELLIS_DPR16X4", "PFUMX", "L6MUX21")
+
+
+class DesignDoesNotFitError(BitsmithError):
+    """The packed design needs more cells of some type than the device has (nextpnr's utilisation
+    after packing): placement cannot succeed, so the run stops there."""
+
+    def __init__(self, device: str, utilisation: dict[str, tuple[int, int]]):
+        self.device = device
+        self.utilisation = utilisation
+        over = ", ".join(f"{bel} {used:,}/{available:,} ({100 * used / available:.0f}%)"
+                         for bel, (used, available) in utilisation.items() if used > available)
+        super().__init__(f"the design does not fit the {device}: after packing it needs {over}. Try a "
+                         "smaller array (--pe/--simd) or a larger part; placement was not attempted")
 
 
 def device_option(device: str) -> str:
@@ -143,6 +156,41 @@ _NEXTPNR_STEP = re.compile(r"^Info:\s+(?:(Packing|Creating initial analytic plac
                            r"Max frequency for clock)|(at iteration #\d+|iter=\d+))")
 
 
+_UTILISATION_HEADER = re.compile(r"^Info:\s+Device utili[sz]ation:")
+_UTILISATION_ROW = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%")
+
+
+def utilisation_watch(device: str) -> Callable[[str], None]:
+    """A nextpnr line callback that reads the device utilisation table printed after packing and
+    raises DesignDoesNotFitError when a cell type is over-full (nextpnr's placer would otherwise
+    iterate for tens of minutes before failing)."""
+    rows: dict[str, tuple[int, int]] = {}
+    state = "before"
+
+    def on_line(line: str) -> None:
+        nonlocal state
+        if state == "before":
+            if _UTILISATION_HEADER.match(line):
+                state = "table"
+            return
+        if state == "table":
+            row = _UTILISATION_ROW.match(line)
+            if row:
+                rows[row.group(1)] = (int(row.group(2)), int(row.group(3)))
+                return
+            state = "done"
+            if any(used > available for used, available in rows.values()):
+                raise DesignDoesNotFitError(device, rows)
+    return on_line
+
+
+def _both(first: Callable[[str], None], second: Callable[[str], None]) -> Callable[[str], None]:
+    def on_line(line: str) -> None:
+        first(line)
+        second(line)
+    return on_line
+
+
 def _reporter(pattern: re.Pattern, tool: str, step: Callable[[str], None]) -> Callable[[str], None]:
     """A line callback that reports "tool: step" (and ", iteration" while the step runs)."""
     current = ""
@@ -210,7 +258,8 @@ def place_and_route(rtl_dir: str | os.PathLike, device: str = "ecp5-85k", freq_m
             command.append("--no-tmdriv")
         step("nextpnr-ecp5")
         t0 = time.perf_counter()
-        run_tool(command, work, "nextpnr-ecp5", timeout, _reporter(_NEXTPNR_STEP, "nextpnr-ecp5", step))
+        run_tool(command, work, "nextpnr-ecp5", timeout,
+                 _both(_reporter(_NEXTPNR_STEP, "nextpnr-ecp5", step), utilisation_watch(device)))
         pnr_s = time.perf_counter() - t0
         report = json.loads((work / "report.json").read_text())
         if keep_dir is not None:

@@ -48,16 +48,22 @@ def run_tool(cmd: list[str], cwd: Path, what: str, timeout: float | None,
              on_line: Callable[[str], None] | None = None) -> str:
     """Run a tool to completion and return its output (stdout and stderr), each line fed to
     `on_line` (without its newline) as it is printed (progress); SimulationError with the output's tail when it fails or
-    outlives `timeout` seconds."""
+    outlives `timeout` seconds. An exception raised by `on_line` stops the tool and is raised here
+    (a watcher that sees from the log that the run cannot succeed)."""
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace")
     lines: list[str] = []
+    stopped: list[BaseException] = []
 
     def read() -> None:
         for line in proc.stdout:
             lines.append(line)
-            if on_line is not None:
-                on_line(line.rstrip("\n"))
+            if on_line is not None and not stopped:
+                try:
+                    on_line(line.rstrip("\n"))
+                except BaseException as error:   # noqa: BLE001 - handed to the caller's thread
+                    stopped.append(error)
+                    proc.kill()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -69,6 +75,8 @@ def run_tool(cmd: list[str], cwd: Path, what: str, timeout: float | None,
         raise SimulationError(f"{what} did not finish within {timeout:g} s ({' '.join(cmd[:3])} ...)") from None
     finally:
         reader.join(timeout=10)
+    if stopped:
+        raise stopped[0]
     log = "".join(lines)
     if proc.returncode != 0:
         raise SimulationError(f"{what} failed (exit {proc.returncode}) in {cwd}:\n{log[-3000:]}")

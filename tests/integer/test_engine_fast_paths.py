@@ -96,6 +96,24 @@ def test_chunked_batches_and_single_image(monkeypatch):
     assert torch.equal(engine.run(g, x[0]), chunked[:1])  # an unbatched image
 
 
+def test_chunks_are_sized_by_their_widest_intermediate_and_run_side_by_side(monkeypatch):
+    g, shape = graph("vgg_tiny", W8A8)
+    monkeypatch.setattr(engine, "FAST_CHUNK_BYTES", 1)          # every chunk is "too wide": the floor
+    monkeypatch.setattr(engine, "FAST_MIN_CHUNK", 4)
+    engine._PLANS.pop(g, None)
+    assert engine._plan(g).program.chunk == 4
+    x = torch.randn(11, *shape) * 2                              # 4 + 4 + 3 images
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)                                 # chunks on the single-threaded workers
+        assert_fast_equals_literal(g, x)
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(engine, "FAST_CHUNK_BYTES", 1 << 40)
+    engine._PLANS.pop(g, None)
+    assert engine._plan(g).program.chunk == engine.FAST_CHUNK
+
+
 def test_int64_fallbacks_match_the_literal_path():
     g, shape = graph("lenet5", WIDE, bias=True)
     plan = {s.output: s for s in steps(g)}

@@ -67,6 +67,21 @@ def test_convolutions_as_one_conv2d_call_are_exact(case, monkeypatch):
     assert_single_equals_literal(g, [torch.randn(1, *shape) * 2 for _ in range(2)])
 
 
+def test_direct_convolutions_pass_channels_last_buffers_through_the_requants(monkeypatch):
+    monkeypatch.setattr(single_image, "DIRECT_CONV_MACS", 0)
+    g, shape = graph("vgg_tiny", W8A8)
+    program = single(g)
+    hwc = {name for name, b in program.buffers.items() if not b.flags.c_contiguous}
+    # conv1's input has one channel (kept as is); the maps between convolutions and the
+    # accumulators whose Requant writes one of them are channels-last; the last pool feeds the
+    # Flatten (C order), so it and conv6's accumulator are not
+    assert {"q_conv1_acc", "q_conv1", "q_conv2_acc", "pool1", "q_conv5", "q_conv5_acc"} <= hwc
+    assert not hwc & {"input_quant", "q_conv6_acc", "pool3", "flatten"}
+    for name in hwc:
+        assert program.buffers[name].transpose(1, 2, 0).flags.c_contiguous
+    assert_single_equals_literal(g, [torch.randn(1, *shape) * 2 for _ in range(3)])
+
+
 def test_wide_accumulators_take_float64_buffers():
     g, shape = graph("lenet5", WIDE, bias=True)  # conv2's sums exceed 2^24: float64, as the torch program
     assert single(g).buffers["q_conv2_acc"].dtype == np.float64

@@ -60,8 +60,12 @@ from bitsmith.integer.single_image import SingleImageProgram, compile_single_ima
 FAST = Emitters("fast engine")
 
 #: Images per chunk on the fast path: large enough to amortise the per-op overhead, small
-#: enough that a chunk's intermediates stay in the CPU caches.
+#: enough that a chunk's intermediates stay in the CPU caches: at most FAST_CHUNK images, and
+#: fewer (halving, down to FAST_MIN_CHUNK) where the chunk's widest intermediate would pass
+#: FAST_CHUNK_BYTES.
 FAST_CHUNK = 512
+FAST_MIN_CHUNK = 16
+FAST_CHUNK_BYTES = 4 << 20
 
 #: Images per chunk on the int8 path (`bitsmith.integer.int8_gemm`), which keeps 8-bit codes
 #: between layers; from INT8_MIN_BATCH images on, where its per-call cost is amortised. A chunk
@@ -220,6 +224,19 @@ def max_pool_strided(x: torch.Tensor, kernel, stride) -> torch.Tensor:
     return out
 
 
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """`x` with channels-last strides, so that oneDNN picks its NHWC kernels. A one-channel NCHW
+    tensor counts as channels-last to PyTorch but not to oneDNN's format choice (which then took
+    8-10x longer on VGG-tiny's first convolution, some batch sizes): it gets a channel stride of 1,
+    a view of the same memory."""
+    if x.dim() != 4:
+        return x
+    if x.shape[1] == 1 and x.is_contiguous():
+        n, _, h, w = x.shape
+        return x.as_strided(x.shape, (h * w, 1, w, 1))
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def _widest(dtypes) -> torch.dtype:
     order = [torch.uint8, torch.float32, torch.float64, torch.int64]
     return max(dtypes, key=order.index)
@@ -252,7 +269,7 @@ class _Step:
 class _Program:
     steps: list[_Step]
     output_offset: int  # what the output's carrier adds to the codes
-    chunk: int | None = None  # images per chunk of the int8 program (the float program: FAST_CHUNK)
+    chunk: int  # most images per chunk (the float program: also at most FAST_CHUNK)
 
 
 @dataclass
@@ -287,7 +304,7 @@ def _plan(g: IntegerGraph) -> _Plan:
     if plan is not None and plan.key == settings and plan.nodes == g.nodes and plan.tensors == g.tensors:
         return plan
     refusal = {checked: _int64_refusal(g, checked) for checked in (True, False)}
-    program, int8_program, single_image = _Program([], 0), None, None
+    program, int8_program, single_image = _Program([], 0, FAST_CHUNK), None, None
     ieee_float32, int8 = settings[-2:]
     if refusal[False] is None or refusal[True] is None:
         compiler = _Compiler(g, ieee_float32=ieee_float32)
@@ -311,7 +328,8 @@ def _int64_refusal(g: IntegerGraph, check_overflow: bool) -> str | None:
 
 def _run_fast(plan: _Plan, x: torch.Tensor, check_overflow: bool) -> torch.Tensor:
     int8 = plan.int8_program is not None and x.shape[0] >= INT8_MIN_BATCH
-    program, size = (plan.int8_program, plan.int8_program.chunk) if int8 else (plan.program, FAST_CHUNK)
+    program = plan.int8_program if int8 else plan.program
+    size = program.chunk if int8 else min(program.chunk, FAST_CHUNK)
     chunks = x.split(size) if x.shape[0] > size else [x]
 
     def run_chunk(chunk: torch.Tensor) -> torch.Tensor:
@@ -328,7 +346,7 @@ def _run_fast(plan: _Plan, x: torch.Tensor, check_overflow: bool) -> torch.Tenso
         return y - program.output_offset if program.output_offset else y
 
     threads = torch.get_num_threads()
-    if int8 and len(chunks) > 1 and threads > 1:
+    if len(chunks) > 1 and threads > 1:
         outputs = list(_chunk_workers(threads).map(run_chunk, chunks))
     else:
         outputs = [run_chunk(chunk) for chunk in chunks]
@@ -396,14 +414,18 @@ class _Compiler:
             else:
                 self._compile_node(node)
         self._mark_releases()
-        return _Program(self.steps, self.offset.get(g.outputs[0], 0), self._int8_chunk() if self.int8 else None)
+        chunk = (self._chunk(INT8_CHUNK, INT8_MIN_BATCH, INT8_CHUNK_BYTES) if self.int8
+                 else self._chunk(FAST_CHUNK, FAST_MIN_CHUNK, FAST_CHUNK_BYTES))
+        return _Program(self.steps, self.offset.get(g.outputs[0], 0), chunk)
 
-    def _int8_chunk(self) -> int:
+    def _chunk(self, most: int, least: int, limit_bytes: int) -> int:
+        """Images per chunk: `most`, halved (not below `least`) while the widest intermediate of a
+        chunk would pass `limit_bytes`."""
         # a step's output is a graph tensor, or "<pool output>/before_<requant>" of the pool's shape
         widest = max((math.prod(self.g.tensors[s.output.split("/")[0]].shape) * s.dtype.itemsize for s in self.steps),
                      default=1)
-        chunk = INT8_CHUNK
-        while chunk > INT8_MIN_BATCH and chunk * widest > INT8_CHUNK_BYTES:
+        chunk = most
+        while chunk > least and chunk * widest > limit_bytes:
             chunk //= 2
         return chunk
 
@@ -575,7 +597,7 @@ class _Compiler:
                     # per-call set-up, which dominates small convolutions (single images)
                     return torch.ops.aten._slow_conv2d_forward(x, w_c, kernel_size, b_c, _pair(a["stride"]),
                                                                _pair(padding))
-                return F.conv2d(x, w_c, b_c, a["stride"], padding, a["dilation"], a["groups"])
+                return F.conv2d(channels_last(x), w_c, b_c, a["stride"], padding, a["dilation"], a["groups"])
         bias_shape = (1, -1, 1, 1) if node.op == "Conv2d" else (1, -1)
 
         def fn(x: torch.Tensor) -> torch.Tensor:

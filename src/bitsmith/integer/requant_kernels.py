@@ -39,15 +39,15 @@ def requant_value(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi):
 
 @numba.njit(**INLINE)
 def _requant_row(src, dst, z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset):
-    """dst[j] = the code of src[j] (+ code_offset); the saturation clamp in its own loop, so that
-    the common loop has no branch."""
+    """dst[j] = the code of src[j] (+ code_offset), converted to dst's dtype (uint8 carriers, or
+    float32 codes for the single-image program: exact either way, the code is an integer in range);
+    the saturation clamp in its own loop, so that the common loop has no branch."""
     if clamped:
         for j in range(src.shape[0]):
-            dst[j] = np.uint8(requant_value(src[j], z_in, scale[j], offset[j], v_min[j], v_max[j], True, lo, hi)
-                              + code_offset)
+            dst[j] = requant_value(src[j], z_in, scale[j], offset[j], v_min[j], v_max[j], True, lo, hi) + code_offset
     else:
         for j in range(src.shape[0]):
-            dst[j] = np.uint8(requant_value(src[j], z_in, scale[j], offset[j], 0.0, 0.0, False, lo, hi) + code_offset)
+            dst[j] = requant_value(src[j], z_in, scale[j], offset[j], 0.0, 0.0, False, lo, hi) + code_offset
 
 
 def _requant_rows(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset, out):
@@ -143,10 +143,12 @@ class CodeRequant:
     """A FloatRequant (per tensor or per channel) writing uint8 codes shifted by `code_offset`
     (codes in [lo, hi] land in [0, 255]), for accumulators of one per-image shape: [C] or
     [C, H, W], float32 or float64, optionally max-pooled first (`pool` = (kernel, stride)).
-    4-d results are channels-last."""
+    4-d results are channels-last. `one_image_hwc` runs it on one image's channels-last arrays
+    into a given output of any dtype (the single-image program's float32 codes, offset 0)."""
 
-    def __init__(self, requant, shape: tuple[int, ...], z_in: int, code_offset: int, pool=None):
-        if not (0 <= requant.lo + code_offset and requant.hi + code_offset <= 255):
+    def __init__(self, requant, shape: tuple[int, ...], z_in: int, code_offset: int, pool=None,
+                 uint8: bool = True):
+        if uint8 and not (0 <= requant.lo + code_offset and requant.hi + code_offset <= 255):
             raise ValueError("codes do not fit uint8 with this offset")
         self.shape, self.pool = tuple(shape), pool
         channels = self.shape[0]
@@ -207,3 +209,17 @@ class CodeRequant:
         _POOL_REQUANT(nhwc.reshape(n, nhwc.shape[1], -1).numpy(), self.shape[0], kh, kw, sh, sw, *self.args,
                                 out.permute(0, 2, 3, 1).reshape(n, oh, -1).numpy())
         return out
+
+    def one_image_hwc(self, acc: np.ndarray, out: np.ndarray):
+        """A call that requantizes (and pools) acc [H, W, C] into out [OH, OW, C], both C-contiguous
+        numpy arrays made once (the views are taken here, not per call)."""
+        if len(self.shape) != 3 or not (acc.flags.c_contiguous and out.flags.c_contiguous):
+            raise ValueError("one_image_hwc needs C-contiguous [H, W, C] arrays of a [C, H, W] shape")
+        if self.pool is None:
+            rows = (acc.reshape(-1, self.width), *self.args, out.reshape(-1, self.width))
+            return lambda: _REQUANT(*rows)
+        (kh, kw), (sh, sw) = self.pool
+        pooled = (acc.reshape(1, acc.shape[0], -1), self.shape[0], kh, kw, sh, sw, *self.args,
+                  out.reshape(1, out.shape[0], -1))
+        return lambda: _POOL_REQUANT(*pooled)
+

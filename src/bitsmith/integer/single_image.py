@@ -10,7 +10,10 @@ step on numpy buffers allocated when the plan is compiled:
                     GEMM with the bias (torch.addmm into the layer's buffer), or for a large
                     convolution one F.conv2d of the centred codes (`DIRECT_CONV_MACS`): every
                     value the layer can produce is an integer below 2^24, so the sums are exact in
-                    any order (docs/arithmetic.md §7, the same proof as the torch program's)
+                    any order (docs/arithmetic.md §7, the same proof as the torch program's).
+                    A large convolution reads and writes channels-last buffers where only
+                    Requants touch them (`_Builder.channels_last`): oneDNN's NHWC kernels, and no
+                    layout copies
     Requant         `FloatRequant`'s float64 operations, one by one, after the max-pool reading it
                     when there is one (`engine._Compiler._pool_first`); codes stay float32
     MaxPool2d, Add, Flatten   a window maximum, the float64 weighted sum, a view
@@ -38,7 +41,7 @@ from bitsmith.integer.graph import IntegerGraph
 from bitsmith.integer.ops import as_pads, symmetric_padding
 from bitsmith.integer.reference import require_finite
 from bitsmith.integer.ops import as_pair as _pair
-from bitsmith.integer.requant_kernels import COMPILE, INLINE, requant_value
+from bitsmith.integer.requant_kernels import COMPILE, INLINE, CodeRequant, requant_value
 
 #: Convolutions of at least this many multiply-adds per image run as one F.conv2d call
 #: (`_Builder.direct_conv`), smaller ones as im2col + GEMM. Measured one thread, one image, on an
@@ -84,10 +87,13 @@ def _im2col(x, z, kh, kw, sh, sw, top, left, dh, dw, out_h, out_w, cols):
 
 @numba.njit(**COMPILE)
 def _requant(acc, z_in, scale, offset, v_min, v_max, clamped, lo, hi, out):
-    """out[c, p] = the Requant of acc[c, p] (`requant_kernels.requant_value`)."""
+    """out[c, y, x] = the Requant of acc[c, y, x] (`requant_kernels.requant_value`); either array
+    may be a channels-last buffer's [C, H, W] view."""
     for c in range(out.shape[0]):
-        for p in range(out.shape[1]):
-            out[c, p] = requant_value(acc[c, p], z_in, scale[c], offset[c], v_min[c], v_max[c], clamped, lo, hi)
+        for y in range(out.shape[1]):
+            for x in range(out.shape[2]):
+                out[c, y, x] = requant_value(acc[c, y, x], z_in, scale[c], offset[c], v_min[c], v_max[c], clamped,
+                                             lo, hi)
 
 
 @numba.njit(**INLINE)
@@ -228,6 +234,7 @@ class _Builder:
         self.buffers: dict[str, np.ndarray] = {}  # [C, H, W] per tensor, float32 or float64
         self.steps: list[Callable[[], object]] = []
         self.needs_check = any(step.check is not None for step in compiler.steps)
+        self.hwc: set[str] = set()
 
     def float_dtype(self, name: str) -> torch.dtype:
         """The dtype the torch program carries an accumulator in (`engine._Compiler` proved every
@@ -238,10 +245,61 @@ class _Builder:
         return dtype
 
     def buffer(self, name: str, dtype=np.float32) -> np.ndarray:
-        """The tensor's buffer, made (float32 unless its producer asks for float64) on first use."""
+        """The tensor's buffer, made (float32 unless its producer asks for float64) on first use: a
+        [C, H, W] array, which for a tensor in `self.hwc` is the view of [H, W, C] memory."""
         if name not in self.buffers:
-            self.buffers[name] = np.zeros(_as_chw(self.g.tensors[name].shape), dtype=dtype)
+            c, h, w = _as_chw(self.g.tensors[name].shape)
+            self.buffers[name] = (np.zeros((h, w, c), dtype=dtype).transpose(2, 0, 1) if name in self.hwc
+                                  else np.zeros((c, h, w), dtype=dtype))
         return self.buffers[name]
+
+    def flat(self, name: str, shape) -> np.ndarray:
+        """A reshaped view of the tensor's buffer; a channels-last buffer cannot be one (numpy would
+        copy, and the step would write to the copy), so the graph keeps the torch program."""
+        array = self.buffer(name)
+        if not array.flags.c_contiguous:
+            raise _Unsupported
+        return array.reshape(shape)
+
+    def is_direct_conv(self, node) -> bool:
+        """Does this node run as one F.conv2d call (`direct_conv`)?"""
+        if node.op != "Conv2d" or symmetric_padding(node.attrs["padding"]) is None:
+            return False
+        w = self.c.weights[node.name]
+        return w[0].numel() * int(np.prod(self.g.tensors[node.output].shape)) >= DIRECT_CONV_MACS
+
+    def channels_last(self) -> set[str]:
+        """Tensors kept channels-last: (a) a direct convolution's input made by a Requant (pooled
+        or not) where every reader is a direct convolution, and (b) a convolution's accumulator
+        where every reader is a Requant writing a tensor of (a). A Requant between two of them runs
+        on contiguous [H, W, C] rows (`CodeRequant.one_image_hwc`), and the convolutions read and
+        write oneDNN's NHWC layout with no copies. Other kernels index [c, y, x] views, so any
+        layout is correct for them; reshaping needs contiguous buffers (`flat`)."""
+        g, c = self.g, self.c
+        consumers: dict[str, list] = {}
+        for node in g.nodes:
+            for name in node.inputs:
+                consumers.setdefault(name, []).append(node)
+        users = lambda name: consumers.get(name, [])   # noqa: E731
+        writes = {}   # the tensor a Requant's step writes: its pool's output when fused with it
+        for node in g.nodes:
+            if node.op == "Requant":
+                fused = c._pool_first(node)
+                writes[node.name] = users(node.output)[0].output if fused else node.output
+        inputs = set()
+        for node in g.nodes:
+            src = node.inputs[0] if node.inputs else None
+            if (self.is_direct_conv(node) and g.tensors[src].shape[0] > 1 and src not in g.outputs
+                    and all(self.is_direct_conv(user) for user in users(src))):
+                inputs.add(src)
+        made_by_requant = set(writes.values())
+        hwc = inputs & made_by_requant
+        for node in g.nodes:
+            readers = users(node.output)
+            if (node.op == "Conv2d" and node.output not in g.outputs and readers
+                    and all(user.op == "Requant" and writes[user.name] in hwc for user in readers)):
+                hwc.add(node.output)
+        return hwc
 
     def build(self) -> SingleImageProgram:
         g, c = self.g, self.c
@@ -251,6 +309,7 @@ class _Builder:
         if first is None or first.op != "QuantizeInput" or first.inputs[0] != g.inputs[0]:
             raise _Unsupported
         image = np.zeros(int(np.prod(g.input_spec.shape)), dtype=np.float32)
+        self.hwc = self.channels_last()
         quantize = self.quantize_input(first, image)
         deferred = {}
         for node in g.nodes[1:]:
@@ -265,8 +324,7 @@ class _Builder:
             elif node.op == "MaxPool2d":
                 self.maxpool(node)
             elif node.op == "Flatten":
-                src = self.buffer(node.inputs[0])
-                self.buffers[node.output] = src.reshape(_as_chw(self.g.tensors[node.output].shape))
+                self.buffers[node.output] = self.flat(node.inputs[0], _as_chw(self.g.tensors[node.output].shape))
             elif node.op == "Add":
                 self.add(node)
             elif node.op == "AvgPool2d":
@@ -284,7 +342,7 @@ class _Builder:
                     self.steps.append(lambda part=part, src=src: np.copyto(part, src))
             else:
                 raise _Unsupported
-        out = self.buffer(g.outputs[0]).reshape(tuple(g.output_spec.shape))
+        out = self.flat(g.outputs[0], tuple(g.output_spec.shape))
         return SingleImageProgram(image, quantize, self.steps, out, self.buffers, self.needs_check, threading.Lock())
 
     def quantize_input(self, node, image: np.ndarray) -> Callable[[], bool]:
@@ -292,7 +350,7 @@ class _Builder:
         z, qmin, qmax = s.zero_point, s.qmin, s.qmax
         if max(abs(qmin), abs(qmax), abs(qmin - z), abs(qmax - z)) >= FLOAT32_EXACT:
             raise _Unsupported
-        out = self.buffer(node.output).reshape(-1)
+        out = self.flat(node.output, -1)
         scale, z32, low, high = np.float32(s.scale), np.float32(z), np.float32(qmin - z), np.float32(qmax - z)
         return lambda finite: _quantize(image, scale, z32, low, high, finite, out)
 
@@ -306,14 +364,14 @@ class _Builder:
         x = self.buffer(src)
         out = self.buffer(node.output, _NUMPY[dtype])
         if node.op == "Linear":
-            x = x.reshape(-1, 1, 1)
+            x = self.flat(src, (-1, 1, 1))
             geometry = (1, 1, 1, 1, 0, 0, 1, 1, 1, 1)
         else:
             a = node.attrs
             kh, kw = w.shape[2:]
             (sh, sw), (dh, dw) = _pair(a["stride"]), _pair(a["dilation"])
             symmetric = symmetric_padding(a["padding"])
-            if w[0].numel() * out.size >= DIRECT_CONV_MACS and symmetric is not None:
+            if self.is_direct_conv(node):
                 self.direct_conv(x, z, w.to(dtype), torch.tensor(bias, dtype=dtype), out, (sh, sw), symmetric,
                                  (dh, dw), a["groups"])
                 return
@@ -322,13 +380,26 @@ class _Builder:
         # a grouped conv's im2col rows are its groups one after the other: one batched GEMM
         groups = node.attrs["groups"] if node.op == "Conv2d" else 1
         terms = int(np.prod(w.shape[1:]))
-        cols = np.zeros((groups * terms, geometry[-2] * geometry[-1]), dtype=out.dtype)
-        args = (x, cols.dtype.type(z), *geometry, cols)  # z itself may need float64
-        self.steps.append(lambda: _im2col(*args))
-        if groups == 1:
+        if node.op == "Linear" and z == 0 and x.dtype == out.dtype:
+            cols = x.reshape(-1, 1)   # the input is its own column: no im2col copy
+        else:
+            cols = np.zeros((groups * terms, geometry[-2] * geometry[-1]), dtype=out.dtype)
+            args = (x, cols.dtype.type(z), *geometry, cols)  # z itself may need float64
+            self.steps.append(lambda: _im2col(*args))
+        if groups == 1 and node.output in self.hwc:
+            # [pixels, C] = cols^T · W^T: the accumulator straight into channels-last memory
+            weights_t = w.reshape(w.shape[0], -1).to(dtype).t()
+            bias_row = torch.tensor(bias, dtype=dtype).reshape(1, -1)
+            cols_tt = torch.from_numpy(cols).t()
+            memory = out.transpose(1, 2, 0)   # the [H, W, C] memory itself
+            if not memory.flags.c_contiguous:
+                raise _Unsupported
+            acc_rows = torch.from_numpy(memory.reshape(-1, out.shape[0]))
+            self.steps.append(lambda: torch.addmm(bias_row, cols_tt, weights_t, out=acc_rows))
+        elif groups == 1:
             weights = w.reshape(w.shape[0], -1).to(dtype)
             bias_t = torch.tensor(bias, dtype=dtype).reshape(-1, 1)
-            cols_t, acc_t = torch.from_numpy(cols), torch.from_numpy(out.reshape(out.shape[0], -1))
+            cols_t, acc_t = torch.from_numpy(cols), torch.from_numpy(self.flat(node.output, (out.shape[0], -1)))
             self.steps.append(lambda: torch.addmm(bias_t, weights, cols_t, out=acc_t))
         else:
             weights = w.reshape(groups, -1, terms).to(dtype)
@@ -342,11 +413,17 @@ class _Builder:
         """A large convolution as one ATen/oneDNN call on the centred codes: the same exact sums
         (every partial sum an integer below 2^24 in float32, or 2^53 in float64, in any order),
         faster than im2col + GEMM from DIRECT_CONV_MACS on (see there)."""
+        # [1, C, H, W] tensors on the buffers' memory, channels-last where the buffer is
         x_t, acc_t = torch.from_numpy(x)[None], torch.from_numpy(out)[None]
+        if not x.flags.c_contiguous and x.shape[0] > 1:
+            w = w.contiguous(memory_format=torch.channels_last)
         centre = float(z)
+        cast = x_t.dtype != w.dtype
 
         def step() -> None:
-            centred = x_t.to(w.dtype) - centre   # padding then adds real zeros, as the IR pads
+            centred = x_t.to(w.dtype) if cast else x_t
+            if centre:   # padding then adds real zeros, as the IR pads the centred input
+                centred = centred - centre
             acc_t.copy_(F.conv2d(centred, w, bias, stride, padding, dilation, groups))
         self.steps.append(step)
 
@@ -359,6 +436,11 @@ class _Builder:
             raise _Unsupported
         acc, out = self.buffer(src), self.buffer(out_name)
         channels = acc.shape[0]
+        if src in self.hwc and out_name in self.hwc:
+            window = None if pool is None else (tuple(_pair(pool.attrs["kernel"])), tuple(_pair(pool.attrs["stride"])))
+            rows = CodeRequant(exact, acc.shape, g.tensors[src].zero_point, 0, pool=window, uint8=False)
+            self.steps.append(rows.one_image_hwc(acc.transpose(1, 2, 0), out.transpose(1, 2, 0)))
+            return
 
         def per_channel(t):
             return np.ascontiguousarray(np.broadcast_to(t.reshape(-1).numpy().astype(np.float64), (channels,)))
@@ -369,8 +451,8 @@ class _Builder:
                 per_channel(exact.v_min) if clamped else zeros, per_channel(exact.v_max) if clamped else zeros,
                 clamped, float(exact.lo), float(exact.hi))
         if pool is None:
-            flat = (acc.reshape(channels, -1), *args, out.reshape(channels, -1))
-            self.steps.append(lambda: _requant(*flat))
+            whole = (acc, *args, out)
+            self.steps.append(lambda: _requant(*whole))
         else:
             pooled = (acc, *args, *_pair(pool.attrs["kernel"]), *_pair(pool.attrs["stride"]), out)
             self.steps.append(lambda: _pool_requant(*pooled))
@@ -393,7 +475,8 @@ class _Builder:
         g = self.g
         m = g.params[node.params["multiplier"]].to(torch.int64).tolist()
         zs = [g.tensors[i].zero_point for i in node.inputs]
-        out = self.buffer(node.output, _NUMPY[self.float_dtype(node.output)]).reshape(-1)
-        a, b = (self.buffer(i).reshape(-1) for i in node.inputs)
+        self.buffer(node.output, _NUMPY[self.float_dtype(node.output)])
+        out = self.flat(node.output, -1)
+        a, b = (self.flat(i, -1) for i in node.inputs)
         args = (a, b, float(zs[0]), float(zs[1]), float(m[0]), float(m[1]), out)
         self.steps.append(lambda: _add(*args))

@@ -82,6 +82,25 @@ def test_direct_convolutions_pass_channels_last_buffers_through_the_requants(mon
     assert_single_equals_literal(g, [torch.randn(1, *shape) * 2 for _ in range(3)])
 
 
+def test_small_steps_run_on_one_thread_and_the_thread_count_is_restored(monkeypatch):
+    monkeypatch.setattr(single_image, "DIRECT_CONV_MACS", 100_000)   # conv2 direct, the rest small
+    g, shape = graph("vgg_tiny", W8A8)
+    program = single(g)
+    assert 0 < len(program.parallel) < len(program.steps)
+    seen = []
+    program.schedule = [(lambda step=step: (seen.append(torch.get_num_threads()), step()), parallel)
+                        for step, parallel in program.schedule]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert_single_equals_literal(g, [torch.randn(1, *shape) * 2 for _ in range(2)])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    per_step = [parallel for _, parallel in program.schedule] * 2
+    assert seen == [2 if parallel else 1 for parallel in per_step]
+
+
 def test_wide_accumulators_take_float64_buffers():
     g, shape = graph("lenet5", WIDE, bias=True)  # conv2's sums exceed 2^24: float64, as the torch program
     assert single(g).buffers["q_conv2_acc"].dtype == np.float64

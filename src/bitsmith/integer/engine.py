@@ -274,9 +274,7 @@ class _Program:
 
 @dataclass
 class _Plan:
-    key: tuple  # _settings at compile time
-    nodes: list[Node]  # copies of the graph's nodes and tensor specs at compile time
-    tensors: dict
+    state: tuple  # a deep copy of _state(graph) at compile time
     program: _Program  # codes carried in floats (8-bit codes in uint8 after a Requant): any batch size
     int8_program: _Program | None  # 8-bit codes throughout and int8 GEMMs (None: not available here)
     single_image: SingleImageProgram | None  # batch 1 on buffers made once (None: not covered)
@@ -289,31 +287,32 @@ class _Plan:
 _PLANS: "weakref.WeakKeyDictionary[IntegerGraph, _Plan]" = weakref.WeakKeyDictionary()
 
 
-def _settings(g: IntegerGraph) -> tuple:
-    # What the plan depends on besides the nodes and tensor specs; `_version` changes when a
-    # parameter is modified in place.
-    return (tuple(g.inputs), tuple(g.outputs), tuple((k, id(t), t._version) for k, t in g.params.items()),
+def _state(g: IntegerGraph) -> tuple:
+    """Everything the plan depends on, as live references: the inputs and outputs, each
+    parameter's identity and `_version` (which changes when it is modified in place), every node's
+    and tensor spec's fields, and the float32 and int8 settings. A plan keeps a deep copy; the two
+    compare in C (dicts and lists of plain values), which matters for single images: the
+    dataclasses' own __eq__ took 25-50 µs a call on VGG-tiny."""
+    return (g.inputs, g.outputs, [(k, id(t), t._version) for k, t in g.params.items()],
+            [n.__dict__ for n in g.nodes], {k: t.__dict__ for k, t in g.tensors.items()},
             float32_gemm_is_ieee(), int8_gemm.available())
 
 
 def _plan(g: IntegerGraph) -> _Plan:
-    settings = _settings(g)
+    state = _state(g)
     plan = _PLANS.get(g)
-    # Equality with copies taken at compile time: cheaper than a textual fingerprint, which
-    # matters for single images.
-    if plan is not None and plan.key == settings and plan.nodes == g.nodes and plan.tensors == g.tensors:
+    if plan is not None and plan.state == state:
         return plan
     refusal = {checked: _int64_refusal(g, checked) for checked in (True, False)}
     program, int8_program, single_image = _Program([], 0, FAST_CHUNK), None, None
-    ieee_float32, int8 = settings[-2:]
+    ieee_float32, int8 = state[-2:]
     if refusal[False] is None or refusal[True] is None:
         compiler = _Compiler(g, ieee_float32=ieee_float32)
         program = compiler.compile()
         single_image = compile_single_image(compiler)
         if int8:
             int8_program = _Compiler(g, ieee_float32=ieee_float32, int8=True).compile()
-    plan = _Plan(settings, copy.deepcopy(g.nodes), copy.deepcopy(g.tensors), program, int8_program, single_image,
-                 g.inputs[0], g.outputs[0], refusal)
+    plan = _Plan(copy.deepcopy(state), program, int8_program, single_image, g.inputs[0], g.outputs[0], refusal)
     _PLANS[g] = plan
     return plan
 

@@ -82,23 +82,34 @@ def test_direct_convolutions_pass_channels_last_buffers_through_the_requants(mon
     assert_single_equals_literal(g, [torch.randn(1, *shape) * 2 for _ in range(3)])
 
 
-def test_small_steps_run_on_one_thread_and_the_thread_count_is_restored(monkeypatch):
+def test_small_gemms_run_on_one_mkl_thread_and_the_setting_is_restored(monkeypatch):
+    local = single_image._mkl_local_threads()
+    if local is None:
+        pytest.skip("this PyTorch build has no mkl_set_num_threads_local")
     monkeypatch.setattr(single_image, "DIRECT_CONV_MACS", 100_000)   # conv2 direct, the rest small
     g, shape = graph("vgg_tiny", W8A8)
     program = single(g)
     assert 0 < len(program.parallel) < len(program.steps)
     seen = []
-    program.schedule = [(lambda step=step: (seen.append(torch.get_num_threads()), step()), parallel)
-                        for step, parallel in program.schedule]
+
+    def observed(step):
+        def run():
+            setting = local(0)     # reads this thread's MKL setting (and sets it to 0) ...
+            local(setting)         # ... then puts it back
+            seen.append(setting)
+            step()
+        return run
+    program.schedule = [(observed(step), parallel) for step, parallel in program.schedule]
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
+        before = local(3)
         assert_single_equals_literal(g, [torch.randn(1, *shape) * 2 for _ in range(2)])
-        assert torch.get_num_threads() == 2
+        assert local(before) == 3 and torch.get_num_threads() == 2      # both restored
     finally:
         torch.set_num_threads(threads)
     per_step = [parallel for _, parallel in program.schedule] * 2
-    assert seen == [2 if parallel else 1 for parallel in per_step]
+    assert seen == [3 if parallel else 1 for parallel in per_step]
 
 
 def test_wide_accumulators_take_float64_buffers():

@@ -26,9 +26,11 @@ takes the torch program instead of waiting.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from dataclasses import dataclass
 from collections.abc import Callable
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -209,25 +211,45 @@ class SingleImageProgram:
             self.lock.release()
 
     def _run_steps(self) -> None:
-        """The steps, the small ones on one thread: at one image an OpenMP fork and join costs more
-        than a small GEMM saves from it (LeNet-5 on 2 threads: 131 µs of steps against 84 µs on one).
-        Setting the thread count costs well under a microsecond."""
-        threads = torch.get_num_threads()
-        if threads == 1:
+        """The steps, the small GEMMs on one thread: at one image an OpenMP fork and join costs
+        more than a small GEMM saves from it (LeNet-5 on 2 threads: 131 µs of steps against 84 µs
+        on one). MKL's thread-local setting does it (`_mkl_local_threads`), not
+        torch.set_num_threads, which would also change the default of threads started meanwhile."""
+        local = _mkl_local_threads()
+        if local is None or torch.get_num_threads() == 1:
             for step in self.steps:
                 step()
             return
-        torch.set_num_threads(1)
+        before = local(1)
         try:
             for step, parallel in self.schedule:
                 if parallel:
-                    torch.set_num_threads(threads)
+                    local(before)
                     step()
-                    torch.set_num_threads(1)
+                    local(1)
                 else:
                     step()
         finally:
-            torch.set_num_threads(threads)
+            local(before)
+
+
+_MKL_LOCAL: list = []   # [mkl_set_num_threads_local or None], looked up once
+
+
+def _mkl_local_threads():
+    """MKL's `mkl_set_num_threads_local` (C name `MKL_Set_Num_Threads_Local`) in PyTorch's CPU library (it sets the MKL threads of the
+    calling thread only and returns the previous setting; 0 = the global one), or None when this
+    build has none: torch.addmm's float GEMMs run on MKL."""
+    if not _MKL_LOCAL:
+        function = None
+        try:
+            library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+            function = library.MKL_Set_Num_Threads_Local   # the C interface (the lower-case names are Fortran: by reference)
+            function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
+        except (OSError, AttributeError):
+            function = None
+        _MKL_LOCAL.append(function)
+    return _MKL_LOCAL[0]
 
 
 class _Unsupported(Exception):

@@ -14,7 +14,9 @@ The fast path computes only the output, with three exact shortcuts:
      elements (max commutes with a monotone map; proof at `_Compiler._pool_first`).
   MaxPool2d is a separable maximum of strided slices (exact, and much faster than
   `F.max_pool2d` on CPU), a Conv2d whose kernel covers its whole input is a matrix product, and
-  the batch is processed in chunks of `FAST_CHUNK` images so intermediates stay in cache.
+  the batch is processed in chunks (at most `FAST_CHUNK` images, fewer where a chunk's widest
+  intermediate would pass `FAST_CHUNK_BYTES`) so intermediates stay in cache, side by side on
+  single-threaded workers when torch has more than one thread.
 A Requant to codes that span at most 256 values runs as one numba pass writing uint8 codes
 (`bitsmith.integer.requant_kernels`), fused with the max-pool of shortcut 3. From
 `INT8_MIN_BATCH` images on, where the CPU has exact int8 units, a second program keeps 8-bit codes
@@ -356,9 +358,10 @@ _WORKERS: list = [None]  # (the ThreadPoolExecutor of _chunk_workers, the proces
 
 
 def _chunk_workers(threads: int) -> ThreadPoolExecutor:
-    """Workers that run whole chunks of the int8 program, each on one thread.
+    """Workers that run whole chunks of a batch program (the float or the int8 one), each on one
+    thread.
 
-    The int8 program's operations are small (a convolution of 64 images, a requantization pass):
+    The programs' operations are small (a convolution of 64 images, a requantization pass):
     spreading each over the threads (OpenMP, numba) costs a fork and a join per operation, and the
     two runtimes' idle threads spin against each other. Running chunks side by side, each worker
     single-threaded, keeps every core on its own chunk (measured: 1.6-1.75x the throughput, see

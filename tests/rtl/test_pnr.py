@@ -75,7 +75,8 @@ def test_an_overfull_packing_stops_the_run_naming_the_overfull_cells():
         watch(lines[table_end])
     message = str(caught.value)
     assert "TRELLIS_COMB 99,917/83,640 (119%)" in message and "MULT18X18D 217/156 (139%)" in message
-    assert "DP16KD" not in message          # only the over-full types are named
+    assert message.index("MULT18X18D") < message.index("(and uses")   # over-full first, then the rest
+    assert "(and uses TRELLIS_FF 4,594/83,640 (5%), DP16KD 65/208 (31%), TRELLIS_IO 155/365 (42%))" in message
     assert caught.value.utilisation["DP16KD"] == (65, 208)
 
 

@@ -53,10 +53,14 @@ class DesignDoesNotFitError(BitsmithError):
     def __init__(self, device: str, utilisation: dict[str, tuple[int, int]]):
         self.device = device
         self.utilisation = utilisation
-        over = ", ".join(f"{bel} {used:,}/{available:,} ({100 * used / available:.0f}%)"
-                         for bel, (used, available) in utilisation.items() if used > available)
-        super().__init__(f"the design does not fit the {device}: after packing it needs {over}. Try a "
-                         "smaller array (--pe/--simd) or a larger part; placement was not attempted")
+        def share(bel: str) -> str:
+            used, available = utilisation[bel]
+            return f"{bel} {used:,}/{available:,} ({100 * used / available:.0f}%)"
+        over = [bel for bel, (used, available) in utilisation.items() if used > available]
+        others = [bel for bel in BEL_GROUPS.values() if bel in utilisation and bel not in over]
+        super().__init__(f"the design does not fit the {device}: after packing it needs {', '.join(map(share, over))}"
+                         + (f" (and uses {', '.join(map(share, others))})" if others else "")
+                         + ". Try a smaller array (--pe/--simd) or a larger part; placement was not attempted")
 
 
 def device_option(device: str) -> str:

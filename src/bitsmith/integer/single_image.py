@@ -27,6 +27,7 @@ takes the torch program instead of waiting.
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 from dataclasses import dataclass
 from collections.abc import Callable
@@ -233,23 +234,19 @@ class SingleImageProgram:
             local(before)
 
 
-_MKL_LOCAL: list = []   # [mkl_set_num_threads_local or None], looked up once
-
-
+@functools.cache
 def _mkl_local_threads():
-    """MKL's `mkl_set_num_threads_local` (C name `MKL_Set_Num_Threads_Local`) in PyTorch's CPU library (it sets the MKL threads of the
-    calling thread only and returns the previous setting; 0 = the global one), or None when this
-    build has none: torch.addmm's float GEMMs run on MKL."""
-    if not _MKL_LOCAL:
-        function = None
-        try:
-            library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
-            function = library.MKL_Set_Num_Threads_Local   # the C interface (the lower-case names are Fortran: by reference)
-            function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
-        except (OSError, AttributeError):
-            function = None
-        _MKL_LOCAL.append(function)
-    return _MKL_LOCAL[0]
+    """MKL's `mkl_set_num_threads_local` (C name `MKL_Set_Num_Threads_Local`) in PyTorch's CPU
+    library (it sets the MKL threads of the calling thread only and returns the previous setting;
+    0 = the global one), or None when this build has none: torch.addmm's float GEMMs run on MKL.
+    Looked up once."""
+    try:
+        library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        function = library.MKL_Set_Num_Threads_Local   # the C interface (the lower-case names are Fortran: by reference)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
+    return function
 
 
 class _Unsupported(Exception):
@@ -323,11 +320,7 @@ class _Builder:
         write oneDNN's NHWC layout with no copies. Other kernels index [c, y, x] views, so any
         layout is correct for them; reshaping needs contiguous buffers (`flat`)."""
         g, c = self.g, self.c
-        consumers: dict[str, list] = {}
-        for node in g.nodes:
-            for name in node.inputs:
-                consumers.setdefault(name, []).append(node)
-        users = lambda name: consumers.get(name, [])   # noqa: E731
+        users = lambda name: c.consumers.get(name, [])   # noqa: E731  (the compiler's reader lists)
         writes = {}   # the tensor a Requant's step writes: its pool's output when fused with it
         for node in g.nodes:
             if node.op == "Requant":

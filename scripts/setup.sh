@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # iverilog runs the generated RTL (tests and `bitsmith rtl`); verilator is the faster optional simulator;
-# g++ compiles the HLS-export reference check; chromium (headless) renders the HTML report in its test.
+# g++ compiles the HLS-export reference check (and brings gcc, which builds the engine's AVX2 int8 kernel,
+# setup.py); chromium (headless) renders the HTML report in its test.
 DEBIAN_PACKAGES=(dataset-fashion-mnist iverilog verilator g++ chromium)
 PYTHON=${PYTHON:-python3}
 
@@ -27,9 +28,9 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     "$PYTHON" -m venv .venv
 fi
-# Reinstall only when the declared dependencies change.
+# Reinstall only when the declared dependencies or the compiled kernel's source change.
 stamp=.venv/.bitsmith-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py src/bitsmith/integer/*.c | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setup: installing bitsmith and its dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip

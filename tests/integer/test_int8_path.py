@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bitsmith.errors import AccumulatorOverflowError
-from bitsmith.integer import engine, int8_gemm
+from bitsmith.integer import engine, int8_gemm, u8s8
 from bitsmith.integer.engine import float_requant, max_pool_strided
 from bitsmith.integer.requant_kernels import CodeRequant
 from bitsmith.models import MODEL_NAMES
@@ -14,7 +14,8 @@ from bitsmith.quant import QuantConfig
 from tests.integer.test_engine_fast_paths import W4A4_PC, W8A8, assert_fast_equals_literal, graph
 from tests.random_graphs import random_graph
 
-needs_int8 = pytest.mark.skipif(not int8_gemm.available(), reason="no exact int8 kernels on this CPU (needs VNNI/AMX)")
+needs_int8 = pytest.mark.skipif(not int8_gemm.available(),
+                                reason="no exact int8 kernels on this CPU (needs VNNI/AMX, or AVX2 and a C compiler at install)")
 BATCH = engine.INT8_MIN_BATCH + 3  # large enough for the int8 path
 
 
@@ -34,8 +35,9 @@ def test_every_zoo_model_on_the_int8_path(name):
                          ids=["w8a8", "w4a4-per-channel", "w8a8-per-channel"])
 def test_lenet_int8_path_uses_int8_kernels_and_is_exact(config, monkeypatch):
     g, shape = graph("lenet5", config, bias=True)  # biases: added by the int8 kernels
-    kinds = {s.output: type(s.fn).__name__ for s in int8_steps(g)}
-    assert kinds["q_conv1_acc"] == "Int8Conv" and kinds["q_fc1_acc"] == "Int8Linear"
+    kernels = (int8_gemm.Int8Conv, int8_gemm.Int8Linear, u8s8.U8S8Conv, u8s8.U8S8Linear, u8s8.ConvRequant)
+    on_kernels = [s for s in int8_steps(g) if isinstance(s.fn, kernels)]
+    assert len(on_kernels) == sum(n.op in ("Conv2d", "Linear") for n in g.nodes)  # every layer
     x = torch.randn(3 * engine.INT8_CHUNK + 5, *shape) * 2  # chunks, a short last chunk, saturation
     out = assert_fast_equals_literal(g, x)
     assert len(torch.unique(out)) > 10
@@ -107,8 +109,9 @@ def test_random_graphs_on_the_int8_path(seed):
     assert torch.equal(engine.run(g, x), engine.run(g, x, return_all=True)[g.outputs[0]])
 
 
-def test_the_probe_accepts_this_cpu_only_with_vnni(monkeypatch):
-    assert int8_gemm.available() == (int8_gemm._cpu_has_vnni() and int8_gemm._ops_present() and int8_gemm._probe())
+def test_the_backend_is_onednn_only_with_vnni_else_the_avx2_kernel(monkeypatch):
+    vnni = int8_gemm._cpu_has_vnni() and int8_gemm._ops_present() and int8_gemm._probe()
+    assert int8_gemm.backend() == ("onednn" if vnni else "avx2" if u8s8.available() else None)
     monkeypatch.setenv(int8_gemm.ENV_SWITCH, "off")
     assert not int8_gemm.available()
     assert engine._plan(graph("lenet5", W8A8)[0]).int8_program is None
@@ -116,19 +119,21 @@ def test_the_probe_accepts_this_cpu_only_with_vnni(monkeypatch):
 
 @needs_int8
 def test_int8_kernels_at_the_extremes():
-    """255 × −128 over many channels, with a zero point, padding and a bias, against int64."""
+    """255 × −128 over many channels, with a zero point, padding and a bias, against int64, on
+    this machine's kernels (`int8_gemm.backend`)."""
     torch.manual_seed(0)
     w = torch.randint(-128, 128, (8, 64, 3, 3), dtype=torch.int8)
     w[0], w[1] = -128, 127
     bias = torch.randint(-1000, 1000, (8,))
     x = torch.randint(0, 256, (5, 64, 6, 6), dtype=torch.uint8)
     x[0], x[1] = 255, 0
-    conv = int8_gemm.Int8Conv(w, 7, stride=[1, 1], padding=[1, 1], dilation=[1, 1], groups=1, bias=bias)
+    conv = int8_gemm.conv(w, 7, stride=[1, 1], pads=(1, 1, 1, 1), dilation=[1, 1], groups=1, bias=bias,
+                          a_range=(0, 255))
     got = conv(x.contiguous(memory_format=torch.channels_last))
     want = torch.nn.functional.conv2d(x.double() - 7, w.double(), bias.double(), padding=1)
     assert torch.equal(got.double(), want)
     flat = x[:, :, :3, :3].reshape(5, -1)  # 576 = the weights' fan-in
-    lin = int8_gemm.Int8Linear(w.reshape(8, -1), 200, bias)
+    lin = int8_gemm.linear(w.reshape(8, -1), 200, bias, a_range=(0, 255))
     assert torch.equal(lin(flat).double(), (flat.double() - 200) @ w.reshape(8, -1).double().t() + bias.double())
 
 

@@ -39,6 +39,7 @@ import math
 import os
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,9 +51,9 @@ from bitsmith.errors import AccumulatorOverflowError, GraphError
 from bitsmith.integer.arithmetic import MAX_SHIFT, int_range, quantize_input, requantize
 from bitsmith.integer.bounds import check_int64
 from bitsmith.integer.exactness import FLOAT32_EXACT, FLOAT64_EXACT, compute_dtype, float32_gemm_is_ieee, gemm_dtype
-from bitsmith.integer import int8_gemm
+from bitsmith.integer import int8_gemm, u8s8
 from bitsmith.integer.graph import IntegerGraph, Node
-from bitsmith.integer.ops import Emitters, as_pads, symmetric_padding
+from bitsmith.integer.ops import Emitters, as_pads
 from bitsmith.integer.ops import as_pair as _pair
 from bitsmith.integer.reference import (as_input, check_width, conv2d_int64, explicit_padding, require_finite,
                                         run_reference, window_sum_int64)
@@ -80,6 +81,13 @@ INT8_CHUNK = 128
 INT8_CHUNK_BYTES = 8 << 20
 INT8_MIN_BATCH = 16
 
+#: On bitsmith's AVX2 kernels (`bitsmith.integer.u8s8`, a few microseconds of set-up a call) the
+#: int8 program also runs batches below INT8_MIN_BATCH, single images included, for graphs of at
+#: least this many multiply-adds an image; smaller graphs keep the single-image program, whose
+#: per-step cost is lower (measured, one image: VGG-tiny x0.25, 9.6M MACs, 470 us against 815 us;
+#: LeNet-5, 0.4M MACs, 313 us against 273 us).
+AVX2_SMALL_BATCH_MACS = 2_000_000
+
 #: Convolutions of at most this many multiply-adds per call take ATen's plain im2col + GEMM.
 SMALL_CONV_MACS = 2_000_000
 
@@ -101,7 +109,8 @@ def run(graph: IntegerGraph, x, *, return_all: bool = False, check_overflow: boo
     if x.shape[0] == 0:
         return torch.empty((0, *graph.output_spec.shape), dtype=torch.int64)
     single = plan.single_image
-    if x.shape[0] == 1 and single is not None and not (check_overflow and single.needs_check):
+    if (x.shape[0] == 1 and single is not None and not (check_overflow and single.needs_check)
+            and not plan.int8_small_batches):
         y = single.run(x)  # checks the input is finite
         if y is not None:
             return y
@@ -279,6 +288,7 @@ class _Plan:
     state: tuple  # a deep copy of _state(graph) at compile time
     program: _Program  # codes carried in floats (8-bit codes in uint8 after a Requant): any batch size
     int8_program: _Program | None  # 8-bit codes throughout and int8 GEMMs (None: not available here)
+    int8_small_batches: bool  # the int8 program also takes batches below INT8_MIN_BATCH (AVX2_SMALL_BATCH_MACS)
     single_image: SingleImageProgram | None  # batch 1 on buffers made once (None: not covered)
     input: str
     output: str
@@ -297,7 +307,7 @@ def _state(g: IntegerGraph) -> tuple:
     dataclasses' own __eq__ took 25-50 µs a call on VGG-tiny."""
     return (g.inputs, g.outputs, [(k, id(t), t._version) for k, t in g.params.items()],
             [n.__dict__ for n in g.nodes], {k: t.__dict__ for k, t in g.tensors.items()},
-            float32_gemm_is_ieee(), int8_gemm.available())
+            float32_gemm_is_ieee(), int8_gemm.backend())
 
 
 def _plan(g: IntegerGraph) -> _Plan:
@@ -314,9 +324,22 @@ def _plan(g: IntegerGraph) -> _Plan:
         single_image = compile_single_image(compiler)
         if int8:
             int8_program = _Compiler(g, ieee_float32=ieee_float32, int8=True).compile()
-    plan = _Plan(copy.deepcopy(state), program, int8_program, single_image, g.inputs[0], g.outputs[0], refusal)
+    small_batches = int8_program is not None and int8 == "avx2" and _macs_per_image(g) >= AVX2_SMALL_BATCH_MACS
+    plan = _Plan(copy.deepcopy(state), program, int8_program, small_batches, single_image, g.inputs[0], g.outputs[0],
+                 refusal)
     _PLANS[g] = plan
     return plan
+
+
+def _macs_per_image(g: IntegerGraph) -> int:
+    """Multiply-adds of one image's Conv2d and Linear layers."""
+    total = 0
+    for n in g.nodes:
+        if n.op == "Conv2d":  # output pixels × (C_in/groups · KH · KW) per output channel
+            total += math.prod(g.tensors[n.output].shape) * math.prod(g.weight_codes(n).shape[1:])
+        elif n.op == "Linear":
+            total += math.prod(g.weight_codes(n).shape)
+    return total
 
 
 def _int64_refusal(g: IntegerGraph, check_overflow: bool) -> str | None:
@@ -328,7 +351,7 @@ def _int64_refusal(g: IntegerGraph, check_overflow: bool) -> str | None:
 
 
 def _run_fast(plan: _Plan, x: torch.Tensor, check_overflow: bool) -> torch.Tensor:
-    int8 = plan.int8_program is not None and x.shape[0] >= INT8_MIN_BATCH
+    int8 = plan.int8_program is not None and (x.shape[0] >= INT8_MIN_BATCH or plan.int8_small_batches)
     program = plan.int8_program if int8 else plan.program
     size = program.chunk if int8 else min(program.chunk, FAST_CHUNK)
     chunks = x.split(size) if x.shape[0] > size else [x]
@@ -415,10 +438,30 @@ class _Compiler:
                 self._add(self._requant(requant, pooled, node.output))
             else:
                 self._compile_node(node)
+        if self.int8:
+            self._fuse_requants()
         self._mark_releases()
         chunk = (self._chunk(INT8_CHUNK, INT8_MIN_BATCH, INT8_CHUNK_BYTES) if self.int8
                  else self._chunk(FAST_CHUNK, FAST_MIN_CHUNK, FAST_CHUNK_BYTES))
         return _Program(self.steps, self.offset.get(g.outputs[0], 0), chunk)
+
+    def _fuse_requants(self) -> None:
+        """On the AVX2 kernels: a Conv2d / Linear step whose accumulator is read only by the
+        CodeRequant step right after it becomes one step that writes the codes from the kernel's
+        epilogue (`u8s8.ConvRequant`; the float32 accumulator is never stored). Not where the
+        accumulator needs its overflow check or is a graph output."""
+        readers = Counter(name for step in self.steps for name in step.inputs)
+        steps: list[_Step] = []
+        for step in self.steps:
+            last = steps[-1] if steps else None
+            if (last is not None and isinstance(step.fn, CodeRequant) and step.inputs == [last.output]
+                    and isinstance(last.fn, (u8s8.U8S8Conv, u8s8.U8S8Linear)) and last.check is None
+                    and readers[last.output] == 1 and last.output not in self.g.outputs):
+                steps[-1] = _Step(u8s8.ConvRequant(last.fn, step.fn), last.inputs, step.output, step.dtype, step.range,
+                                  reads_offsets=True)
+            else:
+                steps.append(step)
+        self.steps = steps
 
     def _chunk(self, most: int, least: int, limit_bytes: int) -> int:
         """Images per chunk: `most`, halved (not below `least`) while the widest intermediate of a
@@ -617,7 +660,7 @@ class _Compiler:
         do not apply or are not provably exact: the input is not a uint8 carrier, a weight code
         leaves int8, some value the layer can produce (bias included) reaches 2^24 (the float32
         result would round), the int32 sum of raw carrier × weight products could overflow, or
-        the padding is asymmetric or the convolution grouped."""
+        the kernels do not take the layer (`int8_gemm.conv`)."""
         src = node.inputs[0]
         if not self.int8 or self.dtype[src] != torch.uint8 or w.numel() == 0:
             return None
@@ -629,20 +672,16 @@ class _Compiler:
                 or int(raw.max()) > int8_gemm.INT32_MAX):
             return None
         w8 = w.to(torch.int8)
+        vlo, vhi = self.range[src]
+        carrier = (vlo + self.offset[src], vhi + self.offset[src])  # the values the uint8 carrier can hold
         if node.op == "Linear":
-            fn = int8_gemm.Int8Linear(w8, zero_point, bias)
-        elif self._conv_is_matmul(node, w):
-            core = int8_gemm.Int8Linear(w8.reshape(w.shape[0], -1), zero_point, bias)
-
-            def fn(x: torch.Tensor) -> torch.Tensor:
-                return core(x.reshape(x.shape[0], -1)).reshape(x.shape[0], -1, 1, 1)
+            fn = int8_gemm.linear(w8, zero_point, bias, carrier)
         else:
             a = node.attrs
-            padding = symmetric_padding(a["padding"])
-            if padding is None or a["groups"] != 1:
-                return None
-            fn = int8_gemm.Int8Conv(w8, zero_point, stride=_pair(a["stride"]), padding=padding,
-                                    dilation=_pair(a["dilation"]), groups=a["groups"], bias=bias)
+            fn = int8_gemm.conv(w8, zero_point, stride=_pair(a["stride"]), pads=as_pads(a["padding"]),
+                                dilation=_pair(a["dilation"]), groups=a["groups"], bias=bias, a_range=carrier)
+        if fn is None:
+            return None
         return _Step(fn, [src], node.output, torch.float32, acc_range, self._overflow_check(node, acc_range),
                      reads_offsets=True)
 

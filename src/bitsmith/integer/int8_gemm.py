@@ -1,4 +1,9 @@
-"""Exact int8 convolutions and matrix products on the CPU's integer units (oneDNN, through torch).
+"""Exact int8 convolutions and matrix products on the CPU's integer units: which kernels this
+machine has (`backend`), and the layers built on them (`conv`, `linear`).
+
+Two sets of kernels, both giving the float32 accumulator of uint8 codes × int8 weights exactly:
+oneDNN's (through torch) where the CPU has VNNI or AMX, else bitsmith's own AVX2 kernel
+(`bitsmith.integer.u8s8`), which arranges the weights so that the AVX2 pair sums cannot saturate.
 
 PyTorch's CPU build carries oneDNN's int8 kernels (`torch.ops.onednn.qconv2d_pointwise`,
 `qlinear_pointwise`): uint8 activations × int8 weights, summed in int32 on the VNNI / AMX units.
@@ -9,9 +14,10 @@ its float32 GEMMs (`bitsmith.integer.exactness`).
 
 The int32 sums themselves are exact only where the hardware sums u8·s8 products without
 saturating: VNNI (`vpdpbusd`) and AMX do; the older AVX2 sequence (`vpmaddubsw`) saturates pairs
-of products at 16 bits. So the path is used only when the CPU reports VNNI or AMX and a probe with
-the most extreme codes gives the exact integers (`available`). `BITSMITH_INT8_GEMM=0` turns it
-off (the engine then uses its float GEMMs, equally exact, slower).
+of products at 16 bits. So oneDNN's kernels are used only when the CPU reports VNNI or AMX and a probe
+with the most extreme codes gives the exact integers; otherwise the AVX2 kernel, where it was
+built. `BITSMITH_INT8_GEMM=0` turns both off (the engine then uses its float GEMMs, equally exact,
+slower).
 
 Packed weights depend on the batch size (oneDNN picks its blocking from it), so each layer keeps
 one packing per batch size it has seen.
@@ -24,6 +30,8 @@ import os
 from pathlib import Path
 
 import torch
+
+from bitsmith.integer import u8s8
 
 INT32_MAX = (1 << 31) - 1
 ENV_SWITCH = "BITSMITH_INT8_GEMM"
@@ -74,11 +82,44 @@ def _probe() -> bool:
         return False
 
 
-def available() -> bool:
-    """May the engine use the exact int8 kernels here (see the module docstring)?"""
+def backend() -> str | None:
+    """Which exact int8 kernels the engine may use here: "onednn" (VNNI / AMX), "avx2"
+    (`bitsmith.integer.u8s8`), or None (switched off, or neither)."""
     if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    return _cpu_has_vnni() and _ops_present() and _probe()
+        return None
+    if _cpu_has_vnni() and _ops_present() and _probe():
+        return "onednn"
+    return "avx2" if u8s8.available() else None
+
+
+def available() -> bool:
+    """May the engine use exact int8 kernels here (see the module docstring)?"""
+    return backend() is not None
+
+
+def conv(weight: torch.Tensor, zero_point: int, *, stride, pads, dilation, groups: int,
+         bias: torch.Tensor | None, a_range: tuple[int, int]):
+    """A Conv2d on this machine's int8 kernels (`backend`), or None where they do not take it
+    (grouped convolutions; asymmetric padding on oneDNN). `pads` is (top, left, bottom, right);
+    `a_range` bounds the input's carrier values."""
+    kind = backend()
+    if kind is None or groups != 1:
+        return None
+    if kind == "avx2":
+        return u8s8.U8S8Conv(weight, zero_point, stride=stride, pads=pads, dilation=dilation, bias=bias,
+                             a_range=a_range)
+    top, left, bottom, right = pads
+    if (top, left) != (bottom, right):
+        return None
+    return Int8Conv(weight, zero_point, stride=stride, padding=[top, left], dilation=dilation, groups=1, bias=bias)
+
+
+def linear(weight: torch.Tensor, zero_point: int, bias: torch.Tensor | None, a_range: tuple[int, int]):
+    """x·Wᵀ + bias on this machine's int8 kernels, or None without them."""
+    kind = backend()
+    if kind == "avx2":
+        return u8s8.U8S8Linear(weight, zero_point, bias, a_range=a_range)
+    return Int8Linear(weight, zero_point, bias) if kind == "onednn" else None
 
 
 class _Int8Product:

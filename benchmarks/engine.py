@@ -191,8 +191,10 @@ def main(argv: list[str] | None = None) -> dict:
             "latency_le_ort_integer": ratios["engine_latency_vs_ort_integer"] <= 1.0,
             "bit_identical_to_literal": r["exactness"]["fast_vs_literal_mismatches"] == 0,
         }
-    # The engine's int8 program needs VNNI/AMX (exact int8 sums); without it the float program runs.
-    hardware = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "engine_int8_program": int8_gemm.available()}
+    # The engine's int8 kernels: oneDNN's with VNNI/AMX, bitsmith's AVX2 kernel otherwise, None: the
+    # float program runs.
+    hardware = {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "engine_int8_kernels": int8_gemm.backend()}
     return {"benchmark": "engine", "results": results, "acceptance": acceptance, "machine": machine() | hardware,
             "seconds": round(time.perf_counter() - start, 1)}
 

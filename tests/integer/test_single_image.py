@@ -8,12 +8,19 @@ import pytest
 import torch
 
 from bitsmith.errors import AccumulatorOverflowError, GraphError
-from bitsmith.integer import engine, single_image
+from bitsmith.integer import engine, int8_gemm, single_image
 from bitsmith.integer.arithmetic import quantize_multiplier
 from bitsmith.integer.graph import IntegerGraph, Node, TensorSpec
 from bitsmith.models import MODEL_NAMES
 from tests.integer.test_engine_fast_paths import W4A4_PC, W8A8, WIDE, graph
 from tests.random_graphs import random_graph
+
+
+@pytest.fixture(autouse=True)
+def without_int8_kernels(monkeypatch):
+    """These tests exercise the single-image program, which the int8 program replaces for large
+    graphs on the AVX2 kernel (engine.AVX2_SMALL_BATCH_MACS): switched off here."""
+    monkeypatch.setenv(int8_gemm.ENV_SWITCH, "0")
 
 
 def single(g):

@@ -146,7 +146,9 @@ class U8S8Conv:
             per_tap = self.buffer_channels // 4
             tap, sub = np.divmod(np.arange(kh * kw * per_tap), per_tap)
             row, column = tap // kw, (tap % kw) * self.dilation[1] * self.buffer_channels + 4 * sub
-        self.weights, groups = pack(w.reshape(n_out, -1, 4), a_lo, a_hi)
+        w = w.reshape(n_out, -1, 4)
+        self.weights, groups = pack(w, a_lo, a_hi)
+        self.extra_entries = len(groups) - w.shape[1]  # W_b's groups (module docstring)
         # entry e reads 4 bytes at row[e]·dh·Wp·Cb + column[e] from its output pixel's window corner
         self._row, self._column = row[groups], column[groups]
         self._layouts: dict[tuple[int, ...], tuple] = {}

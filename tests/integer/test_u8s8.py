@@ -122,3 +122,26 @@ def test_the_engine_runs_single_images_on_the_kernels_for_large_graphs():
         assert_fast_equals_literal(g, torch.randn(batch, *shape) * 2)
     small, shape = graph("lenet5", W8A8)
     assert not engine._plan(small).int8_small_batches  # 0.4M MACs: the single-image program
+
+
+def test_a_nan_single_image_is_refused_on_the_int8_program():
+    from bitsmith.errors import GraphError
+    from tests.integer.test_engine_fast_paths import W8A8, graph
+
+    g, shape = graph("vgg_tiny", W8A8)
+    x = torch.randn(1, *shape)
+    x[0, 0, 3, 4] = float("nan")
+    with pytest.raises(GraphError, match="NaN"):
+        engine.run(g, x)
+
+
+def test_many_batch_sizes_keep_a_bounded_cache():
+    w = torch.randint(-128, 128, (4, 3, 3, 3), dtype=torch.int8)
+    conv = u8s8.U8S8Conv(w, 0, stride=(1, 1), pads=(1, 1, 1, 1), dilation=(1, 1))
+    for n in range(1, 100):
+        x = torch.randint(0, 256, (n, 3, 5, 5), dtype=torch.uint8)
+        if n % 20 == 0:
+            assert torch.equal(conv(x).double(), reference(x, w, 0, pads=(1, 1, 1, 1)))
+        else:
+            conv(x)
+    assert len(conv._layouts) <= 64

@@ -152,7 +152,6 @@ class U8S8Conv:
         # entry e reads 4 bytes at row[e]·dh·Wp·Cb + column[e] from its output pixel's window corner
         self._row, self._column = row[groups], column[groups]
         self._layouts: dict[tuple[int, ...], tuple] = {}
-        self._keep: list[np.ndarray] = []  # arrays whose addresses a layout holds
         add = -self.zero_point * weight.to(torch.int64).reshape(n_out, -1).sum(dim=1)
         if bias is not None:
             add = add + bias.to(torch.int64)
@@ -163,11 +162,13 @@ class U8S8Conv:
     def _layout(self, shape: tuple[int, ...]) -> tuple:
         """Per input shape [N, C, H, W], made once: (padded buffer size, output [N, OH, OW, O],
         the pad call's size arguments, the kernel's leading arguments without the buffer's
-        address). Plain ints: numpy's `.ctypes` and ctypes' conversions cost microseconds a call,
+        address, the offsets array they point into). Plain ints: numpy's `.ctypes` and ctypes' conversions cost microseconds a call,
         which a single image feels."""
         got = self._layouts.get(shape)
         if got is not None:
             return got
+        if len(self._layouts) >= 64:  # many batch sizes (a server): start over rather than grow
+            self._layouts.clear()
         if len(shape) != 4 or shape[1] != self.channels:
             raise ValueError(f"expected [N, {self.channels}, H, W], got {shape}")
         n, _, h, w = shape
@@ -178,30 +179,31 @@ class U8S8Conv:
         cb = self.buffer_channels
         # entry e reads 4 bytes at row[e]·dh·Wp·Cb + column[e] from its output pixel's window corner
         offsets = np.ascontiguousarray(self._row * (dh * wp * cb) + self._column, dtype=np.int32)
-        self._keep.append(offsets)
         got = self._layouts[shape] = (
             n * hp * wp * cb + 4,  # +4: zeroed by the pad call, read with zero weights
             (n, out_h, out_w, self.n_out),
             (n, h, w, self.channels, cb, top, bottom, left, right, self.zero_point),
             (hp * wp * cb, sh * wp * cb, sw * cb, n, out_h, out_w, offsets.ctypes.data, len(offsets),
-             self.weights.ctypes.data, self.add.ctypes.data, self.n_out))
+             self.weights.ctypes.data, self.add.ctypes.data, self.n_out),
+            offsets)  # kept alive with the address above
         return got
 
-    def _padded(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple, tuple]:
-        """x (uint8 [N, C, H, W], any layout) copied into the padded buffer; (buffer, output shape,
-        the kernel's leading arguments)."""
+    def _padded(self, x: torch.Tensor) -> tuple[tuple, tuple, tuple]:
+        """x (uint8 [N, C, H, W], any layout) copied into the padded buffer; (the arrays the
+        arguments point into, output shape, the kernel's leading arguments)."""
         if x.dtype != torch.uint8:
             raise ValueError(f"expected uint8 codes, got {x.dtype}")
-        size, out_shape, pad_args, conv_args = self._layout(tuple(x.shape))
+        size, out_shape, pad_args, conv_args, offsets = self._layout(tuple(x.shape))
         nhwc = x.permute(0, 2, 3, 1)
         if not nhwc.is_contiguous():
             nhwc = nhwc.contiguous()
         padded = torch.empty(size, dtype=torch.uint8)
         self.lib.bitsmith_u8_pad(nhwc.data_ptr(), padded.data_ptr(), *pad_args)
-        return padded, out_shape, (padded.data_ptr(), *conv_args)
+        # the caller holds `alive` until the kernel returns (another thread may clear the cache)
+        return (padded, offsets), out_shape, (padded.data_ptr(), *conv_args)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        padded, out_shape, args = self._padded(x)
+        alive, out_shape, args = self._padded(x)
         out = torch.empty(out_shape, dtype=torch.float32)
         self.lib.bitsmith_u8s8_conv(*args, out.data_ptr())
         return out.permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
@@ -245,7 +247,7 @@ class ConvRequant:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
         n = x.shape[0]
-        padded, (_, out_h, out_w, n_out), args = conv._padded(x.reshape(*x.shape, 1, 1) if self.linear else x)
+        alive, (_, out_h, out_w, n_out), args = conv._padded(x.reshape(*x.shape, 1, 1) if self.linear else x)
         codes = torch.empty((n, out_h, out_w, n_out), dtype=torch.uint8)
         conv.lib.bitsmith_u8s8_conv_requant(*args, *self.tables, *self.scalars, codes.data_ptr())
         if self.linear:

@@ -676,6 +676,13 @@ class _Compiler:
         carrier = (vlo + self.offset[src], vhi + self.offset[src])  # the values the uint8 carrier can hold
         if node.op == "Linear":
             fn = int8_gemm.linear(w8, zero_point, bias, carrier)
+        elif self._conv_is_matmul(node, w) and int8_gemm.backend() == "onednn":
+            # oneDNN: a kernel covering the whole input as its int8 matrix product (the AVX2 kernel
+            # takes it as a convolution, reading the channels-last input without a copy)
+            core = int8_gemm.linear(w8.reshape(w.shape[0], -1), zero_point, bias, carrier)
+
+            def fn(x: torch.Tensor) -> torch.Tensor:
+                return core(x.reshape(x.shape[0], -1)).reshape(x.shape[0], -1, 1, 1)
         else:
             a = node.attrs
             fn = int8_gemm.conv(w8, zero_point, stride=_pair(a["stride"]), pads=as_pads(a["padding"]),

@@ -317,14 +317,16 @@ def _plan(g: IntegerGraph) -> _Plan:
         return plan
     refusal = {checked: _int64_refusal(g, checked) for checked in (True, False)}
     program, int8_program, single_image = _Program([], 0, FAST_CHUNK), None, None
+    small_batches = False
     ieee_float32, int8 = state[-2:]
     if refusal[False] is None or refusal[True] is None:
         compiler = _Compiler(g, ieee_float32=ieee_float32)
         program = compiler.compile()
-        single_image = compile_single_image(compiler)
         if int8:
             int8_program = _Compiler(g, ieee_float32=ieee_float32, int8=True).compile()
-    small_batches = int8_program is not None and int8 == "avx2" and _macs_per_image(g) >= AVX2_SMALL_BATCH_MACS
+        small_batches = int8 == "avx2" and _macs_per_image(g) >= AVX2_SMALL_BATCH_MACS
+        if not small_batches:  # else the int8 program takes this graph's single images
+            single_image = compile_single_image(compiler)
     plan = _Plan(copy.deepcopy(state), program, int8_program, small_batches, single_image, g.inputs[0], g.outputs[0],
                  refusal)
     _PLANS[g] = plan
@@ -333,13 +335,7 @@ def _plan(g: IntegerGraph) -> _Plan:
 
 def _macs_per_image(g: IntegerGraph) -> int:
     """Multiply-adds of one image's Conv2d and Linear layers."""
-    total = 0
-    for n in g.nodes:
-        if n.op == "Conv2d":  # output pixels × (C_in/groups · KH · KW) per output channel
-            total += math.prod(g.tensors[n.output].shape) * math.prod(g.weight_codes(n).shape[1:])
-        elif n.op == "Linear":
-            total += math.prod(g.weight_codes(n).shape)
-    return total
+    return sum(g.macs(n) for n in g.nodes if n.op in ("Conv2d", "Linear"))
 
 
 def _int64_refusal(g: IntegerGraph, check_overflow: bool) -> str | None:
@@ -632,8 +628,7 @@ class _Compiler:
             a = node.attrs
             plain = a["groups"] == 1 and _pair(a["dilation"]) == [1, 1]
             kernel_size = list(w.shape[2:])
-            out_shape = g.tensors[node.output].shape
-            macs_per_image = math.prod(out_shape) * math.prod(w.shape[1:])
+            macs_per_image = g.macs(node)
 
             def core(x: torch.Tensor) -> torch.Tensor:
                 x, padding = explicit_padding(x, a["padding"])  # after centring: pads are real zeros
@@ -676,17 +671,11 @@ class _Compiler:
         carrier = (vlo + self.offset[src], vhi + self.offset[src])  # the values the uint8 carrier can hold
         if node.op == "Linear":
             fn = int8_gemm.linear(w8, zero_point, bias, carrier)
-        elif self._conv_is_matmul(node, w) and int8_gemm.backend() == "onednn":
-            # oneDNN: a kernel covering the whole input as its int8 matrix product (the AVX2 kernel
-            # takes it as a convolution, reading the channels-last input without a copy)
-            core = int8_gemm.linear(w8.reshape(w.shape[0], -1), zero_point, bias, carrier)
-
-            def fn(x: torch.Tensor) -> torch.Tensor:
-                return core(x.reshape(x.shape[0], -1)).reshape(x.shape[0], -1, 1, 1)
         else:
             a = node.attrs
             fn = int8_gemm.conv(w8, zero_point, stride=_pair(a["stride"]), pads=as_pads(a["padding"]),
-                                dilation=_pair(a["dilation"]), groups=a["groups"], bias=bias, a_range=carrier)
+                                dilation=_pair(a["dilation"]), groups=a["groups"], bias=bias, a_range=carrier,
+                                covers_input=self._conv_is_matmul(node, w))
         if fn is None:
             return None
         return _Step(fn, [src], node.output, torch.float32, acc_range, self._overflow_check(node, acc_range),

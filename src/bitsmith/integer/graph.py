@@ -12,6 +12,7 @@ computes, `bitsmith.integer.ops` defines each op (attributes, shape rule, checks
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -131,6 +132,13 @@ class IntegerGraph:
         if weight_format(node) == "codebook":
             return self.params[node.params["codebook"]][self.params[node.params["weight_index"]].long()]
         return self.params[node.params["weight"]]
+
+    def macs(self, node: Node) -> int:
+        """Multiply-adds of one image through a Conv2d or Linear node: each output element sums
+        C_in/groups · KH · KW (Conv2d) or K (Linear) products. Reads shapes only (no codebook
+        expansion)."""
+        weight = self.params[node.params["weight_index" if weight_format(node) == "codebook" else "weight"]]
+        return math.prod(self.tensors[node.output].shape) * math.prod(weight.shape[1:])
 
     def node_producing(self, tensor: str) -> Node | None:
         return next((n for n in self.nodes if n.output == tensor), None)

@@ -98,16 +98,21 @@ def available() -> bool:
 
 
 def conv(weight: torch.Tensor, zero_point: int, *, stride, pads, dilation, groups: int,
-         bias: torch.Tensor | None, a_range: tuple[int, int]):
+         bias: torch.Tensor | None, a_range: tuple[int, int], covers_input: bool = False):
     """A Conv2d on this machine's int8 kernels (`backend`), or None where they do not take it
     (grouped convolutions; asymmetric padding on oneDNN). `pads` is (top, left, bottom, right);
-    `a_range` bounds the input's carrier values."""
+    `a_range` bounds the input's carrier values. `covers_input`: the kernel covers the whole
+    (unpadded, undilated) input, so oneDNN runs it as its int8 matrix product; the AVX2 kernel takes
+    it as a convolution, reading the channels-last input without a copy."""
     kind = backend()
     if kind is None or groups != 1:
         return None
     if kind == "avx2":
         return u8s8.U8S8Conv(weight, zero_point, stride=stride, pads=pads, dilation=dilation, bias=bias,
                              a_range=a_range)
+    if covers_input:
+        product = Int8Linear(weight.reshape(weight.shape[0], -1), zero_point, bias)
+        return lambda x: product(x.reshape(x.shape[0], -1)).reshape(x.shape[0], -1, 1, 1)
     top, left, bottom, right = pads
     if (top, left) != (bottom, right):
         return None

@@ -309,8 +309,7 @@ class _Builder:
         """Does this node run as one F.conv2d call (`direct_conv`)?"""
         if node.op != "Conv2d" or symmetric_padding(node.attrs["padding"]) is None:
             return False
-        w = self.c.weights[node.name]
-        return w[0].numel() * int(np.prod(self.g.tensors[node.output].shape)) >= DIRECT_CONV_MACS
+        return self.g.macs(node) >= DIRECT_CONV_MACS
 
     def channels_last(self) -> set[str]:
         """Tensors kept channels-last: (a) a direct convolution's input made by a Requant (pooled

@@ -224,7 +224,7 @@ class U8S8Linear:
 
 class ConvRequant:
     """A U8S8Conv (or U8S8Linear) whose accumulators are requantized to uint8 codes in the kernel's
-    own epilogue, with a CodeRequant's arithmetic operation for operation (`requant_tile` in
+    own epilogue, with a CodeRequant's arithmetic operation for operation (`requant4` in
     u8s8_avx2.c), then max-pooled if the CodeRequant pools: max commutes with the non-decreasing
     requantization (`engine._Compiler._pool_first`), and a uint8 pool reads 1/4 of the bytes."""
 
@@ -235,12 +235,12 @@ class ConvRequant:
         z_in, scale, offset, v_min, v_max, clamped, lo, hi, code_offset = requant.channel_args
         o_pad = self.conv.n_out + (-self.conv.n_out % 16)
 
-        def padded(t: np.ndarray) -> np.ndarray:
+        def per_channel(t: np.ndarray) -> np.ndarray:  # one float64 per packed output channel
             out = np.zeros(o_pad)
             out[: self.conv.n_out] = np.broadcast_to(t, (self.conv.n_out,))
             return out
 
-        self._tables = [padded(t) for t in (scale, offset, v_min, v_max)]
+        self._tables = [per_channel(t) for t in (scale, offset, v_min, v_max)]
         self.tables = [t.ctypes.data for t in self._tables]  # addresses, taken once
         self.scalars = (int(clamped), float(z_in), float(lo), float(hi), float(code_offset))
 

@@ -10,7 +10,7 @@
 
    in wrapping int32 arithmetic, which equals the true integer whenever that fits in int32 (the
    caller proves it does), and stores either acc as float32 (exact below 2^24, proved by the
-   caller) or, with a requantization, the uint8 code of acc (see `requant_tile`).
+   caller) or, with a requantization, the uint8 code of acc (see `requant4`).
 
    Pixels q = 0 .. n_img*out_h*out_w - 1 (row-major over image, output row, output column) start
    at base(q) = n*image_stride + oh*row_stride + ow*pixel_stride in x. Weights are packed as
